@@ -1,0 +1,1 @@
+"""cryedge host-side toolchain: datasets, training, conversion to TFLite. Needs the ``convert`` extra."""

@@ -1,0 +1,66 @@
+"""The ``cryedge`` command line.
+
+Each stage module that offers commands has ``add_commands(subparsers)`` and keeps its heavy imports
+(mediapipe, LiteRT, cv2) inside functions, so ``cryedge --help`` stays fast. Host-side commands
+(convert, train, dataset) come from the ``cryedge.commands`` entry-point group, so that ``edge``
+never imports ``convert``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from importlib.metadata import entry_points
+
+from edge import __version__, logs
+from edge.errors import CryedgeError
+
+COMMAND_MODULES = (
+    "edge.landmarks",
+    "edge.provision",
+    "edge.daemon",
+    "edge.config",
+    "edge.service",
+)
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cryedge", description="Cry detection on the edge.")
+    parser.add_argument("--version", action="version", version=f"cryedge {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name != name:
+                raise
+            continue  # a stage not written yet
+        module.add_commands(subparsers)
+    for entry in entry_points(group="cryedge.commands"):
+        try:
+            entry.load()(subparsers)
+        except ModuleNotFoundError:
+            log.debug("commands from %s are not installed", entry.value)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.configure(args.verbose)
+    try:
+        return int(args.handler(args) or 0)
+    except CryedgeError as error:
+        print(f"cryedge: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

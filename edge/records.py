@@ -1,0 +1,76 @@
+"""The small frozen records passed between pipeline stages.
+
+Each carries ``t``, a ``time.monotonic()`` timestamp in seconds taken when the frame was captured,
+so every later stage can reason about time without a wall clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One RGB image from a source."""
+
+    image: np.ndarray  # (H, W, 3) uint8, RGB
+    t: float
+    index: int
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class Landmarks:
+    """Face and pose landmarks of one subject in pixel coordinates of the frame.
+
+    ``face`` is MediaPipe's 478-point face mesh (468 mesh points then 10 iris points), ``pose``
+    MediaPipe's 33 pose points; either is None when that part was not found. ``pose_visibility``
+    holds MediaPipe's per-point visibility in [0, 1] when a pose is present.
+    """
+
+    t: float
+    width: int
+    height: int
+    face: np.ndarray | None = None  # (478, 2) float32 pixels
+    pose: np.ndarray | None = None  # (33, 2) float32 pixels
+    pose_visibility: np.ndarray | None = None  # (33,) float32
+    face_box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 in pixels
+
+    @property
+    def has_face(self) -> bool:
+        return self.face is not None
+
+    @property
+    def has_pose(self) -> bool:
+        return self.pose is not None
+
+
+@dataclass(frozen=True)
+class Score:
+    """A model's output for the window ending at ``t``."""
+
+    t: float
+    probability: float  # probability of the alarm class (crying)
+    face_seen: bool  # the newest frame of the window had a face
+    probabilities: tuple[float, ...] = field(default=())  # all classes, in the card's label order
+
+
+@dataclass(frozen=True)
+class AlarmEvent:
+    """A cry episode starting or ending."""
+
+    kind: str  # "start" or "end"
+    event_id: str  # shared by the start and the end of one episode
+    t: float  # monotonic time the state changed
+    wall_time: float  # time.time() at the same moment, for subscribers
+    probability: float
+    reason: str = ""  # why an episode ended: "scores", "no_face", "shutdown"
