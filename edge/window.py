@@ -15,7 +15,8 @@ class FeatureWindow:
     def __init__(self, length: int, size: int | tuple[int, ...], dtype=np.float32):
         if length < 1 or size < 1:
             raise ValueError(f"window length and size must be positive, got {length} x {size}")
-        self._buffer = np.zeros((length, *np.atleast_1d(size)), dtype=dtype)
+        shape = (size,) if isinstance(size, int) else tuple(size)
+        self._buffer = np.zeros((length, *shape), dtype=dtype)
         self._next = 0
         self._count = 0
 

@@ -1,0 +1,221 @@
+"""The model stage: a ``.tflite`` and its card, windows in, class probabilities out.
+
+The runtime is LiteRT (``ai-edge-litert``), else ``tflite-runtime``, else ``tensorflow.lite``.
+Quantized inputs and outputs are converted with the tensors' own scale and zero point, so callers
+always work in float. Stateful graphs (a fused LSTM keeps its state between invokes) are reset
+before each window. The card must agree with the graph's input, or the model is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.card import ModelCard, load_card
+from edge.errors import ModelError
+from edge.features import get_spec
+from edge.records import Score
+
+log = logging.getLogger(__name__)
+
+EDGETPU_LIBRARY = "libedgetpu.so.1"
+EDGETPU_DEVICES = {"usb": "usb", "pci": "pci"}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The TFLite runtime found on this machine."""
+
+    name: str
+    interpreter_class: type
+    load_delegate: object
+
+
+def find_runtime(preferred: tuple[str, ...] = ("ai_edge_litert", "tflite_runtime", "tensorflow")) -> Runtime:
+    """The first importable runtime of ``preferred``; ModelError when there is none."""
+    for name in preferred:
+        try:
+            if name == "ai_edge_litert":
+                from ai_edge_litert.interpreter import Interpreter, load_delegate
+            elif name == "tflite_runtime":
+                from tflite_runtime.interpreter import Interpreter, load_delegate
+            elif name == "tensorflow":
+                import tensorflow as tf
+
+                Interpreter, load_delegate = tf.lite.Interpreter, tf.lite.experimental.load_delegate
+            else:
+                continue
+        except ImportError:
+            continue
+        return Runtime(name, Interpreter, load_delegate)
+    raise ModelError("no TFLite runtime installed: pip install ai-edge-litert")
+
+
+def quantize(x: np.ndarray, dtype: np.dtype, scale: float, zero_point: int) -> np.ndarray:
+    """Float values to a quantized tensor's integers (round half away from zero, saturating)."""
+    if scale == 0:
+        return x.astype(dtype)
+    info = np.iinfo(dtype)
+    q = np.round(x / scale) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    if scale == 0:
+        return q.astype(np.float32)
+    return (q.astype(np.float32) - zero_point) * np.float32(scale)
+
+
+def expected_values_per_window(card: ModelCard) -> int:
+    """How many numbers one model input holds according to the card."""
+    if card.kind == "landmark-window":
+        return card.window * get_spec(card.features.spec, card.features.normalization).size
+    crop = card.face_crop
+    return crop.height * crop.width * crop.channels
+
+
+def check_card_against_input(card: ModelCard, input_shape: tuple[int, ...], model_path: Path) -> None:
+    """Refuse a model whose graph input disagrees with its card; the message says how."""
+    if tuple(card.input_shape) != tuple(input_shape):
+        raise ModelError(
+            f"model {model_path.name}: input shape {list(input_shape)} disagrees with its card {list(card.input_shape)}"
+        )
+    if input_shape[0] != 1:
+        raise ModelError(f"model {model_path.name}: batch size {input_shape[0]}; cryedge runs batch-1 graphs (convert it with 'cryedge convert')")
+    values = int(np.prod(input_shape[1:]))
+    expected = expected_values_per_window(card)
+    if values != expected:
+        what = (
+            f"{card.window} frames x {get_spec(card.features.spec).size} '{card.features.spec}' features"
+            if card.kind == "landmark-window"
+            else f"a {card.face_crop.height}x{card.face_crop.width}x{card.face_crop.channels} face crop"
+        )
+        raise ModelError(f"model {model_path.name}: input holds {values} values, but its card describes {what} = {expected}")
+
+
+class TFLiteModel:
+    """One loaded ``.tflite`` with its card; ``predict`` takes float input, returns class probabilities."""
+
+    def __init__(self, path: str | Path, *, card: ModelCard | None = None, num_threads: int = 1, edgetpu: str = "off",
+                 runtime: Runtime | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(f"model file not found: {self.path}")
+        self.card = card or load_card(self.path)
+        self.runtime = runtime or find_runtime()
+        self.delegate_name = "cpu"
+        delegates = self._edgetpu_delegates(edgetpu)
+        try:
+            self._interpreter = self.runtime.interpreter_class(
+                model_path=str(self.path), num_threads=num_threads, experimental_delegates=delegates or None
+            )
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelError(f"cannot load model {self.path} with {self.runtime.name}: {first_line}") from None
+        inputs = self._interpreter.get_input_details()
+        outputs = self._interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(f"model {self.path.name}: cryedge runs models with one input and one output, this has {len(inputs)} and {len(outputs)}")
+        self._input, self._output = inputs[0], outputs[0]
+        self.input_shape = tuple(int(d) for d in self._input["shape"])
+        check_card_against_input(self.card, self.input_shape, self.path)
+        log.info("model %s (%s, %s) on %s via %s", self.card.name, self.card.kind,
+                 np.dtype(self._input["dtype"]).name, self.delegate_name, self.runtime.name)
+
+    def _edgetpu_delegates(self, edgetpu: str) -> list:
+        if edgetpu == "off":
+            return []
+        if edgetpu not in EDGETPU_DEVICES:
+            raise ModelError(f"edgetpu must be one of off, usb, pci; got {edgetpu!r}")
+        try:
+            delegate = self.runtime.load_delegate(EDGETPU_LIBRARY, {"device": EDGETPU_DEVICES[edgetpu]})
+        except (ValueError, OSError, RuntimeError) as error:
+            log.warning("EdgeTPU (%s) not available, running on the CPU: %s", edgetpu, str(error).strip().splitlines()[0] if str(error).strip() else error)
+            return []
+        self.delegate_name = f"edgetpu-{edgetpu}"
+        return [delegate]
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(self._input["dtype"])
+
+    def invoke(self, x: np.ndarray) -> np.ndarray:
+        """Run one input (any shape with the right number of values); the output as float32."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.size != int(np.prod(self.input_shape)):
+            raise ModelError(f"model {self.path.name}: got {x.size} input values, expects shape {list(self.input_shape)}")
+        x = x.reshape(self.input_shape)
+        if self.input_dtype in (np.int8, np.uint8, np.int16):
+            scale, zero_point = self._input["quantization"]
+            x = quantize(x, self.input_dtype, scale, zero_point)
+        else:
+            x = x.astype(self.input_dtype)
+        if self.card.stateful:
+            self._interpreter.reset_all_variables()
+        self._interpreter.set_tensor(self._input["index"], x)
+        self._interpreter.invoke()
+        y = self._interpreter.get_tensor(self._output["index"])
+        if np.dtype(self._output["dtype"]) in (np.int8, np.uint8, np.int16):
+            scale, zero_point = self._output["quantization"]
+            return dequantize(y, scale, zero_point).reshape(-1)
+        return y.astype(np.float32).reshape(-1)
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities in the card's label order."""
+        y = self.invoke(x)
+        if self.card.output == "sigmoid":
+            p = float(np.clip(y[0], 0.0, 1.0))
+            return np.array([1.0 - p, p], dtype=np.float32)
+        return y
+
+    def close(self) -> None:
+        self._interpreter = None
+
+    def __enter__(self) -> TFLiteModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class WindowScorer:
+    """Turns the feature window into a ``Score`` for the alarm, for either model kind.
+
+    ``landmark-window`` models see the whole (T, F) window at once. ``face-crop`` models score each
+    frame's face crop; the window's scores are aggregated by mean or majority vote over the frames
+    that had a face.
+    """
+
+    def __init__(self, model: TFLiteModel):
+        self.model = model
+        self.card = model.card
+        self.last_inference_ms = 0.0
+
+    def score(self, window: np.ndarray, t: float, face_seen: bool, frames_with_face: np.ndarray | None = None) -> Score:
+        start = time.perf_counter()
+        if self.card.kind == "landmark-window":
+            probabilities = self.model.probabilities(window)
+        else:
+            probabilities = self._aggregate_crops(window, frames_with_face)
+        self.last_inference_ms = (time.perf_counter() - start) * 1000
+        return Score(t=t, probability=float(probabilities[self.card.positive_index]), face_seen=face_seen,
+                     probabilities=tuple(float(p) for p in probabilities))
+
+    def _aggregate_crops(self, crops: np.ndarray, frames_with_face: np.ndarray | None) -> np.ndarray:
+        n_classes = len(self.card.labels)
+        rows = range(len(crops)) if frames_with_face is None else np.flatnonzero(frames_with_face)
+        if len(rows) == 0:
+            uniform = np.zeros(n_classes, dtype=np.float32)
+            uniform[[i for i in range(n_classes) if i != self.card.positive_index]] = 1.0 / max(1, n_classes - 1)
+            return uniform
+        scale = 1 / 255.0 if self.card.face_crop.scale == "unit" else 1.0
+        per_frame = np.stack([self.model.probabilities(crops[i].astype(np.float32) * scale) for i in rows])
+        if self.card.face_crop.aggregate == "mean":
+            return per_frame.mean(axis=0)
+        votes = np.bincount(per_frame.argmax(axis=1), minlength=n_classes).astype(np.float32)
+        return votes / votes.sum()

@@ -1,0 +1,345 @@
+"""The source stage: frames from a camera, a stream or a file, newest first.
+
+Backends behind one small interface (``open``, ``read``, ``close``):
+- ``Picamera2Source``: the Pi's CSI camera through picamera2 (from the Pi's apt, never PyPI).
+- ``OpenCVSource``: a V4L2 device (``/dev/videoN`` or an index) or an RTSP/HTTP URL. A reader thread
+  keeps only the newest frame, so a slow pipeline drops frames instead of queueing stale ones.
+- ``FileSource``: a video file, paced in real time or as fast as possible. Its frames carry the
+  video's own timeline, so the alarm's seconds mean the same in both modes.
+
+``SupervisedSource`` wraps a backend: it reopens one that fails or stalls, with back-off, and
+reports its status.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import SourceError
+from edge.records import Frame
+
+log = logging.getLogger(__name__)
+
+
+def describe(uri: str) -> str:
+    """The kind of source a URI names: picamera2, device, stream or file."""
+    text = str(uri)
+    if text == "picamera2" or text.startswith("picamera2:"):
+        return "picamera2"
+    if text.isdigit() or text.startswith("/dev/video"):
+        return "device"
+    if "://" in text:
+        return "stream"
+    return "file"
+
+
+class FileSource:
+    """A video file; ``realtime`` paces frames at the file's rate, else as fast as they decode.
+
+    ``fps`` below the file's rate skips frames to that rate. ``t`` of each frame is the moment on
+    the video's timeline, offset to the monotonic clock at open.
+    """
+
+    live = False
+
+    def __init__(self, path: str | Path, fps: float | None = None, realtime: bool = True):
+        self.path = Path(path)
+        self.target_fps = fps
+        self.realtime = realtime
+        self.name = f"file:{self.path.name}"
+        self._capture = None
+
+    def open(self) -> None:
+        import cv2
+
+        if not self.path.is_file():
+            raise SourceError(f"video file not found: {self.path}")
+        capture = cv2.VideoCapture(str(self.path))
+        if not capture.isOpened():
+            raise SourceError(f"cannot decode video file {self.path}")
+        self._capture = capture
+        self.file_fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+        self._step = max(1, round(self.file_fps / self.target_fps)) if self.target_fps else 1
+        self._start = time.monotonic()
+        self._position = 0  # frames decoded
+        self._index = 0  # frames delivered
+
+    def read(self, timeout: float = 1.0) -> Frame | None:
+        """The next frame, or None at the end of the file."""
+        if self._capture is None:
+            raise SourceError(f"{self.name} is not open")
+        while True:
+            ok, bgr = self._capture.read()
+            if not ok:
+                return None
+            position = self._position
+            self._position += 1
+            if position % self._step == 0:
+                break
+        t = self._start + position / self.file_fps
+        if self.realtime:
+            delay = t - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        frame = Frame(image=bgr[:, :, ::-1].copy(), t=t, index=self._index)
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+
+
+class OpenCVSource:
+    """A V4L2 camera or a network stream through OpenCV, always giving the newest frame."""
+
+    live = True
+
+    def __init__(self, uri: str, width: int | None = None, height: int | None = None, fps: float | None = None):
+        self.uri = uri
+        self.width, self.height, self.fps = width, height, fps
+        self.name = f"{describe(uri)}:{uri}"
+        self._capture = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._new_frame = threading.Condition()
+        self._latest: tuple[np.ndarray, float] | None = None
+        self._failed: str | None = None
+        self._index = 0
+
+    def open(self) -> None:
+        import cv2
+
+        target = int(self.uri) if str(self.uri).isdigit() else self.uri
+        capture = cv2.VideoCapture(target)
+        if not capture.isOpened():
+            raise SourceError(f"cannot open {describe(self.uri)} {self.uri}: no such camera or stream, or no access")
+        if self.width and self.height:
+            capture.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
+            capture.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
+        if self.fps:
+            capture.set(cv2.CAP_PROP_FPS, self.fps)
+        capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # ask the driver not to queue old frames
+        self._capture = capture
+        self._stop.clear()
+        self._failed = None
+        self._thread = threading.Thread(target=self._pump, name="cryedge-source", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        while not self._stop.is_set():
+            ok, bgr = self._capture.read()
+            t = time.monotonic()
+            with self._new_frame:
+                if not ok:
+                    self._failed = f"{self.name} stopped delivering frames"
+                    self._new_frame.notify_all()
+                    return
+                self._latest = (bgr, t)  # older frames are dropped here, never queued
+                self._new_frame.notify_all()
+
+    def read(self, timeout: float = 1.0) -> Frame | None:
+        """The newest frame not yet returned; None if none came within ``timeout`` seconds."""
+        with self._new_frame:
+            if self._latest is None and self._failed is None:
+                self._new_frame.wait(timeout)
+            if self._latest is None:
+                if self._failed:
+                    raise SourceError(self._failed)
+                return None
+            bgr, t = self._latest
+            self._latest = None
+        frame = Frame(image=bgr[:, :, ::-1].copy(), t=t, index=self._index)
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._capture is not None:
+            self._capture.release()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        self._capture = self._thread = None
+
+
+class Picamera2Source:
+    """The Pi's CSI camera through picamera2's video configuration.
+
+    ``stream="main"`` asks for ``BGR888``, which picamera2 lays out as R, G, B bytes, so frames need
+    no conversion; ``stream="lores"`` (YUV420 on a Pi 4) is converted to RGB.
+    ``capture_array`` waits for the next completed request, so frames are always fresh.
+    """
+
+    live = True
+
+    def __init__(self, width: int = 640, height: int = 480, fps: float = 30.0, stream: str = "main", camera_num: int = 0,
+                 picamera2_module=None):
+        self.width, self.height, self.fps, self.stream, self.camera_num = width, height, fps, stream, camera_num
+        self.name = f"picamera2:{camera_num}"
+        self._module = picamera2_module
+        self._camera = None
+        self._index = 0
+
+    def open(self) -> None:
+        module = self._module
+        if module is None:
+            try:
+                import picamera2 as module
+            except ImportError:
+                raise SourceError(
+                    "picamera2 is not installed: on Raspberry Pi OS run 'sudo apt install python3-picamera2' and "
+                    "make the venv with --system-site-packages"
+                ) from None
+        try:
+            camera = module.Picamera2(self.camera_num)
+            size = (self.width, self.height)
+            if self.stream == "lores":
+                config = camera.create_video_configuration(
+                    main={"size": size, "format": "BGR888"}, lores={"size": size, "format": "YUV420"},
+                    controls={"FrameRate": float(self.fps)}, buffer_count=4)
+            else:
+                config = camera.create_video_configuration(
+                    main={"size": size, "format": "BGR888"}, controls={"FrameRate": float(self.fps)}, buffer_count=4)
+            camera.configure(config)
+            camera.start()
+        except (RuntimeError, IndexError, OSError) as error:
+            raise SourceError(f"cannot open the Pi camera {self.camera_num}: {error}") from None
+        self._camera = camera
+
+    def read(self, timeout: float = 1.0) -> Frame | None:
+        try:
+            array = self._camera.capture_array(self.stream)
+        except (RuntimeError, OSError) as error:
+            raise SourceError(f"the Pi camera stopped: {error}") from None
+        t = time.monotonic()
+        if self.stream == "lores":
+            import cv2
+
+            array = cv2.cvtColor(array, cv2.COLOR_YUV2RGB_I420)
+        frame = Frame(image=np.ascontiguousarray(array[:, :, :3]), t=t, index=self._index)
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        if self._camera is not None:
+            try:
+                self._camera.stop()
+            finally:
+                self._camera.close()
+                self._camera = None
+
+
+def open_backend(uri: str, width: int, height: int, fps: float | None, realtime: bool = True):
+    """The backend for ``uri``, not yet opened."""
+    kind = describe(uri)
+    if kind == "picamera2":
+        stream = str(uri).split(":", 1)[1] if ":" in str(uri) else "main"
+        return Picamera2Source(width, height, fps or 30.0, stream=stream or "main")
+    if kind == "file":
+        return FileSource(uri, fps=fps, realtime=realtime)
+    return OpenCVSource(str(uri), width, height, fps)
+
+
+@dataclass
+class SourceStatus:
+    name: str
+    state: str = "closed"  # "open", "reopening", "ended", "closed"
+    reconnects: int = 0
+    last_error: str = ""
+    last_frame_t: float | None = None
+
+
+def backoff_delays(first: float, limit: float) -> Iterator[float]:
+    """1, 2, 4, ... seconds up to ``limit``: how long to wait before each reopen."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(limit, delay * 2)
+
+
+class SupervisedSource:
+    """Frames from a backend that is reopened with back-off when it fails or stalls.
+
+    A file that ends ends the iteration; a live source that fails is reopened until ``stop()``.
+    The first open must succeed: a camera that is not there at start is a SourceError.
+    """
+
+    def __init__(self, make_backend: Callable[[], object], stall_seconds: float = 5.0, backoff_first: float = 1.0,
+                 backoff_limit: float = 30.0):
+        self._make_backend = make_backend
+        self.stall_seconds = stall_seconds
+        self.backoff_first, self.backoff_limit = backoff_first, backoff_limit
+        self._stopping = threading.Event()
+        self._backend = make_backend()
+        self.status = SourceStatus(name=self._backend.name)
+
+    def open(self) -> None:
+        self._backend.open()
+        self.status.state = "open"
+
+    def stop(self) -> None:
+        """Ask ``frames()`` to finish; safe from a signal handler or another thread."""
+        self._stopping.set()
+
+    def frames(self) -> Iterator[Frame]:
+        delays = backoff_delays(self.backoff_first, self.backoff_limit)
+        last_frame = time.monotonic()
+        while not self._stopping.is_set():
+            try:
+                frame = self._backend.read(timeout=min(1.0, self.stall_seconds))
+                if frame is None and not self._backend.live:
+                    self.status.state = "ended"
+                    return
+                if frame is None:
+                    if time.monotonic() - last_frame < self.stall_seconds:
+                        continue
+                    raise SourceError(f"{self.status.name}: no frame for {self.stall_seconds:g} s")
+            except SourceError as error:
+                if not self._backend.live:
+                    raise
+                self._reopen(str(error), delays)
+                last_frame = time.monotonic()
+                continue
+            last_frame = time.monotonic()
+            delays = backoff_delays(self.backoff_first, self.backoff_limit)
+            self.status.last_frame_t = frame.t
+            yield frame
+
+    def _reopen(self, reason: str, delays: Iterator[float]) -> None:
+        self.status.state, self.status.last_error = "reopening", reason
+        log.warning("%s; reopening", reason)
+        self._backend.close()
+        while not self._stopping.is_set():
+            delay = next(delays)
+            if self._stopping.wait(delay):
+                return
+            self.status.reconnects += 1
+            try:
+                self._backend.open()
+            except SourceError as error:
+                self.status.last_error = str(error)
+                log.warning("reopen failed: %s; next try in at most %g s", error, self.backoff_limit)
+                continue
+            self.status.state = "open"
+            log.info("%s reopened", self.status.name)
+            return
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._backend.close()
+        self.status.state = "closed"
+
+    def __enter__(self) -> SupervisedSource:
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
