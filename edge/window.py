@@ -13,9 +13,9 @@ class FeatureWindow:
     """
 
     def __init__(self, length: int, size: int | tuple[int, ...], dtype=np.float32):
-        if length < 1 or size < 1:
-            raise ValueError(f"window length and size must be positive, got {length} x {size}")
         shape = (size,) if isinstance(size, int) else tuple(size)
+        if length < 1 or min(shape) < 1:
+            raise ValueError(f"window length and size must be positive, got {length} x {size}")
         self._buffer = np.zeros((length, *shape), dtype=dtype)
         self._next = 0
         self._count = 0
