@@ -8,6 +8,7 @@ before each window. The card must agree with the graph's input, or the model is 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from dataclasses import dataclass
@@ -133,6 +134,8 @@ class TFLiteModel:
         if edgetpu not in EDGETPU_DEVICES:
             raise ModelError(f"edgetpu must be one of off, usb, pci; got {edgetpu!r}")
         try:
+            # Check the library first: LiteRT's Delegate object complains at exit when it failed to load it.
+            ctypes.CDLL(EDGETPU_LIBRARY)
             delegate = self.runtime.load_delegate(EDGETPU_LIBRARY, {"device": EDGETPU_DEVICES[edgetpu]})
         except (ValueError, OSError, RuntimeError) as error:
             log.warning("EdgeTPU (%s) not available, running on the CPU: %s", edgetpu, str(error).strip().splitlines()[0] if str(error).strip() else error)
