@@ -1,0 +1,58 @@
+"""Logs carry syslog priority prefixes when stdout/stderr is the journal, and no colour or times otherwise."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from edge import logs
+
+
+def journal_stream_of(file) -> str:
+    st = os.fstat(file.fileno())
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def test_the_stream_systemd_names_in_journal_stream_is_the_journal(tmp_path):
+    with open(tmp_path / "journal", "w") as journal, open(tmp_path / "other", "w") as other:
+        environ = {"JOURNAL_STREAM": journal_stream_of(journal)}
+        assert logs.stream_is_journal(journal, environ)
+        assert not logs.stream_is_journal(other, environ)  # e.g. stderr redirected by the user
+        assert not logs.stream_is_journal(journal, {})  # not under systemd
+        assert not logs.stream_is_journal(io.StringIO(), environ)  # no file descriptor
+
+
+def test_journal_lines_carry_priority_prefixes_for_every_line():
+    formatter = logs.JournalFormatter()
+
+    def line(level: int, message: str) -> str:
+        return formatter.format(logging.LogRecord("edge.source", level, __file__, 1, message, (), None))
+
+    assert line(logging.INFO, "camera opened") == "<6>edge.source: camera opened"
+    assert line(logging.WARNING, "no frame for 5 s") == "<4>edge.source: no frame for 5 s"
+    assert line(logging.ERROR, "reopen failed") == "<3>edge.source: reopen failed"
+    assert line(logging.DEBUG, "a\nb") == "<7>edge.source: a\n<7>b"  # journald reads each line on its own
+
+
+@pytest.mark.parametrize("under_journal", [True, False])
+def test_a_process_whose_stderr_is_the_journal_writes_prefixes(tmp_path, under_journal):
+    """A real child process whose stderr is a file, with $JOURNAL_STREAM naming that file or not."""
+    path = tmp_path / "stderr"
+    script = "import logging; from edge import logs; logs.configure(1); logging.getLogger('edge.daemon').warning('hi')"
+    with open(path, "w") as stderr:
+        environ = dict(os.environ)
+        environ.pop("JOURNAL_STREAM", None)
+        if under_journal:
+            environ["JOURNAL_STREAM"] = journal_stream_of(stderr)
+        subprocess.run([sys.executable, "-c", script], stderr=stderr, env=environ, check=True, timeout=60)
+    text = path.read_text()
+    if under_journal:
+        assert text == "<4>edge.daemon: hi\n"
+    else:
+        assert text == "WARNING edge.daemon: hi\n"  # not a terminal: no times, no colour
+        assert "\x1b[" not in text
