@@ -1,0 +1,522 @@
+"""The MQTT contract (topics, payloads, Home Assistant discovery) and the publishers that speak it.
+
+Topics, under ``<prefix>`` = ``mqtt.topic_prefix`` (default ``cryedge/<device id>``); docs/mqtt.md
+describes them for Home Assistant users:
+
+- ``<prefix>/availability``: ``online`` / ``offline``, retained; the last will is ``offline``.
+- ``<prefix>/state``: retained JSON ``{"crying": "ON"|"OFF", "probability", "since", "event_id", "model"}``.
+- ``<prefix>/event``: JSON cry start / end (``event_type`` ``cry_start`` / ``cry_end``), QoS 1, not retained.
+- ``<prefix>/stats``: retained JSON diagnostics ``{"fps", "inference_ms", "face_share"}``.
+- ``<discovery prefix>/device/<device id>/config``: one device-based discovery document, retained,
+  re-sent when ``<discovery prefix>/status`` says ``online``.
+
+Publishing never blocks the caller: ``publish_*`` put the request on a queue. One publisher thread
+owns the outbox and all publishing; paho's network loop runs in its own thread and its callbacks only
+put notices on the same queue. So everything the publisher does happens in one order.
+
+Broker at start: a refusal (bad credentials, not authorized) or a TLS failure is fatal
+(``BrokerError``): retrying cannot fix it. A broker that cannot be reached (connection refused, no
+route, name not resolved) is not: a Pi may boot before its broker. The publisher then retries with
+back-off and keeps events in the outbox, exactly as when the broker goes away later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from edge import __version__
+from edge.alarm import AlarmState
+from edge.config import Config, DeviceConfig, MqttConfig, OutboxConfig
+from edge.errors import BrokerError
+from edge.outbox import Outbox
+from edge.records import AlarmEvent
+
+log = logging.getLogger(__name__)
+
+ONLINE, OFFLINE = "online", "offline"
+EVENT_TYPES = {"start": "cry_start", "end": "cry_end"}
+# refusals that a retry may cure; any other refusal at start is fatal
+TRANSIENT_REFUSALS = {"Server unavailable", "Server busy", "Quota exceeded", "Connection rate exceeded"}
+
+
+# ----------------------------------------------------------------------------- the contract
+
+
+class Topics:
+    """Every topic name cryedge uses, in one place."""
+
+    def __init__(self, prefix: str, discovery_prefix: str, device_id: str):
+        self.prefix = prefix.rstrip("/")
+        self.availability = f"{self.prefix}/availability"
+        self.state = f"{self.prefix}/state"
+        self.event = f"{self.prefix}/event"
+        self.stats = f"{self.prefix}/stats"
+        self.discovery = f"{discovery_prefix}/device/{device_id}/config"
+        self.ha_status = f"{discovery_prefix}/status"
+
+    @classmethod
+    def from_config(cls, mqtt: MqttConfig, device: DeviceConfig) -> Topics:
+        return cls(mqtt.topic_prefix or f"cryedge/{device.id}", mqtt.discovery_prefix, device.id)
+
+
+def iso_utc(wall_time: float) -> str:
+    """``2026-11-23T09:40:26.123Z``."""
+    return datetime.fromtimestamp(wall_time, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _round(value: float, digits: int) -> float | None:
+    value = float(value)
+    return round(value, digits) if math.isfinite(value) else None
+
+
+def event_payload(event: AlarmEvent, device_id: str, model: str) -> dict[str, Any]:
+    """The JSON of a start or end event; ``event_type`` is what Home Assistant's event entity reads."""
+    payload = {
+        "event_type": EVENT_TYPES[event.kind],
+        "id": event.event_id,
+        "time": iso_utc(event.wall_time),
+        "timestamp": round(event.wall_time, 3),
+        "probability": _round(event.probability, 3),
+        "device": device_id,
+        "model": model,
+    }
+    if event.kind == "end":
+        payload["reason"] = event.reason
+    return payload
+
+
+def state_payload(state: AlarmState, model: str) -> dict[str, Any]:
+    return {
+        "crying": "ON" if state.crying else "OFF",
+        "probability": _round(state.probability, 3),
+        "since": iso_utc(state.since_wall) if state.since_wall is not None else None,
+        "event_id": state.event_id,
+        "model": model,
+    }
+
+
+def stats_payload(stats: Mapping[str, float]) -> dict[str, Any]:
+    """Diagnostics: ``fps``, ``inference_ms``, ``face_share`` (0-1), and whatever else is given."""
+    return {key: _round(value, 3) if isinstance(value, float) else value for key, value in stats.items()}
+
+
+def discovery_document(topics: Topics, device: DeviceConfig, model: str) -> dict[str, Any]:
+    """Home Assistant's device-based discovery payload: the device, its origin, and its entities."""
+    uid = f"cryedge_{device.id}"
+
+    def sensor(name, key, **extra):
+        return {"p": "sensor", "name": name, "unique_id": f"{uid}_{key}", "state_topic": topics.stats,
+                "value_template": f"{{{{ value_json.{key} }}}}", "entity_category": "diagnostic",
+                "state_class": "measurement", **extra}
+
+    return {
+        "dev": {"ids": [uid], "name": device.name, "mf": "cryedge", "mdl": f"cryedge ({model})", "sw": __version__},
+        "o": {"name": "cryedge", "sw": __version__, "url": "https://pypi.org/project/cryedge/"},
+        "availability_topic": topics.availability,
+        "payload_available": ONLINE,
+        "payload_not_available": OFFLINE,
+        "qos": 1,
+        "cmps": {
+            "crying": {
+                "p": "binary_sensor",
+                "name": "Crying",
+                "device_class": "sound",
+                "unique_id": f"{uid}_crying",
+                "state_topic": topics.state,
+                "value_template": "{{ value_json.crying }}",
+                "payload_on": "ON",
+                "payload_off": "OFF",
+                "json_attributes_topic": topics.state,
+            },
+            "probability": {
+                "p": "sensor",
+                "name": "Cry probability",
+                "unique_id": f"{uid}_probability",
+                "state_topic": topics.state,
+                "value_template": "{{ (value_json.probability * 100) | round(1) }}",
+                "unit_of_measurement": "%",
+                "state_class": "measurement",
+                "suggested_display_precision": 0,
+            },
+            "cry": {
+                "p": "event",
+                "name": "Cry",
+                "unique_id": f"{uid}_cry",
+                "state_topic": topics.event,
+                "event_types": list(EVENT_TYPES.values()),
+            },
+            "fps": sensor("Frame rate", "fps", unit_of_measurement="fps"),
+            "inference_ms": sensor("Inference time", "inference_ms", unit_of_measurement="ms",
+                                   device_class="duration"),
+            "face_share": sensor("Frames with a face", "face_share", unit_of_measurement="%",
+                                 value_template="{{ (value_json.face_share * 100) | round(0) }}"),
+        },
+    }
+
+
+def _json(payload: Mapping) -> str:
+    return json.dumps(payload, separators=(",", ":"))
+
+
+# ----------------------------------------------------------------------------- publishers
+
+
+class Publisher(Protocol):
+    """What the daemon calls; every ``publish_*`` returns at once."""
+
+    def start(self) -> None: ...
+    def publish_event(self, event: AlarmEvent) -> None: ...
+    def publish_state(self, state: AlarmState) -> None: ...
+    def publish_stats(self, stats: Mapping[str, float]) -> None: ...
+    def close(self) -> None: ...
+
+
+class StdoutPublisher:
+    """No broker: events and changes of the crying state as JSON lines on stdout."""
+
+    connected = False
+    outbox_depth = 0
+
+    def __init__(self, device_id: str, model: str, stream=None):
+        self.device_id = device_id
+        self.model = model
+        self._stream = stream
+        self._crying: bool | None = None
+        self._last_state: AlarmState | None = None
+
+    def _write(self, kind: str, payload: Mapping) -> None:
+        stream = self._stream or sys.stdout
+        stream.write(_json({"type": kind, **payload}) + "\n")
+        stream.flush()
+
+    def start(self) -> None:
+        pass
+
+    def publish_event(self, event: AlarmEvent) -> None:
+        self._write("event", event_payload(event, self.device_id, self.model))
+
+    def publish_state(self, state: AlarmState) -> None:
+        self._last_state = state
+        if state.crying != self._crying:
+            self._crying = state.crying
+            self._write("state", state_payload(state, self.model))
+
+    def publish_stats(self, stats: Mapping[str, float]) -> None:
+        pass  # diagnostics go to the health endpoint and the logs, not into the event stream
+
+    def close(self) -> None:
+        if self._crying:
+            last = self._last_state
+            self.publish_state(AlarmState(False, last.since, time.time(), last.probability))
+
+    def __enter__(self) -> StdoutPublisher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class MqttPublisher:
+    """Publishes the contract to a broker through paho-mqtt 2.x, with an on-disk outbox for events.
+
+    ``start()`` connects (see the module docstring for what is fatal); ``close()`` publishes the final
+    state OFF and ``offline``, waits up to ``timeout`` for the broker to acknowledge what is in flight,
+    and disconnects. Events still unacknowledged stay in the outbox for the next run.
+    """
+
+    def __init__(self, mqtt: MqttConfig, device: DeviceConfig, outbox: OutboxConfig, model: str):
+        if not mqtt.enabled:
+            raise ValueError("MqttPublisher needs mqtt.host; use StdoutPublisher without a broker")
+        self.mqtt = mqtt
+        self.device = device
+        self.model = model
+        self.topics = Topics.from_config(mqtt, device)
+        self.where = f"mqtt {mqtt.host}:{mqtt.effective_port}"
+        self._outbox_config = outbox
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._client = None
+        self._outbox: Outbox | None = None
+        self._first_answer = threading.Event()
+        self._refusal: str | None = None
+        self._connected_once = False
+        self.connected = False  # as the publisher thread last saw it
+        self.outbox_depth = 0
+        self.last_event: dict | None = None
+        # publisher-thread state
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
+        self._state: AlarmState | None = None
+        self._state_sent_at = -math.inf
+        self._state_sent_crying: bool | None = None
+
+    # --- called by the daemon (any thread); never blocks
+
+    def publish_event(self, event: AlarmEvent) -> None:
+        self._queue.put(("event", event))
+
+    def publish_state(self, state: AlarmState) -> None:
+        self._queue.put(("state", state))
+
+    def publish_stats(self, stats: Mapping[str, float]) -> None:
+        self._queue.put(("stats", dict(stats)))
+
+    # --- life cycle
+
+    def start(self) -> None:
+        """Connect; ``BrokerError`` if the broker refuses us or TLS fails, else retry in the background."""
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        mqtt = self.mqtt
+        self._outbox = Outbox(self._outbox_config.path, self._outbox_config.max_events)
+        self.outbox_depth = len(self._outbox)
+        if self.outbox_depth:
+            log.info("%d undelivered events in the outbox %s", self.outbox_depth, self._outbox.path)
+        protocol = paho.MQTTv5 if mqtt.protocol == "5" else paho.MQTTv311
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=mqtt.client_id or "", protocol=protocol)
+        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        if mqtt.username:
+            password = mqtt.password.get_secret_value() if mqtt.password is not None else None
+            client.username_pw_set(mqtt.username, password)
+        if mqtt.tls is not None:
+            try:
+                client.tls_set(
+                    ca_certs=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None,
+                    certfile=str(mqtt.tls.certfile) if mqtt.tls.certfile else None,
+                    keyfile=str(mqtt.tls.keyfile) if mqtt.tls.keyfile else None,
+                )
+            except (OSError, ssl.SSLError) as error:
+                raise BrokerError(f"{self.where}: TLS set-up failed (mqtt.tls): {error}") from None
+            client.tls_insecure_set(mqtt.tls.insecure)
+        client.will_set(self.topics.availability, OFFLINE, qos=1, retain=True)
+        client.reconnect_delay_set(mqtt.reconnect_min_seconds, max(mqtt.reconnect_min_seconds, mqtt.reconnect_max_seconds))
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        self._client = client
+
+        self._thread = threading.Thread(target=self._run, name="cryedge-publisher", daemon=True)
+        self._thread.start()
+        try:
+            client.connect(mqtt.host, mqtt.effective_port, keepalive=mqtt.keepalive)
+        except ssl.SSLError as error:
+            self._stop_thread()
+            raise BrokerError(f"{self.where}: TLS handshake failed: {error}") from None
+        except OSError as error:
+            log.warning("%s unreachable (%s); retrying in the background, events go to the outbox",
+                        self.where, error.strerror or error)
+            client.connect_async(mqtt.host, mqtt.effective_port, keepalive=mqtt.keepalive)
+            client.loop_start()
+            return
+        client.loop_start()
+        if not self._first_answer.wait(mqtt.connect_timeout):
+            log.warning("%s has not answered in %.0f s; retrying in the background", self.where, mqtt.connect_timeout)
+            return
+        if self._refusal is not None and self._refusal not in TRANSIENT_REFUSALS:
+            client.loop_stop()
+            self._stop_thread()
+            hint = " (check mqtt.username and the password)" if "user name" in self._refusal.lower() or \
+                "authorized" in self._refusal.lower() else ""
+            raise BrokerError(f"{self.where} refused the connection: {self._refusal}{hint}")
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Final state OFF, ``offline``, wait for acknowledgements (up to ``timeout``), disconnect."""
+        if self._thread is None:
+            return
+        self._queue.put(("close", timeout))
+        self._thread.join(timeout + 5)
+        self._thread = None
+        if self._client is not None:
+            self._client.loop_stop()
+
+    def _stop_thread(self) -> None:
+        self._queue.put(("stop", None))
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+        if self._outbox is not None:
+            self._outbox.close()
+
+    def __enter__(self) -> MqttPublisher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- paho callbacks (network thread): tiny, they only queue notices
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
+        if reason_code.is_failure:
+            self._refusal = str(reason_code)
+            self._queue.put(("refused", str(reason_code)))
+        else:
+            self._refusal = None
+            self._queue.put(("connected", None))
+        self._first_answer.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
+        self._queue.put(("disconnected", str(reason_code)))
+
+    def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
+        self._queue.put(("acked", mid))
+
+    def _on_message(self, client, userdata, message) -> None:
+        if message.topic == self.topics.ha_status and message.payload.strip() == b"online":
+            self._queue.put(("ha_online", None))
+
+    # --- the publisher thread
+
+    def _run(self) -> None:
+        handlers = {
+            "event": self._handle_event,
+            "state": self._handle_state,
+            "stats": self._handle_stats,
+            "connected": self._handle_connected,
+            "disconnected": self._handle_disconnected,
+            "refused": self._handle_refused,
+            "acked": self._handle_acked,
+            "ha_online": self._handle_ha_online,
+        }
+        while True:
+            kind, value = self._queue.get()
+            try:
+                if kind == "stop":
+                    return
+                if kind == "close":
+                    self._handle_close(value)
+                    return
+                handlers[kind](value)
+            except Exception:  # a bug here must not silently stop all publishing
+                log.exception("publisher: handling %s failed", kind)
+
+    def _publish(self, topic: str, payload: str, qos: int = 1, retain: bool = False):
+        return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def _send_event(self, seq: int, payload: str) -> None:
+        info = self._publish(self.topics.event, payload, qos=self.mqtt.qos)
+        # paho keeps a QoS>0 message it could not send and resends it on reconnect: it is in flight
+        self._inflight[info.mid] = seq
+
+    def _handle_event(self, event: AlarmEvent) -> None:
+        payload = event_payload(event, self.device.id, self.model)
+        self.last_event = payload
+        seq = self._outbox.add(event.event_id, event.kind, _json(payload))
+        self.outbox_depth = len(self._outbox)
+        if self.connected:
+            self._send_event(seq, _json(payload))
+        else:
+            log.info("broker away: %s %s kept in the outbox (%d waiting)", payload["event_type"], event.event_id,
+                     self.outbox_depth)
+
+    def _send_state(self, state: AlarmState) -> None:
+        self._publish(self.topics.state, _json(state_payload(state, self.model)), qos=1, retain=True)
+        self._state_sent_at = time.monotonic()
+        self._state_sent_crying = state.crying
+
+    def _handle_state(self, state: AlarmState) -> None:
+        self._state = state
+        if not self.connected:
+            return
+        changed = state.crying != self._state_sent_crying
+        if changed or time.monotonic() - self._state_sent_at >= self.mqtt.state_interval:
+            self._send_state(state)
+
+    def _handle_stats(self, stats: dict) -> None:
+        if self.connected:
+            self._publish(self.topics.stats, _json(stats_payload(stats)), qos=0, retain=True)
+
+    def _send_discovery(self) -> None:
+        if self.mqtt.discovery:
+            document = discovery_document(self.topics, self.device, self.model)
+            self._publish(self.topics.discovery, _json(document), qos=1, retain=True)
+
+    def _handle_connected(self, _) -> None:
+        self.connected = True
+        log.log(logging.INFO if not self._connected_once else logging.WARNING, "connected to %s", self.where)
+        self._connected_once = True
+        self._client.subscribe(self.topics.ha_status, qos=1)
+        self._send_discovery()
+        self._publish(self.topics.availability, ONLINE, qos=1, retain=True)
+        if self._state is not None:
+            self._send_state(self._state)
+        in_flight = set(self._inflight.values())
+        backlog = [entry for entry in self._outbox.pending() if entry.seq not in in_flight]
+        if backlog:
+            log.info("delivering %d events from the outbox", len(backlog))
+        for entry in backlog:
+            self._send_event(entry.seq, entry.payload)
+
+    def _handle_disconnected(self, reason: str) -> None:
+        if self.connected:
+            log.warning("lost %s (%s); reconnecting, events go to the outbox", self.where, reason)
+        self.connected = False
+
+    def _handle_refused(self, reason: str) -> None:
+        self.connected = False
+        if self._connected_once:
+            log.error("%s refused the connection: %s; retrying", self.where, reason)
+
+    def _handle_acked(self, mid: int) -> None:
+        seq = self._inflight.pop(mid, None)
+        if seq is not None:
+            self._outbox.remove(seq)
+            self.outbox_depth = len(self._outbox)
+
+    def _handle_ha_online(self, _) -> None:
+        if self.connected:
+            log.info("Home Assistant came online: re-sending discovery")
+            self._send_discovery()
+            if self._state is not None:
+                self._send_state(self._state)
+
+    def _handle_close(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        # whatever the daemon queued before close() (the alarm's end event) goes first
+        while True:
+            try:
+                kind, value = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if kind in ("event", "state", "acked", "connected", "disconnected"):
+                getattr(self, f"_handle_{kind}")(value)
+        if self.connected:
+            state = self._state
+            if state is None or state.crying:
+                state = AlarmState(False, None if state is None else state.since, time.time(),
+                                   0.0 if state is None else state.probability)
+            self._send_state(state)
+            offline = self._publish(self.topics.availability, OFFLINE, qos=1, retain=True)
+            while (self._inflight or not offline.is_published()) and time.monotonic() < deadline:
+                try:
+                    kind, value = self._queue.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                if kind in ("acked", "disconnected"):
+                    getattr(self, f"_handle_{kind}")(value)
+                if not self.connected:
+                    break
+            self._client.disconnect()
+        if self._inflight or len(self._outbox):
+            log.warning("%d events not acknowledged by the broker stay in the outbox for the next run",
+                        len(self._outbox))
+        self._outbox.close()
+
+
+def make_publisher(config: Config, model: str) -> MqttPublisher | StdoutPublisher:
+    """The publisher the configuration asks for: MQTT when ``mqtt.host`` is set, else stdout."""
+    if config.mqtt.enabled:
+        return MqttPublisher(config.mqtt, config.device, config.outbox, model)
+    return StdoutPublisher(config.device.id, model)

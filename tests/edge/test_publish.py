@@ -1,0 +1,378 @@
+"""The MQTT contract, checked as the bytes a subscriber gets from a real mosquitto on loopback."""
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import datetime
+
+import pytest
+from mqtt import Broker, Subscriber
+
+from edge.alarm import AlarmState
+from edge.config import load_config
+from edge.errors import BrokerError
+from edge.outbox import Outbox
+from edge.publish import MqttPublisher, StdoutPublisher, Topics, make_publisher
+from edge.records import AlarmEvent
+
+DEVICE = "nursery"
+PREFIX = f"cryedge/{DEVICE}"
+MODEL = "cry-demo-int8"
+pytestmark = pytest.mark.timeout(60)
+
+
+def settings(broker, tmp_path, **mqtt):
+    return {
+        "device": {"id": DEVICE, "name": "Nursery"},
+        "mqtt": {"host": broker.host, "port": broker.port, "reconnect_min_seconds": 0.2,
+                 "reconnect_max_seconds": 0.5, "connect_timeout": 5, "state_interval": 0} | mqtt,
+        "outbox": {"path": str(tmp_path / "state" / "outbox.sqlite3")},
+    }
+
+
+def publisher_for(broker, tmp_path, environ=None, **mqtt) -> MqttPublisher:
+    config = load_config(None, settings(broker, tmp_path, **mqtt), environ=environ or {})
+    publisher = make_publisher(config, MODEL)
+    assert isinstance(publisher, MqttPublisher)
+    return publisher
+
+
+def event(kind, event_id, wall=1_800_000_000.25, reason=""):
+    return AlarmEvent(kind, event_id, t=10.0, wall_time=wall, probability=0.91, reason=reason)
+
+
+def crying_state(event_id="ep1"):
+    return AlarmState(True, since=10.0, since_wall=1_800_000_000.25, probability=0.874, event_id=event_id)
+
+
+def wait_until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def subscriber(mosquitto):
+    with Subscriber(mosquitto) as sub:
+        yield sub
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def test_discovery_document_is_one_device_with_its_entities(mosquitto, subscriber, tmp_path):
+    with publisher_for(mosquitto, tmp_path):
+        message = subscriber.wait_for(f"homeassistant/device/{DEVICE}/config")
+    assert message.retain or message.qos == 1
+    doc = json.loads(message.payload)
+    assert doc["dev"]["ids"] == [f"cryedge_{DEVICE}"] and doc["dev"]["name"] == "Nursery"
+    assert doc["o"]["name"] == "cryedge" and doc["o"]["sw"] and doc["o"]["url"].startswith("https://")
+    assert doc["availability_topic"] == f"{PREFIX}/availability"
+    components = doc["cmps"]
+    platforms = {key: c["p"] for key, c in components.items()}
+    assert platforms == {"crying": "binary_sensor", "probability": "sensor", "cry": "event", "fps": "sensor",
+                         "inference_ms": "sensor", "face_share": "sensor"}
+    unique_ids = [c["unique_id"] for c in components.values()]
+    assert len(set(unique_ids)) == len(unique_ids)
+    crying = components["crying"]
+    assert crying["name"] == "Crying" and crying["device_class"] == "sound"
+    assert (crying["state_topic"], crying["payload_on"], crying["payload_off"]) == (f"{PREFIX}/state", "ON", "OFF")
+    assert components["probability"]["unit_of_measurement"] == "%"
+    assert components["cry"]["state_topic"] == f"{PREFIX}/event"
+    assert components["cry"]["event_types"] == ["cry_start", "cry_end"]
+    for key in ("fps", "inference_ms", "face_share"):
+        assert components[key]["entity_category"] == "diagnostic"
+        assert components[key]["state_topic"] == f"{PREFIX}/stats"
+
+
+def test_value_templates_read_keys_that_the_payloads_have(mosquitto, subscriber, tmp_path):
+    with publisher_for(mosquitto, tmp_path) as publisher:
+        publisher.publish_state(crying_state())
+        publisher.publish_stats({"fps": 29.7, "inference_ms": 0.05, "face_share": 0.93})
+        publisher.publish_event(event("start", "ep1"))
+        doc = json.loads(subscriber.wait_for(f"homeassistant/device/{DEVICE}/config").payload)
+        payloads = {
+            f"{PREFIX}/state": json.loads(subscriber.wait_for(f"{PREFIX}/state").payload),
+            f"{PREFIX}/stats": json.loads(subscriber.wait_for(f"{PREFIX}/stats").payload),
+            f"{PREFIX}/event": json.loads(subscriber.wait_for(f"{PREFIX}/event").payload),
+        }
+    for component in doc["cmps"].values():
+        payload = payloads[component["state_topic"]]
+        for key in re.findall(r"value_json\.(\w+)", component.get("value_template", "")):
+            assert isinstance(payload[key], (int, float, str)), (component["unique_id"], key)
+    assert payloads[f"{PREFIX}/event"]["event_type"] in doc["cmps"]["cry"]["event_types"]
+
+
+def test_discovery_is_sent_again_when_home_assistant_comes_online(mosquitto, subscriber, tmp_path):
+    topic = f"homeassistant/device/{DEVICE}/config"
+    with publisher_for(mosquitto, tmp_path):
+        subscriber.wait_for(topic)
+        subscriber.publish("homeassistant/status", "offline")
+        subscriber.publish("homeassistant/status", "online")
+        subscriber.wait_for(topic, count=2)
+    assert len(subscriber.on(topic)) == 2
+
+
+# ----------------------------------------------------------------------------- state, events, availability
+
+
+def test_state_is_retained_for_a_subscriber_that_comes_later(mosquitto, tmp_path):
+    with publisher_for(mosquitto, tmp_path) as publisher:
+        publisher.publish_state(crying_state())
+        with Subscriber(mosquitto) as watcher:
+            watcher.wait_for(f"{PREFIX}/state")  # published
+        with Subscriber(mosquitto) as late:
+            state = late.wait_for(f"{PREFIX}/state")
+            availability = late.wait_for(f"{PREFIX}/availability")
+    assert state.retain and availability.retain and availability.payload == b"online"
+    payload = json.loads(state.payload)
+    assert payload == {"crying": "ON", "probability": 0.874, "since": "2027-01-15T08:00:00.250Z",
+                       "event_id": "ep1", "model": MODEL}
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_events_arrive_with_qos_1_not_retained(mosquitto, subscriber, tmp_path, protocol):
+    with publisher_for(mosquitto, tmp_path, protocol=protocol) as publisher:
+        publisher.publish_event(event("start", "ep1"))
+        publisher.publish_event(event("end", "ep1", wall=1_800_000_007.5, reason="scores"))
+        start, end = subscriber.wait_for(f"{PREFIX}/event", count=2)
+    assert (start.qos, start.retain, end.qos, end.retain) == (1, False, 1, False)
+    start, end = json.loads(start.payload), json.loads(end.payload)
+    assert start == {"event_type": "cry_start", "id": "ep1", "time": "2027-01-15T08:00:00.250Z",
+                     "timestamp": 1800000000.25, "probability": 0.91, "device": DEVICE, "model": MODEL}
+    assert end["event_type"] == "cry_end" and end["reason"] == "scores" and end["id"] == "ep1"
+    assert datetime.fromisoformat(end["time"]).timestamp() == end["timestamp"]
+
+
+def test_state_updates_are_throttled_but_changes_go_at_once(mosquitto, subscriber, tmp_path):
+    with publisher_for(mosquitto, tmp_path, state_interval=60) as publisher:
+        idle = AlarmState(False, None, None, 0.1)
+        for probability in (0.1, 0.2, 0.3):
+            publisher.publish_state(AlarmState(False, None, None, probability))
+        publisher.publish_state(crying_state())
+        states = subscriber.wait_for(f"{PREFIX}/state", count=2)
+    assert [json.loads(m.payload)["crying"] for m in states] == ["OFF", "ON"]
+    assert json.loads(states[0].payload)["probability"] == idle.probability
+
+
+def test_close_publishes_state_off_and_offline(mosquitto, subscriber, tmp_path):
+    publisher = publisher_for(mosquitto, tmp_path)
+    publisher.start()
+    publisher.publish_state(crying_state())
+    publisher.publish_event(event("end", "ep1", reason="shutdown"))
+    publisher.close()
+    subscriber.wait_for(f"{PREFIX}/availability", lambda m: m.payload == b"offline")
+    states = [json.loads(p) for p in subscriber.payloads(f"{PREFIX}/state")]
+    assert states[-1]["crying"] == "OFF"
+    assert json.loads(subscriber.wait_for(f"{PREFIX}/event").payload)["reason"] == "shutdown"
+    assert len(Outbox(tmp_path / "state" / "outbox.sqlite3")) == 0
+
+
+PUBLISHER_PROCESS = textwrap.dedent(
+    """
+    import json, sys, time
+    from edge.config import load_config
+    from edge.publish import make_publisher
+    from edge.records import AlarmEvent
+    publisher = make_publisher(load_config(None, json.loads(sys.argv[1]), environ={}), "demo")
+    publisher.start()
+    if sys.argv[2] == "event":
+        publisher.publish_event(AlarmEvent("start", "ep-before-kill", 1.0, 1_800_000_000.0, 0.9))
+        while publisher.outbox_depth == 0:
+            time.sleep(0.01)
+    print("ready", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def run_publisher_process(config: dict, what: str) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-c", PUBLISHER_PROCESS, json.dumps(config), what],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    return process
+
+
+def test_last_will_says_offline_when_the_publisher_is_killed(mosquitto, subscriber, tmp_path):
+    process = run_publisher_process(settings(mosquitto, tmp_path), "idle")
+    try:
+        subscriber.wait_for(f"{PREFIX}/availability", lambda m: m.payload == b"online")
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        offline = subscriber.wait_for(f"{PREFIX}/availability", lambda m: m.payload == b"offline", timeout=5)
+    finally:
+        process.kill()
+        process.wait()
+    assert offline.retain or offline.qos == 1
+    with Subscriber(mosquitto) as late:  # the will is retained too
+        assert late.wait_for(f"{PREFIX}/availability").payload == b"offline"
+
+
+# ----------------------------------------------------------------------------- the broker away
+
+
+def test_events_raised_while_the_broker_is_down_arrive_in_order_after_it_is_back(tmp_path):
+    broker = Broker(tmp_path / "mosquitto", persistent=True)
+    broker.start()
+    watcher = Subscriber(broker, topics=(f"{PREFIX}/event",), client_id="watcher")
+    publisher = publisher_for(broker, tmp_path)
+    try:
+        publisher.start()
+        publisher.publish_event(event("start", "ep1"))
+        watcher.wait_for(f"{PREFIX}/event")
+        broker.stop()  # the broker goes away during a cry
+        wait_until(lambda: not publisher.connected)
+        publisher.publish_event(event("end", "ep1", reason="scores"))
+        publisher.publish_event(event("start", "ep2"))
+        wait_until(lambda: publisher.outbox_depth == 2)
+        broker.start()
+        wait_until(lambda: publisher.connected and publisher.outbox_depth == 0)
+        publisher.publish_event(event("end", "ep2", reason="scores"))
+        messages = watcher.wait_for(f"{PREFIX}/event", count=4)
+    finally:
+        publisher.close()
+        watcher.close()
+        broker.stop()
+    got = [(json.loads(m.payload)["event_type"], json.loads(m.payload)["id"]) for m in messages]
+    assert got == [("cry_start", "ep1"), ("cry_end", "ep1"), ("cry_start", "ep2"), ("cry_end", "ep2")]
+
+
+def test_outbox_survives_a_killed_process_and_is_delivered_by_the_next(tmp_path):
+    broker = Broker(tmp_path / "mosquitto")  # not started: unreachable at boot is not fatal
+    process = run_publisher_process(settings(broker, tmp_path), "event")
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    assert [e.event_id for e in Outbox(tmp_path / "state" / "outbox.sqlite3").pending()] == ["ep-before-kill"]
+    with broker, Subscriber(broker) as subscriber:
+        with publisher_for(broker, tmp_path) as publisher:
+            message = subscriber.wait_for(f"{PREFIX}/event")
+            wait_until(lambda: publisher.outbox_depth == 0)
+    assert json.loads(message.payload)["id"] == "ep-before-kill"
+    assert Outbox(tmp_path / "state" / "outbox.sqlite3").pending() == []
+
+
+def test_unreachable_broker_at_start_is_retried_not_fatal(tmp_path):
+    broker = Broker(tmp_path / "mosquitto")
+    publisher = publisher_for(broker, tmp_path)
+    try:
+        started = time.monotonic()
+        publisher.start()
+        assert time.monotonic() - started < 2 and not publisher.connected
+        publisher.publish_event(event("start", "ep1"))
+        wait_until(lambda: publisher.outbox_depth == 1)
+        with broker, Subscriber(broker) as subscriber:
+            subscriber.wait_for(f"{PREFIX}/event")
+            wait_until(lambda: publisher.outbox_depth == 0)
+    finally:
+        publisher.close()
+
+
+# ----------------------------------------------------------------------------- credentials
+
+
+@pytest.fixture
+def secured_broker(tmp_path):
+    with Broker(tmp_path / "secured", users={"cryedge": "right horse battery"}) as broker:
+        yield broker
+
+
+def test_wrong_password_is_a_one_line_broker_error_without_the_password(secured_broker, tmp_path):
+    publisher = publisher_for(secured_broker, tmp_path, environ={"CRYEDGE_MQTT_PASSWORD": "wrong staple"},
+                              username="cryedge")
+    with pytest.raises(BrokerError) as raised:
+        publisher.start()
+    message = str(raised.value)
+    assert "refused" in message and "127.0.0.1" in message and "mqtt.username" in message
+    assert "staple" not in message and "\n" not in message
+
+
+def test_password_from_a_file_is_accepted(secured_broker, tmp_path):
+    (tmp_path / "pw").write_text("right horse battery\n")
+    sub = Subscriber(secured_broker, username="cryedge", password="right horse battery")
+    try:
+        with publisher_for(secured_broker, tmp_path, username="cryedge", password_file=str(tmp_path / "pw")):
+            assert sub.wait_for(f"{PREFIX}/availability").payload == b"online"
+    finally:
+        sub.close()
+
+
+# ----------------------------------------------------------------------------- no broker, outbox
+
+
+def test_without_a_broker_events_and_state_changes_are_json_lines_on_stdout():
+    out = io.StringIO()
+    publisher = StdoutPublisher(DEVICE, MODEL, stream=out)
+    publisher.start()
+    publisher.publish_state(AlarmState(False, None, None, 0.1))
+    publisher.publish_state(AlarmState(False, None, None, 0.2))  # no change: no line
+    publisher.publish_event(event("start", "ep1"))
+    publisher.publish_state(crying_state())
+    publisher.publish_stats({"fps": 30.0})
+    publisher.close()  # still crying at close: the final state is OFF
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(line["type"], line.get("event_type") or line["crying"]) for line in lines] == [
+        ("state", "OFF"), ("event", "cry_start"), ("state", "ON"), ("state", "OFF")]
+    assert lines[1]["id"] == "ep1" and lines[1]["time"] == "2027-01-15T08:00:00.250Z"
+
+
+def test_no_broker_configured_gives_the_stdout_publisher():
+    assert isinstance(make_publisher(load_config(None, environ={}), MODEL), StdoutPublisher)
+
+
+def test_topics_follow_the_configured_prefix():
+    topics = Topics("home/baby/", "ha", "cam1")
+    assert (topics.event, topics.availability, topics.discovery, topics.ha_status) == (
+        "home/baby/event", "home/baby/availability", "ha/device/cam1/config", "ha/status")
+
+
+def test_outbox_keeps_order_across_reopening(tmp_path):
+    path = tmp_path / "outbox.sqlite3"
+    with Outbox(path) as outbox:
+        seqs = [outbox.add(f"ep{i}", "start", "{}") for i in range(3)]
+        outbox.remove(seqs[1])
+    with Outbox(path) as outbox:
+        assert [e.event_id for e in outbox.pending()] == ["ep0", "ep2"]
+
+
+def test_full_outbox_drops_the_oldest_whole_episodes_but_never_a_pending_end(tmp_path, caplog):
+    with Outbox(tmp_path / "outbox.sqlite3", max_events=4) as outbox:
+        outbox.add("ep0", "end", "{}")  # its start was delivered before the broker went away
+        for i in (1, 2):
+            outbox.add(f"ep{i}", "start", "{}")
+            outbox.add(f"ep{i}", "end", "{}")
+        kept = [(e.event_id, e.kind) for e in outbox.pending()]
+        assert outbox.dropped == 2
+    assert kept == [("ep0", "end"), ("ep2", "start"), ("ep2", "end")]
+    assert "dropped the 2 oldest" in caplog.text
+
+
+def test_outbox_in_an_unwritable_place_is_a_config_error(tmp_path):
+    from edge.errors import ConfigError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="outbox.path"):
+        Outbox(blocker / "outbox.sqlite3")
+
+
+def test_publish_calls_return_at_once_while_the_broker_is_away(tmp_path):
+    broker = Broker(tmp_path / "mosquitto")  # never started
+    publisher = publisher_for(broker, tmp_path)
+    publisher.start()
+    try:
+        started = time.perf_counter()
+        for i in range(200):
+            publisher.publish_state(crying_state())
+            publisher.publish_stats({"fps": 30.0})
+        publisher.publish_event(event("start", "ep1"))
+        assert time.perf_counter() - started < 0.05
+    finally:
+        publisher.close()
+    assert os.path.exists(tmp_path / "state" / "outbox.sqlite3")

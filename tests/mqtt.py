@@ -1,0 +1,147 @@
+"""A real mosquitto on loopback, and a paho subscriber that records what a client would receive."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Broker:
+    """``mosquitto`` on 127.0.0.1:``port``; ``stop()`` and ``start()`` again keep the same port.
+
+    With ``users`` ({name: password}) anonymous clients are refused and a password file is used.
+    Persistence is off unless ``persistent``: then retained messages and the sessions of clients with
+    ``clean_session=False`` (and the QoS 1 messages queued for them) survive ``stop()``/``start()``.
+    """
+
+    def __init__(self, workdir: Path, users: dict[str, str] | None = None, port: int | None = None,
+                 persistent: bool = False):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.process: subprocess.Popen | None = None
+        # run as whoever runs the tests: as root, mosquitto would switch to a user that cannot read tmp_path
+        lines = [f"listener {self.port} 127.0.0.1", f"user {getpass.getuser()}", "log_dest stderr", "log_type error", "log_type warning"]
+        if persistent:
+            lines += ["persistence true", f"persistence_location {self.workdir}/"]
+        else:
+            lines.append("persistence false")
+        if users:
+            password_file = self.workdir / "passwords"
+            password_file.touch(mode=0o600)
+            for name, password in users.items():
+                subprocess.run([MOSQUITTO_PASSWD, "-b", str(password_file), name, password], check=True,
+                               capture_output=True)
+            lines += ["allow_anonymous false", f"password_file {password_file}"]
+        else:
+            lines.append("allow_anonymous true")
+        self.config = self.workdir / "mosquitto.conf"
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def start(self, timeout: float = 10.0) -> Broker:
+        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL,
+                                        stderr=open(self.workdir / "mosquitto.log", "ab"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {(self.workdir / 'mosquitto.log').read_text()}")
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("mosquitto did not start listening")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+    def __enter__(self) -> Broker:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class Subscriber:
+    """A separate paho client recording every message on ``topics`` (all by default); reconnects by itself."""
+
+    def __init__(self, broker: Broker, topics=("#",), username=None, password=None, client_id=None):
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages: list = []
+        self._changed = threading.Condition()
+        self._subscribed = threading.Event()
+        # a fixed client_id keeps a persistent session (queued QoS 1 messages) across broker restarts
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"test-subscriber-{free_port()}",
+                                  clean_session=client_id is None)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        if username:
+            self.client.username_pw_set(username, password)
+        self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe([(t, 1) for t in topics])
+        self.client.on_subscribe = lambda *args: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        assert self._subscribed.wait(5), "subscriber did not get its SUBACK"
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self._changed:
+            self.messages.append(message)
+            self._changed.notify_all()
+
+    def on(self, topic: str) -> list:
+        with self._changed:
+            return [m for m in self.messages if m.topic == topic]
+
+    def payloads(self, topic: str) -> list[str]:
+        return [m.payload.decode() for m in self.on(topic)]
+
+    def json(self, topic: str) -> list[dict]:
+        return [json.loads(m.payload) for m in self.on(topic) if m.payload]
+
+    def wait_for(self, topic: str, predicate=lambda message: True, timeout: float = 10.0, count: int = 1):
+        """The first ``count`` messages on ``topic`` matching ``predicate``; AssertionError on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = [m for m in self.messages if m.topic == topic and predicate(m)]
+                if len(found) >= count:
+                    return found[:count] if count > 1 else found[0]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    seen = [(m.topic, m.payload[:80]) for m in self.messages]
+                    raise AssertionError(f"no {count} message(s) on {topic} within {timeout} s; seen: {seen}")
+                self._changed.wait(remaining)
+
+    def publish(self, topic: str, payload: str, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
