@@ -110,6 +110,20 @@ def stats_payload(stats: Mapping[str, float]) -> dict[str, Any]:
     return {key: _round(value, 3) if isinstance(value, float) else value for key, value in stats.items()}
 
 
+def origin() -> dict[str, str]:
+    """Who wrote the discovery document: cryedge, its version, and its home page if the package names one."""
+    document = {"name": "cryedge", "sw": __version__}
+    try:
+        from importlib.metadata import metadata
+
+        urls = [u.split(",", 1)[1].strip() for u in metadata("cryedge").get_all("Project-URL") or [] if "," in u]
+        if urls:
+            document["url"] = urls[0]
+    except Exception:  # not installed as a distribution: no url
+        pass
+    return document
+
+
 def discovery_document(topics: Topics, device: DeviceConfig, model: str) -> dict[str, Any]:
     """Home Assistant's device-based discovery payload: the device, its origin, and its entities."""
     uid = f"cryedge_{device.id}"
@@ -121,7 +135,7 @@ def discovery_document(topics: Topics, device: DeviceConfig, model: str) -> dict
 
     return {
         "dev": {"ids": [uid], "name": device.name, "mf": "cryedge", "mdl": f"cryedge ({model})", "sw": __version__},
-        "o": {"name": "cryedge", "sw": __version__, "url": "https://pypi.org/project/cryedge/"},
+        "o": origin(),
         "availability_topic": topics.availability,
         "payload_available": ONLINE,
         "payload_not_available": OFFLINE,
@@ -188,6 +202,7 @@ class StdoutPublisher:
     outbox_depth = 0
 
     def __init__(self, device_id: str, model: str, stream=None):
+        self.last_event: dict | None = None
         self.device_id = device_id
         self.model = model
         self._stream = stream
@@ -203,7 +218,8 @@ class StdoutPublisher:
         pass
 
     def publish_event(self, event: AlarmEvent) -> None:
-        self._write("event", event_payload(event, self.device_id, self.model))
+        self.last_event = event_payload(event, self.device_id, self.model)
+        self._write("event", self.last_event)
 
     def publish_state(self, state: AlarmState) -> None:
         self._last_state = state
@@ -445,7 +461,7 @@ class MqttPublisher:
 
     def _handle_connected(self, _) -> None:
         self.connected = True
-        log.log(logging.INFO if not self._connected_once else logging.WARNING, "connected to %s", self.where)
+        log.info("%s to %s", "reconnected" if self._connected_once else "connected", self.where)
         self._connected_once = True
         self._client.subscribe(self.topics.ha_status, qos=1)
         self._send_discovery()

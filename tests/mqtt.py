@@ -25,12 +25,12 @@ class Broker:
     """``mosquitto`` on 127.0.0.1:``port``; ``stop()`` and ``start()`` again keep the same port.
 
     With ``users`` ({name: password}) anonymous clients are refused and a password file is used.
-    Persistence is off unless ``persistent``: then retained messages and the sessions of clients with
+    With ``tls`` the listener speaks TLS only. Persistence is off unless ``persistent``: then retained messages and the sessions of clients with
     ``clean_session=False`` (and the QoS 1 messages queued for them) survive ``stop()``/``start()``.
     """
 
     def __init__(self, workdir: Path, users: dict[str, str] | None = None, port: int | None = None,
-                 persistent: bool = False):
+                 persistent: bool = False, tls: tuple[Path, Path, Path] | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -38,6 +38,8 @@ class Broker:
         self.process: subprocess.Popen | None = None
         # run as whoever runs the tests: as root, mosquitto would switch to a user that cannot read tmp_path
         lines = [f"listener {self.port} 127.0.0.1", f"user {getpass.getuser()}", "log_dest stderr", "log_type error", "log_type warning"]
+        if tls is not None:  # (CA certificate, server certificate, server key)
+            lines += [f"cafile {tls[0]}", f"certfile {tls[1]}", f"keyfile {tls[2]}"]
         if persistent:
             lines += ["persistence true", f"persistence_location {self.workdir}/"]
         else:
@@ -145,3 +147,22 @@ class Subscriber:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def make_certificates(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for ``host`` signed by it: (ca.crt, server.crt, server.key)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt"))
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+            "-subj", "/CN=cryedge test CA", "-keyout", str(ca_key), "-out", str(ca))
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", f"/CN={host}",
+            "-keyout", str(key), "-out", str(csr))
+    extensions = folder / "san.ext"
+    extensions.write_text(f"subjectAltName=IP:{host}\n")
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-days", "2",
+            "-extfile", str(extensions), "-out", str(cert))
+    return ca, cert, key

@@ -12,8 +12,9 @@ import time
 from datetime import datetime
 
 import pytest
-from mqtt import Broker, Subscriber
+from mqtt import Broker, Subscriber, make_certificates
 
+import edge
 from edge.alarm import AlarmState
 from edge.config import load_config
 from edge.errors import BrokerError
@@ -73,7 +74,7 @@ def test_discovery_document_is_one_device_with_its_entities(mosquitto, subscribe
     assert message.retain or message.qos == 1
     doc = json.loads(message.payload)
     assert doc["dev"]["ids"] == [f"cryedge_{DEVICE}"] and doc["dev"]["name"] == "Nursery"
-    assert doc["o"]["name"] == "cryedge" and doc["o"]["sw"] and doc["o"]["url"].startswith("https://")
+    assert doc["o"]["name"] == "cryedge" and doc["o"]["sw"] == edge.__version__
     assert doc["availability_topic"] == f"{PREFIX}/availability"
     components = doc["cmps"]
     platforms = {key: c["p"] for key, c in components.items()}
@@ -301,6 +302,26 @@ def test_password_from_a_file_is_accepted(secured_broker, tmp_path):
             assert sub.wait_for(f"{PREFIX}/availability").payload == b"online"
     finally:
         sub.close()
+
+
+@pytest.fixture
+def tls_broker(tmp_path):
+    certificates = make_certificates(tmp_path / "certs")
+    with Broker(tmp_path / "tls", tls=certificates) as broker:
+        yield broker, certificates[0]
+
+
+def test_tls_with_the_brokers_ca_connects(tls_broker, tmp_path):
+    broker, ca = tls_broker
+    with publisher_for(broker, tmp_path, tls={"ca_file": str(ca)}) as publisher:
+        wait_until(lambda: publisher.connected)
+
+
+def test_tls_with_an_untrusted_certificate_is_a_broker_error(tls_broker, tmp_path):
+    broker, _ = tls_broker
+    publisher = publisher_for(broker, tmp_path, tls={})  # the system's CAs do not know the test CA
+    with pytest.raises(BrokerError, match=r"127.0.0.1:\d+: TLS handshake failed: .*certificate verify failed"):
+        publisher.start()
 
 
 # ----------------------------------------------------------------------------- no broker, outbox
