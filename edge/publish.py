@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from edge import __version__
@@ -71,7 +71,7 @@ class Topics:
 
 def iso_utc(wall_time: float) -> str:
     """``2026-11-23T09:40:26.123Z``."""
-    return datetime.fromtimestamp(wall_time, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(wall_time, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _round(value: float, digits: int) -> float | None:
@@ -113,14 +113,15 @@ def stats_payload(stats: Mapping[str, float]) -> dict[str, Any]:
 def origin() -> dict[str, str]:
     """Who wrote the discovery document: cryedge, its version, and its home page if the package names one."""
     document = {"name": "cryedge", "sw": __version__}
-    try:
-        from importlib.metadata import metadata
+    from importlib.metadata import PackageNotFoundError, metadata
 
-        urls = [u.split(",", 1)[1].strip() for u in metadata("cryedge").get_all("Project-URL") or [] if "," in u]
-        if urls:
-            document["url"] = urls[0]
-    except Exception:  # not installed as a distribution: no url
-        pass
+    try:
+        project_urls = metadata("cryedge").get_all("Project-URL") or []
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        project_urls = []
+    urls = [entry.split(",", 1)[1].strip() for entry in project_urls if "," in entry]
+    if urls:
+        document["url"] = urls[0]
     return document
 
 

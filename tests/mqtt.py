@@ -57,8 +57,8 @@ class Broker:
         self.config.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout: float = 10.0) -> Broker:
-        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL,
-                                        stderr=open(self.workdir / "mosquitto.log", "ab"))
+        with open(self.workdir / "mosquitto.log", "ab") as log:
+            self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -188,7 +188,7 @@ def test_random_scores_give_matched_episodes_in_time_order(seed):
     ]
     events = run(alarm, scores(*segments))
     events += alarm.finish()
-    assert all(a.t <= b.t for a, b in zip(events, events[1:]))
+    assert all(a.t <= b.t for a, b in itertools.pairwise(events))
     assert [e.kind for e in events] == ["start", "end"] * (len(events) // 2)
     for start, end in zip(events[::2], events[1::2]):
         assert start.event_id == end.event_id
