@@ -166,7 +166,7 @@ class MqttConfig(Section):
     qos: Literal[1, 2] = 1  # for events; state and availability use 1
     connect_timeout: float = Field(default=10.0, gt=0)  # wait at start for the broker's answer
     reconnect_min_seconds: float = Field(default=1.0, gt=0)
-    reconnect_max_seconds: float = Field(default=60.0, gt=0)
+    reconnect_max_seconds: float = Field(default=30.0, gt=0)
     state_interval: float = Field(default=5.0, ge=0)  # probability updates at most this often
     stats_interval: float = Field(default=30.0, gt=0)  # diagnostics (fps, inference ms, face share)
 

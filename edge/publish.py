@@ -179,6 +179,20 @@ def discovery_document(topics: Topics, device: DeviceConfig, model: str) -> dict
     }
 
 
+class _WithoutReconnectNoise(logging.Filter):
+    """paho logs an ERROR on each loop pass while it waits to reconnect; the publisher says it once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+def _paho_logger() -> logging.Logger:
+    logger = logging.getLogger(f"{__name__}.paho")
+    if not any(isinstance(f, _WithoutReconnectNoise) for f in logger.filters):
+        logger.addFilter(_WithoutReconnectNoise())
+    return logger
+
+
 def _json(payload: Mapping) -> str:
     return json.dumps(payload, separators=(",", ":"))
 
@@ -302,7 +316,7 @@ class MqttPublisher:
             log.info("%d undelivered events in the outbox %s", self.outbox_depth, self._outbox.path)
         protocol = paho.MQTTv5 if mqtt.protocol == "5" else paho.MQTTv311
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=mqtt.client_id or "", protocol=protocol)
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        client.enable_logger(_paho_logger())
         if mqtt.username:
             password = mqtt.password.get_secret_value() if mqtt.password is not None else None
             client.username_pw_set(mqtt.username, password)
