@@ -290,6 +290,7 @@ class MqttPublisher:
         self._state: AlarmState | None = None
         self._state_sent_at = -math.inf
         self._state_sent_crying: bool | None = None
+        self._stats_sent_at = -math.inf
 
     # --- called by the daemon (any thread); never blocks
 
@@ -300,6 +301,7 @@ class MqttPublisher:
         self._queue.put(("state", state))
 
     def publish_stats(self, stats: Mapping[str, float]) -> None:
+        """Diagnostics (``fps``, ``inference_ms``, ``face_share``); sent at most every ``mqtt.stats_interval``."""
         self._queue.put(("stats", dict(stats)))
 
     # --- life cycle
@@ -358,9 +360,16 @@ class MqttPublisher:
         if self._refusal is not None and self._refusal not in TRANSIENT_REFUSALS:
             client.loop_stop()
             self._stop_thread()
-            hint = " (check mqtt.username and the password)" if "user name" in self._refusal.lower() or \
-                "authorized" in self._refusal.lower() else ""
-            raise BrokerError(f"{self.where} refused the connection: {self._refusal}{hint}")
+            raise BrokerError(f"{self.where} refused the connection: {self._refusal}{self._refusal_hint()}")
+
+    def _refusal_hint(self) -> str:
+        reason = (self._refusal or "").lower()
+        if "user name" not in reason and "authorized" not in reason:
+            return ""
+        if self.mqtt.username and self.mqtt.password is None:
+            return (f" (user {self.mqtt.username!r} has no password: set $CRYEDGE_MQTT_PASSWORD, mqtt.password_file"
+                    " or the systemd credential mqtt_password)")
+        return " (check mqtt.username and the password)"
 
     def close(self, timeout: float = 5.0) -> None:
         """Final state OFF, ``offline``, wait for acknowledgements (up to ``timeout``), disconnect."""
@@ -466,8 +475,11 @@ class MqttPublisher:
             self._send_state(state)
 
     def _handle_stats(self, stats: dict) -> None:
-        if self.connected:
+        # the daemon may call publish_stats as often as it likes; the broker sees one every stats_interval
+        now = time.monotonic()
+        if self.connected and now - self._stats_sent_at >= self.mqtt.stats_interval:
             self._publish(self.topics.stats, _json(stats_payload(stats)), qos=0, retain=True)
+            self._stats_sent_at = now
 
     def _send_discovery(self) -> None:
         if self.mqtt.discovery:

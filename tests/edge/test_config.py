@@ -180,3 +180,10 @@ def test_bad_broker_urls_are_refused(url, problem):
     with pytest.raises(ConfigError, match=problem) as raised:
         cli_overrides(broker=url)
     assert "hunter2" not in str(raised.value)
+
+
+def test_config_show_without_a_file_prints_the_defaults(capsys):
+    assert main(["config", "show"]) == 0
+    shown = tomllib.loads(capsys.readouterr().out)
+    assert shown["source"]["uri"] == str(paths.data_file("demo.mp4"))
+    assert "host" in shown["mqtt"] and shown["mqtt"]["host"] == ""

@@ -152,6 +152,16 @@ def test_events_arrive_with_qos_1_not_retained(mosquitto, subscriber, tmp_path, 
     assert datetime.fromisoformat(end["time"]).timestamp() == end["timestamp"]
 
 
+def test_stats_are_sent_at_most_every_stats_interval(mosquitto, subscriber, tmp_path):
+    with publisher_for(mosquitto, tmp_path, stats_interval=60) as publisher:
+        for fps in (30.0, 29.0, 28.0):
+            publisher.publish_stats({"fps": fps, "inference_ms": 0.05, "face_share": 1.0})
+        publisher.publish_event(event("start", "ep1"))  # a marker: everything before it has been handled
+        subscriber.wait_for(f"{PREFIX}/event")
+        subscriber.wait_for(f"{PREFIX}/stats")
+    assert [json.loads(p)["fps"] for p in subscriber.payloads(f"{PREFIX}/stats")] == [30.0]
+
+
 def test_state_updates_are_throttled_but_changes_go_at_once(mosquitto, subscriber, tmp_path):
     with publisher_for(mosquitto, tmp_path, state_interval=60) as publisher:
         idle = AlarmState(False, None, None, 0.1)
@@ -284,14 +294,21 @@ def secured_broker(tmp_path):
         yield broker
 
 
-def test_wrong_password_is_a_one_line_broker_error_without_the_password(secured_broker, tmp_path):
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_wrong_password_is_a_one_line_broker_error_without_the_password(secured_broker, tmp_path, protocol):
     publisher = publisher_for(secured_broker, tmp_path, environ={"CRYEDGE_MQTT_PASSWORD": "wrong staple"},
-                              username="cryedge")
+                              username="cryedge", protocol=protocol)
     with pytest.raises(BrokerError) as raised:
         publisher.start()
     message = str(raised.value)
     assert "refused" in message and "127.0.0.1" in message and "mqtt.username" in message
     assert "staple" not in message and "\n" not in message
+
+
+def test_a_user_without_a_password_is_told_where_passwords_come_from(secured_broker, tmp_path):
+    publisher = publisher_for(secured_broker, tmp_path, username="cryedge")
+    with pytest.raises(BrokerError, match="has no password: set \\$CRYEDGE_MQTT_PASSWORD, mqtt.password_file"):
+        publisher.start()
 
 
 def test_password_from_a_file_is_accepted(secured_broker, tmp_path):
