@@ -1,0 +1,41 @@
+#!/bin/bash
+# Build a Raspberry Pi OS Lite (Bookworm, arm64) image with cryedge installed and enabled.
+#
+#   sudo image/build.sh              # native pi-gen build (a Debian/Ubuntu host with pi-gen's depends)
+#   sudo DOCKER=1 image/build.sh     # pi-gen's build-docker.sh instead
+#
+# Environment: PIGEN_DIR (default image/pi-gen), PIGEN_REF (default arm64, pi-gen's 64-bit branch).
+# The image gets the committed HEAD of this checkout (git archive): commit your changes first.
+# The result is in $PIGEN_DIR/deploy/.
+
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+PIGEN_DIR="${PIGEN_DIR:-$HERE/pi-gen}"
+PIGEN_REF="${PIGEN_REF:-arm64}"
+DOCKER="${DOCKER:-0}"
+
+if [ ! -d "$PIGEN_DIR/.git" ]; then
+    git clone --depth 1 --branch "$PIGEN_REF" https://github.com/RPi-Distro/pi-gen.git "$PIGEN_DIR"
+fi
+
+stage="$PIGEN_DIR/stage-cryedge"
+rm -rf "$stage"
+cp -a "$HERE/stage-cryedge" "$stage"
+mkdir -p "$stage/01-cryedge/files/cryedge"
+git -C "$REPO" archive --format=tar HEAD | tar -x -C "$stage/01-cryedge/files/cryedge"
+
+if [ ! -f "$PIGEN_DIR/config" ]; then
+    cp "$HERE/config" "$PIGEN_DIR/config"
+fi
+# only the cryedge image is exported, not the plain Lite one
+touch "$PIGEN_DIR/stage2/SKIP_IMAGES"
+
+cd "$PIGEN_DIR"
+if [ "$DOCKER" = "1" ]; then
+    ./build-docker.sh
+else
+    ./build.sh
+fi
+ls -l deploy/

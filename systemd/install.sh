@@ -1,0 +1,168 @@
+#!/bin/bash
+# Install cryedge as a systemd service, on this machine or into an image's root file system.
+#
+#   sudo systemd/install.sh                      # this machine: venv, config, user, unit, models, enable
+#   sudo systemd/install.sh --root /mnt/rootfs   # into another root (same distribution and Python)
+#
+# Lays down (all relative to --root):
+#   /opt/cryedge/venv                      python3 -m venv --system-site-packages (sees apt's picamera2)
+#   /opt/cryedge/models                    the cry model(s) of the checkout + landmark bundles
+#   /opt/cryedge/docs/service.md           what `systemctl help cryedge` opens
+#   /etc/cryedge/cryedge.toml              from examples/cryedge.toml; an existing one is kept
+#   /etc/cryedge/mqtt_password             only with --mqtt-password-file (mode 0600, root)
+#   /usr/lib/sysusers.d/cryedge.conf       the system user, created now and by systemd-sysusers at boot
+#   /etc/systemd/system/cryedge.service    enabled (multi-user.target.wants), not started
+# Running it again gives the same tree (the config and password are never overwritten unasked).
+#
+# With --root the venv is made by this machine's python3 and its scripts are pointed at
+# /opt/cryedge/venv, so the root must have the same Python at the same path (true for a chroot of
+# the same release, e.g. pi-gen's; image/ runs this script inside the chroot instead).
+
+set -euo pipefail
+
+PREFIX=/opt/cryedge
+UNIT_NAME=cryedge.service
+
+usage() {
+    cat <<EOF
+usage: $0 [--root DIR] [--source DIR] [--package SPEC] [--pip-arg ARG]... [--python PATH] [--no-venv] [--no-models]
+          [--no-enable] [--mqtt-password-file FILE]
+
+  --root DIR            install into DIR (an image's root file system) instead of /
+  --source DIR          the cryedge checkout (default: the one this script is in)
+  --package SPEC        what pip installs into the venv (default: the checkout; a wheel path works)
+  --pip-arg ARG         an extra argument for pip install (repeatable, e.g. --pip-arg --no-deps)
+  --python PATH         the interpreter the venv is made from (default: /usr/bin/python3, the one
+                        apt's python3-picamera2 belongs to)
+  --no-venv             leave /opt/cryedge/venv alone (it is made elsewhere, or not at all)
+  --no-models           do not copy or fetch models
+  --no-enable           do not enable the service
+  --mqtt-password-file FILE
+                        install FILE as /etc/cryedge/mqtt_password (0600), replacing an old one
+EOF
+}
+
+log() { printf 'install: %s\n' "$*" >&2; }
+die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
+
+ROOT=""
+SOURCE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PACKAGE=""
+PIP_ARGS=()
+PYTHON=/usr/bin/python3
+VENV=1
+MODELS=1
+ENABLE=1
+PASSWORD_FILE=""
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --root) ROOT="${2:?--root needs a directory}"; shift 2 ;;
+        --source) SOURCE="${2:?--source needs a directory}"; shift 2 ;;
+        --package) PACKAGE="${2:?--package needs a path or requirement}"; shift 2 ;;
+        --pip-arg) PIP_ARGS+=("${2:?--pip-arg needs an argument}"); shift 2 ;;
+        --python) PYTHON="${2:?--python needs an interpreter}"; shift 2 ;;
+        --no-venv) VENV=0; shift ;;
+        --no-models) MODELS=0; shift ;;
+        --no-enable) ENABLE=0; shift ;;
+        --mqtt-password-file) PASSWORD_FILE="${2:?--mqtt-password-file needs a file}"; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument: $1" ;;
+    esac
+done
+
+[ "$(id -u)" -eq 0 ] || die "run as root (sudo $0)"
+[ -f "$SOURCE/systemd/$UNIT_NAME" ] || die "$SOURCE is not a cryedge checkout (no systemd/$UNIT_NAME)"
+if [ -n "$ROOT" ]; then
+    [ -d "$ROOT" ] || die "--root $ROOT is not a directory"
+    ROOT="$(cd "$ROOT" && pwd)"
+    [ "$ROOT" != "/" ] || ROOT=""
+fi
+[ -z "$PASSWORD_FILE" ] || [ -r "$PASSWORD_FILE" ] || die "cannot read $PASSWORD_FILE"
+PACKAGE="${PACKAGE:-$SOURCE}"
+VENV_DIR="$ROOT$PREFIX/venv"
+
+install_user() {
+    install -D -m 0644 "$SOURCE/systemd/cryedge.sysusers" "$ROOT/usr/lib/sysusers.d/cryedge.conf"
+    install -d -m 0755 "$ROOT/etc"
+    if command -v systemd-sysusers >/dev/null; then
+        systemd-sysusers ${ROOT:+--root="$ROOT"} cryedge.conf
+    elif ! grep -q '^cryedge:' "$ROOT/etc/passwd" 2>/dev/null; then
+        useradd ${ROOT:+--root "$ROOT"} --system --user-group --home-dir /var/lib/cryedge \
+            --no-create-home --shell /usr/sbin/nologin --comment "cryedge cry detection" cryedge
+    fi
+}
+
+install_venv() {
+    if [ ! -x "$VENV_DIR/bin/python" ]; then
+        log "creating $PREFIX/venv"
+        "$PYTHON" -m venv --system-site-packages "$VENV_DIR"
+    fi
+    log "pip install $PACKAGE"
+    "$VENV_DIR/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade \
+        ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "$PACKAGE"
+    if [ -n "$ROOT" ]; then
+        # A venv records its own path: point scripts and pyvenv.cfg at where it lives in the image,
+        # and recompile so that tracebacks name /opt/cryedge/... (/opt is read-only at run time).
+        local file
+        for file in "$VENV_DIR"/bin/* "$VENV_DIR/pyvenv.cfg"; do
+            if [ -f "$file" ] && [ ! -L "$file" ] && grep -Iq "$VENV_DIR" "$file"; then
+                sed -i "s|$VENV_DIR|$PREFIX/venv|g" "$file"
+            fi
+        done
+        "$VENV_DIR/bin/python" -m compileall -q -f -s "$ROOT" -p / "$VENV_DIR/lib" >/dev/null
+    fi
+}
+
+install_config() {
+    install -d -m 0755 "$ROOT/etc/cryedge"
+    local config="$ROOT/etc/cryedge/cryedge.toml"
+    if [ -e "$config" ]; then
+        log "keeping /etc/cryedge/cryedge.toml"
+    elif [ -f "$SOURCE/examples/cryedge.toml" ]; then
+        install -m 0644 "$SOURCE/examples/cryedge.toml" "$config"
+    else
+        printf '# cryedge configuration: see docs/service.md\n[source]\nuri = "picamera2"\n' >"$config"
+        chmod 0644 "$config"
+    fi
+    if [ -n "$PASSWORD_FILE" ]; then
+        # root-only; systemd hands it to the service as $CREDENTIALS_DIRECTORY/mqtt_password
+        install -m 0600 -o root -g root "$PASSWORD_FILE" "$ROOT/etc/cryedge/mqtt_password"
+    fi
+}
+
+install_models() {
+    install -d -m 0755 "$ROOT$PREFIX/models" "$ROOT$PREFIX/models/landmarks"
+    local model
+    for model in "$SOURCE"/models/*.tflite "$SOURCE"/models/*.json; do
+        if [ -f "$model" ]; then install -m 0644 "$model" "$ROOT$PREFIX/models/"; fi
+    done
+    if [ -x "$VENV_DIR/bin/cryedge" ]; then
+        log "fetching landmark models into $PREFIX/models/landmarks"
+        "$VENV_DIR/bin/cryedge" models fetch --output "$ROOT$PREFIX/models/landmarks"
+    else
+        log "no $PREFIX/venv/bin/cryedge: landmark models not fetched (run: cryedge models fetch --output $PREFIX/models/landmarks)"
+    fi
+}
+
+install_unit() {
+    install -D -m 0644 "$SOURCE/systemd/$UNIT_NAME" "$ROOT/etc/systemd/system/$UNIT_NAME"
+    if [ -f "$SOURCE/docs/service.md" ]; then
+        install -D -m 0644 "$SOURCE/docs/service.md" "$ROOT$PREFIX/docs/service.md"
+    fi
+    if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
+        systemctl daemon-reload
+    fi
+    if [ "$ENABLE" -eq 1 ]; then
+        # works offline too: in a chroot, or with --root, systemctl only writes the wants symlink
+        systemctl ${ROOT:+--root="$ROOT"} --quiet enable "$UNIT_NAME"
+    fi
+}
+
+install -d -m 0755 "$ROOT$PREFIX"
+install_user
+if [ "$VENV" -eq 1 ]; then install_venv; fi
+install_config
+if [ "$MODELS" -eq 1 ]; then install_models; fi
+install_unit
+log "done. Edit /etc/cryedge/cryedge.toml ([mqtt] host, username), then: systemctl start cryedge"
