@@ -332,7 +332,18 @@ def load_config(path: Path | str | None = None, overrides: dict | None = None, e
         raise ConfigError(f"{where}: {_describe(problems[0], data, Config)}{more}") from None
     _resolve_paths(config, config_path.resolve().parent if config_path is not None else Path.cwd())
     _resolve_password(config, where, environ)
+    _check_tls_files(config, where)
     return config
+
+
+def _check_tls_files(config: Config, where: str) -> None:
+    """Missing certificate files are a configuration error now, not a TLS failure at the first connect."""
+    if config.mqtt.tls is None:
+        return
+    for name in ("ca_file", "certfile", "keyfile"):
+        path = getattr(config.mqtt.tls, name)
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"{where}: mqtt.tls.{name}: cannot read {path}")
 
 
 def parse_broker_url(url: str) -> dict:

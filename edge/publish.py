@@ -312,10 +312,6 @@ class MqttPublisher:
         from paho.mqtt.enums import CallbackAPIVersion
 
         mqtt = self.mqtt
-        self._outbox = Outbox(self._outbox_config.path, self._outbox_config.max_events)
-        self.outbox_depth = len(self._outbox)
-        if self.outbox_depth:
-            log.info("%d undelivered events in the outbox %s", self.outbox_depth, self._outbox.path)
         protocol = paho.MQTTv5 if mqtt.protocol == "5" else paho.MQTTv311
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=mqtt.client_id or "", protocol=protocol)
         client.enable_logger(_paho_logger())
@@ -338,8 +334,13 @@ class MqttPublisher:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.connect_timeout = mqtt.connect_timeout  # TCP and TLS; a black-holed host must not hang start
         self._client = client
 
+        self._outbox = Outbox(self._outbox_config.path, self._outbox_config.max_events)
+        self.outbox_depth = len(self._outbox)
+        if self.outbox_depth:
+            log.info("%d undelivered events in the outbox %s", self.outbox_depth, self._outbox.path)
         self._thread = threading.Thread(target=self._run, name="cryedge-publisher", daemon=True)
         self._thread.start()
         try:

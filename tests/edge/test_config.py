@@ -187,3 +187,11 @@ def test_config_show_without_a_file_prints_the_defaults(capsys):
     shown = tomllib.loads(capsys.readouterr().out)
     assert shown["source"]["uri"] == str(paths.data_file("demo.mp4"))
     assert "host" in shown["mqtt"] and shown["mqtt"]["host"] == ""
+
+
+def test_missing_tls_files_are_config_errors(tmp_path):
+    path = write(tmp_path, '[mqtt]\nhost = "b"\n[mqtt.tls]\nca_file = "ca.crt"\n')
+    with pytest.raises(ConfigError, match=rf"cryedge.toml: mqtt.tls.ca_file: cannot read {tmp_path}/ca.crt"):
+        load_config(path, environ={})
+    (tmp_path / "ca.crt").write_text("")
+    assert load_config(path, environ={}).mqtt.tls.ca_file == tmp_path / "ca.crt"
