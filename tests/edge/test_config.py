@@ -37,9 +37,11 @@ def test_device_ids_are_safe_topic_levels():
     assert sanitize_id("+#/") == "cryedge"
 
 
-def test_the_example_config_is_valid_and_sets_a_broker(tmp_path):
-    config = load_config(EXAMPLE, environ={"CRYEDGE_MQTT_PASSWORD": "x"})
-    assert config.mqtt.enabled and config.mqtt.password.get_secret_value() == "x"
+def test_the_example_config_is_valid_and_runs_the_camera_without_a_broker_until_one_is_set():
+    config = load_config(EXAMPLE, environ={})
+    assert config.source.uri == "picamera2" and not config.mqtt.enabled
+    with_broker = load_config(EXAMPLE, cli_overrides(broker="mqtt://cryedge@homeassistant.local"), environ={})
+    assert with_broker.mqtt.enabled and with_broker.mqtt.port == 1883
 
 
 def test_unknown_key_names_the_file_the_key_and_a_likely_fix(tmp_path):
