@@ -15,12 +15,12 @@ import pytest
 from mqtt import Broker, Subscriber, make_certificates
 
 import edge
-from edge.alarm import AlarmState
+from edge.alarm import Alarm, AlarmState
 from edge.config import load_config
 from edge.errors import BrokerError
 from edge.outbox import Outbox
 from edge.publish import MqttPublisher, StdoutPublisher, Topics, make_publisher
-from edge.records import AlarmEvent
+from edge.records import AlarmEvent, Score
 
 DEVICE = "nursery"
 PREFIX = f"cryedge/{DEVICE}"
@@ -186,12 +186,32 @@ def test_close_publishes_state_off_and_offline(mosquitto, subscriber, tmp_path):
     assert len(Outbox(tmp_path / "state" / "outbox.sqlite3")) == 0
 
 
+def test_a_scripted_cry_through_the_alarm_reaches_home_assistants_topics(mosquitto, subscriber, tmp_path):
+    config = load_config(None, settings(mosquitto, tmp_path), environ={})
+    alarm = Alarm(config.alarm, model_threshold=0.5, wall_clock=lambda t: 1_800_000_000.0 + t)
+    probabilities = [0.05] * 30 + [0.95] * 50 + [0.05] * 60  # 10 scores a second: crying from 3 s to 8 s
+    with make_publisher(config, MODEL) as publisher:
+        for i, probability in enumerate(probabilities):
+            for alarm_event in alarm.update(Score(t=i / 10, probability=probability, face_seen=True)):
+                publisher.publish_event(alarm_event)
+            publisher.publish_state(alarm.state)
+        start, end = subscriber.wait_for(f"{PREFIX}/event", count=2)
+        subscriber.wait_for(f"{PREFIX}/state", lambda m: json.loads(m.payload)["crying"] == "ON")
+    start, end = json.loads(start.payload), json.loads(end.payload)
+    assert (start["event_type"], end["event_type"], end["reason"]) == ("cry_start", "cry_end", "scores")
+    assert start["id"] == end["id"]
+    assert start["timestamp"] - 1_800_000_000.0 == pytest.approx(3.0, abs=0.35)  # median lag
+    assert end["timestamp"] - 1_800_000_000.0 == pytest.approx(8.0, abs=0.35)
+    crying = [json.loads(p)["crying"] for p in subscriber.payloads(f"{PREFIX}/state")]
+    assert crying[-1] == "OFF" and "ON" in crying
+
+
 PUBLISHER_PROCESS = textwrap.dedent(
     """
     import json, sys, time
     from edge.config import load_config
     from edge.publish import make_publisher
-    from edge.records import AlarmEvent
+    from edge.records import AlarmEvent, Score
     publisher = make_publisher(load_config(None, json.loads(sys.argv[1]), environ={}), "demo")
     publisher.start()
     if sys.argv[2] == "event":
