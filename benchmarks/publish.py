@@ -20,7 +20,7 @@ from edge.records import AlarmEvent
 
 # after edge is imported: tests/edge (no __init__.py) must not shadow it
 sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
-from mqtt import Broker  # noqa: E402  (tests/mqtt.py: the loopback broker the tests use)
+from mqtt import Broker  # (tests/mqtt.py: the loopback broker the tests use)
 
 
 def subscriber(broker: Broker, topic: str, arrivals: dict):

@@ -121,9 +121,9 @@ class AlarmConfig(Section):
 
     @model_validator(mode="after")
     def _hysteresis(self) -> AlarmConfig:
-        if self.on_threshold is not None and self.off_threshold is not None:
-            if self.off_threshold > self.on_threshold:
-                raise ValueError("off_threshold must not be above on_threshold")
+        both = self.on_threshold is not None and self.off_threshold is not None
+        if both and self.off_threshold > self.on_threshold:
+            raise ValueError("off_threshold must not be above on_threshold")
         return self
 
     def thresholds(self, model_threshold: float) -> tuple[float, float]:
