@@ -5,6 +5,9 @@ event is added before it is published and removed only when the broker's PUBACK 
 crash, a power cut or a broker that is away loses nothing; the price is that a subscriber may see
 an event twice (QoS 1 is at-least-once anyway; events carry an id).
 
+It also remembers episodes that started and have not ended yet, so that after a crash mid-cry the
+next run can send the end that the dead process could not (reason ``"restart"``).
+
 Bounded: over ``max_events`` the oldest episodes are dropped, start and end together, so a
 subscriber never sees half of one. An end whose start was already delivered is never dropped:
 it is what turns the alert off.
@@ -27,7 +30,14 @@ CREATE TABLE IF NOT EXISTS events (
     event_id TEXT NOT NULL,
     kind TEXT NOT NULL,
     payload TEXT NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS open_episodes (
+    event_id TEXT PRIMARY KEY,
+    start_payload TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dropped_episodes (
+    event_id TEXT PRIMARY KEY
+);
 """
 
 
@@ -49,7 +59,7 @@ class Outbox:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(SCHEMA)
+            self._db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as error:
             raise ConfigError(f"outbox.path: cannot open {self.path}: {error}") from None
         self.dropped = 0  # events dropped to stay within max_events, since this outbox was opened
@@ -57,12 +67,24 @@ class Outbox:
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
-    def add(self, event_id: str, kind: str, payload: str) -> int:
-        """Store an event; returns its sequence number. Drops the oldest episodes when over the bound."""
+    def add(self, event_id: str, kind: str, payload: str) -> int | None:
+        """Store an event; returns its sequence number. Drops the oldest episodes when over the bound.
+
+        None for the end of an episode whose start was dropped: it is dropped too.
+        """
+        if kind == "end" and self._db.execute("SELECT 1 FROM dropped_episodes WHERE event_id = ?", (event_id,)).fetchone():
+            with self._db:
+                self._db.execute("DELETE FROM dropped_episodes WHERE event_id = ?", (event_id,))
+            self.dropped += 1
+            return None
         with self._db:
             cursor = self._db.execute(
                 "INSERT INTO events (event_id, kind, payload) VALUES (?, ?, ?)", (event_id, kind, payload)
             )
+            if kind == "start":
+                self._db.execute("INSERT OR REPLACE INTO open_episodes VALUES (?, ?)", (event_id, payload))
+            else:
+                self._db.execute("DELETE FROM open_episodes WHERE event_id = ?", (event_id,))
         self._enforce_bound()
         return int(cursor.lastrowid)
 
@@ -74,6 +96,10 @@ class Outbox:
         """All stored events, oldest first."""
         rows = self._db.execute("SELECT seq, event_id, kind, payload FROM events ORDER BY seq").fetchall()
         return [Entry(*row) for row in rows]
+
+    def open_episodes(self) -> list[tuple[str, str]]:
+        """(event_id, start payload) of episodes that started but never ended: the process died mid-cry."""
+        return self._db.execute("SELECT event_id, start_payload FROM open_episodes ORDER BY rowid").fetchall()
 
     def _enforce_bound(self) -> None:
         excess = len(self) - self.max_events
@@ -95,8 +121,12 @@ class Outbox:
         doomed += [e.seq for e in entries if e.kind == "end" and e.event_id in dropped_ids and e.seq not in doomed]
         if not doomed:
             return
+        ended = {e.event_id for e in entries if e.kind == "end"}
         with self._db:
             self._db.executemany("DELETE FROM events WHERE seq = ?", [(seq,) for seq in doomed])
+            for event_id in dropped_ids - ended:  # its end is still to come: drop that too when it does
+                self._db.execute("DELETE FROM open_episodes WHERE event_id = ?", (event_id,))
+                self._db.execute("INSERT OR REPLACE INTO dropped_episodes VALUES (?)", (event_id,))
         self.dropped += len(doomed)
         log.warning(
             "outbox full (%d events): dropped the %d oldest undelivered events (%d in all so far)",

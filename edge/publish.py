@@ -95,6 +95,12 @@ def event_payload(event: AlarmEvent, device_id: str, model: str) -> dict[str, An
     return payload
 
 
+def restart_end_payload(start: Mapping[str, Any], wall_time: float) -> dict[str, Any]:
+    """The end of an episode whose process died during it, sent by the next run (reason ``"restart"``)."""
+    return {**start, "event_type": EVENT_TYPES["end"], "time": iso_utc(wall_time), "timestamp": round(wall_time, 3),
+            "probability": None, "reason": "restart"}
+
+
 def state_payload(state: AlarmState, model: str) -> dict[str, Any]:
     return {
         "crying": "ON" if state.crying else "OFF",
@@ -338,6 +344,7 @@ class MqttPublisher:
         self._client = client
 
         self._outbox = Outbox(self._outbox_config.path, self._outbox_config.max_events)
+        self._end_episodes_left_open()
         self.outbox_depth = len(self._outbox)
         if self.outbox_depth:
             log.info("%d undelivered events in the outbox %s", self.outbox_depth, self._outbox.path)
@@ -362,6 +369,13 @@ class MqttPublisher:
             client.loop_stop()
             self._stop_thread()
             raise BrokerError(f"{self.where} refused the connection: {self._refusal}{self._refusal_hint()}")
+
+    def _end_episodes_left_open(self) -> None:
+        """An ON must be followed by an OFF: end the episodes a previous run started and never ended."""
+        for event_id, start_payload in self._outbox.open_episodes():
+            log.warning("ending cry episode %s, left open by a previous run that stopped without ending it", event_id)
+            end = restart_end_payload(json.loads(start_payload), time.time())
+            self._outbox.add(event_id, "end", _json(end))
 
     def _refusal_hint(self) -> str:
         reason = (self._refusal or "").lower()
@@ -456,7 +470,10 @@ class MqttPublisher:
         self.last_event = payload
         seq = self._outbox.add(event.event_id, event.kind, _json(payload))
         self.outbox_depth = len(self._outbox)
-        if self.connected:
+        if seq is None:
+            log.warning("%s %s dropped: its start was dropped from the full outbox", payload["event_type"],
+                        event.event_id)
+        elif self.connected:
             self._send_event(seq, _json(payload))
         else:
             log.info("broker away: %s %s kept in the outbox (%d waiting)", payload["event_type"], event.event_id,

@@ -214,9 +214,9 @@ PUBLISHER_PROCESS = textwrap.dedent(
     from edge.records import AlarmEvent, Score
     publisher = make_publisher(load_config(None, json.loads(sys.argv[1]), environ={}), "demo")
     publisher.start()
-    if sys.argv[2] == "event":
-        publisher.publish_event(AlarmEvent("start", "ep-before-kill", 1.0, 1_800_000_000.0, 0.9))
-        while publisher.outbox_depth == 0:
+    if sys.argv[2] in ("event", "delivered"):
+        publisher.publish_event(AlarmEvent("start", "ep-before-kill", 1.0, time.time(), 0.9))
+        while publisher.last_event is None or (sys.argv[2] == "delivered") != (publisher.outbox_depth == 0):
             time.sleep(0.01)
     print("ready", flush=True)
     time.sleep(60)
@@ -287,6 +287,20 @@ def test_outbox_survives_a_killed_process_and_is_delivered_by_the_next(tmp_path)
             wait_until(lambda: publisher.outbox_depth == 0)
     assert json.loads(message.payload)["id"] == "ep-before-kill"
     assert Outbox(tmp_path / "state" / "outbox.sqlite3").pending() == []
+
+
+def test_a_cry_left_open_by_a_killed_process_is_ended_by_the_next_run(mosquitto, subscriber, tmp_path):
+    process = run_publisher_process(settings(mosquitto, tmp_path), "delivered")  # the start went out
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    with publisher_for(mosquitto, tmp_path):
+        start, end = subscriber.wait_for(f"{PREFIX}/event", count=2)
+    start, end = json.loads(start.payload), json.loads(end.payload)
+    assert (start["event_type"], end["event_type"], end["reason"]) == ("cry_start", "cry_end", "restart")
+    assert start["id"] == end["id"] == "ep-before-kill" and end["timestamp"] > start["timestamp"]
+    with publisher_for(mosquitto, tmp_path):  # ended once, not again on every start
+        subscriber.wait_for(f"{PREFIX}/availability", lambda m: m.payload == b"online", count=3)
+    assert len(subscriber.on(f"{PREFIX}/event")) == 2
 
 
 def test_unreachable_broker_at_start_is_retried_not_fatal(tmp_path):
@@ -409,6 +423,26 @@ def test_full_outbox_drops_the_oldest_whole_episodes_but_never_a_pending_end(tmp
         assert outbox.dropped == 2
     assert kept == [("ep0", "end"), ("ep2", "start"), ("ep2", "end")]
     assert "dropped the 2 oldest" in caplog.text
+
+
+def test_the_end_of_an_episode_whose_start_was_dropped_is_dropped_too(tmp_path):
+    with Outbox(tmp_path / "outbox.sqlite3", max_events=2) as outbox:
+        outbox.add("ep1", "start", "{}")
+        outbox.add("ep2", "start", "{}")
+        outbox.add("ep2", "end", "{}")  # over the bound: ep1's start goes
+        assert outbox.add("ep1", "end", "{}") is None
+        assert [(e.event_id, e.kind) for e in outbox.pending()] == [("ep2", "start"), ("ep2", "end")]
+        assert outbox.open_episodes() == []
+
+
+def test_outbox_remembers_episodes_that_started_and_did_not_end(tmp_path):
+    with Outbox(tmp_path / "outbox.sqlite3") as outbox:
+        seq = outbox.add("ep1", "start", '{"id": "ep1"}')
+        outbox.remove(seq)  # delivered
+        outbox.add("ep2", "start", "{}")
+        outbox.add("ep2", "end", "{}")
+    with Outbox(tmp_path / "outbox.sqlite3") as outbox:
+        assert outbox.open_episodes() == [("ep1", '{"id": "ep1"}')]
 
 
 def test_outbox_in_an_unwritable_place_is_a_config_error(tmp_path):
