@@ -1,0 +1,257 @@
+"""install.sh lays down a tree that the unit's paths agree with, the same tree every time it runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge import config
+
+REPO = Path(__file__).resolve().parents[2]
+INSTALL = REPO / "systemd" / "install.sh"
+UNIT = REPO / "systemd" / "cryedge.service"
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sandbox import unit_settings
+
+SETTINGS = unit_settings(UNIT)
+
+
+def install(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        ["bash", str(INSTALL), *map(str, args)], check=False, capture_output=True, text=True, timeout=600
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under ``root`` with its type, mode and content or link target."""
+    tree = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            tree[str(path.relative_to(root))] = ("link", os.readlink(path))
+        elif path.is_dir():
+            tree[str(path.relative_to(root))] = ("dir", stat.S_IMODE(info.st_mode))
+        else:
+            tree[str(path.relative_to(root))] = ("file", stat.S_IMODE(info.st_mode), path.read_bytes())
+    return tree
+
+
+def inside(root: Path, absolute: str) -> Path:
+    return root / absolute.lstrip("/")
+
+
+@pytest.fixture
+def password_file(tmp_path):
+    path = tmp_path / "password"
+    path.write_text("s3cret\n")
+    return path
+
+
+@pytest.fixture
+def installed(tmp_path, password_file) -> Path:
+    root = tmp_path / "root"
+    root.mkdir()
+    install("--root", root, "--no-venv", "--mqtt-password-file", password_file)
+    return root
+
+
+def test_install_script_passes_shellcheck():
+    scripts = sorted((REPO / "systemd").rglob("*.sh"))
+    assert INSTALL in scripts
+    result = subprocess.run(
+        ["shellcheck", *map(str, scripts)], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout
+
+
+def test_the_unit_is_installed_and_enabled(installed):
+    unit = installed / "etc/systemd/system/cryedge.service"
+    assert unit.read_bytes() == UNIT.read_bytes()
+    wants = installed / "etc/systemd/system/multi-user.target.wants/cryedge.service"
+    assert os.readlink(wants) == "/etc/systemd/system/cryedge.service"  # resolves inside the image
+
+
+def test_the_config_the_unit_names_is_the_example_and_is_valid(installed):
+    exec_start = SETTINGS["ExecStart"][-1].split()
+    config_path = inside(installed, exec_start[exec_start.index("--config") + 1])
+    assert config_path.read_bytes() == (REPO / "examples" / "cryedge.toml").read_bytes()
+    assert stat.S_IMODE(config_path.stat().st_mode) == 0o644
+    assert config_path.parent == inside(installed, "/etc/" + SETTINGS["ConfigurationDirectory"][-1])
+    loaded = config.load_config(config_path, environ={})
+    assert loaded.source.uri == "picamera2"
+
+
+def test_the_credential_is_where_load_credential_reads_it_and_root_only(installed):
+    name, source = SETTINGS["LoadCredential"][-1].lstrip("-").split(":")
+    credential = inside(installed, source)
+    assert credential.read_text() == "s3cret\n"
+    info = credential.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_uid == 0
+    # the daemon reads it as systemd hands it over: $CREDENTIALS_DIRECTORY/<name>
+    credentials = credential.parent.parent / "credentials"
+    credentials.mkdir()
+    shutil.copy(credential, credentials / name)
+    loaded = config.load_config(environ={"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert loaded.mqtt.password.get_secret_value() == "s3cret"
+
+
+def test_the_service_user_exists_with_its_home_in_the_state_directory(installed):
+    passwd = {
+        line.split(":")[0]: line.split(":") for line in (installed / "etc/passwd").read_text().splitlines()
+    }
+    user = passwd[SETTINGS["User"][-1]]
+    assert user[5] == "/var/lib/" + SETTINGS["StateDirectory"][-1]
+    assert user[6] == "/usr/sbin/nologin"
+    assert 0 < int(user[2]) < 1000  # a system user
+    groups = {
+        line.split(":")[0]: line.split(":")[3].split(",")
+        for line in (installed / "etc/group").read_text().splitlines()
+    }
+    for group in SETTINGS["SupplementaryGroups"][-1].split():
+        assert "cryedge" in groups[group], group
+    assert (installed / "usr/lib/sysusers.d/cryedge.conf").is_file()  # systemd-sysusers keeps it at boot
+
+
+def test_the_models_folder_the_unit_points_at_exists(installed):
+    environment = dict(item.split("=", 1) for line in SETTINGS["Environment"] for item in line.split())
+    models = inside(installed, environment["CRYEDGE_MODELS"])
+    assert (models / "landmarks").is_dir()
+    for model in (REPO / "models").glob("*.tflite"):
+        assert (models / model.name).read_bytes() == model.read_bytes()
+
+
+def test_running_it_again_gives_the_same_tree_and_keeps_local_edits(installed, password_file):
+    before = snapshot(installed)
+    install("--root", installed, "--no-venv")
+    assert snapshot(installed) == before
+    # a local edit of the config survives a reinstall; the password is replaced only when given
+    edited = installed / "etc/cryedge/cryedge.toml"
+    edited.write_text('[source]\nuri = "/dev/video0"\n')
+    password_file.write_text("new\n")
+    install("--root", installed, "--no-venv", "--mqtt-password-file", password_file)
+    assert edited.read_text() == '[source]\nuri = "/dev/video0"\n'
+    assert (installed / "etc/cryedge/mqtt_password").read_text() == "new\n"
+
+
+def test_bad_arguments_are_refused_with_the_usage(tmp_path):
+    result = install("--root", tmp_path, "--frobnicate", check=False)
+    assert result.returncode != 0
+    assert "unknown argument: --frobnicate" in result.stderr and "usage:" in result.stderr
+    result = install("--root", tmp_path / "missing", check=False)
+    assert result.returncode != 0 and "is not a directory" in result.stderr
+
+
+def test_cryedge_service_install_runs_the_script(tmp_path):
+    cryedge = Path(sys.executable).with_name("cryedge")
+    result = subprocess.run(
+        [str(cryedge), "service", "install", "--root", str(tmp_path), "--no-venv", "--no-models"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "etc/systemd/system/cryedge.service").read_bytes() == UNIT.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """A wheel of this checkout, built offline from a copy (the build must not write into the repo)."""
+    work = tmp_path_factory.mktemp("wheel")
+    source = work / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        if (REPO / name).exists():
+            shutil.copy(REPO / name, source / name)
+    for package in ("edge", "convert"):
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(work),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return next(work.glob("cryedge-*.whl"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs the system python3")
+def test_venv_install_gives_the_program_the_unit_starts(tmp_path, wheel):
+    """The venv path, offline: the package without its dependencies (those come from PyPI on a Pi)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    args = [
+        "--root",
+        root,
+        "--package",
+        wheel,
+        "--pip-arg",
+        "--no-deps",
+        "--pip-arg",
+        "--no-index",
+        "--no-models",
+    ]
+    install(*args)
+    program = inside(root, SETTINGS["ExecStart"][-1].split()[0])
+    assert os.access(program, os.X_OK)
+    assert program.read_text().splitlines()[0] == "#!/opt/cryedge/venv/bin/python"
+    venv = inside(root, "/opt/cryedge/venv")
+    leftovers = [
+        p
+        for p in [*venv.glob("bin/*"), venv / "pyvenv.cfg"]
+        if p.is_file() and str(root) in p.read_text(errors="ignore")
+    ]
+    assert leftovers == []  # nothing in the image points back at the build machine's path
+    assert "home = /usr/bin" in (venv / "pyvenv.cfg").read_text()
+    # the venv runs cryedge's code and sees apt's packages (python3-picamera2 on a Pi)
+    probe = subprocess.run(
+        [
+            str(venv / "bin/python"),
+            "-c",
+            "import edge.notify, sys; print(edge.notify.__file__); print(sys.path)",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    module, search_path = probe.stdout.splitlines()
+    assert module.startswith(str(venv / "lib"))
+    assert "/usr/lib/python3/dist-packages" in search_path
+    # the unit verifies against this tree: ExecStart is the real program now
+    (root / "usr/lib/systemd").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(
+        "/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True, dirs_exist_ok=True
+    )
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", "cryedge.service"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert verify.returncode == 0 and verify.stderr == "", verify.stderr
+    # and a second run over the venv succeeds
+    install(*args)
