@@ -93,6 +93,7 @@ class Alarm:
         self._crying = False
         self._event_id: str | None = None
         self._since: float | None = None
+        self._since_wall: float | None = None  # fixed when the state changes, so "since" does not jitter
         self._probability = 0.0
         self._last_t: float | None = None
         self._last_face_t: float | None = None
@@ -102,8 +103,7 @@ class Alarm:
 
     @property
     def state(self) -> AlarmState:
-        since_wall = self._wall_clock(self._since) if self._since is not None else None
-        return AlarmState(self._crying, self._since, since_wall, self._probability, self._event_id)
+        return AlarmState(self._crying, self._since, self._since_wall, self._probability, self._event_id)
 
     @property
     def crying(self) -> bool:
@@ -167,8 +167,9 @@ class Alarm:
         self._crying = True
         self._event_id = self._new_id()
         self._since = t
+        self._since_wall = self._wall_clock(t)
         self._above_since = None
-        return AlarmEvent("start", self._event_id, t, self._wall_clock(t), self._probability)
+        return AlarmEvent("start", self._event_id, t, self._since_wall, self._probability)
 
     def _end(self, t: float, reason: str, decided: float) -> AlarmEvent:
         t = max(t, self._since)
@@ -176,6 +177,7 @@ class Alarm:
         self._crying = False
         self._event_id = None
         self._since = t
+        self._since_wall = event.wall_time
         self._below_since = None
         self._last_end_decided = decided
         return event
