@@ -1,0 +1,197 @@
+"""Frame sources on real video files decoded by OpenCV, and picamera2 through a stand-in.
+
+picamera2 needs a Pi's camera stack, so ``FakePicamera2`` below follows picamera2's documented API
+(``Picamera2(n)``, ``create_video_configuration``, ``configure``, ``start``, ``capture_array``,
+``stop``, ``close``) and its documented memory layout (``BGR888`` is R, G, B bytes).
+"""
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.errors import SourceError
+from edge.source import FileSource, OpenCVSource, Picamera2Source, SupervisedSource, backoff_delays, describe, open_backend
+
+
+def write_numbered_clip(path, frames=30, fps=15.0, size=(160, 120)):
+    """A clip whose frame n is a flat grey of level 8n, so a reader can tell which frame it got."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    for n in range(frames):
+        image = np.full((size[1], size[0], 3), 8 * n, np.uint8)
+        image[:10, :10] = (0, 0, 255)  # a red corner in BGR, to check the RGB conversion
+        writer.write(image)
+    writer.release()
+    return path
+
+
+def frame_number(frame):
+    return int(round(frame.image[60:, 60:, 1].mean() / 8))
+
+
+@pytest.fixture
+def clip(tmp_path):
+    return write_numbered_clip(tmp_path / "clip.avi")
+
+
+def test_source_kinds_are_told_from_the_uri():
+    assert describe("picamera2") == "picamera2"
+    assert describe("/dev/video0") == "device" and describe("0") == "device"
+    assert describe("rtsp://cam.local/stream") == "stream"
+    assert describe("clip.mp4") == "file"
+    assert isinstance(open_backend("clip.mp4", 640, 480, None), FileSource)
+
+
+def test_file_frames_are_rgb_and_carry_the_video_timeline(clip):
+    source = FileSource(clip, realtime=False)
+    source.open()
+    frames = []
+    while (frame := source.read()) is not None:
+        frames.append(frame)
+    source.close()
+    assert len(frames) == 30
+    assert [frame_number(f) for f in frames] == list(range(30))
+    assert tuple(int(v) for v in frames[0].image[2, 2]) == pytest.approx((255, 0, 0), abs=40)  # red stays red in RGB
+    steps = np.diff([f.t for f in frames])
+    np.testing.assert_allclose(steps, 1 / 15, atol=1e-6)  # video time, not decode time
+
+
+def test_a_lower_target_fps_skips_frames_evenly(clip):
+    source = FileSource(clip, fps=5, realtime=False)
+    source.open()
+    numbers = []
+    while (frame := source.read()) is not None:
+        numbers.append(frame_number(frame))
+    assert numbers == list(range(0, 30, 3))
+
+
+def test_realtime_file_is_paced_at_its_frame_rate(clip):
+    source = FileSource(clip, realtime=True)
+    source.open()
+    start = time.monotonic()
+    for _ in range(16):
+        source.read()
+    elapsed = time.monotonic() - start
+    source.close()
+    assert 0.9 <= elapsed <= 1.6  # 15 frame intervals at 15 fps = 1 s
+
+
+def test_missing_file_is_a_source_error(tmp_path):
+    with pytest.raises(SourceError, match="video file not found"):
+        FileSource(tmp_path / "none.mp4").open()
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\0" * 1000)
+    with pytest.raises(SourceError, match="cannot decode"):
+        FileSource(junk).open()
+
+
+def test_missing_camera_is_a_source_error():
+    with pytest.raises(SourceError, match="cannot open device /dev/video97"):
+        OpenCVSource("/dev/video97").open()
+
+
+def test_live_source_hands_out_the_newest_frame_and_drops_stale_ones(tmp_path):
+    """OpenCV reads the file as fast as it decodes; a slow consumer must skip, not queue."""
+    clip = write_numbered_clip(tmp_path / "long.avi", frames=30)
+    source = OpenCVSource(str(clip))
+    source.open()
+    first = source.read(timeout=2)
+    time.sleep(0.3)  # the pipeline is busy; the reader keeps decoding
+    later = source.read(timeout=2)
+    source.close()
+    assert first is not None and later is not None
+    assert later.index == first.index + 1  # delivered one after the other...
+    assert frame_number(later) > frame_number(first) + 1  # ...but frames in between were dropped
+
+
+def test_supervised_file_ends_without_reopening(clip):
+    supervised = SupervisedSource(lambda: FileSource(clip, realtime=False))
+    with supervised:
+        count = sum(1 for _ in supervised.frames())
+    assert count == 30
+    assert supervised.status.reconnects == 0 and supervised.status.state == "closed"
+
+
+def test_a_live_source_that_stops_is_reopened_with_back_off(tmp_path):
+    """A stream that ends (as a camera unplugged) is reopened; frames flow again after it."""
+    clip = write_numbered_clip(tmp_path / "short.avi", frames=5)
+    supervised = SupervisedSource(lambda: OpenCVSource(str(clip)), stall_seconds=1.0, backoff_first=0.05, backoff_limit=0.1)
+    got = []
+    with supervised:
+        for frame in supervised.frames():
+            got.append(frame)
+            if supervised.status.reconnects >= 2 and len(got) >= 3:
+                supervised.stop()
+    assert supervised.status.reconnects >= 2
+    assert "stopped delivering frames" in supervised.status.last_error
+
+
+def test_back_off_doubles_up_to_its_limit():
+    delays = backoff_delays(1.0, 10.0)
+    assert [next(delays) for _ in range(6)] == [1, 2, 4, 8, 10, 10]
+
+
+class FakePicamera2:
+    """Stand-in for picamera2.Picamera2 following its documented API and pixel layouts."""
+
+    instances = []
+
+    def __init__(self, camera_num=0):
+        self.camera_num, self.started, self.closed, self.config = camera_num, False, False, None
+        FakePicamera2.instances.append(self)
+
+    def create_video_configuration(self, main=None, lores=None, controls=None, buffer_count=None, **_):
+        return {"main": main, "lores": lores, "controls": controls, "buffer_count": buffer_count}
+
+    def configure(self, config):
+        self.config = config
+
+    def start(self):
+        self.started = True
+
+    def capture_array(self, name="main"):
+        assert self.started
+        stream = self.config[name]
+        w, h = stream["size"]
+        if stream["format"] == "BGR888":  # documented: pixels ordered [R, G, B]
+            image = np.zeros((h, w, 3), np.uint8)
+            image[..., 0] = 200
+            return image
+        if stream["format"] == "YUV420":  # documented: (h*3/2, w) planar I420
+            rgb = np.zeros((h, w, 3), np.uint8)
+            rgb[..., 0] = 200
+            return cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+        raise AssertionError(stream["format"])
+
+    def stop(self):
+        self.started = False
+
+    def close(self):
+        self.closed = True
+
+
+class FakePicamera2Module:
+    Picamera2 = FakePicamera2
+
+
+@pytest.mark.parametrize("stream", ["main", "lores"])
+def test_picamera2_frames_are_rgb_at_the_configured_size(stream):
+    source = Picamera2Source(320, 240, fps=15, stream=stream, picamera2_module=FakePicamera2Module)
+    source.open()
+    camera = FakePicamera2.instances[-1]
+    assert camera.config["controls"] == {"FrameRate": 15.0}
+    frame = source.read()
+    source.close()
+    assert frame.image.shape == (240, 320, 3)
+    red, green, blue = frame.image[120, 160]
+    assert red > 150 and green < 60 and blue < 60
+    assert camera.closed and not camera.started
+
+
+def test_picamera2_missing_says_how_to_install_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+    with pytest.raises(SourceError, match="apt install python3-picamera2"):
+        Picamera2Source().open()
