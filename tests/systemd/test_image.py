@@ -1,0 +1,207 @@
+"""The pi-gen stage follows pi-gen's conventions, and the boot-partition settings reach the service.
+
+pi-gen itself (debootstrap, qemu, loop devices) cannot run here; the stage's script is run with
+pi-gen's ``on_chroot`` replaced by a recorder, and the recorded commands are then replayed against a
+temporary root with ``--root`` (what they do inside the image's chroot).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from edge import config
+from edge.errors import ConfigError
+from edge.service import import_boot_config, split_password
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = REPO / "image"
+STAGE = IMAGE / "stage-cryedge"
+FIRSTBOOT = STAGE / "01-cryedge" / "files" / "cryedge-firstboot.service"
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sandbox import unit_settings
+
+
+def bash(script: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+
+
+def test_every_script_passes_shellcheck():
+    scripts = sorted(IMAGE.rglob("*.sh")) + [IMAGE / "config", STAGE / "EXPORT_IMAGE"]
+    assert STAGE / "prerun.sh" in scripts and STAGE / "01-cryedge" / "00-run.sh" in scripts
+    result = subprocess.run(
+        ["shellcheck", *map(str, scripts)], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout
+
+
+def test_stage_follows_pi_gen_conventions():
+    prerun = STAGE / "prerun.sh"
+    assert os.access(prerun, os.X_OK) and "copy_previous" in prerun.read_text()
+    substages = sorted(p.name for p in STAGE.iterdir() if p.is_dir())
+    assert substages == ["00-packages", "01-cryedge"]
+    # pi-gen runs only executable NN-run.sh scripts
+    for script in STAGE.glob("*/[0-9][0-9]-run*.sh"):
+        assert os.access(script, os.X_OK), script
+    packages = (STAGE / "00-packages" / "00-packages-nr").read_text().split()
+    packages = [p for p in packages if not p.startswith("#")]
+    assert {"python3-picamera2", "python3-venv", "libgl1"} <= set(packages)
+    # EXPORT_IMAGE is sourced by pi-gen: it names the image
+    suffix = bash(f'USE_QEMU=0; source "{STAGE / "EXPORT_IMAGE"}"; echo "$IMG_SUFFIX"')
+    assert suffix.stdout.strip() == "-cryedge"
+
+
+def test_config_builds_bookworm_lite_plus_this_stage():
+    values = bash(f'source "{IMAGE / "config"}"; echo "$RELEASE|$STAGE_LIST|$FIRST_USER_NAME"').stdout.strip()
+    release, stage_list, first_user = values.split("|")
+    assert release == "bookworm"
+    assert stage_list.split() == ["stage0", "stage1", "stage2", "stage-cryedge"]
+    assert first_user != "cryedge"  # that name is the service user's
+
+
+def test_stage_script_installs_cryedge_and_enables_both_units(tmp_path):
+    """Run 01-cryedge/00-run.sh as pi-gen would, then replay its chroot commands with --root."""
+    stage = tmp_path / "stage-cryedge"
+    subprocess.run(["cp", "-a", str(STAGE), str(stage)], check=True)
+    source = stage / "01-cryedge" / "files" / "cryedge"
+    archive = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], check=True, capture_output=True)
+    files = [name for name in archive.stdout.decode().split("\0") if name and (REPO / name).is_file()]
+    for name in files:  # what image/build.sh's git archive puts there
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes((REPO / name).read_bytes())
+        (source / name).chmod((REPO / name).stat().st_mode)
+    root = tmp_path / "rootfs"
+    (root / "etc/systemd/system").mkdir(parents=True)
+    recorded = tmp_path / "on_chroot.txt"
+    result = bash(
+        f'on_chroot() {{ cat >> "{recorded}"; }}; export -f on_chroot; cd "{stage / "01-cryedge"}" && ./00-run.sh',
+        ROOTFS_DIR=str(root),
+    )
+    assert result.returncode == 0, result.stderr
+    assert (root / "opt/cryedge/src/systemd/install.sh").is_file()
+    assert (root / "etc/systemd/system/cryedge-firstboot.service").read_bytes() == FIRSTBOOT.read_bytes()
+    commands = [line for line in recorded.read_text().splitlines() if line.strip()]
+    assert commands == [
+        "/opt/cryedge/src/systemd/install.sh --source /opt/cryedge/src",
+        "systemctl enable cryedge-firstboot.service",
+    ]
+    # the same commands as they act on the image's root (venv and models need the Pi's chroot)
+    replay = bash(
+        f'"{root}/opt/cryedge/src/systemd/install.sh" --root "{root}" --source "{root}/opt/cryedge/src" '
+        f'--no-venv --no-models && systemctl --root="{root}" --quiet enable cryedge-firstboot.service'
+    )
+    assert replay.returncode == 0, replay.stderr
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    assert sorted(p.name for p in wants.iterdir()) == ["cryedge-firstboot.service", "cryedge.service"]
+
+
+def test_firstboot_unit_runs_only_with_a_boot_file_and_before_the_service():
+    settings = unit_settings(FIRSTBOOT)
+    unit_text = FIRSTBOOT.read_text()
+    assert "ConditionPathExists=/boot/firmware/cryedge.toml" in unit_text
+    assert "Before=cryedge.service" in unit_text
+    command = settings["ExecStart"][-1].split()
+    assert command[:3] == ["/opt/cryedge/venv/bin/cryedge", "service", "import-boot-config"]
+    assert command[command.index("--boot-file") + 1] == "/boot/firmware/cryedge.toml"
+    assert command[command.index("--config-dir") + 1] == "/etc/cryedge"
+    assert set(settings["ReadWritePaths"][-1].split()) == {"/etc/cryedge", "/boot/firmware"}
+
+
+BOOT_TOML = """\
+# written on a laptop, onto the card's boot partition
+[device]
+name = "Nursery"
+
+[mqtt]
+host = "192.168.1.10"   # Home Assistant
+username = "cryedge"
+password = "pa ss#word"
+# the broker's port
+port = 1883
+"""
+
+
+def test_boot_file_becomes_the_config_and_the_password_a_root_only_credential(tmp_path):
+    boot, etc = tmp_path / "boot" / "cryedge.toml", tmp_path / "etc" / "cryedge"
+    boot.parent.mkdir()
+    boot.write_text(BOOT_TOML)
+    assert import_boot_config(boot, etc)
+    assert not boot.exists()  # the password no longer sits on the FAT partition
+    installed = (etc / "cryedge.toml").read_text()
+    assert "password" not in installed
+    assert "# Home Assistant" in installed and "# the broker's port" in installed  # comments kept
+    password = etc / "mqtt_password"
+    assert password.read_text() == "pa ss#word\n"
+    assert stat.S_IMODE(password.stat().st_mode) == 0o600
+    assert stat.S_IMODE((etc / "cryedge.toml").stat().st_mode) == 0o644
+    # what the service sees: the config file, and the credential systemd copies from mqtt_password
+    loaded = config.load_config(etc / "cryedge.toml", environ={"CREDENTIALS_DIRECTORY": str(etc)})
+    assert loaded.mqtt.host == "192.168.1.10" and loaded.mqtt.port == 1883
+    assert loaded.mqtt.password.get_secret_value() == "pa ss#word"
+
+
+def test_an_existing_config_is_kept_as_bak(tmp_path):
+    boot, etc = tmp_path / "cryedge.toml", tmp_path / "etc"
+    etc.mkdir()
+    (etc / "cryedge.toml").write_text("# old\n")
+    boot.write_text('[mqtt]\nhost = "broker"\n')
+    assert import_boot_config(boot, etc)
+    assert (etc / "cryedge.toml.bak").read_text() == "# old\n"
+    assert tomllib.loads((etc / "cryedge.toml").read_text()) == {"mqtt": {"host": "broker"}}
+    assert not (etc / "mqtt_password").exists()  # none given, none made
+
+
+def test_no_boot_file_changes_nothing(tmp_path):
+    assert import_boot_config(tmp_path / "absent.toml", tmp_path / "etc") is False
+    assert not (tmp_path / "etc").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[mqtt\nhost = 1\n", "not valid TOML"),
+        ('mqtt = { host = "b", password = "x" }\n', "write mqtt.password as one line"),
+        ("[mqtt]\npassword = 5\n", "mqtt.password must be a string"),
+    ],
+)
+def test_a_boot_file_that_cannot_be_split_stays_where_it_is(tmp_path, text, message):
+    boot, etc = tmp_path / "cryedge.toml", tmp_path / "etc"
+    boot.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        import_boot_config(boot, etc)
+    assert boot.read_text() == text
+    assert not (etc / "mqtt_password").exists()
+
+
+def test_password_outside_mqtt_is_left_alone():
+    text = '[other]\npassword = "a"\n[mqtt]\nhost = "b"\n'
+    assert split_password(text) == (text, None)
+
+
+def test_the_command_the_firstboot_unit_runs(tmp_path):
+    boot, etc = tmp_path / "cryedge.toml", tmp_path / "etc"
+    boot.write_text(BOOT_TOML)
+    cryedge = Path(sys.executable).with_name("cryedge")
+    result = subprocess.run(
+        [str(cryedge), "service", "import-boot-config", "--boot-file", str(boot), "--config-dir", str(etc)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (etc / "mqtt_password").read_text() == "pa ss#word\n" and not boot.exists()
