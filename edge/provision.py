@@ -1,0 +1,484 @@
+"""``cryedge models fetch``: the MediaPipe Tasks bundles the landmark stage needs, built offline.
+
+mediapipe 1.2.x ships no model files and the model hubs may be out of reach, so by default the two
+bundles are built from the Apache-2.0 ``.tflite`` files inside the pinned ``mediapipe`` 0.10.x wheel
+(got with ``pip download``; every input pinned by sha256 in ``models/landmarks/sources.json``):
+
+- ``face_landmarker.task``: the full-range face detector (the short-range one misses faces of a
+  tenth of the frame width, a camera above a crib) and the 0.10.x face-landmark model with 10 iris
+  points appended to its output. 1.2.x decodes 478 points from that output while the 0.10.x model
+  gives 468, which without the surgery yields scrambled points and no error.
+- ``pose_landmarker.task``: the pose detector and ``pose_landmark_full.tflite`` with the input
+  normalization metadata ([0, 255] -> [0, 1]) that PoseLandmarker insists on.
+
+Official bundles given with ``--face-bundle`` / ``--pose-bundle`` (a path or URL) are checked and
+copied instead. The graph edits use the flatbuffer object API generated from the TFLite and
+metadata schemas (shipped in the mediapipe wheel), so no TensorFlow is needed: this runs on a Pi
+image build too. Builds are deterministic: the same inputs give byte-identical bundles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import platform
+import struct
+import subprocess
+import sys
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge import paths
+from edge.errors import CryedgeError, DataError, ModelError
+
+log = logging.getLogger(__name__)
+
+FACE_BUNDLE = "face_landmarker.task"
+POSE_BUNDLE = "pose_landmarker.task"
+# Member names MediaPipe 1.2.x's FaceLandmarker and PoseLandmarker look up in a bundle.
+BUNDLE_MEMBERS = {
+    FACE_BUNDLE: ("face_detector.tflite", "face_landmarks_detector.tflite"),
+    POSE_BUNDLE: ("pose_detector.tflite", "pose_landmarks_detector.tflite"),
+}
+SOURCES_FILE = Path(__file__).resolve().parents[1] / "models" / "landmarks" / "sources.json"
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cryedge"
+# Zip entries carry this date so a rebuild is byte-identical (the earliest a zip can say).
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+ZIP_ALIGN_EXTRA_ID = 0xD935  # the extra-field id Android's zipalign pads with
+MEMBER_ALIGNMENT = 64
+BUFFER_ALIGNMENT = 16
+
+# The person's eye contours in MediaPipe's 468-point mesh (16 points each, corner to corner round
+# the lids). The appended iris centre is the contour's centroid: the 0.10.x mesh model has no iris
+# output, and the centroid is where a pupil looking straight ahead sits.
+RIGHT_EYE_CONTOUR = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
+LEFT_EYE_CONTOUR = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
+# Points 469-472 (473's 474-477) sit halfway from the centre towards the outer corner, the upper
+# lid, the inner corner and the lower lid, so the iris ring has the eye's orientation and scale.
+RIGHT_EYE_RING = (33, 159, 133, 145)
+LEFT_EYE_RING = (263, 386, 362, 374)
+MESH_POINTS = 468
+
+
+@dataclass(frozen=True)
+class Pins:
+    """The pinned wheel for this machine and the sha256 of every file taken from it."""
+
+    requirement: str
+    wheel: str
+    platform_tag: str
+    wheel_sha256: str
+    members: dict[str, dict[str, str]]  # name -> {"path": in the wheel, "sha256": ...}
+
+
+def machine_key(machine: str | None = None) -> str:
+    """``x86_64`` or ``aarch64``: which pinned wheel this platform uses."""
+    machine = (machine or platform.machine()).lower()
+    if machine in ("x86_64", "amd64"):
+        return "x86_64"
+    if machine in ("aarch64", "arm64"):
+        return "aarch64"
+    raise ModelError(f"no pinned mediapipe wheel for machine {machine!r}; pass --face-bundle and --pose-bundle")
+
+
+def load_pins(machine: str | None = None, sources: Path = SOURCES_FILE) -> Pins:
+    try:
+        data = json.loads(sources.read_text())
+    except (OSError, ValueError) as error:
+        raise ModelError(f"cannot read the landmark model pins {sources}: {error}") from None
+    wheel = data["wheels"][machine_key(machine)]
+    return Pins(wheel["requirement"], wheel["file"], wheel["platform"], wheel["sha256"], data["members"])
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_wheel(pins: Pins, cache: Path) -> Path:
+    """The pinned wheel in ``cache``, downloaded with pip when absent; its sha256 is checked."""
+    wheel = cache / pins.wheel
+    if not wheel.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+            "--python-version", "3.11", "--platform", pins.platform_tag, "--dest", str(cache), pins.requirement,
+        ]
+        log.info("downloading %s: %s", pins.requirement, " ".join(command))
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0 or not wheel.exists():
+            detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise ModelError(f"pip could not download {pins.requirement} into {cache}: {detail[0]}")
+    actual = sha256_file(wheel)
+    if actual != pins.wheel_sha256:
+        raise ModelError(
+            f"{wheel} has sha256 {actual}, but {SOURCES_FILE.name} pins {pins.wheel_sha256}; "
+            "delete it to download again, or check where it came from"
+        )
+    return wheel
+
+
+def wheel_members(wheel: Path, pins: Pins) -> dict[str, bytes]:
+    """The pinned .tflite files from the wheel, each checked against its sha256."""
+    out = {}
+    with zipfile.ZipFile(wheel) as archive:
+        for name, pin in pins.members.items():
+            data = archive.read(pin["path"])
+            actual = sha256_bytes(data)
+            if actual != pin["sha256"]:
+                raise ModelError(f"{pin['path']} in {wheel.name} has sha256 {actual}, pinned {pin['sha256']}")
+            out[name] = data
+    return out
+
+
+# --- flatbuffer surgery ------------------------------------------------------------------------
+
+def _schemas():
+    """The TFLite and TFLite-metadata schema modules generated for flatbuffers' object API."""
+    from edge.landmarks import import_mediapipe
+
+    import_mediapipe()
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as metadata_schema
+    from mediapipe.tasks.metadata import schema_py_generated as schema
+
+    return schema, metadata_schema
+
+
+def _read_model(data: bytes):
+    schema, _ = _schemas()
+    return schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
+
+
+def _write_model(model) -> bytes:
+    import flatbuffers
+
+    schema, _ = _schemas()
+
+    class AlignedBuffer(schema.BufferT):
+        """A buffer whose bytes start on a 16-byte boundary, as TFLite's own writer lays them out.
+
+        The generated packer aligns a byte vector to 1, and LiteRT then copies each unaligned
+        constant tensor out of the memory-mapped model with a warning.
+        """
+
+        def Pack(self, builder):
+            data = None
+            if self.data is not None and len(self.data):
+                payload = np.asarray(self.data, dtype=np.uint8).tobytes()
+                builder.StartVector(1, len(payload), BUFFER_ALIGNMENT)
+                builder.head -= len(payload)
+                builder.Bytes[builder.head : builder.head + len(payload)] = payload
+                data = builder.EndVector()
+            schema.BufferStart(builder)
+            if data is not None:
+                schema.BufferAddData(builder, data)
+            schema.BufferAddOffset(builder, self.offset)
+            schema.BufferAddSize(builder, self.size)
+            return schema.BufferEnd(builder)
+
+    aligned = []
+    for buffer in model.buffers:
+        copy = AlignedBuffer()
+        copy.data, copy.offset, copy.size = buffer.data, buffer.offset, buffer.size
+        aligned.append(copy)
+    model.buffers = aligned
+    builder = flatbuffers.Builder(1 << 20)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _opcode_index(model, builtin: int) -> int:
+    schema, _ = _schemas()
+    for i, code in enumerate(model.operatorCodes):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin and not code.customCode:
+            return i
+    code = schema.OperatorCodeT()
+    code.builtinCode = builtin
+    code.deprecatedBuiltinCode = min(builtin, 127)  # readers take the larger of the two fields
+    code.version = 1
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
+def _add_buffer(model, data: bytes | None) -> int:
+    schema, _ = _schemas()
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(data, dtype=np.uint8) if data else None
+    model.buffers.append(buffer)
+    return len(model.buffers) - 1
+
+
+def _add_tensor(model, subgraph, name: str, shape, tensor_type: int, data: bytes | None = None) -> int:
+    schema, _ = _schemas()
+    tensor = schema.TensorT()
+    tensor.name = name.encode()
+    tensor.shape = np.asarray(shape, dtype=np.int32)
+    tensor.type = tensor_type
+    tensor.buffer = _add_buffer(model, data)
+    subgraph.tensors.append(tensor)
+    return len(subgraph.tensors) - 1
+
+
+def _add_op(model, subgraph, builtin: int, inputs, outputs, options_type: int, options) -> None:
+    schema, _ = _schemas()
+    op = schema.OperatorT()
+    op.opcodeIndex = _opcode_index(model, builtin)
+    op.inputs = np.asarray(inputs, dtype=np.int32)
+    op.outputs = np.asarray(outputs, dtype=np.int32)
+    op.builtinOptionsType = options_type
+    op.builtinOptions = options
+    subgraph.operators.append(op)
+
+
+def iris_weights() -> np.ndarray:
+    """The (30, 1404) matrix taking the flat 468x3 mesh to the 10 iris points' x, y, z.
+
+    Point order as MediaPipe's 478-point mesh: 468 the person's right iris centre, 469-472 around
+    it, 473 the left iris centre, 474-477 around it.
+    """
+    weights = np.zeros((30, MESH_POINTS * 3), dtype=np.float32)
+    for block, (contour, ring) in enumerate(((RIGHT_EYE_CONTOUR, RIGHT_EYE_RING), (LEFT_EYE_CONTOUR, LEFT_EYE_RING))):
+        centre = np.zeros(MESH_POINTS, dtype=np.float32)
+        centre[list(contour)] = 1.0 / len(contour)
+        rows = [centre]
+        for point in ring:
+            towards = centre * 0.5
+            towards[point] += 0.5
+            rows.append(towards)
+        for k, row in enumerate(rows):
+            for axis in range(3):
+                weights[(block * 5 + k) * 3 + axis, axis::3] = row
+    return weights
+
+
+def append_iris_points(face_landmark_tflite: bytes) -> bytes:
+    """The 0.10.x face-landmark model with output 0 grown from 468x3 to 478x3 values.
+
+    Adds RESHAPE -> FULLY_CONNECTED (constant iris weights) -> CONCATENATION -> RESHAPE after the
+    mesh output, all builtin ops, and makes the result output 0; the face-presence output stays.
+    """
+    schema, _ = _schemas()
+    model = _read_model(face_landmark_tflite)
+    graph = model.subgraphs[0]
+    mesh = int(graph.outputs[0])
+    if int(np.prod(graph.tensors[mesh].shape)) != MESH_POINTS * 3:
+        raise ModelError(f"face-landmark model output 0 has shape {list(graph.tensors[mesh].shape)}, expected 1404 values")
+    f32, i32 = schema.TensorType.FLOAT32, schema.TensorType.INT32
+    flat_shape = _add_tensor(model, graph, "cryedge/flat_shape", [2], i32, np.array([1, 1404], np.int32).tobytes())
+    flat = _add_tensor(model, graph, "cryedge/mesh_flat", [1, 1404], f32)
+    weights = _add_tensor(model, graph, "cryedge/iris_weights", [30, 1404], f32, iris_weights().tobytes())
+    iris = _add_tensor(model, graph, "cryedge/iris", [1, 30], f32)
+    joined = _add_tensor(model, graph, "cryedge/mesh_iris_flat", [1, 1434], f32)
+    out_shape = _add_tensor(model, graph, "cryedge/out_shape", [4], i32, np.array([1, 1, 1, 1434], np.int32).tobytes())
+    out = _add_tensor(model, graph, "cryedge/mesh_iris", [1, 1, 1, 1434], f32)
+
+    reshape = schema.ReshapeOptionsT()
+    reshape.newShape = np.array([1, 1404], np.int32)
+    _add_op(model, graph, schema.BuiltinOperator.RESHAPE, [mesh, flat_shape], [flat], schema.BuiltinOptions.ReshapeOptions, reshape)
+    fc = schema.FullyConnectedOptionsT()
+    _add_op(model, graph, schema.BuiltinOperator.FULLY_CONNECTED, [flat, weights, -1], [iris],
+            schema.BuiltinOptions.FullyConnectedOptions, fc)
+    concat = schema.ConcatenationOptionsT()
+    concat.axis = 1
+    _add_op(model, graph, schema.BuiltinOperator.CONCATENATION, [flat, iris], [joined],
+            schema.BuiltinOptions.ConcatenationOptions, concat)
+    reshape_out = schema.ReshapeOptionsT()
+    reshape_out.newShape = np.array([1, 1, 1, 1434], np.int32)
+    _add_op(model, graph, schema.BuiltinOperator.RESHAPE, [joined, out_shape], [out],
+            schema.BuiltinOptions.ReshapeOptions, reshape_out)
+    outputs = [int(i) for i in graph.outputs]
+    outputs[0] = out
+    graph.outputs = np.asarray(outputs, dtype=np.int32)
+    return _write_model(model)
+
+
+def add_image_normalization(tflite: bytes, mean: float = 0.0, std: float = 255.0, name: str = "") -> bytes:
+    """``tflite`` with TFLite metadata saying its RGB input is (pixel - mean) / std.
+
+    MediaPipe Tasks read the input normalization from this metadata and refuse a float model
+    without it. The metadata flatbuffer is written with the generated schema classes: 1.2.x's own
+    metadata writers import a module its wheel lacks.
+    """
+    import flatbuffers
+
+    schema, md = _schemas()
+    model = _read_model(tflite)
+    if any(entry.name == b"TFLITE_METADATA" for entry in model.metadata or []):
+        raise ModelError(f"{name or 'model'} already has TFLite metadata; not overwriting it")
+
+    normalization = md.NormalizationOptionsT()
+    normalization.mean = [mean]
+    normalization.std = [std]
+    unit = md.ProcessUnitT()
+    unit.optionsType = md.ProcessUnitOptions.NormalizationOptions
+    unit.options = normalization
+    image = md.ImagePropertiesT()
+    image.colorSpace = md.ColorSpaceType.RGB
+    content = md.ContentT()
+    content.contentPropertiesType = md.ContentProperties.ImageProperties
+    content.contentProperties = image
+    stats = md.StatsT()
+    stats.max = [(255.0 - mean) / std]
+    stats.min = [(0.0 - mean) / std]
+    tensor = md.TensorMetadataT()
+    tensor.name = "image"
+    tensor.content = content
+    tensor.processUnits = [unit]
+    tensor.stats = stats
+    subgraph = md.SubGraphMetadataT()
+    subgraph.inputTensorMetadata = [tensor]
+    graph = model.subgraphs[0]
+    outputs = []
+    for index in graph.outputs:
+        out = md.TensorMetadataT()
+        out.name = graph.tensors[int(index)].name.decode()
+        outputs.append(out)
+    subgraph.outputTensorMetadata = outputs
+    metadata = md.ModelMetadataT()
+    metadata.name = name
+    metadata.description = "Input normalization added by cryedge models fetch."
+    metadata.license = "Apache-2.0"
+    metadata.subgraphMetadata = [subgraph]
+    metadata.minParserVersion = "1.0.0"
+
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(metadata.Pack(builder), file_identifier=b"M001")
+    entry = schema.MetadataT()
+    entry.name = b"TFLITE_METADATA"
+    entry.buffer = _add_buffer(model, bytes(builder.Output()))
+    model.metadata = list(model.metadata or []) + [entry]
+    return _write_model(model)
+
+
+# --- bundles -----------------------------------------------------------------------------------
+
+def write_bundle(path: Path, members: dict[str, bytes]) -> str:
+    """Write an uncompressed zip (Tasks memory-map the members) deterministically; its sha256."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name in sorted(members):
+            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+            info.compress_type = zipfile.ZIP_STORED
+            info.external_attr = 0o644 << 16
+            # Pad the local header's extra field so the member's bytes start on a 64-byte
+            # boundary: MediaPipe memory-maps members, and LiteRT wants aligned tensors.
+            header_end = buffer.tell() + 30 + len(name.encode()) + 4
+            padding = -header_end % MEMBER_ALIGNMENT
+            info.extra = struct.pack("<HH", ZIP_ALIGN_EXTRA_ID, padding) + bytes(padding)
+            archive.writestr(info, members[name])
+    data = buffer.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    partial.replace(path)  # a half-written bundle never sits under the real name
+    return sha256_bytes(data)
+
+
+def check_bundle(data: bytes, kind: str, origin: str) -> None:
+    """A DataError unless ``data`` is an uncompressed zip holding the members ``kind`` needs."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            infos = {info.filename: info for info in archive.infolist()}
+    except zipfile.BadZipFile:
+        raise DataError(f"{origin} is not a MediaPipe task bundle (not a zip file)") from None
+    missing = [name for name in BUNDLE_MEMBERS[kind] if name not in infos]
+    if missing:
+        raise DataError(f"{origin} is not a {kind} bundle: it lacks {', '.join(missing)}")
+    compressed = [name for name in BUNDLE_MEMBERS[kind] if infos[name].compress_type != zipfile.ZIP_STORED]
+    if compressed:
+        raise DataError(f"{origin}: members {', '.join(compressed)} are compressed; MediaPipe needs them stored")
+
+
+def read_path_or_url(source: str) -> bytes:
+    if "://" in source:
+        try:
+            with urllib.request.urlopen(source, timeout=60) as response:
+                return response.read()
+        except OSError as error:
+            raise DataError(f"cannot download {source}: {error}") from None
+    try:
+        return Path(source).expanduser().read_bytes()
+    except OSError as error:
+        raise DataError(f"cannot read {source}: {error.strerror or error}") from None
+
+
+def build_bundles(tflites: dict[str, bytes]) -> dict[str, dict[str, bytes]]:
+    """The members of both bundles from the wheel's pinned .tflite files. Pure: bytes in, bytes out."""
+    return {
+        FACE_BUNDLE: {
+            "face_detector.tflite": tflites["face_detection_full_range_sparse.tflite"],
+            "face_landmarks_detector.tflite": append_iris_points(tflites["face_landmark.tflite"]),
+        },
+        POSE_BUNDLE: {
+            "pose_detector.tflite": tflites["pose_detection.tflite"],
+            "pose_landmarks_detector.tflite": add_image_normalization(
+                tflites["pose_landmark_full.tflite"], name="pose_landmark_full"
+            ),
+        },
+    }
+
+
+def fetch(
+    output: Path, cache: Path = DEFAULT_CACHE, face_bundle: str | None = None, pose_bundle: str | None = None,
+    machine: str | None = None,
+) -> dict[str, str]:
+    """Write both bundles into ``output``; returns {bundle path: sha256}."""
+    given = {FACE_BUNDLE: face_bundle, POSE_BUNDLE: pose_bundle}
+    written = {}
+    built = None
+    for kind, source in given.items():
+        target = output / kind
+        if source:
+            data = read_path_or_url(source)
+            check_bundle(data, kind, source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            written[str(target)] = sha256_bytes(data)
+            continue
+        if built is None:
+            pins = load_pins(machine)
+            wheel = fetch_wheel(pins, cache)
+            built = build_bundles(wheel_members(wheel, pins))
+        written[str(target)] = write_bundle(target, built[kind])
+    return written
+
+
+def _fetch_command(args) -> int:
+    output = Path(args.output) if args.output else paths.landmarks_dir()
+    try:
+        written = fetch(output, Path(args.cache), args.face_bundle, args.pose_bundle)
+    except PermissionError as error:
+        raise CryedgeError(f"cannot write into {output}: {error.strerror}; pass --output DIR") from None
+    for path, digest in written.items():
+        print(f"{path}  sha256 {digest}")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    models = subparsers.add_parser("models", help="landmark model bundles")
+    commands = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
+    fetch_parser = commands.add_parser(
+        "fetch", help="build or copy face_landmarker.task and pose_landmarker.task",
+        description="Without bundle options, build both bundles offline from the pinned mediapipe wheel's "
+        "Apache-2.0 models (downloaded with pip into the cache, checked by sha256).",
+    )
+    fetch_parser.add_argument("--output", metavar="DIR", help=f"where the bundles go (default: {paths.landmarks_dir()})")
+    fetch_parser.add_argument("--cache", metavar="DIR", default=str(DEFAULT_CACHE), help="where the wheel is kept (default: %(default)s)")
+    fetch_parser.add_argument("--face-bundle", metavar="PATH_OR_URL", help="use this official face_landmarker.task")
+    fetch_parser.add_argument("--pose-bundle", metavar="PATH_OR_URL", help="use this official pose_landmarker.task")
+    fetch_parser.set_defaults(handler=_fetch_command)
+
