@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,12 +58,29 @@ class Outbox:
         self.max_events = max_events
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
+            try:
+                self._db = self._open()
+            except sqlite3.DatabaseError as error:
+                if not self.path.is_file():
+                    raise
+                # a damaged outbox must not keep the monitor down: set it aside, start a new one
+                aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+                self.path.rename(aside)
+                log.error("outbox %s is unreadable (%s): moved to %s, starting an empty one", self.path, error, aside)
+                self._db = self._open()
         except (OSError, sqlite3.Error) as error:
             raise ConfigError(f"outbox.path: cannot open {self.path}: {error}") from None
         self.dropped = 0  # events dropped to stay within max_events, since this outbox was opened
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]

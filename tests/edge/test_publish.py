@@ -445,6 +445,16 @@ def test_outbox_remembers_episodes_that_started_and_did_not_end(tmp_path):
         assert outbox.open_episodes() == [("ep1", '{"id": "ep1"}')]
 
 
+def test_a_damaged_outbox_is_set_aside_not_fatal(tmp_path, caplog):
+    path = tmp_path / "outbox.sqlite3"
+    path.write_bytes(b"this is not an SQLite database, a power cut wrote it" * 100)
+    with Outbox(path) as outbox:
+        assert len(outbox) == 0
+        outbox.add("ep1", "start", "{}")
+    assert [p.name.split("-")[0] for p in tmp_path.glob("outbox.sqlite3.damaged-*")] == ["outbox.sqlite3.damaged"]
+    assert "unreadable" in caplog.text
+
+
 def test_outbox_in_an_unwritable_place_is_a_config_error(tmp_path):
     from edge.errors import ConfigError
 
