@@ -1,0 +1,312 @@
+"""The daemon: source -> landmarks -> features -> window -> model -> alarm -> publish, one frame at a time.
+
+``Pipeline`` owns the stages and processes one frame; ``Daemon`` owns the pipeline, the source,
+the publisher, the health server and the systemd notifications, and runs the loop until the
+source ends or a signal stops it. Every episode that starts also ends: on a clean stop the alarm's
+end event and the OFF state are published before the broker connection closes.
+
+``cryedge run`` with no arguments plays the bundled demo clip through the default model and prints
+the alarm events as JSON lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+STAGES = ("landmarks", "features", "model", "alarm", "publish")
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """What one frame did to the pipeline: for statistics and tests."""
+
+    t: float
+    face_seen: bool
+    score: object | None  # edge.records.Score once the window is full
+    events: tuple  # edge.records.AlarmEvent raised by this frame
+    stage_ms: dict
+
+
+class RollingStats:
+    """Medians of the last ``size`` frames' stage times, frame rate, and the share with a face."""
+
+    def __init__(self, size: int = 100):
+        self._stage_ms = {name: deque(maxlen=size) for name in STAGES}
+        self._times = deque(maxlen=size)
+        self._faces = deque(maxlen=size)
+        self.frames = 0
+
+    def add(self, result: FrameResult, now: float) -> None:
+        self.frames += 1
+        self._times.append(now)
+        self._faces.append(result.face_seen)
+        for name, ms in result.stage_ms.items():
+            self._stage_ms[name].append(ms)
+
+    @property
+    def fps(self) -> float:
+        if len(self._times) < 2 or self._times[-1] == self._times[0]:
+            return 0.0
+        return (len(self._times) - 1) / (self._times[-1] - self._times[0])
+
+    @property
+    def face_share(self) -> float | None:
+        return float(np.mean(self._faces)) if self._faces else None
+
+    def stage_medians(self) -> dict[str, float]:
+        return {name: float(np.median(values)) for name, values in self._stage_ms.items() if values}
+
+
+class Pipeline:
+    """The stages from landmarks to alarm for one stream of frames; built from the model's card."""
+
+    def __init__(self, extractor, scorer, alarm):
+        from edge.features import get_spec
+        from edge.window import FeatureWindow
+
+        self.extractor, self.scorer, self.alarm = extractor, scorer, alarm
+        card = scorer.card
+        self.card = card
+        if card.kind == "landmark-window":
+            self.spec = get_spec(card.features.spec, card.features.normalization)
+            self.window = FeatureWindow(card.window, self.spec.size)
+        else:
+            crop = card.face_crop
+            self.spec = None
+            self.window = FeatureWindow(card.window, (crop.height, crop.width, crop.channels), dtype=np.uint8)
+        self._faces = FeatureWindow(card.window, 1, dtype=bool)
+
+    def process(self, frame) -> FrameResult:
+        from edge.features import face_crop, frame_features
+
+        times = {}
+        start = time.perf_counter()
+        landmarks = self.extractor.extract(frame)
+        mark = time.perf_counter()
+        times["landmarks"] = (mark - start) * 1000
+
+        if self.spec is not None:
+            self.window.push(frame_features(landmarks, self.spec))
+        else:
+            crop_spec = self.card.face_crop
+            crop = face_crop(frame.image, landmarks, (crop_spec.height, crop_spec.width), crop_spec.channels)
+            self.window.push(crop if crop is not None else np.zeros(self.window.array().shape[1:], np.uint8))
+        self._faces.push(np.array([landmarks.has_face]))
+        now = time.perf_counter()
+        times["features"], mark = (now - mark) * 1000, now
+
+        score, events = None, ()
+        if self.window.full:
+            score = self.scorer.score(self.window.array(), frame.t, landmarks.has_face,
+                                      frames_with_face=self._faces.array()[:, 0])
+            now = time.perf_counter()
+            times["model"], mark = (now - mark) * 1000, now
+            events = tuple(self.alarm.update(score))
+            now = time.perf_counter()
+            times["alarm"] = (now - mark) * 1000
+        return FrameResult(frame.t, landmarks.has_face, score, events, times)
+
+
+class Daemon:
+    """Builds everything from a ``Config`` and runs the frame loop; ``stop()`` ends it cleanly."""
+
+    def __init__(self, config, notifier=None):
+        from edge.notify import Notifier, Watchdog
+
+        self.config = config
+        self.notifier = notifier or Notifier.from_environment()
+        self.watchdog = Watchdog(self.notifier, stall_after=max(2.0, config.source.stall_seconds))
+        self.started = time.monotonic()
+        self.stats = RollingStats()
+        self.state = "starting"
+        self.last_frame: float | None = None
+        self.last_event: dict | None = None
+        self.last_event_unix: float | None = None
+        self._stop = threading.Event()
+        self._closing = []  # resources to close, in the order they were opened
+        self.model = self.extractor = self.source = self.publisher = self.alarm = self.pipeline = None
+        self.health = None
+
+    # --- building
+
+    def open(self) -> None:
+        """Open the model, landmarkers, publisher, source and health server; any failure is one CryedgeError."""
+        from edge.alarm import Alarm
+        from edge.health import start_health_server
+        from edge.landmarks import LandmarkExtractor
+        from edge.model import TFLiteModel, WindowScorer
+        from edge.publish import make_publisher
+        from edge.source import SupervisedSource, open_backend
+
+        cfg = self.config
+        try:
+            self.model = self._own(TFLiteModel(cfg.model.path, num_threads=cfg.model.num_threads, edgetpu=cfg.model.edgetpu))
+            self.extractor = self._own(LandmarkExtractor.from_config(cfg.landmarks))
+            self.alarm = Alarm(cfg.alarm, model_threshold=self.model.card.threshold)
+            self.pipeline = Pipeline(self.extractor, WindowScorer(self.model), self.alarm)
+            self.publisher = make_publisher(cfg, self.model.card.name)
+            self.publisher.start()
+            self._closing.append(self.publisher)
+            source_cfg = cfg.source
+            self.source = SupervisedSource(
+                lambda: open_backend(source_cfg.uri, source_cfg.width, source_cfg.height, source_cfg.fps,
+                                     realtime=source_cfg.realtime),
+                stall_seconds=source_cfg.stall_seconds, backoff_first=source_cfg.reopen_min_seconds,
+                backoff_limit=source_cfg.reopen_max_seconds)
+            self.source.open()
+            self._closing.append(self.source)
+            self.health = start_health_server(self.health_stats, enabled=cfg.health.enabled, host=cfg.health.host,
+                                              port=cfg.health.port, stale_after=max(2.0, cfg.source.stall_seconds))
+            if self.health is not None:
+                self._closing.append(self.health)
+        except BaseException:
+            self.close()
+            raise
+        log.info("running: %s through %s (%s), alarm ON >= %.2f, OFF < %.2f", self.source.status.name, self.model.card.name,
+                 self.model.delegate_name, self.alarm.on_threshold, self.alarm.off_threshold)
+
+    def _own(self, resource):
+        self._closing.append(resource)
+        return resource
+
+    # --- running
+
+    def stop(self, *_signal_args) -> None:
+        """Ask the loop to finish after the current frame; safe from a signal handler."""
+        self._stop.set()
+        if self.source is not None:
+            self.source.stop()
+
+    def run(self) -> int:
+        """Process frames until the source ends or ``stop()``; then end any episode and close."""
+        self.state = "running"
+        self.notifier.ready(f"running: {self.source.status.name}")
+        self.watchdog.start()
+        next_report = time.monotonic() + 5.0
+        try:
+            for frame in self.source.frames():
+                result = self.pipeline.process(frame)
+                mark = time.perf_counter()
+                for event in result.events:
+                    self._publish_event(event)
+                if result.score is not None:
+                    self.publisher.publish_state(self.alarm.state)
+                result.stage_ms["publish"] = (time.perf_counter() - mark) * 1000
+                now = time.monotonic()
+                self.stats.add(result, now)
+                self.last_frame = now
+                self.watchdog.frame_processed(now)
+                if now >= next_report:
+                    next_report = now + 5.0
+                    self._report()
+                if self._stop.is_set():
+                    break
+        except SourceError:
+            self.state = "stopping"
+            self._finish()
+            raise
+        self.state = "stopping"
+        self._finish()
+        return 0
+
+    def _publish_event(self, event) -> None:
+        from edge.publish import event_payload
+
+        self.publisher.publish_event(event)
+        self.last_event = event_payload(event, self.config.device.id, self.model.card.name)
+        self.last_event_unix = event.wall_time
+        log.info("cry %s (p=%.2f%s)", event.kind, event.probability, f", {event.reason}" if event.reason else "")
+
+    def _report(self) -> None:
+        fps = self.stats.fps
+        crying = "ON" if self.alarm.crying else "OFF"
+        self.notifier.status(f"running: {fps:.1f} fps, crying {crying}, p={self.alarm.state.probability:.2f}")
+        self.publisher.publish_stats({"fps": fps, "inference_ms": self.pipeline.scorer.last_inference_ms,
+                                      "face_share": self.stats.face_share or 0.0})
+
+    def _finish(self) -> None:
+        """End a running episode and publish OFF, before anything closes."""
+        self.notifier.stopping("stopping")
+        for event in self.alarm.finish():
+            self._publish_event(event)
+        self.publisher.publish_state(self.alarm.state)
+
+    def health_stats(self):
+        from edge.health import HealthStats
+
+        state = self.alarm.state if self.alarm is not None else None
+        source = self.source.status if self.source is not None else None
+        publisher = self.publisher
+        return HealthStats(
+            started=self.started, last_frame=self.last_frame,
+            state="reconnecting" if source is not None and source.state == "reopening" else self.state,
+            frames=self.stats.frames, fps=self.stats.fps, stage_ms=self.stats.stage_medians(),
+            inference_ms=self.pipeline.scorer.last_inference_ms if self.pipeline else None,
+            face_share=self.stats.face_share, source=source.name if source else "",
+            source_reconnects=source.reconnects if source else 0,
+            outbox_depth=getattr(publisher, "outbox_depth", 0),
+            broker_connected=getattr(publisher, "connected", None) if self.config.mqtt.enabled else None,
+            crying=state.crying if state else None, probability=state.probability if state else None,
+            last_event=self.last_event, last_event_unix=self.last_event_unix,
+            model=self.model.card.name if self.model else "",
+        )
+
+    def close(self) -> None:
+        """Close everything opened, newest first; the publisher sends OFF and offline as it closes."""
+        self.watchdog.close()
+        while self._closing:
+            resource = self._closing.pop()
+            try:
+                resource.close()
+            except Exception as error:  # closing must go on for the rest
+                log.warning("closing %s: %s", type(resource).__name__, error)
+
+    def __enter__(self) -> Daemon:
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _run_command(args) -> int:
+    from edge.config import cli_overrides, load_config
+
+    overrides = cli_overrides(source=args.source, broker=args.broker)
+    if args.fast:
+        overrides.setdefault("source", {})["realtime"] = False
+    if args.no_health:
+        overrides["health"] = {"enabled": False}
+    config = load_config(args.config, overrides)
+    daemon = Daemon(config)
+    previous = {sig: signal.signal(sig, daemon.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with daemon:
+            return daemon.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def add_commands(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run", help="run the cry monitor (no arguments: the bundled demo clip, events to stdout)",
+        description="Run the pipeline from a camera, stream or file to MQTT (or stdout without a broker).")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config (default: built-in defaults)")
+    parser.add_argument("--source", metavar="SRC", help="file, /dev/videoN, camera index, rtsp:// URL or picamera2")
+    parser.add_argument("--broker", metavar="URL", help="mqtt://[user@]host[:port] (mqtts:// for TLS)")
+    parser.add_argument("--fast", action="store_true", help="process a file as fast as possible, not in real time")
+    parser.add_argument("--no-health", action="store_true", help="do not serve the health endpoints")
+    parser.set_defaults(handler=_run_command)
