@@ -255,6 +255,7 @@ class SourceStatus:
     reconnects: int = 0
     last_error: str = ""
     last_frame_t: float | None = None
+    first_frame_t: float | None = None  # for a file: time 0 of the video on the monotonic clock
 
 
 def backoff_delays(first: float, limit: float) -> Iterator[float]:
@@ -311,6 +312,8 @@ class SupervisedSource:
             last_frame = time.monotonic()
             delays = backoff_delays(self.backoff_first, self.backoff_limit)
             self.status.last_frame_t = frame.t
+            if self.status.first_frame_t is None:
+                self.status.first_frame_t = frame.t
             yield frame
 
     def _reopen(self, reason: str, delays: Iterator[float]) -> None:

@@ -1,0 +1,216 @@
+"""The daemon end to end: a real video through real MediaPipe, a real TFLite graph, the alarm, stdout or a
+real mosquitto.
+
+The model here is hand-built so that its answer is known: it reads the face's mean x position in
+pixels and says "crying" while the face is in the right half of the frame. The clip (synthetic: a
+real photo moved about) has the face on the left, then on the right from 3 s to 7 s, then on the left
+again, so the episode's truth is known to the frame. The shipped demo model and clip are tested in
+test_demo.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.card import ModelCard
+from edge.config import load_config
+from edge.daemon import Daemon
+
+REPO = Path(__file__).resolve().parents[2]
+FPS = 15
+TRUTH = (3.0, 7.0)  # seconds of the clip with the face on the right
+SECONDS = 10.0
+
+
+def write_clip(path: Path, seconds: float = SECONDS, truth=TRUTH) -> Path:
+    photo = cv2.imread(str(REPO / "edge" / "data" / "astronaut.jpg"))
+    face = cv2.resize(photo[0:300, 100:400], (220, 220))  # the astronaut's head and shoulders
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (640, 480))
+    for n in range(int(seconds * FPS)):
+        t = n / FPS
+        frame = np.full((480, 640, 3), 90, np.uint8)
+        x = 380 if truth[0] <= t < truth[1] else 40
+        y = 120 + int(6 * np.sin(n / 5))  # a little motion, as a baby moves
+        frame[y:y + 220, x:x + 220] = face
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def write_position_model(path: Path) -> Path:
+    """sigmoid((mean face x - 320) / 20): above 0.5 exactly while the face is right of the centre."""
+    tf = pytest.importorskip("tensorflow")
+    inputs = tf.keras.Input((10, 156), batch_size=1)
+    flat = tf.keras.layers.Flatten()(inputs)
+    dense = tf.keras.layers.Dense(1, activation="sigmoid")
+    outputs = dense(flat)
+    model = tf.keras.Model(inputs, outputs)
+    weights = np.zeros((1560, 1), np.float32)
+    for frame in range(10):
+        for point in range(70):
+            weights[frame * 156 + 2 * point, 0] = 1 / (700 * 20)
+    dense.set_weights([weights, np.array([-320 / 20], np.float32)])
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    card = ModelCard(name="face-on-the-right", kind="landmark-window", input_shape=(1, 10, 156),
+                     labels=("left", "right"), positive_label="right", output="sigmoid", threshold=0.5,
+                     features={"spec": "openpose-face70-body8", "normalization": "pixels"},
+                     description="test model: 'crying' means the face is in the right half of the frame")
+    path.with_suffix(".json").write_text(card.to_json())
+    return path
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("daemon")
+    return write_clip(folder / "clip.avi"), write_position_model(folder / "position.tflite"), folder
+
+
+def config_file(folder: Path, model: Path, clip: Path, extra: str = "") -> Path:
+    path = folder / f"cryedge-{time.monotonic_ns()}.toml"
+    path.write_text(
+        f'[source]\nuri = "{clip}"\n[model]\npath = "{model}"\n[landmarks]\npose = false\n'
+        f'[alarm]\nmin_on_seconds = 0.5\nhold_seconds = 1.0\n[health]\nenabled = false\n'
+        f'[outbox]\npath = "{folder / "outbox.sqlite3"}"\n' + extra)
+    return path
+
+
+def run_cli(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=REPO)
+
+
+def test_a_file_gives_one_start_and_one_end_at_the_right_moments(assets):
+    clip, model, folder = assets
+    config = load_config(config_file(folder, model, clip), {"source": {"realtime": False}})
+    daemon = Daemon(config)
+    events = []
+    with daemon:
+        publish = daemon.publisher.publish_event
+        daemon.publisher.publish_event = lambda event: (events.append(event), publish(event))
+        assert daemon.run() == 0
+        origin = daemon.source.status.first_frame_t
+    assert [e.kind for e in events] == ["start", "end"]
+    start, end = (e.t - origin for e in events)
+    assert abs(start - TRUTH[0]) < 1.0 and abs(end - TRUTH[1]) < 1.0
+    assert events[0].event_id == events[1].event_id and events[1].reason == "scores"
+    assert daemon.stats.frames == int(SECONDS * FPS)
+
+
+def test_cryedge_run_prints_events_as_json_lines(assets):
+    clip, model, folder = assets
+    out = run_cli("run", "--fast", "--config", str(config_file(folder, model, clip)))
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    events = [line for line in lines if line["type"] == "event"]
+    assert [e["event_type"] for e in events] == ["cry_start", "cry_end"]
+    assert events[0]["id"] == events[1]["id"] and events[0]["model"] == "face-on-the-right"
+    states = [line["crying"] for line in lines if line["type"] == "state"]
+    assert states[-1] == "OFF" and "ON" in states
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra_toml", "args", "exit_code", "message"),
+    [
+        ("[model]\npath = 1\n", [], 3, "TOML"),  # a duplicate table: the file does not parse
+        ("", ["--source", "/nonexistent/clip.mp4"], 5, "video file not found: /nonexistent/clip.mp4"),
+        ("", ["--source", "/dev/video97"], 5, "cannot open device /dev/video97"),
+        ("", ["--broker", "mqtt://nobody@127.0.0.1:1"], 0, None),  # unreachable broker: keeps going, outbox
+    ],
+)
+def test_cryedge_run_failures_are_one_line_and_a_distinct_exit_code(assets, extra_toml, args, exit_code, message):
+    clip, model, folder = assets
+    out = run_cli("run", "--fast", "--config", str(config_file(folder, model, clip, extra_toml)), *args)
+    assert out.returncode == exit_code, out.stderr
+    assert "Traceback" not in out.stderr
+    if message:
+        errors = [line for line in out.stderr.splitlines() if line.startswith("cryedge: ")]
+        assert len(errors) == 1 and message in errors[0]
+
+
+def test_unknown_config_key_and_missing_model_are_config_and_model_errors(assets, tmp_path):
+    clip, model, folder = assets
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[alarm]\nhold_secs = 3\n")
+    out = run_cli("run", "--config", str(typo))
+    assert out.returncode == 3 and "alarm.hold_secs" in out.stderr and "Traceback" not in out.stderr
+    missing = tmp_path / "missing.toml"
+    missing.write_text(f'[model]\npath = "{tmp_path / "none.tflite"}"\n')
+    out = run_cli("run", "--config", str(missing))
+    assert out.returncode == 4 and "model file not found" in out.stderr
+
+
+def test_broker_refusing_us_is_exit_code_6(assets, tmp_path):
+    from mqtt import Broker
+
+    clip, model, folder = assets
+    with Broker(tmp_path / "auth", users={"parent": "secret"}) as broker:
+        out = run_cli("run", "--fast", "--config", str(config_file(folder, model, clip)),
+                      "--broker", f"mqtt://parent@127.0.0.1:{broker.port}", env={"CRYEDGE_MQTT_PASSWORD": "wrong"})
+    assert out.returncode == 6, out.stderr
+    assert "Traceback" not in out.stderr and "wrong" not in out.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sigterm_mid_cry_ends_the_episode_and_goes_offline(assets, mosquitto, tmp_path):
+    """Real time, a real broker, systemd's notify socket: stop the service while the baby cries."""
+    from mqtt import Subscriber
+
+    clip, model, folder = assets
+    health_port = free_port()
+    notify_path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(0.2)
+    config = config_file(tmp_path, model, clip, f'[health]\nenabled = true\nport = {health_port}\n[device]\nid = "nursery"\n')
+    config.write_text(config.read_text().replace("[health]\nenabled = false\n", ""))
+    with Subscriber(mosquitto, topics=("cryedge/#", "homeassistant/#")) as subscriber:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "run", "--config", str(config), "--broker", f"mqtt://127.0.0.1:{mosquitto.port}"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "1000000"})
+        try:
+            start = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_start" in m.payload, timeout=30)
+            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/health", timeout=5) as answer:
+                assert answer.status == 200
+            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/stats", timeout=5) as answer:
+                stats = json.load(answer)
+            assert stats["frames"] > 30 and stats["crying"] is True
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=30)
+        finally:
+            process.kill()
+        assert process.returncode == 0, stderr
+        end = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_end" in m.payload)
+        assert json.loads(end.payload)["id"] == json.loads(start.payload)["id"]
+        assert json.loads(end.payload)["reason"] == "shutdown"
+        assert subscriber.json("cryedge/nursery/state")[-1]["crying"] == "OFF"
+        assert subscriber.payloads("cryedge/nursery/availability")[-1] == "offline"
+        assert subscriber.on("homeassistant/device/nursery/config")
+    messages = []
+    while True:
+        try:
+            messages.append(notify.recv(4096).decode())
+        except TimeoutError:
+            break
+    notify.close()
+    fields = {line.split("=", 1)[0] for message in messages for line in message.splitlines()}
+    assert {"READY", "WATCHDOG", "STOPPING"} <= fields
+    assert messages.index(next(m for m in messages if "READY=1" in m)) < messages.index(next(m for m in messages if "WATCHDOG=1" in m))
