@@ -310,18 +310,22 @@ def subject_points(landmarks: Landmarks, spec) -> dict:
 
 
 def draw_points(image: np.ndarray, points: dict) -> np.ndarray:
-    """``image`` (RGB) with face70 points in green and body8 points in orange, each numbered."""
+    """``image`` (RGB) with face70 points in green and body8 points in magenta, each numbered."""
     import cv2
 
     canvas = np.ascontiguousarray(image[:, :, ::-1].copy())
     scale = max(image.shape[:2]) / 1000
-    for group, colour in (("face70", (80, 220, 60)), ("body8", (0, 140, 255))):
+    # BGR colours: face green, small; body magenta, larger, with a dark rim to stand out on any cloth.
+    for group, colour, radius, font in (("face70", (60, 220, 80), 2, 0.3), ("body8", (255, 0, 255), 5, 0.5)):
+        radius = max(radius, int(radius * scale))
         for i, point in enumerate(points[group]):
             if point is None:
                 continue
             x, y = int(round(point[0])), int(round(point[1]))
-            cv2.circle(canvas, (x, y), max(2, int(3 * scale)), colour, -1, cv2.LINE_AA)
-            cv2.putText(canvas, str(i), (x + 3, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.3 * max(scale, 1), colour, 1, cv2.LINE_AA)
+            cv2.circle(canvas, (x, y), radius + 1, (0, 0, 0), -1, cv2.LINE_AA)
+            cv2.circle(canvas, (x, y), radius, colour, -1, cv2.LINE_AA)
+            cv2.putText(canvas, str(i), (x + radius + 1, y - radius - 1), cv2.FONT_HERSHEY_SIMPLEX, font * max(scale, 1),
+                        colour, 1, cv2.LINE_AA)
     return canvas[:, :, ::-1]
 
 
