@@ -18,6 +18,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -270,10 +271,10 @@ class Daemon:
             resource = self._closing.pop()
             try:
                 resource.close()
-            except Exception as error:  # closing must go on for the rest
+            except Exception as error:  # noqa: BLE001 - closing must go on for the rest
                 log.warning("closing %s: %s", type(resource).__name__, error)
 
-    def __enter__(self) -> Daemon:
+    def __enter__(self) -> Self:
         self.open()
         return self
 

@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -179,7 +180,7 @@ class TFLiteModel:
     def close(self) -> None:
         self._interpreter = None
 
-    def __enter__(self) -> TFLiteModel:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

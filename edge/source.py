@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -340,7 +341,7 @@ class SupervisedSource:
         self._backend.close()
         self.status.state = "closed"
 
-    def __enter__(self) -> SupervisedSource:
+    def __enter__(self) -> Self:
         self.open()
         return self
 
