@@ -1,0 +1,175 @@
+"""``cryedge models fetch``: bundles built offline from the pinned mediapipe wheel, or given ones.
+
+The wheel is downloaded once into ~/.cache/cryedge (pip from PyPI) and reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge import cli, provision
+from edge.errors import DataError, ModelError
+
+FACE, POSE = provision.FACE_BUNDLE, provision.POSE_BUNDLE
+
+
+@pytest.fixture(scope="session")
+def wheel_tflites() -> dict[str, bytes]:
+    pins = provision.load_pins()
+    return provision.wheel_members(provision.fetch_wheel(pins, provision.DEFAULT_CACHE), pins)
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("landmarks")
+    provision.fetch(out)
+    return out
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def interpreter(model: bytes):
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_content=model)
+    runner.allocate_tensors()
+    return runner
+
+
+def test_fetch_builds_both_bundles_and_the_same_bytes_every_time(built, tmp_path, capsys):
+    assert cli.main(["models", "fetch", "--output", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    for name in (FACE, POSE):
+        assert sha256(tmp_path / name) == sha256(built / name), f"{name} differs between two builds"
+        assert f"{tmp_path / name}  sha256 {sha256(built / name)}" in printed
+
+
+@pytest.mark.parametrize("name", [FACE, POSE])
+def test_bundles_are_stored_zips_with_the_members_mediapipe_looks_up_aligned_for_mmap(built, name):
+    with zipfile.ZipFile(built / name) as archive:
+        infos = archive.infolist()
+        assert sorted(i.filename for i in infos) == sorted(provision.BUNDLE_MEMBERS[name])
+        assert all(i.compress_type == zipfile.ZIP_STORED and i.date_time == provision.ZIP_DATE for i in infos)
+    data = (built / name).read_bytes()
+    for info in infos:
+        start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+        assert data[start : start + 8][4:8] == b"TFL3", "member bytes are a TFLite flatbuffer"
+        assert start % provision.MEMBER_ALIGNMENT == 0
+
+
+def test_the_face_model_keeps_its_468_mesh_points_and_appends_10_iris_points(built, wheel_tflites):
+    with zipfile.ZipFile(built / FACE) as archive:
+        grown = interpreter(archive.read("face_landmarks_detector.tflite"))
+    original = interpreter(wheel_tflites["face_landmark.tflite"])
+    # A real face crop as the models see it: 192x192 RGB in [0, 1].
+    import cv2
+    import skimage.data
+
+    crop = cv2.resize(skimage.data.astronaut()[50:200, 150:300], (192, 192)).astype(np.float32)[None] / 255.0
+    outputs = []
+    for runner in (original, grown):
+        runner.set_tensor(runner.get_input_details()[0]["index"], crop)
+        runner.invoke()
+        details = runner.get_output_details()
+        outputs.append([runner.get_tensor(d["index"]).reshape(-1) for d in details])
+    (mesh, presence), (points, grown_presence) = outputs
+    assert points.size == 478 * 3, "1.2.x's FaceLandmarker decodes 478 points from output 0"
+    assert np.allclose(points[:1404], mesh, atol=1e-4)
+    assert grown_presence == pytest.approx(presence) and presence[0] > 0, "presence output kept, a face seen"
+    xyz = points.reshape(478, 3)
+    assert np.allclose(xyz[468], xyz[list(provision.RIGHT_EYE_CONTOUR)].mean(axis=0), atol=1e-3)
+    assert np.allclose(xyz[473], xyz[list(provision.LEFT_EYE_CONTOUR)].mean(axis=0), atol=1e-3)
+
+
+def test_the_pose_landmark_model_says_its_input_is_scaled_from_0_255_to_0_1(built):
+    from edge.landmarks import import_mediapipe
+
+    import_mediapipe()
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as md
+    from mediapipe.tasks.metadata import schema_py_generated as schema
+
+    with zipfile.ZipFile(built / POSE) as archive:
+        model = archive.read("pose_landmarks_detector.tflite")
+    root = schema.Model.GetRootAs(model, 0)
+    entries = {root.Metadata(i).Name(): root.Metadata(i).Buffer() for i in range(root.MetadataLength())}
+    raw = root.Buffers(entries[b"TFLITE_METADATA"]).DataAsNumpy().tobytes()
+    metadata = md.ModelMetadataT.InitFromObj(md.ModelMetadata.GetRootAs(raw, 0))
+    unit = metadata.subgraphMetadata[0].inputTensorMetadata[0].processUnits[0]
+    assert unit.optionsType == md.ProcessUnitOptions.NormalizationOptions
+    assert list(unit.options.mean) == [0.0] and list(unit.options.std) == [255.0]
+    interpreter(model)  # still a valid model
+
+
+def test_a_wheel_whose_sha256_differs_from_the_pin_is_refused(tmp_path):
+    pins = provision.load_pins()
+    good = provision.fetch_wheel(pins, provision.DEFAULT_CACHE)
+    tampered = tmp_path / pins.wheel
+    shutil.copyfile(good, tampered)
+    with open(tampered, "r+b") as f:
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ModelError, match=f"{pins.wheel} has sha256 .* but sources.json pins {pins.wheel_sha256}"):
+        provision.fetch(tmp_path / "out", cache=tmp_path)
+    assert not (tmp_path / "out" / FACE).exists()
+
+
+def test_a_tflite_whose_sha256_differs_from_the_pin_is_refused(tmp_path):
+    pins = provision.load_pins()
+    wheel = provision.fetch_wheel(pins, provision.DEFAULT_CACHE)
+    name = "pose_detection.tflite"
+    wrong = provision.Pins(pins.requirement, pins.wheel, pins.platform_tag, pins.wheel_sha256,
+                           {name: {**pins.members[name], "sha256": "0" * 64}})
+    with pytest.raises(ModelError, match=f"{pins.members[name]['path']} in {pins.wheel} has sha256"):
+        provision.wheel_members(wheel, wrong)
+
+
+def test_each_machine_has_its_pinned_wheel():
+    assert provision.load_pins("x86_64").requirement == "mediapipe==0.10.21"
+    arm = provision.load_pins("aarch64")
+    assert arm.requirement == "mediapipe==0.10.18" and "aarch64" in arm.wheel
+    assert provision.load_pins("arm64") == arm
+    with pytest.raises(ModelError, match="riscv64"):
+        provision.load_pins("riscv64")
+
+
+def test_given_official_bundles_are_checked_and_copied(built, tmp_path):
+    out = tmp_path / "out"
+    written = provision.fetch(out, face_bundle=str(built / FACE), pose_bundle=f"file://{built / POSE}")
+    assert sha256(out / FACE) == sha256(built / FACE) and sha256(out / POSE) == sha256(built / POSE)
+    assert written == {str(out / FACE): sha256(built / FACE), str(out / POSE): sha256(built / POSE)}
+
+
+def _zip(members: dict[str, bytes], compression=zipfile.ZIP_STORED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"<html>not found</html>", "not a MediaPipe task bundle"),
+        (_zip({"face_detector.tflite": b"x"}), "lacks face_landmarks_detector.tflite"),
+        (_zip({"face_detector.tflite": b"x" * 100, "face_landmarks_detector.tflite": b"y" * 100}, zipfile.ZIP_DEFLATED),
+         "compressed"),
+    ],
+)
+def test_a_given_bundle_that_is_not_a_face_landmarker_is_a_data_error(tmp_path, content, message):
+    bad = tmp_path / "bad.task"
+    bad.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        provision.fetch(tmp_path / "out", face_bundle=str(bad), pose_bundle=str(bad))
+    assert cli.main(["models", "fetch", "--output", str(tmp_path / "out"), "--face-bundle", str(tmp_path / "nope")]) == 7
