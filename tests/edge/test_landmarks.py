@@ -219,6 +219,18 @@ def test_largest_or_centre_face_is_the_subject(use_models):
     assert largest.face_box[2] < 400 < centre.face_box[0]
 
 
+def test_the_extractor_is_built_from_the_landmarks_config_section(use_models):
+    from edge.config import LandmarksConfig
+
+    config = LandmarksConfig(pose=False, roi=(0.2, 0.0, 0.7, 0.5), subject="center")
+    with LandmarkExtractor.from_config(config) as extractor:
+        assert extractor.roi == (0.2, 0.0, 0.7, 0.5) and extractor.subject == "center"
+        cropped = extractor.extract(Frame(photo("astronaut"), 1.0, 0))
+    whole = landmarks_of_photo(photo("astronaut"), pose=False)
+    assert cropped.has_face and not cropped.has_pose and (cropped.width, cropped.height) == (512, 512)
+    assert np.abs(cropped.face[:468] - whole.face[:468]).mean() < 2.0, "points are in whole-frame pixels"
+
+
 def test_a_missing_bundle_says_how_to_build_it(tmp_path, monkeypatch):
     monkeypatch.setenv("CRYEDGE_MODELS", str(tmp_path))
     with pytest.raises(ModelError, match=r"face_landmarker\.task is missing; run `cryedge models fetch`"):
