@@ -5,9 +5,10 @@ bundles are built from the Apache-2.0 ``.tflite`` files inside the pinned ``medi
 (got with ``pip download``; every input pinned by sha256 in ``models/landmarks/sources.json``):
 
 - ``face_landmarker.task``: the full-range face detector (the short-range one misses faces of a
-  tenth of the frame width, a camera above a crib) and the 0.10.x face-landmark model with 10 iris
-  points appended to its output. 1.2.x decodes 478 points from that output while the 0.10.x model
-  gives 468, which without the surgery yields scrambled points and no error.
+  tenth of the frame width, a camera above a crib) and the 0.10.x face-landmark model "with
+  attention", its own 10 iris points joined to its 468-point mesh output. 1.2.x decodes 478 points
+  from output 0 while the 0.10.x models give 468 there, which unchanged yields scrambled points
+  and no error.
 - ``pose_landmarker.task``: the pose detector and ``pose_landmark_full.tflite`` with the input
   normalization metadata ([0, 255] -> [0, 1]) that PoseLandmarker insists on.
 
@@ -56,14 +57,17 @@ MEMBER_ALIGNMENT = 64
 BUFFER_ALIGNMENT = 16
 
 # The person's eye contours in MediaPipe's 468-point mesh (16 points each, corner to corner round
-# the lids). The appended iris centre is the contour's centroid: the 0.10.x mesh model has no iris
-# output, and the centroid is where a pupil looking straight ahead sits.
+# the lids). The appended iris points take their depth (z) from the mean of their eye's contour:
+# the iris outputs of the attention model are x and y only.
 RIGHT_EYE_CONTOUR = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
 LEFT_EYE_CONTOUR = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
-# Points 469-472 (473's 474-477) sit halfway from the centre towards the outer corner, the upper
-# lid, the inner corner and the lower lid, so the iris ring has the eye's orientation and scale.
-RIGHT_EYE_RING = (33, 159, 133, 145)
-LEFT_EYE_RING = (263, 386, 362, 374)
+# Outputs of face_landmark_with_attention.tflite. "left"/"right" in its names are the viewer's: the
+# left iris is the one in the image's (crop's) left half, the person's right in an un-mirrored
+# frontal view, the eye of mesh points 33-133, so it becomes points 468-472.
+ATTENTION_MESH = "output_mesh_identity"
+ATTENTION_IRIS_ORDER = ("output_left_iris", "output_right_iris")  # -> 468-472, 473-477
+ATTENTION_PRESENCE = "conv_faceflag"
+IRIS_POINTS = 5  # centre, then four round the iris edge
 MESH_POINTS = 468
 
 
@@ -119,7 +123,7 @@ def fetch_wheel(pins: Pins, cache: Path) -> Path:
             "--python-version", "3.11", "--platform", pins.platform_tag, "--dest", str(cache), pins.requirement,
         ]
         log.info("downloading %s: %s", pins.requirement, " ".join(command))
-        result = subprocess.run(command, capture_output=True, text=True)
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0 or not wheel.exists():
             detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
             raise ModelError(f"pip could not download {pins.requirement} into {cache}: {detail[0]}")
@@ -245,64 +249,74 @@ def _add_op(model, subgraph, builtin: int, inputs, outputs, options_type: int, o
 
 
 def iris_weights() -> np.ndarray:
-    """The (30, 1404) matrix taking the flat 468x3 mesh to the 10 iris points' x, y, z.
+    """The (30, 1424) matrix taking [mesh 468x3 | iris A 5x2 | iris B 5x2] to 10 points' x, y, z.
 
-    Point order as MediaPipe's 478-point mesh: 468 the person's right iris centre, 469-472 around
-    it, 473 the left iris centre, 474-477 around it.
+    x and y of points 468-472 are iris A's, 473-477 iris B's (the model's own iris estimates, in
+    the same crop pixels as the mesh); z is the mean z of that eye's contour in the mesh.
     """
-    weights = np.zeros((30, MESH_POINTS * 3), dtype=np.float32)
-    for block, (contour, ring) in enumerate(((RIGHT_EYE_CONTOUR, RIGHT_EYE_RING), (LEFT_EYE_CONTOUR, LEFT_EYE_RING))):
-        centre = np.zeros(MESH_POINTS, dtype=np.float32)
-        centre[list(contour)] = 1.0 / len(contour)
-        rows = [centre]
-        for point in ring:
-            towards = centre * 0.5
-            towards[point] += 0.5
-            rows.append(towards)
-        for k, row in enumerate(rows):
-            for axis in range(3):
-                weights[(block * 5 + k) * 3 + axis, axis::3] = row
+    mesh_values = MESH_POINTS * 3
+    weights = np.zeros((2 * IRIS_POINTS * 3, mesh_values + 4 * IRIS_POINTS), dtype=np.float32)
+    for block, contour in enumerate((RIGHT_EYE_CONTOUR, LEFT_EYE_CONTOUR)):
+        iris = mesh_values + block * 2 * IRIS_POINTS
+        for k in range(IRIS_POINTS):
+            row = (block * IRIS_POINTS + k) * 3
+            weights[row, iris + 2 * k] = 1.0
+            weights[row + 1, iris + 2 * k + 1] = 1.0
+            weights[row + 2, [3 * point + 2 for point in contour]] = 1.0 / len(contour)
     return weights
 
 
-def append_iris_points(face_landmark_tflite: bytes) -> bytes:
-    """The 0.10.x face-landmark model with output 0 grown from 468x3 to 478x3 values.
+def append_iris_points(attention_tflite: bytes) -> bytes:
+    """The 0.10.x attention face-landmark model with one output of 478 points, as 1.2.x decodes.
 
-    Adds RESHAPE -> FULLY_CONNECTED (constant iris weights) -> CONCATENATION -> RESHAPE after the
-    mesh output, all builtin ops, and makes the result output 0; the face-presence output stays.
+    1.2.x reads the landmarks from output 0 and face presence from output 1. The attention model
+    gives the 468-point mesh, refinements for lips and eyes, and the two irises as separate
+    outputs. Added (all builtin ops): RESHAPEs to flat rows, CONCATENATION of mesh and irises,
+    FULLY_CONNECTED with constant ``iris_weights()`` giving the 10 iris points, CONCATENATION of
+    mesh and iris points, RESHAPE to (1, 1, 1, 1434). Outputs become [that, face presence]; the lip
+    and eye refinements go unused (measured against dlib, the mesh alone agrees as well).
     """
     schema, _ = _schemas()
-    model = _read_model(face_landmark_tflite)
+    model = _read_model(attention_tflite)
     graph = model.subgraphs[0]
-    mesh = int(graph.outputs[0])
-    if int(np.prod(graph.tensors[mesh].shape)) != MESH_POINTS * 3:
-        raise ModelError(f"face-landmark model output 0 has shape {list(graph.tensors[mesh].shape)}, expected 1404 values")
-    f32, i32 = schema.TensorType.FLOAT32, schema.TensorType.INT32
-    flat_shape = _add_tensor(model, graph, "cryedge/flat_shape", [2], i32, np.array([1, 1404], np.int32).tobytes())
-    flat = _add_tensor(model, graph, "cryedge/mesh_flat", [1, 1404], f32)
-    weights = _add_tensor(model, graph, "cryedge/iris_weights", [30, 1404], f32, iris_weights().tobytes())
-    iris = _add_tensor(model, graph, "cryedge/iris", [1, 30], f32)
-    joined = _add_tensor(model, graph, "cryedge/mesh_iris_flat", [1, 1434], f32)
-    out_shape = _add_tensor(model, graph, "cryedge/out_shape", [4], i32, np.array([1, 1, 1, 1434], np.int32).tobytes())
-    out = _add_tensor(model, graph, "cryedge/mesh_iris", [1, 1, 1, 1434], f32)
+    by_name = {graph.tensors[int(i)].name.decode(): int(i) for i in graph.outputs}
+    wanted = (ATTENTION_MESH, *ATTENTION_IRIS_ORDER, ATTENTION_PRESENCE)
+    if any(name not in by_name for name in wanted):
+        raise ModelError(f"the face-landmark model's outputs are {sorted(by_name)}; expected {', '.join(wanted)}")
+    f32 = schema.TensorType.FLOAT32
 
-    reshape = schema.ReshapeOptionsT()
-    reshape.newShape = np.array([1, 1404], np.int32)
-    _add_op(model, graph, schema.BuiltinOperator.RESHAPE, [mesh, flat_shape], [flat], schema.BuiltinOptions.ReshapeOptions, reshape)
-    fc = schema.FullyConnectedOptionsT()
-    _add_op(model, graph, schema.BuiltinOperator.FULLY_CONNECTED, [flat, weights, -1], [iris],
-            schema.BuiltinOptions.FullyConnectedOptions, fc)
-    concat = schema.ConcatenationOptionsT()
-    concat.axis = 1
-    _add_op(model, graph, schema.BuiltinOperator.CONCATENATION, [flat, iris], [joined],
-            schema.BuiltinOptions.ConcatenationOptions, concat)
-    reshape_out = schema.ReshapeOptionsT()
-    reshape_out.newShape = np.array([1, 1, 1, 1434], np.int32)
-    _add_op(model, graph, schema.BuiltinOperator.RESHAPE, [joined, out_shape], [out],
-            schema.BuiltinOptions.ReshapeOptions, reshape_out)
-    outputs = [int(i) for i in graph.outputs]
-    outputs[0] = out
-    graph.outputs = np.asarray(outputs, dtype=np.int32)
+    def constant(name: str, shape: list[int], values: np.ndarray) -> int:
+        tensor_type = schema.TensorType.INT32 if values.dtype == np.int32 else f32
+        return _add_tensor(model, graph, name, shape, tensor_type, values.tobytes())
+
+    def reshape(source: int, shape: list[int], name: str) -> int:
+        out = _add_tensor(model, graph, name, shape, f32)
+        options = schema.ReshapeOptionsT()
+        options.newShape = np.array(shape, np.int32)
+        new_shape = constant(f"{name}/shape", [len(shape)], np.array(shape, np.int32))
+        _add_op(model, graph, schema.BuiltinOperator.RESHAPE, [source, new_shape], [out],
+                schema.BuiltinOptions.ReshapeOptions, options)
+        return out
+
+    def concatenate(sources: list[int], width: int, name: str) -> int:
+        out = _add_tensor(model, graph, name, [1, width], f32)
+        options = schema.ConcatenationOptionsT()
+        options.axis = 1
+        _add_op(model, graph, schema.BuiltinOperator.CONCATENATION, sources, [out],
+                schema.BuiltinOptions.ConcatenationOptions, options)
+        return out
+
+    mesh = reshape(by_name[ATTENTION_MESH], [1, MESH_POINTS * 3], "cryedge/mesh")
+    irises = [reshape(by_name[name], [1, 2 * IRIS_POINTS], f"cryedge/{name}") for name in ATTENTION_IRIS_ORDER]
+    weights = iris_weights()
+    joined_in = concatenate([mesh, *irises], weights.shape[1], "cryedge/mesh_and_irises")
+    iris_points = _add_tensor(model, graph, "cryedge/iris_points", [1, weights.shape[0]], f32)
+    _add_op(model, graph, schema.BuiltinOperator.FULLY_CONNECTED,
+            [joined_in, constant("cryedge/iris_weights", list(weights.shape), weights), -1], [iris_points],
+            schema.BuiltinOptions.FullyConnectedOptions, schema.FullyConnectedOptionsT())
+    points = concatenate([mesh, iris_points], (MESH_POINTS + 2 * IRIS_POINTS) * 3, "cryedge/points")
+    out = reshape(points, [1, 1, 1, (MESH_POINTS + 2 * IRIS_POINTS) * 3], "cryedge/landmarks")
+    graph.outputs = np.array([out, by_name[ATTENTION_PRESENCE]], dtype=np.int32)
     return _write_model(model)
 
 
@@ -421,7 +435,7 @@ def build_bundles(tflites: dict[str, bytes]) -> dict[str, dict[str, bytes]]:
     return {
         FACE_BUNDLE: {
             "face_detector.tflite": tflites["face_detection_full_range_sparse.tflite"],
-            "face_landmarks_detector.tflite": append_iris_points(tflites["face_landmark.tflite"]),
+            "face_landmarks_detector.tflite": append_iris_points(tflites["face_landmark_with_attention.tflite"]),
         },
         POSE_BUNDLE: {
             "pose_detector.tflite": tflites["pose_detection.tflite"],

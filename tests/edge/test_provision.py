@@ -66,28 +66,45 @@ def test_bundles_are_stored_zips_with_the_members_mediapipe_looks_up_aligned_for
         assert start % provision.MEMBER_ALIGNMENT == 0
 
 
-def test_the_face_model_keeps_its_468_mesh_points_and_appends_10_iris_points(built, wheel_tflites):
+def test_the_face_model_gives_478_points_from_output_0_and_face_presence_from_output_1(built, wheel_tflites):
+    from edge.landmarks import import_mediapipe
+
+    import_mediapipe()
+    from mediapipe.tasks.metadata import schema_py_generated as schema
+
+    def outputs(model: bytes) -> list[tuple[str, int]]:
+        graph = schema.ModelT.InitFromObj(schema.Model.GetRootAs(model, 0)).subgraphs[0]
+        return [(graph.tensors[i].name.decode(), int(np.prod(graph.tensors[i].shape))) for i in graph.outputs]
+
+    original = outputs(wheel_tflites["face_landmark_with_attention.tflite"])
+    assert original[0] == ("output_mesh_identity", 468 * 3), "what 1.2.x would misread without the surgery"
     with zipfile.ZipFile(built / FACE) as archive:
-        grown = interpreter(archive.read("face_landmarks_detector.tflite"))
-    original = interpreter(wheel_tflites["face_landmark.tflite"])
-    # A real face crop as the models see it: 192x192 RGB in [0, 1].
-    import cv2
+        grown = outputs(archive.read("face_landmarks_detector.tflite"))
+    assert grown == [("cryedge/landmarks", 478 * 3), ("conv_faceflag", 1)]
+
+
+def test_iris_weights_copy_each_iris_and_give_it_its_eyes_depth():
+    weights = provision.iris_weights()
+    mesh = np.random.default_rng(0).normal(size=(468, 3)).astype(np.float32)
+    iris_a, iris_b = np.arange(10, dtype=np.float32) + 100, np.arange(10, dtype=np.float32) + 200
+    points = (weights @ np.concatenate([mesh.reshape(-1), iris_a, iris_b])).reshape(10, 3)
+    assert np.allclose(points[:5, :2], iris_a.reshape(5, 2)) and np.allclose(points[5:, :2], iris_b.reshape(5, 2))
+    assert np.allclose(points[:5, 2], mesh[list(provision.RIGHT_EYE_CONTOUR), 2].mean(), atol=1e-6)
+    assert np.allclose(points[5:, 2], mesh[list(provision.LEFT_EYE_CONTOUR), 2].mean(), atol=1e-6)
+
+
+def test_the_built_face_bundle_puts_each_iris_in_its_eye(built):
     import skimage.data
 
-    crop = cv2.resize(skimage.data.astronaut()[50:200, 150:300], (192, 192)).astype(np.float32)[None] / 255.0
-    outputs = []
-    for runner in (original, grown):
-        runner.set_tensor(runner.get_input_details()[0]["index"], crop)
-        runner.invoke()
-        details = runner.get_output_details()
-        outputs.append([runner.get_tensor(d["index"]).reshape(-1) for d in details])
-    (mesh, presence), (points, grown_presence) = outputs
-    assert points.size == 478 * 3, "1.2.x's FaceLandmarker decodes 478 points from output 0"
-    assert np.allclose(points[:1404], mesh, atol=1e-4)
-    assert grown_presence == pytest.approx(presence) and presence[0] > 0, "presence output kept, a face seen"
-    xyz = points.reshape(478, 3)
-    assert np.allclose(xyz[468], xyz[list(provision.RIGHT_EYE_CONTOUR)].mean(axis=0), atol=1e-3)
-    assert np.allclose(xyz[473], xyz[list(provision.LEFT_EYE_CONTOUR)].mean(axis=0), atol=1e-3)
+    from edge.landmarks import landmarks_of_photo
+
+    face = landmarks_of_photo(skimage.data.astronaut(), face_model=built / FACE, pose=False).face
+    for centre, contour in ((468, provision.RIGHT_EYE_CONTOUR), (473, provision.LEFT_EYE_CONTOUR)):
+        eye = face[list(contour)]
+        eye_width = np.ptp(eye[:, 0])
+        assert np.linalg.norm(face[centre] - eye.mean(axis=0)) < 0.15 * eye_width, "iris centre inside its eye"
+        radii = np.linalg.norm(face[centre + 1 : centre + 5] - face[centre], axis=1)
+        assert np.all((radii > 0.1 * eye_width) & (radii < 0.5 * eye_width)), "a ring round the iris centre"
 
 
 def test_the_pose_landmark_model_says_its_input_is_scaled_from_0_255_to_0_1(built):
