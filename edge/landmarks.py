@@ -42,7 +42,7 @@ class _NoTensorflow(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name == "tensorflow" or name.startswith("tensorflow."):
             raise ModuleNotFoundError(f"No module named {name!r} (kept out of mediapipe by cryedge)", name=name)
-        return None
+        return None  # not ours: the next finder looks
 
 
 def import_mediapipe():
@@ -107,15 +107,15 @@ class LandmarkExtractor:
 
     ``mode`` is "video" (frames of one stream, timestamps from ``Frame.t``) or "image" (unrelated
     photos). ``pose_every=k`` runs pose on every k-th frame and repeats the last pose in between:
-    pose costs about five times face (640x480, one core: face 3.4 ms, both 21 ms a frame, both with
-    k=3 9.5 ms on average; benchmarks/landmarks.py), while body points lag by up to k-1 frames and
-    a frame's time varies (pose frames still take the full 21 ms). ``roi`` (x0, y0, x1, y1 fractions) crops the frame before detection, so
+    pose costs about four times face (640x480, one core: face 3.9 ms, both 22 ms a frame, both with
+    k=3 10.4 ms on average; benchmarks/landmarks.py), while body points lag by up to k-1 frames and
+    a frame's time varies (pose frames still take the full 22 ms). ``roi`` (x0, y0, x1, y1 fractions) crops the frame before detection, so
     a small face in a known place (a crib) is seen larger; points are mapped back to the frame.
     The Tasks API has no thread-count option: pin the process (``taskset``) to bound its cores.
 
     ``subject`` picks among the ``num_faces`` faces MediaPipe returns; with the default 1 that is
     the face MediaPipe tracks. More candidates cost: with fewer faces in view than ``num_faces`` the
-    detector runs on every frame (640x480, one core: face 3.3 ms with 1, 8.0 ms with 2; pose 17 ms
+    detector runs on every frame (640x480, one core: face 4.0 ms with 1, 9.1 ms with 2; pose 18 ms
     with 1, 31 ms with 2).
     """
 
@@ -398,9 +398,9 @@ def _landmarks_command(args) -> int:
     landmarks = landmarks_of_photo(image, **options)
     points = subject_points(landmarks, spec)
     print(json.dumps(points) if args.json else _summary(str(path), landmarks, points))
-    if args.draw:
-        if not cv2.imwrite(str(args.draw), np.ascontiguousarray(draw_points(image, points)[:, :, ::-1])):
-            raise DataError(f"cannot write {args.draw}")
+    drawn = np.ascontiguousarray(draw_points(image, points)[:, :, ::-1]) if args.draw else None
+    if drawn is not None and not cv2.imwrite(str(args.draw), drawn):
+        raise DataError(f"cannot write {args.draw}")
     return 0
 
 
@@ -414,7 +414,7 @@ def add_commands(subparsers) -> None:
     )
     parser.add_argument("source", nargs="?", metavar="IMAGE_OR_VIDEO", help="a photo or a video file")
     parser.add_argument("--json", action="store_true", help="JSON (one line a frame for a video)")
-    parser.add_argument("--draw", metavar="OUT.png", help="write the photo with the points drawn and numbered")
+    parser.add_argument("--draw", metavar="OUT.png", help="write the photo with the points drawn and numbered (photos only)")
     parser.add_argument("--spec", default="openpose-face70-body8", choices=sorted(SPECS))
     parser.add_argument("--normalization", default="minmax", choices=NORMALIZATIONS)
     parser.add_argument("--subject", default="largest", choices=SUBJECTS)
