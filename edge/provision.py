@@ -2,7 +2,7 @@
 
 mediapipe 1.2.x ships no model files and the model hubs may be out of reach, so by default the two
 bundles are built from the Apache-2.0 ``.tflite`` files inside the pinned ``mediapipe`` 0.10.x wheel
-(got with ``pip download``; every input pinned by sha256 in ``models/landmarks/sources.json``):
+(got with ``pip download``; every input pinned by sha256 in ``edge/data/landmark_sources.json``):
 
 - ``face_landmarker.task``: the full-range face detector (the short-range one misses faces of a
   tenth of the frame width, a camera above a crib) and the 0.10.x face-landmark model "with
@@ -48,7 +48,8 @@ BUNDLE_MEMBERS = {
     FACE_BUNDLE: ("face_detector.tflite", "face_landmarks_detector.tflite"),
     POSE_BUNDLE: ("pose_detector.tflite", "pose_landmarks_detector.tflite"),
 }
-SOURCES_FILE = Path(__file__).resolve().parents[1] / "models" / "landmarks" / "sources.json"
+# Shipped inside the package: an installed cryedge (systemd/install.sh) builds bundles without a checkout.
+SOURCES_FILE = paths.data_file("landmark_sources.json")
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cryedge"
 # Zip entries carry this date so a rebuild is byte-identical (the earliest a zip can say).
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)

@@ -143,7 +143,7 @@ def test_a_wheel_whose_sha256_differs_from_the_pin_is_refused(tmp_path):
         byte = f.read(1)
         f.seek(1000)
         f.write(bytes([byte[0] ^ 0xFF]))
-    with pytest.raises(ModelError, match=f"{pins.wheel} has sha256 .* but sources.json pins {pins.wheel_sha256}"):
+    with pytest.raises(ModelError, match=f"{pins.wheel} has sha256 .* but landmark_sources.json pins {pins.wheel_sha256}"):
         provision.fetch(tmp_path / "out", cache=tmp_path)
     assert not (tmp_path / "out" / FACE).exists()
 
