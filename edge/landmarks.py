@@ -142,6 +142,8 @@ class LandmarkExtractor:
             raise ValueError(f"subject must be one of {SUBJECTS}, not {subject!r}")
         if mode not in ("video", "image"):
             raise ValueError(f"mode must be 'video' or 'image', not {mode!r}")
+        if not (face or pose):
+            raise ValueError("an extractor needs face or pose (or both)")
         if pose_every < 1:
             raise ValueError("pose_every must be at least 1")
         if roi is not None and not (0 <= roi[0] < roi[2] <= 1 and 0 <= roi[1] < roi[3] <= 1):
@@ -376,7 +378,13 @@ def _landmarks_command(args) -> int:
 
     spec = get_spec(args.spec, args.normalization)
     path = Path(args.source) if args.source else paths.data_file(DEMO_PHOTO)
-    options = dict(pose=not args.no_pose, subject=args.subject, roi=tuple(args.roi) if args.roi else None)
+    options = {
+        "pose": not args.no_pose,
+        "subject": args.subject,
+        "roi": tuple(args.roi) if args.roi else None,
+        "num_faces": args.num_faces,
+        "num_poses": args.num_faces,
+    }
     if path.suffix.lower() in VIDEO_SUFFIXES:
         if not path.is_file():
             raise DataError(f"no such image or video: {path}")
@@ -417,7 +425,9 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--draw", metavar="OUT.png", help="write the photo with the points drawn and numbered (photos only)")
     parser.add_argument("--spec", default="openpose-face70-body8", choices=sorted(SPECS))
     parser.add_argument("--normalization", default="minmax", choices=NORMALIZATIONS)
-    parser.add_argument("--subject", default="largest", choices=SUBJECTS)
+    parser.add_argument("--subject", default="largest", choices=SUBJECTS, help="which face is the subject")
+    parser.add_argument("--num-faces", type=int, default=4, metavar="N",
+                        help="faces (and poses) to find and choose the subject among (default: %(default)s)")
     parser.add_argument("--roi", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"), help="crop (fractions) before detection")
     parser.add_argument("--no-pose", action="store_true", help="face only")
     parser.set_defaults(handler=_landmarks_command)

@@ -218,6 +218,11 @@ def test_largest_or_centre_face_is_the_subject(use_models):
     largest = landmarks_of_photo(scene, pose=False, num_faces=2)
     centre = landmarks_of_photo(scene, pose=False, num_faces=2, subject="center")
     assert largest.face_box[2] < 400 < centre.face_box[0]
+    # The pose follows the chosen face: Grace Hopper's shoulders, then the astronaut's.
+    for subject, side in (("largest", slice(0, 400)), ("center", slice(400, 1024))):
+        landmarks = landmarks_of_photo(scene, num_faces=2, num_poses=2, subject=subject)
+        nose = landmarks.pose[0, 0]
+        assert side.start <= nose < side.stop, f"{subject}: pose nose at x={nose:.0f}"
 
 
 def test_the_extractor_is_built_from_the_landmarks_config_section(use_models):
