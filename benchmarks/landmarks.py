@@ -21,10 +21,10 @@ import sys
 import time
 
 CONFIGS = {
-    "face": dict(face=True, pose=False),
-    "pose": dict(face=False, pose=True),
-    "both": dict(face=True, pose=True),
-    "both, pose every 3rd": dict(face=True, pose=True, pose_every=3),
+    "face": {"face": True, "pose": False},
+    "pose": {"face": False, "pose": True},
+    "both": {"face": True, "pose": True},
+    "both, pose every 3rd": {"face": True, "pose": True, "pose_every": 3},
 }
 
 

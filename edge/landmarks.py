@@ -42,7 +42,7 @@ class _NoTensorflow(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name == "tensorflow" or name.startswith("tensorflow."):
             raise ModuleNotFoundError(f"No module named {name!r} (kept out of mediapipe by cryedge)", name=name)
-        return None  # not ours: the next finder looks
+        return None  # noqa: RET501 - not ours: the next finder looks
 
 
 def import_mediapipe():
