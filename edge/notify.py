@@ -96,8 +96,8 @@ class Notifier:
     def send(self, **fields: str | None) -> bool:
         """Sends the fields that are not None as one datagram; True when it was sent.
 
-        Failures are logged once and otherwise ignored: a lost notification must not stop the
-        pipeline (systemd then acts on its own timeouts).
+        Never blocks. Failures (no listener, a full queue) are logged once and otherwise ignored: a
+        lost notification must not stop the pipeline (systemd then acts on its own timeouts).
         """
         message = "\n".join(f"{key}={value}" for key, value in fields.items() if value is not None)
         if self.address is None or not message:
@@ -107,6 +107,9 @@ class Notifier:
             with self._lock:
                 if self._socket is None:
                     self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                    # A receiver that does not read fills its queue (net.unix.max_dgram_qlen, 10 by
+                    # default) and a blocking send would then stall the frame loop: drop instead.
+                    self._socket.setblocking(False)
                 self._socket.sendto(message.encode(), target)
         except OSError as error:
             if not self._warned:

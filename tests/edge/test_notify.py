@@ -92,6 +92,16 @@ def test_unusable_watchdog_usec_means_no_watchdog(value):
     )
 
 
+@pytest.mark.timeout(30)
+def test_a_receiver_that_does_not_read_never_blocks_the_sender(notify_socket):
+    server, address = notify_socket
+    notifier = Notifier(address)
+    results = [notifier.status(f"frame {i}") for i in range(200)]  # far beyond the socket's queue
+    assert results[0] is True
+    assert results[-1] is False  # dropped, not blocked
+    assert receive(server) == {"STATUS": "frame 0"}
+
+
 def test_a_vanished_socket_does_not_raise(tmp_path):
     notifier = Notifier(str(tmp_path / "gone"))
     assert notifier.ready() is False

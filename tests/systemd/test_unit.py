@@ -7,12 +7,15 @@ processes by ``sandbox.py``, the way systemd applies them before it starts the s
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -239,23 +242,70 @@ def test_litert_with_xnnpack_runs_under_the_units_restrictions(tmp_path):
     assert float(result.stdout.split()[-1]) == pytest.approx(expected, abs=1e-5)
 
 
-def daemon_available() -> bool:
-    try:
-        import edge.daemon  # noqa: F401
-    except ModuleNotFoundError:
-        return False
-    return True
+def window_model(folder: Path) -> Path:
+    """A small untrained landmark-window model (Conv1D, 10 x 156) with its card beside it."""
+    tf = pytest.importorskip("tensorflow")
+    from edge.card import ModelCard
+
+    tf.keras.utils.set_random_seed(5)
+    inputs = tf.keras.Input((10, 156), batch_size=1)
+    x = tf.keras.layers.Conv1D(8, 3, activation="relu")(inputs)
+    x = tf.keras.layers.GlobalAveragePooling1D()(x)
+    outputs = tf.keras.layers.Dense(1, activation="sigmoid")(x)
+    path = folder / "window.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(tf.keras.Model(inputs, outputs)).convert())
+    card = ModelCard.model_validate(
+        {
+            "name": "window",
+            "kind": "landmark-window",
+            "input_shape": [1, 10, 156],
+            "labels": ["not_crying", "crying"],
+            "positive_label": "crying",
+            "output": "sigmoid",
+            "window": 10,
+            "features": {"spec": "openpose-face70-body8", "normalization": "minmax"},
+        }
+    )
+    path.with_suffix(".json").write_text(card.to_json())
+    return path
+
+
+def face_clip(path: Path, seconds: float = 3.0, fps: int = 15) -> Path:
+    """A clip of a real face photo (the astronaut shipped with the package), slowly panning."""
+    import cv2
+
+    image = cv2.imread(str(paths.data_file("astronaut.jpg")))
+    image = cv2.resize(image, (640, 640))[80:560]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (640, 480))
+    for index in range(int(seconds * fps)):
+        writer.write(np.roll(image, index, axis=1))
+    writer.release()
+    return path
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not daemon_available(), reason="edge.daemon is not written yet")
-def test_cryedge_run_plays_the_demo_under_the_units_restrictions(tmp_path, mosquitto):
-    """The real daemon, end to end on the bundled demo clip, under the unit's kernel restrictions."""
+@pytest.mark.tensorflow
+def test_cryedge_run_under_the_units_restrictions_notifies_systemd(tmp_path, mosquitto):
+    """The real daemon on a real clip, under the unit's kernel rules, with systemd's environment.
+
+    systemd is stood in for by a notification socket: READY=1 once up, WATCHDOG=1 while frames flow
+    (WATCHDOG_USEC=0.4 s: a ping every 0.2 s), STOPPING=1 at the end; MQTT to a real mosquitto and
+    the health server on loopback on the way.
+    """
+    if not (paths.landmarks_dir() / "face_landmarker.task").exists():
+        pytest.skip("landmark bundles not built (cryedge models fetch)")
+    model = window_model(tmp_path)
+    clip = face_clip(tmp_path / "clip.mp4")
     config_file = tmp_path / "cryedge.toml"
     config_file.write_text(
-        f'[mqtt]\nhost = "127.0.0.1"\nport = {mosquitto.port}\n[health]\nenabled = false\n'
+        f'[source]\nuri = "{clip}"\n[model]\npath = "{model}"\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {mosquitto.port}\n'
+        f"[health]\nport = {free_port()}\n"
         f'[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\n'
     )
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"cryedge-run-{uuid.uuid4().hex}"
+    notify.bind("\0" + name)
     cryedge = Path(sys.executable).with_name("cryedge")
     command = [
         sys.executable,
@@ -267,5 +317,40 @@ def test_cryedge_run_plays_the_demo_under_the_units_restrictions(tmp_path, mosqu
         "--config",
         str(config_file),
     ]
-    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    environ = {**os.environ, "NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "400000"}
+    messages: list[str] = []
+    with notify:
+        notify.settimeout(0.2)
+
+        def listen() -> None:  # read as systemd does, while the service runs
+            while not finished.is_set():
+                try:
+                    messages.append(notify.recv(4096).decode())
+                except TimeoutError:
+                    pass
+
+        finished = threading.Event()
+        listener = threading.Thread(target=listen)
+        listener.start()
+        try:
+            result = subprocess.run(
+                command, check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=environ
+            )
+        finally:
+            time.sleep(0.3)
+            finished.set()
+            listener.join()
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Operation not permitted" not in result.stderr
+    fields = [dict(line.split("=", 1) for line in message.split("\n")) for message in messages]
+    kinds = [next(key for key in ("READY", "WATCHDOG", "STOPPING", "STATUS") if key in f) for f in fields]
+    assert "READY" in kinds and "STOPPING" in kinds
+    assert kinds.index("READY") < kinds.index("STOPPING")
+    pings = kinds.count("WATCHDOG")
+    assert pings >= 5, kinds  # a 3 s clip in real time, a ping every 0.2 s while frames flow
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
