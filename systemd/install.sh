@@ -7,7 +7,7 @@
 # Lays down (all relative to --root):
 #   /opt/cryedge/venv                      python3 -m venv --system-site-packages (sees apt's picamera2)
 #   /opt/cryedge/models                    the cry model(s) of the checkout + landmark bundles
-#   /opt/cryedge/docs/service.md           what `systemctl help cryedge` opens
+#   /opt/cryedge/docs/service.md           the unit's Documentation=
 #   /etc/cryedge/cryedge.toml              from examples/cryedge.toml; an existing one is kept
 #   /etc/cryedge/mqtt_password             only with --mqtt-password-file (mode 0600, root)
 #   /usr/lib/sysusers.d/cryedge.conf       the system user, created now and by systemd-sysusers at boot
