@@ -253,5 +253,7 @@ def test_venv_install_gives_the_program_the_unit_starts(tmp_path, wheel):
         timeout=120,
     )
     assert verify.returncode == 0 and verify.stderr == "", verify.stderr
-    # and a second run over the venv succeeds
+    # a second run over the venv leaves the tree as it was
+    before = snapshot(root)
     install(*args)
+    assert snapshot(root) == before
