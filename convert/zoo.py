@@ -1,0 +1,221 @@
+"""The model zoo: the original work's architectures, each buildable for any window and feature size.
+
+Each builder takes ``(window, features)`` (or ``(height, width, channels)`` for face-crop models)
+and returns an uncompiled Keras model. The layer calls used here exist in Keras 2.3 as well as in
+Keras 3, and this module keeps to Python 3.7 syntax, so ``convert/fixtures/make_keras2_fixtures.py``
+builds the genuine Keras-2 fixtures from these same definitions (pass ``keras=`` the old module).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from edge.errors import ConfigError
+
+
+def _keras(keras):
+    if keras is None:
+        import keras  # noqa: PLW0621 - Keras 3 by default; the fixture script passes Keras 2.3
+
+    return keras
+
+
+def _input_layer(keras, shape):
+    """An InputLayer for ``shape`` (no batch); Keras 3 spells the argument ``shape``, Keras 2 ``input_shape``."""
+    if int(keras.__version__.split(".")[0]) >= 3:
+        return keras.layers.InputLayer(shape=tuple(shape))
+    return keras.layers.InputLayer(input_shape=tuple(shape))
+
+
+def image_shape_for(window: int, features: int) -> tuple[int, int]:
+    """(H, W) that a window of ``window`` x ``features`` values is reshaped to for the Conv2D model.
+
+    The original reshaped 10 x 156 to 40 x 39; for other sizes, the factor pair nearest to square.
+    """
+    total = window * features
+    if total == 1560:
+        return 40, 39
+    height = int(math.sqrt(total))
+    while total % height:
+        height -= 1
+    return total // height, height
+
+
+def dense_lstm(window: int, features: int, keras=None, units: int = 32):
+    """Dense(32) + LSTM(32) + sigmoid: the smallest seed model."""
+    keras = _keras(keras)
+    layers = keras.layers
+    return keras.Sequential(
+        [
+            _input_layer(keras, (window, features)),
+            layers.Dense(units, activation="relu"),
+            layers.LSTM(units),
+            layers.Dense(1, activation="sigmoid"),
+        ],
+        name="dense_lstm",
+    )
+
+
+def lstm2(window: int, features: int, keras=None, units: int = 64):
+    """Dense(64) + LSTM(64, sequences) + Dropout + LSTM(64) + sigmoid."""
+    keras = _keras(keras)
+    layers = keras.layers
+    return keras.Sequential(
+        [
+            _input_layer(keras, (window, features)),
+            layers.Dense(units, activation="relu"),
+            layers.LSTM(units, return_sequences=True),
+            layers.Dropout(0.2),
+            layers.LSTM(units),
+            layers.Dense(1, activation="sigmoid"),
+        ],
+        name="lstm2",
+    )
+
+
+def conv1d(window: int, features: int, keras=None, filters: int = 64, dense: int = 50):
+    """Conv1D(64, k=2) + MaxPool + Dense(50) + sigmoid."""
+    keras = _keras(keras)
+    layers = keras.layers
+    return keras.Sequential(
+        [
+            _input_layer(keras, (window, features)),
+            layers.Conv1D(filters, kernel_size=2, activation="relu"),
+            layers.MaxPooling1D(pool_size=2),
+            layers.Flatten(),
+            layers.Dense(dense, activation="relu"),
+            layers.Dense(1, activation="sigmoid"),
+        ],
+        name="conv1d",
+    )
+
+
+def conv2d(window: int, features: int, keras=None, filters: int = 32, dense: int = 1024):
+    """The window as a one-channel image (10 x 156 -> 40 x 39 x 1), 3 double-Conv2D blocks, Dense(1024) x 2.
+
+    The model's input is the image; the runtime reshapes the (window, features) values to it,
+    which is a plain reshape of the same row-major values (the card's input_shape says which).
+    """
+    keras = _keras(keras)
+    layers = keras.layers
+    height, width = image_shape_for(window, features)
+    stack = [_input_layer(keras, (height, width, 1))]
+    for block in range(3):
+        n = filters * 2**block
+        stack += [
+            layers.Conv2D(n, 3, padding="same", activation="relu"),
+            layers.Conv2D(n, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(2),
+        ]
+    stack += [
+        layers.Flatten(),
+        layers.Dense(dense, activation="relu"),
+        layers.Dense(dense, activation="relu"),
+        layers.Dense(1, activation="sigmoid"),
+    ]
+    return keras.Sequential(stack, name="conv2d")
+
+
+def lstm3(window: int, features: int, keras=None):
+    """The original repository's Dense(128) + LSTM(128) + LSTM(64) + LSTM(64) + sigmoid."""
+    keras = _keras(keras)
+    layers = keras.layers
+    return keras.Sequential(
+        [
+            _input_layer(keras, (window, features)),
+            layers.Dense(128, activation="relu"),
+            layers.LSTM(128, return_sequences=True),
+            layers.LSTM(64, return_sequences=True),
+            layers.LSTM(64),
+            layers.Dense(1, activation="sigmoid"),
+        ],
+        name="lstm3",
+    )
+
+
+def _face_cnn(height: int, width: int, channels: int, outputs: int, activation: str, name: str, keras, filters: int,
+              dense: int):
+    keras = _keras(keras)
+    layers = keras.layers
+    stack = [_input_layer(keras, (height, width, channels))]
+    for block in range(3):
+        stack += [layers.Conv2D(filters * 2**block, 3, padding="same", activation="relu"), layers.MaxPooling2D(2)]
+    stack += [
+        layers.Flatten(),
+        layers.Dense(dense, activation="relu"),
+        layers.Dropout(0.3),
+        layers.Dense(outputs, activation=activation),
+    ]
+    return keras.Sequential(stack, name=name)
+
+
+def emotion_cnn(height: int = 48, width: int = 48, channels: int = 1, keras=None, filters: int = 32, dense: int = 128):
+    """A 48 x 48 grey face crop to 7 emotions (FER-2013 order), softmax."""
+    return _face_cnn(height, width, channels, 7, "softmax", "emotion_cnn", keras, filters, dense)
+
+
+def smile_cnn(height: int = 64, width: int = 64, channels: int = 1, keras=None, filters: int = 16, dense: int = 64):
+    """A 64 x 64 grey face crop to smiling or not, sigmoid."""
+    return _face_cnn(height, width, channels, 1, "sigmoid", "smile_cnn", keras, filters, dense)
+
+
+EMOTION_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+# name -> (kind, builder). Landmark-window builders take (window, features); face-crop ones (h, w, c).
+LANDMARK_WINDOW = {
+    "dense-lstm": dense_lstm,
+    "lstm2": lstm2,
+    "conv1d": conv1d,
+    "conv2d": conv2d,
+    "lstm3": lstm3,
+}
+FACE_CROP = {
+    "emotion-cnn": emotion_cnn,
+    "smile-cnn": smile_cnn,
+}
+ARCHITECTURES = tuple(LANDMARK_WINDOW) + tuple(FACE_CROP)
+
+
+def build(name: str, window: int = 10, features: int = 156, keras=None, **sizes):
+    """The zoo model called ``name``; landmark-window ones for ``window`` x ``features`` values a window."""
+    if name in LANDMARK_WINDOW:
+        return LANDMARK_WINDOW[name](window, features, keras=keras, **sizes)
+    if name in FACE_CROP:
+        return FACE_CROP[name](keras=keras, **sizes)
+    raise ConfigError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
+
+
+def synthetic_windows(n: int, window: int = 10, features: int = 156, seed: int = 0):
+    """SYNTHETIC, separable landmark windows for smoke training: (x (n, window, features) float32, y (n,) int).
+
+    Features look like min-max normalized keypoints (values in [0, 1]); in the positive class a
+    fixed fifth of the features drifts upward over the window, as a mouth opening would. Not data
+    of any person: only for tests, fixtures and demonstrations that must say so.
+    """
+    rng = np.random.RandomState(seed)
+    y = (np.arange(n) % 2).astype(np.int64)
+    rng.shuffle(y)
+    x = 0.5 + 0.12 * rng.standard_normal((n, window, features))
+    moving = np.random.RandomState(1234).permutation(features)[: max(1, features // 5)]
+    ramp = np.linspace(0.1, 0.3, window)[:, None]
+    x[np.ix_(y == 1, np.arange(window), moving)] += ramp
+    return np.clip(x, 0.0, 1.0).astype(np.float32), y
+
+
+def synthetic_faces(n: int, height: int, width: int, channels: int = 1, classes: int = 2, seed: int = 0):
+    """SYNTHETIC face-crop-like images for smoke training: (x (n, h, w, c) float32 in [0, 1], y (n,) int).
+
+    Class k is a noisy background with a bright bar at a class-specific height (a crude "mouth
+    position"); separable by a small CNN in a few epochs. Not faces of anyone.
+    """
+    rng = np.random.RandomState(seed)
+    y = (np.arange(n) % classes).astype(np.int64)
+    rng.shuffle(y)
+    x = 0.3 + 0.1 * rng.standard_normal((n, height, width, channels))
+    bar = max(2, height // (2 * classes + 2))
+    for k in range(classes):
+        top = (2 * k + 1) * height // (2 * classes + 1)
+        x[y == k, top : top + bar, width // 4 : 3 * width // 4, :] += 0.5
+    return np.clip(x, 0.0, 1.0).astype(np.float32), y
