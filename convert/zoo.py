@@ -23,10 +23,21 @@ def _keras(keras):
 
 
 def _input_layer(keras, shape):
-    """An InputLayer for ``shape`` (no batch); Keras 3 spells the argument ``shape``, Keras 2 ``input_shape``."""
+    """Keras 3: an InputLayer for ``shape`` (no batch). Keras 2: nothing, see ``_first``."""
     if int(keras.__version__.split(".")[0]) >= 3:
-        return keras.layers.InputLayer(shape=tuple(shape))
-    return keras.layers.InputLayer(input_shape=tuple(shape))
+        return [keras.layers.InputLayer(shape=tuple(shape))]
+    return []
+
+
+def _first(keras, shape):
+    """Keyword arguments of a Sequential model's first layer.
+
+    Keras 2 users wrote ``Dense(32, input_shape=...)``, saved as ``batch_input_shape`` in the first
+    layer's config (Keras 2.3 drops a Sequential's InputLayer from the saved config altogether).
+    """
+    if int(keras.__version__.split(".")[0]) >= 3:
+        return {}
+    return {"input_shape": tuple(shape)}
 
 
 def image_shape_for(window: int, features: int) -> tuple[int, int]:
@@ -49,8 +60,8 @@ def dense_lstm(window: int, features: int, keras=None, units: int = 32):
     layers = keras.layers
     return keras.Sequential(
         [
-            _input_layer(keras, (window, features)),
-            layers.Dense(units, activation="relu"),
+            *_input_layer(keras, (window, features)),
+            layers.Dense(units, activation="relu", **_first(keras, (window, features))),
             layers.LSTM(units),
             layers.Dense(1, activation="sigmoid"),
         ],
@@ -64,8 +75,8 @@ def lstm2(window: int, features: int, keras=None, units: int = 64):
     layers = keras.layers
     return keras.Sequential(
         [
-            _input_layer(keras, (window, features)),
-            layers.Dense(units, activation="relu"),
+            *_input_layer(keras, (window, features)),
+            layers.Dense(units, activation="relu", **_first(keras, (window, features))),
             layers.LSTM(units, return_sequences=True),
             layers.Dropout(0.2),
             layers.LSTM(units),
@@ -81,8 +92,8 @@ def conv1d(window: int, features: int, keras=None, filters: int = 64, dense: int
     layers = keras.layers
     return keras.Sequential(
         [
-            _input_layer(keras, (window, features)),
-            layers.Conv1D(filters, kernel_size=2, activation="relu"),
+            *_input_layer(keras, (window, features)),
+            layers.Conv1D(filters, kernel_size=2, activation="relu", **_first(keras, (window, features))),
             layers.MaxPooling1D(pool_size=2),
             layers.Flatten(),
             layers.Dense(dense, activation="relu"),
@@ -101,14 +112,16 @@ def conv2d(window: int, features: int, keras=None, filters: int = 32, dense: int
     keras = _keras(keras)
     layers = keras.layers
     height, width = image_shape_for(window, features)
-    stack = [_input_layer(keras, (height, width, 1))]
+    stack = [*_input_layer(keras, (height, width, 1))]
+    first = _first(keras, (height, width, 1))
     for block in range(3):
         n = filters * 2**block
         stack += [
-            layers.Conv2D(n, 3, padding="same", activation="relu"),
+            layers.Conv2D(n, 3, padding="same", activation="relu", **first),
             layers.Conv2D(n, 3, padding="same", activation="relu"),
             layers.MaxPooling2D(2),
         ]
+        first = {}
     stack += [
         layers.Flatten(),
         layers.Dense(dense, activation="relu"),
@@ -124,8 +137,8 @@ def lstm3(window: int, features: int, keras=None):
     layers = keras.layers
     return keras.Sequential(
         [
-            _input_layer(keras, (window, features)),
-            layers.Dense(128, activation="relu"),
+            *_input_layer(keras, (window, features)),
+            layers.Dense(128, activation="relu", **_first(keras, (window, features))),
             layers.LSTM(128, return_sequences=True),
             layers.LSTM(64, return_sequences=True),
             layers.LSTM(64),
@@ -139,9 +152,11 @@ def _face_cnn(height: int, width: int, channels: int, outputs: int, activation: 
               dense: int):
     keras = _keras(keras)
     layers = keras.layers
-    stack = [_input_layer(keras, (height, width, channels))]
+    stack = [*_input_layer(keras, (height, width, channels))]
+    first = _first(keras, (height, width, channels))
     for block in range(3):
-        stack += [layers.Conv2D(filters * 2**block, 3, padding="same", activation="relu"), layers.MaxPooling2D(2)]
+        stack += [layers.Conv2D(filters * 2**block, 3, padding="same", activation="relu", **first), layers.MaxPooling2D(2)]
+        first = {}
     stack += [
         layers.Flatten(),
         layers.Dense(dense, activation="relu"),
