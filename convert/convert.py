@@ -1,0 +1,446 @@
+"""``cryedge convert``: a user's Keras model to a batch-1 ``.tflite`` with its card and a fidelity report.
+
+Steps: load (Keras-2 ``.h5``, ``.keras``, SavedModel), rebuild with batch 1 and unrolled recurrent
+layers (dynamic-batch LSTMs do not convert, and a WHILE-loop LSTM crashes int8 calibration),
+export a SavedModel and convert it (``from_concrete_functions`` can silently drop the weights),
+check the graph (one subgraph, static shapes, no Flex ops; int8: no float islands, retried once
+with the other quantizer before failing), compare every output with Keras on held-out data,
+embed the card as metadata ``cryedge_card`` and write it beside the model.
+
+Calibration data (int8) and held-out data (fidelity) come from ``--calibration``: the samples are
+split by ``groups`` when present (whole groups held out), else the last quarter is held out; at
+most 300 samples calibrate. ``--calibration synthetic`` uses uniform random inputs in [0, 1] and
+says so in the report and the card; there is no silent fallback to random data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.card import FaceCropSpec, FeatureSpecRef, ModelCard, Quantization, SourceModel, TensorQuantization
+from edge.errors import DataError, ModelError
+from edge.features import SPECS, get_spec
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("float32", "float16", "dynamic", "int8")
+IO_TYPES = ("int8", "uint8", "float32")
+MIN_CALIBRATION_SAMPLES = 20
+MAX_CALIBRATION_SAMPLES = 300
+MAX_FIDELITY_SAMPLES = 1000
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".webp")
+
+
+@dataclass
+class Kind:
+    """What the model's input means: the card's kind and its feature or image description."""
+
+    kind: str
+    window: int
+    features: FeatureSpecRef | None = None
+    face_crop: FaceCropSpec | None = None
+
+
+def infer_kind(shape: tuple, *, kind: str | None = None, spec: str | None = None, window: int | None = None) -> Kind:
+    """The kind of a model from its input ``shape`` (batch first); a DataError when it fits none.
+
+    ``(T, F)`` with F the size of a known spec is a landmark window. An image-shaped input
+    ``(H, W, C)`` holding ``window`` x spec-size values is a window reshaped to an image (the
+    Conv2D model's 40 x 39 x 1 for 10 x 156); with C of 1 or 3 otherwise it is a face crop.
+    """
+    dims = tuple(int(d) for d in shape[1:])
+    specs = {spec: get_spec(spec)} if spec else dict(SPECS)
+    sizes = ", ".join(f"{name} = {s.size}" for name, s in specs.items())
+    if kind in (None, "landmark-window") and len(dims) == 2:
+        for name, feature_spec in specs.items():
+            if dims[1] == feature_spec.size:
+                if window and window != dims[0]:
+                    raise DataError(f"model input {list(dims)} has a window of {dims[0]} frames, not --window {window}")
+                return Kind("landmark-window", dims[0], features=FeatureSpecRef(spec=name))
+        raise DataError(f"model input {list(dims)}: {dims[1]} features a frame fits no feature spec ({sizes})")
+    if len(dims) == 3:
+        values = int(np.prod(dims))
+        if kind in (None, "landmark-window"):
+            for name, feature_spec in specs.items():
+                frames = window or 10
+                if values == frames * feature_spec.size:
+                    return Kind("landmark-window", frames, features=FeatureSpecRef(spec=name))
+            if kind == "landmark-window":
+                raise DataError(f"model input {list(dims)} holds {values} values, not {window or 10} frames of any spec ({sizes})")
+        if dims[2] in (1, 3):
+            return Kind("face-crop", window or 10, face_crop=FaceCropSpec(height=dims[0], width=dims[1], channels=dims[2]))
+    raise DataError(f"model input {list(dims)} fits no known kind: landmark-window (T, F) with F one of ({sizes}), "
+                    f"or a face crop (H, W, 1|3)")
+
+
+# --- calibration data -----------------------------------------------------------------------------
+
+@dataclass
+class Samples:
+    x: np.ndarray
+    y: np.ndarray | None
+    groups: np.ndarray | None
+    source: str
+
+
+def load_samples(source: str, input_shape: tuple, seed: int = 0) -> Samples:
+    """Samples shaped like the model input from ``source`` (.npz, an image folder, or 'synthetic')."""
+    sample_shape = tuple(int(d) for d in input_shape[1:])
+    if source == "synthetic":
+        rng = np.random.default_rng(seed)
+        x = rng.uniform(0.0, 1.0, size=(200, *sample_shape)).astype(np.float32)
+        return Samples(x, None, None, "SYNTHETIC uniform random inputs in [0, 1] (not real data)")
+    path = Path(source)
+    if path.is_dir():
+        return _load_images(path, sample_shape)
+    if not path.is_file():
+        raise DataError(f"calibration data not found: {path}")
+    if path.suffix != ".npz":
+        raise DataError(f"calibration data {path}: give a .npz with 'x', a folder of images, or 'synthetic'")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "x" not in data:
+                raise DataError(f"calibration data {path} has no array 'x' (has: {', '.join(data.files)})")
+            x = data["x"].astype(np.float32)
+            y = data["y"] if "y" in data else None
+            groups = data["groups"] if "groups" in data else None
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot read calibration data {path}: {str(error).splitlines()[0]}") from None
+    if x.ndim < 2 or int(np.prod(x.shape[1:])) != int(np.prod(sample_shape)) or (
+        x.shape[1:] != sample_shape and x.shape[1:] != _window_shape(x, sample_shape)
+    ):
+        raise DataError(f"calibration data {path}: x has shape {list(x.shape)}, the model takes {list(sample_shape)} a sample")
+    return Samples(x.reshape((len(x), *sample_shape)), y, groups, str(path))
+
+
+def _window_shape(x: np.ndarray, sample_shape: tuple) -> tuple:
+    """A (T, F) dataset window is accepted for a model taking it reshaped (the 40 x 39 x 1 Conv2D)."""
+    return x.shape[1:] if x.ndim == 3 and len(sample_shape) == 3 else ()
+
+
+def _load_images(folder: Path, sample_shape: tuple) -> Samples:
+    import cv2
+
+    if len(sample_shape) != 3 or sample_shape[2] not in (1, 3):
+        raise DataError(f"an image folder calibrates image models only; this model takes {list(sample_shape)}")
+    height, width, channels = sample_shape
+    images = []
+    for file in sorted(folder.iterdir()):
+        if file.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        image = cv2.imread(str(file), cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR)
+        if image is None:
+            continue
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        if channels == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        images.append(image.reshape(height, width, channels).astype(np.float32) / 255.0)
+    if not images:
+        raise DataError(f"calibration folder {folder} has no readable images ({', '.join(IMAGE_SUFFIXES)})")
+    return Samples(np.stack(images), None, None, f"{folder} ({len(images)} images, /255)")
+
+
+def split_samples(samples: Samples, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """(calibration, held-out, how): whole groups held out when there are groups, else the last quarter."""
+    n = len(samples.x)
+    if n < MIN_CALIBRATION_SAMPLES:
+        raise DataError(f"calibration data {samples.source}: {n} samples, need at least {MIN_CALIBRATION_SAMPLES}")
+    if samples.groups is not None and len(np.unique(samples.groups)) >= 2:
+        names = np.unique(samples.groups)
+        rng = np.random.default_rng(seed)
+        held_groups = rng.permutation(names)[: max(1, len(names) // 4)]
+        held = np.isin(samples.groups, held_groups)
+        how = f"held out {held.sum()} samples of {len(held_groups)} of {len(names)} groups; calibrated on the others"
+    else:
+        held = np.zeros(n, dtype=bool)
+        held[n - n // 4:] = True
+        how = f"held out the last {held.sum()} of {n} samples; calibrated on the first {n - held.sum()}"
+    calibration, heldout = samples.x[~held], samples.x[held]
+    return calibration[:MAX_CALIBRATION_SAMPLES], heldout[:MAX_FIDELITY_SAMPLES], how
+
+
+# --- conversion -----------------------------------------------------------------------------------
+
+def convert_saved_model(saved_model: Path, scheme: str, io_type: str, calibration: np.ndarray | None,
+                        new_quantizer: bool = True) -> bytes:
+    """TFLite flatbuffer of ``saved_model`` with quantization ``scheme``."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if scheme == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif scheme == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif scheme == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([sample[None].astype(np.float32)] for sample in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_type]
+        converter.inference_output_type = converter.inference_input_type
+        converter.experimental_new_quantizer = new_quantizer
+    try:
+        return converter.convert()
+    except Exception as error:  # the converter's errors are long MLIR dumps; the first line says what
+        text = str(error).strip().splitlines()
+        raise ModelError(f"TFLite conversion ({scheme}) failed: {text[0][:300] if text else type(error).__name__}") from None
+
+
+def check_graph(graph, scheme: str) -> list[str]:
+    """Problems that make the graph unusable on the device (empty when it is fine)."""
+    from convert.report import flex_ops, float_islands
+
+    problems = []
+    if graph.subgraphs != 1:
+        problems.append(f"{graph.subgraphs} subgraphs (a WHILE loop?), expected 1")
+    if graph.dynamic_shapes:
+        problems.append("dynamic tensor shapes")
+    if flex_ops(graph):
+        problems.append(f"custom/Flex ops {flex_ops(graph)}")
+    if scheme == "int8":
+        islands = float_islands(graph)
+        if islands:
+            problems.append(f"float ops in an int8 graph: {', '.join(islands[:6])}")
+    return problems
+
+
+def tool_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    tools = {"python": platform.python_version()}
+    for package in ("cryedge", "tensorflow", "keras", "tf-keras", "ai-edge-litert"):
+        try:
+            tools[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return tools
+
+
+def default_labels(outputs: int, kind: str) -> tuple[tuple[str, ...], str]:
+    from convert.zoo import EMOTION_LABELS
+
+    if outputs == 1:
+        return (("no-cry", "cry") if kind == "landmark-window" else ("negative", "positive")), ("cry" if kind == "landmark-window" else "positive")
+    if outputs == 7 and kind == "face-crop":
+        return EMOTION_LABELS, "sad"
+    return tuple(f"class{i}" for i in range(outputs)), f"class{outputs - 1}"
+
+
+@dataclass
+class ConvertOptions:
+    model: Path
+    output: Path
+    quantize: str = "int8"
+    calibration: str | None = None
+    io_type: str = "int8"
+    edgetpu: bool = False
+    report: Path | None = None
+    kind: str | None = None
+    spec: str | None = None
+    window: int | None = None
+    labels: tuple[str, ...] | None = None
+    positive: str | None = None
+    threshold: float = 0.5
+    lstm: str = "unroll"
+    name: str | None = None
+
+
+def convert(options: ConvertOptions):
+    """Convert, check, measure; writes OUT.tflite, OUT.json (card), and the report. Returns the Report."""
+    from convert import keras_io
+    from convert.edgetpu import run_compiler, static_report
+    from convert.report import LiteRTRunner, Report, embed_card, fidelity, inspect_graph, is_stateful, plot_scores, \
+        tflite_runtime_214_problems
+
+    if options.quantize not in SCHEMES:
+        raise DataError(f"--quantize must be one of {', '.join(SCHEMES)}")
+    if options.quantize == "int8" and not options.calibration:
+        raise DataError("int8 needs --calibration DATA (.npz, dataset, image folder), or '--calibration synthetic' to calibrate on random inputs")
+    loaded = keras_io.load(options.model)
+    model = loaded.model
+    shape = keras_io.input_shape(model)
+    kind = infer_kind(shape, kind=options.kind, spec=options.spec, window=options.window)
+    outputs = int(model.outputs[0].shape[-1])
+
+    samples = load_samples(options.calibration, shape) if options.calibration else None
+    if samples is not None:
+        calibration, heldout, split = split_samples(samples)
+    else:
+        calibration, heldout, split = None, None, "none"
+
+    if options.lstm == "fused" and keras_io.has_recurrent_layers(model):
+        static, framework = _fused_lstm_model(loaded), "tf_keras"
+    else:
+        static, framework = keras_io.static_batch1(model, unroll=True), loaded.framework
+    warnings = []
+    with tempfile.TemporaryDirectory(prefix="cryedge-convert-") as tmp:
+        saved = keras_io.export_saved_model(static, framework, Path(tmp) / "saved_model")
+        flatbuffer = convert_saved_model(saved, options.quantize, options.io_type, calibration)
+        graph = inspect_graph(flatbuffer)
+        problems = check_graph(graph, options.quantize)
+        if problems and options.quantize == "int8":
+            log.warning("int8 graph has %s; retrying with the other quantizer", "; ".join(problems))
+            flatbuffer = convert_saved_model(saved, options.quantize, options.io_type, calibration, new_quantizer=False)
+            graph = inspect_graph(flatbuffer)
+            problems = check_graph(graph, options.quantize)
+    if problems:
+        raise ModelError(f"converted {options.model.name} is not usable on the device: {'; '.join(problems)}")
+
+    stateful = is_stateful(graph)
+    runner = LiteRTRunner(flatbuffer, num_threads=1, stateful=stateful)
+    check_x = heldout if heldout is not None and len(heldout) else load_samples("synthetic", shape).x[:20]
+    keras_scores = np.asarray(model.predict(check_x, verbose=0, batch_size=64), dtype=np.float32).reshape(len(check_x), -1)
+    tflite_scores = runner.predict(check_x)
+    if options.quantize in ("float32", "float16", "dynamic"):
+        worst = float(np.abs(keras_scores - tflite_scores).max())
+        limit = {"float32": 1e-3, "float16": 2e-2, "dynamic": 0.1}[options.quantize]
+        if worst > limit:
+            raise ModelError(f"converted {options.model.name} disagrees with Keras (max |diff| {worst:.3g} > {limit}): weights lost in conversion?")
+
+    labels, positive = default_labels(outputs, kind.kind)
+    if options.labels:
+        labels = tuple(options.labels)
+        positive = options.positive or labels[-1]
+    elif options.positive:
+        positive = options.positive
+    if outputs == 1 and len(labels) != 2 or outputs > 1 and len(labels) != outputs:
+        raise DataError(f"--labels: the model has {outputs} output(s), which needs {2 if outputs == 1 else outputs} labels, got {len(labels)}")
+
+    fid = fidelity(keras_scores, tflite_scores, options.threshold,
+                   data=(f"{samples.source}: {split}" if samples else "SYNTHETIC uniform random (no --calibration)"))
+    if options.quantize == "int8" and fid.label_agreement < 0.99:
+        warnings.append(f"label agreement {100 * fid.label_agreement:.2f}% < 99% on held-out data")
+    if tflite_runtime_214_problems(graph):
+        warnings.append(f"{', '.join(tflite_runtime_214_problems(graph))} cannot be loaded by tflite-runtime 2.14 "
+                        f"(use ai-edge-litert, or --quantize int8/float16)")
+    if samples is not None and options.calibration == "synthetic":
+        warnings.append("calibrated and measured on SYNTHETIC random inputs: fidelity figures say little about real data")
+    if stateful:
+        warnings.append("stateful graph (fused LSTM): the runtime must reset state before each window (card stateful=true)")
+
+    in_dtype, in_scale, in_zp = runner.quantization("input")
+    out_dtype, out_scale, out_zp = runner.quantization("output")
+    card = ModelCard(
+        name=options.name or options.output.stem,
+        kind=kind.kind,
+        description=(f"converted by cryedge from {loaded.source_format} {options.model.name}"
+                     + ("; " + "; ".join(w for w in warnings if "tflite-runtime" in w) if any("tflite-runtime" in w for w in warnings) else "")),
+        input_shape=runner.input_shape,
+        window=kind.window,
+        features=kind.features,
+        face_crop=kind.face_crop,
+        labels=labels,
+        positive_label=positive,
+        output="sigmoid" if outputs == 1 else "softmax",
+        threshold=options.threshold,
+        quantization=Quantization(
+            scheme=options.quantize,
+            input=TensorQuantization(dtype=in_dtype if in_dtype != "float32" or options.quantize != "float16" else "float32", scale=in_scale, zero_point=in_zp),
+            output=TensorQuantization(dtype=out_dtype, scale=out_scale, zero_point=out_zp),
+        ),
+        stateful=stateful,
+        source=SourceModel(path=options.model.name, sha256=loaded.sha256),
+        tools=tool_versions(),
+    )
+    flatbuffer = embed_card(flatbuffer, card.to_json())
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    options.output.write_bytes(flatbuffer)
+    options.output.with_suffix(".json").write_text(card.to_json() + "\n")
+
+    runner = LiteRTRunner(flatbuffer, num_threads=1, stateful=stateful)
+    latency = runner.median_latency_us(check_x)
+    report_base = options.report or options.output.with_suffix(".report.json")
+    plot = plot_scores(keras_scores, tflite_scores, report_base.with_suffix(".png"),
+                       f"{options.model.name} -> {options.quantize}: Keras vs TFLite")
+    edgetpu = None
+    if options.edgetpu:
+        edgetpu_report = static_report(graph)
+        if options.quantize != "int8":
+            edgetpu_report.problems.append(f"{options.quantize} graph: the EdgeTPU runs int8/uint8 graphs only")
+        edgetpu_report.compiler = run_compiler(options.output, options.output.parent)
+        if edgetpu_report.compiler is None:
+            edgetpu_report.compiler = {"summary": "edgetpu_compiler not on PATH (x86-64 only); static report only"}
+        edgetpu = edgetpu_report.as_dict()
+        warnings += edgetpu_report.advice
+    report = Report(
+        model=str(options.model), output=str(options.output), quantization=options.quantize,
+        size_bytes=len(flatbuffer), ops=graph.op_list(), subgraphs=graph.subgraphs,
+        input={"shape": list(runner.input_shape), "dtype": in_dtype, "scale": in_scale, "zero_point": in_zp},
+        output_tensor={"shape": [1, outputs], "dtype": out_dtype, "scale": out_scale, "zero_point": out_zp},
+        latency_us_median=latency, fidelity=fid.as_dict(), calibration=(samples.source if samples else "none"),
+        warnings=warnings, plot=str(plot), edgetpu=edgetpu,
+    )
+    if options.report:
+        options.report.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    return report
+
+
+def _fused_lstm_model(loaded):
+    """The model in tf-keras with batch 1 and recurrent layers left rolled: TFLite fuses them into
+    UNIDIRECTIONAL_SEQUENCE_LSTM (supported by the EdgeTPU), which keeps state between invokes."""
+    import tf_keras
+
+    from convert import keras_io
+
+    config = loaded.model.get_config()
+    keras_io._rewrite(config, unroll=False)
+    try:
+        cls = tf_keras.Sequential if type(loaded.model).__name__ == "Sequential" else tf_keras.Model
+        for layer in config["layers"]:  # Keras 3 spells the input shape batch_shape
+            if layer.get("class_name") == "InputLayer" and "batch_shape" in layer["config"]:
+                layer["config"]["batch_input_shape"] = layer["config"].pop("batch_shape")
+                layer["config"].pop("optional", None)
+        rebuilt = cls.from_config(config)
+        rebuilt.set_weights(loaded.model.get_weights())
+    except Exception as error:
+        raise ModelError(f"cannot rebuild {loaded.path.name} in tf-keras for the fused LSTM: {keras_io._first_line(error)}") from None
+    return rebuilt
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+def add_commands(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "convert", help="convert a Keras model (.h5, .keras, SavedModel) to a .tflite with its model card",
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="Keras-2 .h5, Keras-3 .keras, or a SavedModel folder")
+    parser.add_argument("--quantize", choices=SCHEMES, default="int8")
+    parser.add_argument("--calibration", metavar="DATA",
+                        help="npz with x (and y, groups), a 'cryedge dataset build' npz, an image folder, or 'synthetic'")
+    parser.add_argument("--io-type", choices=IO_TYPES, default="int8", help="int8 graphs: type of input and output")
+    parser.add_argument("--edgetpu", action="store_true", help="EdgeTPU compatibility report (and compile if edgetpu_compiler is installed)")
+    parser.add_argument("--lstm", choices=("unroll", "fused"), default="unroll",
+                        help="recurrent layers: unrolled (all-int8, CPU) or fused UNIDIRECTIONAL_SEQUENCE_LSTM (EdgeTPU, stateful)")
+    parser.add_argument("--output", "-o", type=Path, required=True, help="OUT.tflite (the card goes to OUT.json)")
+    parser.add_argument("--report", type=Path, help="write the report as JSON here (the plot beside it)")
+    parser.add_argument("--kind", choices=("landmark-window", "face-crop"), help="override the inferred model kind")
+    parser.add_argument("--spec", choices=tuple(SPECS), help="feature spec of a landmark-window model")
+    parser.add_argument("--window", type=int, help="frames a window (for an image-shaped window model)")
+    parser.add_argument("--labels", type=lambda s: tuple(x.strip() for x in s.split(",")), help="class labels, comma separated")
+    parser.add_argument("--positive", help="the label that raises the alarm (default: the last)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="default alarm threshold in the card")
+    parser.add_argument("--name", help="model name in the card (default: the output file's stem)")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    if args.output.suffix != ".tflite":
+        raise DataError(f"--output {args.output}: give a .tflite path")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise DataError(f"--threshold {args.threshold}: must be between 0 and 1")
+    report = convert(ConvertOptions(
+        model=args.model, output=args.output, quantize=args.quantize, calibration=args.calibration,
+        io_type=args.io_type, edgetpu=args.edgetpu, report=args.report, kind=args.kind, spec=args.spec,
+        window=args.window, labels=args.labels, positive=args.positive, threshold=args.threshold,
+        lstm=args.lstm, name=args.name))
+    print(report.table())
+    return 0
