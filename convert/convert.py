@@ -385,24 +385,42 @@ def convert(options: ConvertOptions):
 
 
 def _fused_lstm_model(loaded):
-    """The model in tf-keras with batch 1 and recurrent layers left rolled: TFLite fuses them into
-    UNIDIRECTIONAL_SEQUENCE_LSTM (supported by the EdgeTPU), which keeps state between invokes."""
+    """The model rebuilt in tf-keras with batch 1 and recurrent layers left rolled.
+
+    TFLite fuses a tf-keras LSTM into UNIDIRECTIONAL_SEQUENCE_LSTM (supported by the EdgeTPU),
+    which keeps its state between invokes (card ``stateful``). Keras 3 configs carry keys that
+    tf-keras does not know, so each layer is rebuilt from the arguments its tf-keras class
+    takes; initializers and regularizers are left out, as the weights are copied afterwards.
+    """
+    import inspect
+
     import tf_keras
 
     from convert import keras_io
 
-    config = loaded.model.get_config()
-    keras_io._rewrite(config, unroll=False)
+    model = loaded.model
+    if type(model).__name__ != "Sequential":
+        raise ModelError(f"--lstm fused rebuilds Sequential models only; {loaded.path.name} is {type(model).__name__}: use --lstm unroll")
+    shape = (1, *tuple(model.inputs[0].shape)[1:])
+    layers = [tf_keras.layers.InputLayer(batch_input_shape=shape)]
+    for layer in model.layers:
+        cls = getattr(tf_keras.layers, type(layer).__name__, None)
+        if cls is None:
+            raise ModelError(f"--lstm fused: tf-keras has no layer {type(layer).__name__}; use --lstm unroll")
+        accepted = set(inspect.signature(cls.__init__).parameters) | {"name", "trainable"}
+        config = {key: value for key, value in layer.get_config().items()
+                  if key in accepted and not key.endswith(("_initializer", "_regularizer", "_constraint"))}
+        if type(layer).__name__ in keras_io.RECURRENT_LAYERS:
+            config["unroll"] = False
+        try:
+            layers.append(cls(**config))
+        except Exception as error:
+            raise ModelError(f"--lstm fused: cannot rebuild layer {layer.name} in tf-keras: {keras_io._first_line(error)}") from None
+    rebuilt = tf_keras.Sequential(layers)
     try:
-        cls = tf_keras.Sequential if type(loaded.model).__name__ == "Sequential" else tf_keras.Model
-        for layer in config["layers"]:  # Keras 3 spells the input shape batch_shape
-            if layer.get("class_name") == "InputLayer" and "batch_shape" in layer["config"]:
-                layer["config"]["batch_input_shape"] = layer["config"].pop("batch_shape")
-                layer["config"].pop("optional", None)
-        rebuilt = cls.from_config(config)
-        rebuilt.set_weights(loaded.model.get_weights())
-    except Exception as error:
-        raise ModelError(f"cannot rebuild {loaded.path.name} in tf-keras for the fused LSTM: {keras_io._first_line(error)}") from None
+        rebuilt.set_weights(model.get_weights())
+    except ValueError as error:
+        raise ModelError(f"--lstm fused: weights of {loaded.path.name} do not fit the tf-keras rebuild: {keras_io._first_line(error)}") from None
     return rebuilt
 
 

@@ -13,6 +13,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -47,6 +48,33 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def import_tensorflow():
+    """Import TensorFlow and Keras without their native start-up chatter on stderr.
+
+    TensorFlow's C++ side logs CUDA probes and absl notes straight to file descriptor 2 at import,
+    whatever TF_CPP_MIN_LOG_LEVEL says; the CLI promises one line on stderr for an error, so the
+    descriptor points at /dev/null for the import only. Later native logs obey the level set here.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import sys
+
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import keras  # noqa: F401
+                import tensorflow  # noqa: F401
+            except ImportError as error:
+                raise ModelError(f"converting needs the convert extra (pip install 'cryedge[convert]'): {error}") from None
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:300] if text else type(error).__name__
@@ -57,6 +85,7 @@ def load(path: str | Path) -> LoadedModel:
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model not found: {path}")
+    import_tensorflow()
     if path.is_dir():
         if not (path / "saved_model.pb").is_file():
             raise ModelError(f"{path} is a folder without saved_model.pb: not a SavedModel")
