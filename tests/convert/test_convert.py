@@ -1,0 +1,230 @@
+"""``cryedge convert`` on genuine Keras-2 files: all-int8 graphs that agree with Keras, cards, one-line errors.
+
+The fixtures in tests/fixtures/keras2 were written by Keras 2.3.1 / TensorFlow 2.1 (Python 3.7) from
+SYNTHETIC separable data (convert/fixtures/make_keras2_fixtures.py); each has a held-out .npz.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from convert.convert import ConvertOptions, check_graph, convert, infer_kind  # noqa: E402
+from convert.keras_io import legacy_h5_config  # noqa: E402
+from convert.report import LiteRTRunner, float_islands, inspect_graph  # noqa: E402
+from edge.card import load_card, parse_card, read_embedded_card  # noqa: E402
+from edge.errors import DataError  # noqa: E402
+from edge.model import TFLiteModel  # noqa: E402
+
+pytestmark = [pytest.mark.tensorflow]
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "keras2"
+KERAS2_MODELS = ("dense-lstm", "dense-lstm-functional", "lstm2", "conv1d", "conv2d", "lstm3", "emotion-cnn", "smile-cnn")
+CRYEDGE = Path(sys.executable).with_name("cryedge")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    return subprocess.run([str(CRYEDGE), "convert", *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """Each Keras-2 fixture converted to int8, calibrated and measured on its held-out .npz."""
+    out = tmp_path_factory.mktemp("int8")
+    results = {}
+    for name in KERAS2_MODELS:
+        report = convert(ConvertOptions(model=FIXTURES / f"{name}.h5", output=out / f"{name}.tflite", quantize="int8",
+                                        calibration=str(FIXTURES / f"{name}.heldout.npz")))
+        results[name] = (out / f"{name}.tflite", report)
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", KERAS2_MODELS)
+def test_keras2_h5_converts_to_an_all_int8_graph_agreeing_with_keras(converted, name):
+    path, report = converted[name]
+    graph = inspect_graph(path.read_bytes())
+    assert graph.subgraphs == 1 and not graph.dynamic_shapes
+    assert check_graph(graph, "int8") == [] and float_islands(graph) == []
+    assert graph.input_types == ("INT8",) and graph.output_types == ("INT8",)
+    assert report.input["shape"][0] == 1
+    assert report.fidelity["label_agreement"] >= 0.99, report.fidelity
+    assert report.fidelity["samples"] >= 25
+    assert report.latency_us_median > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", KERAS2_MODELS)
+def test_card_is_embedded_and_beside_the_model_and_the_device_runtime_accepts_it(converted, name):
+    path, _ = converted[name]
+    embedded = parse_card(read_embedded_card(path.read_bytes()), "embedded")
+    sidecar = load_card(path)
+    assert embedded == sidecar
+    assert embedded.source.sha256 and len(embedded.source.sha256) == 64
+    assert embedded.tools["tensorflow"].startswith("2.")
+    assert embedded.quantization.scheme == "int8" and embedded.quantization.input.dtype == "int8"
+    assert embedded.quantization.input.scale > 0
+    held = np.load(FIXTURES / f"{name}.heldout.npz")
+    with TFLiteModel(path, card=embedded) as model:
+        probabilities = model.probabilities(held["x"][0].astype(np.float32))
+    assert probabilities.shape == (len(embedded.labels),)
+    assert probabilities.sum() == pytest.approx(1.0, abs=0.02)
+
+
+@pytest.mark.slow
+def test_face_crop_cnn_with_seven_classes_gets_a_softmax_face_crop_card(converted):
+    card = load_card(converted["emotion-cnn"][0])
+    assert card.kind == "face-crop" and card.output == "softmax"
+    assert len(card.labels) == 7 and card.labels[0] == "angry"
+    assert (card.face_crop.height, card.face_crop.width, card.face_crop.channels) == (48, 48, 1)
+
+
+@pytest.mark.slow
+def test_conv2d_window_model_takes_the_window_reshaped_to_40x39x1(converted):
+    """The device hands the (10, 156) window; the graph takes 40 x 39 x 1 holding the same values."""
+    path, _ = converted["conv2d"]
+    card = load_card(path)
+    assert card.kind == "landmark-window" and card.window == 10 and card.features.spec == "openpose-face70-body8"
+    assert tuple(card.input_shape) == (1, 40, 39, 1)
+    held = np.load(FIXTURES / "conv2d.heldout.npz")
+    image = held["x"][3].astype(np.float32)
+    runner = LiteRTRunner(path.read_bytes())
+    with TFLiteModel(path) as model:
+        assert model.invoke(image.reshape(10, 156)) == pytest.approx(runner(image), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_cli_prints_the_report_and_writes_card_report_json_and_plot(tmp_path):
+    out = tmp_path / "conv1d.tflite"
+    result = run_cli(str(FIXTURES / "conv1d.h5"), "--quantize", "int8", "--calibration",
+                     str(FIXTURES / "conv1d.heldout.npz"), "--output", str(out), "--report", str(tmp_path / "r.json"),
+                     "--labels", "calm,crying", "--threshold", "0.6")
+    assert result.returncode == 0, result.stderr
+    assert "label agreement" in result.stdout and "latency (LiteRT, 1 thread)" in result.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["fidelity"]["label_agreement"] >= 0.99
+    assert "CONV_2D v3" in report["ops"] and report["size_bytes"] == out.stat().st_size
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["labels"] == ["calm", "crying"] and card["positive_label"] == "crying" and card["threshold"] == 0.6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["float32", "float16", "dynamic"])
+def test_float_and_dynamic_schemes_match_keras_closely(tmp_path, scheme):
+    report = convert(ConvertOptions(model=FIXTURES / "lstm2.h5", output=tmp_path / "m.tflite", quantize=scheme,
+                                    calibration=str(FIXTURES / "lstm2.heldout.npz")))
+    assert report.fidelity["label_agreement"] == 1.0
+    assert report.fidelity["max_abs_diff"] < {"float32": 1e-4, "float16": 5e-3, "dynamic": 5e-2}[scheme]
+    assert load_card(tmp_path / "m.tflite").quantization.scheme == scheme
+    if scheme == "dynamic":
+        assert any("tflite-runtime 2.14" in warning for warning in report.warnings)
+
+
+@pytest.mark.slow
+def test_keras3_file_and_savedmodel_folder_convert(tmp_path):
+    import keras
+    import tf_keras
+
+    from convert import zoo
+
+    x, y = zoo.synthetic_windows(320, seed=5)
+    np.savez(tmp_path / "data.npz", x=x[160:], y=y[160:])
+    model = zoo.build("conv1d")
+    model.compile("adam", "binary_crossentropy")
+    model.fit(x[:160], y[:160], epochs=10, verbose=0)
+    model.save(tmp_path / "m.keras")
+    report = convert(ConvertOptions(model=tmp_path / "m.keras", output=tmp_path / "k3.tflite",
+                                    calibration=str(tmp_path / "data.npz")))
+    assert report.fidelity["label_agreement"] >= 0.99
+
+    legacy = tf_keras.Sequential([tf_keras.layers.Conv1D(16, 2, activation="relu", input_shape=(10, 156)),
+                                  tf_keras.layers.Flatten(), tf_keras.layers.Dense(1, activation="sigmoid")])
+    legacy.compile("adam", "binary_crossentropy")
+    legacy.fit(x[:160], y[:160], epochs=10, verbose=0)
+    legacy.save(tmp_path / "saved", save_format="tf")
+    report = convert(ConvertOptions(model=tmp_path / "saved", output=tmp_path / "sm.tflite",
+                                    calibration=str(tmp_path / "data.npz")))
+    assert report.fidelity["label_agreement"] >= 0.99
+    assert keras.__version__.startswith("3")
+
+
+def _one_line_error(result: subprocess.CompletedProcess, code: int, words: str) -> None:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == code, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("cryedge: ") and words in lines[0], lines[0]
+
+
+def test_missing_model_is_one_line_model_error(tmp_path):
+    _one_line_error(run_cli(str(tmp_path / "nope.h5"), "--calibration", "synthetic", "-o", str(tmp_path / "o.tflite")),
+                    4, "model not found")
+
+
+def test_int8_without_calibration_data_is_refused(tmp_path):
+    _one_line_error(run_cli(str(FIXTURES / "conv1d.h5"), "-o", str(tmp_path / "o.tflite")), 7, "--calibration")
+
+
+@pytest.mark.slow
+def test_calibration_data_of_the_wrong_shape_is_refused(tmp_path):
+    _one_line_error(run_cli(str(FIXTURES / "conv1d.h5"), "--calibration", str(FIXTURES / "emotion-cnn.heldout.npz"),
+                            "-o", str(tmp_path / "o.tflite")), 7, "x has shape [100, 48, 48, 1]")
+
+
+@pytest.mark.slow
+def test_too_few_calibration_samples_are_refused(tmp_path):
+    held = np.load(FIXTURES / "conv1d.heldout.npz")
+    np.savez(tmp_path / "few.npz", x=held["x"][:5])
+    _one_line_error(run_cli(str(FIXTURES / "conv1d.h5"), "--calibration", str(tmp_path / "few.npz"),
+                            "-o", str(tmp_path / "o.tflite")), 7, "5 samples")
+
+
+@pytest.mark.slow
+def test_model_whose_input_fits_no_kind_is_refused(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.layers.InputLayer(shape=(10, 50)), keras.layers.LSTM(4), keras.layers.Dense(1)])
+    model.save(tmp_path / "odd.keras")
+    _one_line_error(run_cli(str(tmp_path / "odd.keras"), "--calibration", "synthetic", "-o", str(tmp_path / "o.tflite")),
+                    7, "fits no feature spec")
+
+
+def test_weights_only_h5_and_unknown_format_are_refused(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"\0")
+    _one_line_error(run_cli(str(tmp_path / "model.onnx"), "--calibration", "synthetic", "-o", str(tmp_path / "o.tflite")),
+                    4, "unknown model format")
+
+
+def test_inferred_kinds():
+    assert infer_kind((None, 10, 156)).kind == "landmark-window"
+    assert infer_kind((None, 10, 156)).features.spec == "openpose-face70-body8"
+    assert infer_kind((None, 20, 190)).features.spec == "openpose-face70-body25"
+    reshaped = infer_kind((None, 40, 39, 1))
+    assert (reshaped.kind, reshaped.window) == ("landmark-window", 10)
+    crop = infer_kind((None, 48, 48, 1))
+    assert crop.kind == "face-crop" and crop.face_crop.channels == 1
+    assert infer_kind((None, 64, 64, 3)).face_crop.channels == 3
+    with pytest.raises(DataError, match="fits no known kind"):
+        infer_kind((None, 8, 8, 5))
+    with pytest.raises(DataError, match="fits no feature spec"):
+        infer_kind((None, 10, 57))
+
+
+def test_legacy_sequential_config_gets_an_explicit_input_layer():
+    config = {"class_name": "Sequential", "config": {"name": "s", "layers": [
+        {"class_name": "Dense", "config": {"name": "d", "units": 3, "dtype": "float32", "batch_input_shape": [None, 10, 156]}},
+        {"class_name": "Dense", "config": {"name": "e", "units": 1}}]}}
+    fixed = legacy_h5_config(config)
+    layers = fixed["config"]["layers"]
+    assert layers[0]["class_name"] == "InputLayer" and layers[0]["config"]["batch_input_shape"] == [None, 10, 156]
+    assert "batch_input_shape" not in layers[1]["config"]
+    assert "batch_input_shape" in config["config"]["layers"][0]["config"]  # the input is left as it was

@@ -1,0 +1,86 @@
+"""Every zoo architecture, trained briefly on SYNTHETIC separable data, converts to all-int8 and agrees with Keras.
+
+The data are synthetic (convert.zoo.synthetic_windows / synthetic_faces): the figures say the
+conversion is faithful, not that any model detects crying.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from convert import zoo  # noqa: E402
+from convert.convert import ConvertOptions, check_graph, convert  # noqa: E402
+from convert.report import inspect_graph  # noqa: E402
+from edge.card import load_card  # noqa: E402
+from edge.errors import ConfigError  # noqa: E402
+
+pytestmark = [pytest.mark.tensorflow]
+
+
+def _train_and_save(name: str, tmp_path):
+    """(model.keras path, calibration .npz path): 240 training samples, 3 epochs; 400 other samples calibrate and test."""
+    model = zoo.build(name)
+    shape = tuple(model.input_shape[1:])
+    if name in zoo.FACE_CROP:
+        classes = int(model.output_shape[-1]) if model.output_shape[-1] > 1 else 2
+        x, y = zoo.synthetic_faces(640, *shape, classes=classes, seed=11)
+    else:
+        x, y = zoo.synthetic_windows(640, seed=11)
+        x = x.reshape((len(x), *shape))
+    loss = "sparse_categorical_crossentropy" if model.output_shape[-1] > 1 else "binary_crossentropy"
+    model.compile(optimizer="adam", loss=loss)
+    model.fit(x[:240], y[:240], epochs=3, batch_size=32, verbose=0)
+    model.save(tmp_path / f"{name}.keras")
+    np.savez(tmp_path / "data.npz", x=x[240:], y=y[240:])
+    return tmp_path / f"{name}.keras", tmp_path / "data.npz"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", zoo.ARCHITECTURES)
+def test_zoo_architecture_converts_to_all_int8_with_99_percent_agreement(name, tmp_path):
+    model_path, data = _train_and_save(name, tmp_path)
+    report = convert(ConvertOptions(model=model_path, output=tmp_path / f"{name}.tflite", calibration=str(data)))
+    graph = inspect_graph((tmp_path / f"{name}.tflite").read_bytes())
+    assert check_graph(graph, "int8") == []
+    assert report.fidelity["samples"] == 100  # the last quarter of 400 held out
+    assert report.fidelity["label_agreement"] >= 0.99, report.fidelity
+    card = load_card(tmp_path / f"{name}.tflite")
+    assert card.kind == ("face-crop" if name in zoo.FACE_CROP else "landmark-window")
+
+
+def test_builders_take_window_and_feature_sizes():
+    for name in zoo.LANDMARK_WINDOW:
+        model = zoo.build(name, window=20, features=190)
+        values = int(np.prod(model.input_shape[1:]))
+        assert values == 20 * 190, name
+        assert model.output_shape == (None, 1)
+    assert zoo.build("conv2d").input_shape == (None, 40, 39, 1)
+    assert zoo.build("emotion-cnn").output_shape == (None, 7)
+    assert zoo.build("smile-cnn").input_shape == (None, 64, 64, 1)
+
+
+def test_original_architectures_have_the_published_layers():
+    layers = [type(layer).__name__ for layer in zoo.build("lstm3").layers]
+    assert layers == ["Dense", "LSTM", "LSTM", "LSTM", "Dense"]
+    units = [layer.units for layer in zoo.build("lstm3").layers]
+    assert units == [128, 128, 64, 64, 1]
+    conv2d = [type(layer).__name__ for layer in zoo.build("conv2d").layers]
+    assert conv2d.count("Conv2D") == 6 and conv2d.count("MaxPooling2D") == 3
+    assert [layer.units for layer in zoo.build("conv2d").layers if type(layer).__name__ == "Dense"] == [1024, 1024, 1]
+
+
+def test_unknown_architecture_names_the_known_ones():
+    with pytest.raises(ConfigError, match="dense-lstm"):
+        zoo.build("resnet")
+
+
+def test_synthetic_data_is_deterministic_and_labelled_balanced():
+    x1, y1 = zoo.synthetic_windows(100, seed=3)
+    x2, y2 = zoo.synthetic_windows(100, seed=3)
+    assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+    assert y1.sum() == 50 and x1.min() >= 0 and x1.max() <= 1
+    faces, labels = zoo.synthetic_faces(70, 48, 48, 1, classes=7)
+    assert faces.shape == (70, 48, 48, 1) and np.bincount(labels).tolist() == [10] * 7
