@@ -110,8 +110,8 @@ def load_samples(source: str, input_shape: tuple, seed: int = 0) -> Samples:
             if "x" not in data:
                 raise DataError(f"calibration data {path} has no array 'x' (has: {', '.join(data.files)})")
             x = data["x"].astype(np.float32)
-            y = data["y"] if "y" in data else None
-            groups = data["groups"] if "groups" in data else None
+            y = data.get("y")
+            groups = data.get("groups")
     except (OSError, ValueError) as error:
         raise DataError(f"cannot read calibration data {path}: {str(error).splitlines()[0]}") from None
     if x.ndim < 2 or int(np.prod(x.shape[1:])) != int(np.prod(sample_shape)) or (
@@ -190,7 +190,7 @@ def convert_saved_model(saved_model: Path, scheme: str, io_type: str, calibratio
         converter.experimental_new_quantizer = new_quantizer
     try:
         return converter.convert()
-    except Exception as error:  # the converter's errors are long MLIR dumps; the first line says what
+    except Exception as error:  # noqa: BLE001 - the converter's errors are long MLIR dumps; the first line says what
         text = str(error).strip().splitlines()
         raise ModelError(f"TFLite conversion ({scheme}) failed: {text[0][:300] if text else type(error).__name__}") from None
 
@@ -258,8 +258,16 @@ def convert(options: ConvertOptions):
     """Convert, check, measure; writes OUT.tflite, OUT.json (card), and the report. Returns the Report."""
     from convert import keras_io
     from convert.edgetpu import run_compiler, static_report
-    from convert.report import LiteRTRunner, Report, embed_card, fidelity, inspect_graph, is_stateful, plot_scores, \
-        tflite_runtime_214_problems
+    from convert.report import (
+        LiteRTRunner,
+        Report,
+        embed_card,
+        fidelity,
+        inspect_graph,
+        is_stateful,
+        plot_scores,
+        tflite_runtime_214_problems,
+    )
 
     if options.quantize not in SCHEMES:
         raise DataError(f"--quantize must be one of {', '.join(SCHEMES)}")
@@ -344,7 +352,7 @@ def convert(options: ConvertOptions):
         threshold=options.threshold,
         quantization=Quantization(
             scheme=options.quantize,
-            input=TensorQuantization(dtype=in_dtype if in_dtype != "float32" or options.quantize != "float16" else "float32", scale=in_scale, zero_point=in_zp),
+            input=TensorQuantization(dtype=in_dtype, scale=in_scale, zero_point=in_zp),
             output=TensorQuantization(dtype=out_dtype, scale=out_scale, zero_point=out_zp),
         ),
         stateful=stateful,
@@ -414,7 +422,7 @@ def _fused_lstm_model(loaded):
             config["unroll"] = False
         try:
             layers.append(cls(**config))
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - Keras raises many kinds; the user needs the first line
             raise ModelError(f"--lstm fused: cannot rebuild layer {layer.name} in tf-keras: {keras_io._first_line(error)}") from None
     rebuilt = tf_keras.Sequential(layers)
     try:

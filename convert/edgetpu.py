@@ -109,7 +109,7 @@ def run_compiler(model_path: Path, out_dir: Path, timeout_s: float = 300) -> dic
         return None
     with tempfile.TemporaryDirectory(prefix="cryedge-edgetpu-") as tmp:
         result = subprocess.run([compiler, "-s", "-o", tmp, str(model_path)], capture_output=True, text=True,
-                                timeout=timeout_s)
+                                timeout=timeout_s, check=False)
         parsed = parse_compiler_log(result.stdout)
         parsed["returncode"] = result.returncode
         compiled = Path(tmp) / f"{model_path.stem}_edgetpu.tflite"

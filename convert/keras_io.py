@@ -98,7 +98,7 @@ def load(path: str | Path) -> LoadedModel:
 
         try:
             model = keras.models.load_model(path, compile=False)
-        except Exception as error:  # Keras raises many kinds; the user needs the first line
+        except Exception as error:  # noqa: BLE001 - Keras raises many kinds; the user needs the first line
             raise ModelError(f"cannot load {path} with Keras {keras.__version__}: {_first_line(error)}") from None
         return LoadedModel(model, "keras", path, "keras3", sha256_of(path))
     raise ModelError(f"{path}: unknown model format {suffix or '(none)'}; give a .h5, .keras or a SavedModel folder")
@@ -151,7 +151,7 @@ def _load_h5(path: Path):
             f.attrs["model_config"] = json.dumps(fixed).encode()
         try:
             return keras.models.load_model(copy_path, compile=False)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - as above
             raise ModelError(f"cannot load Keras-2 file {path} with Keras {keras.__version__}: {_first_line(error)}") from None
 
 
@@ -162,7 +162,7 @@ def _load_saved_model(path: Path):
         raise ModelError("SavedModel folders need tf-keras: pip install 'cryedge[convert]'") from None
     try:
         return tf_keras.models.load_model(path, compile=False)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - as above
         raise ModelError(f"cannot load SavedModel {path} as a Keras model: {_first_line(error)}") from None
 
 
@@ -194,7 +194,7 @@ def static_batch1(model, unroll: bool = True):
     try:
         rebuilt = type(model).from_config(config)
         rebuilt.set_weights(model.get_weights())
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - as above
         raise ModelError(f"cannot rebuild {model.name} with a static batch of 1: {_first_line(error)}") from None
     shape = tuple(rebuilt.inputs[0].shape)
     if any(d is None for d in shape):

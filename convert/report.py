@@ -283,8 +283,8 @@ class Report:
             rows.append(("plot", self.plot))
         if self.edgetpu:
             e = self.edgetpu
-            rows.append(("EdgeTPU (static)", f"{e['tpu_ops']} of {e['total_ops']} ops on the TPU; "
-                                              f"first unsupported: {e['first_unsupported'] or 'none'}"))
+            on_tpu = f"{e['tpu_ops']} of {e['total_ops']} ops on the TPU"
+            rows.append(("EdgeTPU (static)", f"{on_tpu}; first unsupported: {e['first_unsupported'] or 'none'}"))
             if e.get("compiler"):
                 rows.append(("edgetpu_compiler", str(e["compiler"].get("summary", e["compiler"]))))
         rows += [("warning", w) for w in self.warnings]

@@ -17,12 +17,12 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from convert.convert import ConvertOptions, check_graph, convert, infer_kind  # noqa: E402
-from convert.keras_io import legacy_h5_config  # noqa: E402
-from convert.report import LiteRTRunner, float_islands, inspect_graph  # noqa: E402
-from edge.card import load_card, parse_card, read_embedded_card  # noqa: E402
-from edge.errors import DataError  # noqa: E402
-from edge.model import TFLiteModel  # noqa: E402
+from convert.convert import ConvertOptions, Samples, check_graph, convert, infer_kind, split_samples
+from convert.keras_io import legacy_h5_config
+from convert.report import LiteRTRunner, float_islands, inspect_graph
+from edge.card import load_card, parse_card, read_embedded_card
+from edge.errors import DataError
+from edge.model import TFLiteModel
 
 pytestmark = [pytest.mark.tensorflow]
 
@@ -33,7 +33,8 @@ CRYEDGE = Path(sys.executable).with_name("cryedge")
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    return subprocess.run([str(CRYEDGE), "convert", *args], capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run([str(CRYEDGE), "convert", *args], capture_output=True, text=True, timeout=300, env=env,
+                          check=False)
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +229,41 @@ def test_legacy_sequential_config_gets_an_explicit_input_layer():
     assert layers[0]["class_name"] == "InputLayer" and layers[0]["config"]["batch_input_shape"] == [None, 10, 156]
     assert "batch_input_shape" not in layers[1]["config"]
     assert "batch_input_shape" in config["config"]["layers"][0]["config"]  # the input is left as it was
+
+
+@pytest.mark.slow
+def test_float_io_boundary_is_allowed_but_a_float_graph_is_not_int8(tmp_path):
+    """QUANTIZE in and DEQUANTIZE out around an int8 graph are its I/O; float ops inside are islands."""
+    float_io = convert(ConvertOptions(model=FIXTURES / "emotion-cnn.h5", output=tmp_path / "f.tflite", io_type="float32",
+                                      calibration=str(FIXTURES / "emotion-cnn.heldout.npz")))
+    graph = inspect_graph((tmp_path / "f.tflite").read_bytes())
+    assert graph.input_types == ("FLOAT32",) and "QUANTIZE v1" in float_io.ops
+    assert float_islands(graph) == []
+    convert(ConvertOptions(model=FIXTURES / "emotion-cnn.h5", output=tmp_path / "h.tflite", quantize="float16",
+                           calibration=str(FIXTURES / "emotion-cnn.heldout.npz")))
+    half = inspect_graph((tmp_path / "h.tflite").read_bytes())
+    assert any(island.startswith("CONV_2D") for island in float_islands(half))
+    assert "float ops in an int8 graph" in check_graph(half, "int8")[0]
+
+
+@pytest.mark.slow
+def test_image_folder_calibrates_a_face_crop_model(tmp_path):
+    import cv2
+
+    held = np.load(FIXTURES / "smile-cnn.heldout.npz")
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i, image in enumerate(held["x"].astype(np.float32)):
+        big = cv2.resize((image[..., 0] * 255).round().astype(np.uint8), (128, 128), interpolation=cv2.INTER_LINEAR)
+        cv2.imwrite(str(folder / f"{i:03d}.png"), cv2.cvtColor(big, cv2.COLOR_GRAY2BGR))  # colour, larger: converted
+    report = convert(ConvertOptions(model=FIXTURES / "smile-cnn.h5", output=tmp_path / "s.tflite", calibration=str(folder)))
+    assert "100 images" in report.calibration
+    assert report.fidelity["label_agreement"] >= 0.99
+
+
+def test_groups_are_held_out_whole():
+    x = np.zeros((80, 10, 156), dtype=np.float32)
+    groups = np.repeat(np.array(["ann", "ben", "cat", "dan"]), 20)
+    calibration, heldout, how = split_samples(Samples(x, None, groups, "data.npz"))
+    assert len(heldout) == 20 and len(calibration) == 60
+    assert "1 of 4 groups" in how

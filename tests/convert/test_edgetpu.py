@@ -8,10 +8,10 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from convert.convert import ConvertOptions, convert  # noqa: E402
-from convert.edgetpu import parse_compiler_log, static_report  # noqa: E402
-from convert.report import Graph, Op, inspect_graph  # noqa: E402
-from edge.card import load_card  # noqa: E402
+from convert.convert import ConvertOptions, convert
+from convert.edgetpu import parse_compiler_log, static_report
+from convert.report import Graph, Op, inspect_graph
+from edge.card import load_card
 
 pytestmark = [pytest.mark.tensorflow]
 
@@ -35,7 +35,7 @@ def test_conv1d_int8_graph_maps_entirely_to_the_tpu(tmp_path):
 
 @pytest.mark.slow
 def test_unrolled_lstm_stops_at_unpack_and_everything_after_runs_on_the_cpu(tmp_path):
-    report, graph, _ = _convert(tmp_path, "dense-lstm")
+    report, _, _ = _convert(tmp_path, "dense-lstm")
     first = report.edgetpu["first_unsupported"]
     assert first.startswith("UNPACK#")
     index = int(first.split("#")[1])

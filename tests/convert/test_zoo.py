@@ -11,11 +11,11 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from convert import zoo  # noqa: E402
-from convert.convert import ConvertOptions, check_graph, convert  # noqa: E402
-from convert.report import inspect_graph  # noqa: E402
-from edge.card import load_card  # noqa: E402
-from edge.errors import ConfigError  # noqa: E402
+from convert import zoo
+from convert.convert import ConvertOptions, check_graph, convert
+from convert.report import inspect_graph
+from edge.card import load_card
+from edge.errors import ConfigError
 
 pytestmark = [pytest.mark.tensorflow]
 
