@@ -1,0 +1,372 @@
+"""``cryedge train``: a zoo architecture trained on a ``cryedge dataset build`` file, tested on unseen groups.
+
+The split is by ``groups`` (subject or video): no group is in both training and test, since windows
+of one person look alike and a random split measures memory, not generalization (the original
+work's hard lesson). Test groups are drawn at random until about ``--test-fraction`` of the windows
+is held out, or named with ``--holdout``; validation groups for early stopping are drawn the same
+way from the training groups. ``--folds K`` adds a stratified group k-fold cross-validation
+(groups dealt to folds so each fold's share of positives is near the whole set's).
+
+Classes are balanced with class weights. Outputs beside ``MODEL.keras``: ``MODEL.metrics.json``
+(accuracy, precision, recall, F1, ROC AUC on the held-out groups, which groups were held out),
+``MODEL.history.png`` (accuracy and loss curves), ``MODEL.confusion.png``, ``MODEL.roc.png``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import DataError
+
+
+# --- splits (pure numpy) -----------------------------------------------------------------------
+
+def group_split(groups: np.ndarray, test_fraction: float, seed: int, holdout: list[str] | None = None,
+                y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, test) with whole groups on one side. ``holdout`` patterns (fnmatch) name the test groups.
+
+    Otherwise groups are taken in a seeded random order until at least ``test_fraction`` of the rows
+    are in the test side; with ``y``, orders whose test side lacks a class are skipped when possible.
+    """
+    groups = np.asarray(groups).astype(str)
+    unique = np.unique(groups)
+    if holdout:
+        chosen = [g for g in unique if any(fnmatch.fnmatchcase(g, pattern) for pattern in holdout)]
+        if not chosen:
+            raise DataError(f"--holdout {' '.join(holdout)} matches no group; groups: {', '.join(unique[:8])}")
+        if len(chosen) == len(unique):
+            raise DataError(f"--holdout {' '.join(holdout)} matches every group: nothing left to train on")
+        test = np.isin(groups, chosen)
+        return np.flatnonzero(~test), np.flatnonzero(test)
+    if len(unique) < 2:
+        raise DataError(f"the data has {len(unique)} group; a group split needs at least 2 (subjects or videos)")
+    rng = np.random.default_rng(seed)
+    counts = {g: int((groups == g).sum()) for g in unique}
+    best = None
+    for _ in range(50):
+        order = rng.permutation(unique)
+        chosen, total = [], 0
+        for g in order[:-1]:  # always leave one group to train on
+            if total >= test_fraction * len(groups):
+                break
+            chosen.append(g)
+            total += counts[g]
+        test = np.isin(groups, chosen)
+        if y is None or (len(np.unique(y[test])) == len(np.unique(y)) and len(np.unique(y[~test])) == len(np.unique(y))):
+            best = test
+            break
+        best = test if best is None else best
+    return np.flatnonzero(~best), np.flatnonzero(best)
+
+
+def stratified_group_folds(groups: np.ndarray, y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+    """``k`` disjoint index arrays covering every row, whole groups each, positives spread evenly.
+
+    Groups go, largest first, to the fold whose positive share and size stay nearest the whole set's.
+    """
+    groups = np.asarray(groups).astype(str)
+    unique = np.unique(groups)
+    if k < 2 or k > len(unique):
+        raise DataError(f"--folds {k}: needs 2 <= K <= the number of groups ({len(unique)})")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(unique)
+    sizes = {g: int((groups == g).sum()) for g in order}
+    positives = {g: int(y[groups == g].sum()) for g in order}
+    order = sorted(order, key=lambda g: -sizes[g])
+    target = y.mean()
+    folds: list[list[str]] = [[] for _ in range(k)]
+    fold_n, fold_pos = np.zeros(k), np.zeros(k)
+    for g in order:
+        cost = [abs((fold_pos[i] + positives[g]) / (fold_n[i] + sizes[g]) - target) + (fold_n[i] + sizes[g]) / len(y)
+                for i in range(k)]
+        i = int(np.argmin(cost))
+        folds[i].append(g)
+        fold_n[i] += sizes[g]
+        fold_pos[i] += positives[g]
+    return [np.flatnonzero(np.isin(groups, fold)) for fold in folds]
+
+
+# --- metrics (pure numpy) ----------------------------------------------------------------------
+
+def roc_curve(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates over every threshold (descending scores)."""
+    order = np.argsort(-scores, kind="stable")
+    y_sorted = y[order].astype(bool)
+    tp = np.concatenate([[0], np.cumsum(y_sorted)])
+    fp = np.concatenate([[0], np.cumsum(~y_sorted)])
+    return fp / max(1, fp[-1]), tp / max(1, tp[-1])
+
+
+def roc_auc(y: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve by ranks (ties count half); None with only one class."""
+    y = np.asarray(y).astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def binary_metrics(y: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict:
+    """Accuracy, precision, recall, F1, ROC AUC and the confusion matrix at ``threshold``."""
+    y = np.asarray(y).astype(int)
+    predicted = (scores >= threshold).astype(int)
+    tp = int(((predicted == 1) & (y == 1)).sum())
+    fp = int(((predicted == 1) & (y == 0)).sum())
+    fn = int(((predicted == 0) & (y == 1)).sum())
+    tn = int(((predicted == 0) & (y == 0)).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    auc = roc_auc(y, scores)
+    return {
+        "windows": int(len(y)), "positives": int(y.sum()), "threshold": threshold,
+        "accuracy": round((tp + tn) / max(1, len(y)), 4), "precision": round(precision, 4), "recall": round(recall, 4),
+        "f1": round(f1, 4), "roc_auc": None if auc is None else round(auc, 4),
+        "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
+    }
+
+
+def class_weights(y: np.ndarray) -> dict[int, float]:
+    """Balanced weights: n / (classes * count of the class)."""
+    counts = np.bincount(y)
+    return {i: float(len(y) / (len(counts) * c)) for i, c in enumerate(counts) if c}
+
+
+# --- plots -------------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_history(history: dict, path: Path, title: str) -> Path:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            if prefix + metric in history:
+                ax.plot(np.arange(1, len(history[prefix + metric]) + 1), history[prefix + metric], style,
+                        label="training" if not prefix else "validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(confusion: dict, labels: tuple[str, ...], path: Path, title: str) -> Path:
+    plt = _pyplot()
+    matrix = np.array([[confusion["tn"], confusion["fp"]], [confusion["fn"], confusion["tp"]]])
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center", color="black" if value < matrix.max() / 2 else "white")
+    ax.set_xticks([0, 1], [f"pred {label}" for label in labels])
+    ax.set_yticks([0, 1], [f"true {label}" for label in labels])
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def plot_roc(y: np.ndarray, scores: np.ndarray, auc: float | None, path: Path, title: str) -> Path:
+    plt = _pyplot()
+    fpr, tpr = roc_curve(y, scores)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot(fpr, tpr, label=f"AUC {auc:.3f}" if auc is not None else "one class only")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+# --- training ----------------------------------------------------------------------------------
+
+@dataclass
+class TrainOptions:
+    arch: str
+    data: Path
+    output: Path
+    epochs: int = 40
+    batch_size: int = 64
+    patience: int = 6
+    folds: int = 0
+    test_fraction: float = 0.25
+    holdout: tuple[str, ...] = ()
+    seed: int = 0
+    threshold: float = 0.5
+    verbose: int | None = None
+
+
+def _fit(arch: str, x_train, y_train, x_val, y_val, options: TrainOptions):
+    """A fresh zoo model fitted with class weights and early stopping on validation loss."""
+    from convert import zoo
+    from convert.keras_io import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    keras.utils.set_random_seed(options.seed)
+    model = zoo.build(arch, window=x_train.shape[1], features=x_train.shape[2])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"])
+    verbose = options.verbose if options.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    history = model.fit(
+        x_train, y_train.astype(np.float32), validation_data=(x_val, y_val.astype(np.float32)),
+        epochs=options.epochs, batch_size=options.batch_size, class_weight=class_weights(y_train), verbose=verbose,
+        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.patience, restore_best_weights=True)],
+    )
+    return model, {k: [float(v) for v in values] for k, values in history.history.items()}
+
+
+def _scores(model, x) -> np.ndarray:
+    return np.asarray(model.predict(x, verbose=0, batch_size=256), dtype=np.float32).reshape(-1)
+
+
+def _train_val(train: np.ndarray, groups: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """Validation rows for early stopping: whole groups of ``train`` when it has several, else its last 15%."""
+    if len(np.unique(groups[train])) >= 3:
+        fit, val = group_split(groups[train], 0.2, seed + 1, y=y[train])
+        return train[fit], train[val], "groups"
+    cut = int(len(train) * 0.85)
+    return train[:cut], train[cut:], "last 15% of the training rows (too few groups to hold some out)"
+
+
+def train(options: TrainOptions) -> dict:
+    """Train, test on held-out groups, save the model, plots and metrics; returns the metrics dict."""
+    from convert.dataset import load
+
+    data = load(options.data)
+    x, y, groups = data["x"].astype(np.float32), data["y"].astype(np.int64), data["groups"].astype(str)
+    labels = tuple(str(v) for v in data["labels"]) if "labels" in data else ("negative", "positive")
+    if x.ndim != 3:
+        raise DataError(f"dataset {options.data}: x has shape {x.shape}; landmark-window training needs (N, T, F)")
+    if len(labels) != 2 or not set(np.unique(y)) <= {0, 1}:
+        raise DataError(f"dataset {options.data} has classes {list(labels)}; the zoo's sigmoid models need 2 "
+                        "(build the data with --positive)")
+    if len(np.unique(y)) < 2:
+        raise DataError(f"dataset {options.data} has one class only ({labels[int(y[0])]})")
+    output = Path(options.output)
+    if output.suffix != ".keras":
+        raise DataError(f"--output {output}: give a .keras path")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    stem = output.with_suffix("")
+
+    metrics: dict = {
+        "data": str(options.data), "arch": options.arch, "windows": int(len(y)), "labels": list(labels),
+        "window": int(x.shape[1]), "features": int(x.shape[2]),
+        "spec": str(data["spec"]) if "spec" in data else None,
+        "normalization": str(data["normalization"]) if "normalization" in data else None, "seed": options.seed,
+    }
+    if options.folds:
+        folds = stratified_group_folds(groups, y, options.folds, options.seed)
+        per_fold = []
+        for number, test in enumerate(folds):
+            rest = np.setdiff1d(np.arange(len(y)), test)
+            fit, val, _ = _train_val(rest, groups, y, options.seed + number)
+            assert not set(groups[test]) & set(groups[rest]), "a group leaked between folds"
+            print(f"fold {number + 1}/{options.folds}: test groups {', '.join(sorted(set(groups[test])))}", flush=True)
+            model, _ = _fit(options.arch, x[fit], y[fit], x[val], y[val], options)
+            result = binary_metrics(y[test], _scores(model, x[test]), options.threshold)
+            result["test_groups"] = sorted(set(groups[test].tolist()))
+            per_fold.append(result)
+        metrics["cross_validation"] = {
+            "folds": per_fold,
+            **{f"{name}_mean": round(float(np.mean([f[name] for f in per_fold if f[name] is not None])), 4)
+               for name in ("accuracy", "precision", "recall", "f1", "roc_auc")},
+            **{f"{name}_std": round(float(np.std([f[name] for f in per_fold if f[name] is not None])), 4)
+               for name in ("accuracy", "f1")},
+        }
+
+    train_rows, test_rows = group_split(groups, options.test_fraction, options.seed, list(options.holdout), y)
+    leaked = set(groups[train_rows]) & set(groups[test_rows])
+    assert not leaked, f"groups in both training and test: {leaked}"
+    fit, val, val_how = _train_val(train_rows, groups, y, options.seed)
+    print(f"train: {len(fit)} windows, validation: {len(val)}, test: {len(test_rows)} "
+          f"(held-out groups: {', '.join(sorted(set(groups[test_rows])))})", flush=True)
+    model, history = _fit(options.arch, x[fit], y[fit], x[val], y[val], options)
+    model.save(output)
+    scores = _scores(model, x[test_rows])
+    held_out = binary_metrics(y[test_rows], scores, options.threshold)
+    metrics.update({
+        "split": "by group: no group is in both training and test",
+        "train_groups": sorted(set(groups[fit].tolist())), "validation_groups": sorted(set(groups[val].tolist())),
+        "validation": val_how, "test_groups": sorted(set(groups[test_rows].tolist())),
+        "epochs_run": len(history.get("loss", [])), "held_out": held_out,
+        "class_weights": {labels[k]: round(v, 4) for k, v in class_weights(y[fit]).items()},
+        "plots": {
+            "history": str(plot_history(history, Path(f"{stem}.history.png"), f"{options.arch}: training")),
+            "confusion": str(plot_confusion(held_out["confusion"], labels, Path(f"{stem}.confusion.png"),
+                                            f"held-out groups, threshold {options.threshold}")),
+            "roc": str(plot_roc(y[test_rows], scores, held_out["roc_auc"], Path(f"{stem}.roc.png"), "held-out groups")),
+        },
+    })
+    Path(f"{stem}.metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _run(args) -> int:
+    if args.epochs < 1:
+        raise DataError("--epochs must be at least 1")
+    if not 0 < args.test_fraction < 1:
+        raise DataError("--test-fraction must be between 0 and 1")
+    metrics = train(TrainOptions(arch=args.arch, data=args.data, output=args.output, epochs=args.epochs,
+                                 batch_size=args.batch_size, patience=args.patience, folds=args.folds,
+                                 test_fraction=args.test_fraction, holdout=tuple(args.holdout or ()), seed=args.seed))
+    held = metrics["held_out"]
+    print(f"{args.output}: held-out groups {', '.join(metrics['test_groups'])}: accuracy {held['accuracy']:.3f}, "
+          f"precision {held['precision']:.3f}, recall {held['recall']:.3f}, F1 {held['f1']:.3f}, "
+          f"ROC AUC {held['roc_auc'] if held['roc_auc'] is not None else 'n/a'} ({held['windows']} windows)")
+    if "cross_validation" in metrics:
+        cv = metrics["cross_validation"]
+        print(f"{args.folds}-fold group cross-validation: accuracy {cv['accuracy_mean']:.3f} +- {cv['accuracy_std']:.3f}, "
+              f"F1 {cv['f1_mean']:.3f} +- {cv['f1_std']:.3f}")
+    print(f"metrics: {Path(args.output).with_suffix('')}.metrics.json")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    from convert.zoo import LANDMARK_WINDOW
+
+    parser = subparsers.add_parser(
+        "train", help="train a zoo architecture on a dataset, tested on held-out groups",
+        description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", required=True, choices=tuple(LANDMARK_WINDOW))
+    parser.add_argument("--data", type=Path, required=True, metavar="DATA.npz", help="from 'cryedge dataset build'")
+    parser.add_argument("--output", "-o", type=Path, required=True, metavar="MODEL.keras")
+    parser.add_argument("--epochs", type=int, default=40, help="at most this many (early stopping; default 40)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--patience", type=int, default=6, help="epochs without a better validation loss before stopping")
+    parser.add_argument("--folds", type=int, default=0, metavar="K", help="also run a stratified group K-fold cross-validation")
+    parser.add_argument("--test-fraction", type=float, default=0.25, help="share of windows in held-out groups (default 0.25)")
+    parser.add_argument("--holdout", action="append", metavar="GROUP", help="hold out these groups (fnmatch pattern; repeatable)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=_run)

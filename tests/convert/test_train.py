@@ -1,0 +1,109 @@
+"""``cryedge train``: group splits that never leak a person, metrics that mean what they say, plots and JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convert import train, zoo
+from edge.errors import DataError
+
+CRYEDGE = Path(sys.executable).with_name("cryedge")
+
+
+def _dataset(path: Path, groups: int = 8, per_group: int = 40) -> Path:
+    """SYNTHETIC separable windows (convert.zoo.synthetic_windows) in 'cryedge dataset build' layout."""
+    x, y = zoo.synthetic_windows(groups * per_group, window=10, features=156, seed=3)
+    np.savez(path, x=x, y=y, groups=np.repeat([f"subject-{i}" for i in range(groups)], per_group),
+             labels=np.array(["not_crying", "crying"]), spec=np.array("openpose-face70-body8"),
+             normalization=np.array("minmax"), window=np.array(10))
+    return path
+
+
+def test_group_split_never_puts_a_group_on_both_sides():
+    rng = np.random.default_rng(0)
+    groups = rng.choice([f"g{i}" for i in range(12)], size=600)
+    y = rng.integers(0, 2, 600)
+    for seed in range(20):
+        train_rows, test_rows = train.group_split(groups, 0.25, seed, y=y)
+        assert not set(groups[train_rows]) & set(groups[test_rows])
+        assert len(train_rows) + len(test_rows) == 600
+        assert 0.2 < len(test_rows) / 600 < 0.45
+
+
+def test_holdout_patterns_name_the_test_groups():
+    groups = np.array(["astronaut-00", "astronaut-01", "grace-hopper-00", "grace-hopper-mirror-01"])
+    train_rows, test_rows = train.group_split(groups, 0.25, 0, holdout=["grace-hopper*"])
+    assert set(groups[test_rows]) == {"grace-hopper-00", "grace-hopper-mirror-01"}
+    with pytest.raises(DataError, match="matches no group"):
+        train.group_split(groups, 0.25, 0, holdout=["nobody*"])
+    with pytest.raises(DataError, match="every group"):
+        train.group_split(groups, 0.25, 0, holdout=["*"])
+
+
+def test_stratified_group_folds_partition_the_rows_by_group():
+    rng = np.random.default_rng(1)
+    groups = np.repeat([f"g{i}" for i in range(10)], rng.integers(20, 60, 10))
+    y = (rng.random(len(groups)) < 0.3).astype(int)
+    folds = train.stratified_group_folds(groups, y, 5, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(len(groups)))
+    for i, a in enumerate(folds):
+        for b in folds[i + 1 :]:
+            assert not set(groups[a]) & set(groups[b])
+        assert abs(y[a].mean() - y.mean()) < 0.15
+
+
+def test_metrics_match_hand_counts():
+    y = np.array([0, 0, 1, 1, 1, 0])
+    scores = np.array([0.1, 0.6, 0.7, 0.4, 0.9, 0.2])
+    m = train.binary_metrics(y, scores, 0.5)
+    assert m["confusion"] == {"tn": 2, "fp": 1, "fn": 1, "tp": 2}
+    assert m["precision"] == round(2 / 3, 4) and m["recall"] == round(2 / 3, 4) and m["accuracy"] == round(4 / 6, 4)
+    # 9 positive-negative pairs, the positive ranked higher in 8 of them
+    assert train.roc_auc(y, scores) == pytest.approx(8 / 9)
+    assert train.roc_auc(np.array([1, 1]), np.array([0.2, 0.3])) is None
+    assert train.roc_auc(np.array([0, 1, 0, 1]), np.array([0.5, 0.5, 0.5, 0.5])) == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_train_holds_out_whole_groups_and_writes_plots_and_metrics(tmp_path):
+    data = _dataset(tmp_path / "data.npz")
+    output = tmp_path / "model.keras"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([str(CRYEDGE), "train", "--arch", "conv1d", "--data", str(data), "--output", str(output),
+                             "--epochs", "8", "--folds", "3"], capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "held-out groups" in result.stdout
+    metrics = json.loads((tmp_path / "model.metrics.json").read_text())
+    assert not set(metrics["test_groups"]) & set(metrics["train_groups"])
+    assert not set(metrics["test_groups"]) & set(metrics["validation_groups"])
+    assert not set(metrics["train_groups"]) & set(metrics["validation_groups"])
+    assert len(metrics["cross_validation"]["folds"]) == 3
+    held = metrics["held_out"]
+    assert held["windows"] == sum(held["confusion"].values())
+    assert held["accuracy"] > 0.8 and held["roc_auc"] > 0.9  # the synthetic windows are separable
+    for name in ("history", "confusion", "roc"):
+        png = Path(metrics["plots"][name])
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import keras
+
+    model = keras.models.load_model(output)
+    assert model.input_shape == (None, 10, 156)
+
+
+def test_train_refuses_bad_data_in_one_line(tmp_path):
+    np.savez(tmp_path / "three.npz", x=np.zeros((30, 10, 156), np.float32), y=np.arange(30) % 3,
+             groups=np.repeat(["a", "b", "c"], 10), labels=np.array(["a", "b", "c"]))
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    for data, words in ((tmp_path / "missing.npz", "does not exist"), (tmp_path / "three.npz", "need 2")):
+        result = subprocess.run([str(CRYEDGE), "train", "--arch", "conv1d", "--data", str(data), "--output",
+                                 str(tmp_path / "m.keras")], capture_output=True, text=True, timeout=300, env=env, check=False)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 7, result.stderr
+        assert len(lines) == 1 and words in lines[0], result.stderr
