@@ -89,6 +89,9 @@ class Samples:
     y: np.ndarray | None
     groups: np.ndarray | None
     source: str
+    labels: tuple[str, ...] | None = None  # a 'cryedge dataset build' file says its labels,
+    spec: str | None = None  # feature spec
+    normalization: str | None = None  # and normalization; the card takes them from it
 
 
 def load_samples(source: str, input_shape: tuple, seed: int = 0) -> Samples:
@@ -112,13 +115,16 @@ def load_samples(source: str, input_shape: tuple, seed: int = 0) -> Samples:
             x = data["x"].astype(np.float32)
             y = data.get("y")
             groups = data.get("groups")
+            labels = tuple(str(label) for label in data["labels"]) if "labels" in data else None
+            spec = str(data["spec"]) if "spec" in data else None
+            normalization = str(data["normalization"]) if "normalization" in data else None
     except (OSError, ValueError) as error:
         raise DataError(f"cannot read calibration data {path}: {str(error).splitlines()[0]}") from None
     if x.ndim < 2 or int(np.prod(x.shape[1:])) != int(np.prod(sample_shape)) or (
         x.shape[1:] != sample_shape and x.shape[1:] != _window_shape(x, sample_shape)
     ):
         raise DataError(f"calibration data {path}: x has shape {list(x.shape)}, the model takes {list(sample_shape)} a sample")
-    return Samples(x.reshape((len(x), *sample_shape)), y, groups, str(path))
+    return Samples(x.reshape((len(x), *sample_shape)), y, groups, str(path), labels, spec, normalization)
 
 
 def _window_shape(x: np.ndarray, sample_shape: tuple) -> tuple:
@@ -148,23 +154,33 @@ def _load_images(folder: Path, sample_shape: tuple) -> Samples:
     return Samples(np.stack(images), None, None, f"{folder} ({len(images)} images, /255)")
 
 
-def split_samples(samples: Samples, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
-    """(calibration, held-out, how): whole groups held out when there are groups, else the last quarter."""
+def _held_out(samples: Samples, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Mask of held-out samples and how they were chosen: whole groups when there are groups, else the last quarter."""
     n = len(samples.x)
-    if n < MIN_CALIBRATION_SAMPLES:
-        raise DataError(f"calibration data {samples.source}: {n} samples, need at least {MIN_CALIBRATION_SAMPLES}")
     if samples.groups is not None and len(np.unique(samples.groups)) >= 2:
         names = np.unique(samples.groups)
-        rng = np.random.default_rng(seed)
-        held_groups = rng.permutation(names)[: max(1, len(names) // 4)]
+        held_groups = np.random.default_rng(seed).permutation(names)[: max(1, len(names) // 4)]
         held = np.isin(samples.groups, held_groups)
-        how = f"held out {held.sum()} samples of {len(held_groups)} of {len(names)} groups; calibrated on the others"
-    else:
-        held = np.zeros(n, dtype=bool)
-        held[n - n // 4:] = True
-        how = f"held out the last {held.sum()} of {n} samples; calibrated on the first {n - held.sum()}"
-    calibration, heldout = samples.x[~held], samples.x[held]
-    return calibration[:MAX_CALIBRATION_SAMPLES], heldout[:MAX_FIDELITY_SAMPLES], how
+        return held, f"held out {held.sum()} samples of {len(held_groups)} of {len(names)} groups; calibrated on the others"
+    held = np.zeros(n, dtype=bool)
+    held[n - n // 4:] = True
+    return held, f"held out the last {held.sum()} of {n} samples; calibrated on the first {n - held.sum()}"
+
+
+def split_samples(samples: Samples, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """(calibration, held-out, how); at most 300 samples calibrate and 1000 measure fidelity."""
+    if len(samples.x) < MIN_CALIBRATION_SAMPLES:
+        raise DataError(f"calibration data {samples.source}: {len(samples.x)} samples, need at least {MIN_CALIBRATION_SAMPLES}")
+    held, how = _held_out(samples, seed)
+    return samples.x[~held][:MAX_CALIBRATION_SAMPLES], samples.x[held][:MAX_FIDELITY_SAMPLES], how
+
+
+def heldout_labels(samples: Samples, seed: int = 0) -> np.ndarray | None:
+    """``y`` of the held-out samples of ``split_samples``, if the data has labels."""
+    if samples.y is None:
+        return None
+    held, _ = _held_out(samples, seed)
+    return np.asarray(samples.y)[held][:MAX_FIDELITY_SAMPLES]
 
 
 # --- conversion -----------------------------------------------------------------------------------
@@ -265,6 +281,7 @@ def convert(options: ConvertOptions):
         fidelity,
         inspect_graph,
         is_stateful,
+        labels_of,
         plot_scores,
         tflite_runtime_214_problems,
     )
@@ -276,10 +293,13 @@ def convert(options: ConvertOptions):
     loaded = keras_io.load(options.model)
     model = loaded.model
     shape = keras_io.input_shape(model)
-    kind = infer_kind(shape, kind=options.kind, spec=options.spec, window=options.window)
+    samples = load_samples(options.calibration, shape) if options.calibration else None
+    spec = options.spec or (samples.spec if samples is not None and samples.spec in SPECS else None)
+    kind = infer_kind(shape, kind=options.kind, spec=spec, window=options.window)
+    if kind.features is not None and samples is not None and samples.normalization:
+        kind.features = FeatureSpecRef(spec=kind.features.spec, normalization=samples.normalization)
     outputs = int(model.outputs[0].shape[-1])
 
-    samples = load_samples(options.calibration, shape) if options.calibration else None
     if samples is not None:
         calibration, heldout, split = split_samples(samples)
     else:
@@ -315,6 +335,8 @@ def convert(options: ConvertOptions):
             raise ModelError(f"converted {options.model.name} disagrees with Keras (max |diff| {worst:.3g} > {limit}): weights lost in conversion?")
 
     labels, positive = default_labels(outputs, kind.kind)
+    if samples is not None and samples.labels and not options.labels and len(samples.labels) == max(2, outputs):
+        labels, positive = samples.labels, options.positive or samples.labels[-1]
     if options.labels:
         labels = tuple(options.labels)
         positive = options.positive or labels[-1]
@@ -325,6 +347,10 @@ def convert(options: ConvertOptions):
 
     fid = fidelity(keras_scores, tflite_scores, options.threshold,
                    data=(f"{samples.source}: {split}" if samples else "SYNTHETIC uniform random (no --calibration)"))
+    truth = heldout_labels(samples) if samples is not None and check_x is heldout else None
+    if truth is not None and len(truth) == len(check_x):
+        fid.keras_accuracy = float((labels_of(keras_scores, options.threshold) == truth).mean())
+        fid.tflite_accuracy = float((labels_of(tflite_scores, options.threshold) == truth).mean())
     if options.quantize == "int8" and fid.label_agreement < 0.99:
         warnings.append(f"label agreement {100 * fid.label_agreement:.2f}% < 99% on held-out data")
     if tflite_runtime_214_problems(graph):

@@ -201,10 +201,15 @@ class Fidelity:
     mean_abs_diff: float
     label_agreement: float
     data: str
+    keras_accuracy: float | None = None  # against the data's y, when it has one
+    tflite_accuracy: float | None = None
 
     def as_dict(self) -> dict:
-        return {"samples": self.samples, "max_abs_diff": self.max_abs_diff, "mean_abs_diff": self.mean_abs_diff,
+        data = {"samples": self.samples, "max_abs_diff": self.max_abs_diff, "mean_abs_diff": self.mean_abs_diff,
                 "label_agreement": self.label_agreement, "data": self.data}
+        if self.keras_accuracy is not None:
+            data.update(keras_accuracy=self.keras_accuracy, tflite_accuracy=self.tflite_accuracy)
+        return data
 
 
 def fidelity(keras_scores: np.ndarray, tflite_scores: np.ndarray, threshold: float, data: str) -> Fidelity:
@@ -279,6 +284,8 @@ class Report:
                 ("label agreement", f"{100 * f['label_agreement']:.2f}% of {f['samples']}"),
                 ("score |diff| max / mean", f"{f['max_abs_diff']:.4f} / {f['mean_abs_diff']:.4f}"),
             ]
+            if "keras_accuracy" in f:
+                rows.append(("accuracy Keras / TFLite", f"{100 * f['keras_accuracy']:.2f}% / {100 * f['tflite_accuracy']:.2f}%"))
         if self.plot:
             rows.append(("plot", self.plot))
         if self.edgetpu:

@@ -267,3 +267,21 @@ def test_groups_are_held_out_whole():
     calibration, heldout, how = split_samples(Samples(x, None, groups, "data.npz"))
     assert len(heldout) == 20 and len(calibration) == 60
     assert "1 of 4 groups" in how
+
+
+@pytest.mark.slow
+def test_dataset_file_gives_the_card_its_labels_and_normalization_and_the_report_accuracy(tmp_path):
+    """A 'cryedge dataset build' file (x, y, groups, labels, spec, normalization) calibrates and names the classes."""
+    from convert import zoo
+
+    x, y = zoo.synthetic_windows(240, seed=1)  # the distribution conv1d.h5 was trained on
+    groups = np.repeat(np.array([f"video{i}" for i in range(8)]), 30)
+    np.savez(tmp_path / "dataset.npz", x=x, y=y, groups=groups, labels=np.array(["calm", "crying"]),
+             spec=np.array("openpose-face70-body8"), normalization=np.array("face-box"))
+    report = convert(ConvertOptions(model=FIXTURES / "conv1d.h5", output=tmp_path / "d.tflite",
+                                    calibration=str(tmp_path / "dataset.npz")))
+    card = load_card(tmp_path / "d.tflite")
+    assert card.labels == ("calm", "crying") and card.positive_label == "crying"
+    assert card.features.normalization == "face-box"
+    assert report.fidelity["samples"] == 60 and "2 of 8 groups" in report.fidelity["data"]
+    assert report.fidelity["tflite_accuracy"] >= 0.95 and report.fidelity["keras_accuracy"] >= 0.95
