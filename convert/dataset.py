@@ -1,0 +1,372 @@
+"""``cryedge dataset build``: labelled videos to windows of the device's own features (``.npz``).
+
+Each video goes through ``edge.landmarks.LandmarkExtractor`` (VIDEO mode, the daemon's defaults)
+and ``edge.features.frame_features``, exactly the device's code, then through the device's sliding
+window. A window's label is the label of its last frame: the device scores the window ending at a
+frame and the alarm attributes that score to that frame's time, so the model learns to answer
+"is the baby crying now, given the last N frames". Frames without a face keep their (all-zero)
+features, as on the device, and are counted.
+
+Labels come in one of two layouts:
+- intervals: one CSV with ``video,start_s,end_s,label`` (optionally ``subject``); frames outside
+  every interval get ``--default-label``;
+- per-frame rows: a folder of CSVs named like the videos (``clip.mp4`` -> ``clip.csv``) with a time
+  column (``time`` in seconds or ``time_ms``) and a label column, as the AM-FED per-video files;
+  each row's label holds until the next row.
+
+Output arrays: ``x`` (N, T, F) float32, ``y`` (N,) int64 indexes into ``labels``, ``groups`` (N,)
+(the subject column, else the video's name), ``videos`` and ``t_end`` (N,) (which clip and second
+each window ends at), and the metadata ``labels``, ``spec``, ``normalization``, ``window``,
+``stride``, ``fps``, ``frames``, ``frames_without_face``.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import DataError
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
+TIME_COLUMNS = {"time": 1.0, "time_s": 1.0, "time_ms": 0.001, "timestamp (msec)": 0.001}
+
+
+class Progress:
+    """A one-line progress bar on a terminal; plain lines at every tenth when not a tty."""
+
+    def __init__(self, total: int, what: str, stream=None):
+        self.total, self.what = max(1, total), what
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self._shown_tenth = -1
+        self._start = time.monotonic()
+
+    def update(self, done: int, note: str = "") -> None:
+        fraction = min(1.0, done / self.total)
+        if self.tty:
+            bar = "#" * int(30 * fraction)
+            self.stream.write(f"\r{self.what} [{bar:<30}] {done}/{self.total} {note[:40]:<40}")
+            if done >= self.total:
+                self.stream.write("\n")
+            self.stream.flush()
+            return
+        tenth = int(fraction * 10)
+        if tenth > self._shown_tenth:
+            self._shown_tenth = tenth
+            elapsed = time.monotonic() - self._start
+            print(f"{self.what}: {done}/{self.total} ({fraction:.0%}, {elapsed:.0f} s) {note}".rstrip(), file=self.stream, flush=True)
+
+
+# --- labels ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VideoLabels:
+    """One video's labelling: a step function of time, and its group (subject)."""
+
+    video: str
+    group: str
+    times: np.ndarray  # sorted start times of each label run, seconds
+    ends: np.ndarray | None  # interval ends (intervals layout), None for per-frame rows
+    labels: tuple[str, ...]
+    default: str
+
+    def label_at(self, t: float) -> str:
+        """The label at second ``t``: the covering interval's (the last one listed wins), or the run's."""
+        eps = 1e-6
+        if self.ends is None:
+            index = int(np.searchsorted(self.times, t + eps, side="right")) - 1
+            return self.labels[max(index, 0)]  # before the first row: the first row's label
+        covering = np.flatnonzero((self.times <= t + eps) & (self.ends > t + eps))
+        return self.labels[int(covering[-1])] if covering.size else self.default
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            header = [name.strip() for name in (reader.fieldnames or [])]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"cannot read labels {path}: {error}") from None
+    rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in rows]
+    return header, rows
+
+
+def _number(value: str, where: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise DataError(f"{where}: {value!r} is not a number") from None
+
+
+def read_interval_labels(path: Path, default: str, label_column: str = "label", group_by: str = "subject") -> dict[str, VideoLabels]:
+    """An intervals CSV (``video,start_s,end_s,label[,subject]``) by video file name.
+
+    ``group_by="subject"`` groups by the subject column when there is one, else by video.
+    """
+    header, rows = _read_csv(path)
+    missing = [name for name in ("video", "start_s", "end_s", label_column) if name not in header]
+    if missing:
+        raise DataError(f"labels {path}: no column {', '.join(missing)} (columns: {', '.join(header) or 'none'}); "
+                        f"expected video,start_s,end_s,{label_column}")
+    by_video: dict[str, list] = {}
+    groups: dict[str, str] = {}
+    for line, row in enumerate(rows, start=2):
+        where = f"labels {path} line {line}"
+        start, end = _number(row["start_s"], where), _number(row["end_s"], where)
+        if end <= start:
+            raise DataError(f"{where}: end_s {end} is not after start_s {start}")
+        if not row[label_column]:
+            raise DataError(f"{where}: empty {label_column}")
+        by_video.setdefault(row["video"], []).append((start, end, row[label_column]))
+        groups[row["video"]] = (row.get("subject") if group_by == "subject" else None) or Path(row["video"]).stem
+    if not by_video:
+        raise DataError(f"labels {path} has no rows")
+    result = {}
+    for video, runs in by_video.items():
+        runs.sort()
+        result[video] = VideoLabels(video, groups[video], np.array([r[0] for r in runs]), np.array([r[1] for r in runs]),
+                                    tuple(r[2] for r in runs), default)
+    return result
+
+
+def read_frame_labels(folder: Path, videos: list[Path], label_column: str = "label") -> dict[str, VideoLabels]:
+    """Per-video CSVs (``NAME.csv`` for ``NAME.mp4``) of time and label rows, by video file name."""
+    result = {}
+    for video in videos:
+        path = folder / f"{video.stem}.csv"
+        if not path.is_file():
+            continue
+        header, rows = _read_csv(path)
+        lower = {name.lower(): name for name in header}
+        time_column = next((lower[name] for name in TIME_COLUMNS if name in lower), None)
+        if time_column is None:
+            raise DataError(f"labels {path}: no time column (one of {', '.join(TIME_COLUMNS)}); columns: {', '.join(header)}")
+        if label_column not in header:
+            raise DataError(f"labels {path}: no label column {label_column!r} (columns: {', '.join(header)}); pass --label-column")
+        factor = TIME_COLUMNS[time_column.lower()]
+        times = np.array([_number(row[time_column], f"labels {path}") * factor for row in rows])
+        if times.size == 0:
+            raise DataError(f"labels {path} has no rows")
+        order = np.argsort(times, kind="stable")
+        result[video.name] = VideoLabels(video.name, video.stem, times[order], None,
+                                         tuple(rows[i][label_column] for i in order), "")
+    if not result:
+        raise DataError(f"labels folder {folder} has no CSV named like a video ({', '.join(v.stem for v in videos[:3])}.csv ...)")
+    return result
+
+
+def read_labels(labels: Path, videos_dir: Path, default: str = "not_crying", label_column: str = "label",
+                group_by: str = "subject") -> dict[str, VideoLabels]:
+    """Labels of either layout; every labelled video must be in ``videos_dir``."""
+    labels, videos_dir = Path(labels), Path(videos_dir)
+    if not videos_dir.is_dir():
+        raise DataError(f"videos folder {videos_dir} does not exist")
+    if labels.is_dir():
+        videos = sorted(p for p in videos_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+        if not videos:
+            raise DataError(f"no videos ({', '.join(VIDEO_SUFFIXES)}) in {videos_dir}")
+        return read_frame_labels(labels, videos, label_column)
+    if not labels.is_file():
+        raise DataError(f"labels {labels} do not exist (an intervals CSV or a folder of per-video CSVs)")
+    result = read_interval_labels(labels, default, label_column, group_by)
+    for video in result:
+        if not (videos_dir / video).is_file():
+            raise DataError(f"video {video} named in {labels} is not in {videos_dir}")
+    return result
+
+
+# --- features ----------------------------------------------------------------------------------
+
+@dataclass
+class VideoFeatures:
+    video: str
+    features: np.ndarray  # (frames, F) float32
+    times: np.ndarray  # (frames,) seconds from the first frame
+    has_face: np.ndarray  # (frames,) bool
+    fps: float
+
+
+def video_features(path: Path, spec, extractor_options: dict | None = None) -> VideoFeatures:
+    """Every frame's feature vector through the device's extractor and features (a fresh tracker a video)."""
+    from edge.errors import SourceError
+    from edge.features import frame_features
+    from edge.landmarks import LandmarkExtractor
+    from edge.records import Frame
+    from edge.source import FileSource
+
+    if path.stat().st_size == 0:
+        raise DataError(f"video {path} is empty: no frames")
+    source = FileSource(path, realtime=False)
+    try:
+        source.open()
+    except SourceError as error:
+        raise DataError(str(error)) from None
+    rows, times, faces = [], [], []
+    first = None
+    try:
+        with LandmarkExtractor(mode="video", **(extractor_options or {})) as extractor:
+            while (frame := source.read()) is not None:
+                first = frame.t if first is None else first
+                landmarks = extractor.extract(frame)
+                rows.append(frame_features(landmarks, spec))
+                times.append(frame.index / source.file_fps)
+                faces.append(landmarks.has_face)
+                del frame
+    finally:
+        fps = float(source.file_fps)
+        source.close()
+    if not rows:
+        raise DataError(f"video {path} has no frames")
+    return VideoFeatures(path.name, np.stack(rows).astype(np.float32), np.array(times), np.array(faces, bool), fps)
+
+
+def windows_of(features: np.ndarray, window: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sliding windows (N, window, F) and the index of each window's last frame (N,); pure."""
+    if len(features) < window:
+        return np.zeros((0, window, features.shape[1]), np.float32), np.zeros(0, int)
+    ends = np.arange(window - 1, len(features), stride)
+    return np.stack([features[end - window + 1 : end + 1] for end in ends]).astype(np.float32), ends
+
+
+@dataclass
+class Dataset:
+    x: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    videos: np.ndarray
+    t_end: np.ndarray
+    labels: tuple[str, ...]
+    spec: str
+    normalization: str
+    window: int
+    stride: int
+    fps: float
+    frames: int
+    frames_without_face: int
+    faceless_by_video: dict
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(
+            path, x=self.x, y=self.y, groups=self.groups, videos=self.videos, t_end=self.t_end,
+            labels=np.array(self.labels), spec=np.array(self.spec), normalization=np.array(self.normalization),
+            window=np.array(self.window), stride=np.array(self.stride), fps=np.array(self.fps),
+            frames=np.array(self.frames), frames_without_face=np.array(self.frames_without_face),
+        )
+
+
+def build(videos_dir: Path, labels_path: Path, spec_name: str = "openpose-face70-body8", normalization: str = "minmax",
+          window: int = 10, stride: int = 1, positive: str | None = None, default_label: str = "not_crying",
+          label_column: str = "label", extractor_options: dict | None = None, progress: bool = True,
+          group_by: str = "subject") -> Dataset:
+    """Windows of every labelled video. ``positive`` makes it binary: [not-positive, positive]."""
+    from edge.features import get_spec
+
+    spec = get_spec(spec_name, normalization)
+    if window < 1 or stride < 1:
+        raise DataError(f"window ({window}) and stride ({stride}) must be at least 1")
+    by_video = read_labels(labels_path, videos_dir, default_label, label_column, group_by)
+    bar = Progress(len(by_video), "dataset") if progress else None
+    parts = []
+    frames = faceless = 0
+    faceless_by_video = {}
+    fps_seen = set()
+    for number, (video, truth) in enumerate(sorted(by_video.items())):
+        result = video_features(Path(videos_dir) / video, spec, extractor_options)
+        frames += len(result.features)
+        faceless_by_video[video] = int((~result.has_face).sum())
+        faceless += faceless_by_video[video]
+        fps_seen.add(round(result.fps, 3))
+        x, ends = windows_of(result.features, window, stride)
+        names = [truth.label_at(float(result.times[end])) for end in ends]
+        parts.append((x, names, truth.group, video, result.times[ends]))
+        if bar:
+            bar.update(number + 1, video)
+    all_names = [name for part in parts for name in part[1]]
+    if not all_names:
+        raise DataError(f"no windows: every video is shorter than the window of {window} frames")
+    if positive is not None:
+        if positive not in all_names:
+            raise DataError(f"positive label {positive!r} labels no window; labels seen: {', '.join(sorted(set(all_names)))}")
+        negative = default_label if default_label != positive else f"not_{positive}"
+        labels = (negative, positive)
+        y = np.array([int(name == positive) for name in all_names], np.int64)
+    else:
+        labels = tuple(sorted(set(all_names)))
+        y = np.array([labels.index(name) for name in all_names], np.int64)
+    return Dataset(
+        x=np.concatenate([p[0] for p in parts]), y=y,
+        groups=np.array([p[2] for p in parts for _ in p[1]]), videos=np.array([p[3] for p in parts for _ in p[1]]),
+        t_end=np.concatenate([p[4] for p in parts]).astype(np.float32), labels=labels, spec=spec.name,
+        normalization=normalization, window=window, stride=stride,
+        fps=float(next(iter(fps_seen))) if len(fps_seen) == 1 else 0.0,
+        frames=frames, frames_without_face=faceless, faceless_by_video=faceless_by_video,
+    )
+
+
+def load(path: Path) -> dict:
+    """A dataset ``.npz`` as a dict of arrays and plain metadata; DataError when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"dataset {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot read dataset {path}: {error}") from None
+    for name in ("x", "y"):
+        if name not in arrays:
+            raise DataError(f"dataset {path} has no '{name}' array (make one with 'cryedge dataset build')")
+    if len(arrays["x"]) != len(arrays["y"]):
+        raise DataError(f"dataset {path}: x has {len(arrays['x'])} rows, y {len(arrays['y'])}")
+    if "groups" not in arrays:
+        arrays["groups"] = np.array([str(i) for i in range(len(arrays["y"]))])
+    return arrays
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+def _build_command(args) -> int:
+    dataset = build(args.videos_dir, args.labels, args.spec, args.normalization, args.window, args.stride,
+                    args.positive, args.default_label, args.label_column, progress=True, group_by=args.group_by)
+    dataset.save(args.output)
+    counts = ", ".join(f"{name} {int((dataset.y == i).sum())}" for i, name in enumerate(dataset.labels))
+    print(f"{args.output}: {len(dataset.y)} windows of {dataset.window} x {dataset.x.shape[2]} ({counts}); "
+          f"{len(set(dataset.groups.tolist()))} groups; {dataset.frames} frames, "
+          f"{dataset.frames_without_face} without a face")
+    for video, count in sorted(dataset.faceless_by_video.items()):
+        if count:
+            print(f"  {video}: {count} frames without a face")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    from edge.features import NORMALIZATIONS, SPECS
+
+    dataset = subparsers.add_parser("dataset", help="build training data from labelled videos")
+    commands = dataset.add_subparsers(dest="dataset_command", metavar="COMMAND", required=True)
+    parser = commands.add_parser(
+        "build", help="labelled videos -> windows of the device's features (.npz)",
+        description="Run every labelled video through the device's landmarks and features and cut sliding windows; "
+                    "a window's label is its last frame's.")
+    parser.add_argument("videos_dir", type=Path, metavar="VIDEOS_DIR")
+    parser.add_argument("labels", type=Path, metavar="LABELS",
+                        help="intervals CSV (video,start_s,end_s,label[,subject]) or a folder of per-video CSVs (time,label)")
+    parser.add_argument("--spec", default="openpose-face70-body8", choices=sorted(SPECS))
+    parser.add_argument("--normalization", default="minmax", choices=NORMALIZATIONS)
+    parser.add_argument("--window", type=int, default=10, help="frames a window (default 10)")
+    parser.add_argument("--stride", type=int, default=1, help="frames between window starts (default 1)")
+    parser.add_argument("--positive", default=None, help="make it binary: this label against all others (e.g. crying)")
+    parser.add_argument("--default-label", default="not_crying", help="label of frames outside every interval")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--group-by", choices=("subject", "video"), default="subject",
+                        help="groups for a split: the intervals CSV's subject column (default, when present) or the video")
+    parser.add_argument("--output", "-o", type=Path, required=True, metavar="DATA.npz")
+    parser.set_defaults(handler=_build_command)
