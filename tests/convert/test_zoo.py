@@ -21,7 +21,14 @@ pytestmark = [pytest.mark.tensorflow]
 
 
 def _train_and_save(name: str, tmp_path):
-    """(model.keras path, calibration .npz path): 240 training samples, 3 epochs; 400 other samples calibrate and test."""
+    """(model.keras path, calibration .npz path): 240 training samples, 6 epochs; 400 other samples calibrate and test.
+
+    Trained until its scores are confident, as a model worth deploying is: a barely trained model
+    scores near 0.5 where one int8 step flips a label, which measures the training, not the conversion.
+    """
+    import keras
+
+    keras.utils.set_random_seed(7)  # a run is repeatable; the bound must hold for any seed, not a lucky one
     model = zoo.build(name)
     shape = tuple(model.input_shape[1:])
     if name in zoo.FACE_CROP:
@@ -32,7 +39,7 @@ def _train_and_save(name: str, tmp_path):
         x = x.reshape((len(x), *shape))
     loss = "sparse_categorical_crossentropy" if model.output_shape[-1] > 1 else "binary_crossentropy"
     model.compile(optimizer="adam", loss=loss)
-    model.fit(x[:240], y[:240], epochs=3, batch_size=32, verbose=0)
+    model.fit(x[:240], y[:240], epochs=6, batch_size=32, verbose=0)
     model.save(tmp_path / f"{name}.keras")
     np.savez(tmp_path / "data.npz", x=x[240:], y=y[240:])
     return tmp_path / f"{name}.keras", tmp_path / "data.npz"
