@@ -1,6 +1,6 @@
 """Convert every genuine Keras-2 fixture and print size, LiteRT latency (1 thread, median) and fidelity.
 
-    .venv/bin/python benchmarks/convert.py [--quantize int8] [--lstm unroll|fused]
+    .venv/bin/python benchmarks/conversion.py [--quantize int8] [--lstm unroll|fused]
 
 The fixtures were trained on SYNTHETIC data; fidelity is against Keras on their held-out .npz.
 """
