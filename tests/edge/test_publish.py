@@ -266,13 +266,17 @@ def test_events_raised_while_the_broker_is_down_arrive_in_order_after_it_is_back
         broker.start()
         wait_until(lambda: publisher.connected and publisher.outbox_depth == 0)
         publisher.publish_event(event("end", "ep2", reason="scores"))
-        messages = watcher.wait_for(f"{PREFIX}/event", count=4)
+        watcher.wait_for(f"{PREFIX}/event", lambda m: json.loads(m.payload) == {**json.loads(m.payload), "event_type": "cry_end", "id": "ep2"})
+        messages = watcher.on(f"{PREFIX}/event")
     finally:
         publisher.close()
         watcher.close()
         broker.stop()
     got = [(json.loads(m.payload)["event_type"], json.loads(m.payload)["id"]) for m in messages]
-    assert got == [("cry_start", "ep1"), ("cry_end", "ep1"), ("cry_start", "ep2"), ("cry_end", "ep2")]
+    # QoS 1 is at least once: an event whose PUBACK the stopping broker never sent is sent again, and
+    # subscribers tell the copy by its id. What matters: nothing lost, first arrivals in order.
+    first_arrivals = list(dict.fromkeys(got))
+    assert first_arrivals == [("cry_start", "ep1"), ("cry_end", "ep1"), ("cry_start", "ep2"), ("cry_end", "ep2")]
 
 
 def test_outbox_survives_a_killed_process_and_is_delivered_by_the_next(tmp_path):
