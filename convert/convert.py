@@ -367,7 +367,7 @@ def convert(options: ConvertOptions):
         name=options.name or options.output.stem,
         kind=kind.kind,
         description=(f"converted by cryedge from {loaded.source_format} {options.model.name}"
-                     + ("; " + "; ".join(w for w in warnings if "tflite-runtime" in w) if any("tflite-runtime" in w for w in warnings) else "")),
+                     + "".join(f"; {w}" for w in warnings if "tflite-runtime" in w or "SYNTHETIC" in w)),
         input_shape=runner.input_shape,
         window=kind.window,
         features=kind.features,
