@@ -467,9 +467,9 @@ class MqttPublisher:
 
     def _handle_event(self, event: AlarmEvent) -> None:
         payload = event_payload(event, self.device.id, self.model)
-        self.last_event = payload
         seq = self._outbox.add(event.event_id, event.kind, _json(payload))
         self.outbox_depth = len(self._outbox)
+        self.last_event = payload  # only once it is on disk: readers take it as "accepted"
         if seq is None:
             log.warning("%s %s dropped: its start was dropped from the full outbox", payload["event_type"],
                         event.event_id)
