@@ -12,9 +12,10 @@ extras="convert,dev"
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # libgl1: mediapipe's opencv-contrib needs libGL.so.1; mosquitto: the broker the tests talk to;
-# shellcheck and systemd: the service and image tests verify the unit and the scripts.
+# systemd and shellcheck: the service and image tests verify the unit and the scripts;
+# openssl: the TLS tests make a throw-away CA.
 packages=(python3-venv libgl1 libglib2.0-0)
-[ -n "$extras" ] && packages+=(mosquitto shellcheck systemd ffmpeg)
+[ -n "$extras" ] && packages+=(mosquitto shellcheck systemd openssl libseccomp2)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -34,3 +35,10 @@ else
     .venv/bin/python -m pip install -q -e .
 fi
 .venv/bin/cryedge models fetch
+
+# The converter's tests check that converted models also load in tflite-runtime 2.14, the runtime
+# older Pi images have; it needs numpy < 2, so it lives in a venv of its own.
+if [ -n "$extras" ] && [ ! -x .venv-tflite-runtime/bin/python ]; then
+    "$python" -m venv .venv-tflite-runtime
+    .venv-tflite-runtime/bin/python -m pip install -q tflite-runtime==2.14.0 'numpy<2'
+fi
