@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
+from edge.cli import add_commands_of
 
 COMMAND_MODULES = ("convert.convert", "convert.train", "convert.dataset", "convert.demo")
 
 
 def register(subparsers) -> None:
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if error.name != name:
-                raise
-            continue
-        module.add_commands(subparsers)
+    add_commands_of(COMMAND_MODULES, subparsers)

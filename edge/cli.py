@@ -28,19 +28,24 @@ COMMAND_MODULES = (
 log = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cryedge", description="Cry detection on the edge.")
-    parser.add_argument("--version", action="version", version=f"cryedge {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+def add_commands_of(module_names, subparsers) -> None:
+    """Let each named module add its subcommands; a module that is not there is skipped."""
+    for name in module_names:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as error:
             if error.name != name:
                 raise
-            continue  # a stage not written yet
+            continue
         module.add_commands(subparsers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cryedge", description="Cry detection on the edge.")
+    parser.add_argument("--version", action="version", version=f"cryedge {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_commands_of(COMMAND_MODULES, subparsers)
     for entry in entry_points(group="cryedge.commands"):
         try:
             entry.load()(subparsers)
