@@ -197,7 +197,6 @@ def video_features(path: Path, spec, extractor_options: dict | None = None) -> V
     from edge.errors import SourceError
     from edge.features import frame_features
     from edge.landmarks import LandmarkExtractor
-    from edge.records import Frame
     from edge.source import FileSource
 
     if path.stat().st_size == 0:

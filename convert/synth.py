@@ -185,7 +185,7 @@ def expression_track(kind: str, n: int, fps: float, rng: np.random.Generator) ->
 
 def sequence_track(segments: list[tuple[str, float]], fps: float, rng: np.random.Generator) -> tuple[Track, list[str]]:
     """Consecutive segments ``(expression, seconds)`` as one track, blended at the joins, and per-frame labels."""
-    counts = [max(1, int(round(seconds * fps))) for _, seconds in segments]
+    counts = [max(1, round(seconds * fps)) for _, seconds in segments]
     n = sum(counts)
     track, labels = Track.zeros(n), []
     ramp = max(1, int(RAMP_SECONDS * fps))
@@ -247,6 +247,26 @@ def expression_points(points: np.ndarray, params: dict[str, float], eye_distance
         toward = np.sign(face_centre_x - p[index][0])
         p[index][0] += toward * weight * params["brow_furrow"] * 0.1 * e
         p[index][1] += weight * params["brow_furrow"] * 0.05 * e
+    return p
+
+
+def identity_points(points: np.ndarray, eye_distance: float, rng: np.random.Generator) -> np.ndarray:
+    """The 68 points of a made-up face shape near the photo's: eyes, brows, mouth and jaw moved a little.
+
+    Each clip gets its own, so two photos give many face geometries (pure but for ``rng``).
+    """
+    p = points.astype(np.float32).copy()
+    e = eye_distance
+    centre_x = float(p[27:31, 0].mean())
+    eyes = np.r_[17:27, 36:48]
+    p[eyes, 0] = centre_x + (p[eyes, 0] - centre_x) * rng.uniform(0.92, 1.08)
+    p[17:27, 1] += rng.uniform(-0.08, 0.08) * e
+    mouth_centre = p[48:68].mean(axis=0)
+    p[48:68, 0] = mouth_centre[0] + (p[48:68, 0] - mouth_centre[0]) * rng.uniform(0.88, 1.15)
+    p[48:68, 1] += rng.uniform(-0.08, 0.1) * e
+    p[0:17, 0] = centre_x + (p[0:17, 0] - centre_x) * rng.uniform(0.92, 1.1)
+    chin = np.array([0, 0, 0, 0.1, 0.3, 0.6, 0.85, 1, 1, 1, 0.85, 0.6, 0.3, 0.1, 0, 0, 0], np.float32)
+    p[0:17, 1] += chin * rng.uniform(-0.08, 0.12) * e
     return p
 
 
@@ -389,8 +409,12 @@ def background_canvas(scene: Scene, width: int = WIDTH, height: int = HEIGHT) ->
 
 
 def render_clip(photo: FacePhoto, segments: list[tuple[str, float]], seed: int, fps: float = FPS,
-                scene: Scene | None = None, width: int = WIDTH, height: int = HEIGHT) -> Iterator[tuple[np.ndarray, str]]:
-    """Frames (RGB uint8, height x width) of ``photo`` going through ``segments``, each with its label."""
+                scene: Scene | None = None, width: int = WIDTH, height: int = HEIGHT,
+                vary_identity: bool = True) -> Iterator[tuple[np.ndarray, str]]:
+    """Frames (RGB uint8, height x width) of ``photo`` going through ``segments``, each with its label.
+
+    ``vary_identity`` reshapes the face a little (``identity_points``), a different shape each seed.
+    """
     import cv2
 
     rng = np.random.default_rng(seed)
@@ -407,10 +431,11 @@ def render_clip(photo: FacePhoto, segments: list[tuple[str, float]], seed: int, 
     anchors = anchor_points(points, image.shape[1], image.shape[0])
     eye = photo.eye_distance * (image.shape[1] / photo.image.shape[1])
     face_centre = points[27:36].mean(axis=0)
+    shape = identity_points(points, eye, rng) if vary_identity else points
     cv2.setRNGSeed(seed)  # cv2.randn draws the sensor noise
     for i in range(len(labels)):
         params = track.frame(i)
-        moved = expression_points(points, params, eye)
+        moved = expression_points(shape, params, eye)
         face = warp_image(image, points, moved, anchors)
         paint_expression(face, moved, params, eye)
         t = i / fps
@@ -514,8 +539,8 @@ def generate(out_dir: Path, plans: list[ClipPlan], fps: float = FPS, progress=No
             photos[key] = load_photo(plan.photo, plan.mirror)
         labels: list[str] = []
 
-        def frames(plan=plan, labels=labels):
-            for frame, label in render_clip(photos[key], list(plan.segments), plan.seed, fps):
+        def frames(plan=plan, labels=labels, photo=photos[key]):
+            for frame, label in render_clip(photo, list(plan.segments), plan.seed, fps):
                 labels.append(label)
                 yield frame
 

@@ -24,7 +24,6 @@ import numpy as np
 
 from edge.errors import DataError
 
-
 # --- splits (pure numpy) -----------------------------------------------------------------------
 
 def group_split(groups: np.ndarray, test_fraction: float, seed: int, holdout: list[str] | None = None,
@@ -135,7 +134,7 @@ def binary_metrics(y: np.ndarray, scores: np.ndarray, threshold: float = 0.5) ->
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     auc = roc_auc(y, scores)
     return {
-        "windows": int(len(y)), "positives": int(y.sum()), "threshold": threshold,
+        "windows": len(y), "positives": int(y.sum()), "threshold": threshold,
         "accuracy": round((tp + tn) / max(1, len(y)), 4), "precision": round(precision, 4), "recall": round(recall, 4),
         "f1": round(f1, 4), "roc_auc": None if auc is None else round(auc, 4),
         "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
@@ -281,7 +280,7 @@ def train(options: TrainOptions) -> dict:
     stem = output.with_suffix("")
 
     metrics: dict = {
-        "data": str(options.data), "arch": options.arch, "windows": int(len(y)), "labels": list(labels),
+        "data": str(options.data), "arch": options.arch, "windows": len(y), "labels": list(labels),
         "window": int(x.shape[1]), "features": int(x.shape[2]),
         "spec": str(data["spec"]) if "spec" in data else None,
         "normalization": str(data["normalization"]) if "normalization" in data else None, "seed": options.seed,

@@ -39,7 +39,7 @@ def test_group_split_never_puts_a_group_on_both_sides():
 
 def test_holdout_patterns_name_the_test_groups():
     groups = np.array(["astronaut-00", "astronaut-01", "grace-hopper-00", "grace-hopper-mirror-01"])
-    train_rows, test_rows = train.group_split(groups, 0.25, 0, holdout=["grace-hopper*"])
+    _train_rows, test_rows = train.group_split(groups, 0.25, 0, holdout=["grace-hopper*"])
     assert set(groups[test_rows]) == {"grace-hopper-00", "grace-hopper-mirror-01"}
     with pytest.raises(DataError, match="matches no group"):
         train.group_split(groups, 0.25, 0, holdout=["nobody*"])
