@@ -224,6 +224,24 @@ class TrainOptions:
     seed: int = 0
     threshold: float = 0.5
     verbose: int | None = None
+    augment: int = 0  # noisy copies of each training window (see ``augment``)
+
+
+def augment(x: np.ndarray, copies: int, seed: int, jitter: float = 0.01, stretch: float = 0.06) -> np.ndarray:
+    """``copies`` noisy copies of windows (N, T, F) stacked after the originals: (N * (1 + copies), T, F).
+
+    Each copy stretches a window's x and y values about 0.5 by up to ``stretch`` (another face shape,
+    another distance) and adds ``jitter`` noise to every point; absent points (exact zeros) stay zero.
+    Pure but for the seeded generator.
+    """
+    rng = np.random.default_rng(seed)
+    out = [x]
+    for _ in range(copies):
+        scale = 1 + rng.uniform(-stretch, stretch, (len(x), 1, 2)).astype(np.float32)
+        pairs = x.reshape(len(x), x.shape[1], -1, 2)
+        moved = 0.5 + (pairs - 0.5) * scale[:, :, None, :] + rng.normal(0, jitter, pairs.shape).astype(np.float32)
+        out.append(np.where(pairs == 0, 0, moved).reshape(x.shape).astype(np.float32))
+    return np.concatenate(out)
 
 
 def _fit(arch: str, x_train, y_train, x_val, y_val, options: TrainOptions):
@@ -238,6 +256,9 @@ def _fit(arch: str, x_train, y_train, x_val, y_val, options: TrainOptions):
     model = zoo.build(arch, window=x_train.shape[1], features=x_train.shape[2])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"])
     verbose = options.verbose if options.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    if options.augment:
+        x_train = augment(x_train, options.augment, options.seed)
+        y_train = np.tile(y_train, options.augment + 1)
     history = model.fit(
         x_train, y_train.astype(np.float32), validation_data=(x_val, y_val.astype(np.float32)),
         epochs=options.epochs, batch_size=options.batch_size, class_weight=class_weights(y_train), verbose=verbose,
@@ -320,6 +341,7 @@ def train(options: TrainOptions) -> dict:
         "train_groups": sorted(set(groups[fit].tolist())), "validation_groups": sorted(set(groups[val].tolist())),
         "validation": val_how, "test_groups": sorted(set(groups[test_rows].tolist())),
         "epochs_run": len(history.get("loss", [])), "held_out": held_out,
+        "validation_loss": round(min(history["val_loss"]), 5) if history.get("val_loss") else None,
         "class_weights": {labels[k]: round(v, 4) for k, v in class_weights(y[fit]).items()},
         "plots": {
             "history": str(plot_history(history, Path(f"{stem}.history.png"), f"{options.arch}: training")),
@@ -339,7 +361,8 @@ def _run(args) -> int:
         raise DataError("--test-fraction must be between 0 and 1")
     metrics = train(TrainOptions(arch=args.arch, data=args.data, output=args.output, epochs=args.epochs,
                                  batch_size=args.batch_size, patience=args.patience, folds=args.folds,
-                                 test_fraction=args.test_fraction, holdout=tuple(args.holdout or ()), seed=args.seed))
+                                 test_fraction=args.test_fraction, holdout=tuple(args.holdout or ()), seed=args.seed,
+                                 augment=args.augment))
     held = metrics["held_out"]
     print(f"{args.output}: held-out groups {', '.join(metrics['test_groups'])}: accuracy {held['accuracy']:.3f}, "
           f"precision {held['precision']:.3f}, recall {held['recall']:.3f}, F1 {held['f1']:.3f}, "
@@ -368,4 +391,6 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.25, help="share of windows in held-out groups (default 0.25)")
     parser.add_argument("--holdout", action="append", metavar="GROUP", help="hold out these groups (fnmatch pattern; repeatable)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--augment", type=int, default=0, metavar="N",
+                        help="add N noisy copies of each training window (stretched and jittered points)")
     parser.set_defaults(handler=_run)

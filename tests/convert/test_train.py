@@ -71,6 +71,16 @@ def test_metrics_match_hand_counts():
     assert train.roc_auc(np.array([0, 1, 0, 1]), np.array([0.5, 0.5, 0.5, 0.5])) == pytest.approx(0.5)
 
 
+def test_augmented_copies_move_present_points_only():
+    x = np.full((4, 10, 156), 0.7, np.float32)
+    x[:, :, 140:] = 0.0  # absent body points
+    out = train.augment(x, 2, seed=0)
+    assert out.shape == (12, 10, 156)
+    np.testing.assert_array_equal(out[:4], x)
+    assert not out[4:, :, 140:].any()
+    assert 0 < np.abs(out[4:, :, :140] - 0.7).mean() < 0.05
+
+
 @pytest.mark.slow
 def test_train_holds_out_whole_groups_and_writes_plots_and_metrics(tmp_path):
     data = _dataset(tmp_path / "data.npz")

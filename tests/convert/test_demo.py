@@ -1,0 +1,86 @@
+"""The shipped default model and demo clip (made by ``cryedge demo build``): what the card and truth promise holds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import pytest
+
+from edge import paths
+from edge.card import load_card, read_embedded_card
+
+MODEL = paths.default_model()
+DEMO = paths.data_file("demo.mp4")
+
+
+def test_default_model_card_says_what_it_is():
+    card = load_card(MODEL)
+    assert card.kind == "landmark-window" and card.features.spec == "openpose-face70-body8"
+    assert card.window == 10 and tuple(card.input_shape) == (1, 10, 156)
+    assert card.labels == ("not_crying", "crying") and card.positive_label == "crying"
+    assert card.quantization.scheme == "int8"
+    assert "SYNTHETIC" in card.description and card.training["demonstration_only"] is True
+    held = card.training["held_out"]
+    assert {"accuracy", "precision", "recall", "f1", "roc_auc"} <= set(held)
+    assert all(group.startswith("grace-hopper") for group in card.training["test_groups"])
+    embedded = json.loads(read_embedded_card(MODEL.read_bytes()))
+    assert embedded == json.loads(MODEL.with_suffix(".json").read_text())
+    text = MODEL.with_suffix(".md").read_text()
+    assert "DEMONSTRATION" in text and "SYNTHETIC" in text and f"{held['f1']:.3f}" in text
+
+
+def test_default_model_runs_without_tensorflow():
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('tensorflow', 'keras', 'tf_keras'): raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import numpy as np\n"
+        "from edge.model import TFLiteModel\n"
+        f"m = TFLiteModel({str(MODEL)!r})\n"
+        "p = m.probabilities(np.full((10, 156), 0.5, np.float32))\n"
+        "assert m.runtime.name == 'ai_edge_litert' and 'tensorflow' not in sys.modules\n"
+        "print(round(float(p.sum()), 4))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "1.0"
+
+
+def test_demo_clip_matches_its_truth():
+    truth = json.loads(DEMO.with_suffix(".json").read_text())
+    assert truth["synthetic"] is True and "grace_hopper" in truth["source_photo"]
+    capture = cv2.VideoCapture(str(DEMO))
+    assert capture.isOpened()
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(truth["fps"])
+    frames = 0
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        assert frame.shape == (truth["height"], truth["width"], 3)
+        frames += 1
+    capture.release()
+    assert frames == truth["frames"]
+    (crying,) = truth["crying"]
+    assert 0 < crying["start_s"] < crying["end_s"] < truth["duration_s"]
+    assert [s["label"] for s in truth["segments"]].count("crying") == 1
+    assert DEMO.stat().st_size < 3_000_000
+
+
+@pytest.mark.slow
+def test_default_model_finds_the_one_cry_in_the_demo_clip():
+    """The device's path (landmarks, features, window, int8 model, default alarm) on the clip: one episode, on time."""
+    from convert.demo import alarm_events, score_clip
+
+    truth = json.loads(DEMO.with_suffix(".json").read_text())["crying"][0]
+    times, probabilities, faces = score_clip(MODEL, DEMO)
+    assert faces.all()
+    events = alarm_events(times, probabilities, faces, load_card(MODEL).threshold)
+    assert [e["kind"] for e in events] == ["start", "end"] and events[1]["reason"] == "scores"
+    assert abs(events[0]["t"] - truth["start_s"]) <= 1.5
+    assert abs(events[1]["t"] - truth["end_s"]) <= 1.5
