@@ -225,14 +225,18 @@ class TrainOptions:
     threshold: float = 0.5
     verbose: int | None = None
     augment: int = 0  # noisy copies of each training window (see ``augment``)
+    body_from: int | None = None  # first body feature, from the dataset's spec (set by ``train``)
 
 
-def augment(x: np.ndarray, copies: int, seed: int, jitter: float = 0.01, stretch: float = 0.06) -> np.ndarray:
+def augment(x: np.ndarray, copies: int, seed: int, jitter: float = 0.01, stretch: float = 0.06,
+            body_from: int | None = None, body_drop: float = 0.3) -> np.ndarray:
     """``copies`` noisy copies of windows (N, T, F) stacked after the originals: (N * (1 + copies), T, F).
 
     Each copy stretches a window's x and y values about 0.5 by up to ``stretch`` (another face shape,
     another distance) and adds ``jitter`` noise to every point; absent points (exact zeros) stay zero.
-    Pure but for the seeded generator.
+    With ``body_from`` (index of the first body feature), each frame's body points are also dropped
+    (zeroed, as an unseen pose is) with probability ``body_drop``: pose visibility flickers, and a
+    model should not hang on it. Pure but for the seeded generator.
     """
     rng = np.random.default_rng(seed)
     out = [x]
@@ -240,7 +244,11 @@ def augment(x: np.ndarray, copies: int, seed: int, jitter: float = 0.01, stretch
         scale = 1 + rng.uniform(-stretch, stretch, (len(x), 1, 2)).astype(np.float32)
         pairs = x.reshape(len(x), x.shape[1], -1, 2)
         moved = 0.5 + (pairs - 0.5) * scale[:, :, None, :] + rng.normal(0, jitter, pairs.shape).astype(np.float32)
-        out.append(np.where(pairs == 0, 0, moved).reshape(x.shape).astype(np.float32))
+        copy = np.where(pairs == 0, 0, moved).reshape(x.shape).astype(np.float32)
+        if body_from is not None and body_from < x.shape[2]:
+            dropped = rng.random((len(x), x.shape[1])) < body_drop
+            copy[..., body_from:][dropped] = 0.0
+        out.append(copy)
     return np.concatenate(out)
 
 
@@ -257,7 +265,7 @@ def _fit(arch: str, x_train, y_train, x_val, y_val, options: TrainOptions):
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"])
     verbose = options.verbose if options.verbose is not None else (1 if sys.stdout.isatty() else 2)
     if options.augment:
-        x_train = augment(x_train, options.augment, options.seed)
+        x_train = augment(x_train, options.augment, options.seed, body_from=options.body_from)
         y_train = np.tile(y_train, options.augment + 1)
     history = model.fit(
         x_train, y_train.astype(np.float32), validation_data=(x_val, y_val.astype(np.float32)),
@@ -294,6 +302,12 @@ def train(options: TrainOptions) -> dict:
                         "(build the data with --positive)")
     if len(np.unique(y)) < 2:
         raise DataError(f"dataset {options.data} has one class only ({labels[int(y[0])]})")
+    if "spec" in data and options.augment:
+        from dataclasses import replace
+
+        from edge.features import get_spec
+
+        options = replace(options, body_from=2 * len(get_spec(str(data["spec"])).face_points))
     output = Path(options.output)
     if output.suffix != ".keras":
         raise DataError(f"--output {output}: give a .keras path")
@@ -302,7 +316,7 @@ def train(options: TrainOptions) -> dict:
 
     metrics: dict = {
         "data": str(options.data), "arch": options.arch, "windows": len(y), "labels": list(labels),
-        "window": int(x.shape[1]), "features": int(x.shape[2]),
+        "window": int(x.shape[1]), "features": int(x.shape[2]), "augment": options.augment,
         "spec": str(data["spec"]) if "spec" in data else None,
         "normalization": str(data["normalization"]) if "normalization" in data else None, "seed": options.seed,
     }

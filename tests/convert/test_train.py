@@ -79,6 +79,11 @@ def test_augmented_copies_move_present_points_only():
     np.testing.assert_array_equal(out[:4], x)
     assert not out[4:, :, 140:].any()
     assert 0 < np.abs(out[4:, :, :140] - 0.7).mean() < 0.05
+    x[:, :, 140:] = 0.4
+    dropped = train.augment(x, 3, seed=1, body_from=140, body_drop=0.3)[4:]
+    frames_without_body = (dropped[:, :, 140:] == 0).all(axis=2)
+    assert 0.15 < frames_without_body.mean() < 0.45
+    assert (dropped[:, :, :140] != 0).all()  # face points are never dropped
 
 
 @pytest.mark.slow
