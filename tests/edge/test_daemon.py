@@ -214,3 +214,25 @@ def test_sigterm_mid_cry_ends_the_episode_and_goes_offline(assets, mosquitto, tm
     fields = {line.split("=", 1)[0] for message in messages for line in message.splitlines()}
     assert {"READY", "WATCHDOG", "STOPPING"} <= fields
     assert messages.index(next(m for m in messages if "READY=1" in m)) < messages.index(next(m for m in messages if "WATCHDOG=1" in m))
+
+
+@pytest.mark.slow
+def test_cryedge_run_without_arguments_finds_the_demo_clips_one_cry_on_time(tmp_path):
+    """The README's first command: built-in defaults, the bundled demo clip and the default model.
+
+    The clip and the model are synthetic (see models/cry-default.md); the truth is in demo.json.
+    """
+    truth = json.loads((REPO / "edge" / "data" / "demo.json").read_text())["crying"][0]
+    config = load_config(None, {"source": {"realtime": False}, "health": {"enabled": False},
+                                "outbox": {"path": str(tmp_path / "outbox.sqlite3")}})
+    daemon = Daemon(config)
+    events = []
+    with daemon:
+        publish = daemon.publisher.publish_event
+        daemon.publisher.publish_event = lambda event: (events.append(event), publish(event))
+        daemon.run()
+        origin = daemon.source.status.first_frame_t
+    assert [e.kind for e in events] == ["start", "end"]
+    assert abs(events[0].t - origin - truth["start_s"]) <= 1.5
+    assert abs(events[1].t - origin - truth["end_s"]) <= 1.5
+    assert events[1].reason == "scores"
