@@ -27,7 +27,7 @@ import numpy as np
 
 from edge.card import FaceCropSpec, FeatureSpecRef, ModelCard, Quantization, SourceModel, TensorQuantization
 from edge.errors import DataError, ModelError
-from edge.features import SPECS, get_spec
+from edge.features import NORMALIZATIONS, SPECS, get_spec
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,21 @@ class ConvertOptions:
     threshold: float = 0.5
     lstm: str = "unroll"
     name: str | None = None
+    normalization: str | None = None  # overrides the calibration dataset's
+    metrics: Path | None = None  # training metrics JSON for the card (default: MODEL.metrics.json if there)
+
+
+def _training_metrics(options: ConvertOptions) -> dict:
+    """What ``cryedge train`` measured, for the card: --metrics, else MODEL.metrics.json beside the model."""
+    path = options.metrics or Path(options.model).with_suffix(".metrics.json")
+    if not path.is_file():
+        if options.metrics is not None:
+            raise DataError(f"--metrics {path}: no such file")
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise DataError(f"--metrics {path}: not a JSON file ({error})") from None
 
 
 def convert(options: ConvertOptions):
@@ -296,8 +311,10 @@ def convert(options: ConvertOptions):
     samples = load_samples(options.calibration, shape) if options.calibration else None
     spec = options.spec or (samples.spec if samples is not None and samples.spec in SPECS else None)
     kind = infer_kind(shape, kind=options.kind, spec=spec, window=options.window)
-    if kind.features is not None and samples is not None and samples.normalization:
-        kind.features = FeatureSpecRef(spec=kind.features.spec, normalization=samples.normalization)
+    normalization = options.normalization or (samples.normalization if samples is not None else None)
+    if kind.features is not None and normalization:
+        kind.features = FeatureSpecRef(spec=kind.features.spec, normalization=normalization)
+    training = _training_metrics(options)
     outputs = int(model.outputs[0].shape[-1])
 
     if samples is not None:
@@ -384,6 +401,7 @@ def convert(options: ConvertOptions):
         stateful=stateful,
         source=SourceModel(path=options.model.name, sha256=loaded.sha256),
         tools=tool_versions(),
+        training=training,
     )
     flatbuffer = embed_card(flatbuffer, card.to_json())
     options.output.parent.mkdir(parents=True, exist_ok=True)
@@ -481,6 +499,9 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--positive", help="the label that raises the alarm (default: the last)")
     parser.add_argument("--threshold", type=float, default=0.5, help="default alarm threshold in the card")
     parser.add_argument("--name", help="model name in the card (default: the output file's stem)")
+    parser.add_argument("--normalization", choices=NORMALIZATIONS,
+                        help="feature normalization the model was trained with (default: the dataset's, else minmax)")
+    parser.add_argument("--metrics", type=Path, help="training metrics JSON for the card (default: MODEL.metrics.json beside MODEL)")
     parser.set_defaults(handler=run)
 
 
@@ -493,6 +514,6 @@ def run(args) -> int:
         model=args.model, output=args.output, quantize=args.quantize, calibration=args.calibration,
         io_type=args.io_type, edgetpu=args.edgetpu, report=args.report, kind=args.kind, spec=args.spec,
         window=args.window, labels=args.labels, positive=args.positive, threshold=args.threshold,
-        lstm=args.lstm, name=args.name))
+        lstm=args.lstm, name=args.name, normalization=args.normalization, metrics=args.metrics))
     print(report.table())
     return 0

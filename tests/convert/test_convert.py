@@ -285,3 +285,18 @@ def test_dataset_file_gives_the_card_its_labels_and_normalization_and_the_report
     assert card.features.normalization == "face-box"
     assert report.fidelity["samples"] == 60 and "2 of 8 groups" in report.fidelity["data"]
     assert report.fidelity["tflite_accuracy"] >= 0.95 and report.fidelity["keras_accuracy"] >= 0.95
+
+
+def test_card_carries_the_training_normalization_and_metrics(tmp_path):
+    """A model trained on face-box features must say so, or the device would feed it minmax ones."""
+    model = tmp_path / "conv1d.h5"
+    model.write_bytes((FIXTURES / "conv1d.h5").read_bytes())
+    model.with_suffix(".metrics.json").write_text(json.dumps({"f1": 0.63, "held_out_groups": ["grace-hopper"]}))
+    out = tmp_path / "m.tflite"
+    convert(ConvertOptions(model=model, output=out, quantize="float32", normalization="face-box"))
+    card = load_card(out)
+    assert card.features.normalization == "face-box"
+    assert card.training == {"f1": 0.63, "held_out_groups": ["grace-hopper"]}
+    result = run_cli(str(model), "--quantize", "float32", "--output", str(tmp_path / "n.tflite"),
+                     "--metrics", str(tmp_path / "none.json"))
+    assert result.returncode == 7 and "--metrics" in result.stderr
