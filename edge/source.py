@@ -163,11 +163,21 @@ class OpenCVSource:
         return frame
 
     def close(self) -> None:
+        """Stop the reader, then release the device.
+
+        OpenCV's ``release()`` waits for a ``read()`` running in another thread, so the reader must
+        finish first. A reader stuck in a hung driver is abandoned (it is a daemon thread) with its
+        capture, rather than hanging the daemon's shutdown or reopen.
+        """
         self._stop.set()
-        if self._capture is not None:
-            self._capture.release()
         if self._thread is not None:
             self._thread.join(timeout=2)
+            if self._thread.is_alive():
+                log.warning("%s: the reader is stuck in the driver; abandoning it", self.name)
+                self._capture = self._thread = None
+                return
+        if self._capture is not None:
+            self._capture.release()
         self._capture = self._thread = None
 
 
