@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 
 import numpy as np
@@ -67,6 +68,29 @@ BODY25_FROM_POSE: tuple[tuple[int, ...], ...] = (
 NORMALIZATIONS = ("minmax", "pixels", "face-box")
 
 
+@dataclass(frozen=True, eq=False)
+class SourceTable:
+    """A keypoint table as arrays, so a frame's keypoints are one gather and one weighted sum.
+
+    ``indices`` (N, K) lists each keypoint's source points, padded by repeating the first;
+    ``weights`` (N, K) is 1/k on the k real sources and 0 on the padding.
+    """
+
+    indices: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def of(cls, table: tuple[tuple[int, ...], ...]) -> SourceTable:
+        width = max((len(sources) for sources in table), default=1)
+        indices = np.array([sources + (sources[0],) * (width - len(sources)) for sources in table], dtype=np.intp)
+        weights = np.array([[1 / len(sources)] * len(sources) + [0.0] * (width - len(sources)) for sources in table])
+        return cls(indices.reshape(len(table), width), weights.reshape(len(table), width))
+
+    def all_seen(self, visibility: np.ndarray, min_visibility: float) -> np.ndarray:
+        """(N,) bool: every source point of each keypoint is visible enough."""
+        return (visibility[self.indices] >= min_visibility).all(axis=1)
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """Which keypoints make a frame's feature vector, in order, and how they are normalized."""
@@ -76,6 +100,14 @@ class FeatureSpec:
     face_points: tuple[tuple[int, ...], ...]
     body_points: tuple[tuple[int, ...], ...]
     normalization: str = "minmax"
+
+    @cached_property
+    def face_table(self) -> SourceTable:
+        return SourceTable.of(self.face_points)
+
+    @cached_property
+    def body_table(self) -> SourceTable:
+        return SourceTable.of(self.body_points)
 
     @property
     def num_points(self) -> int:
@@ -109,12 +141,9 @@ def get_spec(name: str, normalization: str = "minmax") -> FeatureSpec:
     return spec.with_normalization(normalization)
 
 
-def _gather(points: np.ndarray, table: tuple[tuple[int, ...], ...]) -> np.ndarray:
+def _gather(points: np.ndarray, table: SourceTable) -> np.ndarray:
     """Mean of the listed source points for each output keypoint: (len(table), 2)."""
-    out = np.empty((len(table), 2), dtype=np.float32)
-    for i, sources in enumerate(table):
-        out[i] = points[list(sources), :2].mean(axis=0)
-    return out
+    return np.einsum("nk,nkd->nd", table.weights, points[table.indices, :2]).astype(np.float32)
 
 
 def keypoints(landmarks: Landmarks, spec: FeatureSpec, min_visibility: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
@@ -127,14 +156,14 @@ def keypoints(landmarks: Landmarks, spec: FeatureSpec, min_visibility: float = 0
     xy = np.zeros((n_face + n_body, 2), dtype=np.float32)
     present = np.zeros(n_face + n_body, dtype=bool)
     if landmarks.face is not None:
-        xy[:n_face] = _gather(landmarks.face, spec.face_points)
+        xy[:n_face] = _gather(landmarks.face, spec.face_table)
         present[:n_face] = True
     if landmarks.pose is not None and n_body:
-        xy[n_face:] = _gather(landmarks.pose, spec.body_points)
+        xy[n_face:] = _gather(landmarks.pose, spec.body_table)
         visibility = landmarks.pose_visibility
         if visibility is None:
             visibility = np.ones(len(landmarks.pose), dtype=np.float32)
-        seen = np.array([min(visibility[j] for j in sources) >= min_visibility for sources in spec.body_points])
+        seen = spec.body_table.all_seen(visibility, min_visibility)
         body = xy[n_face:]
         inside = (body[:, 0] >= 0) & (body[:, 0] < landmarks.width) & (body[:, 1] >= 0) & (body[:, 1] < landmarks.height)
         present[n_face:] = seen & inside
