@@ -136,6 +136,8 @@ class Daemon:
         self.last_event: dict | None = None
         self.last_event_unix: float | None = None
         self._stop = threading.Event()
+        self._idle = threading.Event()  # clear while run() is in the frame loop
+        self._idle.set()
         self._closing = []  # resources to close, in the order they were opened
         self.model = self.extractor = self.source = self.publisher = self.alarm = self.pipeline = None
         self.health = None
@@ -195,6 +197,13 @@ class Daemon:
         self.state = "running"
         self.notifier.ready(f"running: {self.source.status.name}")
         self.watchdog.start()
+        self._idle.clear()
+        try:
+            return self._loop()
+        finally:
+            self._idle.set()
+
+    def _loop(self) -> int:
         next_report = time.monotonic() + 5.0
         try:
             for frame in self.source.frames():
@@ -265,7 +274,15 @@ class Daemon:
         )
 
     def close(self) -> None:
-        """Close everything opened, newest first; the publisher sends OFF and offline as it closes."""
+        """Close everything opened, newest first; the publisher sends OFF and offline as it closes.
+
+        Called while ``run()`` is busy in another thread, it stops the loop and waits for it first:
+        releasing the decoder or the landmarkers under a running frame crashes in native code.
+        """
+        if not self._idle.is_set():
+            self.stop()
+            if not self._idle.wait(30):
+                log.error("the frame loop did not stop in 30 s; closing anyway")
         self.watchdog.close()
         while self._closing:
             resource = self._closing.pop()

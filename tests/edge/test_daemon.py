@@ -236,3 +236,19 @@ def test_cryedge_run_without_arguments_finds_the_demo_clips_one_cry_on_time(tmp_
     assert abs(events[0].t - origin - truth["start_s"]) <= 1.5
     assert abs(events[1].t - origin - truth["end_s"]) <= 1.5
     assert events[1].reason == "scores"
+
+
+def test_closing_while_the_loop_runs_in_another_thread_stops_it_first(assets, tmp_path):
+    """Releasing the decoder and landmarkers under a running frame would crash in native code."""
+    import threading
+
+    clip, model, _ = assets
+    daemon = Daemon(load_config(config_file(tmp_path, model, clip)))  # real time: the clip takes 10 s
+    daemon.open()
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+    time.sleep(1.0)
+    daemon.close()
+    runner.join(10)
+    assert not runner.is_alive()
+    assert daemon.source.status.state == "closed" and 5 < daemon.stats.frames < 100
