@@ -68,6 +68,36 @@ def measure(clip: str, model: str, pose: bool, pose_every: int, frames: int) -> 
     }
 
 
+def pose_every_cost(clip: str, model: str, every: int) -> dict:
+    """What running pose on every k-th frame costs: body features and scores against k = 1, same frames."""
+    import numpy as np
+
+    from edge.config import load_config
+    from edge.daemon import Daemon
+
+    runs = {}
+    for k in (1, every):
+        config = load_config(None, {"source": {"uri": clip, "realtime": False}, "model": {"path": model},
+                                    "landmarks": {"pose_every": k}, "health": {"enabled": False},
+                                    "outbox": {"path": str(Path(tempfile.mkdtemp()) / "outbox.sqlite3")}})
+        daemon = Daemon(config)
+        body, scores, events = [], [], []
+        with daemon:
+            daemon.publisher._write = lambda *args: None
+            origin = None
+            for frame in daemon.source.frames():
+                origin = frame.t if origin is None else origin
+                result = daemon.pipeline.process(frame)
+                body.append(daemon.pipeline.window.array()[-1, 140:].copy())
+                if result.score is not None:
+                    scores.append(result.score.probability)
+                events += [(e.kind, round(e.t - origin, 2)) for e in result.events]
+        runs[k] = (np.array(body), np.array(scores), events)
+    (body1, scores1, events1), (body_k, scores_k, events_k) = runs[1], runs[every]
+    return {"body_feature_mad": float(np.abs(body1 - body_k).mean()), "score_mad": float(np.abs(scores1 - scores_k).mean()),
+            "score_max_diff": float(np.abs(scores1 - scores_k).max()), "events_k1": events1, f"events_k{every}": events_k}
+
+
 def alert_delay(clip: str, model: str) -> dict | None:
     """Seconds from the clip's first crying frame to the cry_start event at a subscriber, in real time."""
     truth_file = Path(clip).with_suffix(".json")
@@ -131,6 +161,11 @@ def main() -> None:
         stages = " ".join(f"{r['stage_ms'].get(s, 0):.3f}" for s in ("landmarks", "features", "model", "alarm", "publish"))
         print(f"{name:<16}{r['fps']:>7.1f}{r['cpu_ms_per_frame']:>10.1f}{r['peak_rss_mb']:>8.0f}  {stages:<50}"
               f"{100 * r['non_mediapipe_share']:>7.1f}%")
+    for every in (2, 3):
+        cost = pose_every_cost(args.clip, args.model, every)
+        print(f"\npose every {every}: body features differ from every-frame pose by {cost['body_feature_mad']:.4f} "
+              f"(mean abs), scores by {cost['score_mad']:.4f} (max {cost['score_max_diff']:.3f}); events "
+              f"{cost[f'events_k{every}']} vs {cost['events_k1']}")
     delay = None if args.skip_delay else alert_delay(args.clip, args.model)
     if delay:
         print(f"\nreal time with mosquitto: cry_start arrived at the subscriber {delay['delay_s']:.2f} s after the first "
