@@ -103,7 +103,7 @@ class Pipeline:
         else:
             crop_spec = self.card.face_crop
             crop = face_crop(frame.image, landmarks, (crop_spec.height, crop_spec.width), crop_spec.channels)
-            self.window.push(crop if crop is not None else np.zeros(self.window.array().shape[1:], np.uint8))
+            self.window.push(crop if crop is not None else np.zeros(self.window.frame_shape, np.uint8))
         self._faces.push(np.array([landmarks.has_face]))
         now = time.perf_counter()
         times["features"], mark = (now - mark) * 1000, now

@@ -25,6 +25,11 @@ class FeatureWindow:
         return self._buffer.shape[0]
 
     @property
+    def frame_shape(self) -> tuple[int, ...]:
+        """The shape of one pushed vector (or image)."""
+        return self._buffer.shape[1:]
+
+    @property
     def full(self) -> bool:
         return self._count >= self.length
 
