@@ -252,3 +252,29 @@ def test_closing_while_the_loop_runs_in_another_thread_stops_it_first(assets, tm
     runner.join(10)
     assert not runner.is_alive()
     assert daemon.source.status.state == "closed" and 5 < daemon.stats.frames < 100
+
+
+def test_a_face_crop_model_runs_through_the_daemon(assets, tmp_path):
+    """The emotion/smile kind: each frame's face crop is scored, the window's scores are voted."""
+    tf = pytest.importorskip("tensorflow")
+    clip, _, _ = assets
+    tf.keras.utils.set_random_seed(4)  # untrained weights: this checks the plumbing, not what it says
+    keras_model = tf.keras.Sequential([tf.keras.Input((48, 48, 1), batch_size=1), tf.keras.layers.Conv2D(4, 3),
+                                       tf.keras.layers.GlobalAveragePooling2D(), tf.keras.layers.Dense(7, activation="softmax")])
+    model = tmp_path / "emotion.tflite"
+    model.write_bytes(tf.lite.TFLiteConverter.from_keras_model(keras_model).convert())
+    labels = ("angry", "disgust", "fear", "happy", "sad", "surprise", "crying")
+    card = ModelCard(name="emotion", kind="face-crop", input_shape=(1, 48, 48, 1), labels=labels, positive_label="crying",
+                     output="softmax", face_crop={"height": 48, "width": 48, "channels": 1, "aggregate": "vote"})
+    model.with_suffix(".json").write_text(card.to_json())
+    daemon = Daemon(load_config(config_file(tmp_path, model, clip), {"source": {"realtime": False}}))
+    scores = []
+    with daemon:
+        for frame in daemon.source.frames():
+            result = daemon.pipeline.process(frame)
+            if result.score is not None:
+                scores.append(result.score)
+    assert len(scores) == int(SECONDS * FPS) - 9  # one a frame once the window is full
+    for score in scores:
+        assert len(score.probabilities) == 7 and sum(score.probabilities) == pytest.approx(1.0)
+        assert score.probability * 10 == pytest.approx(round(score.probability * 10), abs=1e-4)  # a share of 10 votes
