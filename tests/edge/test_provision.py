@@ -133,6 +133,56 @@ def test_the_pose_landmark_model_says_its_input_is_scaled_from_0_255_to_0_1(buil
     interpreter(model)  # still a valid model
 
 
+def astronaut_for_pose_model() -> np.ndarray:
+    """A real photo as the pose landmark model's input: 256x256 RGB scaled to [0, 1]."""
+    import cv2
+    import skimage.data
+
+    return cv2.resize(skimage.data.astronaut(), (256, 256)).astype(np.float32)[None] / 255.0
+
+
+def run_tflite(model: bytes, image: np.ndarray) -> dict[str, np.ndarray]:
+    runner = interpreter(model)
+    runner.set_tensor(runner.get_input_details()[0]["index"], image)
+    runner.invoke()
+    return {detail["name"]: runner.get_tensor(detail["index"]) for detail in runner.get_output_details()}
+
+
+def test_the_pose_landmark_model_loses_its_mask_head_and_keeps_its_other_outputs_bit_for_bit(built, wheel_tflites):
+    original = wheel_tflites["pose_landmark_full.tflite"]
+    with zipfile.ZipFile(built / POSE) as archive:
+        lean = archive.read("pose_landmarks_detector.tflite")
+    image = astronaut_for_pose_model()
+    before, after = run_tflite(original, image), run_tflite(lean, image)
+    assert sorted(before) == sorted(after), "MediaPipe finds the outputs by position: all five stay"
+    mask = provision.POSE_SEGMENTATION
+    assert before[mask].any() and not after[mask].any() and after[mask].shape == before[mask].shape
+    for name in sorted(set(before) - {mask}):
+        assert np.array_equal(before[name], after[name]), f"output {name} changed"
+    operators = [provision._read_model(model).subgraphs[0].operators for model in (original, lean)]
+    assert len(operators[1]) <= len(operators[0]) - 40, "the mask head's operators are gone"
+
+
+def test_pose_landmarker_finds_the_same_points_with_the_lean_bundle_as_with_the_whole_model(built, wheel_tflites, tmp_path):
+    import skimage.data
+
+    from edge.landmarks import landmarks_of_photo
+
+    whole = tmp_path / POSE
+    provision.write_bundle(whole, {
+        "pose_detector.tflite": wheel_tflites["pose_detection.tflite"],
+        "pose_landmarks_detector.tflite": provision.add_image_normalization(wheel_tflites["pose_landmark_full.tflite"]),
+    })
+    photo = skimage.data.astronaut()
+    points = [landmarks_of_photo(photo, pose_model=bundle, face=False).pose for bundle in (whole, built / POSE)]
+    assert points[0] is not None and np.array_equal(points[0], points[1])
+
+
+def test_zeroing_an_output_the_model_lacks_names_the_outputs_it_has(wheel_tflites):
+    with pytest.raises(ModelError, match=r"no output 'mask'; its outputs are \['Identity', 'Identity_1'"):
+        provision.zero_output(wheel_tflites["pose_landmark_full.tflite"], "mask")
+
+
 def test_a_wheel_whose_sha256_differs_from_the_pin_is_refused(tmp_path):
     pins = provision.load_pins()
     good = provision.fetch_wheel(pins, provision.DEFAULT_CACHE)
