@@ -33,8 +33,9 @@ def measure(clip: str, model: str, pose: bool, pose_every: int, frames: int) -> 
     import numpy as np
 
     from edge.config import load_config
-    from edge.daemon import Daemon
+    from edge.daemon import Daemon, limit_malloc_arenas
 
+    limit_malloc_arenas()  # as `cryedge run` does
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     overrides = {"source": {"uri": clip, "realtime": False}, "model": {"path": model},
                  "landmarks": {"pose": pose, "pose_every": pose_every}, "health": {"enabled": False},

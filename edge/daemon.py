@@ -12,6 +12,7 @@ the alarm events as JSON lines.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -27,6 +28,11 @@ from edge.errors import SourceError
 log = logging.getLogger(__name__)
 
 STAGES = ("landmarks", "features", "model", "alarm", "publish")
+# glibc gives each thread that allocates an arena of its own (up to 8 a core) and keeps freed memory in
+# each; MediaPipe's graphs and XNNPACK run a dozen threads. Two arenas: peak RSS of the demo with a broker
+# 254 -> 249 MB, no slower (measured with /usr/bin/time, two runs each). MALLOC_ARENA_MAX, if set, wins.
+MALLOC_ARENAS = 2
+M_ARENA_MAX = -8  # mallopt's parameter number in <malloc.h>
 
 
 @dataclass(frozen=True)
@@ -299,8 +305,27 @@ class Daemon:
         self.close()
 
 
+def limit_malloc_arenas(count: int = MALLOC_ARENAS, environ=os.environ) -> bool:
+    """Cap glibc's malloc arenas before the pipeline starts its threads; False where nothing was changed.
+
+    Nothing changes under another C library, or when ``MALLOC_ARENA_MAX`` is set (glibc read it at start).
+    """
+    import ctypes
+    import platform
+
+    if "MALLOC_ARENA_MAX" in environ or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(M_ARENA_MAX, count))
+
+
 def _run_command(args) -> int:
     from edge.config import cli_overrides, load_config
+
+    limit_malloc_arenas()
 
     overrides = cli_overrides(source=args.source, broker=args.broker)
     if args.fast:

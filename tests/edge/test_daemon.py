@@ -278,3 +278,39 @@ def test_a_face_crop_model_runs_through_the_daemon(assets, tmp_path):
     for score in scores:
         assert len(score.probabilities) == 7 and sum(score.probabilities) == pytest.approx(1.0)
         assert score.probability * 10 == pytest.approx(round(score.probability * 10), abs=1e-4)  # a share of 10 votes
+
+
+ARENAS_AFTER_EIGHT_THREADS = """
+import ctypes, sys, threading
+from edge.daemon import limit_malloc_arenas
+if sys.argv[1] == "limit":
+    assert limit_malloc_arenas(environ={})
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+together = threading.Barrier(8)
+def allocate():
+    together.wait()  # all eight alive at once: a thread's arena is only reused after it ends
+    libc.malloc(1000)
+    together.wait()
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+libc.malloc_stats()  # to stderr, one "Arena N:" section per arena
+"""
+
+
+@pytest.mark.skipif(os.confstr("CS_GNU_LIBC_VERSION") is None, reason="a glibc setting")
+@pytest.mark.parametrize(("mode", "at_most", "more_than"), [("limit", 2, 0), ("default", 99, 2)])
+def test_the_daemons_threads_share_at_most_two_malloc_arenas(mode, at_most, more_than):
+    environ = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"}
+    result = subprocess.run([sys.executable, "-c", ARENAS_AFTER_EIGHT_THREADS, mode], capture_output=True,
+                            text=True, timeout=60, check=False, env=environ)
+    assert result.returncode == 0, result.stderr
+    arenas = result.stderr.count("Arena ")
+    assert more_than < arenas <= at_most, result.stderr
+
+
+def test_an_explicit_malloc_arena_max_is_left_to_glibc():
+    from edge.daemon import limit_malloc_arenas
+
+    assert limit_malloc_arenas(environ={"MALLOC_ARENA_MAX": "4"}) is False
