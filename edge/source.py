@@ -104,9 +104,11 @@ class OpenCVSource:
 
     live = True
 
-    def __init__(self, uri: str, width: int | None = None, height: int | None = None, fps: float | None = None):
+    def __init__(self, uri: str, width: int | None = None, height: int | None = None, fps: float | None = None,
+                 timeout_seconds: float = 5.0):
         self.uri = uri
         self.width, self.height, self.fps = width, height, fps
+        self.timeout_seconds = timeout_seconds
         self.name = f"{describe(uri)}:{uri}"
         self._capture = None
         self._thread: threading.Thread | None = None
@@ -119,8 +121,13 @@ class OpenCVSource:
     def open(self) -> None:
         import cv2
 
-        target = int(self.uri) if str(self.uri).isdigit() else self.uri
-        capture = cv2.VideoCapture(target)
+        if describe(self.uri) == "stream":
+            # Without these FFmpeg waits 30 s for a stalled stream, so the reader outlives a reopen.
+            ms = int(self.timeout_seconds * 1000)
+            capture = cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG,
+                                       [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+        else:
+            capture = cv2.VideoCapture(int(self.uri) if str(self.uri).isdigit() else self.uri)
         if not capture.isOpened():
             raise SourceError(f"cannot open {describe(self.uri)} {self.uri}: no such camera or stream, or no access")
         if self.width and self.height:
@@ -248,15 +255,16 @@ class Picamera2Source:
                 self._camera = None
 
 
-def open_backend(uri: str, width: int, height: int, fps: float | None, realtime: bool = True):
-    """The backend for ``uri``, not yet opened."""
+def open_backend(uri: str, width: int, height: int, fps: float | None, realtime: bool = True,
+                 timeout_seconds: float = 5.0):
+    """The backend for ``uri``, not yet opened; a network stream gives up opening or reading after ``timeout_seconds``."""
     kind = describe(uri)
     if kind == "picamera2":
         stream = str(uri).split(":", 1)[1] if ":" in str(uri) else "main"
         return Picamera2Source(width, height, fps or 30.0, stream=stream or "main")
     if kind == "file":
         return FileSource(uri, fps=fps, realtime=realtime)
-    return OpenCVSource(str(uri), width, height, fps)
+    return OpenCVSource(str(uri), width, height, fps, timeout_seconds=timeout_seconds)
 
 
 @dataclass

@@ -1,10 +1,12 @@
-"""Frame sources on real video files decoded by OpenCV, and picamera2 through a stand-in.
+"""Frame sources on real video files decoded by OpenCV, a real HTTP MJPEG camera on loopback
+(``tests/streams.py``, as many IP cameras serve), and picamera2 through a stand-in.
 
 picamera2 needs a Pi's camera stack, so ``FakePicamera2`` below follows picamera2's documented API
 (``Picamera2(n)``, ``create_video_configuration``, ``configure``, ``start``, ``capture_array``,
 ``stop``, ``close``) and its documented memory layout (``BGR888`` is R, G, B bytes).
 """
 
+import threading
 import time
 
 import cv2
@@ -13,6 +15,7 @@ import pytest
 
 from edge.errors import SourceError
 from edge.source import FileSource, OpenCVSource, Picamera2Source, SupervisedSource, backoff_delays, describe, open_backend
+from streams import MjpegServer
 
 
 def write_numbered_clip(path, frames=30, fps=15.0, size=(160, 120)):
@@ -125,6 +128,60 @@ def test_a_live_source_that_stops_is_reopened_with_back_off(tmp_path):
                 supervised.stop()
     assert supervised.status.reconnects >= 2
     assert "stopped delivering frames" in supervised.status.last_error
+
+
+def colour_frames() -> list[np.ndarray]:
+    """Flat red, green and blue RGB frames, so a reader can tell them apart and check the channel order."""
+    return [np.full((120, 160, 3), colour, np.uint8) for colour in ((220, 20, 20), (20, 220, 20), (20, 20, 220))]
+
+
+def test_an_http_mjpeg_camera_gives_rgb_frames_in_its_order():
+    with MjpegServer(colour_frames(), fps=30) as camera:
+        source = OpenCVSource(camera.url)
+        source.open()
+        try:
+            frames = [source.read(timeout=5) for _ in range(6)]
+        finally:
+            source.close()
+    assert all(frame is not None and frame.image.shape == (120, 160, 3) for frame in frames)
+    brightest = [int(np.argmax(frame.image.reshape(-1, 3).mean(axis=0))) for frame in frames]
+    assert all((later - earlier) % 3 == 1 for earlier, later in zip(brightest, brightest[1:])), brightest
+
+
+def test_a_network_camera_that_stalls_is_reopened_within_its_timeout_and_frames_come_back(caplog):
+    """The camera keeps the connection open but sends nothing (a hung encoder), then recovers.
+
+    FFmpeg alone would wait 30 s in a read; the source gives up after ``stall_seconds`` and reconnects.
+    """
+    with MjpegServer(colour_frames(), fps=20) as camera:
+        supervised = SupervisedSource(lambda: open_backend(camera.url, 160, 120, None, timeout_seconds=1.0),
+                                      stall_seconds=1.0, backoff_first=0.2, backoff_limit=0.5)
+        arrivals = []
+        with supervised:
+            for _ in supervised.frames():
+                arrivals.append(time.monotonic())
+                if len(arrivals) == 5:
+                    camera.stall()
+                    threading.Timer(4.0, camera.resume).start()
+                if len(arrivals) == 10:
+                    break
+    gap = arrivals[5] - arrivals[4]
+    assert 3.5 < gap < 7.0, f"frames came back {gap:.1f} s after the stall began"
+    assert supervised.status.reconnects >= 1 and camera.served >= 2
+    assert "abandoning" not in caplog.text, "the reader was still stuck in a read: a thread and a connection leak"
+
+
+def test_a_network_camera_that_accepts_but_never_answers_is_a_source_error_within_the_timeout():
+    import socket
+
+    with socket.socket() as silent:  # the kernel completes the connection; nobody ever replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        source = OpenCVSource(f"http://127.0.0.1:{silent.getsockname()[1]}/stream.mjpg", timeout_seconds=1.0)
+        began = time.monotonic()
+        with pytest.raises(SourceError, match="cannot open stream"):
+            source.open()
+    assert time.monotonic() - began < 5
 
 
 def test_back_off_doubles_up_to_its_limit():
