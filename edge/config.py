@@ -79,8 +79,8 @@ class LandmarksConfig(Section):
     face_model: Path = Field(default_factory=lambda: paths.landmarks_dir() / "face_landmarker.task")
     pose_model: Path = Field(default_factory=lambda: paths.landmarks_dir() / "pose_landmarker.task")
     pose: bool = True
-    # pose on every k-th frame, reused in between: k=2 takes one core from 29 to 48 fps at 640x480, and
-    # moves the demo events by under 0.1 s (benchmarks/pipeline.py)
+    # pose on every k-th frame, reused in between: on one x86 core at 640x480 k=2 gives 51-67 fps against
+    # 40-45 for k=1 and moves the demo events by under 0.1 s (benchmarks/pipeline.py); a Pi needs it more
     pose_every: int = Field(default=2, ge=1)
     subject: Literal["largest", "center"] = "largest"
     roi: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 as fractions of the frame
