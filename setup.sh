@@ -13,14 +13,18 @@ sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # libgl1: mediapipe's opencv-contrib needs libGL.so.1; mosquitto: the broker the tests talk to;
 # systemd and shellcheck: the service and image tests verify the unit and the scripts;
-# openssl: the TLS tests make a throw-away CA.
+# openssl: the TLS tests make a throw-away CA; ffmpeg and rtsp-server-perl: a real RTSP camera.
 packages=(python3-venv libgl1 libglib2.0-0)
-[ -n "$extras" ] && packages+=(mosquitto shellcheck systemd openssl libseccomp2)
+[ -n "$extras" ] && packages+=(mosquitto shellcheck systemd openssl libseccomp2 ffmpeg rtsp-server-perl)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
     sudo_if_needed apt-get update -qq
     DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    # The tests start their own RTSP server on free ports; the package's service is not wanted running.
+    if [[ " ${missing[*]} " == *" rtsp-server-perl "* ]] && [ -d /run/systemd/system ]; then
+        sudo_if_needed systemctl disable --now rtsp-server-perl.service >/dev/null 2>&1 || true
+    fi
 fi
 
 python=${PYTHON:-python3}

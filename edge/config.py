@@ -69,6 +69,9 @@ class SourceConfig(Section):
     realtime: bool = True  # pace files at their frame rate (False: as fast as possible)
     picamera2_stream: Literal["main", "lores"] = "main"
     stall_seconds: float = Field(default=5.0, gt=0)  # no frame for this long: reopen
+    # RTP over the RTSP connection (tcp, OpenCV's default: no lost packets) or over UDP, which some
+    # cameras and relays only offer
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
     reopen_min_seconds: float = Field(default=1.0, gt=0)  # reopen back-off, doubling up to the max
     reopen_max_seconds: float = Field(default=30.0, gt=0)
 

@@ -171,7 +171,8 @@ class Daemon:
             source_cfg = cfg.source
             self.source = SupervisedSource(
                 lambda: open_backend(source_cfg.uri, source_cfg.width, source_cfg.height, source_cfg.fps,
-                                     realtime=source_cfg.realtime, timeout_seconds=source_cfg.stall_seconds),
+                                     realtime=source_cfg.realtime, timeout_seconds=source_cfg.stall_seconds,
+                                     rtsp_transport=source_cfg.rtsp_transport),
                 stall_seconds=source_cfg.stall_seconds, backoff_first=source_cfg.reopen_min_seconds,
                 backoff_limit=source_cfg.reopen_max_seconds)
             self.source.open()

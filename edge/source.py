@@ -14,6 +14,7 @@ reports its status.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,8 @@ from edge.errors import SourceError
 from edge.records import Frame
 
 log = logging.getLogger(__name__)
+
+FFMPEG_OPTIONS_VARIABLE = "OPENCV_FFMPEG_CAPTURE_OPTIONS"  # set for rtsp:// sources from [source] rtsp_transport
 
 
 def describe(uri: str) -> str:
@@ -105,10 +108,11 @@ class OpenCVSource:
     live = True
 
     def __init__(self, uri: str, width: int | None = None, height: int | None = None, fps: float | None = None,
-                 timeout_seconds: float = 5.0):
+                 timeout_seconds: float = 5.0, rtsp_transport: str = "tcp"):
         self.uri = uri
         self.width, self.height, self.fps = width, height, fps
         self.timeout_seconds = timeout_seconds
+        self.rtsp_transport = rtsp_transport
         self.name = f"{describe(uri)}:{uri}"
         self._capture = None
         self._thread: threading.Thread | None = None
@@ -121,7 +125,11 @@ class OpenCVSource:
     def open(self) -> None:
         import cv2
 
+        rtsp = str(self.uri).lower().startswith("rtsp")
         if describe(self.uri) == "stream":
+            if rtsp:
+                # OpenCV takes FFmpeg's demuxer options only from this variable, read at each open.
+                os.environ[FFMPEG_OPTIONS_VARIABLE] = f"rtsp_transport;{self.rtsp_transport}"
             # Without these FFmpeg waits 30 s for a stalled stream, so the reader outlives a reopen.
             ms = int(self.timeout_seconds * 1000)
             capture = cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG,
@@ -129,7 +137,11 @@ class OpenCVSource:
         else:
             capture = cv2.VideoCapture(int(self.uri) if str(self.uri).isdigit() else self.uri)
         if not capture.isOpened():
-            raise SourceError(f"cannot open {describe(self.uri)} {self.uri}: no such camera or stream, or no access")
+            hint = ""
+            if rtsp:
+                other = "udp" if self.rtsp_transport == "tcp" else "tcp"
+                hint = f" (RTP over {self.rtsp_transport}; some cameras only offer {other}: [source] rtsp_transport)"
+            raise SourceError(f"cannot open {describe(self.uri)} {self.uri}: no such camera or stream, or no access{hint}")
         if self.width and self.height:
             capture.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
             capture.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
@@ -256,7 +268,7 @@ class Picamera2Source:
 
 
 def open_backend(uri: str, width: int, height: int, fps: float | None, realtime: bool = True,
-                 timeout_seconds: float = 5.0):
+                 timeout_seconds: float = 5.0, rtsp_transport: str = "tcp"):
     """The backend for ``uri``, not yet opened; a network stream gives up opening or reading after ``timeout_seconds``."""
     kind = describe(uri)
     if kind == "picamera2":
@@ -264,7 +276,7 @@ def open_backend(uri: str, width: int, height: int, fps: float | None, realtime:
         return Picamera2Source(width, height, fps or 30.0, stream=stream or "main")
     if kind == "file":
         return FileSource(uri, fps=fps, realtime=realtime)
-    return OpenCVSource(str(uri), width, height, fps, timeout_seconds=timeout_seconds)
+    return OpenCVSource(str(uri), width, height, fps, timeout_seconds=timeout_seconds, rtsp_transport=rtsp_transport)
 
 
 @dataclass

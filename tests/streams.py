@@ -1,10 +1,15 @@
-"""A real HTTP camera on loopback: multipart MJPEG (what many IP and baby cameras serve), paced in real time."""
+"""Real network cameras on loopback: an HTTP multipart-MJPEG server (what many IP and baby cameras serve)
+written here on the standard library, and an RTSP camera made of Debian's rtsp-server-perl fed by ffmpeg."""
 
 from __future__ import annotations
 
 import http.server
+import shutil
+import socket
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -73,3 +78,77 @@ class MjpegServer:
         self.closed.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+RTSP_SERVER = shutil.which("rtsp-server-perl") or "/usr/bin/rtsp-server-perl"
+FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
+
+
+class RtspCamera:
+    """A real RTSP server on loopback (Debian's rtsp-server-perl) fed by ``ffmpeg`` re-encoding ``clip``
+    to H.264 in real time, looped: ``rtsp://127.0.0.1:PORT/live``, RTP over UDP (the server has no TCP).
+
+    ``stop()`` ends server and encoder, as a camera that reboots; ``start()`` brings both back on the
+    same ports. (The server cannot take a second feed once the first has gone, so a reboot is both.)
+    """
+
+    def __init__(self, clip: Path, workdir: Path):
+        from mqtt import free_port
+
+        self.clip, self.workdir = Path(clip), Path(workdir)
+        self.client_port, self.source_port = free_port(), free_port()
+        self.url = f"rtsp://127.0.0.1:{self.client_port}/live"
+        self._server: subprocess.Popen | None = None
+        self._feed: subprocess.Popen | None = None
+
+    def start(self) -> RtspCamera:
+        with open(self.workdir / "rtsp-server.log", "ab") as log:
+            self._server = subprocess.Popen(
+                [RTSP_SERVER, "--clientport", str(self.client_port), "--serverport", str(self.source_port),
+                 "--client_listen_address", "127.0.0.1", "--source_listen_address", "127.0.0.1", "--loglevel", "2"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while True:  # the source port first: the encoder connects there
+            try:
+                socket.create_connection(("127.0.0.1", self.source_port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self._server.poll() is not None:
+                    raise RuntimeError(f"rtsp-server-perl did not start: {(self.workdir / 'rtsp-server.log').read_text()}")
+                time.sleep(0.1)
+        with open(self.workdir / "ffmpeg.log", "ab") as log:
+            self._feed = subprocess.Popen(
+                [FFMPEG, "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(self.clip),
+                 "-an", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "15",
+                 "-f", "rtsp", f"rtsp://127.0.0.1:{self.source_port}/live"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        self.wait_until_live()
+        return self
+
+    def wait_until_live(self, timeout: float = 20.0) -> None:
+        """Until the server answers DESCRIBE with 200: the encoder has announced the stream."""
+        deadline = time.monotonic() + timeout
+        request = f"DESCRIBE {self.url} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n\r\n".encode()
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.client_port), timeout=1) as connection:
+                    connection.sendall(request)
+                    if b" 200 " in connection.recv(4096).split(b"\r\n", 1)[0] + b" ":
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the RTSP stream did not come up: {(self.workdir / 'ffmpeg.log').read_text()}")
+
+    def stop(self) -> None:
+        for process in (self._feed, self._server):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(10)
+        self._feed = self._server = None
+
+    def __enter__(self) -> RtspCamera:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

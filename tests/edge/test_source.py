@@ -1,5 +1,6 @@
-"""Frame sources on real video files decoded by OpenCV, a real HTTP MJPEG camera on loopback
-(``tests/streams.py``, as many IP cameras serve), and picamera2 through a stand-in.
+"""Frame sources on real video files decoded by OpenCV, real network cameras on loopback
+(``tests/streams.py``: HTTP MJPEG, and RTSP from Debian's rtsp-server-perl fed by ffmpeg), and
+picamera2 through a stand-in.
 
 picamera2 needs a Pi's camera stack, so ``FakePicamera2`` below follows picamera2's documented API
 (``Picamera2(n)``, ``create_video_configuration``, ``configure``, ``start``, ``capture_array``,
@@ -8,6 +9,7 @@ picamera2 needs a Pi's camera stack, so ``FakePicamera2`` below follows picamera
 
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,7 +17,7 @@ import pytest
 
 from edge.errors import SourceError
 from edge.source import FileSource, OpenCVSource, Picamera2Source, SupervisedSource, backoff_delays, describe, open_backend
-from streams import MjpegServer
+from streams import MjpegServer, RtspCamera
 
 
 def write_numbered_clip(path, frames=30, fps=15.0, size=(160, 120)):
@@ -182,6 +184,67 @@ def test_a_network_camera_that_accepts_but_never_answers_is_a_source_error_withi
         with pytest.raises(SourceError, match="cannot open stream"):
             source.open()
     assert time.monotonic() - began < 5
+
+
+DEMO_CLIP = Path(__file__).resolve().parents[2] / "edge" / "data" / "demo.mp4"
+
+
+@pytest.fixture
+def rtsp_camera(tmp_path):
+    with RtspCamera(DEMO_CLIP, tmp_path) as camera:
+        yield camera
+
+
+def test_an_rtsp_camera_gives_the_newest_rgb_frames(rtsp_camera):
+    source = OpenCVSource(rtsp_camera.url, timeout_seconds=10, rtsp_transport="udp")
+    source.open()
+    try:
+        frames = [source.read(timeout=10) for _ in range(10)]
+    finally:
+        source.close()
+    assert all(frame is not None and frame.image.shape == (480, 640, 3) for frame in frames)
+    from_file = FileSource(DEMO_CLIP, realtime=False)
+    from_file.open()
+    original = from_file.read()
+    from_file.close()
+    by_channel = [np.argsort(frame.image.reshape(-1, 3).mean(axis=0)) for frame in (original, frames[-1])]
+    assert list(by_channel[0]) == list(by_channel[1]), "channels in the file's order: RGB, not BGR"
+    assert all(later.t > earlier.t for earlier, later in zip(frames, frames[1:]))
+
+
+def test_rtp_over_tcp_from_a_udp_only_camera_is_a_source_error_that_names_the_setting(rtsp_camera):
+    source = OpenCVSource(rtsp_camera.url, timeout_seconds=5, rtsp_transport="tcp")
+    with pytest.raises(SourceError, match=r"RTP over tcp; some cameras only offer udp: \[source\] rtsp_transport"):
+        source.open()
+
+
+def test_an_rtsp_camera_that_reboots_is_reopened_and_frames_come_back(rtsp_camera):
+    supervised = SupervisedSource(
+        lambda: open_backend(rtsp_camera.url, 640, 480, None, timeout_seconds=2.0, rtsp_transport="udp"),
+        stall_seconds=2.0, backoff_first=0.5, backoff_limit=1.0)
+    give_up = threading.Timer(40.0, supervised.stop)  # a bound, should the frames never come back
+    give_up.start()
+    reboot = threading.Timer(4.0, rtsp_camera.start)
+    stopped_at = None
+    after_reboot = []
+    try:
+        with supervised:
+            for count, frame in enumerate(supervised.frames()):
+                if count == 5:
+                    stopped_at = time.monotonic()
+                    rtsp_camera.stop()
+                    reboot.start()
+                if stopped_at is not None and frame.t > stopped_at + 4.0:
+                    after_reboot.append(time.monotonic())
+                    if len(after_reboot) == 5:
+                        supervised.stop()
+    finally:
+        give_up.cancel()
+        if stopped_at is not None:
+            reboot.join()
+    assert len(after_reboot) == 5, "no frames after the camera came back"
+    assert after_reboot[0] - stopped_at < 20.0, f"frames came back {after_reboot[0] - stopped_at:.1f} s after the reboot began"
+    assert supervised.status.reconnects >= 1
 
 
 def test_back_off_doubles_up_to_its_limit():
