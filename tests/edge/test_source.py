@@ -14,10 +14,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from streams import MjpegServer, RtspCamera
 
 from edge.errors import SourceError
-from edge.source import FileSource, OpenCVSource, Picamera2Source, SupervisedSource, backoff_delays, describe, open_backend
-from streams import MjpegServer, RtspCamera
+from edge.source import (
+    FileSource,
+    OpenCVSource,
+    Picamera2Source,
+    SupervisedSource,
+    backoff_delays,
+    describe,
+    open_backend,
+)
 
 
 def write_numbered_clip(path, frames=30, fps=15.0, size=(160, 120)):
