@@ -111,6 +111,38 @@ def test_value_templates_read_keys_that_the_payloads_have(mosquitto, subscriber,
     assert payloads[f"{PREFIX}/event"]["event_type"] in doc["cmps"]["cry"]["event_types"]
 
 
+def render_like_home_assistant(template: str, payload: bytes) -> str:
+    """An MQTT value_template rendered as Home Assistant does: Jinja2's sandbox, ``value`` and ``value_json``.
+
+    (Home Assistant's own ``round`` filter takes the same arguments as Jinja2's; a running Home Assistant
+    was not available here.)
+    """
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    text = payload.decode()
+    return ImmutableSandboxedEnvironment().from_string(template).render(value=text, value_json=json.loads(text)).strip()
+
+
+def test_home_assistant_turns_the_payloads_into_states_its_entities_accept(mosquitto, subscriber, tmp_path):
+    with publisher_for(mosquitto, tmp_path) as publisher:
+        publisher.publish_state(crying_state())
+        publisher.publish_stats({"fps": 29.7, "inference_ms": 0.05, "face_share": 0.93})
+        doc = json.loads(subscriber.wait_for(f"homeassistant/device/{DEVICE}/config").payload)
+        crying = subscriber.wait_for(f"{PREFIX}/state").payload
+        stats = subscriber.wait_for(f"{PREFIX}/stats").payload
+        publisher.publish_state(AlarmState(False, since=20.0, since_wall=1_800_000_010.0, probability=0.12))
+        calm = subscriber.wait_for(f"{PREFIX}/state", lambda m: b'"OFF"' in m.payload).payload
+    cmps = doc["cmps"]
+    binary = cmps["crying"]
+    assert render_like_home_assistant(binary["value_template"], crying) == binary["payload_on"]
+    assert render_like_home_assistant(binary["value_template"], calm) == binary["payload_off"]
+    assert float(render_like_home_assistant(cmps["probability"]["value_template"], crying)) == 87.4
+    assert float(render_like_home_assistant(cmps["probability"]["value_template"], calm)) == 12.0
+    shown = {key: float(render_like_home_assistant(cmps[key]["value_template"], stats))
+             for key in ("fps", "inference_ms", "face_share")}
+    assert shown == {"fps": 29.7, "inference_ms": 0.05, "face_share": 93.0}
+
+
 def test_discovery_is_sent_again_when_home_assistant_comes_online(mosquitto, subscriber, tmp_path):
     topic = f"homeassistant/device/{DEVICE}/config"
     with publisher_for(mosquitto, tmp_path):
