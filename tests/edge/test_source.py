@@ -145,14 +145,18 @@ def colour_frames() -> list[np.ndarray]:
     return [np.full((120, 160, 3), colour, np.uint8) for colour in ((220, 20, 20), (20, 220, 20), (20, 20, 220))]
 
 
+def first_frames(source, count: int, timeout: float = 5.0) -> list:
+    """Open ``source``, read ``count`` frames (None where none came in ``timeout``), close it."""
+    source.open()
+    try:
+        return [source.read(timeout=timeout) for _ in range(count)]
+    finally:
+        source.close()
+
+
 def test_an_http_mjpeg_camera_gives_rgb_frames_in_its_order():
     with MjpegServer(colour_frames(), fps=30) as camera:
-        source = OpenCVSource(camera.url)
-        source.open()
-        try:
-            frames = [source.read(timeout=5) for _ in range(6)]
-        finally:
-            source.close()
+        frames = first_frames(OpenCVSource(camera.url), 6)
     assert all(frame is not None and frame.image.shape == (120, 160, 3) for frame in frames)
     brightest = [int(np.argmax(frame.image.reshape(-1, 3).mean(axis=0))) for frame in frames]
     assert all((later - earlier) % 3 == 1 for earlier, later in zip(brightest, brightest[1:])), brightest
@@ -204,17 +208,9 @@ def rtsp_camera(tmp_path):
 
 
 def test_an_rtsp_camera_gives_the_newest_rgb_frames(rtsp_camera):
-    source = OpenCVSource(rtsp_camera.url, timeout_seconds=10, rtsp_transport="udp")
-    source.open()
-    try:
-        frames = [source.read(timeout=10) for _ in range(10)]
-    finally:
-        source.close()
+    frames = first_frames(OpenCVSource(rtsp_camera.url, timeout_seconds=10, rtsp_transport="udp"), 10, timeout=10)
     assert all(frame is not None and frame.image.shape == (480, 640, 3) for frame in frames)
-    from_file = FileSource(DEMO_CLIP, realtime=False)
-    from_file.open()
-    original = from_file.read()
-    from_file.close()
+    [original] = first_frames(FileSource(DEMO_CLIP, realtime=False), 1)
     by_channel = [np.argsort(frame.image.reshape(-1, 3).mean(axis=0)) for frame in (original, frames[-1])]
     assert list(by_channel[0]) == list(by_channel[1]), "channels in the file's order: RGB, not BGR"
     assert all(later.t > earlier.t for earlier, later in zip(frames, frames[1:]))
