@@ -34,11 +34,15 @@ DEMO_PHOTO = "astronaut.jpg"
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg"}
 
 
-# mediapipe's vision package imports its drawing helpers eagerly, and they import matplotlib.pyplot:
-# 0.3 s and 37 MB of RSS measured at import, in a daemon that never draws with them.
+# Parts of mediapipe that ``import mediapipe`` runs and cryedge never uses, loaded only on first use:
+# the vision drawing helpers import matplotlib.pyplot (0.3 s and 37 MB of RSS measured at import); the
+# audio tasks import sounddevice, which loads PortAudio where it is installed; the text tasks (2 MB
+# for both, measured without PortAudio).
 DEFERRED_MODULES = frozenset({
     "mediapipe.tasks.python.vision.drawing_utils",
     "mediapipe.tasks.python.vision.drawing_styles",
+    "mediapipe.tasks.python.audio",
+    "mediapipe.tasks.python.text",
 })
 
 

@@ -311,12 +311,14 @@ def test_mediapipe_is_imported_without_tensorflow_even_where_tensorflow_is_insta
     assert result.stdout.strip() == "False", result.stderr
 
 
-def test_mediapipe_is_imported_without_matplotlib_and_its_drawing_helpers_still_load_on_use():
+def test_mediapipe_is_imported_without_matplotlib_and_audio_and_they_still_load_on_use():
     script = (
         "import sys; from edge.landmarks import import_mediapipe; mp = import_mediapipe(); "
-        "print('matplotlib' in sys.modules); "
+        "unused = ('matplotlib', 'mediapipe.tasks.python.audio.audio_classifier'); "
+        "print(*(name in sys.modules for name in unused)); "
         "draw = mp.tasks.vision.drawing_utils.draw_landmarks; "
-        "print('matplotlib' in sys.modules, callable(draw))"
+        "classifier = mp.tasks.audio.AudioClassifier; "
+        "print(*(name in sys.modules for name in unused), callable(draw), callable(classifier))"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
-    assert result.stdout.split() == ["False", "True", "True"], result.stderr
+    assert result.stdout.split() == ["False", "False", "True", "True", "True", "True"], result.stderr
