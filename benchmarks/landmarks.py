@@ -74,7 +74,7 @@ def main() -> int:
         print(json.dumps(measure(args.one, args.frames, args.core)))
         return 0
     print(f"640x480, VIDEO mode, 1 core (cpu {args.core}), {args.frames} frames after 5 warm-up frames")
-    print(f"{'configuration':24s} {'median ms':>10s} {'mean ms':>8s} {'p90 ms':>8s} {'peak RSS MB':>12s}")
+    print(f"{'configuration':24s} {'median ms':>10s} {'mean ms':>8s} {'p90 ms':>8s} {'peak RSS MiB':>12s}")
     for name in CONFIGS:
         result = subprocess.run(
             [sys.executable, __file__, "--one", name, "--frames", str(args.frames), "--core", str(args.core)],

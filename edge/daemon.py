@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 STAGES = ("landmarks", "features", "model", "alarm", "publish")
 # glibc gives each thread that allocates an arena of its own (up to 8 a core) and keeps freed memory in
 # each; MediaPipe's graphs and XNNPACK run a dozen threads. Two arenas: peak RSS of the demo with a broker
-# 254 -> 249 MB, no slower (measured with /usr/bin/time, two runs each). MALLOC_ARENA_MAX, if set, wins.
+# 248 -> 244 MiB, no slower (A/B, three runs each). MALLOC_ARENA_MAX, if set, wins.
 MALLOC_ARENAS = 2
 M_ARENA_MAX = -8  # mallopt's parameter number in <malloc.h>
 

@@ -35,9 +35,9 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpe
 
 
 # Parts of mediapipe that ``import mediapipe`` runs and cryedge never uses, loaded only on first use:
-# the vision drawing helpers import matplotlib.pyplot (0.3 s and 37 MB of RSS measured at import); the
-# audio tasks import sounddevice, which loads PortAudio where it is installed; the text tasks (2 MB
-# for both, measured without PortAudio).
+# the vision drawing helpers import matplotlib.pyplot (0.3 s and 36 MiB of RSS measured at import); the
+# audio tasks import sounddevice, which loads PortAudio where it is installed; the text tasks (2
+# MiB for both, measured without PortAudio).
 DEFERRED_MODULES = frozenset({
     "mediapipe.tasks.python.vision.drawing_utils",
     "mediapipe.tasks.python.vision.drawing_styles",

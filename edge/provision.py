@@ -71,7 +71,7 @@ ATTENTION_IRIS_ORDER = ("output_left_iris", "output_right_iris")  # -> 468-472, 
 ATTENTION_PRESENCE = "conv_faceflag"
 IRIS_POINTS = 5  # centre, then four round the iris edge
 # The segmentation-mask output of pose_landmark_full.tflite. cryedge never asks PoseLandmarker for
-# masks, yet the mask head (46 operators at 256x256x8) ran on every frame: zeroing it measured 14 MB
+# masks, yet the mask head (46 operators at 256x256x8) ran on every frame: zeroing it measured 14 MiB
 # less memory and 25% less time for the landmark model, its other outputs bit-identical.
 POSE_SEGMENTATION = "Identity_2"
 MESH_POINTS = 468
@@ -346,7 +346,7 @@ def drop_dead_operators(tflite: bytes) -> bytes:
     memory for every tensor those operators touch. The pose landmark model's remaining outputs stay
     bit-identical (tested). Not applied to the face model: its lip and eye heads are dead too, but
     dropping them moved points by up to 0.18 px (XNNPACK partitions around its custom ops change)
-    and measured no faster, for 3 MB.
+    and measured no faster, for 3 MiB.
     """
     model = _read_model(tflite)
     if len(model.subgraphs) != 1:
