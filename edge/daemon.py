@@ -162,7 +162,12 @@ class Daemon:
         cfg = self.config
         try:
             self.model = self._own(TFLiteModel(cfg.model.path, num_threads=cfg.model.num_threads, edgetpu=cfg.model.edgetpu))
-            self.extractor = self._own(LandmarkExtractor.from_config(cfg.landmarks))
+            landmarks_cfg = cfg.landmarks
+            if landmarks_cfg.pose and not uses_body_points(self.model.card):
+                log.info("pose landmarks off: model %s (%s) uses no body points", self.model.card.name,
+                         self.model.card.kind)
+                landmarks_cfg = landmarks_cfg.model_copy(update={"pose": False})
+            self.extractor = self._own(LandmarkExtractor.from_config(landmarks_cfg))
             self.alarm = Alarm(cfg.alarm, model_threshold=self.model.card.threshold)
             self.pipeline = Pipeline(self.extractor, WindowScorer(self.model), self.alarm)
             self.publisher = make_publisher(cfg, self.model.card.name)
@@ -304,6 +309,13 @@ class Daemon:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def uses_body_points(card) -> bool:
+    """Whether a model's input needs the pose landmarker: a face-crop model does not (60 MiB, 15 ms a frame)."""
+    from edge.features import get_spec
+
+    return card.kind == "landmark-window" and bool(get_spec(card.features.spec).body_points)
 
 
 def limit_malloc_arenas(count: int = MALLOC_ARENAS, environ=os.environ) -> bool:

@@ -227,6 +227,11 @@ class LandmarkExtractor:
             min_tracking_confidence=config.min_tracking_confidence, mode=mode,
         )
 
+    @property
+    def runs_pose(self) -> bool:
+        """Whether this extractor has a pose landmarker (and so body points)."""
+        return self._pose is not None
+
     def _timestamp_ms(self, t: float) -> int:
         ms = int(round(t * 1000))
         if ms <= self._last_ms:

@@ -11,6 +11,7 @@ test_demo.py.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -254,8 +255,8 @@ def test_closing_while_the_loop_runs_in_another_thread_stops_it_first(assets, tm
     assert daemon.source.status.state == "closed" and 5 < daemon.stats.frames < 100
 
 
-def test_a_face_crop_model_runs_through_the_daemon(assets, tmp_path):
-    """The emotion/smile kind: each frame's face crop is scored, the window's scores are voted."""
+def test_a_face_crop_model_runs_through_the_daemon_without_the_pose_landmarker(assets, tmp_path, caplog):
+    """The emotion/smile kind: each frame's face crop is scored, the window's scores are voted; no body points needed."""
     tf = pytest.importorskip("tensorflow")
     clip, _, _ = assets
     tf.keras.utils.set_random_seed(4)  # untrained weights: this checks the plumbing, not what it says
@@ -267,17 +268,31 @@ def test_a_face_crop_model_runs_through_the_daemon(assets, tmp_path):
     card = ModelCard(name="emotion", kind="face-crop", input_shape=(1, 48, 48, 1), labels=labels, positive_label="crying",
                      output="softmax", face_crop={"height": 48, "width": 48, "channels": 1, "aggregate": "vote"})
     model.with_suffix(".json").write_text(card.to_json())
-    daemon = Daemon(load_config(config_file(tmp_path, model, clip), {"source": {"realtime": False}}))
+    daemon = Daemon(load_config(config_file(tmp_path, model, clip),
+                                {"source": {"realtime": False}, "landmarks": {"pose": True}}))
     scores = []
-    with daemon:
+    with caplog.at_level(logging.INFO, logger="edge.daemon"), daemon:
+        assert not daemon.extractor.runs_pose
         for frame in daemon.source.frames():
             result = daemon.pipeline.process(frame)
             if result.score is not None:
                 scores.append(result.score)
+    assert "pose landmarks off: model emotion (face-crop) uses no body points" in caplog.text
     assert len(scores) == int(SECONDS * FPS) - 9  # one a frame once the window is full
     for score in scores:
         assert len(score.probabilities) == 7 and sum(score.probabilities) == pytest.approx(1.0)
         assert score.probability * 10 == pytest.approx(round(score.probability * 10), abs=1e-4)  # a share of 10 votes
+
+
+def test_only_a_model_whose_features_include_body_points_gets_the_pose_landmarker():
+    from edge.card import load_card
+    from edge.daemon import uses_body_points
+    from edge.paths import default_model
+
+    assert uses_body_points(load_card(default_model()))
+    crop = ModelCard(name="smile", kind="face-crop", input_shape=(1, 64, 64, 1), labels=("other", "smile"),
+                     positive_label="smile", output="softmax", face_crop={"height": 64, "width": 64, "channels": 1})
+    assert not uses_body_points(crop)
 
 
 ARENAS_AFTER_EIGHT_THREADS = """
