@@ -143,7 +143,7 @@ def alarm_events(times: np.ndarray, probabilities: np.ndarray, faces: np.ndarray
 
     alarm = Alarm(AlarmConfig(), model_threshold=threshold, wall_clock=lambda t: t)
     events = []
-    for t, p, face in zip(times, probabilities, faces):
+    for t, p, face in zip(times, probabilities, faces, strict=True):
         events += alarm.update(Score(t=float(t), probability=float(p), face_seen=bool(face)))
     events += alarm.finish(float(times[-1]) if len(times) else 0.0)
     return [{"kind": e.kind, "t": round(e.t, 3), "reason": e.reason} for e in events]
@@ -172,7 +172,7 @@ def held_out_by_expression(model_path: Path, data_path: Path, labels_csv: Path) 
     _, test = train.group_split(data["groups"].astype(str), 0.25, 0, list(HOLDOUT))
     scores = np.asarray(keras.models.load_model(model_path).predict(data["x"][test], verbose=0, batch_size=256)).reshape(-1)
     truth = dataset.read_interval_labels(Path(labels_csv), "unlabelled")
-    kinds = np.array([truth[str(v)].label_at(float(t)) for v, t in zip(data["videos"][test], data["t_end"][test])])
+    kinds = np.array([truth[str(v)].label_at(float(t)) for v, t in zip(data["videos"][test], data["t_end"][test], strict=True)])
     return {kind: {"windows": int((kinds == kind).sum()), "scored_crying": round(float((scores[kinds == kind] >= 0.5).mean()), 3)}
             for kind in sorted(set(kinds.tolist()))}
 

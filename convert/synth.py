@@ -191,7 +191,7 @@ def sequence_track(segments: list[tuple[str, float]], fps: float, rng: np.random
     ramp = max(1, int(RAMP_SECONDS * fps))
     start = 0
     previous = None
-    for (kind, _), count in zip(segments, counts):
+    for (kind, _), count in zip(segments, counts, strict=True):
         part = expression_track(kind, count, fps, rng)
         for name in Track.NAMES:
             values = getattr(part, name).copy()
@@ -235,7 +235,7 @@ def expression_points(points: np.ndarray, params: dict[str, float], eye_distance
     # Lids: upper lid points down to the lower lid; a squeeze lifts the lower lid a little.
     lids = params["eyes"]
     for upper, lower in (((37, 38), (41, 40)), ((43, 44), (47, 46))):
-        for u, lo in zip(upper, lower):
+        for u, lo in zip(upper, lower, strict=True):
             gap = p[lo] - p[u]
             p[u] += lids * 0.85 * gap
             p[lo] -= lids * 0.15 * gap

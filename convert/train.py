@@ -161,7 +161,7 @@ def _pyplot():
 def plot_history(history: dict, path: Path, title: str) -> Path:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("accuracy", "loss")):
+    for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
         for prefix, style in (("", "-"), ("val_", "--")):
             if prefix + metric in history:
                 ax.plot(np.arange(1, len(history[prefix + metric]) + 1), history[prefix + metric], style,

@@ -335,7 +335,7 @@ def subject_points(landmarks: Landmarks, spec) -> dict:
 
     xy, present = keypoints(landmarks, spec)
     n_face = len(spec.face_points)
-    as_list = [[round(float(x), 2), round(float(y), 2)] if ok else None for (x, y), ok in zip(xy, present)]
+    as_list = [[round(float(x), 2), round(float(y), 2)] if ok else None for (x, y), ok in zip(xy, present, strict=True)]
     return {
         "face70": as_list[:n_face],
         "body8": as_list[n_face:],

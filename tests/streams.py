@@ -114,7 +114,8 @@ class RtspCamera:
                 break
             except OSError:
                 if time.monotonic() > deadline or self._server.poll() is not None:
-                    raise RuntimeError(f"rtsp-server-perl did not start: {(self.workdir / 'rtsp-server.log').read_text()}")
+                    log = (self.workdir / "rtsp-server.log").read_text()
+                    raise RuntimeError(f"rtsp-server-perl did not start: {log}") from None
                 time.sleep(0.1)
         with open(self.workdir / "ffmpeg.log", "ab") as log:
             self._feed = subprocess.Popen(

@@ -33,7 +33,7 @@ def test_same_seed_same_frames_other_seed_other_frames(astronaut):
     again = [frame for frame, _ in synth.render_clip(astronaut, segments, seed=11)]
     other = [frame for frame, _ in synth.render_clip(astronaut, segments, seed=12)]
     assert len(first) == len(again) == 15
-    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert not np.array_equal(first[-1], other[-1])
     assert first[0].shape == (480, 640, 3) and first[0].dtype == np.uint8
 

@@ -97,7 +97,7 @@ def converted(tmp_path_factory):
 def runtime_results(tflite_runtime_python, converted, tmp_path_factory):
     inputs = tmp_path_factory.mktemp("inputs")
     jobs = []
-    for (name, scheme), (path, _) in converted.items():
+    for (name, _scheme), (path, _) in converted.items():
         x = np.load(FIXTURES / f"{name}.heldout.npz")["x"][-20:].astype(np.float32)
         np.savez(inputs / f"{name}.npz", x=x)
         jobs.append({"model": str(path), "inputs": str(inputs / f"{name}.npz"), "stateful": load_card(path).stateful})

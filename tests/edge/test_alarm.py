@@ -190,7 +190,7 @@ def test_random_scores_give_matched_episodes_in_time_order(seed):
     events += alarm.finish()
     assert all(a.t <= b.t for a, b in itertools.pairwise(events))
     assert [e.kind for e in events] == ["start", "end"] * (len(events) // 2)
-    for start, end in zip(events[::2], events[1::2]):
+    for start, end in zip(events[::2], events[1::2], strict=True):
         assert start.event_id == end.event_id
     assert len({e.event_id for e in events[::2]}) == len(events) // 2
     assert not alarm.crying

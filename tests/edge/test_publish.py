@@ -506,7 +506,7 @@ def test_publish_calls_return_at_once_while_the_broker_is_away(tmp_path):
     publisher.start()
     try:
         started = time.perf_counter()
-        for i in range(200):
+        for _ in range(200):
             publisher.publish_state(crying_state())
             publisher.publish_stats({"fps": 30.0})
         publisher.publish_event(event("start", "ep1"))

@@ -7,6 +7,7 @@ picamera2 needs a Pi's camera stack, so ``FakePicamera2`` below follows picamera
 ``stop``, ``close``) and its documented memory layout (``BGR888`` is R, G, B bytes).
 """
 
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -159,7 +160,7 @@ def test_an_http_mjpeg_camera_gives_rgb_frames_in_its_order():
         frames = first_frames(OpenCVSource(camera.url), 6)
     assert all(frame is not None and frame.image.shape == (120, 160, 3) for frame in frames)
     brightest = [int(np.argmax(frame.image.reshape(-1, 3).mean(axis=0))) for frame in frames]
-    assert all((later - earlier) % 3 == 1 for earlier, later in zip(brightest, brightest[1:])), brightest
+    assert all((later - earlier) % 3 == 1 for earlier, later in itertools.pairwise(brightest)), brightest
 
 
 def test_a_network_camera_that_stalls_is_reopened_within_its_timeout_and_frames_come_back(caplog):
@@ -213,7 +214,7 @@ def test_an_rtsp_camera_gives_the_newest_rgb_frames(rtsp_camera):
     [original] = first_frames(FileSource(DEMO_CLIP, realtime=False), 1)
     by_channel = [np.argsort(frame.image.reshape(-1, 3).mean(axis=0)) for frame in (original, frames[-1])]
     assert list(by_channel[0]) == list(by_channel[1]), "channels in the file's order: RGB, not BGR"
-    assert all(later.t > earlier.t for earlier, later in zip(frames, frames[1:]))
+    assert all(later.t > earlier.t for earlier, later in itertools.pairwise(frames))
 
 
 def test_rtp_over_tcp_from_a_udp_only_camera_is_a_source_error_that_names_the_setting(rtsp_camera):
