@@ -35,9 +35,9 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpe
 
 
 # Parts of mediapipe that ``import mediapipe`` runs and cryedge never uses, loaded only on first use:
-# the vision drawing helpers import matplotlib.pyplot (0.3 s and 36 MiB of RSS measured at import); the
-# audio tasks import sounddevice, which loads PortAudio where it is installed; the text tasks (2
-# MiB for both, measured without PortAudio).
+# the vision drawing helpers import matplotlib.pyplot (0.3 s and 36 MiB of RSS measured at import);
+# the audio tasks import sounddevice, which loads PortAudio where it is installed; the text tasks.
+# Audio and text together measured 2 MiB here, without PortAudio.
 DEFERRED_MODULES = frozenset({
     "mediapipe.tasks.python.vision.drawing_utils",
     "mediapipe.tasks.python.vision.drawing_styles",
@@ -47,11 +47,11 @@ DEFERRED_MODULES = frozenset({
 
 
 class _LeanMediapipeImport(importlib.abc.MetaPathFinder):
-    """Keeps TensorFlow out of ``import mediapipe`` and defers its drawing helpers.
+    """Keeps TensorFlow out of ``import mediapipe`` and defers the ``DEFERRED_MODULES``.
 
     mediapipe's optional_dependencies imports TensorFlow merely for documentation decorators when
-    it is installed (a host with the convert extra), costing seconds and hundreds of MB. The drawing
-    helpers are loaded lazily (``importlib.util.LazyLoader``): still importable, and executed on
+    it is installed (a host with the convert extra), costing seconds and hundreds of MB. The deferred
+    modules are loaded lazily (``importlib.util.LazyLoader``): still importable, and executed on
     first use of one of their names.
     """
 
@@ -67,7 +67,7 @@ class _LeanMediapipeImport(importlib.abc.MetaPathFinder):
 
 
 def import_mediapipe():
-    """``import mediapipe`` without TensorFlow and without matplotlib; both stay importable afterwards."""
+    """``import mediapipe`` without TensorFlow and with the unused parts deferred; all stay importable."""
     if "mediapipe" in sys.modules or "tensorflow" in sys.modules:
         import mediapipe
 
