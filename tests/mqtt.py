@@ -21,6 +21,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_listening(process: subprocess.Popen, port: int, log: Path, name: str, timeout: float = 10.0) -> None:
+    """Until ``process`` accepts connections on 127.0.0.1:``port``; a RuntimeError with its log if it exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited: {log.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"{name} did not start listening")
+
+
 class Broker:
     """``mosquitto`` on 127.0.0.1:``port``; ``stop()`` and ``start()`` again keep the same port.
 
@@ -59,16 +73,8 @@ class Broker:
     def start(self, timeout: float = 10.0) -> Broker:
         with open(self.workdir / "mosquitto.log", "ab") as log:
             self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {(self.workdir / 'mosquitto.log').read_text()}")
-            try:
-                socket.create_connection((self.host, self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("mosquitto did not start listening")
+        wait_until_listening(self.process, self.port, self.workdir / "mosquitto.log", "mosquitto", timeout)
+        return self
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

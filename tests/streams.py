@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from mqtt import free_port, wait_until_listening
 
 BOUNDARY = "cryedgeframe"
 
@@ -93,8 +94,6 @@ class RtspCamera:
     """
 
     def __init__(self, clip: Path, workdir: Path):
-        from mqtt import free_port
-
         self.clip, self.workdir = Path(clip), Path(workdir)
         self.client_port, self.source_port = free_port(), free_port()
         self.url = f"rtsp://127.0.0.1:{self.client_port}/live"
@@ -107,16 +106,8 @@ class RtspCamera:
                 [RTSP_SERVER, "--clientport", str(self.client_port), "--serverport", str(self.source_port),
                  "--client_listen_address", "127.0.0.1", "--source_listen_address", "127.0.0.1", "--loglevel", "2"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        deadline = time.monotonic() + 10
-        while True:  # the source port first: the encoder connects there
-            try:
-                socket.create_connection(("127.0.0.1", self.source_port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self._server.poll() is not None:
-                    log = (self.workdir / "rtsp-server.log").read_text()
-                    raise RuntimeError(f"rtsp-server-perl did not start: {log}") from None
-                time.sleep(0.1)
+        # the source port first: the encoder connects there
+        wait_until_listening(self._server, self.source_port, self.workdir / "rtsp-server.log", "rtsp-server-perl")
         with open(self.workdir / "ffmpeg.log", "ab") as log:
             self._feed = subprocess.Popen(
                 [FFMPEG, "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(self.clip),
