@@ -4,9 +4,10 @@ A pure state machine: no threads, no clock reads of its own (the wall clock is i
 scripted list of scores gives the same events every time.
 
 Rules, in the order they apply to each score:
-- Scores of frames without a face are not evidence either way: they are skipped. If no face has been
-  seen for ``no_face_seconds``, a running episode ends with reason ``"no_face"`` and the smoothing
-  starts afresh.
+- Scores that are not ``ok`` (no face, no body, too dark, no sound device: the modality cannot
+  perceive) are not evidence either way: they are skipped. If no ok score has come for
+  ``blind_seconds`` (alias ``no_face_seconds``), a running episode ends with the status as its reason
+  (``"no_face"``, ``"no_body"``, ...) and the smoothing starts afresh.
 - The probability is smoothed (running median of the last k scores, or an EMA).
 - Off: once the smoothed score has stayed at or above the ON threshold for ``min_on_seconds``, and the
   last episode ended at least ``cooldown_seconds`` ago, an episode starts.
@@ -96,7 +97,7 @@ class Alarm:
         self._since_wall: float | None = None  # fixed when the state changes, so "since" does not jitter
         self._probability = 0.0
         self._last_t: float | None = None
-        self._last_face_t: float | None = None
+        self._last_ok_t: float | None = None
         self._above_since: float | None = None  # smoothed >= ON, while off
         self._below_since: float | None = None  # smoothed < OFF, while on
         self._last_end_decided: float | None = None  # when the last end event was raised
@@ -115,18 +116,18 @@ class Alarm:
         if self._last_t is not None and t < self._last_t:
             raise ValueError(f"scores must come in time order: {t} after {self._last_t}")
         self._last_t = t
-        if self._last_face_t is None:
-            self._last_face_t = t  # the no-face clock starts with the first score
+        if self._last_ok_t is None:
+            self._last_ok_t = t  # the blind clock starts with the first score
 
-        if not score.face_seen:
-            if t - self._last_face_t >= self.config.no_face_seconds:
+        if not score.ok:
+            if t - self._last_ok_t >= self.config.blind_seconds:
                 self._smoother.reset()
                 self._above_since = None
                 self._below_since = None
                 if self._crying:
-                    return [self._end(self._last_face_t, "no_face", decided=t)]
+                    return [self._end(self._last_ok_t, score.status, decided=t)]
             return []
-        self._last_face_t = t
+        self._last_ok_t = t
         self._probability = self._smoother.add(float(score.probability))
 
         if not self._crying:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from edge import paths
 from edge.errors import ConfigError
@@ -122,7 +122,9 @@ class AlarmConfig(Section):
     min_on_seconds: float = Field(default=1.0, ge=0)  # smoothed score above ON this long: start
     hold_seconds: float = Field(default=3.0, ge=0)  # below OFF this long: end
     cooldown_seconds: float = Field(default=10.0, ge=0)  # no new start this soon after an end
-    no_face_seconds: float = Field(default=5.0, ge=0)  # no face this long: end (reason "no_face")
+    # cannot perceive (no face, no body, too dark, ...) this long: end, with that as the reason.
+    # "no_face_seconds" is its older name, still read.
+    blind_seconds: float = Field(default=5.0, ge=0, validation_alias=AliasChoices("blind_seconds", "no_face_seconds"))
 
     @model_validator(mode="after")
     def _hysteresis(self) -> AlarmConfig:

@@ -54,14 +54,37 @@ class Landmarks:
         return self.pose is not None
 
 
+# Score.status values. "ok": the probability means something. Anything else says why the modality cannot
+# perceive; vision: no face, no body (for a model that needs one), too dark; audio names its own
+# (e.g. "no_sound_device"). The alarm holds its state on a status that is not ok and ends a running
+# episode with the status as the reason once it lasts ``alarm.blind_seconds``.
+OK = "ok"
+NO_FACE = "no_face"
+NO_BODY = "no_body"
+TOO_DARK = "too_dark"
+
+
 @dataclass(frozen=True)
 class Score:
-    """A model's output for the window ending at ``t``."""
+    """A model's output for the window ending at ``t``, or why there is none that means anything.
+
+    ``face_seen=False`` with no status given means status ``"no_face"`` (the older way to say it).
+    """
 
     t: float
-    probability: float  # probability of the alarm class (crying)
-    face_seen: bool  # the newest frame of the window had a face
+    probability: float  # probability of the alarm class (crying); meaningless unless ``ok``
+    face_seen: bool = True  # the newest frame of the window had a face
     probabilities: tuple[float, ...] = field(default=())  # all classes, in the card's label order
+    status: str = OK
+
+    def __post_init__(self):
+        if not self.face_seen and self.status == OK:
+            object.__setattr__(self, "status", NO_FACE)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the probability is evidence (the modality could perceive)."""
+        return self.status == OK
 
 
 @dataclass(frozen=True)
@@ -73,4 +96,4 @@ class AlarmEvent:
     t: float  # monotonic time the state changed
     wall_time: float  # time.time() at the same moment, for subscribers
     probability: float
-    reason: str = ""  # why an episode ended: "scores", "no_face", "shutdown"
+    reason: str = ""  # why an episode ended: "scores", "shutdown", or the Score.status that lasted (e.g. "no_face")

@@ -22,7 +22,7 @@ def make_alarm(**settings) -> Alarm:
         min_on_seconds=1.0,
         hold_seconds=2.0,
         cooldown_seconds=5.0,
-        no_face_seconds=3.0,
+        blind_seconds=3.0,
     )
     counter = itertools.count(1)
     return Alarm(
@@ -118,6 +118,30 @@ def test_face_returning_within_the_hold_continues_the_episode():
     assert [e.kind for e in events] == ["start"] and alarm.crying
 
 
+def test_any_status_that_cannot_perceive_holds_then_ends_with_that_status_as_reason():
+    alarm = make_alarm()
+    events = run(alarm, scores((2, 0.1), (3, 0.9)))
+    assert [e.kind for e in events] == ["start"]
+    blind = [Score(t=5.0 + i / FPS, probability=0.0, status="no_body") for i in range(20)]
+    assert run(alarm, blind) == [] and alarm.crying  # 2 s < blind_seconds: still crying
+    blind = [Score(t=7.0 + i / FPS, probability=0.0, status="no_body") for i in range(20)]
+    events = run(alarm, blind)
+    assert [(e.kind, e.reason) for e in events] == [("end", "no_body")]
+    assert events[0].t == pytest.approx(4.9, abs=0.01)  # the last score that could see
+
+
+def test_a_score_that_cannot_perceive_is_never_evidence_of_crying():
+    alarm = make_alarm()
+    assert run(alarm, [Score(t=i / FPS, probability=0.99, status="too_dark") for i in range(100)]) == []
+    assert not Score(t=0.0, probability=0.99, status="too_dark").ok
+    assert Score(t=0.0, probability=0.99).ok
+
+
+def test_blind_seconds_is_also_read_under_its_older_name():
+    assert AlarmConfig(no_face_seconds=1.5).blind_seconds == 1.5
+    assert AlarmConfig(blind_seconds=2.5).blind_seconds == 2.5
+
+
 def test_no_face_never_starts_an_episode():
     alarm = make_alarm()
     assert run(alarm, scores((10, 0.99, False))) == []
@@ -181,7 +205,7 @@ def test_random_scores_give_matched_episodes_in_time_order(seed):
         min_on_seconds=rng.choice([0.0, 0.5, 1.0]),
         hold_seconds=rng.choice([0.0, 1.0, 2.0]),
         cooldown_seconds=rng.choice([0.0, 3.0]),
-        no_face_seconds=rng.choice([0.5, 2.0]),
+        blind_seconds=rng.choice([0.5, 2.0]),
     )
     segments = [
         (rng.uniform(0.1, 4.0), rng.choice([0.05, 0.3, 0.5, 0.7, 0.95]), rng.random() > 0.2) for _ in range(60)
