@@ -1,6 +1,6 @@
 """The ``cryedge`` command line.
 
-Each stage module that offers commands has ``add_commands(subparsers)`` and keeps its heavy imports
+Each module that offers commands has ``add_commands(subparsers)`` and keeps its heavy imports
 (mediapipe, LiteRT, cv2) inside functions, so ``cryedge --help`` stays fast. Host-side commands
 (convert, train, dataset) come from the ``cryedge.commands`` entry-point group, so that ``edge``
 never imports ``convert``.
@@ -18,8 +18,8 @@ from edge import __version__, logs
 from edge.errors import CryedgeError
 
 COMMAND_MODULES = (
-    "edge.landmarks",
-    "edge.provision",
+    "edge.landmarks_cli",
+    "edge.bundles.cli",
     "edge.daemon",
     "edge.config",
     "edge.service",

@@ -5,24 +5,19 @@ that face. Points come back in pixels of the whole frame even when a region of i
 cropped out first. Video frames go through the Tasks VIDEO mode, which tracks from frame to frame
 and wants strictly increasing timestamps; single photos through the IMAGE mode.
 
-Also the ``cryedge landmarks`` command, which prints a photo's or a video's OpenPose-layout points.
+The ``cryedge landmarks`` command that shows what this stage sees is ``edge.landmarks_cli``.
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
-import importlib.util
-import json
 import logging
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from edge import paths
-from edge.errors import DataError, ModelError
+from edge.errors import ModelError
+from edge.mediapipe_import import import_mediapipe
 from edge.records import Frame, Landmarks
 
 log = logging.getLogger(__name__)
@@ -30,55 +25,6 @@ log = logging.getLogger(__name__)
 FACE_MESH_POINTS = 478
 POSE_POINTS = 33
 SUBJECTS = ("largest", "center")
-DEMO_PHOTO = "astronaut.jpg"
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg"}
-
-
-# Parts of mediapipe that ``import mediapipe`` runs and cryedge never uses, loaded only on first use:
-# the vision drawing helpers import matplotlib.pyplot (0.3 s and 36 MiB of RSS measured at import);
-# the audio tasks import sounddevice, which loads PortAudio where it is installed; the text tasks.
-# Audio and text together measured 2 MiB here, without PortAudio.
-DEFERRED_MODULES = frozenset({
-    "mediapipe.tasks.python.vision.drawing_utils",
-    "mediapipe.tasks.python.vision.drawing_styles",
-    "mediapipe.tasks.python.audio",
-    "mediapipe.tasks.python.text",
-})
-
-
-class _LeanMediapipeImport(importlib.abc.MetaPathFinder):
-    """Keeps TensorFlow out of ``import mediapipe`` and defers the ``DEFERRED_MODULES``.
-
-    mediapipe's optional_dependencies imports TensorFlow merely for documentation decorators when
-    it is installed (a host with the convert extra), costing seconds and hundreds of MB. The deferred
-    modules are loaded lazily (``importlib.util.LazyLoader``): still importable, and executed on
-    first use of one of their names.
-    """
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "tensorflow" or name.startswith("tensorflow."):
-            raise ModuleNotFoundError(f"No module named {name!r} (kept out of mediapipe by cryedge)", name=name)
-        if name in DEFERRED_MODULES:
-            spec = importlib.machinery.PathFinder.find_spec(name, path, target)
-            if spec is not None and spec.loader is not None:
-                spec.loader = importlib.util.LazyLoader(spec.loader)
-            return spec
-        return None  # not ours: the next finder looks
-
-
-def import_mediapipe():
-    """``import mediapipe`` without TensorFlow and with the unused parts deferred; all stay importable."""
-    if "mediapipe" in sys.modules or "tensorflow" in sys.modules:
-        import mediapipe
-
-        return mediapipe
-    finder = _LeanMediapipeImport()
-    sys.meta_path.insert(0, finder)
-    try:
-        import mediapipe
-    finally:
-        sys.meta_path.remove(finder)
-    return mediapipe
 
 
 def bundle_path(name: str, models_dir: Path | None = None) -> Path:
@@ -313,147 +259,3 @@ def landmarks_of_photo(image: np.ndarray, **options) -> Landmarks:
     """One photo's landmarks in IMAGE mode (``options`` as LandmarkExtractor's)."""
     with LandmarkExtractor(mode="image", **options) as extractor:
         return extractor.extract(Frame(image=image, t=0.0, index=0))
-
-
-# --- cryedge landmarks -------------------------------------------------------------------------
-
-def read_image(path: Path) -> np.ndarray:
-    """An image file as RGB uint8; a DataError when it is missing or not an image."""
-    import cv2
-
-    if not path.is_file():
-        raise DataError(f"no such image or video: {path}")
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise DataError(f"cannot read {path} as an image")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
-
-
-def subject_points(landmarks: Landmarks, spec) -> dict:
-    """The subject's face70 and body8 points in pixels (None where absent) and its feature vector."""
-    from edge.features import frame_features, keypoints
-
-    xy, present = keypoints(landmarks, spec)
-    n_face = len(spec.face_points)
-    as_list = [[round(float(x), 2), round(float(y), 2)] if ok else None for (x, y), ok in zip(xy, present, strict=True)]
-    return {
-        "face70": as_list[:n_face],
-        "body8": as_list[n_face:],
-        "features": [round(float(v), 5) for v in frame_features(landmarks, spec)],
-    }
-
-
-def draw_points(image: np.ndarray, points: dict) -> np.ndarray:
-    """``image`` (RGB) with face70 points in green and body8 points in magenta, each numbered."""
-    import cv2
-
-    canvas = np.ascontiguousarray(image[:, :, ::-1].copy())
-    scale = max(image.shape[:2]) / 1000
-    # BGR colours: face green, small; body magenta, larger, with a dark rim to stand out on any cloth.
-    for group, colour, radius, font in (("face70", (60, 220, 80), 2, 0.3), ("body8", (255, 0, 255), 5, 0.5)):
-        radius = max(radius, int(radius * scale))
-        for i, point in enumerate(points[group]):
-            if point is None:
-                continue
-            x, y = int(round(point[0])), int(round(point[1]))
-            cv2.circle(canvas, (x, y), radius + 1, (0, 0, 0), -1, cv2.LINE_AA)
-            cv2.circle(canvas, (x, y), radius, colour, -1, cv2.LINE_AA)
-            cv2.putText(canvas, str(i), (x + radius + 1, y - radius - 1), cv2.FONT_HERSHEY_SIMPLEX, font * max(scale, 1),
-                        colour, 1, cv2.LINE_AA)
-    return canvas[:, :, ::-1]
-
-
-def _summary(source: str, landmarks: Landmarks, points: dict) -> str:
-    face = sum(p is not None for p in points["face70"])
-    body = sum(p is not None for p in points["body8"])
-    lines = [f"{source}: {landmarks.width}x{landmarks.height}"]
-    if landmarks.face_box is not None:
-        x0, y0, x1, y1 = landmarks.face_box
-        lines.append(f"  face: {face}/70 points, box {x0:.0f},{y0:.0f}-{x1:.0f},{y1:.0f} ({x1 - x0:.0f} px wide)")
-    else:
-        lines.append("  face: none found")
-    lines.append(f"  body: {body}/8 points" + ("" if landmarks.has_pose else " (no pose found)"))
-    for name, index in (("right pupil", 68), ("left pupil", 69)):
-        point = points["face70"][index]
-        if point is not None:
-            lines.append(f"  {name}: {point[0]:.1f}, {point[1]:.1f}")
-    lines.append(f"  features: {len(points['features'])} values")
-    return "\n".join(lines)
-
-
-def _video_frames(path: Path) -> Iterator[Frame]:
-    from edge.errors import SourceError
-    from edge.source import FileSource
-
-    source = FileSource(path, realtime=False)
-    try:
-        source.open()
-    except SourceError as error:
-        raise DataError(str(error)) from None
-    try:
-        while (frame := source.read()) is not None:
-            yield frame
-    finally:
-        source.close()
-
-
-def _landmarks_command(args) -> int:
-    import cv2
-
-    from edge.features import get_spec
-
-    spec = get_spec(args.spec, args.normalization)
-    path = Path(args.source) if args.source else paths.data_file(DEMO_PHOTO)
-    options = {
-        "pose": not args.no_pose,
-        "subject": args.subject,
-        "roi": tuple(args.roi) if args.roi else None,
-        "num_faces": args.num_faces,
-        "num_poses": args.num_faces,
-    }
-    if path.suffix.lower() in VIDEO_SUFFIXES:
-        if not path.is_file():
-            raise DataError(f"no such image or video: {path}")
-        with LandmarkExtractor(mode="video", **options) as extractor:
-            count = faces = 0
-            for frame in _video_frames(path):
-                landmarks = extractor.extract(frame)
-                points = subject_points(landmarks, spec)
-                count, faces = count + 1, faces + landmarks.has_face
-                if args.json:
-                    print(json.dumps({"frame": frame.index, **points}), flush=True)
-        if count == 0:
-            raise DataError(f"{path} has no frames")
-        if not args.json:
-            print(f"{path}: {count} frames, a face in {faces}")
-        return 0
-
-    image = read_image(path)
-    landmarks = landmarks_of_photo(image, **options)
-    points = subject_points(landmarks, spec)
-    print(json.dumps(points) if args.json else _summary(str(path), landmarks, points))
-    drawn = np.ascontiguousarray(draw_points(image, points)[:, :, ::-1]) if args.draw else None
-    if drawn is not None and not cv2.imwrite(str(args.draw), drawn):
-        raise DataError(f"cannot write {args.draw}")
-    return 0
-
-
-def add_commands(subparsers) -> None:
-    from edge.features import NORMALIZATIONS, SPECS
-
-    parser = subparsers.add_parser(
-        "landmarks", help="print the OpenPose-layout points of a photo or video",
-        description="Face70 (iBUG-68 + pupils) and body8 (BODY_25 0-7) points of the subject, in pixels, "
-        "and the feature vector. Without SOURCE: a bundled photo.",
-    )
-    parser.add_argument("source", nargs="?", metavar="IMAGE_OR_VIDEO", help="a photo or a video file")
-    parser.add_argument("--json", action="store_true", help="JSON (one line a frame for a video)")
-    parser.add_argument("--draw", metavar="OUT.png", help="write the photo with the points drawn and numbered (photos only)")
-    parser.add_argument("--spec", default="openpose-face70-body8", choices=sorted(SPECS))
-    parser.add_argument("--normalization", default="minmax", choices=NORMALIZATIONS)
-    parser.add_argument("--subject", default="largest", choices=SUBJECTS, help="which face is the subject")
-    parser.add_argument("--num-faces", type=int, default=4, metavar="N",
-                        help="faces (and poses) to find and choose the subject among (default: %(default)s)")
-    parser.add_argument("--roi", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"), help="crop (fractions) before detection")
-    parser.add_argument("--no-pose", action="store_true", help="face only")
-    parser.set_defaults(handler=_landmarks_command)

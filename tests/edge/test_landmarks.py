@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import cli, provision
+from edge import cli
+from edge.bundles import build
 from edge.errors import DataError, ModelError
 from edge.features import get_spec, keypoints
 from edge.landmarks import LandmarkExtractor, landmarks_of_photo
@@ -34,7 +35,7 @@ NECK, R_SHOULDER, R_ELBOW, R_WRIST, L_SHOULDER = BODY + 1, BODY + 2, BODY + 3, B
 def models_dir(tmp_path_factory) -> Path:
     """A models folder with both bundles built from the pinned wheel."""
     models = tmp_path_factory.mktemp("models")
-    provision.fetch(models / "landmarks")
+    build.fetch(models / "landmarks")
     return models
 
 
@@ -304,7 +305,7 @@ def test_the_command_exits_without_native_teardown_noise(use_models):
 
 def test_mediapipe_is_imported_without_tensorflow_even_where_tensorflow_is_installed():
     script = (
-        "import sys; from edge.landmarks import import_mediapipe; import_mediapipe(); "
+        "import sys; from edge.mediapipe_import import import_mediapipe; import_mediapipe(); "
         "print('tensorflow' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
@@ -313,7 +314,7 @@ def test_mediapipe_is_imported_without_tensorflow_even_where_tensorflow_is_insta
 
 def test_mediapipe_is_imported_without_matplotlib_and_audio_and_they_still_load_on_use():
     script = (
-        "import sys; from edge.landmarks import import_mediapipe; mp = import_mediapipe(); "
+        "import sys; from edge.mediapipe_import import import_mediapipe; mp = import_mediapipe(); "
         "unused = ('matplotlib', 'mediapipe.tasks.python.audio.audio_classifier'); "
         "print(*(name in sys.modules for name in unused)); "
         "draw = mp.tasks.vision.drawing_utils.draw_landmarks; "

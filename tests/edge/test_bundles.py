@@ -16,22 +16,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge import cli, provision
+from edge import cli
+from edge.bundles import build, graph_edits
 from edge.errors import DataError, ModelError
 
-FACE, POSE = provision.FACE_BUNDLE, provision.POSE_BUNDLE
+FACE, POSE = build.FACE_BUNDLE, build.POSE_BUNDLE
 
 
 @pytest.fixture(scope="session")
 def wheel_tflites() -> dict[str, bytes]:
-    pins = provision.load_pins()
-    return provision.wheel_members(provision.fetch_wheel(pins, provision.DEFAULT_CACHE), pins)
+    pins = build.load_pins()
+    return build.wheel_members(build.fetch_wheel(pins, build.DEFAULT_CACHE), pins)
 
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("landmarks")
-    provision.fetch(out)
+    build.fetch(out)
     return out
 
 
@@ -64,17 +65,17 @@ def test_fetch_builds_both_bundles_and_the_same_bytes_every_time(built, tmp_path
 def test_bundles_are_stored_zips_with_the_members_mediapipe_looks_up_aligned_for_mmap(built, name):
     with zipfile.ZipFile(built / name) as archive:
         infos = archive.infolist()
-        assert sorted(i.filename for i in infos) == sorted(provision.BUNDLE_MEMBERS[name])
-        assert all(i.compress_type == zipfile.ZIP_STORED and i.date_time == provision.ZIP_DATE for i in infos)
+        assert sorted(i.filename for i in infos) == sorted(build.BUNDLE_MEMBERS[name])
+        assert all(i.compress_type == zipfile.ZIP_STORED and i.date_time == build.ZIP_DATE for i in infos)
     data = (built / name).read_bytes()
     for info in infos:
         start = info.header_offset + 30 + len(info.filename) + len(info.extra)
         assert data[start : start + 8][4:8] == b"TFL3", "member bytes are a TFLite flatbuffer"
-        assert start % provision.MEMBER_ALIGNMENT == 0
+        assert start % build.MEMBER_ALIGNMENT == 0
 
 
 def test_the_face_model_gives_478_points_from_output_0_and_face_presence_from_output_1(built, wheel_tflites):
-    from edge.landmarks import import_mediapipe
+    from edge.mediapipe_import import import_mediapipe
 
     import_mediapipe()
     from mediapipe.tasks.metadata import schema_py_generated as schema
@@ -91,13 +92,13 @@ def test_the_face_model_gives_478_points_from_output_0_and_face_presence_from_ou
 
 
 def test_iris_weights_copy_each_iris_and_give_it_its_eyes_depth():
-    weights = provision.iris_weights()
+    weights = graph_edits.iris_weights()
     mesh = np.random.default_rng(0).normal(size=(468, 3)).astype(np.float32)
     iris_a, iris_b = np.arange(10, dtype=np.float32) + 100, np.arange(10, dtype=np.float32) + 200
     points = (weights @ np.concatenate([mesh.reshape(-1), iris_a, iris_b])).reshape(10, 3)
     assert np.allclose(points[:5, :2], iris_a.reshape(5, 2)) and np.allclose(points[5:, :2], iris_b.reshape(5, 2))
-    assert np.allclose(points[:5, 2], mesh[list(provision.RIGHT_EYE_CONTOUR), 2].mean(), atol=1e-6)
-    assert np.allclose(points[5:, 2], mesh[list(provision.LEFT_EYE_CONTOUR), 2].mean(), atol=1e-6)
+    assert np.allclose(points[:5, 2], mesh[list(graph_edits.RIGHT_EYE_CONTOUR), 2].mean(), atol=1e-6)
+    assert np.allclose(points[5:, 2], mesh[list(graph_edits.LEFT_EYE_CONTOUR), 2].mean(), atol=1e-6)
 
 
 def test_the_built_face_bundle_puts_each_iris_in_its_eye(built):
@@ -106,7 +107,7 @@ def test_the_built_face_bundle_puts_each_iris_in_its_eye(built):
     from edge.landmarks import landmarks_of_photo
 
     face = landmarks_of_photo(skimage.data.astronaut(), face_model=built / FACE, pose=False).face
-    for centre, contour in ((468, provision.RIGHT_EYE_CONTOUR), (473, provision.LEFT_EYE_CONTOUR)):
+    for centre, contour in ((468, graph_edits.RIGHT_EYE_CONTOUR), (473, graph_edits.LEFT_EYE_CONTOUR)):
         eye = face[list(contour)]
         eye_width = np.ptp(eye[:, 0])
         assert np.linalg.norm(face[centre] - eye.mean(axis=0)) < 0.15 * eye_width, "iris centre inside its eye"
@@ -115,7 +116,7 @@ def test_the_built_face_bundle_puts_each_iris_in_its_eye(built):
 
 
 def test_the_pose_landmark_model_says_its_input_is_scaled_from_0_255_to_0_1(built):
-    from edge.landmarks import import_mediapipe
+    from edge.mediapipe_import import import_mediapipe
 
     import_mediapipe()
     from mediapipe.tasks.metadata import metadata_schema_py_generated as md
@@ -155,11 +156,11 @@ def test_the_pose_landmark_model_loses_its_mask_head_and_keeps_its_other_outputs
     image = astronaut_for_pose_model()
     before, after = run_tflite(original, image), run_tflite(lean, image)
     assert sorted(before) == sorted(after), "MediaPipe finds the outputs by position: all five stay"
-    mask = provision.POSE_SEGMENTATION
+    mask = graph_edits.POSE_SEGMENTATION
     assert before[mask].any() and not after[mask].any() and after[mask].shape == before[mask].shape
     for name in sorted(set(before) - {mask}):
         assert np.array_equal(before[name], after[name]), f"output {name} changed"
-    operators = [provision._read_model(model).subgraphs[0].operators for model in (original, lean)]
+    operators = [graph_edits._read_model(model).subgraphs[0].operators for model in (original, lean)]
     assert len(operators[1]) <= len(operators[0]) - 40, "the mask head's operators are gone"
 
 
@@ -169,9 +170,9 @@ def test_pose_landmarker_finds_the_same_points_with_the_lean_bundle_as_with_the_
     from edge.landmarks import landmarks_of_photo
 
     whole = tmp_path / POSE
-    provision.write_bundle(whole, {
+    build.write_bundle(whole, {
         "pose_detector.tflite": wheel_tflites["pose_detection.tflite"],
-        "pose_landmarks_detector.tflite": provision.add_image_normalization(wheel_tflites["pose_landmark_full.tflite"]),
+        "pose_landmarks_detector.tflite": graph_edits.add_image_normalization(wheel_tflites["pose_landmark_full.tflite"]),
     })
     photo = skimage.data.astronaut()
     points = [landmarks_of_photo(photo, pose_model=bundle, face=False).pose for bundle in (whole, built / POSE)]
@@ -180,12 +181,12 @@ def test_pose_landmarker_finds_the_same_points_with_the_lean_bundle_as_with_the_
 
 def test_zeroing_an_output_the_model_lacks_names_the_outputs_it_has(wheel_tflites):
     with pytest.raises(ModelError, match=r"no output 'mask'; its outputs are \['Identity', 'Identity_1'"):
-        provision.zero_output(wheel_tflites["pose_landmark_full.tflite"], "mask")
+        graph_edits.zero_output(wheel_tflites["pose_landmark_full.tflite"], "mask")
 
 
 def test_a_wheel_whose_sha256_differs_from_the_pin_is_refused(tmp_path):
-    pins = provision.load_pins()
-    good = provision.fetch_wheel(pins, provision.DEFAULT_CACHE)
+    pins = build.load_pins()
+    good = build.fetch_wheel(pins, build.DEFAULT_CACHE)
     tampered = tmp_path / pins.wheel
     shutil.copyfile(good, tampered)
     with open(tampered, "r+b") as f:
@@ -194,32 +195,32 @@ def test_a_wheel_whose_sha256_differs_from_the_pin_is_refused(tmp_path):
         f.seek(1000)
         f.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(ModelError, match=f"{pins.wheel} has sha256 .* but landmark_sources.json pins {pins.wheel_sha256}"):
-        provision.fetch(tmp_path / "out", cache=tmp_path)
+        build.fetch(tmp_path / "out", cache=tmp_path)
     assert not (tmp_path / "out" / FACE).exists()
 
 
 def test_a_tflite_whose_sha256_differs_from_the_pin_is_refused(tmp_path):
-    pins = provision.load_pins()
-    wheel = provision.fetch_wheel(pins, provision.DEFAULT_CACHE)
+    pins = build.load_pins()
+    wheel = build.fetch_wheel(pins, build.DEFAULT_CACHE)
     name = "pose_detection.tflite"
-    wrong = provision.Pins(pins.requirement, pins.wheel, pins.platform_tag, pins.wheel_sha256,
+    wrong = build.Pins(pins.requirement, pins.wheel, pins.platform_tag, pins.wheel_sha256,
                            {name: {**pins.members[name], "sha256": "0" * 64}})
     with pytest.raises(ModelError, match=f"{pins.members[name]['path']} in {pins.wheel} has sha256"):
-        provision.wheel_members(wheel, wrong)
+        build.wheel_members(wheel, wrong)
 
 
 def test_each_machine_has_its_pinned_wheel():
-    assert provision.load_pins("x86_64").requirement == "mediapipe==0.10.21"
-    arm = provision.load_pins("aarch64")
+    assert build.load_pins("x86_64").requirement == "mediapipe==0.10.21"
+    arm = build.load_pins("aarch64")
     assert arm.requirement == "mediapipe==0.10.18" and "aarch64" in arm.wheel
-    assert provision.load_pins("arm64") == arm
+    assert build.load_pins("arm64") == arm
     with pytest.raises(ModelError, match="riscv64"):
-        provision.load_pins("riscv64")
+        build.load_pins("riscv64")
 
 
 def test_given_official_bundles_are_checked_and_copied(built, tmp_path):
     out = tmp_path / "out"
-    written = provision.fetch(out, face_bundle=str(built / FACE), pose_bundle=f"file://{built / POSE}")
+    written = build.fetch(out, face_bundle=str(built / FACE), pose_bundle=f"file://{built / POSE}")
     assert sha256(out / FACE) == sha256(built / FACE) and sha256(out / POSE) == sha256(built / POSE)
     assert written == {str(out / FACE): sha256(built / FACE), str(out / POSE): sha256(built / POSE)}
 
@@ -245,5 +246,5 @@ def test_a_given_bundle_that_is_not_a_face_landmarker_is_a_data_error(tmp_path, 
     bad = tmp_path / "bad.task"
     bad.write_bytes(content)
     with pytest.raises(DataError, match=message):
-        provision.fetch(tmp_path / "out", face_bundle=str(bad), pose_bundle=str(bad))
+        build.fetch(tmp_path / "out", face_bundle=str(bad), pose_bundle=str(bad))
     assert cli.main(["models", "fetch", "--output", str(tmp_path / "out"), "--face-bundle", str(tmp_path / "nope")]) == 7

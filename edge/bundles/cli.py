@@ -1,0 +1,36 @@
+"""``cryedge models fetch``: build or copy the MediaPipe bundles the landmark stage needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge import paths
+from edge.bundles.build import DEFAULT_CACHE, fetch
+from edge.errors import CryedgeError
+
+
+def _fetch_command(args) -> int:
+    output = Path(args.output) if args.output else paths.landmarks_dir()
+    try:
+        written = fetch(output, Path(args.cache), args.face_bundle, args.pose_bundle)
+    except PermissionError as error:
+        raise CryedgeError(f"cannot write into {output}: {error.strerror}; pass --output DIR") from None
+    for path, digest in written.items():
+        print(f"{path}  sha256 {digest}")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    models = subparsers.add_parser("models", help="landmark model bundles")
+    commands = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
+    fetch_parser = commands.add_parser(
+        "fetch", help="build or copy face_landmarker.task and pose_landmarker.task",
+        description="Without bundle options, build both bundles offline from the pinned mediapipe wheel's "
+        "Apache-2.0 models (downloaded with pip into the cache, checked by sha256).",
+    )
+    fetch_parser.add_argument("--output", metavar="DIR", help=f"where the bundles go (default: {paths.landmarks_dir()})")
+    fetch_parser.add_argument("--cache", metavar="DIR", default=str(DEFAULT_CACHE), help="where the wheel is kept (default: %(default)s)")
+    fetch_parser.add_argument("--face-bundle", metavar="PATH_OR_URL", help="use this official face_landmarker.task")
+    fetch_parser.add_argument("--pose-bundle", metavar="PATH_OR_URL", help="use this official pose_landmarker.task")
+    fetch_parser.set_defaults(handler=_fetch_command)
+
