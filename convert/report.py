@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge import tflite_file
 from edge.card import CARD_METADATA_NAME
 from edge.model import dequantize, quantize
 
@@ -52,20 +53,14 @@ class Graph:
         return sorted({f"{op.name} v{op.version}" for op in self.ops})
 
 
-def _schema():
-    from ai_edge_litert import schema_py_generated as schema
-
-    return schema
-
-
 def _names(enum_class) -> dict[int, str]:
     return {value: name for name, value in vars(enum_class).items() if not name.startswith("_")}
 
 
 def inspect_graph(model_bytes: bytes) -> Graph:
     """Parse ``model_bytes`` (the flatbuffer) into a Graph."""
-    schema = _schema()
-    model = schema.Model.GetRootAs(model_bytes, 0)
+    schema = tflite_file.schema()
+    model = tflite_file.root(model_bytes)
     op_names = _names(schema.BuiltinOperator)
     type_names = _names(schema.TensorType)
     codes = []
@@ -299,24 +294,6 @@ class Report:
         return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)
 
 
-def embed_metadata(model_bytes: bytes, name: str, data: bytes) -> bytes:
-    """``model_bytes`` with a metadata entry ``name`` holding ``data`` (replacing one of that name)."""
-    import flatbuffers
-
-    schema = _schema()
-    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(data, dtype=np.uint8)
-    model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name = name
-    entry.buffer = len(model.buffers) - 1
-    model.metadata = [m for m in (model.metadata or []) if (m.name.decode() if isinstance(m.name, bytes) else m.name) != name]
-    model.metadata.append(entry)
-    builder = flatbuffers.Builder(len(model_bytes) + len(data) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
 def embed_card(model_bytes: bytes, card_json: str) -> bytes:
-    return embed_metadata(model_bytes, CARD_METADATA_NAME, card_json.encode())
+    """``model_bytes`` with the card as metadata ``cryedge_card`` (replacing one), buffers 16-byte aligned."""
+    return tflite_file.with_metadata(model_bytes, CARD_METADATA_NAME, card_json.encode())

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge import tflite_file
 from edge.errors import ModelError
 
 CARD_METADATA_NAME = "cryedge_card"
@@ -115,21 +116,9 @@ def sidecar_path(model_path: Path) -> Path:
 def read_embedded_card(model_bytes: bytes) -> bytes | None:
     """The card's JSON bytes from the model's ``cryedge_card`` metadata entry, if any."""
     try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:
-        try:
-            from mediapipe.tasks.metadata import schema_py_generated as schema
-        except ImportError:
-            return None
-    try:
-        model = schema.Model.GetRootAs(model_bytes, 0)
-        for i in range(model.MetadataLength()):
-            entry = model.Metadata(i)
-            if entry.Name() == CARD_METADATA_NAME.encode():
-                return model.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
-    except Exception:  # a damaged flatbuffer: the interpreter will say so more clearly
+        return tflite_file.read_metadata(model_bytes, CARD_METADATA_NAME)
+    except Exception:  # no schema installed, or a damaged flatbuffer the interpreter will name more clearly
         return None
-    return None
 
 
 def load_card(model_path: Path) -> ModelCard:

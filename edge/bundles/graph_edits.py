@@ -1,16 +1,15 @@
 """Edits of MediaPipe's ``.tflite`` graphs that make the 0.10.x models work under the 1.2.x Tasks API.
 
-The edits use the flatbuffer object API generated from the TFLite and metadata schemas (shipped in
-the mediapipe wheel), so no TensorFlow is needed. Each takes and returns a model's bytes.
+Each takes and returns a model's bytes, read and written by ``edge.tflite_file`` (constant buffers
+16-byte aligned); no TensorFlow is needed.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from edge import tflite_file
 from edge.errors import ModelError
-
-BUFFER_ALIGNMENT = 16
 
 # The person's eye contours in MediaPipe's 468-point mesh (16 points each, corner to corner round
 # the lids). The appended iris points take their depth (z) from the mean of their eye's contour:
@@ -32,100 +31,13 @@ MESH_POINTS = 468
 
 
 def _schemas():
-    """The TFLite and TFLite-metadata schema modules generated for flatbuffers' object API."""
+    """The TFLite schema and the TFLite-metadata schema (shipped in mediapipe) modules."""
     from edge.mediapipe_import import import_mediapipe
 
     import_mediapipe()
     from mediapipe.tasks.metadata import metadata_schema_py_generated as metadata_schema
-    from mediapipe.tasks.metadata import schema_py_generated as schema
 
-    return schema, metadata_schema
-
-
-def _read_model(data: bytes):
-    schema, _ = _schemas()
-    return schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
-
-
-def _write_model(model) -> bytes:
-    import flatbuffers
-
-    schema, _ = _schemas()
-
-    class AlignedBuffer(schema.BufferT):
-        """A buffer whose bytes start on a 16-byte boundary, as TFLite's own writer lays them out.
-
-        The generated packer aligns a byte vector to 1, and LiteRT then copies each unaligned
-        constant tensor out of the memory-mapped model with a warning.
-        """
-
-        def Pack(self, builder):
-            data = None
-            if self.data is not None and len(self.data):
-                payload = np.asarray(self.data, dtype=np.uint8).tobytes()
-                builder.StartVector(1, len(payload), BUFFER_ALIGNMENT)
-                builder.head -= len(payload)
-                builder.Bytes[builder.head : builder.head + len(payload)] = payload
-                data = builder.EndVector()
-            schema.BufferStart(builder)
-            if data is not None:
-                schema.BufferAddData(builder, data)
-            schema.BufferAddOffset(builder, self.offset)
-            schema.BufferAddSize(builder, self.size)
-            return schema.BufferEnd(builder)
-
-    aligned = []
-    for buffer in model.buffers:
-        copy = AlignedBuffer()
-        copy.data, copy.offset, copy.size = buffer.data, buffer.offset, buffer.size
-        aligned.append(copy)
-    model.buffers = aligned
-    builder = flatbuffers.Builder(1 << 20)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
-def _opcode_index(model, builtin: int) -> int:
-    schema, _ = _schemas()
-    for i, code in enumerate(model.operatorCodes):
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin and not code.customCode:
-            return i
-    code = schema.OperatorCodeT()
-    code.builtinCode = builtin
-    code.deprecatedBuiltinCode = min(builtin, 127)  # readers take the larger of the two fields
-    code.version = 1
-    model.operatorCodes.append(code)
-    return len(model.operatorCodes) - 1
-
-
-def _add_buffer(model, data: bytes | None) -> int:
-    schema, _ = _schemas()
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(data, dtype=np.uint8) if data else None
-    model.buffers.append(buffer)
-    return len(model.buffers) - 1
-
-
-def _add_tensor(model, subgraph, name: str, shape, tensor_type: int, data: bytes | None = None) -> int:
-    schema, _ = _schemas()
-    tensor = schema.TensorT()
-    tensor.name = name.encode()
-    tensor.shape = np.asarray(shape, dtype=np.int32)
-    tensor.type = tensor_type
-    tensor.buffer = _add_buffer(model, data)
-    subgraph.tensors.append(tensor)
-    return len(subgraph.tensors) - 1
-
-
-def _add_op(model, subgraph, builtin: int, inputs, outputs, options_type: int, options) -> None:
-    schema, _ = _schemas()
-    op = schema.OperatorT()
-    op.opcodeIndex = _opcode_index(model, builtin)
-    op.inputs = np.asarray(inputs, dtype=np.int32)
-    op.outputs = np.asarray(outputs, dtype=np.int32)
-    op.builtinOptionsType = options_type
-    op.builtinOptions = options
-    subgraph.operators.append(op)
+    return tflite_file.schema(), metadata_schema
 
 
 def iris_weights() -> np.ndarray:
@@ -156,8 +68,8 @@ def append_iris_points(attention_tflite: bytes) -> bytes:
     mesh and iris points, RESHAPE to (1, 1, 1, 1434). Outputs become [that, face presence]; the lip
     and eye refinements go unused (measured against dlib, the mesh alone agrees as well).
     """
-    schema, _ = _schemas()
-    model = _read_model(attention_tflite)
+    schema = tflite_file.schema()
+    model = tflite_file.read(attention_tflite)
     graph = model.subgraphs[0]
     by_name = {graph.tensors[int(i)].name.decode(): int(i) for i in graph.outputs}
     wanted = (ATTENTION_MESH, *ATTENTION_IRIS_ORDER, ATTENTION_PRESENCE)
@@ -167,22 +79,22 @@ def append_iris_points(attention_tflite: bytes) -> bytes:
 
     def constant(name: str, shape: list[int], values: np.ndarray) -> int:
         tensor_type = schema.TensorType.INT32 if values.dtype == np.int32 else f32
-        return _add_tensor(model, graph, name, shape, tensor_type, values.tobytes())
+        return tflite_file.add_tensor(model, graph, name, shape, tensor_type, values.tobytes())
 
     def reshape(source: int, shape: list[int], name: str) -> int:
-        out = _add_tensor(model, graph, name, shape, f32)
+        out = tflite_file.add_tensor(model, graph, name, shape, f32)
         options = schema.ReshapeOptionsT()
         options.newShape = np.array(shape, np.int32)
         new_shape = constant(f"{name}/shape", [len(shape)], np.array(shape, np.int32))
-        _add_op(model, graph, schema.BuiltinOperator.RESHAPE, [source, new_shape], [out],
+        tflite_file.add_operator(model, graph, schema.BuiltinOperator.RESHAPE, [source, new_shape], [out],
                 schema.BuiltinOptions.ReshapeOptions, options)
         return out
 
     def concatenate(sources: list[int], width: int, name: str) -> int:
-        out = _add_tensor(model, graph, name, [1, width], f32)
+        out = tflite_file.add_tensor(model, graph, name, [1, width], f32)
         options = schema.ConcatenationOptionsT()
         options.axis = 1
-        _add_op(model, graph, schema.BuiltinOperator.CONCATENATION, sources, [out],
+        tflite_file.add_operator(model, graph, schema.BuiltinOperator.CONCATENATION, sources, [out],
                 schema.BuiltinOptions.ConcatenationOptions, options)
         return out
 
@@ -190,14 +102,14 @@ def append_iris_points(attention_tflite: bytes) -> bytes:
     irises = [reshape(by_name[name], [1, 2 * IRIS_POINTS], f"cryedge/{name}") for name in ATTENTION_IRIS_ORDER]
     weights = iris_weights()
     joined_in = concatenate([mesh, *irises], weights.shape[1], "cryedge/mesh_and_irises")
-    iris_points = _add_tensor(model, graph, "cryedge/iris_points", [1, weights.shape[0]], f32)
-    _add_op(model, graph, schema.BuiltinOperator.FULLY_CONNECTED,
+    iris_points = tflite_file.add_tensor(model, graph, "cryedge/iris_points", [1, weights.shape[0]], f32)
+    tflite_file.add_operator(model, graph, schema.BuiltinOperator.FULLY_CONNECTED,
             [joined_in, constant("cryedge/iris_weights", list(weights.shape), weights), -1], [iris_points],
             schema.BuiltinOptions.FullyConnectedOptions, schema.FullyConnectedOptionsT())
     points = concatenate([mesh, iris_points], (MESH_POINTS + 2 * IRIS_POINTS) * 3, "cryedge/points")
     out = reshape(points, [1, 1, 1, (MESH_POINTS + 2 * IRIS_POINTS) * 3], "cryedge/landmarks")
     graph.outputs = np.array([out, by_name[ATTENTION_PRESENCE]], dtype=np.int32)
-    return _write_model(model)
+    return tflite_file.write(model)
 
 
 def _live_operators(graph) -> list[int]:
@@ -222,7 +134,7 @@ def drop_dead_operators(tflite: bytes) -> bytes:
     dropping them moved points by up to 0.18 px (XNNPACK partitions around its custom ops change)
     and measured no faster, for 3 MiB.
     """
-    model = _read_model(tflite)
+    model = tflite_file.read(tflite)
     if len(model.subgraphs) != 1:
         raise ModelError(f"expected a model with one subgraph, got {len(model.subgraphs)}")
     graph = model.subgraphs[0]
@@ -258,7 +170,7 @@ def drop_dead_operators(tflite: bytes) -> bytes:
         entry.buffer = buffer_index[entry.buffer]
     if model.metadataBuffer is not None:
         model.metadataBuffer = np.array([buffer_index[int(b)] for b in model.metadataBuffer], dtype=np.int32)
-    return _write_model(model)
+    return tflite_file.write(model)
 
 
 def zero_output(tflite: bytes, name: str) -> bytes:
@@ -267,8 +179,8 @@ def zero_output(tflite: bytes, name: str) -> bytes:
     The operators that computed it are left dead, for ``drop_dead_operators``. For heads a task
     is never asked for, whose output MediaPipe still expects to find in its place.
     """
-    schema, _ = _schemas()
-    model = _read_model(tflite)
+    schema = tflite_file.schema()
+    model = tflite_file.read(tflite)
     graph = model.subgraphs[0]
     by_name = {graph.tensors[int(i)].name.decode(): int(i) for i in graph.outputs}
     if name not in by_name:
@@ -279,13 +191,13 @@ def zero_output(tflite: bytes, name: str) -> bytes:
         raise ModelError(f"output {name!r} is not float32")
     shape = np.asarray(tensor.shape, dtype=np.int32)
     graph.operators = [op for op in graph.operators if target not in {int(t) for t in op.outputs}]
-    zero = _add_tensor(model, graph, f"cryedge/{name}/zero", [1] * len(shape), schema.TensorType.FLOAT32,
+    zero = tflite_file.add_tensor(model, graph, f"cryedge/{name}/zero", [1] * len(shape), schema.TensorType.FLOAT32,
                        np.zeros(1, np.float32).tobytes())
-    multiples = _add_tensor(model, graph, f"cryedge/{name}/multiples", [len(shape)], schema.TensorType.INT32,
+    multiples = tflite_file.add_tensor(model, graph, f"cryedge/{name}/multiples", [len(shape)], schema.TensorType.INT32,
                             shape.tobytes())
-    _add_op(model, graph, schema.BuiltinOperator.TILE, [zero, multiples], [target],
+    tflite_file.add_operator(model, graph, schema.BuiltinOperator.TILE, [zero, multiples], [target],
             schema.BuiltinOptions.TileOptions, schema.TileOptionsT())
-    return _write_model(model)
+    return tflite_file.write(model)
 
 
 def add_image_normalization(tflite: bytes, mean: float = 0.0, std: float = 255.0, name: str = "") -> bytes:
@@ -298,7 +210,7 @@ def add_image_normalization(tflite: bytes, mean: float = 0.0, std: float = 255.0
     import flatbuffers
 
     schema, md = _schemas()
-    model = _read_model(tflite)
+    model = tflite_file.read(tflite)
     if any(entry.name == b"TFLITE_METADATA" for entry in model.metadata or []):
         raise ModelError(f"{name or 'model'} already has TFLite metadata; not overwriting it")
 
@@ -341,8 +253,8 @@ def add_image_normalization(tflite: bytes, mean: float = 0.0, std: float = 255.0
     builder.Finish(metadata.Pack(builder), file_identifier=b"M001")
     entry = schema.MetadataT()
     entry.name = b"TFLITE_METADATA"
-    entry.buffer = _add_buffer(model, bytes(builder.Output()))
+    entry.buffer = tflite_file.add_buffer(model, bytes(builder.Output()))
     model.metadata = list(model.metadata or []) + [entry]
-    return _write_model(model)
+    return tflite_file.write(model)
 
 

@@ -20,6 +20,7 @@ pytest.importorskip("tensorflow")
 from convert.convert import ConvertOptions, Samples, check_graph, convert, infer_kind, split_samples
 from convert.keras_io import legacy_h5_config
 from convert.report import LiteRTRunner, float_islands, inspect_graph
+from edge import tflite_file
 from edge.card import load_card, parse_card, read_embedded_card
 from edge.errors import DataError
 from edge.model import TFLiteModel
@@ -70,6 +71,7 @@ def test_card_is_embedded_and_beside_the_model_and_the_device_runtime_accepts_it
     embedded = parse_card(read_embedded_card(path.read_bytes()), "embedded")
     sidecar = load_card(path)
     assert embedded == sidecar
+    assert tflite_file.misaligned_buffers(path.read_bytes()) == [], "embedding the card keeps buffers aligned"
     assert embedded.source.sha256 and len(embedded.source.sha256) == 64
     assert embedded.tools["tensorflow"].startswith("2.")
     assert embedded.quantization.scheme == "int8" and embedded.quantization.input.dtype == "int8"
