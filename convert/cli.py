@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from edge.cli import add_commands_of
 
-COMMAND_MODULES = ("convert.convert", "convert.train", "convert.dataset", "convert.demo")
+COMMAND_MODULES = ("convert.convert", "convert.train", "convert.dataset", "convert.demo", "convert.evaluate")
 
 
 def register(subparsers) -> None:

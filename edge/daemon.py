@@ -44,6 +44,7 @@ class FrameResult:
     score: object | None  # edge.records.Score once the window is full
     events: tuple  # edge.records.AlarmEvent raised by this frame
     stage_ms: dict
+    body_seen: bool = False
 
 
 class RollingStats:
@@ -123,7 +124,29 @@ class Pipeline:
             events = tuple(self.alarm.update(score))
             now = time.perf_counter()
             times["alarm"] = (now - mark) * 1000
-        return FrameResult(frame.t, landmarks.has_face, score, events, times)
+        return FrameResult(frame.t, landmarks.has_face, score, events, times, body_seen=landmarks.has_pose)
+
+    def close(self) -> None:
+        self.extractor.close()
+
+
+def build_pipeline(config, model, **alarm_options) -> Pipeline:
+    """The daemon's pipeline for ``model`` as ``config`` describes it; ``cryedge eval`` runs the same one.
+
+    The pose landmarker is left out when the model uses no body points. ``alarm_options`` go to
+    ``Alarm`` (a test or an evaluation injects its clock).
+    """
+    from edge.alarm import Alarm
+    from edge.landmarks import LandmarkExtractor
+    from edge.model import WindowScorer
+
+    landmarks_cfg = config.landmarks
+    if landmarks_cfg.pose and not uses_body_points(model.card):
+        log.info("pose landmarks off: model %s (%s) uses no body points", model.card.name, model.card.kind)
+        landmarks_cfg = landmarks_cfg.model_copy(update={"pose": False})
+    extractor = LandmarkExtractor.from_config(landmarks_cfg)
+    alarm = Alarm(config.alarm, model_threshold=model.card.threshold, **alarm_options)
+    return Pipeline(extractor, WindowScorer(model), alarm)
 
 
 class Daemon:
@@ -152,24 +175,16 @@ class Daemon:
 
     def open(self) -> None:
         """Open the model, landmarkers, publisher, source and health server; any failure is one CryedgeError."""
-        from edge.alarm import Alarm
         from edge.health import start_health_server
-        from edge.landmarks import LandmarkExtractor
-        from edge.model import TFLiteModel, WindowScorer
+        from edge.model import TFLiteModel
         from edge.publish import make_publisher
         from edge.source import SupervisedSource, open_backend
 
         cfg = self.config
         try:
             self.model = self._own(TFLiteModel(cfg.model.path, num_threads=cfg.model.num_threads, edgetpu=cfg.model.edgetpu))
-            landmarks_cfg = cfg.landmarks
-            if landmarks_cfg.pose and not uses_body_points(self.model.card):
-                log.info("pose landmarks off: model %s (%s) uses no body points", self.model.card.name,
-                         self.model.card.kind)
-                landmarks_cfg = landmarks_cfg.model_copy(update={"pose": False})
-            self.extractor = self._own(LandmarkExtractor.from_config(landmarks_cfg))
-            self.alarm = Alarm(cfg.alarm, model_threshold=self.model.card.threshold)
-            self.pipeline = Pipeline(self.extractor, WindowScorer(self.model), self.alarm)
+            self.pipeline = self._own(build_pipeline(cfg, self.model))
+            self.extractor, self.alarm = self.pipeline.extractor, self.pipeline.alarm
             self.publisher = make_publisher(cfg, self.model.card.name)
             self.publisher.start()
             self._closing.append(self.publisher)

@@ -1,0 +1,399 @@
+"""``cryedge eval``: judge a model on labelled footage with the daemon's own pipeline, as events.
+
+Each video goes through ``edge.daemon.build_pipeline`` (the same landmarks, features, window, model
+and alarm code and settings as ``cryedge run``), decoded as fast as it goes. The alarm's episodes are
+compared with the crying intervals of the truth (the intervals CSV ``cryedge dataset build`` reads:
+``video,start_s,end_s,label[,subject]``):
+
+- a cry (one run of the positive label) is *found* when an episode overlaps it (``tolerance``
+  seconds of slack each side); its start and end errors are the first overlapping episode's start
+  and the last one's end minus the truth's (positive: late);
+- an episode that overlaps no cry is a *false alarm*; alarm-on time outside every cry (widened by
+  the tolerance) is *false-alarm time*; both are also given per hour of footage;
+- per clip: the share of frames with a face and with a body, of windows the model could see
+  (status ``ok``) and of windows scored as crying (ok and at or above the ON threshold), also by the
+  truth's label at the window's end (how often a yawn is scored as crying).
+
+Outputs: ``eval.json`` (everything), ``eval.md`` (the table, also printed) and ``eval.png`` (score,
+alarm state and truth over time, one row per clip) in ``--output-dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import DataError
+
+TOLERANCE_S = 1.5
+PLOT_NAME, JSON_NAME, TABLE_NAME = "eval.png", "eval.json", "eval.md"
+
+
+# --- matching (pure) ---------------------------------------------------------------------------
+
+def merge_intervals(intervals: list[tuple[float, float]], gap: float = 1e-3) -> list[tuple[float, float]]:
+    """Sorted intervals with touching or overlapping ones joined."""
+    merged: list[list[float]] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1] + gap:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(a, b) for a, b in merged]
+
+
+def overlap(a: tuple[float, float], b: tuple[float, float], slack: float = 0.0) -> bool:
+    return a[0] < b[1] + slack and b[0] < a[1] + slack
+
+
+def covered_seconds(intervals: list[tuple[float, float]], outside: list[tuple[float, float]]) -> float:
+    """Seconds of ``intervals`` that fall outside every interval of ``outside``."""
+    total = 0.0
+    for start, end in intervals:
+        inside = sum(max(0.0, min(end, b) - max(start, a)) for a, b in merge_intervals(outside))
+        total += max(0.0, (end - start) - inside)
+    return total
+
+
+@dataclass
+class Match:
+    """Episodes against truth for one clip; seconds throughout."""
+
+    cries: int
+    found: int
+    missed: int
+    start_errors: list[float]  # per found cry: episode start - truth start
+    end_errors: list[float]
+    false_alarms: int
+    false_alarm_seconds: float
+
+
+def match_episodes(truth: list[tuple[float, float]], episodes: list[tuple[float, float]],
+                   tolerance: float = TOLERANCE_S) -> Match:
+    """Which cries the episodes found, how far off they were, and which episodes were false alarms."""
+    truth = merge_intervals(truth)
+    start_errors, end_errors = [], []
+    for cry in truth:
+        hits = [e for e in episodes if overlap(e, cry, tolerance)]
+        if hits:
+            start_errors.append(round(hits[0][0] - cry[0], 3))
+            end_errors.append(round(hits[-1][1] - cry[1], 3))
+    false_alarms = sum(1 for e in episodes if not any(overlap(e, cry, tolerance) for cry in truth))
+    widened = [(a - tolerance, b + tolerance) for a, b in truth]
+    return Match(len(truth), len(start_errors), len(truth) - len(start_errors), start_errors, end_errors,
+                 false_alarms, round(covered_seconds(episodes, widened), 3))
+
+
+# --- running the pipeline ----------------------------------------------------------------------
+
+@dataclass
+class ClipResult:
+    """One clip's evaluation; ``trace`` holds the per-window series for the plot."""
+
+    video: str
+    duration_s: float
+    frames: int
+    truth: list[tuple[float, float]]
+    episodes: list[dict]  # start_s, end_s, end_reason
+    match: Match
+    face_share: float
+    body_share: float
+    seen_share: float  # windows whose score could see (status ok)
+    scored_crying_share: float  # windows ok and >= the ON threshold
+    by_label: dict  # truth label at the window's end -> {windows, scored_crying}
+    statuses: dict  # Score.status -> windows
+    trace: dict = field(default_factory=dict, repr=False)
+
+    def summary(self) -> dict:
+        data = asdict(self)
+        data.pop("trace")
+        return data
+
+
+def clip_truth(labels, positive: str) -> list[tuple[float, float]]:
+    """The positive label's intervals of one video's ``VideoLabels`` (intervals layout)."""
+    if labels is None:
+        return []
+    if labels.ends is None:
+        raise DataError(f"labels of {labels.video}: cryedge eval needs an intervals CSV (video,start_s,end_s,label)")
+    return merge_intervals([(float(s), float(e)) for s, e, name in zip(labels.times, labels.ends, labels.labels, strict=True)
+                            if name == positive])
+
+
+def evaluate_clip(video: Path, pipeline, labels=None, positive: str = "crying", tolerance: float = TOLERANCE_S,
+                  default_label: str = "not_crying", progress=None) -> ClipResult:
+    """Run ``video`` through ``pipeline`` (fresh: its window and alarm start empty) and judge its episodes."""
+    from edge.errors import SourceError
+    from edge.source import FileSource
+
+    source = FileSource(video, realtime=False)
+    try:
+        source.open()
+    except SourceError as error:
+        raise DataError(str(error)) from None
+    total_frames = _frame_count(video)
+    faces = bodies = frames = 0
+    t0 = last_t = None
+    times, probabilities, statuses, crying = [], [], [], []
+    events = []
+    try:
+        while (frame := source.read()) is not None:
+            t0 = frame.t if t0 is None else t0
+            last_t = frame.t
+            result = pipeline.process(frame)
+            frames += 1
+            faces += result.face_seen
+            bodies += result.body_seen
+            events += result.events
+            if result.score is not None:
+                times.append(result.score.t - t0)
+                probabilities.append(result.score.probability)
+                statuses.append(result.score.status)
+                crying.append(pipeline.alarm.crying)
+            if progress is not None and (frames % 25 == 0 or frames == total_frames):
+                progress(frames, total_frames)
+    finally:
+        source.close()
+    if not frames:
+        raise DataError(f"video {video} has no frames")
+    events += pipeline.alarm.finish(last_t)
+    duration = frames / source.file_fps
+    episodes = [{"start_s": round(s.t - t0, 3), "end_s": round(e.t - t0, 3), "end_reason": e.reason}
+                for s, e in zip(events[::2], events[1::2], strict=True)]
+    truth = clip_truth(labels, positive)
+    match = match_episodes(truth, [(e["start_s"], e["end_s"]) for e in episodes], tolerance)
+
+    times_a, p = np.array(times), np.array(probabilities)
+    ok = np.array([s == "ok" for s in statuses], bool)
+    scored = ok & (p >= pipeline.alarm.on_threshold)
+    names = np.array([labels.label_at(float(t)) if labels is not None else default_label for t in times_a])
+    by_label = {str(name): {"windows": int((names == name).sum()), "scored_crying": _share(scored[names == name])}
+                for name in sorted(set(names.tolist()))}
+    return ClipResult(
+        video=video.name, duration_s=round(duration, 3), frames=frames, truth=truth, episodes=episodes, match=match,
+        face_share=round(faces / frames, 4), body_share=round(bodies / frames, 4), seen_share=_share(ok),
+        scored_crying_share=_share(scored), by_label=by_label,
+        statuses={s: statuses.count(s) for s in sorted(set(statuses))},
+        trace={"t": times_a, "p": p, "ok": ok, "crying": np.array(crying, bool)},
+    )
+
+
+def _share(mask: np.ndarray) -> float:
+    return round(float(mask.mean()), 4) if mask.size else 0.0
+
+
+def _frame_count(video: Path) -> int:
+    import cv2
+
+    capture = cv2.VideoCapture(str(video))
+    try:
+        return int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+    finally:
+        capture.release()
+
+
+def totals(results: list[ClipResult]) -> dict:
+    """The whole footage: counts summed, shares weighted by frames or windows, errors as medians and maxima."""
+    hours = sum(r.duration_s for r in results) / 3600
+    frames = sum(r.frames for r in results)
+    windows = sum(len(r.trace["t"]) for r in results)
+    starts = [e for r in results for e in r.match.start_errors]
+    ends = [e for r in results for e in r.match.end_errors]
+    false_alarms = sum(r.match.false_alarms for r in results)
+    fa_seconds = sum(r.match.false_alarm_seconds for r in results)
+    by_label: dict[str, dict] = {}
+    for r in results:
+        for name, v in r.by_label.items():
+            entry = by_label.setdefault(name, {"windows": 0, "crying_windows": 0.0})
+            entry["windows"] += v["windows"]
+            entry["crying_windows"] += v["scored_crying"] * v["windows"]
+
+    def weighted(attr: str, weights) -> float:
+        total = sum(weights(r) for r in results)
+        return round(sum(getattr(r, attr) * weights(r) for r in results) / total, 4) if total else 0.0
+
+    return {
+        "clips": len(results), "hours": round(hours, 4), "frames": frames, "windows": windows,
+        "cries": sum(r.match.cries for r in results), "found": sum(r.match.found for r in results),
+        "missed": sum(r.match.missed for r in results),
+        "start_error_median_s": round(float(np.median(starts)), 3) if starts else None,
+        "start_error_max_abs_s": round(float(np.max(np.abs(starts))), 3) if starts else None,
+        "end_error_median_s": round(float(np.median(ends)), 3) if ends else None,
+        "end_error_max_abs_s": round(float(np.max(np.abs(ends))), 3) if ends else None,
+        "false_alarms": false_alarms, "false_alarms_per_hour": round(false_alarms / hours, 2) if hours else 0.0,
+        "false_alarm_minutes_per_hour": round(fa_seconds / 60 / hours, 2) if hours else 0.0,
+        "face_share": weighted("face_share", lambda r: r.frames), "body_share": weighted("body_share", lambda r: r.frames),
+        "seen_share": weighted("seen_share", lambda r: len(r.trace["t"])),
+        "scored_crying_share": weighted("scored_crying_share", lambda r: len(r.trace["t"])),
+        "by_label": {name: {"windows": v["windows"], "scored_crying": round(v["crying_windows"] / v["windows"], 4)}
+                     for name, v in sorted(by_label.items()) if v["windows"]},
+    }
+
+
+# --- reporting ---------------------------------------------------------------------------------
+
+def _errors(values: list[float]) -> str:
+    return " ".join(f"{v:+.1f}" for v in values) if values else "-"
+
+
+def markdown_table(results: list[ClipResult], total: dict) -> str:
+    """Per clip and in total; errors in seconds (positive: late), shares in percent."""
+    head = ("| clip | s | cries | found | missed | start err s | end err s | false alarms | FA min/h "
+            "| face | body | seen | scored crying |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for r in results:
+        m = r.match
+        fa_per_hour = m.false_alarm_seconds / 60 / (r.duration_s / 3600) if r.duration_s else 0.0
+        rows.append(f"| {r.video} | {r.duration_s:.0f} | {m.cries} | {m.found} | {m.missed} | {_errors(m.start_errors)} "
+                    f"| {_errors(m.end_errors)} | {m.false_alarms} | {fa_per_hour:.1f} | {100 * r.face_share:.0f}% "
+                    f"| {100 * r.body_share:.0f}% | {100 * r.seen_share:.0f}% | {100 * r.scored_crying_share:.0f}% |")
+    t = total
+
+    def err(median, worst):
+        return "-" if median is None else f"med {median:+.2f}, max {worst:.2f}"
+
+    rows.append(f"| **total** ({t['clips']} clips) | {3600 * t['hours']:.0f} | {t['cries']} | {t['found']} | {t['missed']} "
+                f"| {err(t['start_error_median_s'], t['start_error_max_abs_s'])} "
+                f"| {err(t['end_error_median_s'], t['end_error_max_abs_s'])} | {t['false_alarms']} "
+                f"({t['false_alarms_per_hour']:.1f}/h) | {t['false_alarm_minutes_per_hour']:.1f} | {100 * t['face_share']:.0f}% "
+                f"| {100 * t['body_share']:.0f}% | {100 * t['seen_share']:.0f}% | {100 * t['scored_crying_share']:.0f}% |")
+    labels = "\n".join(f"| {name} | {v['windows']} | {100 * v['scored_crying']:.0f}% |" for name, v in t["by_label"].items())
+    return (head + "\n" + "\n".join(rows) + "\n\nWindows scored as crying, by the truth's label at the window's end:\n\n"
+            "| label | windows | scored crying |\n|---|---|---|\n" + labels + "\n")
+
+
+def plot(results: list[ClipResult], path: Path, threshold: float, title: str = "") -> Path:
+    """One row per clip: the window score, the alarm's episodes (upper half), the truth, where the model could not see."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = max(1, len(results))
+    fig, axes = plt.subplots(rows, 1, figsize=(11, 1.2 + 1.5 * rows), sharex=False, squeeze=False)
+    for ax, r in zip(axes[:, 0], results, strict=False):
+        tr = r.trace
+        for k, (start, end) in enumerate(r.truth):
+            ax.axvspan(start, end, color="tab:green", alpha=0.25, lw=0, label="truth: crying" if k == 0 else None)
+        for k, episode in enumerate(r.episodes):  # as the events date them, not when the rule fired
+            ax.axvspan(episode["start_s"], episode["end_s"], ymin=0.5, color="tab:red", alpha=0.25, lw=0,
+                       label="alarm episode" if k == 0 else None)
+        if len(tr["t"]):
+            blind = ~tr["ok"]
+            if blind.any():
+                ax.fill_between(tr["t"], 0, 0.08, where=blind, step="post", color="0.35", lw=0, label="cannot see")
+            p = np.where(tr["ok"], tr["p"], np.nan)
+            ax.plot(tr["t"], p, color="tab:blue", lw=1.0, label="score")
+        ax.axhline(threshold, color="0.4", lw=0.7, ls="--")
+        ax.set_xlim(0, max(r.duration_s, 1.0))
+        ax.set_ylim(0, 1)
+        ax.set_yticks([0, threshold, 1])
+        ax.set_title(r.video, fontsize=8, loc="left")
+        ax.tick_params(labelsize=7)
+    axes[0, 0].legend(loc="upper right", fontsize=7, ncol=4, framealpha=0.8)
+    axes[-1, 0].set_xlabel("seconds")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# --- command -----------------------------------------------------------------------------------
+
+def clips_of(videos: Path, labels_path: Path | None, default_label: str) -> tuple[list[Path], dict]:
+    """The videos to evaluate and their labels: every video of a folder (unlabelled ones hold no cry), or one file."""
+    from convert.dataset import VIDEO_SUFFIXES, read_interval_labels
+
+    videos = Path(videos)
+    if videos.is_file():
+        files, folder = [videos], videos.parent
+    elif videos.is_dir():
+        files, folder = sorted(p for p in videos.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES), videos
+        if not files:
+            raise DataError(f"no videos ({', '.join(VIDEO_SUFFIXES)}) in {videos}")
+    else:
+        raise DataError(f"{videos} is neither a video nor a folder of videos")
+    if labels_path is None:
+        labels_path = folder / "labels.csv"
+        if not labels_path.is_file():
+            raise DataError(f"no truth: give --labels (an intervals CSV: video,start_s,end_s,label), or put labels.csv in {folder}")
+    if not Path(labels_path).is_file():
+        raise DataError(f"labels {labels_path} do not exist (an intervals CSV: video,start_s,end_s,label)")
+    labels = read_interval_labels(Path(labels_path), default_label)
+    names = {f.name for f in files}
+    missing = sorted(set(labels) - names) if videos.is_dir() else []
+    if missing:
+        raise DataError(f"video {missing[0]} named in {labels_path} is not in {folder}")
+    return files, labels
+
+
+def evaluate(videos: Path, labels_path: Path | None, config, positive: str = "crying", tolerance: float = TOLERANCE_S,
+             default_label: str = "not_crying", show_progress: bool = False) -> tuple[list[ClipResult], dict, object]:
+    """Every clip through a fresh copy of the daemon's pipeline; (per-clip results, totals, model card)."""
+    from convert.dataset import Progress
+    from edge.daemon import build_pipeline
+    from edge.model import TFLiteModel
+
+    files, labels = clips_of(videos, labels_path, default_label)
+    results = []
+    with TFLiteModel(config.model.path, num_threads=config.model.num_threads, edgetpu=config.model.edgetpu) as model:
+        if positive not in model.card.labels:
+            raise DataError(f"positive label {positive!r} is not one of the model's labels {list(model.card.labels)}")
+        for number, video in enumerate(files):
+            bar = Progress(1, f"[{number + 1}/{len(files)}] {video.name}") if show_progress else None
+            progress = (lambda done, total, bar=bar: (setattr(bar, "total", max(1, total)), bar.update(done))) if bar else None
+            pipeline = build_pipeline(config, model, wall_clock=lambda t: t)
+            try:
+                results.append(evaluate_clip(video, pipeline, labels.get(video.name), positive, tolerance, default_label, progress))
+            finally:
+                pipeline.close()
+        card = model.card
+    return results, totals(results), card
+
+
+def _eval_command(args) -> int:
+    from edge.config import load_config
+
+    overrides = {"model": {"path": str(args.model)}} if args.model else {}
+    config = load_config(args.config, overrides)
+    show_progress = args.progress or sys.stderr.isatty()
+    results, total, card = evaluate(args.videos, args.labels, config, args.positive, args.tolerance, args.default_label,
+                                    show_progress)
+    on, _ = config.alarm.thresholds(card.threshold)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(results, total)
+    report = {"model": card.name, "model_path": str(config.model.path), "videos": str(args.videos),
+              "positive": args.positive, "tolerance_s": args.tolerance, "on_threshold": on,
+              "alarm": config.alarm.model_dump(), "total": total, "clips": [r.summary() for r in results]}
+    (out / JSON_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    (out / TABLE_NAME).write_text(f"# cryedge eval: {card.name} on {args.videos}\n\n{table}")
+    plot(results, out / PLOT_NAME, on, f"{card.name} on {Path(args.videos).name}")
+    print(table)
+    print(f"wrote {out / JSON_NAME}, {out / TABLE_NAME}, {out / PLOT_NAME}")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="judge a model on labelled videos with the daemon's own pipeline (events, false alarms)",
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    parser.add_argument("videos", type=Path, metavar="VIDEOS", help="a folder of videos, or one video")
+    parser.add_argument("--labels", type=Path, metavar="CSV",
+                        help="intervals CSV video,start_s,end_s,label (default: VIDEOS/labels.csv)")
+    parser.add_argument("--model", type=Path, help="the .tflite to judge (default: the config's, else the default model)")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config whose landmarks and alarm settings to use")
+    parser.add_argument("--positive", default="crying", help="the label the alarm is for (default crying)")
+    parser.add_argument("--default-label", default="not_crying", help="label of time outside every interval")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE_S,
+                        help=f"seconds of slack when matching episodes to cries (default {TOLERANCE_S})")
+    parser.add_argument("--output-dir", "-o", type=Path, default=Path("cryedge-eval"), help="where eval.{json,md,png} go")
+    parser.add_argument("--progress", action="store_true", help="show progress on stderr even when it is not a terminal")
+    parser.set_defaults(handler=_eval_command)

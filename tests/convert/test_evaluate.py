@@ -1,0 +1,101 @@
+"""``cryedge eval``: event-level figures of a model on labelled footage, through the daemon's own pipeline."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import pytest
+
+from convert.evaluate import match_episodes, merge_intervals
+from edge import paths
+
+DEMO = paths.data_file("demo.mp4")
+
+
+def cut(src, dst, first: int, last: int) -> None:
+    """Frames [first, last) of ``src`` re-encoded to ``dst`` (a short real clip)."""
+    capture = cv2.VideoCapture(str(src))
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    writer = None
+    for index in range(last):
+        ok, bgr = capture.read()
+        assert ok
+        if index < first:
+            continue
+        if writer is None:
+            writer = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*"mp4v"), fps, (bgr.shape[1], bgr.shape[0]))
+        writer.write(bgr)
+    writer.release()
+    capture.release()
+
+
+@pytest.fixture(scope="module")
+def demo_cut(tmp_path_factory):
+    """3-20 s of the demo clip: neutral 2 s, crying 9 s, talking 3 s, neutral 3 s (its truth, shifted)."""
+    folder = tmp_path_factory.mktemp("footage")
+    cut(DEMO, folder / "cut.mp4", 45, 300)
+    (folder / "labels.csv").write_text("video,start_s,end_s,label\ncut.mp4,0,2,neutral\ncut.mp4,2,11,crying\n"
+                                       "cut.mp4,11,14,talking\ncut.mp4,14,17,neutral\n")
+    return folder
+
+
+def cryedge(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "edge.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_a_found_cry_has_its_start_and_end_errors_and_no_false_alarm():
+    match = match_episodes([(5.0, 14.0)], [(5.8, 14.9)])
+    assert (match.cries, match.found, match.missed, match.false_alarms) == (1, 1, 0, 0)
+    assert match.start_errors == [0.8] and match.end_errors == [0.9]
+    assert match.false_alarm_seconds == 0.0  # the 0.9 s overrun is within the tolerance
+
+
+def test_an_episode_away_from_every_cry_is_a_false_alarm_and_a_cry_without_one_is_missed():
+    match = match_episodes([(30.0, 40.0)], [(2.0, 8.0), (30.5, 45.0)], tolerance=1.5)
+    assert (match.found, match.missed, match.false_alarms) == (1, 0, 1)
+    assert match.false_alarm_seconds == pytest.approx(6.0 + 3.5)  # the whole false one, the overrun past 41.5 s
+    missed = match_episodes([(30.0, 40.0)], [])
+    assert (missed.found, missed.missed, missed.start_errors) == (0, 1, [])
+
+
+def test_touching_truth_intervals_are_one_cry():
+    assert merge_intervals([(5, 7), (0, 2), (2, 3)]) == [(0, 3), (5, 7)]
+
+
+@pytest.mark.slow
+def test_eval_of_a_real_clip_gives_the_episodes_cryedge_run_gives(demo_cut, tmp_path):
+    out = tmp_path / "report"
+    result = cryedge("eval", demo_cut, "--output-dir", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| **total** (1 clips)" in result.stdout
+    report = json.loads((out / "eval.json").read_text())
+    clip, total = report["clips"][0], report["total"]
+    assert (total["cries"], total["found"], total["missed"], total["false_alarms"]) == (1, 1, 0, 0)
+    assert abs(clip["match"]["start_errors"][0]) <= 1.5 and abs(clip["match"]["end_errors"][0]) <= 1.5
+    assert clip["face_share"] == 1.0 and clip["frames"] == 255
+    assert total["by_label"]["neutral"]["scored_crying"] == 0.0
+    assert (out / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| cut.mp4 |" in (out / "eval.md").read_text()
+
+    # the daemon on the same clip: the same episode
+    run = cryedge("run", "--fast", "--no-health", "--source", demo_cut / "cut.mp4")
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    events = [line for line in lines if line["type"] == "event"]
+    assert [e["event_type"] for e in events] == ["cry_start", "cry_end"]
+    episode = clip["episodes"][0]
+    assert events[1]["timestamp"] - events[0]["timestamp"] == pytest.approx(episode["end_s"] - episode["start_s"], abs=0.01)
+
+
+def test_eval_without_truth_says_what_it_needs(tmp_path):
+    cut(DEMO, tmp_path / "a.mp4", 0, 12)
+    result = cryedge("eval", tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("cryedge: no truth: give --labels")
+    (tmp_path / "labels.csv").write_text("video,start_s,end_s,label\nb.mp4,0,1,crying\n")
+    result = cryedge("eval", tmp_path)
+    assert "cryedge: video b.mp4 named in" in result.stderr and "Traceback" not in result.stderr
