@@ -3,7 +3,8 @@
 The runtime is LiteRT (``ai-edge-litert``), else ``tflite-runtime``, else ``tensorflow.lite``.
 Quantized inputs and outputs are converted with the tensors' own scale and zero point, so callers
 always work in float. Stateful graphs (a fused LSTM keeps its state between invokes) are reset
-before each window. The card must agree with the graph's input, or the model is refused.
+before each window. The card must agree with the graph (input, output, tensor types), or the model is
+refused at load.
 """
 
 from __future__ import annotations
@@ -99,6 +100,34 @@ def check_card_against_input(card: ModelCard, input_shape: tuple[int, ...], mode
         raise ModelError(f"model {model_path.name}: input holds {values} values, but its card describes {what} = {expected}")
 
 
+def check_card_against_graph(card: ModelCard, input_detail: dict, output_detail: dict, model_path: Path) -> None:
+    """Refuse a card whose face crop, labels, output type, tensor types or positive label the graph belies.
+
+    Each would otherwise load and then fail (an IndexError) or score nonsense in the frame loop.
+    """
+    name = model_path.name
+    if card.positive_label not in card.labels:  # a card made in code (model_copy) skips its own validation
+        raise ModelError(f"model {name}: its card's positive label {card.positive_label!r} is not one of its labels {list(card.labels)}")
+    if card.kind == "face-crop":
+        crop = card.face_crop
+        described = (crop.height, crop.width, crop.channels)
+        takes = tuple(int(d) for d in input_detail["shape"][1:])
+        if takes not in (described, described[:2] if crop.channels == 1 else None):
+            raise ModelError(f"model {name}: the graph takes {'x'.join(map(str, takes))} face crops, "
+                             f"but its card describes {'x'.join(map(str, described))}")
+    values = int(np.prod(output_detail["shape"]))
+    needed = 1 if card.output == "sigmoid" else len(card.labels)
+    if values != needed:
+        what = "sigmoid output needs 1" if card.output == "sigmoid" else f"softmax over {len(card.labels)} labels needs {needed}"
+        raise ModelError(f"model {name}: the graph outputs {values} value{'s' if values != 1 else ''}, but its card's {what}")
+    if card.quantization is not None:
+        for which, detail, declared in (("input", input_detail, card.quantization.input),
+                                        ("output", output_detail, card.quantization.output)):
+            actual = np.dtype(detail["dtype"]).name
+            if actual != declared.dtype:
+                raise ModelError(f"model {name}: the graph's {which} is {actual}, but its card's quantization says {declared.dtype}")
+
+
 class TFLiteModel:
     """One loaded ``.tflite`` with its card; ``predict`` takes float input, returns class probabilities."""
 
@@ -126,6 +155,7 @@ class TFLiteModel:
         self._input, self._output = inputs[0], outputs[0]
         self.input_shape = tuple(int(d) for d in self._input["shape"])
         check_card_against_input(self.card, self.input_shape, self.path)
+        check_card_against_graph(self.card, self._input, self._output, self.path)
         log.info("model %s (%s, %s) on %s via %s", self.card.name, self.card.kind,
                  np.dtype(self._input["dtype"]).name, self.delegate_name, self.runtime.name)
 

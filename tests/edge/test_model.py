@@ -185,3 +185,27 @@ def test_face_crop_scores_are_the_mean_over_frames_with_a_face(face_crop_model):
     expected = keras_model(crops[:6].astype(np.float32) / 255).numpy().mean(axis=0)
     np.testing.assert_allclose(score.probabilities, expected, atol=1e-5)
     assert score.probability == pytest.approx(expected[6], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"face_crop": {"height": 24, "width": 96}}, "the graph takes 48x48x1 face crops, but its card describes 24x96x1"),
+        ({"face_crop": {"height": 48, "width": 16, "channels": 3}}, "the graph takes 48x48x1 face crops, but its card describes 48x16x3"),
+        ({"output": "sigmoid", "labels": ["calm", "crying"], "positive_label": "crying"},
+         "the graph outputs 7 values, but its card's sigmoid output needs 1"),
+        ({"labels": ["calm", "crying"], "positive_label": "crying"}, "the graph outputs 7 values, but its card's softmax over 2 labels needs 2"),
+    ],
+)
+def test_a_face_crop_card_disagreeing_with_its_graph_is_refused_at_load(face_crop_model, tmp_path, changes, message):
+    """Same number of input values, other crop: before, it loaded and scored reshaped nonsense."""
+    _, path = face_crop_model
+    card = json.loads(path.with_suffix(".json").read_text())
+    for key, value in changes.items():
+        card[key] = {**card[key], **value} if isinstance(value, dict) else value
+    lying = tmp_path / "lying.tflite"
+    lying.write_bytes(path.read_bytes())
+    lying.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(ModelError) as refused:
+        TFLiteModel(lying)
+    assert str(refused.value) == f"model lying.tflite: {message}"

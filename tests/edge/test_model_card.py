@@ -1,0 +1,84 @@
+"""A card that lies about its graph is refused at load: one line naming both sides, exit code 4.
+
+Each lie sits beside a copy of the real shipped default model (int8 in, int8 out, one sigmoid
+value); before, most of them loaded and then failed in the frame loop (IndexError, exit 1) or
+scored nonsense. No TensorFlow needed. The face-crop shape check is in test_model.py (it needs a
+face-crop graph, converted there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge import paths
+from edge.card import load_card
+from edge.errors import ModelError
+from edge.model import TFLiteModel
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL = paths.default_model()
+
+
+def lying_model(folder: Path, **changes) -> Path:
+    """A copy of the default model with its card beside it, ``changes`` applied to the card's JSON."""
+    card = json.loads(load_card(DEFAULT_MODEL).to_json())
+    for key, value in changes.items():
+        if "__" in key:
+            outer, inner = key.split("__", 1)
+            card[outer][inner] = {**card[outer][inner], **value} if isinstance(value, dict) else value
+        else:
+            card[key] = value
+    model = folder / "lying.tflite"
+    model.write_bytes(DEFAULT_MODEL.read_bytes())
+    model.with_suffix(".json").write_text(json.dumps(card))
+    return model
+
+
+def test_the_shipped_default_model_and_card_agree():
+    with TFLiteModel(DEFAULT_MODEL) as model:
+        assert model.probabilities([0.0] * 1560).shape == (2,)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"output": "softmax", "labels": ["calm", "fussing", "crying"]},
+         "the graph outputs 1 value, but its card's softmax over 3 labels needs 3"),
+        ({"output": "softmax"}, "the graph outputs 1 value, but its card's softmax over 2 labels needs 2"),
+        ({"quantization__output": {"dtype": "float32"}}, "the graph's output is int8, but its card's quantization says float32"),
+        ({"quantization__input": {"dtype": "uint8"}}, "the graph's input is int8, but its card's quantization says uint8"),
+    ],
+)
+def test_a_card_disagreeing_with_the_graph_output_or_tensor_types_is_refused_at_load(tmp_path, changes, message):
+    with pytest.raises(ModelError) as refused:
+        TFLiteModel(lying_model(tmp_path, **changes))
+    assert str(refused.value) == f"model lying.tflite: {message}"
+    assert refused.value.exit_code == 4
+
+
+def test_a_positive_label_that_is_not_a_label_is_refused_however_the_card_was_made(tmp_path):
+    with pytest.raises(ModelError, match="positive_label 'laughing' is not one of labels"):
+        TFLiteModel(lying_model(tmp_path, positive_label="laughing"))
+    # A card changed in code skips pydantic's validation; the model stage checks again.
+    card = load_card(DEFAULT_MODEL).model_copy(update={"positive_label": "laughing"})
+    with pytest.raises(ModelError, match=r"positive label 'laughing' is not one of its labels \['not_crying', 'crying'\]"):
+        TFLiteModel(DEFAULT_MODEL, card=card)
+
+
+def test_cryedge_run_refuses_the_lying_card_in_one_line_with_exit_code_4(tmp_path):
+    model = lying_model(tmp_path, output="softmax", labels=["calm", "fussing", "crying"])
+    config = tmp_path / "cryedge.toml"
+    config.write_text(f'[model]\npath = "{model}"\n[health]\nenabled = false\n'
+                      f'[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\n')
+    out = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--fast", "--config", str(config)],
+                         capture_output=True, text=True, timeout=180, cwd=REPO, env={**os.environ})
+    errors = [line for line in out.stderr.splitlines() if line.startswith("cryedge: ")]
+    assert out.returncode == 4, out.stderr
+    assert errors == ["cryedge: model lying.tflite: the graph outputs 1 value, but its card's softmax over 3 labels needs 3"]
+    assert "Traceback" not in out.stderr
