@@ -4,9 +4,20 @@ Every section is a pydantic model with ``extra="forbid"``, so a misspelt key is 
 the key and the file, not a silently ignored setting. With no file: the bundled demo clip through the
 default model, events printed to stdout as JSON lines (no broker).
 
+Numbers: every one is finite and has a range that means something (a timeout of 1e308 seconds or a
+hold of ``inf`` would silently turn alerting off); a value outside it is an error, never clamped.
+
+Sources are described one way, as Frigate describes detectors: ``[source] type = "picamera2" | "v4l2" |
+"rtsp" | "http" | "file"`` with that type's own options (``SourceConfig``, a discriminated union).
+``uri = "..."`` (and ``cryedge run --source ...``) is a shorthand that ``parse_source_uri`` turns into
+the typed table; the old flat ``[source]`` keys keep working through it.
+
 Secrets: the MQTT password comes, first found wins, from ``$CRYEDGE_MQTT_PASSWORD``, the file named by
 ``mqtt.password_file``, ``$CREDENTIALS_DIRECTORY/mqtt_password`` (systemd ``LoadCredential=``), or
-``mqtt.password``. It is held as a ``SecretStr``: never logged, masked by ``cryedge config show``.
+``mqtt.password``. A camera's password likewise from ``$CRYEDGE_CAMERA_PASSWORD``,
+``source.password_file``, ``$CREDENTIALS_DIRECTORY/camera_password``, or ``source.password`` (or the
+URL). Both are held as ``SecretStr``: never logged, masked by ``cryedge config show``; a URL is shown
+through ``mask_url`` everywhere.
 """
 
 from __future__ import annotations
@@ -17,17 +28,36 @@ import re
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from typing import Annotated, Any, Literal, Union
+from urllib.parse import quote, unquote, urlsplit
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge import paths
 from edge.errors import ConfigError
 
 PASSWORD_ENV = "CRYEDGE_MQTT_PASSWORD"
 CREDENTIAL_NAME = "mqtt_password"
+CAMERA_PASSWORD_ENV = "CRYEDGE_CAMERA_PASSWORD"
+CAMERA_CREDENTIAL_NAME = "camera_password"
 MASK = "********"
+# MQTT topics are at most 65535 bytes of UTF-8; cryedge appends at most "/device/<64-byte id>/config"
+MAX_TOPIC_BYTES = 65535
+MAX_TOPIC_PREFIX_BYTES = MAX_TOPIC_BYTES - len("/device//config") - 64
+MAX_THREADS = 8  # a Pi has 4 cores; more threads than 8 only contend (and 100000 crashed the interpreter)
+HOUR = 3600.0
+DAY = 86400.0
 
 
 def sanitize_id(text: str) -> str:
@@ -50,30 +80,304 @@ def default_state_dir(environ=os.environ) -> Path:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: TOML spells inf, nan and 1e400 (read as inf) as numbers, and no setting means one
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def split_userinfo(url: str) -> tuple[str, str | None, str]:
+    """``(scheme, user info or None, the rest)`` of ``scheme://[userinfo@]rest``, split as FFmpeg splits it.
+
+    The user info ends at the last ``@`` before the first ``/``, ``?`` or ``#``; a URL that ``urlsplit``
+    refuses (a bad port) splits too, so that it can still be masked.
+    """
+    scheme, separator, rest = str(url).partition("://")
+    if not separator:
+        return "", None, str(url)
+    end = min((found for found in (rest.find(stop) for stop in "/?#") if found != -1), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    return (scheme, userinfo, host + rest[end:]) if at else (scheme, None, rest)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password in its user info replaced by ``********``: the one way a URL is shown."""
+    scheme, userinfo, rest = split_userinfo(url)
+    if userinfo is None or ":" not in userinfo:
+        return str(url)
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:{MASK}@{rest}"
+
+
+def with_credentials(url: str, username: str | None, password: str | None) -> str:
+    """``url`` with ``username`` and ``password`` (quoted) as its user info, replacing any it had."""
+    if username is None and password is None:
+        return url
+    scheme, _, rest = split_userinfo(url)
+    userinfo = quote(username or "", safe="")
+    if password is not None:
+        userinfo += ":" + quote(password, safe="")
+    return f"{scheme}://{userinfo}@{rest}"
+
+
+def _topic_prefix(text: str) -> str:
+    """A prefix that cryedge's topics can be built on: a plain topic name (MQTT 3.1.1 section 4.7)."""
+    if not text:
+        raise ValueError("must not be empty")
+    if "+" in text or "#" in text:
+        raise ValueError("must not contain + or #: those are wildcards for subscribing, not part of a topic name")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text):
+        raise ValueError("must not contain NUL or other control characters")
+    if text.startswith("/") or text.endswith("/"):
+        raise ValueError("must not start or end with /: that makes an empty topic level")
+    if text.startswith("$"):
+        raise ValueError("must not start with $: such topics belong to the broker ($SYS)")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_TOPIC_PREFIX_BYTES:
+        raise ValueError(f"is {size} bytes of UTF-8; with what cryedge appends, MQTT allows at most {MAX_TOPIC_PREFIX_BYTES}")
+    return text
+
+
+TopicPrefix = Annotated[str, AfterValidator(_topic_prefix)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class DeviceConfig(Section):
     id: str = Field(default_factory=default_device_id, pattern=r"^[A-Za-z0-9_-]+$", max_length=64)
-    name: str = "Cry monitor"
+    name: str = Field(default="Cry monitor", min_length=1, max_length=128)
 
 
-class SourceConfig(Section):
-    """Where frames come from; consumed by ``edge.source``."""
+class SourceOptions(Section):
+    """What every frame source takes; each type below adds its own options."""
 
-    # a file path, /dev/videoN, a camera index ("0"), rtsp:// or http(s):// URL, or "picamera2"
-    uri: str = Field(default_factory=lambda: str(paths.data_file("demo.mp4")))
-    fps: float | None = Field(default=None, gt=0)  # target rate; None: the source's own rate
-    width: int = Field(default=640, gt=0)  # capture size for cameras; files keep their size
-    height: int = Field(default=480, gt=0)
-    realtime: bool = True  # pace files at their frame rate (False: as fast as possible)
-    picamera2_stream: Literal["main", "lores"] = "main"
-    stall_seconds: float = Field(default=5.0, gt=0)  # no frame for this long: reopen
+    type: str
+    fps: float | None = Field(default=None, ge=0.1, le=120)  # target rate; None: the source's own rate
+    stall_seconds: float = Field(default=5.0, gt=0, le=300)  # no frame for this long: reopen
+    reopen_min_seconds: float = Field(default=1.0, gt=0, le=600)  # reopen back-off, doubling up to the max
+    reopen_max_seconds: float = Field(default=30.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> SourceOptions:
+        if self.reopen_min_seconds > self.reopen_max_seconds:
+            raise ValueError("reopen_min_seconds must not be above reopen_max_seconds")
+        return self
+
+    def display(self) -> str:
+        """How logs, status, /stats and errors name this source: passwords masked."""
+        raise NotImplementedError
+
+
+class Picamera2SourceConfig(SourceOptions):
+    """The Pi's CSI camera through picamera2 (``python3-picamera2`` from the Pi's apt)."""
+
+    type: Literal["picamera2"] = "picamera2"
+    camera: int = Field(default=0, ge=0, le=15)  # picamera2's camera number
+    stream: Literal["main", "lores"] = Field(default="main", validation_alias=AliasChoices("stream", "picamera2_stream"))
+    width: int = Field(default=640, ge=16, le=8192)
+    height: int = Field(default=480, ge=16, le=8192)
+
+    def display(self) -> str:
+        return f"picamera2:{self.camera}" + (":lores" if self.stream == "lores" else "")
+
+
+class V4l2SourceConfig(SourceOptions):
+    """A USB (UVC) or other V4L2 camera through OpenCV."""
+
+    type: Literal["v4l2"] = "v4l2"
+    device: int | str = "/dev/video0"  # a device path, or an index as OpenCV counts them
+    width: int = Field(default=640, ge=16, le=8192)
+    height: int = Field(default=480, ge=16, le=8192)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= 63:
+            raise ValueError("a camera index is 0 to 63")
+        if isinstance(value, str) and not value.startswith("/dev/"):
+            raise ValueError("must be a device path under /dev/ (like /dev/video0) or a camera index")
+        return value
+
+    def display(self) -> str:
+        return f"device:{self.device}"
+
+
+class NetworkSourceOptions(SourceOptions):
+    """A network camera through OpenCV's FFmpeg; ``stall_seconds`` is also its open and read timeout.
+
+    Credentials: in the URL (shown masked), or ``username`` here and the password from
+    ``$CRYEDGE_CAMERA_PASSWORD``, ``password_file``, ``$CREDENTIALS_DIRECTORY/camera_password`` or ``password``.
+    """
+
+    url: str
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+
+    def display(self) -> str:
+        return f"stream:{mask_url(with_credentials(self.url, self.username, MASK if self.password else None))}"
+
+    def open_url(self) -> str:
+        """The URL to open, credentials included; never to be shown."""
+        password = self.password.get_secret_value() if self.password is not None else None
+        return with_credentials(self.url, self.username, password)
+
+
+def _url_scheme(url: str, schemes: tuple[str, ...]) -> str:
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in schemes:
+        raise ValueError(f"must be a {' or '.join(f'{s}://' for s in schemes)} URL")
+    if not urlsplit(url).hostname:
+        raise ValueError("has no host name")
+    return url
+
+
+class RtspSourceConfig(NetworkSourceOptions):
+    """An RTSP camera or relay."""
+
+    type: Literal["rtsp"] = "rtsp"
     # RTP over the RTSP connection (tcp, OpenCV's default: no lost packets) or over UDP, which some
     # cameras and relays only offer
-    rtsp_transport: Literal["tcp", "udp"] = "tcp"
-    reopen_min_seconds: float = Field(default=1.0, gt=0)  # reopen back-off, doubling up to the max
-    reopen_max_seconds: float = Field(default=30.0, gt=0)
+    transport: Literal["tcp", "udp"] = Field(default="tcp", validation_alias=AliasChoices("transport", "rtsp_transport"))
+
+    @field_validator("url")
+    @classmethod
+    def _rtsp(cls, url: str) -> str:
+        return _url_scheme(url, ("rtsp", "rtsps"))
+
+
+class HttpSourceConfig(NetworkSourceOptions):
+    """An HTTP camera: MJPEG (``multipart/x-mixed-replace``) or anything else FFmpeg reads over HTTP."""
+
+    type: Literal["http"] = "http"
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        return _url_scheme(url, ("http", "https"))
+
+
+class FileSourceConfig(SourceOptions):
+    """A video file; its frames carry the video's own timeline."""
+
+    type: Literal["file"] = "file"
+    path: Path = Field(default_factory=lambda: paths.data_file("demo.mp4"))
+    realtime: bool = True  # pace the file at its frame rate (False: as fast as it decodes)
+
+    def display(self) -> str:
+        return f"file:{self.path.name}"
+
+
+# The frame sources, one config class a type. An audio source (a later issue) is another such union of
+# classes with ``type`` literals, parsed by the same shorthand; edge.source maps each type to its backend.
+VIDEO_SOURCES = (Picamera2SourceConfig, V4l2SourceConfig, RtspSourceConfig, HttpSourceConfig, FileSourceConfig)
+SourceConfig = Annotated[Union[VIDEO_SOURCES], Field(discriminator="type")]  # noqa: UP007 - a tuple of classes
+# the flat [source] keys of the URI form; any of them that does not apply to the URI's type is dropped
+# when it holds the old default (what `config show` printed), so a saved old file keeps loading
+LEGACY_SOURCE_DEFAULTS = {"width": None, "height": None, "realtime": None, "picamera2_stream": "main",
+                          "rtsp_transport": "tcp"}
+# what --source replaces: which camera, not how it is read
+SOURCE_IDENTITY_KEYS = {"type", "uri", "url", "path", "device", "camera", "username", "password", "password_file"}
+
+
+def parse_source_uri(uri: str) -> dict[str, Any]:
+    """The typed ``[source]`` table a shorthand URI names: the one place a URI is classified.
+
+    ``picamera2[:N][:main|lores]``, ``/dev/videoN`` or a camera index (v4l2), ``rtsp[s]://...``,
+    ``http[s]://...``, ``file://PATH`` or any other text (a video file). A password in a URL is split
+    off into ``password``, so that nothing holds it but a ``SecretStr``.
+    """
+    text = str(uri).strip()
+    if not text:
+        raise ValueError("uri is empty")
+    head, _, tail = text.partition(":")
+    if head == "picamera2":
+        table: dict[str, Any] = {"type": "picamera2"}
+        for part in filter(None, tail.split(":")):
+            if part.isdigit():
+                table["camera"] = int(part)
+            else:
+                table["stream"] = part
+        return table
+    if text.isdigit():
+        return {"type": "v4l2", "device": int(text)}
+    if text.startswith("/dev/"):
+        return {"type": "v4l2", "device": text}
+    if "://" not in text:
+        return {"type": "file", "path": text}
+    scheme = text.split("://", 1)[0].lower()
+    if scheme == "file":
+        return {"type": "file", "path": unquote(urlsplit(text).path)}
+    kinds = {"rtsp": "rtsp", "rtsps": "rtsp", "http": "http", "https": "http"}
+    if scheme not in kinds:
+        raise ValueError(f"uri {mask_url(text)}: no source type reads {scheme}:// (rtsp://, http://, "
+                         "/dev/videoN, picamera2 or a file)")
+    table = {"type": kinds[scheme], "url": text}
+    _, userinfo, rest = split_userinfo(text)
+    if userinfo is not None:
+        user, colon, password = userinfo.partition(":")
+        table["url"] = f"{text.split('://', 1)[0]}://{rest}"
+        if user:
+            table["username"] = unquote(user)
+        if colon:
+            table["password"] = unquote(password)
+    return table
+
+
+def _source_model(kind: str) -> type[SourceOptions] | None:
+    return next((model for model in VIDEO_SOURCES if model.model_fields["type"].default == kind), None)
+
+
+def _accepts(model: type[BaseModel], key: str) -> bool:
+    for name, field in model.model_fields.items():
+        aliases = getattr(field.validation_alias, "choices", None) or ()
+        if key == name or key in aliases:
+            return True
+    return False
+
+
+def source_table(value: Any) -> Any:
+    """A ``[source]`` table in the typed form: ``uri = ...`` (or no ``type``) is the shorthand.
+
+    With the shorthand the other keys are that type's options; the flat keys of the old format that do
+    not apply to the type are dropped when they hold their old default (see LEGACY_SOURCE_DEFAULTS).
+    """
+    if not isinstance(value, dict) or "type" in value:
+        return value
+    table = dict(value)
+    uri = table.pop("uri", None)
+    typed = parse_source_uri(uri) if uri is not None else {"type": "file"}
+    model = _source_model(typed["type"])
+    for key, item in table.items():
+        if key in typed and key != "stream":
+            continue
+        if key == "picamera2_stream" and "stream" in typed and item != typed["stream"]:
+            raise ValueError(f"uri {uri} asks for the {typed['stream']} stream, picamera2_stream for {item}")
+        if model is not None and _accepts(model, key):
+            if key == "picamera2_stream" and "stream" in typed:
+                continue
+            typed[key] = item
+        elif key in LEGACY_SOURCE_DEFAULTS and LEGACY_SOURCE_DEFAULTS[key] in (None, item):
+            continue  # an old flat key that never applied to this type
+        else:
+            typed[key] = item  # not this type's: validation names it
+    return typed
+
+
+def _replace_source(table: dict, uri: str) -> dict:
+    """``--source URI`` over a file's ``[source]``: another camera, read with the settings that apply to it."""
+    typed = source_table({"uri": uri})
+    model = _source_model(typed["type"])
+    current = source_table(table)
+    if isinstance(current, dict) and model is not None:
+        for key, item in current.items():
+            if key not in SOURCE_IDENTITY_KEYS and key not in typed and _accepts(model, key):
+                typed[key] = item
+    return typed
+
+
+_SOURCE_ADAPTER = TypeAdapter(SourceConfig)
+
+
+def source_config(uri: str, **options: Any) -> SourceConfig:
+    """A validated source config from a shorthand URI and that type's options (for code and tests)."""
+    return _SOURCE_ADAPTER.validate_python(source_table({"uri": uri, **options}))
 
 
 class LandmarksConfig(Section):
@@ -84,15 +388,15 @@ class LandmarksConfig(Section):
     pose: bool = True
     # pose on every k-th frame, reused in between: on one x86 core at 640x480 k=2 gives 51-67 fps against
     # 40-45 for k=1 and moves the demo events by under 0.1 s (benchmarks/pipeline.py); a Pi needs it more
-    pose_every: int = Field(default=2, ge=1)
+    pose_every: int = Field(default=2, ge=1, le=100)
     subject: Literal["largest", "center"] = "largest"
-    roi: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 as fractions of the frame
+    roi: tuple[Fraction, Fraction, Fraction, Fraction] | None = None  # x0, y0, x1, y1 as fractions of the frame
     min_face_detection_confidence: float = Field(default=0.5, ge=0, le=1)
     min_face_presence_confidence: float = Field(default=0.5, ge=0, le=1)
     min_pose_detection_confidence: float = Field(default=0.5, ge=0, le=1)
     min_pose_presence_confidence: float = Field(default=0.5, ge=0, le=1)
     min_tracking_confidence: float = Field(default=0.5, ge=0, le=1)
-    num_threads: int = Field(default=1, ge=1)
+    num_threads: int = Field(default=1, ge=1, le=MAX_THREADS)
 
     @model_validator(mode="after")
     def _roi_inside_frame(self) -> LandmarksConfig:
@@ -107,7 +411,7 @@ class ModelConfig(Section):
     """The cry model; consumed by ``edge.model``. Its decision threshold is ``alarm.on_threshold``."""
 
     path: Path = Field(default_factory=paths.default_model)
-    num_threads: int = Field(default=1, ge=1)
+    num_threads: int = Field(default=1, ge=1, le=MAX_THREADS)
     edgetpu: Literal["off", "usb", "pci"] = "off"
 
 
@@ -115,16 +419,18 @@ class AlarmConfig(Section):
     """When a cry episode starts and ends; consumed by ``edge.alarm``."""
 
     smoothing: Literal["median", "ema", "none"] = "median"
-    median_window: int = Field(default=5, ge=1)  # scores in the running median
+    median_window: int = Field(default=5, ge=1, le=1000)  # scores in the running median
     ema_alpha: float = Field(default=0.3, gt=0, le=1)  # weight of the newest score
     on_threshold: float | None = Field(default=None, ge=0, le=1)  # None: the model card's threshold
     off_threshold: float | None = Field(default=None, ge=0, le=1)  # None: on_threshold - 0.2
-    min_on_seconds: float = Field(default=1.0, ge=0)  # smoothed score above ON this long: start
-    hold_seconds: float = Field(default=3.0, ge=0)  # below OFF this long: end
-    cooldown_seconds: float = Field(default=10.0, ge=0)  # no new start this soon after an end
+    # Longer than these, an alert would come too late to be one (and inf turned alerting off)
+    min_on_seconds: float = Field(default=1.0, ge=0, le=600)  # smoothed score above ON this long: start
+    hold_seconds: float = Field(default=3.0, ge=0, le=600)  # below OFF this long: end
+    cooldown_seconds: float = Field(default=10.0, ge=0, le=HOUR)  # no new start this soon after an end
     # cannot perceive (no face, no body, too dark, ...) this long: end, with that as the reason.
     # "no_face_seconds" is its older name, still read.
-    blind_seconds: float = Field(default=5.0, ge=0, validation_alias=AliasChoices("blind_seconds", "no_face_seconds"))
+    blind_seconds: float = Field(default=5.0, ge=0, le=HOUR,
+                                 validation_alias=AliasChoices("blind_seconds", "no_face_seconds"))
 
     @model_validator(mode="after")
     def _hysteresis(self) -> AlarmConfig:
@@ -166,16 +472,22 @@ class MqttConfig(Section):
     password_file: Path | None = None
     client_id: str | None = None  # None: cryedge-<device id>
     protocol: Literal["3.1.1", "5"] = "3.1.1"
-    topic_prefix: str | None = None  # None: cryedge/<device id>
+    topic_prefix: TopicPrefix | None = None  # None: cryedge/<device id>
     discovery: bool = True
-    discovery_prefix: str = "homeassistant"
+    discovery_prefix: TopicPrefix = "homeassistant"
     keepalive: int = Field(default=30, ge=5, le=3600)
     qos: Literal[1, 2] = 1  # for events; state and availability use 1
-    connect_timeout: float = Field(default=10.0, gt=0)  # wait at start for the broker's answer
-    reconnect_min_seconds: float = Field(default=1.0, gt=0)
-    reconnect_max_seconds: float = Field(default=30.0, gt=0)
-    state_interval: float = Field(default=5.0, ge=0)  # probability updates at most this often
-    stats_interval: float = Field(default=30.0, gt=0)  # diagnostics (fps, inference ms, face share)
+    connect_timeout: float = Field(default=10.0, gt=0, le=300)  # wait at start for the broker's answer
+    reconnect_min_seconds: float = Field(default=1.0, gt=0, le=HOUR)
+    reconnect_max_seconds: float = Field(default=30.0, gt=0, le=HOUR)
+    state_interval: float = Field(default=5.0, ge=0, le=HOUR)  # probability updates at most this often
+    stats_interval: float = Field(default=30.0, gt=0, le=DAY)  # diagnostics (fps, inference ms, face share)
+
+    @model_validator(mode="after")
+    def _reconnect_order(self) -> MqttConfig:
+        if self.reconnect_min_seconds > self.reconnect_max_seconds:
+            raise ValueError("reconnect_min_seconds must not be above reconnect_max_seconds")
+        return self
 
     @property
     def enabled(self) -> bool:
@@ -190,7 +502,7 @@ class OutboxConfig(Section):
     """Events not yet acknowledged by the broker, kept on disk across restarts."""
 
     path: Path = Field(default_factory=lambda: default_state_dir() / "outbox.sqlite3")
-    max_events: int = Field(default=1000, ge=2)
+    max_events: int = Field(default=1000, ge=2, le=1_000_000)
 
 
 class HealthConfig(Section):
@@ -203,13 +515,18 @@ class HealthConfig(Section):
 
 class Config(Section):
     device: DeviceConfig = Field(default_factory=DeviceConfig)
-    source: SourceConfig = Field(default_factory=SourceConfig)
+    source: SourceConfig = Field(default_factory=FileSourceConfig)
     landmarks: LandmarksConfig = Field(default_factory=LandmarksConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     alarm: AlarmConfig = Field(default_factory=AlarmConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source_shorthand(cls, value: Any) -> Any:
+        return source_table(value)
 
     @model_validator(mode="after")
     def _derived(self) -> Config:
@@ -218,9 +535,6 @@ class Config(Section):
             self.mqtt.client_id = f"cryedge-{self.device.id}"
         if self.mqtt.topic_prefix is None:
             self.mqtt.topic_prefix = f"cryedge/{self.device.id}"
-        self.mqtt.topic_prefix = self.mqtt.topic_prefix.rstrip("/")
-        if not self.mqtt.topic_prefix or any(c in self.mqtt.topic_prefix for c in "+#"):
-            raise ValueError("mqtt.topic_prefix must be a non-empty topic without + or #")
         return self
 
 
@@ -232,21 +546,62 @@ def _where(config_path: Path | None) -> str:
 
 
 def _describe(error: dict, data: Any, model: type[BaseModel]) -> str:
-    """``key.path: message``, with a "did you mean" for an unknown key."""
+    """``key.path: message``, with a "did you mean" for an unknown key or source type.
+
+    A source's type is part of pydantic's location (``source.rtsp.url``) but not of the file's keys.
+    """
     loc = [str(part) for part in error["loc"]]
-    key = ".".join(loc) or "(top level)"
     if error["type"] == "extra_forbidden":
-        known: list[str] = []
-        section: Any = model
-        for part in loc[:-1]:
-            field = getattr(section, "model_fields", {}).get(part)
-            section = _model_of(field.annotation) if field else None
-        if section is not None and hasattr(section, "model_fields"):
-            known = list(section.model_fields)
-        close = difflib.get_close_matches(loc[-1], known, n=1)
-        hint = f" (did you mean {'.'.join(loc[:-1] + close)}?)" if close else ""
-        return f"{key}: unknown key{hint}"
-    return f"{key}: {error['msg']}"
+        keys, section = _walk(model, loc[:-1])
+        keys.append(loc[-1])
+        key = ".".join(keys)
+        known = [name for name in getattr(section, "model_fields", {}) if name != "type"] if section else []
+        close = difflib.get_close_matches(keys[-1], known, n=1)
+        hint = f" (did you mean {'.'.join(keys[:-1] + close)}?)" if close else ""
+        kind = section.model_fields["type"].default if section and "type" in section.model_fields else None
+        what = f"not an option of a {kind} source" if isinstance(kind, str) else "unknown key"
+        return f"{key}: {what}{hint}"
+    keys, section = _walk(model, loc)
+    key = ".".join(keys) or "(top level)"
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        discriminator = error.get("ctx", {}).get("discriminator", "'type'").strip("'")
+        tags = [tag.strip(" '") for tag in error.get("ctx", {}).get("expected_tags", "").split(",") if tag.strip()]
+        tag = str(error.get("ctx", {}).get("tag", ""))
+        if error["type"] == "union_tag_not_found":
+            return f"{key}.{discriminator}: missing (one of {', '.join(tags) or 'the source types'})"
+        close = difflib.get_close_matches(tag, tags, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return f"{key}.{discriminator}: {tag!r} is not one of {', '.join(tags)}{hint}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message}"
+
+
+def _walk(model: type[BaseModel], loc: list[str]) -> tuple[list[str], type[BaseModel] | None]:
+    """The file's key path for a pydantic location, and the model of its last table."""
+    keys: list[str] = []
+    section: Any = model
+    members: dict[str, type[BaseModel]] = {}
+    for part in loc:
+        if part in members:  # a discriminated union's tag: pydantic's, not the file's
+            section, members = members[part], {}
+            continue
+        keys.append(part)
+        field = getattr(section, "model_fields", {}).get(part) if section is not None else None
+        section = _model_of(field.annotation) if field else None
+        members = _union_members(field.annotation) if field else {}
+    return keys, section
+
+
+def _union_members(annotation: Any) -> dict[str, type[BaseModel]]:
+    """``{type tag: model}`` of a discriminated union of sections."""
+    members = {}
+    for arg in getattr(annotation, "__args__", ()):
+        for inner in (arg, *getattr(arg, "__args__", ())):
+            if isinstance(inner, type) and issubclass(inner, BaseModel) and "type" in inner.model_fields:
+                tag = inner.model_fields["type"].default
+                if isinstance(tag, str):
+                    members[tag] = inner
+    return members
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
@@ -268,10 +623,6 @@ def _merge(base: dict, overrides: dict) -> dict:
     return merged
 
 
-def _looks_like_file(uri: str) -> bool:
-    return not (uri == "picamera2" or uri.isdigit() or uri.startswith("/dev/") or "://" in uri)
-
-
 def _resolve_paths(config: Config, base: Path) -> None:
     """Relative paths in a config file mean relative to that file's folder; ``~`` is expanded."""
 
@@ -289,24 +640,27 @@ def _resolve_paths(config: Config, base: Path) -> None:
     if config.mqtt.tls is not None:
         for name in ("ca_file", "certfile", "keyfile"):
             setattr(config.mqtt.tls, name, fix(getattr(config.mqtt.tls, name)))
-    if _looks_like_file(config.source.uri):
-        config.source.uri = str(fix(Path(config.source.uri)))
+    if isinstance(config.source, FileSourceConfig):
+        config.source.path = fix(config.source.path)
+    if isinstance(config.source, NetworkSourceOptions):
+        config.source.password_file = fix(config.source.password_file)
 
 
-def _resolve_password(config: Config, where: str, environ) -> None:
-    mqtt = config.mqtt
-    if environ.get(PASSWORD_ENV):
-        mqtt.password = SecretStr(environ[PASSWORD_ENV])
+def _resolve_password(section: BaseModel, key: str, where: str, environ, variable: str, credential: str) -> None:
+    """Fill ``section.password``: ``$variable``, then ``password_file``, then the systemd credential, then as given."""
+    if environ.get(variable):
+        section.password = SecretStr(environ[variable])
         return
-    if mqtt.password_file is not None:
+    if section.password_file is not None:
         try:
-            mqtt.password = SecretStr(mqtt.password_file.read_text().rstrip("\r\n"))
-        except OSError as error:
-            raise ConfigError(f"{where}: mqtt.password_file: cannot read {mqtt.password_file}: {error.strerror}") from None
+            section.password = SecretStr(section.password_file.read_text().rstrip("\r\n"))
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or "not UTF-8 text"
+            raise ConfigError(f"{where}: {key}.password_file: cannot read {section.password_file}: {reason}") from None
         return
     credentials = environ.get("CREDENTIALS_DIRECTORY")
-    if credentials and (Path(credentials) / CREDENTIAL_NAME).is_file():
-        mqtt.password = SecretStr((Path(credentials) / CREDENTIAL_NAME).read_text().rstrip("\r\n"))
+    if credentials and (Path(credentials) / credential).is_file():
+        section.password = SecretStr((Path(credentials) / credential).read_text().rstrip("\r\n"))
 
 
 def load_config(path: Path | str | None = None, overrides: dict | None = None, environ=os.environ) -> Config:
@@ -320,15 +674,16 @@ def load_config(path: Path | str | None = None, overrides: dict | None = None, e
     where = _where(config_path)
     data: dict = {}
     if config_path is not None:
+        data = _read_toml(config_path, where)
+    overrides = dict(overrides or {})
+    source = overrides.pop("source", None)
+    if isinstance(source, dict) and "uri" in source:  # --source: another camera, not a merge into this one
         try:
-            with open(config_path, "rb") as handle:
-                data = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ConfigError(f"{where}: no such file") from None
-        except OSError as error:
-            raise ConfigError(f"{where}: cannot read: {error.strerror}") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{where}: TOML syntax error: {error}") from None
+            data["source"] = _replace_source(data.get("source", {}), source.pop("uri"))
+        except ValueError as error:
+            raise ConfigError(f"{where}: source: {error}") from None
+    if source:
+        overrides["source"] = source
     if overrides:
         data = _merge(data, overrides)
     try:
@@ -338,9 +693,30 @@ def load_config(path: Path | str | None = None, overrides: dict | None = None, e
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ConfigError(f"{where}: {_describe(problems[0], data, Config)}{more}") from None
     _resolve_paths(config, config_path.resolve().parent if config_path is not None else Path.cwd())
-    _resolve_password(config, where, environ)
+    _resolve_password(config.mqtt, "mqtt", where, environ, PASSWORD_ENV, CREDENTIAL_NAME)
+    if isinstance(config.source, NetworkSourceOptions):
+        _resolve_password(config.source, "source", where, environ, CAMERA_PASSWORD_ENV, CAMERA_CREDENTIAL_NAME)
     _check_tls_files(config, where)
     return config
+
+
+def _read_toml(config_path: Path, where: str) -> dict:
+    try:
+        raw = config_path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except OSError as error:
+        raise ConfigError(f"{where}: cannot read: {error.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        raise ConfigError(f"{where}: not UTF-8 text: byte 0x{raw[error.start]:02x} on line {line} "
+                          "(TOML files are UTF-8; re-save it as UTF-8)") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{where}: TOML syntax error: {error}") from None
 
 
 def _check_tls_files(config: Config, where: str) -> None:
@@ -436,7 +812,7 @@ def summary(config: Config) -> str:
         if config.mqtt.enabled
         else "no broker (events to stdout)"
     )
-    return f"device {config.device.id}; source {config.source.uri}; model {config.model.path}; {broker}"
+    return f"device {config.device.id}; source {config.source.display()}; model {config.model.path}; {broker}"
 
 
 # ----------------------------------------------------------------------------- commands

@@ -178,7 +178,7 @@ class Daemon:
         from edge.health import start_health_server
         from edge.model import TFLiteModel
         from edge.publish import make_publisher
-        from edge.source import SupervisedSource, open_backend
+        from edge.source import SupervisedSource
 
         cfg = self.config
         try:
@@ -188,13 +188,7 @@ class Daemon:
             self.publisher = make_publisher(cfg, self.model.card.name)
             self.publisher.start()
             self._closing.append(self.publisher)
-            source_cfg = cfg.source
-            self.source = SupervisedSource(
-                lambda: open_backend(source_cfg.uri, source_cfg.width, source_cfg.height, source_cfg.fps,
-                                     realtime=source_cfg.realtime, timeout_seconds=source_cfg.stall_seconds,
-                                     rtsp_transport=source_cfg.rtsp_transport),
-                stall_seconds=source_cfg.stall_seconds, backoff_first=source_cfg.reopen_min_seconds,
-                backoff_limit=source_cfg.reopen_max_seconds)
+            self.source = SupervisedSource.from_config(cfg.source)
             self.source.open()
             self._closing.append(self.source)
             self.health = start_health_server(self.health_stats, enabled=cfg.health.enabled, host=cfg.health.host,
@@ -356,11 +350,11 @@ def _run_command(args) -> int:
     limit_malloc_arenas()
 
     overrides = cli_overrides(source=args.source, broker=args.broker)
-    if args.fast:
-        overrides.setdefault("source", {})["realtime"] = False
     if args.no_health:
         overrides["health"] = {"enabled": False}
     config = load_config(args.config, overrides)
+    if args.fast and config.source.type == "file":  # a camera has no "as fast as possible"
+        config.source.realtime = False
     daemon = Daemon(config)
     previous = {sig: signal.signal(sig, daemon.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -376,7 +370,8 @@ def add_commands(subparsers) -> None:
         "run", help="run the cry monitor (no arguments: the bundled demo clip, events to stdout)",
         description="Run the pipeline from a camera, stream or file to MQTT (or stdout without a broker).")
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config (default: built-in defaults)")
-    parser.add_argument("--source", metavar="SRC", help="file, /dev/videoN, camera index, rtsp:// URL or picamera2")
+    parser.add_argument("--source", metavar="SRC",
+                        help="file, /dev/videoN, camera index, rtsp:// or http:// URL, or picamera2[:lores]")
     parser.add_argument("--broker", metavar="URL", help="mqtt://[user@]host[:port] (mqtts:// for TLS)")
     parser.add_argument("--fast", action="store_true", help="process a file as fast as possible, not in real time")
     parser.add_argument("--no-health", action="store_true", help="do not serve the health endpoints")

@@ -7,8 +7,10 @@ Backends behind one small interface (``open``, ``read``, ``close``):
 - ``FileSource``: a video file, paced in real time or as fast as possible. Its frames carry the
   video's own timeline, so the alarm's seconds mean the same in both modes.
 
+``open_backend(config)`` builds the backend a typed ``[source]`` config (``edge.config.SourceConfig``)
+asks for, through ``BACKENDS``: adding a source type is a config class there and a backend here.
 ``SupervisedSource`` wraps a backend: it reopens one that fails or stalls, with back-off, and
-reports its status.
+reports its status. A source is shown (logs, status, errors) by its ``name``, passwords masked.
 """
 
 from __future__ import annotations
@@ -24,24 +26,21 @@ from typing import Self
 
 import numpy as np
 
+from edge.config import (
+    FileSourceConfig,
+    HttpSourceConfig,
+    Picamera2SourceConfig,
+    RtspSourceConfig,
+    SourceOptions,
+    V4l2SourceConfig,
+    mask_url,
+)
 from edge.errors import SourceError
 from edge.records import Frame
 
 log = logging.getLogger(__name__)
 
 FFMPEG_OPTIONS_VARIABLE = "OPENCV_FFMPEG_CAPTURE_OPTIONS"  # set for rtsp:// sources from [source] rtsp_transport
-
-
-def describe(uri: str) -> str:
-    """The kind of source a URI names: picamera2, device, stream or file."""
-    text = str(uri)
-    if text == "picamera2" or text.startswith("picamera2:"):
-        return "picamera2"
-    if text.isdigit() or text.startswith("/dev/video"):
-        return "device"
-    if "://" in text:
-        return "stream"
-    return "file"
 
 
 class FileSource:
@@ -59,6 +58,10 @@ class FileSource:
         self.realtime = realtime
         self.name = f"file:{self.path.name}"
         self._capture = None
+
+    @classmethod
+    def from_config(cls, config: FileSourceConfig) -> FileSource:
+        return cls(config.path, fps=config.fps, realtime=config.realtime)
 
     def open(self) -> None:
         import cv2
@@ -103,17 +106,22 @@ class FileSource:
 
 
 class OpenCVSource:
-    """A V4L2 camera or a network stream through OpenCV, always giving the newest frame."""
+    """A V4L2 camera or a network stream through OpenCV, always giving the newest frame.
+
+    ``uri`` may carry credentials (it is what OpenCV opens); ``name`` and every message show it masked.
+    """
 
     live = True
 
-    def __init__(self, uri: str, width: int | None = None, height: int | None = None, fps: float | None = None,
+    def __init__(self, uri: str | int, width: int | None = None, height: int | None = None, fps: float | None = None,
                  timeout_seconds: float = 5.0, rtsp_transport: str = "tcp"):
-        self.uri = uri
+        self.uri = str(uri)
         self.width, self.height, self.fps = width, height, fps
         self.timeout_seconds = timeout_seconds
         self.rtsp_transport = rtsp_transport
-        self.name = f"{describe(uri)}:{uri}"
+        self.kind = "stream" if "://" in self.uri else "device"
+        self.shown = mask_url(self.uri)
+        self.name = f"{self.kind}:{self.shown}"
         self._capture = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -122,11 +130,18 @@ class OpenCVSource:
         self._failed: str | None = None
         self._index = 0
 
+    @classmethod
+    def from_config(cls, config: V4l2SourceConfig | RtspSourceConfig | HttpSourceConfig) -> OpenCVSource:
+        if isinstance(config, V4l2SourceConfig):
+            return cls(config.device, config.width, config.height, config.fps, timeout_seconds=config.stall_seconds)
+        transport = config.transport if isinstance(config, RtspSourceConfig) else "tcp"
+        return cls(config.open_url(), fps=config.fps, timeout_seconds=config.stall_seconds, rtsp_transport=transport)
+
     def open(self) -> None:
         import cv2
 
-        rtsp = str(self.uri).lower().startswith("rtsp")
-        if describe(self.uri) == "stream":
+        rtsp = self.uri.lower().startswith("rtsp")
+        if self.kind == "stream":
             if rtsp:
                 # OpenCV takes FFmpeg's demuxer options only from this variable, read at each open.
                 os.environ[FFMPEG_OPTIONS_VARIABLE] = f"rtsp_transport;{self.rtsp_transport}"
@@ -135,13 +150,13 @@ class OpenCVSource:
             capture = cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG,
                                        [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
         else:
-            capture = cv2.VideoCapture(int(self.uri) if str(self.uri).isdigit() else self.uri)
+            capture = cv2.VideoCapture(int(self.uri) if self.uri.isdigit() else self.uri)
         if not capture.isOpened():
             hint = ""
             if rtsp:
                 other = "udp" if self.rtsp_transport == "tcp" else "tcp"
                 hint = f" (RTP over {self.rtsp_transport}; some cameras only offer {other}: [source] rtsp_transport)"
-            raise SourceError(f"cannot open {describe(self.uri)} {self.uri}: no such camera or stream, or no access{hint}")
+            raise SourceError(f"cannot open {self.kind} {self.shown}: no such camera or stream, or no access{hint}")
         if self.width and self.height:
             capture.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
             capture.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
@@ -213,10 +228,15 @@ class Picamera2Source:
     def __init__(self, width: int = 640, height: int = 480, fps: float = 30.0, stream: str = "main", camera_num: int = 0,
                  picamera2_module=None):
         self.width, self.height, self.fps, self.stream, self.camera_num = width, height, fps, stream, camera_num
-        self.name = f"picamera2:{camera_num}"
+        self.name = f"picamera2:{camera_num}" + (":lores" if stream == "lores" else "")
         self._module = picamera2_module
         self._camera = None
         self._index = 0
+
+    @classmethod
+    def from_config(cls, config: Picamera2SourceConfig, picamera2_module=None) -> Picamera2Source:
+        return cls(config.width, config.height, config.fps or 30.0, stream=config.stream, camera_num=config.camera,
+                   picamera2_module=picamera2_module)
 
     def open(self) -> None:
         module = self._module
@@ -267,16 +287,22 @@ class Picamera2Source:
                 self._camera = None
 
 
-def open_backend(uri: str, width: int, height: int, fps: float | None, realtime: bool = True,
-                 timeout_seconds: float = 5.0, rtsp_transport: str = "tcp"):
-    """The backend for ``uri``, not yet opened; a network stream gives up opening or reading after ``timeout_seconds``."""
-    kind = describe(uri)
-    if kind == "picamera2":
-        stream = str(uri).split(":", 1)[1] if ":" in str(uri) else "main"
-        return Picamera2Source(width, height, fps or 30.0, stream=stream or "main")
-    if kind == "file":
-        return FileSource(uri, fps=fps, realtime=realtime)
-    return OpenCVSource(str(uri), width, height, fps, timeout_seconds=timeout_seconds, rtsp_transport=rtsp_transport)
+# a source type (``SourceConfig``'s ``type``) -> the backend made from its config
+BACKENDS: dict[str, Callable[[SourceOptions], object]] = {
+    "picamera2": Picamera2Source.from_config,
+    "v4l2": OpenCVSource.from_config,
+    "rtsp": OpenCVSource.from_config,
+    "http": OpenCVSource.from_config,
+    "file": FileSource.from_config,
+}
+
+
+def open_backend(config: SourceOptions):
+    """The backend for a typed source config, not yet opened.
+
+    A network stream gives up opening or reading after ``stall_seconds``.
+    """
+    return BACKENDS[config.type](config)
 
 
 @dataclass
@@ -312,6 +338,12 @@ class SupervisedSource:
         self._stopping = threading.Event()
         self._backend = make_backend()
         self.status = SourceStatus(name=self._backend.name)
+
+    @classmethod
+    def from_config(cls, config: SourceOptions) -> SupervisedSource:
+        """The source a ``[source]`` config describes, reopened as its stall and back-off settings say."""
+        return cls(lambda: open_backend(config), stall_seconds=config.stall_seconds,
+                   backoff_first=config.reopen_min_seconds, backoff_limit=config.reopen_max_seconds)
 
     def open(self) -> None:
         self._backend.open()

@@ -1,5 +1,6 @@
 """The configuration file as a user meets it: defaults, errors that say where, secrets kept secret."""
 
+import re
 import socket
 import tomllib
 from pathlib import Path
@@ -23,7 +24,7 @@ def write(tmp_path, text, name="cryedge.toml") -> Path:
 
 def test_no_file_runs_the_demo_clip_through_the_default_model_without_a_broker():
     config = load_config(None, environ={})
-    assert config.source.uri == str(paths.data_file("demo.mp4"))
+    assert config.source.type == "file" and config.source.path == paths.data_file("demo.mp4")
     assert config.model.path == paths.default_model()
     assert config.landmarks.face_model.parent == paths.landmarks_dir()
     assert not config.mqtt.enabled
@@ -39,7 +40,7 @@ def test_device_ids_are_safe_topic_levels():
 
 def test_the_example_config_is_valid_and_runs_the_camera_without_a_broker_until_one_is_set():
     config = load_config(EXAMPLE, environ={})
-    assert config.source.uri == "picamera2" and not config.mqtt.enabled
+    assert config.source.type == "picamera2" and not config.mqtt.enabled
     with_broker = load_config(EXAMPLE, cli_overrides(broker="mqtt://cryedge@homeassistant.local"), environ={})
     assert with_broker.mqtt.enabled and with_broker.mqtt.port == 1883
 
@@ -87,13 +88,21 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path):
                            '[outbox]\npath = "~/outbox.sqlite3"\n')
     config = load_config(path, environ={})
     assert config.model.path == tmp_path / "models" / "cry.tflite"
-    assert config.source.uri == str(tmp_path / "clips" / "a.mp4")
+    assert config.source.path == tmp_path / "clips" / "a.mp4"
     assert config.outbox.path == Path.home() / "outbox.sqlite3"
 
 
-@pytest.mark.parametrize("uri", ["picamera2", "0", "/dev/video0", "rtsp://cam.lan/stream"])
-def test_cameras_and_urls_are_left_as_given(tmp_path, uri):
-    assert load_config(write(tmp_path, f'[source]\nuri = "{uri}"\n'), environ={}).source.uri == uri
+@pytest.mark.parametrize(("uri", "typed"), [
+    ("picamera2", {"type": "picamera2", "stream": "main"}),
+    ("picamera2:lores", {"type": "picamera2", "stream": "lores"}),
+    ("0", {"type": "v4l2", "device": 0}),
+    ("/dev/video0", {"type": "v4l2", "device": "/dev/video0"}),
+    ("rtsp://cam.lan/stream", {"type": "rtsp", "url": "rtsp://cam.lan/stream"}),
+    ("https://cam.lan/video.mjpg", {"type": "http", "url": "https://cam.lan/video.mjpg"}),
+])
+def test_the_uri_shorthand_is_the_typed_source_it_names(tmp_path, uri, typed):
+    config = load_config(write(tmp_path, f'[source]\nuri = "{uri}"\n'), environ={})
+    assert config.source.model_dump(include=set(typed)) == typed
 
 
 def test_outbox_lives_in_the_systemd_state_directory():
@@ -168,7 +177,7 @@ def test_broker_url_overrides_the_file(tmp_path):
     path = write(tmp_path, '[mqtt]\nhost = "old"\nport = 1883\n')
     config = load_config(path, cli_overrides(broker="mqtt://cry@broker.lan:1884", source="/dev/video2"), environ={})
     assert (config.mqtt.host, config.mqtt.port, config.mqtt.username) == ("broker.lan", 1884, "cry")
-    assert config.source.uri == "/dev/video2" and config.mqtt.tls is None
+    assert config.source.device == "/dev/video2" and config.mqtt.tls is None
     secure = load_config(None, cli_overrides(broker="mqtts://broker.lan"), environ={})
     assert secure.mqtt.tls is not None and secure.mqtt.effective_port == 8883
 
@@ -187,7 +196,7 @@ def test_bad_broker_urls_are_refused(url, problem):
 def test_config_show_without_a_file_prints_the_defaults(capsys):
     assert main(["config", "show"]) == 0
     shown = tomllib.loads(capsys.readouterr().out)
-    assert shown["source"]["uri"] == str(paths.data_file("demo.mp4"))
+    assert shown["source"]["type"] == "file" and shown["source"]["path"] == str(paths.data_file("demo.mp4"))
     assert "host" in shown["mqtt"] and shown["mqtt"]["host"] == ""
 
 
@@ -197,3 +206,183 @@ def test_missing_tls_files_are_config_errors(tmp_path):
         load_config(path, environ={})
     (tmp_path / "ca.crt").write_text("")
     assert load_config(path, environ={}).mqtt.tls.ca_file == tmp_path / "ca.crt"
+
+
+# ----------------------------------------------------------------------------- numbers and topics
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line_with_its_line_number(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[device]\nname = "Chambre de bébé"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=rf"^{path}: not UTF-8 text: byte 0xe9 on line 2"):
+        load_config(path, environ={})
+
+
+def numeric_fields():
+    """(table, its required keys as TOML, key, is an int) for every number a config file can hold."""
+    import typing
+
+    from edge.config import VIDEO_SOURCES
+
+    required = {"rtsp": 'url = "rtsp://cam.lan/live"\n', "http": 'url = "http://cam.lan/video.mjpg"\n'}
+    sections = [(name, field.annotation, "") for name, field in Config.model_fields.items() if name != "source"]
+    sections += [("source", model, f'type = "{model.model_fields["type"].default}"\n'
+                  + required.get(model.model_fields["type"].default, "")) for model in VIDEO_SOURCES]
+    found = []
+    while sections:
+        table, model, head = sections.pop()
+        model = next((arg for arg in typing.get_args(model) if isinstance(arg, type)), model)  # X | None
+        for key, field in model.model_fields.items():
+            kinds = {arg for arg in (field.annotation, *typing.get_args(field.annotation)) if isinstance(arg, type)}
+            nested = [arg for arg in kinds if issubclass(arg, Section)]
+            if nested:
+                sections.append((f"{table}.{key}", nested[0], ""))
+            elif {int, float} & kinds and bool not in kinds:
+                found.append((table, head, key, float not in kinds))
+            elif any(typing.get_origin(arg) is tuple for arg in (field.annotation, *typing.get_args(field.annotation))):
+                found.append((table, head, key, None))  # a list of numbers (landmarks.roi)
+    return found
+
+
+from edge.config import Section  # noqa: E402 - used by numeric_fields at collection time
+
+NUMERIC_FIELDS = numeric_fields()
+
+
+def test_the_walk_finds_the_numbers_it_should():
+    keys = {f"{table}.{key}" for table, _, key, _ in NUMERIC_FIELDS}
+    assert {"mqtt.connect_timeout", "landmarks.num_threads", "alarm.hold_seconds", "source.fps",
+            "source.stall_seconds", "landmarks.roi", "health.port", "outbox.max_events"} <= keys
+
+
+@pytest.mark.parametrize("bad", ["inf", "-inf", "nan", "1e400", "1e308", "-1e308", "9007199254740993"])
+@pytest.mark.parametrize(("table", "head", "key", "integer"), NUMERIC_FIELDS,
+                         ids=[f"{table}.{key}" for table, _, key, _ in NUMERIC_FIELDS])
+def test_every_number_is_finite_and_in_a_range_that_means_something(tmp_path, table, head, key, integer, bad):
+    """inf, nan, 1e400 (TOML reads it as inf) and huge values are errors that name the key, never a crash or a silent off."""
+    value = f"[{bad}, 0.0, 1.0, 1.0]" if integer is None else bad
+    path = write(tmp_path, f"[{table}]\n{head}{key} = {value}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, environ={})
+    message = str(raised.value)
+    assert message.startswith(f"{path}: {table}.{key}") and "\n" not in message, message
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("[mqtt]\nconnect_timeout = 1e308\n", "mqtt.connect_timeout: Input should be less than or equal to 300"),
+    ("[model]\nnum_threads = 100000\n", "model.num_threads: Input should be less than or equal to 8"),
+    ("[landmarks]\nnum_threads = 0\n", "landmarks.num_threads: Input should be greater than or equal to 1"),
+    ("[alarm]\nmin_on_seconds = inf\n", "alarm.min_on_seconds: Input should be a finite number"),
+    ("[alarm]\nhold_seconds = 1e400\n", "alarm.hold_seconds: Input should be a finite number"),
+    ("[source]\nfps = 1e-9\n", "source.fps: Input should be greater than or equal to 0.1"),
+    ("[source]\nstall_seconds = 1e308\n", "source.stall_seconds: Input should be less than or equal to 300"),
+    ('[source]\ntype = "rtsp"\nurl = "rtsp://cam/live"\nfps = nan\n', "source.fps: Input should be a finite number"),
+    ("[source]\nreopen_min_seconds = 60\nreopen_max_seconds = 10\n",
+     "source: reopen_min_seconds must not be above reopen_max_seconds"),
+    ("[mqtt]\nreconnect_min_seconds = 60\nreconnect_max_seconds = 10\n",
+     "mqtt: reconnect_min_seconds must not be above reconnect_max_seconds"),
+])
+def test_the_values_that_crashed_or_silently_disabled_alerting_are_one_line_and_exit_code_3(tmp_path, capsys, toml, message):
+    path = write(tmp_path, toml)
+    assert main(["config", "check", str(path)]) == 3
+    assert capsys.readouterr().err == f"cryedge: {path}: {message}\n"
+
+
+@pytest.mark.parametrize(("key", "value", "problem"), [
+    ("discovery_prefix", "home/#", "must not contain + or #"),
+    ("topic_prefix", "cryedge/+/nursery", "must not contain + or #"),
+    ("topic_prefix", "cryedge/nursery/", "must not start or end with /"),
+    ("discovery_prefix", "/homeassistant", "must not start or end with /"),
+    ("topic_prefix", "cry\\u0000edge", "must not contain NUL"),
+    ("topic_prefix", "$SYS/cryedge", "must not start with $"),
+    ("discovery_prefix", "", "must not be empty"),
+    ("topic_prefix", "é" * 40000, "is 80000 bytes of UTF-8"),
+])
+def test_topic_prefixes_must_be_plain_mqtt_topic_names(tmp_path, key, value, problem):
+    path = write(tmp_path, f'[mqtt]\nhost = "b"\n{key} = "{value}"\n')
+    with pytest.raises(ConfigError, match=rf"^{path}: mqtt.{key}: .*{re.escape(problem)}"):
+        load_config(path, environ={})
+
+
+def test_a_topic_prefix_with_levels_and_unicode_is_fine(tmp_path):
+    path = write(tmp_path, '[mqtt]\nhost = "b"\ntopic_prefix = "home/kinderzimmer/Überwachung"\n'
+                           'discovery_prefix = "ha"\n')
+    assert load_config(path, environ={}).mqtt.topic_prefix == "home/kinderzimmer/Überwachung"
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+@pytest.mark.parametrize(("toml", "expected"), [
+    ('type = "picamera2"\ncamera = 1\nstream = "lores"\nwidth = 320\nheight = 240\n',
+     {"type": "picamera2", "camera": 1, "stream": "lores", "width": 320, "height": 240}),
+    ('type = "v4l2"\ndevice = "/dev/video2"\nfps = 15\n', {"type": "v4l2", "device": "/dev/video2", "fps": 15}),
+    ('type = "rtsp"\nurl = "rtsp://cam.lan:554/live"\ntransport = "udp"\nusername = "viewer"\n',
+     {"type": "rtsp", "url": "rtsp://cam.lan:554/live", "transport": "udp", "username": "viewer"}),
+    ('type = "http"\nurl = "http://cam.lan/video.mjpg"\nstall_seconds = 10\n',
+     {"type": "http", "url": "http://cam.lan/video.mjpg", "stall_seconds": 10}),
+    ('type = "file"\npath = "/clips/night.mp4"\nrealtime = false\n',
+     {"type": "file", "path": Path("/clips/night.mp4"), "realtime": False}),
+])
+def test_each_source_type_takes_its_own_options(tmp_path, toml, expected):
+    source = load_config(write(tmp_path, f"[source]\n{toml}"), environ={}).source
+    assert source.model_dump(include=set(expected)) == expected
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ('type = "rtps"\nurl = "rtsp://cam/live"\n',
+     "source.type: 'rtps' is not one of picamera2, v4l2, rtsp, http, file (did you mean rtsp?)"),
+    ('type = "rtsp"\nurl = "rtsp://cam/live"\ntrasport = "udp"\n',
+     "source.trasport: not an option of a rtsp source (did you mean source.transport?)"),
+    ('type = "rtsp"\nurl = "rtsp://cam/live"\nstream = "lores"\n', "source.stream: not an option of a rtsp source"),
+    ('type = "file"\npath = "a.mp4"\nwidth = 320\n', "source.width: not an option of a file source"),
+    ('type = "rtsp"\nurl = "http://cam/live"\n', "source.url: must be a rtsp:// or rtsps:// URL"),
+    ('type = "rtsp"\n', "source.url: Field required"),
+    ('type = "v4l2"\ndevice = "video0"\n', "source.device: must be a device path under /dev/"),
+    ('type = "picamera2"\nstream = "raw"\n', "source.stream: Input should be 'main' or 'lores'"),
+    ('uri = "rtsp://cam/live"\npicamera2_stream = "lores"\n', "source.picamera2_stream: not an option of a rtsp source"),
+    ('uri = "rtmp://cam/live"\n', "source: uri rtmp://cam/live: no source type reads rtmp://"),
+])
+def test_a_wrong_source_option_names_the_key_and_the_type(tmp_path, toml, message):
+    path = write(tmp_path, f"[source]\n{toml}")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, environ={})
+    assert str(raised.value).startswith(f"{path}: {message}"), str(raised.value)
+
+
+def test_picamera2_stream_of_an_old_file_is_read_now(tmp_path):
+    """It was validated and then never passed to the camera."""
+    config = load_config(write(tmp_path, '[source]\nuri = "picamera2"\npicamera2_stream = "lores"\n'), environ={})
+    assert (config.source.type, config.source.stream) == ("picamera2", "lores")
+
+
+def test_an_old_flat_source_table_as_config_show_printed_it_keeps_loading(tmp_path):
+    old = ('[source]\nuri = "rtsp://cam.lan/live"\nfps = 10.0\nwidth = 640\nheight = 480\nrealtime = true\n'
+           'picamera2_stream = "main"\nstall_seconds = 7.0\nrtsp_transport = "udp"\nreopen_min_seconds = 1.0\n'
+           'reopen_max_seconds = 30.0\n')
+    source = load_config(write(tmp_path, old), environ={}).source
+    assert (source.type, source.url, source.transport, source.fps, source.stall_seconds) == \
+        ("rtsp", "rtsp://cam.lan/live", "udp", 10.0, 7.0)
+
+
+def test_dash_dash_source_picamera2_lores_is_the_camera_not_a_file(tmp_path):
+    config = load_config(None, cli_overrides(source="picamera2:lores"), environ={})
+    assert (config.source.type, config.source.stream) == ("picamera2", "lores")
+
+
+def test_dash_dash_source_replaces_the_camera_and_keeps_the_settings_that_apply(tmp_path):
+    path = write(tmp_path, '[source]\ntype = "rtsp"\nurl = "rtsp://cam.lan/live"\ntransport = "udp"\n'
+                           'username = "viewer"\nstall_seconds = 12\n')
+    config = load_config(path, cli_overrides(source="/dev/video2"), environ={})
+    assert config.source.model_dump(include={"type", "device", "stall_seconds"}) == \
+        {"type": "v4l2", "device": "/dev/video2", "stall_seconds": 12}
+    other = load_config(path, cli_overrides(source="rtsp://other.lan/live"), environ={})
+    assert (other.source.url, other.source.transport, other.source.username) == ("rtsp://other.lan/live", "udp", None)
+
+
+def test_a_typed_source_shows_and_loads_back(tmp_path, capsys):
+    path = write(tmp_path, '[source]\ntype = "picamera2"\nstream = "lores"\nfps = 15\n')
+    assert main(["config", "show", "--config", str(path)]) == 0
+    shown = tomllib.loads(capsys.readouterr().out)
+    assert shown["source"]["type"] == "picamera2" and "uri" not in shown["source"]
+    assert Config.model_validate(shown).source == load_config(path, environ={}).source

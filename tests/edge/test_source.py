@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from streams import MjpegServer, RtspCamera
 
+from edge.config import source_config
 from edge.errors import SourceError
 from edge.source import (
     FileSource,
@@ -24,7 +25,6 @@ from edge.source import (
     Picamera2Source,
     SupervisedSource,
     backoff_delays,
-    describe,
     open_backend,
 )
 
@@ -49,12 +49,27 @@ def clip(tmp_path):
     return write_numbered_clip(tmp_path / "clip.avi")
 
 
-def test_source_kinds_are_told_from_the_uri():
-    assert describe("picamera2") == "picamera2"
-    assert describe("/dev/video0") == "device" and describe("0") == "device"
-    assert describe("rtsp://cam.local/stream") == "stream"
-    assert describe("clip.mp4") == "file"
-    assert isinstance(open_backend("clip.mp4", 640, 480, None), FileSource)
+@pytest.mark.parametrize(("uri", "backend", "name"), [
+    ("picamera2", Picamera2Source, "picamera2:0"),
+    ("picamera2:lores", Picamera2Source, "picamera2:0:lores"),  # was taken for a file named "picamera2:lores"
+    ("/dev/video0", OpenCVSource, "device:/dev/video0"),
+    ("0", OpenCVSource, "device:0"),
+    ("rtsp://cam.local/stream", OpenCVSource, "stream:rtsp://cam.local/stream"),
+    ("http://cam.local/video.mjpg", OpenCVSource, "stream:http://cam.local/video.mjpg"),
+    ("clip.mp4", FileSource, "file:clip.mp4"),
+])
+def test_each_source_type_gets_its_backend(uri, backend, name):
+    made = open_backend(source_config(uri))
+    assert isinstance(made, backend) and made.name == name
+
+
+def test_the_backend_reads_the_types_own_options():
+    camera = open_backend(source_config("picamera2", stream="lores", camera=1, width=320, height=240, fps=10))
+    assert (camera.stream, camera.camera_num, camera.width, camera.height, camera.fps) == ("lores", 1, 320, 240, 10)
+    rtsp = open_backend(source_config("rtsp://cam.lan/live", transport="udp", stall_seconds=2))
+    assert (rtsp.rtsp_transport, rtsp.timeout_seconds) == ("udp", 2)
+    clip = open_backend(source_config("clip.mp4", realtime=False, fps=5))
+    assert (clip.realtime, clip.target_fps) == (False, 5)
 
 
 def test_file_frames_are_rgb_and_carry_the_video_timeline(clip):
@@ -169,8 +184,8 @@ def test_a_network_camera_that_stalls_is_reopened_within_its_timeout_and_frames_
     FFmpeg alone would wait 30 s in a read; the source gives up after ``stall_seconds`` and reconnects.
     """
     with MjpegServer(colour_frames(), fps=20) as camera:
-        supervised = SupervisedSource(lambda: open_backend(camera.url, 160, 120, None, timeout_seconds=1.0),
-                                      stall_seconds=1.0, backoff_first=0.2, backoff_limit=0.5)
+        supervised = SupervisedSource.from_config(
+            source_config(camera.url, stall_seconds=1.0, reopen_min_seconds=0.2, reopen_max_seconds=0.5))
         arrivals = []
         with supervised:
             for _ in supervised.frames():
@@ -224,9 +239,8 @@ def test_rtp_over_tcp_from_a_udp_only_camera_is_a_source_error_that_names_the_se
 
 
 def test_an_rtsp_camera_that_reboots_is_reopened_and_frames_come_back(rtsp_camera):
-    supervised = SupervisedSource(
-        lambda: open_backend(rtsp_camera.url, 640, 480, None, timeout_seconds=2.0, rtsp_transport="udp"),
-        stall_seconds=2.0, backoff_first=0.5, backoff_limit=1.0)
+    supervised = SupervisedSource.from_config(
+        source_config(rtsp_camera.url, transport="udp", stall_seconds=2.0, reopen_min_seconds=0.5, reopen_max_seconds=1.0))
     give_up = threading.Timer(40.0, supervised.stop)  # a bound, should the frames never come back
     give_up.start()
     reboot = threading.Timer(4.0, rtsp_camera.start)

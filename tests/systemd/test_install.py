@@ -88,7 +88,7 @@ def test_the_config_the_unit_names_is_the_example_and_is_valid(installed):
     assert stat.S_IMODE(config_path.stat().st_mode) == 0o644
     assert config_path.parent == inside(installed, "/etc/" + SETTINGS["ConfigurationDirectory"][-1])
     loaded = config.load_config(config_path, environ={})
-    assert loaded.source.uri == "picamera2"
+    assert loaded.source.type == "picamera2"
 
 
 def test_the_credential_is_where_load_credential_reads_it_and_root_only(installed):
