@@ -676,12 +676,14 @@ def load_config(path: Path | str | None = None, overrides: dict | None = None, e
     if config_path is not None:
         data = _read_toml(config_path, where)
     overrides = dict(overrides or {})
-    source = overrides.pop("source", None)
-    if isinstance(source, dict) and "uri" in source:  # --source: another camera, not a merge into this one
+    source = dict(overrides.pop("source", None) or {})
+    if "uri" in source:  # --source: another camera, not a merge into this one
         try:
             data["source"] = _replace_source(data.get("source", {}), source.pop("uri"))
         except ValueError as error:
             raise ConfigError(f"{where}: source: {error}") from None
+        if data["source"]["type"] == "file":  # a path on the command line is relative to where it was typed
+            data["source"]["path"] = str(Path.cwd() / Path(data["source"]["path"]).expanduser())
     if source:
         overrides["source"] = source
     if overrides:

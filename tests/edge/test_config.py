@@ -386,3 +386,11 @@ def test_a_typed_source_shows_and_loads_back(tmp_path, capsys):
     shown = tomllib.loads(capsys.readouterr().out)
     assert shown["source"]["type"] == "picamera2" and "uri" not in shown["source"]
     assert Config.model_validate(shown).source == load_config(path, environ={}).source
+
+
+def test_a_relative_dash_dash_source_file_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    config = load_config(write(folder, '[source]\nuri = "picamera2"\n'), cli_overrides(source="clips/a.mp4"), environ={})
+    assert config.source.path == tmp_path / "clips" / "a.mp4"
