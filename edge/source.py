@@ -40,7 +40,7 @@ from edge.records import Frame
 
 log = logging.getLogger(__name__)
 
-FFMPEG_OPTIONS_VARIABLE = "OPENCV_FFMPEG_CAPTURE_OPTIONS"  # set for rtsp:// sources from [source] rtsp_transport
+FFMPEG_OPTIONS_VARIABLE = "OPENCV_FFMPEG_CAPTURE_OPTIONS"  # set for rtsp:// sources from [source] transport
 
 
 class FileSource:
@@ -155,7 +155,7 @@ class OpenCVSource:
             hint = ""
             if rtsp:
                 other = "udp" if self.rtsp_transport == "tcp" else "tcp"
-                hint = f" (RTP over {self.rtsp_transport}; some cameras only offer {other}: [source] rtsp_transport)"
+                hint = f" (RTP over {self.rtsp_transport}; some cameras only offer {other}: [source] transport)"
             raise SourceError(f"cannot open {self.kind} {self.shown}: no such camera or stream, or no access{hint}")
         if self.width and self.height:
             capture.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)

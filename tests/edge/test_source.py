@@ -234,7 +234,7 @@ def test_an_rtsp_camera_gives_the_newest_rgb_frames(rtsp_camera):
 
 def test_rtp_over_tcp_from_a_udp_only_camera_is_a_source_error_that_names_the_setting(rtsp_camera):
     source = OpenCVSource(rtsp_camera.url, timeout_seconds=5, rtsp_transport="tcp")
-    with pytest.raises(SourceError, match=r"RTP over tcp; some cameras only offer udp: \[source\] rtsp_transport"):
+    with pytest.raises(SourceError, match=r"RTP over tcp; some cameras only offer udp: \[source\] transport"):
         source.open()
 
 
