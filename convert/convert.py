@@ -20,7 +20,7 @@ import json
 import logging
 import platform
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -183,73 +183,12 @@ def heldout_labels(samples: Samples, seed: int = 0) -> np.ndarray | None:
     return np.asarray(samples.y)[held][:MAX_FIDELITY_SAMPLES]
 
 
-# --- conversion -----------------------------------------------------------------------------------
-
-def convert_saved_model(saved_model: Path, scheme: str, io_type: str, calibration: np.ndarray | None,
-                        new_quantizer: bool = True) -> bytes:
-    """TFLite flatbuffer of ``saved_model`` with quantization ``scheme``."""
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if scheme == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif scheme == "dynamic":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif scheme == "int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([sample[None].astype(np.float32)] for sample in calibration)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_type]
-        converter.inference_output_type = converter.inference_input_type
-        converter.experimental_new_quantizer = new_quantizer
-    try:
-        return converter.convert()
-    except Exception as error:  # noqa: BLE001 - the converter's errors are long MLIR dumps; the first line says what
-        text = str(error).strip().splitlines()
-        raise ModelError(f"TFLite conversion ({scheme}) failed: {text[0][:300] if text else type(error).__name__}") from None
-
-
-def check_graph(graph, scheme: str) -> list[str]:
-    """Problems that make the graph unusable on the device (empty when it is fine)."""
-    from convert.report import flex_ops, float_islands
-
-    problems = []
-    if graph.subgraphs != 1:
-        problems.append(f"{graph.subgraphs} subgraphs (a WHILE loop?), expected 1")
-    if graph.dynamic_shapes:
-        problems.append("dynamic tensor shapes")
-    if flex_ops(graph):
-        problems.append(f"custom/Flex ops {flex_ops(graph)}")
-    if scheme == "int8":
-        islands = float_islands(graph)
-        if islands:
-            problems.append(f"float ops in an int8 graph: {', '.join(islands[:6])}")
-    return problems
-
-
-def tool_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    tools = {"python": platform.python_version()}
-    for package in ("cryedge", "tensorflow", "keras", "tf-keras", "ai-edge-litert"):
-        try:
-            tools[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return tools
-
-
-def default_labels(outputs: int, kind: str) -> tuple[tuple[str, ...], str]:
-    from convert.zoo import EMOTION_LABELS
-
-    if outputs == 1:
-        return (("no-cry", "cry") if kind == "landmark-window" else ("negative", "positive")), ("cry" if kind == "landmark-window" else "positive")
-    if outputs == 7 and kind == "face-crop":
-        return EMOTION_LABELS, "sad"
-    return tuple(f"class{i}" for i in range(outputs)), f"class{outputs - 1}"
-
+# --- conversion, one function a step ---------------------------------------------------------------
+#
+# convert() reads top to bottom: check the options, load the model, split the representative data,
+# convert with the scheme's converter settings, measure fidelity, choose labels, make the card,
+# write the model and its card, write the report. A new quantization mode is one entry in
+# CONVERTER_SETTINGS (and a field of QuantizationSettings if it needs one).
 
 @dataclass
 class ConvertOptions:
@@ -272,6 +211,80 @@ class ConvertOptions:
     metrics: Path | None = None  # training metrics JSON for the card (default: MODEL.metrics.json if there)
 
 
+@dataclass
+class Source:
+    """The user's Keras model as loaded, and what its input means."""
+
+    loaded: object  # keras_io.LoadedModel
+    input_shape: tuple
+    outputs: int  # values of the (first) output
+    kind: Kind
+    samples: Samples | None  # from --calibration
+    training: dict  # for the card
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+
+@dataclass
+class RepresentativeData:
+    """Samples that calibrate int8 and the held-out ones that measure fidelity (None without data)."""
+
+    calibration: np.ndarray | None
+    heldout: np.ndarray | None
+    split: str  # how they were chosen, for the report
+
+
+@dataclass
+class Measured:
+    """Keras against TFLite on the held-out samples (or 20 synthetic ones)."""
+
+    x: np.ndarray
+    keras_scores: np.ndarray
+    tflite_scores: np.ndarray
+    fidelity: object  # convert.report.Fidelity
+    runner: object  # convert.report.LiteRTRunner of the graph as converted
+    stateful: bool
+
+
+def convert(options: ConvertOptions):
+    """Convert, check, measure; writes OUT.tflite, OUT.json (card), and the report. Returns the Report."""
+    check_options(options)
+    source = load_source(options)
+    data = representative_data(source.samples)
+    flatbuffer, graph = to_tflite(options, source, data)
+    measured = measure_fidelity(options, source, data, flatbuffer, graph)
+    labels, positive = choose_labels(options, source)
+    warnings = conversion_warnings(options, source, graph, measured)
+    card = make_card(options, source, measured, labels, positive, warnings)
+    flatbuffer = write_model(options.output, flatbuffer, card)
+    return write_report(options, source, flatbuffer, graph, measured, warnings)
+
+
+def check_options(options: ConvertOptions) -> None:
+    if options.quantize not in SCHEMES:
+        raise DataError(f"--quantize must be one of {', '.join(SCHEMES)}")
+    if options.quantize == "int8" and not options.calibration:
+        raise DataError("int8 needs --calibration DATA (.npz, dataset, image folder), or '--calibration synthetic' to calibrate on random inputs")
+
+
+def load_source(options: ConvertOptions) -> Source:
+    """The Keras model, the --calibration samples, and the kind, spec and normalization they imply."""
+    from convert import keras_io
+
+    loaded = keras_io.load(options.model)
+    shape = keras_io.input_shape(loaded.model)
+    samples = load_samples(options.calibration, shape) if options.calibration else None
+    spec = options.spec or (samples.spec if samples is not None and samples.spec in SPECS else None)
+    kind = infer_kind(shape, kind=options.kind, spec=spec, window=options.window)
+    normalization = options.normalization or (samples.normalization if samples is not None else None)
+    if kind.features is not None and normalization:
+        kind.features = FeatureSpecRef(spec=kind.features.spec, normalization=normalization)
+    training = _training_metrics(options)
+    return Source(loaded, shape, int(loaded.model.outputs[0].shape[-1]), kind, samples, training)
+
+
 def _training_metrics(options: ConvertOptions) -> dict:
     """What ``cryedge train`` measured, for the card: --metrics, else MODEL.metrics.json beside the model."""
     path = options.metrics or Path(options.model).with_suffix(".metrics.json")
@@ -285,65 +298,122 @@ def _training_metrics(options: ConvertOptions) -> dict:
         raise DataError(f"--metrics {path}: not a JSON file ({error})") from None
 
 
-def convert(options: ConvertOptions):
-    """Convert, check, measure; writes OUT.tflite, OUT.json (card), and the report. Returns the Report."""
+def representative_data(samples: Samples | None) -> RepresentativeData:
+    if samples is None:
+        return RepresentativeData(None, None, "none")
+    return RepresentativeData(*split_samples(samples))
+
+
+def to_tflite(options: ConvertOptions, source: Source, data: RepresentativeData):
+    """The checked flatbuffer and its Graph: batch-1 rebuild, SavedModel, conversion, device checks.
+
+    An int8 graph with problems (float islands) is converted once more with the other quantizer.
+    """
     from convert import keras_io
-    from convert.edgetpu import run_compiler, static_report
-    from convert.report import (
-        LiteRTRunner,
-        Report,
-        embed_card,
-        fidelity,
-        inspect_graph,
-        is_stateful,
-        labels_of,
-        plot_scores,
-        tflite_runtime_214_problems,
-    )
+    from convert.report import inspect_graph
 
-    if options.quantize not in SCHEMES:
-        raise DataError(f"--quantize must be one of {', '.join(SCHEMES)}")
-    if options.quantize == "int8" and not options.calibration:
-        raise DataError("int8 needs --calibration DATA (.npz, dataset, image folder), or '--calibration synthetic' to calibrate on random inputs")
-    loaded = keras_io.load(options.model)
-    model = loaded.model
-    shape = keras_io.input_shape(model)
-    samples = load_samples(options.calibration, shape) if options.calibration else None
-    spec = options.spec or (samples.spec if samples is not None and samples.spec in SPECS else None)
-    kind = infer_kind(shape, kind=options.kind, spec=spec, window=options.window)
-    normalization = options.normalization or (samples.normalization if samples is not None else None)
-    if kind.features is not None and normalization:
-        kind.features = FeatureSpecRef(spec=kind.features.spec, normalization=normalization)
-    training = _training_metrics(options)
-    outputs = int(model.outputs[0].shape[-1])
-
-    if samples is not None:
-        calibration, heldout, split = split_samples(samples)
+    if options.lstm == "fused" and keras_io.has_recurrent_layers(source.model):
+        static, framework = _fused_lstm_model(source.loaded), "tf_keras"
     else:
-        calibration, heldout, split = None, None, "none"
-
-    if options.lstm == "fused" and keras_io.has_recurrent_layers(model):
-        static, framework = _fused_lstm_model(loaded), "tf_keras"
-    else:
-        static, framework = keras_io.static_batch1(model, unroll=True), loaded.framework
-    warnings = []
+        static, framework = keras_io.static_batch1(source.model, unroll=True), source.loaded.framework
+    settings = QuantizationSettings(options.quantize, options.io_type, data.calibration)
     with tempfile.TemporaryDirectory(prefix="cryedge-convert-") as tmp:
         saved = keras_io.export_saved_model(static, framework, Path(tmp) / "saved_model")
-        flatbuffer = convert_saved_model(saved, options.quantize, options.io_type, calibration)
+        flatbuffer = convert_saved_model(saved, settings)
         graph = inspect_graph(flatbuffer)
         problems = check_graph(graph, options.quantize)
         if problems and options.quantize == "int8":
             log.warning("int8 graph has %s; retrying with the other quantizer", "; ".join(problems))
-            flatbuffer = convert_saved_model(saved, options.quantize, options.io_type, calibration, new_quantizer=False)
+            flatbuffer = convert_saved_model(saved, replace(settings, new_quantizer=False))
             graph = inspect_graph(flatbuffer)
             problems = check_graph(graph, options.quantize)
     if problems:
         raise ModelError(f"converted {options.model.name} is not usable on the device: {'; '.join(problems)}")
+    return flatbuffer, graph
+
+
+@dataclass(frozen=True)
+class QuantizationSettings:
+    """What the TFLite converter is told: the scheme, and for int8 the I/O type and calibration samples."""
+
+    scheme: str
+    io_type: str = "int8"
+    calibration: np.ndarray | None = None
+    new_quantizer: bool = True  # int8: the MLIR quantizer; the old one is the fallback
+
+
+def convert_saved_model(saved_model: Path, settings: QuantizationSettings) -> bytes:
+    """TFLite flatbuffer of ``saved_model`` quantized as ``settings`` say."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    CONVERTER_SETTINGS[settings.scheme](converter, tf, settings)
+    try:
+        return converter.convert()
+    except Exception as error:  # noqa: BLE001 - the converter's errors are long MLIR dumps; the first line says what
+        text = str(error).strip().splitlines()
+        raise ModelError(f"TFLite conversion ({settings.scheme}) failed: {text[0][:300] if text else type(error).__name__}") from None
+
+
+def _float32_settings(converter, tf, settings: QuantizationSettings) -> None:
+    """No optimization: the graph keeps Keras's float32 weights and arithmetic."""
+
+
+def _float16_settings(converter, tf, settings: QuantizationSettings) -> None:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+
+
+def _dynamic_settings(converter, tf, settings: QuantizationSettings) -> None:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+
+def _int8_settings(converter, tf, settings: QuantizationSettings) -> None:
+    calibration = settings.calibration
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([sample[None].astype(np.float32)] for sample in calibration)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[settings.io_type]
+    converter.inference_output_type = converter.inference_input_type
+    converter.experimental_new_quantizer = settings.new_quantizer
+
+
+CONVERTER_SETTINGS = {
+    "float32": _float32_settings,
+    "float16": _float16_settings,
+    "dynamic": _dynamic_settings,
+    "int8": _int8_settings,
+}
+
+
+def check_graph(graph, scheme: str) -> list[str]:
+    """Problems that make the graph unusable on the device (empty when it is fine)."""
+    from convert.report import flex_ops, float_islands
+
+    problems = []
+    if graph.subgraphs != 1:
+        problems.append(f"{graph.subgraphs} subgraphs (a WHILE loop?), expected 1")
+    if graph.dynamic_shapes:
+        problems.append("dynamic tensor shapes")
+    if flex_ops(graph):
+        problems.append(f"custom/Flex ops {flex_ops(graph)}")
+    if scheme == "int8":
+        islands = float_islands(graph)
+        if islands:
+            problems.append(f"float ops in an int8 graph: {', '.join(islands[:6])}")
+    return problems
+
+
+def measure_fidelity(options: ConvertOptions, source: Source, data: RepresentativeData, flatbuffer: bytes, graph) -> Measured:
+    """Keras and TFLite scores on the held-out samples; a float graph that strays too far is refused."""
+    from convert.report import LiteRTRunner, fidelity, is_stateful, labels_of
 
     stateful = is_stateful(graph)
     runner = LiteRTRunner(flatbuffer, num_threads=1, stateful=stateful)
-    check_x = heldout if heldout is not None and len(heldout) else load_samples("synthetic", shape).x[:20]
-    keras_scores = np.asarray(model.predict(check_x, verbose=0, batch_size=64), dtype=np.float32).reshape(len(check_x), -1)
+    heldout = data.heldout
+    check_x = heldout if heldout is not None and len(heldout) else load_samples("synthetic", source.input_shape).x[:20]
+    keras_scores = np.asarray(source.model.predict(check_x, verbose=0, batch_size=64), dtype=np.float32).reshape(len(check_x), -1)
     tflite_scores = runner.predict(check_x)
     if options.quantize in ("float32", "float16", "dynamic"):
         worst = float(np.abs(keras_scores - tflite_scores).max())
@@ -351,7 +421,20 @@ def convert(options: ConvertOptions):
         if worst > limit:
             raise ModelError(f"converted {options.model.name} disagrees with Keras (max |diff| {worst:.3g} > {limit}): weights lost in conversion?")
 
-    labels, positive = default_labels(outputs, kind.kind)
+    samples = source.samples
+    fid = fidelity(keras_scores, tflite_scores, options.threshold,
+                   data=(f"{samples.source}: {data.split}" if samples else "SYNTHETIC uniform random (no --calibration)"))
+    truth = heldout_labels(samples) if samples is not None and check_x is heldout else None
+    if truth is not None and len(truth) == len(check_x):
+        fid.keras_accuracy = float((labels_of(keras_scores, options.threshold) == truth).mean())
+        fid.tflite_accuracy = float((labels_of(tflite_scores, options.threshold) == truth).mean())
+    return Measured(check_x, keras_scores, tflite_scores, fid, runner, stateful)
+
+
+def choose_labels(options: ConvertOptions, source: Source) -> tuple[tuple[str, ...], str]:
+    """Labels and the positive one: --labels, else the dataset's, else defaults for the output size."""
+    outputs, samples = source.outputs, source.samples
+    labels, positive = default_labels(outputs, source.kind.kind)
     if samples is not None and samples.labels and not options.labels and len(samples.labels) == max(2, outputs):
         labels, positive = samples.labels, options.positive or samples.labels[-1]
     if options.labels:
@@ -361,29 +444,45 @@ def convert(options: ConvertOptions):
         positive = options.positive
     if outputs == 1 and len(labels) != 2 or outputs > 1 and len(labels) != outputs:
         raise DataError(f"--labels: the model has {outputs} output(s), which needs {2 if outputs == 1 else outputs} labels, got {len(labels)}")
+    return labels, positive
 
-    fid = fidelity(keras_scores, tflite_scores, options.threshold,
-                   data=(f"{samples.source}: {split}" if samples else "SYNTHETIC uniform random (no --calibration)"))
-    truth = heldout_labels(samples) if samples is not None and check_x is heldout else None
-    if truth is not None and len(truth) == len(check_x):
-        fid.keras_accuracy = float((labels_of(keras_scores, options.threshold) == truth).mean())
-        fid.tflite_accuracy = float((labels_of(tflite_scores, options.threshold) == truth).mean())
-    if options.quantize == "int8" and fid.label_agreement < 0.99:
-        warnings.append(f"label agreement {100 * fid.label_agreement:.2f}% < 99% on held-out data")
+
+def default_labels(outputs: int, kind: str) -> tuple[tuple[str, ...], str]:
+    from convert.zoo import EMOTION_LABELS
+
+    if outputs == 1:
+        return (("no-cry", "cry") if kind == "landmark-window" else ("negative", "positive")), ("cry" if kind == "landmark-window" else "positive")
+    if outputs == 7 and kind == "face-crop":
+        return EMOTION_LABELS, "sad"
+    return tuple(f"class{i}" for i in range(outputs)), f"class{outputs - 1}"
+
+
+def conversion_warnings(options: ConvertOptions, source: Source, graph, measured: Measured) -> list[str]:
+    from convert.report import tflite_runtime_214_problems
+
+    warnings = []
+    if options.quantize == "int8" and measured.fidelity.label_agreement < 0.99:
+        warnings.append(f"label agreement {100 * measured.fidelity.label_agreement:.2f}% < 99% on held-out data")
     if tflite_runtime_214_problems(graph):
         warnings.append(f"{', '.join(tflite_runtime_214_problems(graph))} cannot be loaded by tflite-runtime 2.14 "
                         f"(use ai-edge-litert, or --quantize int8/float16)")
-    if samples is not None and options.calibration == "synthetic":
+    if source.samples is not None and options.calibration == "synthetic":
         warnings.append("calibrated and measured on SYNTHETIC random inputs: fidelity figures say little about real data")
-    if stateful:
+    if measured.stateful:
         warnings.append("stateful graph (fused LSTM): the runtime must reset state before each window (card stateful=true)")
+    return warnings
 
+
+def make_card(options: ConvertOptions, source: Source, measured: Measured, labels: tuple[str, ...], positive: str,
+              warnings: list[str]) -> ModelCard:
+    """The card: what the device needs to feed the graph and read it, and where it came from."""
+    runner, kind = measured.runner, source.kind
     in_dtype, in_scale, in_zp = runner.quantization("input")
     out_dtype, out_scale, out_zp = runner.quantization("output")
-    card = ModelCard(
+    return ModelCard(
         name=options.name or options.output.stem,
         kind=kind.kind,
-        description=(f"converted by cryedge from {loaded.source_format} {options.model.name}"
+        description=(f"converted by cryedge from {source.loaded.source_format} {options.model.name}"
                      + "".join(f"; {w}" for w in warnings if "tflite-runtime" in w or "SYNTHETIC" in w)),
         input_shape=runner.input_shape,
         window=kind.window,
@@ -391,27 +490,53 @@ def convert(options: ConvertOptions):
         face_crop=kind.face_crop,
         labels=labels,
         positive_label=positive,
-        output="sigmoid" if outputs == 1 else "softmax",
+        output="sigmoid" if source.outputs == 1 else "softmax",
         threshold=options.threshold,
         quantization=Quantization(
             scheme=options.quantize,
             input=TensorQuantization(dtype=in_dtype, scale=in_scale, zero_point=in_zp),
             output=TensorQuantization(dtype=out_dtype, scale=out_scale, zero_point=out_zp),
         ),
-        stateful=stateful,
-        source=SourceModel(path=options.model.name, sha256=loaded.sha256),
+        stateful=measured.stateful,
+        source=SourceModel(path=options.model.name, sha256=source.loaded.sha256),
         tools=tool_versions(),
-        training=training,
+        training=source.training,
     )
-    flatbuffer = embed_card(flatbuffer, card.to_json())
-    options.output.parent.mkdir(parents=True, exist_ok=True)
-    options.output.write_bytes(flatbuffer)
-    options.output.with_suffix(".json").write_text(card.to_json() + "\n")
 
-    runner = LiteRTRunner(flatbuffer, num_threads=1, stateful=stateful)
-    latency = runner.median_latency_us(check_x)
+
+def tool_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    tools = {"python": platform.python_version()}
+    for package in ("cryedge", "tensorflow", "keras", "tf-keras", "ai-edge-litert"):
+        try:
+            tools[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return tools
+
+
+def write_model(output: Path, flatbuffer: bytes, card: ModelCard) -> bytes:
+    """Write OUT.tflite with the card embedded, and the card beside it as OUT.json; the bytes written."""
+    from convert.report import embed_card
+
+    flatbuffer = embed_card(flatbuffer, card.to_json())
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(flatbuffer)
+    output.with_suffix(".json").write_text(card.to_json() + "\n")
+    return flatbuffer
+
+
+def write_report(options: ConvertOptions, source: Source, flatbuffer: bytes, graph, measured: Measured,
+                 warnings: list[str]):
+    """The Report of the written model: latency, Keras-vs-TFLite plot, EdgeTPU check; JSON with --report."""
+    from convert.edgetpu import run_compiler, static_report
+    from convert.report import LiteRTRunner, Report, plot_scores
+
+    runner = LiteRTRunner(flatbuffer, num_threads=1, stateful=measured.stateful)
+    latency = runner.median_latency_us(measured.x)
     report_base = options.report or options.output.with_suffix(".report.json")
-    plot = plot_scores(keras_scores, tflite_scores, report_base.with_suffix(".png"),
+    plot = plot_scores(measured.keras_scores, measured.tflite_scores, report_base.with_suffix(".png"),
                        f"{options.model.name} -> {options.quantize}: Keras vs TFLite")
     edgetpu = None
     if options.edgetpu:
@@ -422,13 +547,16 @@ def convert(options: ConvertOptions):
         if edgetpu_report.compiler is None:
             edgetpu_report.compiler = {"summary": "edgetpu_compiler not on PATH (x86-64 only); static report only"}
         edgetpu = edgetpu_report.as_dict()
-        warnings += edgetpu_report.advice
+        warnings = warnings + edgetpu_report.advice
+    in_dtype, in_scale, in_zp = measured.runner.quantization("input")
+    out_dtype, out_scale, out_zp = measured.runner.quantization("output")
     report = Report(
         model=str(options.model), output=str(options.output), quantization=options.quantize,
         size_bytes=len(flatbuffer), ops=graph.op_list(), subgraphs=graph.subgraphs,
-        input={"shape": list(runner.input_shape), "dtype": in_dtype, "scale": in_scale, "zero_point": in_zp},
-        output_tensor={"shape": [1, outputs], "dtype": out_dtype, "scale": out_scale, "zero_point": out_zp},
-        latency_us_median=latency, fidelity=fid.as_dict(), calibration=(samples.source if samples else "none"),
+        input={"shape": list(measured.runner.input_shape), "dtype": in_dtype, "scale": in_scale, "zero_point": in_zp},
+        output_tensor={"shape": [1, source.outputs], "dtype": out_dtype, "scale": out_scale, "zero_point": out_zp},
+        latency_us_median=latency, fidelity=measured.fidelity.as_dict(),
+        calibration=(source.samples.source if source.samples else "none"),
         warnings=warnings, plot=str(plot), edgetpu=edgetpu,
     )
     if options.report:
