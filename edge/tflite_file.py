@@ -100,11 +100,25 @@ def read_metadata(data: bytes, name: str) -> bytes | None:
 def with_metadata(data: bytes, name: str, payload: bytes) -> bytes:
     """``data`` with metadata entry ``name`` holding ``payload`` (replacing one of that name)."""
     model = read(data)
+    set_metadata(model, name, payload)
+    return write(model)
+
+
+def set_metadata(model, name: str, payload: bytes) -> None:
+    """Put metadata entry ``name`` holding ``payload`` into ``model`` (a ``ModelT``), replacing one of that name."""
     entry = schema().MetadataT()
     entry.name = name
     entry.buffer = add_buffer(model, payload)
     model.metadata = [m for m in (model.metadata or []) if _name(m.name) != name] + [entry]
-    return write(model)
+
+
+def pack_table(table, file_identifier: bytes) -> bytes:
+    """The flatbuffer of one object-API table other than a model, e.g. TFLite metadata (``M001``)."""
+    import flatbuffers
+
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(table.Pack(builder), file_identifier=file_identifier)
+    return bytes(builder.Output())
 
 
 def buffer_starts(data: bytes) -> dict[int, int]:

@@ -30,14 +30,14 @@ POSE_SEGMENTATION = "Identity_2"
 MESH_POINTS = 468
 
 
-def _schemas():
-    """The TFLite schema and the TFLite-metadata schema (shipped in mediapipe) modules."""
+def _metadata_schema():
+    """The TFLite-metadata schema module (shipped in mediapipe): the input normalization MediaPipe reads."""
     from edge.mediapipe_import import import_mediapipe
 
     import_mediapipe()
-    from mediapipe.tasks.metadata import metadata_schema_py_generated as metadata_schema
+    from mediapipe.tasks.metadata import metadata_schema_py_generated
 
-    return tflite_file.schema(), metadata_schema
+    return metadata_schema_py_generated
 
 
 def iris_weights() -> np.ndarray:
@@ -207,9 +207,7 @@ def add_image_normalization(tflite: bytes, mean: float = 0.0, std: float = 255.0
     without it. The metadata flatbuffer is written with the generated schema classes: 1.2.x's own
     metadata writers import a module its wheel lacks.
     """
-    import flatbuffers
-
-    schema, md = _schemas()
+    md = _metadata_schema()
     model = tflite_file.read(tflite)
     if any(entry.name == b"TFLITE_METADATA" for entry in model.metadata or []):
         raise ModelError(f"{name or 'model'} already has TFLite metadata; not overwriting it")
@@ -249,12 +247,7 @@ def add_image_normalization(tflite: bytes, mean: float = 0.0, std: float = 255.0
     metadata.subgraphMetadata = [subgraph]
     metadata.minParserVersion = "1.0.0"
 
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(metadata.Pack(builder), file_identifier=b"M001")
-    entry = schema.MetadataT()
-    entry.name = b"TFLITE_METADATA"
-    entry.buffer = tflite_file.add_buffer(model, bytes(builder.Output()))
-    model.metadata = list(model.metadata or []) + [entry]
+    tflite_file.set_metadata(model, "TFLITE_METADATA", tflite_file.pack_table(metadata, b"M001"))
     return tflite_file.write(model)
 
 
