@@ -54,6 +54,7 @@ class HealthStats:
     source: str = ""
     source_reconnects: int = 0
     outbox_depth: int = 0  # events waiting on disk for the broker
+    outbox_fault: str | None = None  # why events are kept in memory, not on disk (disk full, read-only)
     broker_connected: bool | None = None  # None: no broker configured
     crying: bool | None = None
     probability: float | None = None

@@ -44,6 +44,9 @@ from edge.records import AlarmEvent
 log = logging.getLogger(__name__)
 
 ONLINE, OFFLINE = "online", "offline"
+# Home Assistant asks for discovery by publishing "online" on <discovery prefix>/status: answered at most
+# this often (seconds), the last request always served, so a flood of them costs one document a period
+DISCOVERY_INTERVAL = 5.0
 EVENT_TYPES = {"start": "cry_start", "end": "cry_end"}
 # refusals that a retry may cure; any other refusal at start is fatal
 TRANSIENT_REFUSALS = {"Server unavailable", "Server busy", "Quota exceeded", "Connection rate exceeded"}
@@ -102,6 +105,7 @@ def restart_end_payload(start: Mapping[str, Any], wall_time: float) -> dict[str,
 
 
 def state_payload(state: AlarmState, model: str) -> dict[str, Any]:
+    """The retained state; ``probability`` is null when nothing is measured (before the first score, after a stop)."""
     return {
         "crying": "ON" if state.crying else "OFF",
         "probability": _round(state.probability, 3),
@@ -111,9 +115,39 @@ def state_payload(state: AlarmState, model: str) -> dict[str, Any]:
     }
 
 
-def stats_payload(stats: Mapping[str, float]) -> dict[str, Any]:
-    """Diagnostics: ``fps``, ``inference_ms``, ``face_share`` (0-1), and whatever else is given."""
-    return {key: _round(value, 3) if isinstance(value, float) else value for key, value in stats.items()}
+def unmeasured_state(since_wall: float | None = None) -> AlarmState:
+    """OFF with no probability: what a run shows before its first score, and what a stopped one leaves."""
+    return AlarmState(False, None, since_wall, math.nan)
+
+
+# The diagnostics on the stats topic, each a Home Assistant sensor: key -> its discovery options. ``scale``
+# multiplies the value for display (a share 0-1 shown in %). A new diagnostic is one line here.
+DIAGNOSTICS: dict[str, dict[str, Any]] = {
+    "fps": {"name": "Frame rate", "unit_of_measurement": "fps", "suggested_display_precision": 1},
+    "inference_ms": {"name": "Inference time", "unit_of_measurement": "ms", "device_class": "duration",
+                     "suggested_display_precision": 2},
+    "face_share": {"name": "Frames with a face", "unit_of_measurement": "%", "suggested_display_precision": 0,
+                   "scale": 100},
+}
+
+
+def stats_payload(stats: Mapping[str, Any], outbox_fault: str | None = None) -> dict[str, Any]:
+    """Diagnostics: every key of ``DIAGNOSTICS`` (null until measured), whatever else is given, and ``outbox_fault``."""
+    payload = dict.fromkeys(DIAGNOSTICS) | dict(stats)
+    payload = {key: _round(value, 3) if isinstance(value, float) else value for key, value in payload.items()}
+    payload["outbox_fault"] = outbox_fault
+    return payload
+
+
+def number_template(key: str, scale: float = 1, digits: int = 3) -> str:
+    """A value_template that shows ``value_json.<key>`` (times ``scale``), or unknown when it is null or absent.
+
+    Home Assistant's MQTT sensor takes the rendered text ``None`` as "unknown"; arithmetic on a null
+    would make the template fail and log an error on every message instead.
+    """
+    value = f"value_json.{key}"
+    shown = value if scale == 1 else f"({value} * {scale:g}) | round({digits})"
+    return f"{{{{ {shown} if {value} is number else none }}}}"
 
 
 def origin() -> dict[str, str]:
@@ -134,12 +168,53 @@ def origin() -> dict[str, str]:
 def discovery_document(topics: Topics, device: DeviceConfig, model: str) -> dict[str, Any]:
     """Home Assistant's device-based discovery payload: the device, its origin, and its entities."""
     uid = f"cryedge_{device.id}"
-
-    def sensor(name, key, **extra):
-        return {"p": "sensor", "name": name, "unique_id": f"{uid}_{key}", "state_topic": topics.stats,
-                "value_template": f"{{{{ value_json.{key} }}}}", "entity_category": "diagnostic",
-                "state_class": "measurement", **extra}
-
+    components: dict[str, dict[str, Any]] = {
+        # Fused from what the camera sees (and later hears): no device class, since "sound" would claim a
+        # microphone and "problem" would show Problem/OK; plain on/off with a crying face reads right.
+        "crying": {
+            "p": "binary_sensor",
+            "name": "Crying",
+            "icon": "mdi:emoticon-cry-outline",
+            "state_topic": topics.state,
+            "value_template": "{{ value_json.crying }}",
+            "payload_on": "ON",
+            "payload_off": "OFF",
+            "json_attributes_topic": topics.state,
+        },
+        "probability": {
+            "p": "sensor",
+            "name": "Cry probability",
+            "state_topic": topics.state,
+            "value_template": number_template("probability", scale=100, digits=1),
+            "unit_of_measurement": "%",
+            "state_class": "measurement",
+            "suggested_display_precision": 0,
+        },
+        "cry": {
+            "p": "event",
+            "name": "Cry",
+            "state_topic": topics.event,
+            "event_types": list(EVENT_TYPES.values()),
+        },
+    }
+    for key, options in DIAGNOSTICS.items():
+        options = dict(options)
+        scale = options.pop("scale", 1)
+        components[key] = {"p": "sensor", "state_topic": topics.stats, "entity_category": "diagnostic",
+                           "state_class": "measurement", "value_template": number_template(key, scale, 0),
+                           **options}
+    components["outbox"] = {
+        "p": "binary_sensor",
+        "name": "Event store",
+        "device_class": "problem",  # on: events cannot be written to disk, they are kept in memory only
+        "entity_category": "diagnostic",
+        "state_topic": topics.stats,
+        "value_template": "{{ 'ON' if value_json.outbox_fault else 'OFF' }}",
+        "payload_on": "ON",
+        "payload_off": "OFF",
+    }
+    for key, component in components.items():
+        component["unique_id"] = f"{uid}_{key}"
     return {
         "dev": {"ids": [uid], "name": device.name, "mf": "cryedge", "mdl": f"cryedge ({model})", "sw": __version__},
         "o": origin(),
@@ -147,41 +222,7 @@ def discovery_document(topics: Topics, device: DeviceConfig, model: str) -> dict
         "payload_available": ONLINE,
         "payload_not_available": OFFLINE,
         "qos": 1,
-        "cmps": {
-            "crying": {
-                "p": "binary_sensor",
-                "name": "Crying",
-                "device_class": "sound",
-                "unique_id": f"{uid}_crying",
-                "state_topic": topics.state,
-                "value_template": "{{ value_json.crying }}",
-                "payload_on": "ON",
-                "payload_off": "OFF",
-                "json_attributes_topic": topics.state,
-            },
-            "probability": {
-                "p": "sensor",
-                "name": "Cry probability",
-                "unique_id": f"{uid}_probability",
-                "state_topic": topics.state,
-                "value_template": "{{ (value_json.probability * 100) | round(1) }}",
-                "unit_of_measurement": "%",
-                "state_class": "measurement",
-                "suggested_display_precision": 0,
-            },
-            "cry": {
-                "p": "event",
-                "name": "Cry",
-                "unique_id": f"{uid}_cry",
-                "state_topic": topics.event,
-                "event_types": list(EVENT_TYPES.values()),
-            },
-            "fps": sensor("Frame rate", "fps", unit_of_measurement="fps"),
-            "inference_ms": sensor("Inference time", "inference_ms", unit_of_measurement="ms",
-                                   device_class="duration"),
-            "face_share": sensor("Frames with a face", "face_share", unit_of_measurement="%",
-                                 value_template="{{ (value_json.face_share * 100) | round(0) }}"),
-        },
+        "cmps": components,
     }
 
 
@@ -253,8 +294,7 @@ class StdoutPublisher:
 
     def close(self) -> None:
         if self._crying:
-            last = self._last_state
-            self.publish_state(AlarmState(False, last.since, time.time(), last.probability))
+            self.publish_state(unmeasured_state(time.time()))
 
     def __enter__(self) -> StdoutPublisher:
         self.start()
@@ -296,7 +336,15 @@ class MqttPublisher:
         self._state: AlarmState | None = None
         self._state_sent_at = -math.inf
         self._state_sent_crying: bool | None = None
+        self._last_end_wall: dict[str, float] = {}  # event id -> when its end happened, for the final OFF
+        self._stats: dict = {}
         self._stats_sent_at = -math.inf
+        self._stats_sent_fault: str | None = None
+        self._discovery_sent_at = -math.inf
+        self._discovery_due: float | None = None  # a re-send Home Assistant asked for, debounced
+        # set by paho's thread when it queues an ha_online notice: a flood queues one, not one per message
+        self._ha_online_queued = threading.Event()
+        self.discovery_interval = DISCOVERY_INTERVAL
 
     # --- called by the daemon (any thread); never blocks
 
@@ -309,6 +357,12 @@ class MqttPublisher:
     def publish_stats(self, stats: Mapping[str, float]) -> None:
         """Diagnostics (``fps``, ``inference_ms``, ``face_share``); sent at most every ``mqtt.stats_interval``."""
         self._queue.put(("stats", dict(stats)))
+
+    @property
+    def outbox_fault(self) -> str | None:
+        """Why events are kept in memory rather than on disk (disk full, read-only); None while the outbox works."""
+        outbox = self._outbox
+        return outbox.fault if outbox is not None else None
 
     # --- life cycle
 
@@ -387,11 +441,15 @@ class MqttPublisher:
         return " (check mqtt.username and the password)"
 
     def close(self, timeout: float = 5.0) -> None:
-        """Final state OFF, ``offline``, wait for acknowledgements (up to ``timeout``), disconnect."""
+        """Everything queued into the outbox, final state OFF, ``offline``, wait for acknowledgements
+        (up to ``timeout``), disconnect."""
         if self._thread is None:
             return
         self._queue.put(("close", timeout))
         self._thread.join(timeout + 5)
+        if self._thread.is_alive():
+            log.error("the publisher did not finish closing in %.0f s; events it had not stored are lost",
+                      timeout + 5)
         self._thread = None
         if self._client is not None:
             self._client.loop_stop()
@@ -430,7 +488,10 @@ class MqttPublisher:
 
     def _on_message(self, client, userdata, message) -> None:
         if message.topic == self.topics.ha_status and message.payload.strip() == b"online":
-            self._queue.put(("ha_online", None))
+            # one notice waits at a time: a flood of "online" must not bury the events behind it
+            if not self._ha_online_queued.is_set():
+                self._ha_online_queued.set()
+                self._queue.put(("ha_online", None))
 
     # --- the publisher thread
 
@@ -446,8 +507,15 @@ class MqttPublisher:
             "ha_online": self._handle_ha_online,
         }
         while True:
-            kind, value = self._queue.get()
             try:
+                kind, value = self._queue.get(timeout=self._until_discovery_due())
+            except queue.Empty:
+                kind, value = "discovery_due", None
+            try:
+                if self._discovery_due is not None and time.monotonic() >= self._discovery_due:
+                    self._resend_discovery()
+                if kind == "discovery_due":
+                    continue
                 if kind == "stop":
                     return
                 if kind == "close":
@@ -467,6 +535,8 @@ class MqttPublisher:
 
     def _handle_event(self, event: AlarmEvent) -> None:
         payload = event_payload(event, self.device.id, self.model)
+        if event.kind == "end":
+            self._last_end_wall = {event.event_id: event.wall_time}
         seq = self._outbox.add(event.event_id, event.kind, _json(payload))
         self.outbox_depth = len(self._outbox)
         self.last_event = payload  # only once it is on disk: readers take it as "accepted"
@@ -481,7 +551,8 @@ class MqttPublisher:
 
     def _send_state(self, state: AlarmState) -> None:
         self._publish(self.topics.state, _json(state_payload(state, self.model)), qos=1, retain=True)
-        self._state_sent_at = time.monotonic()
+        # the first measured probability replaces the unmeasured one at once, not a state_interval later
+        self._state_sent_at = time.monotonic() if math.isfinite(state.probability) else -math.inf
         self._state_sent_crying = state.crying
 
     def _handle_state(self, state: AlarmState) -> None:
@@ -492,17 +563,36 @@ class MqttPublisher:
         if changed or time.monotonic() - self._state_sent_at >= self.mqtt.state_interval:
             self._send_state(state)
 
+    def _send_stats(self) -> None:
+        fault = self.outbox_fault
+        self._publish(self.topics.stats, _json(stats_payload(self._stats, fault)), qos=0, retain=True)
+        self._stats_sent_at = time.monotonic() if self._stats else -math.inf  # as for the state
+        self._stats_sent_fault = fault
+
     def _handle_stats(self, stats: dict) -> None:
-        # the daemon may call publish_stats as often as it likes; the broker sees one every stats_interval
-        now = time.monotonic()
-        if self.connected and now - self._stats_sent_at >= self.mqtt.stats_interval:
-            self._publish(self.topics.stats, _json(stats_payload(stats)), qos=0, retain=True)
-            self._stats_sent_at = now
+        # the daemon may call publish_stats as often as it likes; the broker sees one every stats_interval,
+        # and one at once when the outbox fails
+        self._stats = stats
+        due = time.monotonic() - self._stats_sent_at >= self.mqtt.stats_interval
+        if self.connected and (due or self.outbox_fault != self._stats_sent_fault):
+            self._send_stats()
 
     def _send_discovery(self) -> None:
+        self._discovery_due = None
         if self.mqtt.discovery:
             document = discovery_document(self.topics, self.device, self.model)
             self._publish(self.topics.discovery, _json(document), qos=1, retain=True)
+            self._discovery_sent_at = time.monotonic()
+
+    def _until_discovery_due(self) -> float | None:
+        return None if self._discovery_due is None else max(0.0, self._discovery_due - time.monotonic())
+
+    def _resend_discovery(self) -> None:
+        if self.connected:
+            log.info("Home Assistant came online: re-sending discovery")
+            self._send_discovery()
+            self._send_state(self._state or unmeasured_state())
+        self._discovery_due = None
 
     def _handle_connected(self, _) -> None:
         self.connected = True
@@ -511,8 +601,9 @@ class MqttPublisher:
         self._client.subscribe(self.topics.ha_status, qos=1)
         self._send_discovery()
         self._publish(self.topics.availability, ONLINE, qos=1, retain=True)
-        if self._state is not None:
-            self._send_state(self._state)
+        # fresh retained state and diagnostics at once: not the ones a previous run left on the broker
+        self._send_state(self._state or unmeasured_state())
+        self._send_stats()
         in_flight = set(self._inflight.values())
         backlog = [entry for entry in self._outbox.pending() if entry.seq not in in_flight]
         if backlog:
@@ -537,28 +628,17 @@ class MqttPublisher:
             self.outbox_depth = len(self._outbox)
 
     def _handle_ha_online(self, _) -> None:
-        if self.connected:
-            log.info("Home Assistant came online: re-sending discovery")
-            self._send_discovery()
-            if self._state is not None:
-                self._send_state(self._state)
+        """Re-send discovery at most once every ``discovery_interval``; the last request is always served."""
+        self._ha_online_queued.clear()
+        if self._discovery_due is None:
+            self._discovery_due = max(time.monotonic(), self._discovery_sent_at + self.discovery_interval)
 
     def _handle_close(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        # whatever the daemon queued before close() (the alarm's end event) goes first
-        while True:
-            try:
-                kind, value = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if kind in ("event", "state", "acked", "connected", "disconnected"):
-                getattr(self, f"_handle_{kind}")(value)
+        self._drain()
         if self.connected:
-            state = self._state
-            if state is None or state.crying:
-                state = AlarmState(False, None if state is None else state.since, time.time(),
-                                   0.0 if state is None else state.probability)
-            self._send_state(state)
+            if self._state_sent_crying is not False:  # ON (or nothing yet) on the broker: one OFF, once
+                self._send_state(self._final_state())
             offline = self._publish(self.topics.availability, OFFLINE, qos=1, retain=True)
             while (self._inflight or not offline.is_published()) and time.monotonic() < deadline:
                 try:
@@ -571,9 +651,29 @@ class MqttPublisher:
                     break
             self._client.disconnect()
         if self._inflight or len(self._outbox):
-            log.warning("%d events not acknowledged by the broker stay in the outbox for the next run",
-                        len(self._outbox))
+            where = "in memory, and are lost" if self.outbox_fault else "in the outbox for the next run"
+            log.warning("%d events not acknowledged by the broker stay %s", len(self._outbox), where)
         self._outbox.close()
+
+    def _drain(self) -> None:
+        """Handle everything queued before close(): the daemon's end event goes into the outbox and out first."""
+        while True:
+            try:
+                kind, value = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "state":
+                self._state = value  # the final state is sent once, by close
+            elif kind in ("event", "acked", "connected", "disconnected", "refused"):
+                getattr(self, f"_handle_{kind}")(value)
+
+    def _final_state(self) -> AlarmState:
+        """OFF, since the end of the last episode (or now), with no probability: nothing is measured any more."""
+        state = self._state
+        ended = self._last_end_wall.get(state.event_id) if state is not None and state.event_id else None
+        if state is not None and not state.crying:
+            ended = state.since_wall
+        return unmeasured_state(ended if ended is not None else time.time())
 
 
 def make_publisher(config: Config, model: str) -> MqttPublisher | StdoutPublisher:

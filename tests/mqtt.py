@@ -172,3 +172,36 @@ def make_certificates(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path
     openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-days", "2",
             "-extfile", str(extensions), "-out", str(cert))
     return ca, cert, key
+
+
+def _mqtt_packet(kind: int, body: bytes) -> bytes:
+    length, encoded = len(body), bytearray()
+    while True:  # MQTT's variable-length "remaining length"
+        length, digit = divmod(length, 128)
+        encoded.append(digit | (0x80 if length else 0))
+        if not length:
+            return bytes([kind]) + bytes(encoded) + body
+
+
+def _mqtt_string(text: str) -> bytes:
+    data = text.encode()
+    return len(data).to_bytes(2, "big") + data
+
+
+def flood(broker: Broker, topic: str, payload: str, count: int) -> None:
+    """``count`` QoS 0 messages on ``topic`` as fast as one connection takes them; returns once the broker has
+    routed them all (its answer to a PINGREQ sent after them). An MQTT 3.1.1 client in a few bytes: paho would
+    take seconds to send what an adversary's loop sends in milliseconds.
+    """
+    connect = _mqtt_packet(0x10, _mqtt_string("MQTT") + bytes([4, 0x02, 0, 60]) + _mqtt_string(f"flood-{free_port()}"))
+    publish = _mqtt_packet(0x30, _mqtt_string(topic) + payload.encode())
+    with socket.create_connection((broker.host, broker.port), timeout=30) as sock:
+        sock.sendall(connect)
+        assert sock.recv(4)[:1] == b"\x20", "no CONNACK"
+        sock.sendall(publish * count + b"\xc0\x00")  # the messages, then PINGREQ
+        answer = b""
+        while not answer.endswith(b"\xd0\x00"):  # PINGRESP
+            chunk = sock.recv(64)
+            assert chunk, "the broker closed the flood connection"
+            answer += chunk
+        sock.sendall(b"\xe0\x00")  # DISCONNECT
