@@ -481,7 +481,7 @@ class MqttConfig(Section):
     reconnect_min_seconds: float = Field(default=1.0, gt=0, le=HOUR)
     reconnect_max_seconds: float = Field(default=30.0, gt=0, le=HOUR)
     state_interval: float = Field(default=5.0, ge=0, le=HOUR)  # probability updates at most this often
-    stats_interval: float = Field(default=30.0, gt=0, le=DAY)  # diagnostics (fps, inference ms, face share)
+    stats_interval: float = Field(default=10.0, gt=0, le=DAY)  # diagnostics (fps, inference ms, face share)
 
     @model_validator(mode="after")
     def _reconnect_order(self) -> MqttConfig:

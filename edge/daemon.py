@@ -45,6 +45,7 @@ class FrameResult:
     events: tuple  # edge.records.AlarmEvent raised by this frame
     stage_ms: dict
     body_seen: bool = False
+    inference_ms: float | None = None  # the model's own time, when the window was scored
 
 
 class RollingStats:
@@ -54,6 +55,7 @@ class RollingStats:
         self._stage_ms = {name: deque(maxlen=size) for name in STAGES}
         self._times = deque(maxlen=size)
         self._faces = deque(maxlen=size)
+        self._inference_ms = deque(maxlen=size)
         self.frames = 0
 
     def add(self, result: FrameResult, now: float) -> None:
@@ -62,6 +64,8 @@ class RollingStats:
         self._faces.append(result.face_seen)
         for name, ms in result.stage_ms.items():
             self._stage_ms[name].append(ms)
+        if result.inference_ms is not None:
+            self._inference_ms.append(result.inference_ms)
 
     @property
     def fps(self) -> float:
@@ -72,6 +76,11 @@ class RollingStats:
     @property
     def face_share(self) -> float | None:
         return float(np.mean(self._faces)) if self._faces else None
+
+    @property
+    def inference_ms(self) -> float | None:
+        """The model's median time over the last windows scored."""
+        return float(np.median(self._inference_ms)) if self._inference_ms else None
 
     def stage_medians(self) -> dict[str, float]:
         return {name: float(np.median(values)) for name, values in self._stage_ms.items() if values}
@@ -124,7 +133,9 @@ class Pipeline:
             events = tuple(self.alarm.update(score))
             now = time.perf_counter()
             times["alarm"] = (now - mark) * 1000
-        return FrameResult(frame.t, landmarks.has_face, score, events, times, body_seen=landmarks.has_pose)
+        inference_ms = self.scorer.last_inference_ms if score is not None else None
+        return FrameResult(frame.t, landmarks.has_face, score, events, times, body_seen=landmarks.has_pose,
+                           inference_ms=inference_ms)
 
     def close(self) -> None:
         self.extractor.close()
@@ -264,15 +275,14 @@ class Daemon:
         fps = self.stats.fps
         crying = "ON" if self.alarm.crying else "OFF"
         self.notifier.status(f"running: {fps:.1f} fps, crying {crying}, p={self.alarm.state.probability:.2f}")
-        self.publisher.publish_stats({"fps": fps, "inference_ms": self.pipeline.scorer.last_inference_ms,
-                                      "face_share": self.stats.face_share or 0.0})
+        self.publisher.publish_stats({"fps": fps, "inference_ms": self.stats.inference_ms,
+                                      "face_share": self.stats.face_share})
 
     def _finish(self) -> None:
-        """End a running episode and publish OFF, before anything closes."""
+        """End a running episode before anything closes; the publisher's close() publishes the final OFF once."""
         self.notifier.stopping("stopping")
         for event in self.alarm.finish():
             self._publish_event(event)
-        self.publisher.publish_state(self.alarm.state)
 
     def health_stats(self):
         from edge.health import HealthStats
@@ -288,6 +298,7 @@ class Daemon:
             face_share=self.stats.face_share, source=source.name if source else "",
             source_reconnects=source.reconnects if source else 0,
             outbox_depth=getattr(publisher, "outbox_depth", 0),
+            outbox_fault=getattr(publisher, "outbox_fault", None),
             broker_connected=getattr(publisher, "connected", None) if self.config.mqtt.enabled else None,
             crying=state.crying if state else None, probability=state.probability if state else None,
             last_event=self.last_event, last_event_unix=self.last_event_unix,
@@ -356,7 +367,8 @@ def _run_command(args) -> int:
     if args.fast and config.source.type == "file":  # a camera has no "as fast as possible"
         config.source.realtime = False
     daemon = Daemon(config)
-    previous = {sig: signal.signal(sig, daemon.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP (a closed terminal, a reload request) stops cleanly too: its default would kill mid-cry
+    previous = {sig: signal.signal(sig, daemon.stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         with daemon:
             return daemon.run()

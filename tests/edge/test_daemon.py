@@ -203,6 +203,7 @@ def test_sigterm_mid_cry_ends_the_episode_and_goes_offline(assets, mosquitto, tm
         assert json.loads(end.payload)["id"] == json.loads(start.payload)["id"]
         assert json.loads(end.payload)["reason"] == "shutdown"
         assert subscriber.json("cryedge/nursery/state")[-1]["crying"] == "OFF"
+        assert states_after_the_cry(subscriber) == [("OFF", None)]  # once, and no crying probability
         assert subscriber.payloads("cryedge/nursery/availability")[-1] == "offline"
         assert subscriber.on("homeassistant/device/nursery/config")
     messages = []
@@ -329,3 +330,99 @@ def test_an_explicit_malloc_arena_max_is_left_to_glibc():
     from edge.daemon import limit_malloc_arenas
 
     assert limit_malloc_arenas(environ={"MALLOC_ARENA_MAX": "4"}) is False
+
+
+# ----------------------------------------------------------------------------- the demo clip with a broker: signals, the outbox
+
+
+def states_after_the_cry(subscriber) -> list[tuple[str, float | None]]:
+    """(crying, probability) of each retained state published after the last ON."""
+    states = subscriber.json("cryedge/nursery/state")
+    last_on = max(i for i, state in enumerate(states) if state["crying"] == "ON")
+    return [(state["crying"], state["probability"]) for state in states[last_on + 1:]]
+
+
+def demo_config(folder: Path, outbox: Path | None = None) -> Path:
+    """The README's defaults (the demo clip, in real time, through the default model), a device id, an outbox."""
+    path = folder / "demo.toml"
+    path.write_text(f'[device]\nid = "nursery"\n[health]\nenabled = false\n'
+                    f'[outbox]\npath = "{outbox or folder / "outbox.sqlite3"}"\n')
+    return path
+
+
+def start_daemon(config: Path, broker) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config),
+                             "--broker", f"mqtt://127.0.0.1:{broker.port}"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sighup_mid_cry_ends_the_episode_like_sigterm(mosquitto, tmp_path):
+    """A closed terminal or a reload request during a cry: the end goes out and the retained state is OFF."""
+    from mqtt import Subscriber
+
+    with Subscriber(mosquitto, topics=("cryedge/#",)) as subscriber:
+        process = start_daemon(demo_config(tmp_path), mosquitto)
+        try:
+            start = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_start" in m.payload, timeout=60)
+            process.send_signal(signal.SIGHUP)
+            _, stderr = process.communicate(timeout=30)
+        finally:
+            process.kill()
+            process.wait()
+        assert process.returncode == 0, stderr
+        end = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_end" in m.payload)
+        assert json.loads(end.payload)["id"] == json.loads(start.payload)["id"]
+        assert json.loads(end.payload)["reason"] == "shutdown"
+        assert states_after_the_cry(subscriber) == [("OFF", None)]
+    with Subscriber(mosquitto, topics=("cryedge/nursery/state",)) as late:
+        assert json.loads(late.wait_for("cryedge/nursery/state").payload)["crying"] == "OFF"
+
+
+def test_a_second_daemon_on_the_same_outbox_refuses_with_one_line(mosquitto, tmp_path):
+    """Not a false all-clear: the running daemon's episode is not ended as if it had died."""
+    from mqtt import Subscriber
+
+    config = demo_config(tmp_path)
+    with Subscriber(mosquitto, topics=("cryedge/nursery/event",)) as subscriber:
+        first = start_daemon(config, mosquitto)
+        try:
+            subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_start" in m.payload, timeout=60)
+            second = run_cli("run", "--fast", "--no-health", "--config", str(config),
+                             "--broker", f"mqtt://127.0.0.1:{mosquitto.port}")
+            assert first.poll() is None  # still running
+        finally:
+            first.send_signal(signal.SIGTERM)
+            first.communicate(timeout=30)
+        assert second.returncode == 3, second.stderr
+        errors = [line for line in second.stderr.splitlines() if line.startswith("cryedge: ")]
+        assert len(errors) == 1 and f"is in use by another cryedge process (pid {first.pid})" in errors[0]
+        assert "Traceback" not in second.stderr
+        reasons = [event.get("reason") for event in subscriber.json("cryedge/nursery/event")]
+        assert "restart" not in reasons and reasons.count("shutdown") >= 1
+
+
+def test_a_read_only_outbox_holding_an_open_episode_is_one_line_and_exit_code_3(mosquitto, tmp_path):
+    """Not a traceback and exit 1 that systemd restarts forever (RestartPreventExitStatus=3)."""
+    from filesystems import Tmpfs
+
+    from edge.outbox import Outbox
+
+    with Tmpfs(tmp_path / "state") as disk:
+        with Outbox(disk.path / "outbox.sqlite3") as outbox:
+            outbox.add("ep1", "start", '{"event_type": "cry_start", "id": "ep1"}')  # the process died mid-cry
+        disk.read_only()
+        out = run_cli("run", "--fast", "--config", str(demo_config(tmp_path, disk.path / "outbox.sqlite3")),
+                      "--broker", f"mqtt://127.0.0.1:{mosquitto.port}")
+    assert out.returncode == 3, out.stderr
+    assert "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("cryedge: ")]
+    assert len(errors) == 1 and "outbox.path:" in errors[0] and "cannot be written" in errors[0]
+
+
+def test_stats_give_the_models_median_inference_time_not_the_last():
+    from edge.daemon import FrameResult, RollingStats
+
+    stats = RollingStats()
+    for n, inference_ms in enumerate([1.0, 9.0, 2.0, None, 3.0]):  # None: a frame before the window filled
+        stats.add(FrameResult(n, True, None, (), {}, inference_ms=inference_ms), now=float(n))
+    assert stats.inference_ms == 2.5
