@@ -6,9 +6,12 @@ describes them for Home Assistant users:
 - ``<prefix>/availability``: ``online`` / ``offline``, retained; the last will is ``offline``.
 - ``<prefix>/state``: retained JSON ``{"crying": "ON"|"OFF", "probability", "since", "event_id", "model"}``.
 - ``<prefix>/event``: JSON cry start / end (``event_type`` ``cry_start`` / ``cry_end``), QoS 1, not retained.
-- ``<prefix>/stats``: retained JSON diagnostics ``{"fps", "inference_ms", "face_share"}``.
+- ``<prefix>/stats``: retained JSON diagnostics ``{"fps", "inference_ms", "face_share", "outbox_fault"}``.
 - ``<discovery prefix>/device/<device id>/config``: one device-based discovery document, retained,
-  re-sent when ``<discovery prefix>/status`` says ``online``.
+  re-sent when ``<discovery prefix>/status`` says ``online`` (at most every ``DISCOVERY_INTERVAL``).
+
+On every connect the state and stats are published at once (null figures until measured), so that
+Home Assistant never shows what a previous run left retained. ``close()`` publishes one final OFF.
 
 Publishing never blocks the caller: ``publish_*`` put the request on a queue. One publisher thread
 owns the outbox and all publishing; paho's network loop runs in its own thread and its callbacks only
