@@ -207,6 +207,24 @@ def test_state_is_retained_for_a_subscriber_that_comes_later(mosquitto, tmp_path
                        "event_id": "ep1", "model": MODEL}
 
 
+def test_a_restart_replaces_the_previous_runs_retained_state_and_stats_at_once(mosquitto, tmp_path):
+    """Home Assistant must not show the last run's 87 % and 15 fps until new figures are measured."""
+    with publisher_for(mosquitto, tmp_path) as previous:
+        previous.publish_state(crying_state())
+        previous.publish_stats({"fps": 15.355, "inference_ms": 0.061, "face_share": 0.97})
+        with Subscriber(mosquitto) as watcher:
+            watcher.wait_for(f"{PREFIX}/stats", measured)
+            watcher.wait_for(f"{PREFIX}/state", measured)
+    with publisher_for(mosquitto, tmp_path) as publisher:
+        wait_until(lambda: publisher.connected)
+        time.sleep(0.3)  # nothing measured yet, nothing asked of the publisher
+        with Subscriber(mosquitto, topics=(f"{PREFIX}/state", f"{PREFIX}/stats")) as late:
+            state = json.loads(late.wait_for(f"{PREFIX}/state").payload)
+            stats = json.loads(late.wait_for(f"{PREFIX}/stats").payload)
+    assert (state["crying"], state["probability"]) == ("OFF", None)
+    assert stats == {"fps": None, "inference_ms": None, "face_share": None, "outbox_fault": None}
+
+
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_events_arrive_with_qos_1_not_retained(mosquitto, subscriber, tmp_path, protocol):
     with publisher_for(mosquitto, tmp_path, protocol=protocol) as publisher:
@@ -501,7 +519,8 @@ def test_a_flood_of_home_assistant_online_does_not_delay_a_cry(mosquitto, tmp_pa
         time.sleep(1.0)
         sent_again = len(watcher.on(discovery)) - 1
     assert delay < 1.0, f"the cry start took {delay:.2f} s"  # benchmarks/mqtt_flood.py prints the figures
-    assert sent_again == 1
+    # one a period: 1, or 2 if a busy machine still hands the publisher "online" messages after the first period
+    assert 1 <= sent_again <= 2
 
 
 def test_close_stores_and_sends_what_was_queued_even_under_a_flood(mosquitto, tmp_path):
