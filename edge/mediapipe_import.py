@@ -19,6 +19,9 @@ DEFERRED_MODULES = frozenset({
     "mediapipe.tasks.python.vision.drawing_styles",
     "mediapipe.tasks.python.audio",
     "mediapipe.tasks.python.text",
+    # mediapipe 0.10.x (the Pi 4's line): its legacy solutions' drawing helpers import matplotlib
+    "mediapipe.python.solutions.drawing_utils",
+    "mediapipe.python.solutions.drawing_styles",
 })
 
 

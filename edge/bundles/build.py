@@ -8,7 +8,9 @@ bundles are built from the Apache-2.0 ``.tflite`` files inside the pinned ``medi
   tenth of the frame width, a camera above a crib) and the 0.10.x face-landmark model "with
   attention", its own 10 iris points joined to its 468-point mesh output. 1.2.x decodes 478 points
   from output 0 while the 0.10.x models give 468 there, which unchanged yields scrambled points
-  and no error.
+  and no error. For mediapipe 0.10.x, the last line whose aarch64 wheels run on a Pi 4's ARMv8.0
+  cores, the detector's outputs are regrouped into the short-range layout that 0.10.x decodes
+  (``graph_edits.short_range_layout``): same network, same 192x192 input, same faces found.
 - ``pose_landmarker.task``: the pose detector and ``pose_landmark_full.tflite`` with the input
   normalization metadata ([0, 255] -> [0, 1]) that PoseLandmarker insists on, and without its
   segmentation-mask head, which cryedge never asks for (the output stays, as zeros).
@@ -40,6 +42,7 @@ from edge.bundles.graph_edits import (
     add_image_normalization,
     append_iris_points,
     drop_dead_operators,
+    short_range_layout,
     zero_output,
 )
 from edge.errors import DataError, ModelError
@@ -60,6 +63,7 @@ DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) /
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 ZIP_ALIGN_EXTRA_ID = 0xD935  # the extra-field id Android's zipalign pads with
 MEMBER_ALIGNMENT = 64
+DETECTOR_LAYOUTS = ("full-range", "short-range")
 
 
 @dataclass(frozen=True)
@@ -190,11 +194,32 @@ def read_path_or_url(source: str) -> bytes:
         raise DataError(f"cannot read {source}: {error.strerror or error}") from None
 
 
-def build_bundles(tflites: dict[str, bytes]) -> dict[str, dict[str, bytes]]:
-    """The members of both bundles from the wheel's pinned .tflite files. Pure: bytes in, bytes out."""
+def detector_layout(mediapipe_version: str | None = None) -> str:
+    """"full-range" for mediapipe >= 1.0, "short-range" for 0.10.x (see ``short_range_layout``).
+
+    Without a version, the installed mediapipe's: the bundles are built for the runtime that loads them.
+    """
+    if mediapipe_version is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            mediapipe_version = version("mediapipe")
+        except PackageNotFoundError:
+            raise ModelError("mediapipe is not installed; install cryedge's runtime first") from None
+    return "short-range" if mediapipe_version.startswith("0.") else "full-range"
+
+
+def build_bundles(tflites: dict[str, bytes], layout: str = "full-range") -> dict[str, dict[str, bytes]]:
+    """The members of both bundles from the wheel's pinned .tflite files. Pure: bytes in, bytes out.
+
+    ``layout`` is the face detector's output layout the installed mediapipe decodes (``detector_layout``).
+    """
+    if layout not in DETECTOR_LAYOUTS:
+        raise ValueError(f"layout must be one of {DETECTOR_LAYOUTS}, not {layout!r}")
+    detector = tflites["face_detection_full_range_sparse.tflite"]
     return {
         FACE_BUNDLE: {
-            "face_detector.tflite": tflites["face_detection_full_range_sparse.tflite"],
+            "face_detector.tflite": short_range_layout(detector) if layout == "short-range" else detector,
             "face_landmarks_detector.tflite": append_iris_points(tflites["face_landmark_with_attention.tflite"]),
         },
         POSE_BUNDLE: {
@@ -209,9 +234,12 @@ def build_bundles(tflites: dict[str, bytes]) -> dict[str, dict[str, bytes]]:
 
 def fetch(
     output: Path, cache: Path = DEFAULT_CACHE, face_bundle: str | None = None, pose_bundle: str | None = None,
-    machine: str | None = None,
+    machine: str | None = None, layout: str | None = None,
 ) -> dict[str, str]:
-    """Write both bundles into ``output``; returns {bundle path: sha256}."""
+    """Write both bundles into ``output``; returns {bundle path: sha256}.
+
+    ``layout``: the face detector layout (default: what the installed mediapipe decodes).
+    """
     given = {FACE_BUNDLE: face_bundle, POSE_BUNDLE: pose_bundle}
     written = {}
     built = None
@@ -227,6 +255,6 @@ def fetch(
         if built is None:
             pins = load_pins(machine)
             wheel = fetch_wheel(pins, cache)
-            built = build_bundles(wheel_members(wheel, pins))
+            built = build_bundles(wheel_members(wheel, pins), layout or detector_layout())
         written[str(target)] = write_bundle(target, built[kind])
     return written

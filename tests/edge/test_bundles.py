@@ -259,3 +259,62 @@ def test_a_given_bundle_that_is_not_a_face_landmarker_is_a_data_error(tmp_path, 
     with pytest.raises(DataError, match=message):
         build.fetch(tmp_path / "out", face_bundle=str(bad), pose_bundle=str(bad))
     assert cli.main(["models", "fetch", "--output", str(tmp_path / "out"), "--face-bundle", str(tmp_path / "nope")]) == 7
+
+
+def decoded_boxes(raw: np.ndarray, scale: float, centres: np.ndarray) -> np.ndarray:
+    """Box values (x, y, w, h, 6 keypoints) in frame fractions, as MediaPipe decodes fixed-size anchors."""
+    boxes = raw / scale
+    boxes[:, 0::2] += centres[:, :1]
+    boxes[:, 1::2] += centres[:, 1:]
+    boxes[:, 2:4] -= centres  # width and height are not offsets from the anchor
+    return boxes
+
+
+def grid_centres(cells: int, per_cell: int = 1) -> np.ndarray:
+    ys, xs = np.divmod(np.arange(cells * cells), cells)
+    return np.repeat(np.stack([(xs + 0.5) / cells, (ys + 0.5) / cells], axis=1), per_cell, axis=0)
+
+
+def test_the_short_range_layout_keeps_each_cells_two_best_full_range_boxes_as_they_decode(wheel_tflites):
+    """mediapipe 0.10.x (the Pi 4's) decodes 896 short-range anchors; the regrouped full-range detector
+    must hand it the very boxes and scores the full-range model found, only re-expressed."""
+    import cv2
+    import skimage.data
+
+    full = wheel_tflites["face_detection_full_range_sparse.tflite"]
+    short = graph_edits.short_range_layout(full)
+    scene = cv2.resize(skimage.data.astronaut(), (192, 192), interpolation=cv2.INTER_AREA)
+    image = (scene.astype(np.float32)[None] - 127.5) / 127.5
+    before, after = list(run_tflite(full, image).values()), list(run_tflite(short, image).values())
+    assert [a.shape for a in after] == [(1, 896, 16), (1, 896, 1)], "the short-range model's output shapes"
+    native = decoded_boxes(before[0][0].copy(), 192.0, grid_centres(48))
+    native_scores = before[1][0, :, 0]
+    regrouped = decoded_boxes(after[0][0, :512].copy(), 128.0, grid_centres(16, 2))
+    scores = after[1][0, :, 0]
+    assert (scores[512:] == -100).all(), "the stride-16 anchors never hold a face"
+    ys, xs = np.divmod(np.arange(48 * 48), 48)
+    for cell in range(256):
+        gy, gx = divmod(cell, 16)
+        block = np.flatnonzero((ys // 3 == gy) & (xs // 3 == gx))
+        best = block[np.argsort(-native_scores[block], kind="stable")[:2]]
+        assert np.allclose(sorted(scores[2 * cell : 2 * cell + 2]), sorted(native_scores[best]), atol=1e-5)
+        for slot in (2 * cell, 2 * cell + 1):
+            match = block[np.argmin(np.abs(native_scores[block] - scores[slot]))]
+            assert np.allclose(regrouped[slot], native[match], atol=1e-4), f"cell {cell}: box moved"
+    assert native_scores.max() > 0, "the face was found (score above 0.5)"
+    assert np.isclose(scores.max(), native_scores.max())
+
+
+@pytest.mark.parametrize(("version", "layout"), [("0.10.18", "short-range"), ("0.10.14", "short-range"),
+                                                 ("1.2.3", "full-range"), ("1.0.0", "full-range")])
+def test_the_face_detector_layout_follows_the_installed_mediapipe(version, layout):
+    assert build.detector_layout(version) == layout
+
+
+def test_the_short_range_bundle_differs_only_in_the_face_detector(wheel_tflites):
+    full, short = build.build_bundles(wheel_tflites), build.build_bundles(wheel_tflites, "short-range")
+    assert short[POSE] == full[POSE]
+    assert short[FACE]["face_landmarks_detector.tflite"] == full[FACE]["face_landmarks_detector.tflite"]
+    assert short[FACE]["face_detector.tflite"] != full[FACE]["face_detector.tflite"]
+    with pytest.raises(ValueError, match="layout"):
+        build.build_bundles(wheel_tflites, "medium-range")
