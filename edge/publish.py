@@ -542,6 +542,8 @@ class MqttPublisher:
             self._last_end_wall = {event.event_id: event.wall_time}
         seq = self._outbox.add(event.event_id, event.kind, _json(payload))
         self.outbox_depth = len(self._outbox)
+        if self.connected and self.outbox_fault != self._stats_sent_fault:
+            self._send_stats()  # the disk just failed: say so now, not at the next stats
         self.last_event = payload  # only once it is on disk: readers take it as "accepted"
         if seq is None:
             log.warning("%s %s dropped: its start was dropped from the full outbox", payload["event_type"],

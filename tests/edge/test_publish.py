@@ -438,10 +438,10 @@ def test_an_outbox_that_cannot_be_written_does_not_stop_an_event(mosquitto, subs
         wait_until(lambda: publisher.outbox_depth == 0)  # acknowledged: nothing waits in memory either
         assert str(tmp_path / "state" / "outbox.sqlite3") in publisher.outbox_fault
         assert ("No space left on device" if fault == "disk full" else "Read-only file system") in publisher.outbox_fault
-        publisher.publish_stats({"fps": 15.0, "inference_ms": 0.05, "face_share": 1.0})
+        # at once, for Home Assistant's "Event store" problem sensor, not at the next stats
         stats = json.loads(subscriber.wait_for(f"{PREFIX}/stats", lambda m: b'"outbox_fault":"' in m.payload).payload)
     assert event_ids(subscriber) == [("cry_start", "ep1"), ("cry_end", "ep1"), ("cry_start", "ep2"), ("cry_end", "ep2")]
-    assert stats["outbox_fault"] == publisher.outbox_fault and stats["fps"] == 15.0
+    assert stats["outbox_fault"] == publisher.outbox_fault
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "outbox" in errors[0].getMessage()  # said once, no traceback
     assert not any(r.exc_info for r in caplog.records)
