@@ -210,6 +210,12 @@ class NetworkSourceOptions(SourceOptions):
     password: SecretStr | None = None
     password_file: Path | None = None
 
+    @model_validator(mode="after")
+    def _user_for_password(self) -> NetworkSourceOptions:
+        if (self.password is not None or self.password_file is not None) and self.username is None:
+            raise ValueError("a camera password needs a username (in the url or as username)")
+        return self
+
     def display(self) -> str:
         return f"stream:{mask_url(with_credentials(self.url, self.username, MASK if self.password else None))}"
 
@@ -696,7 +702,7 @@ def load_config(path: Path | str | None = None, overrides: dict | None = None, e
         raise ConfigError(f"{where}: {_describe(problems[0], data, Config)}{more}") from None
     _resolve_paths(config, config_path.resolve().parent if config_path is not None else Path.cwd())
     _resolve_password(config.mqtt, "mqtt", where, environ, PASSWORD_ENV, CREDENTIAL_NAME)
-    if isinstance(config.source, NetworkSourceOptions):
+    if isinstance(config.source, NetworkSourceOptions) and config.source.username is not None:
         _resolve_password(config.source, "source", where, environ, CAMERA_PASSWORD_ENV, CAMERA_CREDENTIAL_NAME)
     _check_tls_files(config, where)
     return config

@@ -3,6 +3,7 @@ written here on the standard library, and an RTSP camera made of Debian's rtsp-s
 
 from __future__ import annotations
 
+import base64
 import http.server
 import shutil
 import socket
@@ -23,21 +24,34 @@ class MjpegServer:
 
     ``stall()`` keeps the connections open but stops sending, as a camera whose encoder hangs;
     ``resume()`` sends again. ``served`` counts the connections, so a test sees a client reconnect.
+    With ``credentials=(user, password)`` it asks for HTTP basic authentication, as a camera with a
+    password does (401 until the client sends them; ``refused`` counts the refusals).
     """
 
-    def __init__(self, frames: list[np.ndarray], fps: float = 15.0):
+    def __init__(self, frames: list[np.ndarray], fps: float = 15.0, credentials: tuple[str, str] | None = None):
         self.jpegs = [cv2.imencode(".jpg", frame[:, :, ::-1])[1].tobytes() for frame in frames]
         self.fps = fps
         self.sending = threading.Event()
         self.sending.set()
         self.closed = threading.Event()
         self.served = 0
+        self.refused = 0
+        expected = None
+        if credentials is not None:
+            expected = "Basic " + base64.b64encode(":".join(credentials).encode()).decode()
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server's name
                 if self.path != "/stream.mjpg":
                     self.send_error(404)
+                    return
+                if expected is not None and self.headers.get("Authorization") != expected:
+                    server.refused += 1
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="camera"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
                 server.served += 1
                 self.send_response(200)

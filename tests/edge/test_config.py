@@ -394,3 +394,53 @@ def test_a_relative_dash_dash_source_file_is_relative_to_the_working_directory(t
     monkeypatch.chdir(tmp_path)
     config = load_config(write(folder, '[source]\nuri = "picamera2"\n'), cli_overrides(source="clips/a.mp4"), environ={})
     assert config.source.path == tmp_path / "clips" / "a.mp4"
+
+
+def test_a_camera_password_in_the_url_is_masked_by_config_show_and_check(tmp_path, capsys):
+    path = write(tmp_path, '[source]\nuri = "rtsp://viewer:hunter2@cam.lan:554/live"\n')
+    assert main(["config", "show", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out
+    shown = tomllib.loads(out)["source"]
+    assert (shown["url"], shown["username"], shown["password"]) == ("rtsp://cam.lan:554/live", "viewer", "********")
+    assert main(["config", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "source stream:rtsp://viewer:********@cam.lan:554/live;" in out and "hunter2" not in out
+    source = load_config(path, environ={}).source
+    assert source.open_url() == "rtsp://viewer:hunter2@cam.lan:554/live" and "hunter2" not in repr(source)
+
+
+def test_camera_password_sources_in_order_of_precedence(tmp_path):
+    (tmp_path / "pw").write_text("from-file\n")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "camera_password").write_text("from-credentials")
+    with_file = write(tmp_path, '[source]\ntype = "rtsp"\nurl = "rtsp://cam/live"\nusername = "v"\n'
+                                'password = "in-toml"\npassword_file = "pw"\n', "a.toml")
+    without_file = write(tmp_path, '[source]\nuri = "rtsp://v:in-url@cam/live"\n', "b.toml")
+
+    def password(path, environ):
+        return load_config(path, environ=environ).source.password.get_secret_value()
+
+    environ = {"CRYEDGE_CAMERA_PASSWORD": "from-env", "CREDENTIALS_DIRECTORY": str(creds)}
+    assert password(with_file, environ) == "from-env"
+    assert password(with_file, {"CREDENTIALS_DIRECTORY": str(creds)}) == "from-file"
+    assert password(without_file, {"CREDENTIALS_DIRECTORY": str(creds)}) == "from-credentials"
+    assert password(without_file, {}) == "in-url"
+    # a file source has no password to take: the MQTT one's environment does not leak into it
+    assert load_config(None, environ=environ).source.type == "file"
+
+
+def test_an_unreadable_camera_password_file_names_the_key(tmp_path):
+    path = write(tmp_path, '[source]\ntype = "http"\nurl = "http://cam/x"\nusername = "v"\npassword_file = "/nonexistent/pw"\n')
+    with pytest.raises(ConfigError, match=r"cryedge.toml: source.password_file: cannot read /nonexistent/pw"):
+        load_config(path, environ={})
+
+
+def test_a_camera_password_without_a_user_is_an_error_and_an_ambient_one_is_left_alone(tmp_path):
+    path = write(tmp_path, '[source]\ntype = "rtsp"\nurl = "rtsp://cam/live"\npassword_file = "pw"\n')
+    with pytest.raises(ConfigError, match="source: a camera password needs a username"):
+        load_config(path, environ={})
+    open_camera = load_config(write(tmp_path, '[source]\nuri = "rtsp://cam/live"\n'),
+                              environ={"CRYEDGE_CAMERA_PASSWORD": "for-another-camera"}).source
+    assert open_camera.password is None and open_camera.open_url() == "rtsp://cam/live"

@@ -334,3 +334,111 @@ def test_picamera2_missing_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "picamera2", None)
     with pytest.raises(SourceError, match="apt install python3-picamera2"):
         Picamera2Source().open()
+
+
+# ----------------------------------------------------------------------------- a camera's password
+
+SECRET = "s3cret-Pa55"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def camera_config(tmp_path, health_port: int | None = None) -> Path:
+    path = tmp_path / "cryedge.toml"
+    health = f"[health]\nport = {health_port}\n" if health_port else "[health]\nenabled = false\n"
+    path.write_text(f'[landmarks]\npose = false\n{health}[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\n')
+    return path
+
+
+def notifications(notify, until=None, timeout: float = 20.0) -> list[str]:
+    """The sd_notify datagrams received, reading until one contains ``until`` (or ``timeout``)."""
+    messages, give_up = [], time.monotonic() + timeout
+    while time.monotonic() < give_up:
+        try:
+            messages.append(notify.recv(4096).decode())
+        except TimeoutError:
+            if until is None:
+                break
+            continue
+        if until is not None and until in messages[-1]:
+            break
+    return messages
+
+
+def test_a_camera_password_never_shows_in_the_log_the_service_status_or_stats(tmp_path):
+    """A real camera that asks for the password: it gets it, and nothing the daemon shows holds it."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from mqtt import free_port
+
+    health_port = free_port()
+    notify_path = tmp_path / "notify.sock"
+    with MjpegServer(colour_frames(), fps=15, credentials=("viewer", SECRET)) as camera, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(0.2)
+        url = camera.url.replace("http://", f"http://viewer:{SECRET}@")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "-v", "run", "--config", str(camera_config(tmp_path, health_port)),
+             "--source", url], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "NOTIFY_SOCKET": str(notify_path)})
+        try:
+            messages = notifications(notify, until="fps", timeout=60)  # READY, then the first report
+            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/stats", timeout=5) as answer:
+                stats_text = answer.read().decode()
+            process.send_signal(signal.SIGTERM)
+            out, err = process.communicate(timeout=30)
+        finally:
+            process.kill()
+        messages += notifications(notify)
+    shown = url.replace(SECRET, "********")
+    assert process.returncode == 0, err
+    assert camera.refused >= 1 and camera.served >= 1, "the camera asked for the password and got it"
+    assert json.loads(stats_text)["source"] == f"stream:{shown}" and json.loads(stats_text)["frames"] > 0
+    assert any(f"STATUS=running: stream:{shown}" in message for message in messages), messages
+    assert f"running: stream:{shown}" in err
+    for text in (stats_text, err, out, *messages):
+        assert SECRET not in text
+
+
+@pytest.mark.parametrize("wrong", ["the camera refuses it", "nothing listens"])
+def test_a_camera_that_cannot_be_opened_is_one_line_with_the_password_masked(tmp_path, wrong):
+    import subprocess
+    import sys
+
+    from mqtt import free_port
+
+    with MjpegServer(colour_frames(), credentials=("viewer", "the-right-one")) as camera:
+        port = camera.url.split(":")[2].split("/")[0] if wrong == "the camera refuses it" else str(free_port())
+        url = f"http://viewer:{SECRET}@127.0.0.1:{port}/stream.mjpg"
+        out = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(camera_config(tmp_path)),
+                              "--source", url], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 5, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("cryedge: ")]
+    assert errors == [f"cryedge: cannot open stream http://viewer:********@127.0.0.1:{port}/stream.mjpg: "
+                      "no such camera or stream, or no access"]
+    assert SECRET not in out.stderr + out.stdout
+
+
+@pytest.mark.parametrize("where", ["environment", "password_file", "systemd credential", "config"])
+def test_the_camera_password_can_come_from_a_file_a_credential_or_the_environment(tmp_path, where):
+    from edge.config import load_config
+
+    (tmp_path / "camera_password").write_text(f"{SECRET}\n")
+    password_line = {"password_file": f'password_file = "{tmp_path / "camera_password"}"\n',
+                     "config": f'password = "{SECRET}"\n'}.get(where, "")
+    environ = {"environment": {"CRYEDGE_CAMERA_PASSWORD": SECRET},
+               "systemd credential": {"CREDENTIALS_DIRECTORY": str(tmp_path)}}.get(where, {})
+    with MjpegServer(colour_frames(), credentials=("viewer", SECRET)) as camera:
+        config_path = tmp_path / "cryedge.toml"
+        config_path.write_text(f'[source]\ntype = "http"\nurl = "{camera.url}"\nusername = "viewer"\n{password_line}')
+        config = load_config(config_path, environ=environ)
+        backend = open_backend(config.source)
+        frames = first_frames(backend, 2)
+    assert all(frame is not None for frame in frames) and camera.served >= 1
+    assert SECRET not in backend.name and SECRET not in repr(config)
