@@ -196,7 +196,7 @@ class Daemon:
             self.model = self._own(TFLiteModel(cfg.model.path, num_threads=cfg.model.num_threads, edgetpu=cfg.model.edgetpu))
             self.pipeline = self._own(build_pipeline(cfg, self.model))
             self.extractor, self.alarm = self.pipeline.extractor, self.pipeline.alarm
-            self.publisher = make_publisher(cfg, self.model.card.name)
+            self.publisher = make_publisher(cfg, self.model.card.name, on_output_closed=self.stop)
             self.publisher.start()
             self._closing.append(self.publisher)
             self.source = SupervisedSource.from_config(cfg.source)

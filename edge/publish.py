@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import queue
 import ssl
 import sys
@@ -261,26 +262,85 @@ class Publisher(Protocol):
 
 
 class StdoutPublisher:
-    """No broker: events and changes of the crying state as JSON lines on stdout."""
+    """No broker: events and changes of the crying state as JSON lines on stdout.
+
+    The frame loop only queues a line; a writer thread writes them. A reader that is slow or gone (a
+    full pipe) so never holds up frames: past ``queue_lines`` waiting lines, new ones are dropped and
+    counted (the events are in the log as well). When the reader closes its end (``cryedge run |
+    head -1``), output stops quietly and ``on_output_closed`` is called: the daemon then stops, as a
+    Unix filter does whose output nobody wants, with exit code 0 and no traceback.
+    """
 
     connected = False
     outbox_depth = 0
+    QUEUE_LINES = 1000
+    CLOSE_SECONDS = 2.0  # at close, how long the queued lines may take to go out
 
-    def __init__(self, device_id: str, model: str, stream=None):
+    def __init__(self, device_id: str, model: str, stream=None, on_output_closed=None, queue_lines: int = QUEUE_LINES):
         self.last_event: dict | None = None
         self.device_id = device_id
         self.model = model
         self._stream = stream
+        self._on_output_closed = on_output_closed
         self._crying: bool | None = None
         self._last_state: AlarmState | None = None
+        self._lines: queue.Queue[str] = queue.Queue(maxsize=queue_lines)
+        self._writer: threading.Thread | None = None
+        self._closing = threading.Event()
+        self.output_closed = False
+        self.dropped = 0
+        self._write_failures = 0
 
     def _write(self, kind: str, payload: Mapping) -> None:
-        stream = self._stream or sys.stdout
-        stream.write(_json({"type": kind, **payload}) + "\n")
-        stream.flush()
+        if self.output_closed:
+            return
+        if self._writer is None:
+            self.start()
+        try:
+            self._lines.put_nowait(_json({"type": kind, **payload}) + "\n")
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1:
+                log.warning("stdout is not being read: dropping output lines (the events are in the log too)")
 
     def start(self) -> None:
-        pass
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_lines, name="cryedge-stdout", daemon=True)
+            self._writer.start()
+
+    def _write_lines(self) -> None:
+        while True:
+            try:
+                line = self._lines.get(timeout=0.1)
+            except queue.Empty:
+                if self._closing.is_set():
+                    return
+                continue
+            try:
+                self._emit(line.encode())
+            except (BrokenPipeError, ConnectionResetError):
+                self.output_closed = True
+                log.info("stdout was closed by its reader; stopping")
+                if self._on_output_closed is not None:
+                    self._on_output_closed()
+                return
+            except OSError as error:  # a full disk under a redirect: keep trying, the next line may fit
+                self._write_failures += 1
+                if self._write_failures == 1:
+                    log.warning("cannot write to stdout: %s", error.strerror or error)
+
+    def _emit(self, data: bytes) -> None:
+        stream = self._stream or sys.stdout
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # io.StringIO and the like
+            stream.write(data.decode())
+            stream.flush()
+            return
+        # The file descriptor, not the file object: nothing is left in Python's buffer for the interpreter
+        # to flush into a dead pipe at exit, and a writer blocked here holds no lock that shutdown needs.
+        while data:
+            data = data[os.write(fd, data):]
 
     def publish_event(self, event: AlarmEvent) -> None:
         self.last_event = event_payload(event, self.device_id, self.model)
@@ -296,8 +356,16 @@ class StdoutPublisher:
         pass  # diagnostics go to the health endpoint and the logs, not into the event stream
 
     def close(self) -> None:
+        """Publish OFF if still crying, and give the queued lines ``CLOSE_SECONDS`` to be written."""
         if self._crying:
             self.publish_state(unmeasured_state(time.time()))
+        self._closing.set()
+        if self._writer is not None:
+            self._writer.join(self.CLOSE_SECONDS)
+            if self._writer.is_alive():  # blocked on a pipe nobody reads; it is a daemon thread
+                self.dropped += self._lines.qsize()
+        if self.dropped:
+            log.warning("%d output lines were dropped: stdout was not being read", self.dropped)
 
     def __enter__(self) -> StdoutPublisher:
         self.start()
@@ -681,8 +749,11 @@ class MqttPublisher:
         return unmeasured_state(ended if ended is not None else time.time())
 
 
-def make_publisher(config: Config, model: str) -> MqttPublisher | StdoutPublisher:
-    """The publisher the configuration asks for: MQTT when ``mqtt.host`` is set, else stdout."""
+def make_publisher(config: Config, model: str, on_output_closed=None) -> MqttPublisher | StdoutPublisher:
+    """The publisher the configuration asks for: MQTT when ``mqtt.host`` is set, else stdout.
+
+    ``on_output_closed`` is called when stdout's reader has gone (stdout publisher only).
+    """
     if config.mqtt.enabled:
         return MqttPublisher(config.mqtt, config.device, config.outbox, model)
-    return StdoutPublisher(config.device.id, model)
+    return StdoutPublisher(config.device.id, model, on_output_closed=on_output_closed)

@@ -23,6 +23,7 @@ from edge.outbox import Outbox
 from edge.publish import MqttPublisher, StdoutPublisher, Topics, make_publisher
 from edge.records import AlarmEvent, Score
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEVICE = "nursery"
 PREFIX = f"cryedge/{DEVICE}"
 MODEL = "cry-demo-int8"
@@ -617,6 +618,98 @@ def test_without_a_broker_events_and_state_changes_are_json_lines_on_stdout():
 
 def test_no_broker_configured_gives_the_stdout_publisher():
     assert isinstance(make_publisher(load_config(None, environ={}), MODEL), StdoutPublisher)
+
+
+def full_pipe() -> tuple[int, int]:
+    """A pipe whose buffer is full, as when its reader has stopped reading; the write end blocks again."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        while True:
+            os.write(write_end, b"x" * 65536)
+    except BlockingIOError:
+        pass
+    try:
+        while True:
+            os.write(write_end, b"x")
+    except BlockingIOError:
+        pass
+    os.set_blocking(write_end, True)
+    return read_end, write_end
+
+
+def test_a_stdout_nobody_reads_never_holds_up_the_frame_loop(caplog):
+    """The old publisher wrote in the caller's thread: the first line into a full pipe blocked the loop for good."""
+    import threading
+
+    read_end, write_end = full_pipe()
+    stream = os.fdopen(write_end, "w")
+    publisher = StdoutPublisher(DEVICE, MODEL, stream=stream, queue_lines=10)
+    publisher.start()
+    calls = []
+
+    def publish_many():
+        for n in range(200):
+            began = time.monotonic()
+            publisher.publish_event(event("start", f"ep{n}"))
+            calls.append(time.monotonic() - began)
+
+    loop = threading.Thread(target=publish_many, daemon=True)
+    loop.start()
+    loop.join(10)
+    assert not loop.is_alive(), "publishing blocked on the full pipe"
+    assert max(calls) < 0.05 and len(calls) == 200
+    began = time.monotonic()
+    publisher.close()
+    assert time.monotonic() - began < StdoutPublisher.CLOSE_SECONDS + 1
+    assert publisher.dropped >= 190
+    assert "stdout is not being read" in caplog.text and "output lines were dropped" in caplog.text
+    os.close(read_end)
+
+
+def test_a_stdout_whose_reader_has_gone_stops_quietly_and_says_so():
+    import threading
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    gone = threading.Event()
+    publisher = StdoutPublisher(DEVICE, MODEL, stream=os.fdopen(write_end, "w"), on_output_closed=gone.set)
+    publisher.start()
+    publisher.publish_event(event("start", "ep1"))  # the old publisher raised BrokenPipeError here
+    assert gone.wait(5) and publisher.output_closed
+    publisher.publish_event(event("end", "ep1"))
+    publisher.close()
+
+
+@pytest.mark.timeout(180)
+def test_cryedge_run_piped_into_head_gives_one_line_and_exits_cleanly(tmp_path):
+    """The README's first command, into ``head -1``: no BrokenPipeError traceback, and no running on for nothing."""
+    run = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--fast", "--no-health"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    head = subprocess.Popen(["head", "-1"], stdin=run.stdout, stdout=subprocess.PIPE)
+    run.stdout.close()  # head holds the only read end: when it exits, the pipe is broken
+    first, _ = head.communicate(timeout=150)
+    _, err = run.communicate(timeout=150)
+    stderr = err.decode()
+    assert run.returncode == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr and "Exception ignored" not in stderr
+    assert len(first.splitlines()) == 1 and json.loads(first)["type"] in ("state", "event")
+    assert "stdout was closed by its reader; stopping" in stderr
+
+
+@pytest.mark.timeout(180)
+def test_cryedge_run_into_a_pipe_nobody_reads_still_processes_every_frame(tmp_path):
+    """Its events still come (in the log), the clip runs to its end, and the run exits with its lines dropped."""
+    read_end, write_end = full_pipe()
+    try:
+        run = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--fast", "--no-health"], stdout=write_end,
+                             stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=150)
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+    assert run.returncode == 0, run.stderr
+    assert "cry start" in run.stderr and re.search(r"cry end \(p=[0-9.]+, scores\)", run.stderr), run.stderr
+    assert "output lines were dropped: stdout was not being read" in run.stderr
 
 
 def test_topics_follow_the_configured_prefix():
