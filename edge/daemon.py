@@ -294,7 +294,7 @@ class Daemon:
             started=self.started, last_frame=self.last_frame,
             state="reconnecting" if source is not None and source.state == "reopening" else self.state,
             frames=self.stats.frames, fps=self.stats.fps, stage_ms=self.stats.stage_medians(),
-            inference_ms=self.pipeline.scorer.last_inference_ms if self.pipeline else None,
+            inference_ms=self.stats.inference_ms,  # the median, as /metrics and the MQTT stats say
             face_share=self.stats.face_share, source=source.name if source else "",
             source_reconnects=source.reconnects if source else 0,
             outbox_depth=getattr(publisher, "outbox_depth", 0),
