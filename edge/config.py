@@ -27,6 +27,7 @@ import os
 import re
 import socket
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 from urllib.parse import quote, unquote, urlsplit
@@ -326,39 +327,41 @@ def parse_source_uri(uri: str) -> dict[str, Any]:
     return table
 
 
-def _source_model(kind: str) -> type[SourceOptions] | None:
-    return next((model for model in VIDEO_SOURCES if model.model_fields["type"].default == kind), None)
+def _source_model(kind: str, sources: tuple[type[SourceOptions], ...] = VIDEO_SOURCES) -> type[SourceOptions] | None:
+    return next((model for model in sources if model.model_fields["type"].default == kind), None)
 
 
-def _accepts(model: type[BaseModel], key: str) -> bool:
+def _accepts(model: type[BaseModel], key: str) -> str | None:
+    """The field of ``model`` that ``key`` names (by its name or an older alias), or None."""
     for name, field in model.model_fields.items():
         aliases = getattr(field.validation_alias, "choices", None) or ()
         if key == name or key in aliases:
-            return True
-    return False
+            return name
+    return None
 
 
-def source_table(value: Any) -> Any:
-    """A ``[source]`` table in the typed form: ``uri = ...`` (or no ``type``) is the shorthand.
+def source_table(value: Any, sources: tuple[type[SourceOptions], ...] = VIDEO_SOURCES,
+                 parse: Callable[[str], dict[str, Any]] = parse_source_uri, default_type: str = "file") -> Any:
+    """A source table in the typed form: ``uri = ...`` (or no ``type``) is the shorthand.
 
     With the shorthand the other keys are that type's options; the flat keys of the old format that do
     not apply to the type are dropped when they hold their old default (see LEGACY_SOURCE_DEFAULTS).
+    ``sources`` and ``parse`` are the video sources' by default; another kind of source (audio) passes its own.
     """
     if not isinstance(value, dict) or "type" in value:
         return value
     table = dict(value)
     uri = table.pop("uri", None)
-    typed = parse_source_uri(uri) if uri is not None else {"type": "file"}
-    model = _source_model(typed["type"])
+    typed = parse(uri) if uri is not None else {"type": default_type}
+    model = _source_model(typed["type"], sources)
     for key, item in table.items():
-        if key in typed and key != "stream":
+        name = _accepts(model, key) if model is not None else None
+        if name is not None and name in typed:
+            if typed[name] != item:  # no values in the message: one of them may be a password
+                raise ValueError(f"uri and {key} disagree; give it once")
             continue
-        if key == "picamera2_stream" and "stream" in typed and item != typed["stream"]:
-            raise ValueError(f"uri {uri} asks for the {typed['stream']} stream, picamera2_stream for {item}")
-        if model is not None and _accepts(model, key):
-            if key == "picamera2_stream" and "stream" in typed:
-                continue
-            typed[key] = item
+        if name is not None:
+            typed[name] = item
         elif key in LEGACY_SOURCE_DEFAULTS and LEGACY_SOURCE_DEFAULTS[key] in (None, item):
             continue  # an old flat key that never applied to this type
         else:
@@ -373,8 +376,9 @@ def _replace_source(table: dict, uri: str) -> dict:
     current = source_table(table)
     if isinstance(current, dict) and model is not None:
         for key, item in current.items():
-            if key not in SOURCE_IDENTITY_KEYS and key not in typed and _accepts(model, key):
-                typed[key] = item
+            name = _accepts(model, key)
+            if name is not None and name not in SOURCE_IDENTITY_KEYS and name not in typed:
+                typed[name] = item
     return typed
 
 

@@ -444,3 +444,13 @@ def test_a_camera_password_without_a_user_is_an_error_and_an_ambient_one_is_left
     open_camera = load_config(write(tmp_path, '[source]\nuri = "rtsp://cam/live"\n'),
                               environ={"CRYEDGE_CAMERA_PASSWORD": "for-another-camera"}).source
     assert open_camera.password is None and open_camera.open_url() == "rtsp://cam/live"
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ('uri = "picamera2:lores"\npicamera2_stream = "main"\n', "source: uri and picamera2_stream disagree"),
+    ('uri = "rtsp://v:one@cam/live"\npassword = "two"\n', "source: uri and password disagree"),
+])
+def test_the_shorthand_and_an_option_that_disagree_are_an_error_without_the_values(tmp_path, toml, message):
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_config(write(tmp_path, f"[source]\n{toml}"), environ={})
+    assert "one" not in str(raised.value) and "two" not in str(raised.value)
