@@ -41,4 +41,14 @@ class DataError(CryedgeError):
     exit_code = 7
 
 
-EXIT_CODES = {cls.__name__: cls.exit_code for cls in (CryedgeError, ConfigError, ModelError, SourceError, BrokerError, DataError)}
+class InstallError(CryedgeError):
+    """The installed software cannot run here: a CPU without the extensions a native build needs, a
+    shared library the distribution has not installed. Reinstalling fixes it; restarting does not."""
+
+    exit_code = 8
+
+
+EXIT_CODES = {
+    cls.__name__: cls.exit_code
+    for cls in (CryedgeError, ConfigError, ModelError, SourceError, BrokerError, DataError, InstallError)
+}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import paths
+from edge import native, paths
 from edge.errors import ModelError
 from edge.mediapipe_import import import_mediapipe
 from edge.records import Frame, Landmarks
@@ -159,6 +159,9 @@ class LandmarkExtractor:
         except (RuntimeError, ValueError) as error:
             self.close()
             raise ModelError(f"MediaPipe cannot load the landmark models ({face_path}, {pose_path}): {error}") from None
+        except OSError as error:  # libmediapipe.so is loaded here, with the system libraries it links
+            self.close()
+            raise native.missing_library_error(error, "MediaPipe's landmarkers") or error from None
 
     @classmethod
     def from_config(cls, config, mode: str = "video") -> LandmarkExtractor:

@@ -10,6 +10,8 @@ import importlib.machinery
 import importlib.util
 import sys
 
+from edge import native
+
 # Parts of mediapipe that ``import mediapipe`` runs and cryedge never uses, loaded only on first use:
 # the vision drawing helpers import matplotlib.pyplot (0.3 s and 36 MiB of RSS measured at import);
 # the audio tasks import sounddevice, which loads PortAudio where it is installed; the text tasks.
@@ -46,15 +48,24 @@ class _LeanMediapipeImport(importlib.abc.MetaPathFinder):
 
 
 def import_mediapipe():
-    """``import mediapipe`` without TensorFlow and with the unused parts deferred; all stay importable."""
-    if "mediapipe" in sys.modules or "tensorflow" in sys.modules:
+    """``import mediapipe`` without TensorFlow and with the unused parts deferred; all stay importable.
+
+    The first time: an InstallError, not SIGILL, when this CPU cannot run the installed build, and one
+    line naming the Debian package when a system library that mediapipe or cv2 links is missing.
+    """
+    if "mediapipe" in sys.modules:
         import mediapipe
 
         return mediapipe
-    finder = _LeanMediapipeImport()
-    sys.meta_path.insert(0, finder)
+    native.check_cpu_runs_mediapipe()
+    finder = None if "tensorflow" in sys.modules else _LeanMediapipeImport()
+    if finder:
+        sys.meta_path.insert(0, finder)
     try:
         import mediapipe
+    except (ImportError, OSError) as error:
+        raise native.missing_library_error(error, "mediapipe") or error from None
     finally:
-        sys.meta_path.remove(finder)
+        if finder:
+            sys.meta_path.remove(finder)
     return mediapipe

@@ -243,10 +243,19 @@ class Picamera2Source:
         if module is None:
             try:
                 import picamera2 as module
-            except ImportError:
+            except ModuleNotFoundError as error:
+                if error.name not in ("picamera2", None):
+                    raise SourceError(f"picamera2 cannot be imported: {error}") from None
                 raise SourceError(
-                    "picamera2 is not installed: on Raspberry Pi OS run 'sudo apt install python3-picamera2' and "
-                    "make the venv with --system-site-packages"
+                    "picamera2 is not installed: on Raspberry Pi OS run 'sudo apt install python3-picamera2', "
+                    "then ./setup.sh --runtime (it lets the venv see apt's packages)"
+                ) from None
+            except Exception as error:  # apt's module fails in many ways inside a venv
+                # e.g. "numpy.dtype size changed": apt's simplejpeg is built for Bookworm's numpy 1.24
+                # and the venv has numpy 2 (cryedge's aarch64 lock pins 1.26, which apt's modules share)
+                raise SourceError(
+                    f"picamera2 cannot be imported ({type(error).__name__}: {error}); reinstall from the lock: "
+                    "./setup.sh --runtime"
                 ) from None
         try:
             camera = module.Picamera2(self.camera_num)

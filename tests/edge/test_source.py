@@ -449,3 +449,30 @@ def test_the_camera_password_can_come_from_a_file_a_credential_or_the_environmen
         frames = first_frames(backend, 2)
     assert all(frame is not None for frame in frames) and camera.served >= 1
     assert SECRET not in backend.name and SECRET not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        # what apt's simplejpeg says when the venv's numpy is 2.x and it was built against 1.24
+        ('raise ValueError("numpy.dtype size changed, may indicate binary incompatibility. '
+         'Expected 96 from C header, got 88 from PyObject")', "numpy.dtype size changed"),
+        ('raise OSError("libcamera.so.0.3: cannot open shared object file: No such file or directory")',
+         "libcamera.so.0.3"),
+        ("import simplejpeg_that_is_not_there", "simplejpeg_that_is_not_there"),
+    ],
+)
+def test_picamera2_that_fails_to_import_is_one_source_error_line(tmp_path, monkeypatch, body, shown):
+    """A stand-in picamera2 package on sys.path whose import fails as apt's does inside a bad venv."""
+    import sys
+
+    package = tmp_path / "picamera2"
+    package.mkdir()
+    (package / "__init__.py").write_text(body + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "picamera2", raising=False)
+    with pytest.raises(SourceError, match="picamera2 cannot be imported") as raised:
+        Picamera2Source().open()
+    message = str(raised.value)
+    assert shown in message and "\n" not in message
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__

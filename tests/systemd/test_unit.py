@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from edge import config, paths
-from edge.errors import ConfigError, ModelError
+from edge.errors import ConfigError, InstallError, ModelError
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "cryedge.service"
@@ -101,10 +101,11 @@ def test_unit_agrees_with_the_code():
     assert setting("NotifyAccess") == "main"
     assert re.fullmatch(r"\d+s", setting("WatchdogSec"))
     assert setting("Restart") == "on-failure"
-    # a bad config or model exits with these codes and must not restart in a loop
+    # a bad config or model, or software this machine cannot run, must not restart in a loop
     assert set(setting("RestartPreventExitStatus").split()) == {
         str(ConfigError.exit_code),
         str(ModelError.exit_code),
+        str(InstallError.exit_code),
     }
     exec_start = setting("ExecStart").split()
     assert exec_start[0] == "/opt/cryedge/venv/bin/cryedge" and exec_start[1] == "run"
