@@ -1,21 +1,56 @@
 #!/usr/bin/env bash
-# Set up cryedge on a fresh Debian/Ubuntu machine (or a Pi): system packages, a venv in .venv with
-# the runtime, converter and test extras, and the landmark model bundles. Idempotent.
-#   ./setup.sh            everything (runtime + converter + tests)
-#   ./setup.sh --runtime  the device runtime only (what a Pi needs)
+# Set up cryedge on a fresh Debian/Ubuntu machine (or a Pi): system packages, a venv in .venv
+# installed from this platform's lock file (requirements/, exact versions with hashes), then cryedge
+# itself, and the landmark model bundles. Idempotent; re-run it after `apt install python3-picamera2`.
+#   ./setup.sh            everything (runtime + converter + tests): requirements/<machine>-dev.txt
+#   ./setup.sh --runtime  the device runtime only (what a Pi needs): requirements/<machine>.txt
 set -euo pipefail
 cd "$(dirname "$0")"
 
-extras="convert,dev"
-[ "${1:-}" = "--runtime" ] && extras=""
-
+say() { printf 'setup.sh: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# libgl1: mediapipe's opencv-contrib needs libGL.so.1; mosquitto: the broker the tests talk to;
-# systemd and shellcheck: the service and image tests verify the unit and the scripts;
-# openssl: the TLS tests make a throw-away CA; ffmpeg and rtsp-server-perl: a real RTSP camera.
-packages=(python3-venv libgl1 libglib2.0-0)
-[ -n "$extras" ] && packages+=(mosquitto shellcheck systemd openssl libseccomp2 ffmpeg rtsp-server-perl)
+# The lock file for this machine and this kind of install: requirements/<machine>.txt is the runtime,
+# <machine>-dev.txt adds the converter and the tests (requirements/README.md).
+lock_file() {  # lock_file MACHINE RUNTIME(0|1)
+    local lock=requirements/$1.txt
+    [ "$2" -eq 1 ] || lock=requirements/$1-dev.txt
+    [ -f "$lock" ] || die "no $lock: this machine ($1) has no locked install$([ "$2" -eq 1 ] || echo ' of the converter and tests (try --runtime)')"
+    echo "$lock"
+}
+
+# Make the venv, or repair it: apt's python3-picamera2 (on a Pi) is seen through the system site
+# packages, also when it was installed after the venv was made.
+make_venv() {  # make_venv DIR PYTHON
+    local venv=$1 python=$2 apt_packages=${APT_DIST_PACKAGES:-/usr/lib/python3/dist-packages}
+    local flags=()
+    [ -e "$apt_packages/picamera2" ] && flags+=(--system-site-packages)
+    if [ ! -x "$venv/bin/python" ]; then
+        "$python" -m venv "${flags[@]}" "$venv"
+    elif [ ${#flags[@]} -gt 0 ] && ! grep -Eq '^include-system-site-packages *= *true' "$venv/pyvenv.cfg"; then
+        sed -i -E 's/^include-system-site-packages *=.*/include-system-site-packages = true/' "$venv/pyvenv.cfg"
+        say "$venv now sees apt's packages (python3-picamera2 in $apt_packages)"
+    fi
+}
+
+# tests/test_setup.py sources this file for the functions above
+[ -n "${CRYEDGE_SETUP_FUNCTIONS_ONLY:-}" ] && return 0
+
+runtime=0
+case "${1:-}" in
+    --runtime) runtime=1 ;;
+    "") ;;
+    *) echo "usage: ./setup.sh [--runtime]" >&2; exit 2 ;;
+esac
+lock=$(lock_file "$(uname -m)" "$runtime")
+
+packages=()
+while read -r package; do packages+=("$package"); done < <(grep -Ev '^(#|$)' requirements/apt-runtime.txt)
+# mosquitto: the broker the tests talk to; systemd and shellcheck: the service and image tests verify
+# the unit and the scripts; openssl: the TLS tests make a throw-away CA; ffmpeg and rtsp-server-perl:
+# a real RTSP camera.
+[ "$runtime" -eq 0 ] && packages+=(mosquitto shellcheck systemd openssl libseccomp2 ffmpeg rtsp-server-perl)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -28,21 +63,16 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 python=${PYTHON:-python3}
-# On a Pi, picamera2 comes from apt (python3-picamera2) and is seen through system site packages.
-venv_flags=()
-[ -e /usr/lib/python3/dist-packages/picamera2 ] && venv_flags+=(--system-site-packages)
-[ -x .venv/bin/python ] || "$python" -m venv "${venv_flags[@]}" .venv
-.venv/bin/python -m pip install -q --upgrade pip
-if [ -n "$extras" ]; then
-    .venv/bin/python -m pip install -q -e ".[$extras]"
-else
-    .venv/bin/python -m pip install -q -e .
-fi
+make_venv .venv "$python"
+# Exactly the lock's versions (hashes checked), then cryedge itself without touching them; built
+# without isolation by the lock's setuptools, so no unpinned build dependency is fetched.
+.venv/bin/python -m pip install -q --require-hashes -r "$lock"
+.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 .venv/bin/cryedge models fetch
 
 # The converter's tests check that converted models also load in tflite-runtime 2.14, the runtime
 # older Pi images have; it needs numpy < 2, so it lives in a venv of its own.
-if [ -n "$extras" ] && [ ! -x .venv-tflite-runtime/bin/python ]; then
-    "$python" -m venv .venv-tflite-runtime
-    .venv-tflite-runtime/bin/python -m pip install -q tflite-runtime==2.14.0 'numpy<2'
+if [ "$runtime" -eq 0 ]; then
+    [ -x .venv-tflite-runtime/bin/python ] || "$python" -m venv .venv-tflite-runtime
+    .venv-tflite-runtime/bin/python -m pip install -q --require-hashes -r requirements/tflite-runtime.txt
 fi
