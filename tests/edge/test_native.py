@@ -1,0 +1,141 @@
+"""What the native libraries need from the machine: CPU extensions, system libraries, quiet logs.
+
+The CPU check runs on the real installed mediapipe library and on a stand-in library file that holds
+the start-up guard's messages as mediapipe 1.2.3's aarch64 build does (its ``libmediapipe.so`` lists
+aes, crc, dotprod, fp16, lse, rcpc, rdm, sha2). The cpuinfo files are as a Pi 4 and a Pi 5 show them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge import native
+from edge.errors import InstallError
+
+REPO = Path(__file__).resolve().parents[2]
+
+PI4_CPUINFO = """processor\t: 0
+BogoMIPS\t: 108.00
+Features\t: fp asimd evtstrm crc32 cpuid
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x0
+CPU part\t: 0xd08
+CPU revision\t: 3
+
+Revision\t: c03114
+Model\t\t: Raspberry Pi 4 Model B Rev 1.4
+"""
+PI5_CPUINFO = PI4_CPUINFO.replace(
+    "fp asimd evtstrm crc32 cpuid",
+    "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp",
+).replace("0xd08", "0xd0b").replace("Raspberry Pi 4 Model B Rev 1.4", "Raspberry Pi 5 Model B Rev 1.0")
+ARMV82_GUARD = [b"aes", b"crc", b"dotprod", b"fp16", b"lse", b"rcpc", b"rdm", b"sha2"]
+
+
+def stand_in_library(path: Path, features: list[bytes]) -> Path:
+    """A file laid out like a shared library whose read-only data holds the fail-fast guard's messages."""
+    guard = b"".join(
+        b"FATAL ERROR: This binary was compiled with " + f + b" enabled, but this feature is not available "
+        b"on this processor (go/sigill-fail-fast).\0" for f in features
+    )
+    path.write_bytes(b"\x7fELF" + os.urandom(200_000) + guard + os.urandom(100_000))
+    return path
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_cpuinfo_names_the_board_and_core_and_lists_the_features(tmp_path):
+    cpu = native.read_cpu(write(tmp_path / "cpuinfo", PI4_CPUINFO))
+    assert cpu.name == "Raspberry Pi 4 Model B Rev 1.4, Cortex-A72"
+    assert cpu.features == {"fp", "asimd", "evtstrm", "crc32", "cpuid"}
+
+
+def test_a_pi4_cannot_run_an_armv82_build_and_is_told_what_to_install(tmp_path):
+    library = stand_in_library(tmp_path / "libmediapipe.so", ARMV82_GUARD)
+    assert native.compiled_features(library) == {f.decode() for f in ARMV82_GUARD}
+    with pytest.raises(InstallError) as raised:
+        native.check_cpu_runs_mediapipe(write(tmp_path / "cpuinfo", PI4_CPUINFO), "aarch64", [library])
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith("Raspberry Pi 4 Model B Rev 1.4, Cortex-A72 cannot run the installed mediapipe")
+    # crc is there (crc32); the ARMv8.1/8.2 extensions are not
+    assert "needs aes, dotprod, fp16, lse, rcpc, rdm, sha2," in message
+    assert f"mediapipe=={native.ARMV80_MEDIAPIPE}" in message and "requirements/aarch64.txt" in message
+    assert raised.value.exit_code == 8
+
+
+def test_a_pi5_runs_the_armv82_build_and_an_unguarded_build_runs_anywhere(tmp_path):
+    armv82 = stand_in_library(tmp_path / "libmediapipe.so", ARMV82_GUARD)
+    unguarded = stand_in_library(tmp_path / "_framework_bindings.so", [])  # as 0.10.18's
+    native.check_cpu_runs_mediapipe(write(tmp_path / "pi5", PI5_CPUINFO), "aarch64", [armv82, unguarded])
+    native.check_cpu_runs_mediapipe(write(tmp_path / "pi4", PI4_CPUINFO), "aarch64", [unguarded])
+
+
+def test_the_installed_mediapipe_is_checked_against_this_machines_cpu(tmp_path):
+    """The real library: its guard's list is found, this CPU has it all, a CPU without AVX does not."""
+    libraries = native.mediapipe_libraries()
+    assert libraries, "mediapipe is installed in the test venv"
+    compiled = set().union(*(native.compiled_features(library) for library in libraries))
+    if platform.machine() != "x86_64" or not compiled:
+        pytest.skip(f"the installed mediapipe's guard lists {compiled or 'nothing'} on {platform.machine()}")
+    assert {"sse2", "avx"} <= compiled
+    native.check_cpu_runs_mediapipe()  # this machine runs it, so it must pass
+    flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    no_avx = write(tmp_path / "cpuinfo", "model name\t: Old Xeon\n" + re.sub(r" avx\S*", "", flags) + "\n")
+    with pytest.raises(InstallError, match=r"^Old Xeon cannot run the installed mediapipe .*needs avx"):
+        native.check_cpu_runs_mediapipe(no_avx, "x86_64", libraries)
+
+
+def test_the_armv80_mediapipe_named_in_messages_is_the_one_the_aarch64_lock_pins():
+    pinned = re.search(r"^mediapipe==(\S+)", (REPO / "requirements" / "aarch64.txt").read_text(), re.M)
+    assert pinned and pinned.group(1) == native.ARMV80_MEDIAPIPE
+
+
+@pytest.mark.parametrize(
+    ("message", "package"),
+    [
+        ("libEGL.so.1: cannot open shared object file: No such file or directory", "libegl1"),
+        ("libGLESv2.so.2: cannot open shared object file: No such file or directory", "libgles2"),
+        ("libGL.so.1: cannot open shared object file: No such file or directory", "libgl1"),
+        ("libgthread-2.0.so.0: cannot open shared object file: No such file or directory", "libglib2.0-0"),
+    ],
+)
+def test_a_missing_system_library_is_one_line_naming_the_debian_package(tmp_path, message, package):
+    """A stand-in mediapipe whose import fails as the real one does without the library, via the CLI."""
+    stand_in = tmp_path / "site" / "mediapipe"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text(f"raise OSError({message!r})\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "landmarks", str(REPO / "edge" / "data" / "astronaut.jpg")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(REPO)])},
+    )
+    assert result.returncode == InstallError.exit_code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"cryedge: mediapipe needs {message.split(':')[0]}, which is not installed: "
+                     f"sudo apt install {package} (or ./setup.sh --runtime)"]
+
+
+def package_list(path: Path) -> set[str]:
+    return {line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
+
+
+def test_setup_the_image_and_the_readme_install_the_packages_of_the_mapped_libraries():
+    apt = package_list(REPO / "requirements" / "apt-runtime.txt")
+    assert {"libegl1", "libgles2", "libgl1", "libglib2.0-0"} <= apt
+    assert apt <= package_list(REPO / "image" / "stage-cryedge" / "00-packages" / "00-packages-nr")
+    readme = (REPO / "README.md").read_text()
+    pi_steps = readme[readme.index("## On a Raspberry Pi"):]
+    apt_line = next(line for line in pi_steps.splitlines() if line.startswith("sudo apt install"))
+    assert apt <= set(apt_line.split())
