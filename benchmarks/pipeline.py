@@ -162,7 +162,7 @@ def service_peak_rss(clip: str, model: str, runs: int = 3) -> list[float] | None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clip", default=str(REPO / "edge" / "data" / "demo.mp4"))
-    parser.add_argument("--model", default=str(REPO / "models" / "cry-default.tflite"))
+    parser.add_argument("--model", default=str(REPO / "edge" / "data" / "models" / "cry-default.tflite"))
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--skip-delay", action="store_true", help="skip the real-time alert delay measurement")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one configuration as JSON

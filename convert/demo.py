@@ -257,9 +257,10 @@ The daemon's alarm with default settings gives: {events}.
 
 ## Rebuild
 ```
-cryedge demo build --output-dir models/
+cryedge demo build
 ```
-Seeded and offline (about 10 minutes on 2 cores); writes `cry-default.{{tflite,json,keras,md}}`,
+Seeded and offline (about 10 minutes on 2 cores); writes `edge/data/models/cry-default.{{tflite,json,keras,md}}`
+(the model, its card and this page ship inside the package; the Keras source stays in the checkout),
 `edge/data/demo.{{mp4,json}}`. Tools: {', '.join(f'{k} {v}' for k, v in card.tools.items())}.
 """
 
@@ -369,9 +370,10 @@ def _build_command(args) -> int:
 def add_commands(subparsers) -> None:
     demo = subparsers.add_parser("demo", help="rebuild the default model and the demo clip (synthetic data)")
     commands = demo.add_subparsers(dest="demo_command", metavar="COMMAND", required=True)
-    parser = commands.add_parser("build", help="synthetic clips -> dataset -> train -> int8 -> models/cry-default.*, edge/data/demo.mp4",
+    parser = commands.add_parser("build", help="synthetic clips -> dataset -> train -> int8 -> edge/data/models/cry-default.*, edge/data/demo.mp4",
                                  description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", type=Path, default=paths.models_dir(), help="where cry-default.* go (default: the models folder)")
+    parser.add_argument("--output-dir", type=Path, default=paths.default_model().parent,
+                        help="where cry-default.* go (default: the package's edge/data/models, the default model)")
     parser.add_argument("--demo-video", type=Path, default=paths.data_file("demo.mp4"), help="where the demo clip goes")
     parser.add_argument("--work-dir", type=Path, help="keep the clips, dataset and candidates here (reused when present)")
     parser.add_argument("--clips-per-subject", type=int, default=8)

@@ -9,12 +9,14 @@ never imports ``convert``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
 from importlib.metadata import entry_points
 
-from edge import __version__, logs
+from edge import __version__, logs, native
 from edge.errors import CryedgeError
 
 COMMAND_MODULES = (
@@ -44,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cryedge", description="Cry detection on the edge.")
     parser.add_argument("--version", action="version", version=f"cryedge {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument(
+        "--native-log", action="store_true",
+        help="let MediaPipe's and LiteRT's own INFO/WARNING lines through to stderr (hidden by default; "
+             "also with -vv or CRYEDGE_NATIVE_LOG=1)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_commands_of(COMMAND_MODULES, subparsers)
     for entry in entry_points(group="cryedge.commands"):
@@ -57,14 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logs.configure(args.verbose)
-    try:
-        return int(args.handler(args) or 0)
-    except CryedgeError as error:
-        print(f"cryedge: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        return 130
+    native_log = args.native_log or args.verbose > 1 or os.environ.get("CRYEDGE_NATIVE_LOG") == "1"
+    # the native libraries' per-frame lines would flood the journal; fd 2 goes through a filter
+    with contextlib.nullcontext() if native_log else native.NativeLogFilter():
+        logs.configure(args.verbose)
+        try:
+            return int(args.handler(args) or 0)
+        except CryedgeError as error:
+            print(f"cryedge: {error}", file=sys.stderr)
+            return error.exit_code
+        except KeyboardInterrupt:
+            return 130
 
 
 if __name__ == "__main__":

@@ -256,6 +256,9 @@ class NativeLogFilter:
             return
         self._stream.flush()
         sys.stderr = sys.__stderr__
+        for handler in logging.getLogger().handlers:  # logging set up while filtering writes on
+            if getattr(handler, "stream", None) is self._stream:
+                handler.setStream(sys.__stderr__)
         os.dup2(self._saved_fd, 2)  # closes the pipe's last write end: grep drains it and exits
         try:
             self._grep.wait(timeout=5)

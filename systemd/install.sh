@@ -5,8 +5,10 @@
 #   sudo systemd/install.sh --root /mnt/rootfs   # into another root (same distribution and Python)
 #
 # Lays down (all relative to --root):
-#   /opt/cryedge/venv                      python3 -m venv --system-site-packages (sees apt's picamera2)
-#   /opt/cryedge/models                    the cry model(s) of the checkout + landmark bundles
+#   /opt/cryedge/venv                      python3 -m venv --system-site-packages (sees apt's picamera2),
+#                                          the lock file's versions (requirements/<machine>.txt), then
+#                                          cryedge (its default model is package data)
+#   /opt/cryedge/models/landmarks          the landmark bundles (the service's $CRYEDGE_MODELS)
 #   /opt/cryedge/docs/service.md           the unit's Documentation=
 #   /etc/cryedge/cryedge.toml              from examples/cryedge.toml; an existing one is kept
 #   /etc/cryedge/mqtt_password             only with --mqtt-password-file (mode 0600, root)
@@ -25,12 +27,15 @@ UNIT_NAME=cryedge.service
 
 usage() {
     cat <<EOF
-usage: $0 [--root DIR] [--source DIR] [--package SPEC] [--pip-arg ARG]... [--python PATH] [--no-venv] [--no-models]
-          [--no-enable] [--mqtt-password-file FILE]
+usage: $0 [--root DIR] [--source DIR] [--package SPEC] [--lock FILE | --no-lock] [--pip-arg ARG]...
+          [--python PATH] [--no-venv] [--no-models] [--no-enable] [--mqtt-password-file FILE]
 
   --root DIR            install into DIR (an image's root file system) instead of /
   --source DIR          the cryedge checkout (default: the one this script is in)
   --package SPEC        what pip installs into the venv (default: the checkout; a wheel path works)
+  --lock FILE           the pinned dependencies, installed first with --require-hashes (default: the
+                        checkout's requirements/<machine>.txt); the package then goes in with --no-deps
+  --no-lock             no lock: pip resolves the package's dependencies itself (unpinned)
   --pip-arg ARG         an extra argument for pip install (repeatable, e.g. --pip-arg --no-deps)
   --python PATH         the interpreter the venv is made from (default: /usr/bin/python3, the one
                         apt's python3-picamera2 belongs to)
@@ -49,6 +54,8 @@ ROOT=""
 SOURCE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PACKAGE=""
 PIP_ARGS=()
+LOCK=""
+USE_LOCK=1
 PYTHON=/usr/bin/python3
 VENV=1
 MODELS=1
@@ -60,6 +67,8 @@ while [ $# -gt 0 ]; do
         --root) ROOT="${2:?--root needs a directory}"; shift 2 ;;
         --source) SOURCE="${2:?--source needs a directory}"; shift 2 ;;
         --package) PACKAGE="${2:?--package needs a path or requirement}"; shift 2 ;;
+        --lock) LOCK="${2:?--lock needs a file}"; shift 2 ;;
+        --no-lock) USE_LOCK=0; shift ;;
         --pip-arg) PIP_ARGS+=("${2:?--pip-arg needs an argument}"); shift 2 ;;
         --python) PYTHON="${2:?--python needs an interpreter}"; shift 2 ;;
         --no-venv) VENV=0; shift ;;
@@ -80,6 +89,10 @@ if [ -n "$ROOT" ]; then
 fi
 [ -z "$PASSWORD_FILE" ] || [ -r "$PASSWORD_FILE" ] || die "cannot read $PASSWORD_FILE"
 PACKAGE="${PACKAGE:-$SOURCE}"
+if [ "$USE_LOCK" -eq 1 ] && [ "$VENV" -eq 1 ]; then
+    LOCK="${LOCK:-$SOURCE/requirements/$(uname -m).txt}"
+    [ -f "$LOCK" ] || die "no lock file $LOCK for this machine ($(uname -m)); --no-lock installs unpinned"
+fi
 VENV_DIR="$ROOT$PREFIX/venv"
 
 install_user() {
@@ -98,9 +111,18 @@ install_venv() {
         log "creating $PREFIX/venv"
         "$PYTHON" -m venv --system-site-packages "$VENV_DIR"
     fi
-    log "pip install $PACKAGE"
-    "$VENV_DIR/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade \
-        ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "$PACKAGE"
+    local pip=("$VENV_DIR/bin/python" -m pip install --quiet --disable-pip-version-check)
+    if [ "$USE_LOCK" -eq 1 ]; then
+        # exactly the lock's versions, hashes checked; then cryedge alone, built (from a checkout)
+        # by the lock's setuptools without fetching anything unpinned
+        log "pip install --require-hashes -r $LOCK"
+        "${pip[@]}" --require-hashes ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} -r "$LOCK"
+        log "pip install --no-deps $PACKAGE"
+        "${pip[@]}" --upgrade --no-deps --no-build-isolation ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "$PACKAGE"
+    else
+        log "pip install $PACKAGE"
+        "${pip[@]}" --upgrade ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "$PACKAGE"
+    fi
     if [ -n "$ROOT" ]; then
         # A venv records its own path: point scripts and pyvenv.cfg at where it lives in the image,
         # and recompile so that tracebacks name /opt/cryedge/... (/opt is read-only at run time).
@@ -132,11 +154,8 @@ install_config() {
 }
 
 install_models() {
+    # the default cry model is package data; this folder is for the landmark bundles and own models
     install -d -m 0755 "$ROOT$PREFIX/models" "$ROOT$PREFIX/models/landmarks"
-    local model
-    for model in "$SOURCE"/models/*.tflite "$SOURCE"/models/*.json; do
-        if [ -f "$model" ]; then install -m 0644 "$model" "$ROOT$PREFIX/models/"; fi
-    done
     if [ -x "$VENV_DIR/bin/cryedge" ]; then
         log "fetching landmark models into $PREFIX/models/landmarks"
         "$VENV_DIR/bin/cryedge" models fetch --output "$ROOT$PREFIX/models/landmarks"

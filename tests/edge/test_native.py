@@ -139,3 +139,58 @@ def test_setup_the_image_and_the_readme_install_the_packages_of_the_mapped_libra
     pi_steps = readme[readme.index("## On a Raspberry Pi"):]
     apt_line = next(line for line in pi_steps.splitlines() if line.startswith("sudo apt install"))
     assert apt <= set(apt_line.split())
+
+
+NOISE_AND_NEWS = """\
+import os, sys
+from edge import native
+native.NativeLogFilter().start()
+for line in (
+    b"INFO: [compiled_model.cc:1093] Tracked constant output tensor (null) with locked address\\n",
+    b"WARNING: [model_load.cc:402] Sparsity tensors may not yet be fully supported.\\n",
+    b"W0000 00:00:1795958266.685123   4321 inference_feedback_manager.cc:121] Feedback manager ...\\n",
+    b"I0000 00:00:1795958266.685123   4321 gl_context.cc:369] GL version: 3.2\\n",
+    b"ERROR: failed to allocate tensors\\n",
+    b"F0000 00:00:1795958266.685123   4321 calculator_graph.cc:1] Check failed: graph\\n",
+):
+    os.write(2, line)
+print("edge.daemon: from Python", file=sys.stderr)
+sys.stderr.flush()
+os.abort()
+"""
+
+
+def test_native_info_and_warning_lines_are_dropped_and_last_words_survive_an_abort(tmp_path):
+    result = subprocess.run([sys.executable, "-c", NOISE_AND_NEWS], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == -6  # SIGABRT, as a native CHECK failure ends a process
+    lines = sorted(result.stderr.splitlines())
+    assert lines == sorted([
+        "ERROR: failed to allocate tensors",
+        "F0000 00:00:1795958266.685123   4321 calculator_graph.cc:1] Check failed: graph",
+        "edge.daemon: from Python",
+    ])
+
+
+def count_native_lines(stderr: str) -> tuple[int, int]:
+    tracked = sum("Tracked constant output tensor" in line for line in stderr.splitlines())
+    glog = sum(bool(re.match(r"[IW]\d{4} ", line)) for line in stderr.splitlines())
+    return tracked, glog
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("switch", [[], ["--native-log"]])
+def test_the_demo_keeps_native_noise_off_stderr_unless_asked(tmp_path, switch):
+    result = subprocess.run(
+        [sys.executable, "-m", "edge.cli", *switch, "run", "--fast", "--no-health"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={**{k: v for k, v in os.environ.items() if k != "CRYEDGE_NATIVE_LOG"}, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count('"cry_start"') == 1 and result.stdout.count('"cry_end"') == 1
+    tracked, glog = count_native_lines(result.stderr)
+    if switch:
+        assert tracked > 0 and glog > 0  # LiteRT's line on every pose run, MediaPipe's W0000 lines
+    else:
+        assert (tracked, glog) == (0, 0), result.stderr
+        assert "edge.daemon: cry start" in result.stderr  # cryedge's own log lines still come through

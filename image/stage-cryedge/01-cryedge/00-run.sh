@@ -1,6 +1,6 @@
 #!/bin/bash -e
 # Install cryedge into the image: the checkout that image/build.sh put in files/cryedge goes to
-# /opt/cryedge/src, and systemd/install.sh runs inside the chroot (venv from PyPI, config, user,
+# /opt/cryedge/src, and systemd/install.sh runs inside the chroot (venv from the aarch64 lock file, config, user,
 # unit, landmark models), enabling cryedge.service. cryedge-firstboot.service imports the MQTT
 # settings from /boot/firmware/cryedge.toml when the card first boots.
 
