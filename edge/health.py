@@ -1,4 +1,4 @@
-"""Health, statistics and Prometheus metrics over HTTP on the loopback interface.
+"""Health, statistics and Prometheus metrics over HTTP, loopback by default, from a bounded server.
 
 How the daemon uses it::
 
@@ -13,30 +13,55 @@ server's threads, so it must return a consistent copy (build a new frozen record
 keep one that the frame loop replaces whole). Endpoints:
 
 - ``GET /health``: 200 ``{"status": "ok", ...}`` while frames flow (last one within ``stale_after``
-  seconds), else 503 with ``"starting"`` (no frame yet) or ``"stalled"``.
+  seconds), else 503 with ``"starting"`` (no frame yet), ``"reconnecting"`` (the camera or stream is
+  gone and being reopened: the service is alive but sees nothing, so a load balancer or monitor must
+  not count it as serving) or ``"stalled"``.
 - ``GET /stats``: everything in :class:`HealthStats` as JSON.
-- ``GET /metrics``: the Prometheus text exposition format, names prefixed ``cryedge_`` and ending in
-  their unit (seconds, as Prometheus prefers; ``_total`` for counters).
+- ``GET /metrics``: Prometheus exposition by ``prometheus_client`` (text 0.0.4, or OpenMetrics when
+  the scraper asks for it), names prefixed ``cryedge_`` and ending in their unit.
+
+The HTTP layer is waitress (the README says why, with figures): one I/O thread owns every socket, a
+few worker threads answer requests, so the live view of a later issue mounts its WSGI routes on
+:class:`HttpServer` too. Any local user can connect to the port, so it is bounded: at most
+``max_connections`` sockets (file descriptors the outbox and MQTT need too), an idle connection is
+closed after ``idle_timeout`` seconds, and when all are taken the oldest one without a request in
+progress makes room for the newcomer (idle keep-alive connections are the first to go, as in
+Apache's event MPM); with none idle the newcomer gets a 503 at once rather than waiting in the
+kernel's queue.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
+
+from waitress.server import TcpWSGIServer
 
 from edge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8765  # as edge.config.HealthConfig; loopback only
+ENDPOINTS = ("/health", "/stats", "/metrics")
+MAX_CONNECTIONS = 32
+IDLE_TIMEOUT = 5  # seconds; waitress counts whole seconds
+THREADS = 2
+# waitress moves a response buffer above outbuf_overflow to a temporary file; a writer blocks at the
+# high watermark first, so nothing served (a picture of the nursery, later) is ever written to disk.
+OUTBUF_HIGH_WATERMARK = 512 * 1024
+OUTBUF_OVERFLOW = 2 * OUTBUF_HIGH_WATERMARK
+
+WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 
 
 @dataclass(frozen=True)
@@ -52,7 +77,8 @@ class HealthStats:
     inference_ms: float | None = None
     face_share: float | None = None  # share of recent frames with a face, 0..1
     source: str = ""
-    source_reconnects: int = 0
+    source_state: str = ""  # open, reconnecting, ended, closed
+    source_reconnects: int = 0  # reopen attempts
     outbox_depth: int = 0  # events waiting on disk for the broker
     outbox_fault: str | None = None  # why events are kept in memory, not on disk (disk full, read-only)
     broker_connected: bool | None = None  # None: no broker configured
@@ -63,13 +89,19 @@ class HealthStats:
     model: str = ""
 
 
+STATES = ("starting", "running", "reconnecting", "stopping")
+
+
 def health_document(stats: HealthStats, now: float, stale_after: float) -> tuple[int, dict[str, Any]]:
     """The ``/health`` answer: (HTTP status, JSON body). Healthy means a frame within ``stale_after``."""
     body: dict[str, Any] = {"state": stats.state, "uptime_s": round(now - stats.started, 3)}
-    if stats.last_frame is None:
-        return HTTPStatus.SERVICE_UNAVAILABLE, {"status": "starting", **body, "last_frame_age_s": None}
-    age = now - stats.last_frame
-    body["last_frame_age_s"] = round(age, 3)
+    age = None if stats.last_frame is None else now - stats.last_frame
+    body["last_frame_age_s"] = None if age is None else round(age, 3)
+    if stats.state == "reconnecting":
+        return HTTPStatus.SERVICE_UNAVAILABLE, {
+            "status": "reconnecting", **body, "source_reconnects": stats.source_reconnects}
+    if age is None:
+        return HTTPStatus.SERVICE_UNAVAILABLE, {"status": "starting", **body}
     if age > stale_after:
         return HTTPStatus.SERVICE_UNAVAILABLE, {"status": "stalled", **body}
     return HTTPStatus.OK, {"status": "ok", **body}
@@ -85,153 +117,176 @@ def stats_document(stats: HealthStats, now: float) -> dict[str, Any]:
     return document
 
 
-def metrics_text(stats: HealthStats, now: float) -> str:
-    """The ``/metrics`` answer in the Prometheus text exposition format (version 0.0.4)."""
-    lines: list[str] = []
+def metric_families(stats: HealthStats, now: float) -> list[Metric]:
+    """The ``/metrics`` families for one snapshot; what is not known yet (None) is left out."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float | None]]) -> None:
-        samples = [(labels, value) for labels, value in samples if value is not None]
-        if not samples:
-            return
-        lines.append(f"# HELP cryedge_{name} {help_text}")
-        lines.append(f"# TYPE cryedge_{name} {kind}")
-        lines.extend(f"cryedge_{name}{labels} {_number(value)}" for labels, value in samples)
+    families: list[Metric] = []
 
-    def flag(value: bool | None) -> float | None:
-        return None if value is None else float(value)
+    def gauge(name: str, help_text: str, value: float | bool | None) -> None:
+        if value is not None:
+            families.append(GaugeMetricFamily(f"cryedge_{name}", help_text, value=float(value)))
 
-    state_names = ("starting", "running", "reconnecting", "stopping")
-    metric(
-        "up",
-        "gauge",
-        "1 while frames flow through the pipeline.",
-        [("", 1.0 if stats.state == "running" and stats.last_frame is not None else 0.0)],
-    )
-    metric(
-        "state",
-        "gauge",
-        "The daemon's state, one series per state.",
-        [(f'{{state="{name}"}}', float(stats.state == name)) for name in state_names],
-    )
-    metric("uptime_seconds", "gauge", "Seconds since the daemon started.", [("", now - stats.started)])
-    metric(
-        "frames_processed_total",
-        "counter",
-        "Frames that went through the whole pipeline.",
-        [("", float(stats.frames))],
-    )
-    metric("frames_per_second", "gauge", "Recent end-to-end frame rate.", [("", stats.fps)])
-    metric(
-        "last_frame_age_seconds",
-        "gauge",
-        "Seconds since the last processed frame.",
-        [("", None if stats.last_frame is None else now - stats.last_frame)],
-    )
-    metric(
-        "stage_duration_seconds",
-        "gauge",
-        "Median time a frame spends in each pipeline stage.",
-        [(f'{{stage="{_label(stage)}"}}', ms / 1000) for stage, ms in sorted(stats.stage_ms.items())],
-    )
-    metric(
-        "inference_duration_seconds",
-        "gauge",
-        "Median time of one model invocation.",
-        [("", None if stats.inference_ms is None else stats.inference_ms / 1000)],
-    )
-    metric(
-        "face_ratio", "gauge", "Share of recent frames in which a face was found.", [("", stats.face_share)]
-    )
-    metric(
-        "source_reconnects_total",
-        "counter",
-        "Times the frame source was reopened.",
-        [("", float(stats.source_reconnects))],
-    )
-    metric(
-        "outbox_events",
-        "gauge",
-        "Events kept on disk until the broker takes them.",
-        [("", float(stats.outbox_depth))],
-    )
-    metric(
-        "broker_connected",
-        "gauge",
-        "1 while connected to the MQTT broker.",
-        [("", flag(stats.broker_connected))],
-    )
-    metric("crying", "gauge", "1 while the alarm is ON.", [("", flag(stats.crying))])
-    metric("cry_probability_ratio", "gauge", "The smoothed cry probability, 0..1.", [("", stats.probability)])
-    metric(
-        "last_event_timestamp_seconds",
-        "gauge",
-        "Unix time of the last cry start or end event.",
-        [("", stats.last_event_unix)],
-    )
-    return "\n".join(lines) + "\n"
+    def counter(name: str, help_text: str, value: float) -> None:  # exposed as <name>_total
+        families.append(CounterMetricFamily(f"cryedge_{name}", help_text, value=float(value)))
+
+    def labelled(name: str, help_text: str, label: str, values: Iterable[tuple[str, float]]) -> None:
+        family = GaugeMetricFamily(f"cryedge_{name}", help_text, labels=[label])
+        for key, value in values:
+            family.add_metric([key], float(value))
+        if family.samples:
+            families.append(family)
+
+    gauge("up", "1 while frames flow through the pipeline.", stats.state == "running" and stats.last_frame is not None)
+    labelled("state", "The daemon's state, one series per state.", "state",
+             ((name, stats.state == name) for name in STATES))
+    gauge("uptime_seconds", "Seconds since the daemon started.", now - stats.started)
+    counter("frames_processed", "Frames that went through the whole pipeline.", stats.frames)
+    gauge("frames_per_second", "Recent end-to-end frame rate.", stats.fps)
+    gauge("last_frame_age_seconds", "Seconds since the last processed frame.",
+          None if stats.last_frame is None else now - stats.last_frame)
+    labelled("stage_duration_seconds", "Median time a frame spends in each pipeline stage.", "stage",
+             ((stage, ms / 1000) for stage, ms in sorted(stats.stage_ms.items())))
+    gauge("inference_duration_seconds", "Median time of one model invocation.",
+          None if stats.inference_ms is None else stats.inference_ms / 1000)
+    gauge("face_ratio", "Share of recent frames in which a face was found.", stats.face_share)
+    gauge("source_connected", "1 while the camera, stream or file is open.",
+          stats.source_state == "open" if stats.source_state else None)
+    counter("source_reconnects", "Times the frame source was reopened.", stats.source_reconnects)
+    gauge("outbox_events", "Events kept on disk until the broker takes them.", stats.outbox_depth)
+    gauge("broker_connected", "1 while connected to the MQTT broker.", stats.broker_connected)
+    gauge("crying", "1 while the alarm is ON.", stats.crying)
+    gauge("cry_probability_ratio", "The smoothed cry probability, 0..1.", stats.probability)
+    gauge("last_event_timestamp_seconds", "Unix time of the last cry start or end event.", stats.last_event_unix)
+    return families
 
 
-class HealthServer:
-    """Serves the endpoints from its own thread until :meth:`close`."""
+class HealthCollector:
+    """A ``prometheus_client`` collector that reads one :class:`HealthStats` snapshot per scrape."""
 
-    def __init__(
-        self,
-        snapshot: Callable[[], HealthStats],
-        host: str = "127.0.0.1",
-        port: int = DEFAULT_PORT,
-        stale_after: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        self.snapshot = snapshot
-        self.stale_after = stale_after
-        self.clock = clock
+    def __init__(self, snapshot: Callable[[], HealthStats], clock: Callable[[], float] = time.monotonic):
+        self.snapshot, self.clock = snapshot, clock
+
+    def collect(self) -> Iterator[Metric]:
+        yield from metric_families(self.snapshot(), self.clock())
+
+
+class HealthApp:
+    """The WSGI application behind ``/health``, ``/stats`` and ``/metrics``."""
+
+    def __init__(self, snapshot: Callable[[], HealthStats], stale_after: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.snapshot, self.stale_after, self.clock = snapshot, stale_after, clock
+        self._registry: CollectorRegistry | None = None
+        self._registry_lock = threading.Lock()
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The server's own registry, not prometheus_client's global one: nothing at module level.
+
+        Made at the first scrape: a monitor nobody scrapes does not load prometheus_client (0.9 MiB).
+        """
+        with self._registry_lock:
+            if self._registry is None:
+                from prometheus_client import CollectorRegistry
+
+                registry = CollectorRegistry(auto_describe=False)
+                registry.register(HealthCollector(self.snapshot, self.clock))
+                self._registry = registry
+            return self._registry
+
+    def answer(self, path: str, accept: str = "") -> tuple[int, str, bytes]:
+        """(status, content type, body) for a GET of ``path``."""
+        route = path.split("?", 1)[0]
+        if route not in ENDPOINTS:
+            return _json(HTTPStatus.NOT_FOUND, {"error": "not found", "endpoints": list(ENDPOINTS)})
+        if route == "/metrics":
+            from prometheus_client.exposition import choose_encoder
+
+            encode, content_type = choose_encoder(accept)
+            return HTTPStatus.OK, content_type, encode(self.registry)
+        stats, now = self.snapshot(), self.clock()
+        if route == "/health":
+            return _json(*health_document(stats, now, self.stale_after))
+        return _json(HTTPStatus.OK, stats_document(stats, now))
+
+    def __call__(self, environ: dict, start_response: Callable) -> list[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        headers = [("Cache-Control", "no-store")]
+        if method not in ("GET", "HEAD"):
+            status, content_type, body = _json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "only GET"})
+            headers.append(("Allow", "GET, HEAD"))
+        else:
+            try:
+                status, content_type, body = self.answer(environ.get("PATH_INFO", ""), environ.get("HTTP_ACCEPT", ""))
+            except Exception:  # a broken snapshot must not kill the server's thread
+                log.exception("health snapshot failed")
+                status, content_type, body = _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "snapshot failed"})
+        headers += [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+        start_response(f"{int(status)} {HTTPStatus(status).phrase}", headers)
+        return [] if method == "HEAD" else [body]
+
+
+class HttpServer:
+    """Serves a WSGI application from its own threads until :meth:`close`, with bounded connections."""
+
+    def __init__(self, app: WSGIApp, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
+                 max_connections: int = MAX_CONNECTIONS, idle_timeout: int = IDLE_TIMEOUT, threads: int = THREADS,
+                 name: str = "http"):
         try:
-            self._server = ThreadingHTTPServer((host, port), _handler_for(self))
-        except OSError as error:
-            raise ConfigError(
-                f"health server cannot listen on {host}:{port} ({error.strerror}); "
-                "set another [health] port, or enabled = false"
-            ) from error
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
+            self._server = _BoundedServer(
+                app, host=host, port=port, threads=threads, connection_limit=max_connections,
+                channel_timeout=idle_timeout, cleanup_interval=1,
+                # poll, not select: the daemon's descriptors may number above select's 1024
+                asyncore_use_poll=True, outbuf_high_watermark=OUTBUF_HIGH_WATERMARK,
+                outbuf_overflow=OUTBUF_OVERFLOW, max_request_body_size=64 * 1024, expose_tracebacks=False,
+                ident="cryedge")
+        except (OSError, ValueError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            raise ConfigError(f"{name} server cannot listen on {host}:{port} ({reason}); "
+                              "set another [health] port, or enabled = false") from error
+        self._thread = threading.Thread(target=self._server.run, name=name, daemon=True)
         self._thread.start()
-        log.info("health endpoints on http://%s:%d/health, /stats, /metrics", *self.address)
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return str(self._server.effective_host), int(self._server.effective_port)
 
     @property
     def port(self) -> int:
         return self.address[1]
 
-    def answer(self, path: str) -> tuple[int, str, bytes]:
-        """(status, content type, body) for a GET of ``path``."""
-        route = path.split("?", 1)[0]
-        if route not in ("/health", "/stats", "/metrics"):
-            return _json(
-                HTTPStatus.NOT_FOUND, {"error": "not found", "endpoints": ["/health", "/stats", "/metrics"]}
-            )
-        stats = self.snapshot()
-        now = self.clock()
-        if route == "/health":
-            return _json(*health_document(stats, now, self.stale_after))
-        if route == "/stats":
-            return _json(HTTPStatus.OK, stats_document(stats, now))
-        return HTTPStatus.OK, "text/plain; version=0.0.4; charset=utf-8", metrics_text(stats, now).encode()
+    @property
+    def connections(self) -> int:
+        """Open client connections now."""
+        return len(self._server.active_channels)
 
     def close(self) -> None:
+        """Close the listening socket and every connection, then stop the threads."""
         if self._thread.is_alive():
-            self._server.shutdown()
-            self._thread.join()
-        self._server.server_close()
+            # Sockets belong to the I/O thread: close them there; its loop ends when none is left.
+            self._server.trigger.pull_trigger(self._server.close_all)
+            self._thread.join(5)
+        self._server.task_dispatcher.shutdown(timeout=2)
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class HealthServer(HttpServer):
+    """The health endpoints (:class:`HealthApp`) on an :class:`HttpServer`."""
+
+    def __init__(self, snapshot: Callable[[], HealthStats], host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                 stale_after: float = 5.0, clock: Callable[[], float] = time.monotonic, **limits):
+        self.app = HealthApp(snapshot, stale_after, clock)
+        super().__init__(self.app, host, port, name="health", **limits)
+        log.info("health endpoints on http://%s:%d/health, /stats, /metrics", *self.address)
+
+    def answer(self, path: str) -> tuple[int, str, bytes]:
+        return self.app.answer(path)
 
 
 def start_health_server(
@@ -248,42 +303,73 @@ def start_health_server(
     return HealthServer(snapshot, host=host, port=port, stale_after=stale_after)
 
 
-def _handler_for(server: HealthServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "cryedge"
+_BUSY_BODY = b'{"error": "busy: too many connections"}\n'
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
 
-        def do_GET(self) -> None:
-            try:
-                status, content_type, body = server.answer(self.path)
-            except Exception:  # a broken snapshot must not kill the server thread
-                log.exception("health snapshot failed")
-                status, content_type, body = _json(
-                    HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "snapshot failed"}
-                )
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
 
-        def log_message(self, format: str, *args) -> None:
-            log.debug("health %s: " + format, self.client_address[0], *args)
+class _BoundedServer(TcpWSGIServer):
+    """waitress's server, except what it does at ``connection_limit``.
 
-    return Handler
+    waitress stops accepting there, so newcomers wait in the kernel's listen queue until idle
+    connections time out: a thousand idle connections then delay ``/health`` by minutes. Here a
+    newcomer always gets an answer: the oldest connection with nothing in progress is closed to make
+    room, and when every connection is busy the newcomer gets a 503 at once.
+    """
+
+    _full = False
+
+    def readable(self) -> bool:
+        # as waitress's readable(), less its stop-accepting rule
+        now = time.time()
+        if now >= self.next_channel_cleanup:
+            self.next_channel_cleanup = now + self.adj.cleanup_interval
+            self.maintenance(now)
+        return self.accepting
+
+    def handle_accept(self) -> None:
+        full = len(self.active_channels) >= self.adj.connection_limit
+        if full != self._full:
+            self._full = full
+            if full:
+                log.warning("%d connections to the HTTP port: closing idle ones, refusing when none is idle",
+                            len(self.active_channels))
+            else:
+                log.info("HTTP connections back below %d", self.adj.connection_limit)
+        if full and not self._close_oldest_idle():
+            self._refuse()
+            return
+        super().handle_accept()
+
+    def _close_oldest_idle(self) -> bool:
+        idle = [channel for channel in self.active_channels.values()
+                if not channel.requests and not channel.total_outbufs_len]
+        if not idle:
+            return False
+        min(idle, key=lambda channel: channel.last_activity).handle_close()
+        return True
+
+    def _refuse(self) -> None:
+        try:
+            accepted = self.accept()
+        except OSError:
+            return
+        if accepted is None:
+            return
+        connection = accepted[0]
+        try:
+            connection.setblocking(False)
+            connection.send(BUSY)
+        except OSError:
+            pass
+        finally:
+            connection.close()
+
+    def close_all(self) -> None:
+        """Close the listening socket, every connection and the trigger (in the I/O thread)."""
+        for dispatcher in list(self._map.values()):
+            dispatcher.close()
 
 
 def _json(status: int, document: Mapping[str, Any]) -> tuple[int, str, bytes]:
     return int(status), "application/json", (json.dumps(document, sort_keys=True) + "\n").encode()
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-def _label(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import resource
 import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from edge.errors import ConfigError
-from edge.health import HealthServer, HealthStats, start_health_server
+from edge.health import BUSY, HealthServer, HealthStats, start_health_server
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Clock:
@@ -254,3 +262,206 @@ def test_a_taken_port_is_a_config_error_naming_the_key(daemon):
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=rf"127\.0\.0\.1:{port}.*\[health\] port"):
             start_health_server(daemon.health_stats, port=port)
+
+
+# --- bounded: any local user can connect to the port, and the daemon's descriptors are shared with
+# the outbox and MQTT (issue 10 item 3)
+
+
+def timed_get(port: int, path: str = "/health", timeout: float = 5.0) -> tuple[int | None, float]:
+    """(HTTP status or None when the connection was refused or cut, seconds it took)."""
+    start = time.monotonic()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as error:
+        status = error.code
+    except (urllib.error.URLError, ConnectionError):
+        status = None
+    return status, time.monotonic() - start
+
+
+def idle_connections(port: int, count: int, into: list | None = None, stop=None) -> list[socket.socket]:
+    """Up to ``count`` connections that never send a byte, as an attacker holds them.
+
+    A refused or timed-out connect is tried again, as a patient attacker would, until ``stop`` is set.
+    """
+    raise_fd_limit(count + 256)
+    connections = [] if into is None else into
+    while len(connections) < count and not (stop is not None and stop.is_set()):
+        try:
+            connections.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        except OSError:
+            time.sleep(0.02)
+    return connections
+
+
+def raise_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
+
+
+def closed_by_server(connection: socket.socket, wait: float) -> bool:
+    connection.settimeout(wait)
+    try:
+        return connection.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+
+
+@pytest.mark.timeout(60)
+def test_a_flood_of_idle_connections_holds_few_sockets_and_health_still_answers(daemon, clock):
+    with HealthServer(daemon.health_stats, port=0, clock=clock, max_connections=8) as server:
+        flood = idle_connections(server.port, 300)
+        try:
+            time.sleep(0.5)  # let the server's I/O thread take them all
+            assert server.connections <= 8
+            for _ in range(5):
+                status, seconds = timed_get(server.port)
+                assert status == 200 and seconds < 1.0, (status, seconds)
+            assert server.connections <= 8
+            # the oldest idle connections were the ones closed to make room
+            assert closed_by_server(flood[0], 1.0)
+        finally:
+            for connection in flood:
+                connection.close()
+
+
+@pytest.mark.timeout(60)
+def test_when_every_connection_is_busy_a_newcomer_gets_503_at_once(daemon, clock):
+    release = threading.Event()
+
+    def slow_snapshot():
+        release.wait(10)
+        return daemon.health_stats()
+
+    with HealthServer(slow_snapshot, port=0, clock=clock, max_connections=3, threads=1) as server:
+        busy = [threading.Thread(target=timed_get, args=(server.port,)) for _ in range(3)]
+        for thread in busy:
+            thread.start()
+        time.sleep(0.5)
+        status, seconds = timed_get(server.port)
+        release.set()
+        for thread in busy:
+            thread.join(10)
+        # 503, or the connection cut, should the close overtake the answer: either way at once
+        assert status in (503, None) and seconds < 1.0, (status, seconds)
+        assert timed_get(server.port)[0] == 200  # and it serves again once the slow ones are done
+
+
+def test_a_busy_answer_is_a_well_formed_503():
+    raw = BUSY.decode()
+    head, body = raw.split("\r\n\r\n", 1)
+    assert head.startswith("HTTP/1.1 503 ") and f"Content-Length: {len(body)}" in head
+    assert json.loads(body)["error"].startswith("busy")
+
+
+@pytest.mark.timeout(30)
+def test_an_idle_connection_is_closed_after_the_idle_timeout(daemon, clock):
+    with HealthServer(daemon.health_stats, port=0, clock=clock, idle_timeout=1) as server:
+        with socket.create_connection(("127.0.0.1", server.port)) as idle:
+            start = time.monotonic()
+            assert closed_by_server(idle, 5.0)
+            assert 0.9 < time.monotonic() - start < 3.5  # 1 s, checked every second
+            assert server.connections == 0
+
+
+def test_health_says_reconnecting_with_503_while_the_camera_is_reopened(server, daemon):
+    daemon.update(state="reconnecting", source_state="reconnecting", source_reconnects=4, last_frame=4960.0)
+    status, _, body = get(server, "/health")
+    assert status == 503
+    assert json.loads(body) == {"status": "reconnecting", "state": "reconnecting", "uptime_s": 1000.0,
+                                "last_frame_age_s": 40.0, "source_reconnects": 4}
+    daemon.update(last_frame=None)  # the first open failed: no frame yet, and it says why
+    assert json.loads(get(server, "/health")[2])["status"] == "reconnecting"
+    families = parse_exposition(get(server, "/metrics")[2].decode())
+    assert families["cryedge_state"]["samples"]['{state="reconnecting"}'] == 1.0
+    assert families["cryedge_source_connected"]["samples"] == {"": 0.0}
+    assert families["cryedge_up"]["samples"] == {"": 0.0}
+
+
+def test_each_server_has_its_own_registry(daemon, clock):
+    """No module-level state: two servers (two daemons in one process, as tests do) report their own."""
+    other = Daemon(replace(RUNNING, frames=7))
+    with HealthServer(daemon.health_stats, port=0, clock=clock) as one, \
+            HealthServer(other.health_stats, port=0, clock=clock) as two:
+        first = parse_exposition(get(one, "/metrics")[2].decode())
+        second = parse_exposition(get(two, "/metrics")[2].decode())
+    assert first["cryedge_frames_processed_total"]["samples"] == {"": 14800.0}
+    assert second["cryedge_frames_processed_total"]["samples"] == {"": 7.0}
+
+
+def test_only_get_and_head(server):
+    url = f"http://127.0.0.1:{server.port}/health"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(url, data=b"x", method="POST"), timeout=5)
+    assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET, HEAD"
+    with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=5) as response:
+        assert response.status == 200 and response.read() == b""
+
+
+def descriptors(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except FileNotFoundError:  # it has just exited
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_an_idle_connection_flood_on_the_health_port_costs_no_alert(mosquitto, tmp_path):
+    """1,200 idle connections to the daemon's health port while the demo clip's baby cries.
+
+    The daemon has systemd's default soft limit of 1,024 descriptors. It must keep its own count
+    bounded, answer /health at once, and deliver the cry's start and end through a real broker.
+    """
+    from mqtt import Subscriber, free_port
+
+    port = free_port()
+    config = tmp_path / "cryedge.toml"
+    config.write_text(f'[device]\nid = "nursery"\n[health]\nport = {port}\n'
+                      f'[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\n')
+    with Subscriber(mosquitto, topics=("cryedge/#",)) as subscriber:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "run", "--config", str(config),
+             "--broker", f"mqtt://127.0.0.1:{mosquitto.port}"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        resource.prlimit(process.pid, resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        flood: list[socket.socket] = []
+        stop = threading.Event()
+        try:
+            deadline = time.monotonic() + 120
+            while timed_get(port, timeout=1)[0] is None:  # models load, then the port opens
+                assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+                time.sleep(0.2)
+            before = descriptors(process.pid)
+            attacker = threading.Thread(target=idle_connections, args=(port, 1200, flood, stop), daemon=True)
+            attacker.start()
+            counts, probes, end = [], [], None
+            while (end is None or attacker.is_alive()) and time.monotonic() < deadline and process.poll() is None:
+                counts.append(descriptors(process.pid))
+                probes.append(timed_get(port))
+                messages = [json.loads(m.payload) for m in subscriber.on("cryedge/nursery/event")]
+                end = next((m for m in messages if m["event_type"] == "cry_end"), None)
+                time.sleep(0.5)
+            opened = len(flood)
+        finally:
+            stop.set()
+            for connection in list(flood):
+                connection.close()
+            try:
+                _, stderr = process.communicate(timeout=60)  # the clip ends at 22 s
+            finally:
+                process.kill()
+    assert max(counts) <= before + 40, (before, counts)  # 32 connections at most, and a little slack
+    assert all(seconds < 2.0 for _, seconds in probes), probes
+    assert [status for status, _ in probes].count(200) >= len(probes) - 2, probes  # answers, not just refuses
+    assert opened == 1200  # every connect succeeded: the daemon took them, and closed idle ones itself
+    assert process.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr
+    events = [json.loads(m.payload) for m in subscriber.on("cryedge/nursery/event")]
+    assert [e["event_type"] for e in events] == ["cry_start", "cry_end"], events
+    assert events[0]["id"] == events[1]["id"]
