@@ -9,14 +9,17 @@ How the daemon uses it::
     watchdog.start()                              # thread: WATCHDOG=1 every WATCHDOG_USEC / 2 ...
     for frame in source:
         ...process...
-        watchdog.frame_processed()                # ... but only if a frame was processed lately
+        watchdog.frame_processed()                # ... but only while the pipeline makes progress
         notifier.status("running: 14.8 fps, crying OFF")
     notifier.stopping()
     watchdog.close()
 
-Why the watchdog depends on frames: a camera or pipeline that hangs leaves the process alive, so a
-timer that pinged unconditionally would hide it. With no recent frame the pings stop and systemd
-restarts the service after ``WatchdogSec=``.
+Why the watchdog depends on progress: a camera or pipeline that hangs leaves the process alive, so a
+timer that pinged unconditionally would hide it. Progress is a processed frame, or, while the camera
+is gone, the source supervisor's promise of its next reopen attempt (:meth:`Watchdog.alive_until`):
+a camera that takes minutes to come back is a state to report, not a reason to restart the service,
+but a reopen that hangs past its promise stops the pings, and systemd restarts the service after
+``WatchdogSec=``.
 
 The protocol (sd_notify(3)): newline-separated ``KEY=value`` fields in one datagram to the
 ``AF_UNIX``/``SOCK_DGRAM`` socket named by ``$NOTIFY_SOCKET``; a name starting with ``@`` is in the
@@ -131,24 +134,25 @@ class Notifier:
         self.close()
 
 
-def should_ping(
-    now: float, last_frame: float | None, last_ping: float | None, interval: float, stall_after: float
-) -> bool:
+def should_ping(now: float, alive_until: float | None, last_ping: float | None, interval: float) -> bool:
     """Whether a WATCHDOG=1 is due at ``now`` (all times in seconds on one monotonic clock).
 
-    Due when a frame was processed within ``stall_after`` seconds and the last ping is at least
-    ``interval`` old. No frame yet, or none lately, means no ping: the source or pipeline is stuck.
+    Due when the last sign of progress still holds at ``now`` (``alive_until``: a recent frame, or a
+    reopen attempt the source supervisor has promised by then) and the last ping is at least
+    ``interval`` old. No progress yet, or none lately, means no ping: the source or pipeline is stuck.
     """
-    if last_frame is None or now - last_frame > stall_after:
+    if alive_until is None or now > alive_until:
         return False
     return last_ping is None or now - last_ping >= interval
 
 
 class Watchdog:
-    """Feeds systemd's watchdog at half of ``WATCHDOG_USEC``, but only while frames are processed.
+    """Feeds systemd's watchdog at half of ``WATCHDOG_USEC``, but only while the pipeline makes progress.
 
-    The frame loop calls :meth:`frame_processed`; a background thread (:meth:`start`) or the loop
-    itself (:meth:`tick`) sends the pings. Without a systemd watchdog every method is a no-op.
+    The frame loop calls :meth:`frame_processed`; the source supervisor, while it reconnects, calls
+    :meth:`alive_until` with the time by which its next attempt will be over. A background thread
+    (:meth:`start`) or the loop itself (:meth:`tick`) sends the pings. Without a systemd watchdog every
+    method is a no-op.
     """
 
     def __init__(
@@ -157,7 +161,7 @@ class Watchdog:
         self.notifier = notifier
         self.stall_after = stall_after
         self.clock = clock
-        self._last_frame: float | None = None
+        self._alive_until: float | None = None
         self._last_ping: float | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -168,9 +172,14 @@ class Watchdog:
         return self.notifier.watchdog_interval
 
     def frame_processed(self, t: float | None = None) -> None:
-        """Records that a frame went through the pipeline at ``t`` (default: now)."""
+        """Records that a frame went through the pipeline at ``t`` (default: now): alive for ``stall_after``."""
+        self.alive_until((self.clock() if t is None else t) + self.stall_after)
+
+    def alive_until(self, deadline: float) -> None:
+        """Counts as progress until ``deadline`` (monotonic): the next sign of life is promised by then."""
         with self._lock:
-            self._last_frame = self.clock() if t is None else t
+            if self._alive_until is None or deadline > self._alive_until:
+                self._alive_until = deadline
 
     def tick(self, now: float | None = None) -> bool:
         """Sends WATCHDOG=1 if one is due; True when it was sent."""
@@ -179,7 +188,7 @@ class Watchdog:
             return False
         now = self.clock() if now is None else now
         with self._lock:
-            if not should_ping(now, self._last_frame, self._last_ping, interval, self.stall_after):
+            if not should_ping(now, self._alive_until, self._last_ping, interval):
                 return False
             self._last_ping = now
         return self.notifier.watchdog()

@@ -108,20 +108,23 @@ def test_a_vanished_socket_does_not_raise(tmp_path):
     assert notifier.status("still running") is False
 
 
-# The decision, with plain numbers: interval 15 s (WatchdogSec=30), stall after 10 s.
+# The decision, with plain numbers: interval 15 s (WatchdogSec=30). alive_until is the last frame plus
+# stall_after (10 s), or the end of the reopen attempt the source supervisor has promised.
 @pytest.mark.parametrize(
-    ("now", "last_frame", "last_ping", "due"),
+    ("now", "alive_until", "last_ping", "due"),
     [
-        (100.0, None, None, False),  # no frame processed yet: start-up is not over
-        (100.0, 99.9, None, True),  # frames flow, never pinged
-        (100.0, 99.9, 90.0, False),  # pinged 10 s ago, interval 15 s
-        (105.0, 104.9, 90.0, True),  # 15 s since the last ping
-        (105.0, 94.0, 90.0, False),  # last frame 11 s ago: stalled source, no ping
-        (200.0, 100.0, 90.0, False),  # stalled for long: still no ping, systemd will restart us
+        (100.0, None, None, False),  # no progress yet: start-up is not over
+        (100.0, 109.9, None, True),  # frames flow, never pinged
+        (100.0, 109.9, 90.0, False),  # pinged 10 s ago, interval 15 s
+        (105.0, 114.9, 90.0, True),  # 15 s since the last ping
+        (105.0, 104.0, 90.0, False),  # last frame 11 s ago: stalled source, no ping
+        (200.0, 110.0, 90.0, False),  # stalled for long: still no ping, systemd will restart us
+        (200.0, 231.0, 180.0, True),  # camera gone, the next reopen attempt is promised by 231
+        (240.0, 231.0, 225.0, False),  # that attempt hangs past its promise: no ping
     ],
 )
-def test_ping_is_due_only_while_frames_flow(now, last_frame, last_ping, due):
-    assert should_ping(now, last_frame, last_ping, interval=15.0, stall_after=10.0) is due
+def test_ping_is_due_only_while_the_pipeline_makes_progress(now, alive_until, last_ping, due):
+    assert should_ping(now, alive_until, last_ping, interval=15.0) is due
 
 
 class FakeClock:
@@ -192,3 +195,23 @@ def test_watchdog_thread_pings_while_frames_flow_and_goes_quiet_on_a_stall(notif
         while not nothing_waiting(server, 0.01):
             pass
         assert nothing_waiting(server, 1.0)
+
+
+def test_reopen_attempts_keep_the_pings_going_and_a_hung_one_stops_them(notify_socket):
+    """Frames stop at 1000; the supervisor promises each attempt (back-off + 15 s for the open) ..."""
+    server, address = notify_socket
+    clock = FakeClock()
+    watchdog = Watchdog(Notifier(address, watchdog_usec=30_000_000), stall_after=5.0, clock=clock)
+    watchdog.frame_processed()
+    attempts = {1006.0: 1006.0 + 1 + 15, 1022.0: 1022.0 + 2 + 15, 1039.0: 1039.0 + 30 + 15}
+    sent = []
+    for second in range(0, 150):
+        clock.t = 1000.0 + second
+        if clock.t in attempts:
+            watchdog.alive_until(attempts[clock.t])
+        if watchdog.tick():
+            sent.append(second)
+            assert receive(server) == {"WATCHDOG": "1"}
+    # ... pings every 15 s through the first 84 s (1039 + 45), then none: the third attempt hung.
+    assert sent == [0, 15, 30, 45, 60, 75]
+    assert nothing_waiting(server)
