@@ -199,7 +199,7 @@ class Daemon:
             self.publisher = make_publisher(cfg, self.model.card.name, on_output_closed=self.stop)
             self.publisher.start()
             self._closing.append(self.publisher)
-            self.source = SupervisedSource.from_config(cfg.source)
+            self.source = SupervisedSource.from_config(cfg.source, on_progress=self._source_progress)
             self.source.open()
             self._closing.append(self.source)
             self.health = start_health_server(self.health_stats, enabled=cfg.health.enabled, host=cfg.health.host,
@@ -227,7 +227,7 @@ class Daemon:
     def run(self) -> int:
         """Process frames until the source ends or ``stop()``; then end any episode and close."""
         self.state = "running"
-        self.notifier.ready(f"running: {self.source.status.name}")
+        self.notifier.ready(f"{self._source_state()}: {self.source.status.name}")
         self.watchdog.start()
         self._idle.clear()
         try:
@@ -272,11 +272,24 @@ class Daemon:
         log.info("cry %s (p=%.2f%s)", event.kind, event.probability, f", {event.reason}" if event.reason else "")
 
     def _report(self) -> None:
-        fps = self.stats.fps
+        source = self.source.status
         crying = "ON" if self.alarm.crying else "OFF"
-        self.notifier.status(f"running: {fps:.1f} fps, crying {crying}, p={self.alarm.state.probability:.2f}")
+        fps = self.stats.fps if source.state == "open" else 0.0
+        if source.state == "reconnecting":
+            self.notifier.status(f"reconnecting {source.name} (attempt {source.reconnects}), crying {crying}")
+        else:
+            self.notifier.status(f"running: {fps:.1f} fps, crying {crying}, p={self.alarm.state.probability:.2f}")
         self.publisher.publish_stats({"fps": fps, "inference_ms": self.stats.inference_ms,
-                                      "face_share": self.stats.face_share})
+                                      "face_share": self.stats.face_share, "source_state": source.state,
+                                      "source_reconnects": source.reconnects})
+
+    def _source_progress(self, deadline: float) -> None:
+        """The source supervisor, reconnecting, promises its next sign of progress by ``deadline``."""
+        self.watchdog.alive_until(deadline)
+        self._report()
+
+    def _source_state(self) -> str:
+        return "reconnecting" if self.source.status.state == "reconnecting" else "running"
 
     def _finish(self) -> None:
         """End a running episode before anything closes; the publisher's close() publishes the final OFF once."""
@@ -292,11 +305,11 @@ class Daemon:
         publisher = self.publisher
         return HealthStats(
             started=self.started, last_frame=self.last_frame,
-            state="reconnecting" if source is not None and source.state == "reopening" else self.state,
+            state="reconnecting" if source is not None and source.state == "reconnecting" else self.state,
             frames=self.stats.frames, fps=self.stats.fps, stage_ms=self.stats.stage_medians(),
             inference_ms=self.stats.inference_ms,  # the median, as /metrics and the MQTT stats say
             face_share=self.stats.face_share, source=source.name if source else "",
-            source_reconnects=source.reconnects if source else 0,
+            source_state=source.state if source else "", source_reconnects=source.reconnects if source else 0,
             outbox_depth=getattr(publisher, "outbox_depth", 0),
             outbox_fault=getattr(publisher, "outbox_fault", None),
             broker_connected=getattr(publisher, "connected", None) if self.config.mqtt.enabled else None,

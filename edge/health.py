@@ -154,6 +154,8 @@ def metric_families(stats: HealthStats, now: float) -> list[Metric]:
           stats.source_state == "open" if stats.source_state else None)
     counter("source_reconnects", "Times the frame source was reopened.", stats.source_reconnects)
     gauge("outbox_events", "Events kept on disk until the broker takes them.", stats.outbox_depth)
+    gauge("outbox_fault", "1 while the outbox cannot write to disk (events are kept in memory).",
+          stats.outbox_fault is not None)
     gauge("broker_connected", "1 while connected to the MQTT broker.", stats.broker_connected)
     gauge("crying", "1 while the alarm is ON.", stats.crying)
     gauge("cry_probability_ratio", "The smoothed cry probability, 0..1.", stats.probability)

@@ -411,6 +411,7 @@ class MqttPublisher:
         self._stats: dict = {}
         self._stats_sent_at = -math.inf
         self._stats_sent_fault: str | None = None
+        self._stats_sent_source_state: str | None = None
         self._discovery_sent_at = -math.inf
         self._discovery_due: float | None = None  # a re-send Home Assistant asked for, debounced
         # set by paho's thread when it queues an ha_online notice: a flood queues one, not one per message
@@ -641,13 +642,16 @@ class MqttPublisher:
         self._publish(self.topics.stats, _json(stats_payload(self._stats, fault)), qos=0, retain=True)
         self._stats_sent_at = time.monotonic() if self._stats else -math.inf  # as for the state
         self._stats_sent_fault = fault
+        self._stats_sent_source_state = self._stats.get("source_state")
 
     def _handle_stats(self, stats: dict) -> None:
         # the daemon may call publish_stats as often as it likes; the broker sees one every stats_interval,
-        # and one at once when the outbox fails
+        # and one at once when the outbox fails or the camera is lost or back
         self._stats = stats
         due = time.monotonic() - self._stats_sent_at >= self.mqtt.stats_interval
-        if self.connected and (due or self.outbox_fault != self._stats_sent_fault):
+        changed = (self.outbox_fault != self._stats_sent_fault
+                   or stats.get("source_state") != self._stats_sent_source_state)
+        if self.connected and (due or changed):
             self._send_stats()
 
     def _send_discovery(self) -> None:

@@ -317,7 +317,7 @@ def open_backend(config: SourceOptions):
 @dataclass
 class SourceStatus:
     name: str
-    state: str = "closed"  # "open", "reopening", "ended", "closed"
+    state: str = "closed"  # "open", "reconnecting", "ended", "closed"
     reconnects: int = 0
     last_error: str = ""
     last_frame_t: float | None = None
@@ -335,27 +335,44 @@ def backoff_delays(first: float, limit: float) -> Iterator[float]:
 class SupervisedSource:
     """Frames from a backend that is reopened with back-off when it fails or stalls.
 
-    A file that ends ends the iteration; a live source that fails is reopened until ``stop()``.
-    The first open must succeed: a camera that is not there at start is a SourceError.
+    A file that ends ends the iteration; a live source that fails is reopened until ``stop()``. A
+    camera or stream that is not there at start is reconnected the same way (a service started before
+    the camera must not exit); a file that cannot be opened is a SourceError.
+
+    While it reconnects, ``on_progress(deadline)`` is called before each wait and after each attempt
+    with the monotonic time by which the next sign of progress is due: the daemon's watchdog keeps
+    pinging through a long back-off, and stops when an open hangs past ``attempt_seconds``.
     """
 
     def __init__(self, make_backend: Callable[[], object], stall_seconds: float = 5.0, backoff_first: float = 1.0,
-                 backoff_limit: float = 30.0):
+                 backoff_limit: float = 30.0, on_progress: Callable[[float], None] | None = None):
         self._make_backend = make_backend
         self.stall_seconds = stall_seconds
         self.backoff_first, self.backoff_limit = backoff_first, backoff_limit
+        # A network open gives up after stall_seconds (its FFmpeg timeout); three times that and it hangs.
+        self.attempt_seconds = 3 * stall_seconds
+        self.on_progress = on_progress
         self._stopping = threading.Event()
         self._backend = make_backend()
         self.status = SourceStatus(name=self._backend.name)
 
     @classmethod
-    def from_config(cls, config: SourceOptions) -> SupervisedSource:
+    def from_config(cls, config: SourceOptions, on_progress: Callable[[float], None] | None = None) -> SupervisedSource:
         """The source a ``[source]`` config describes, reopened as its stall and back-off settings say."""
         return cls(lambda: open_backend(config), stall_seconds=config.stall_seconds,
-                   backoff_first=config.reopen_min_seconds, backoff_limit=config.reopen_max_seconds)
+                   backoff_first=config.reopen_min_seconds, backoff_limit=config.reopen_max_seconds,
+                   on_progress=on_progress)
 
     def open(self) -> None:
-        self._backend.open()
+        """Open the backend; a live one that is not there yet is left to ``frames()`` to reconnect."""
+        try:
+            self._backend.open()
+        except SourceError as error:
+            if not self._backend.live:
+                raise
+            self.status.state, self.status.last_error = "reconnecting", str(error)
+            log.warning("%s; will keep trying", error)
+            return
         self.status.state = "open"
 
     def stop(self) -> None:
@@ -364,6 +381,8 @@ class SupervisedSource:
 
     def frames(self) -> Iterator[Frame]:
         delays = backoff_delays(self.backoff_first, self.backoff_limit)
+        if self.status.state == "reconnecting":  # the first open failed
+            self._reconnect(delays)
         last_frame = time.monotonic()
         while not self._stopping.is_set():
             try:
@@ -378,7 +397,10 @@ class SupervisedSource:
             except SourceError as error:
                 if not self._backend.live:
                     raise
-                self._reopen(str(error), delays)
+                self.status.state, self.status.last_error = "reconnecting", str(error)
+                log.warning("%s; reconnecting", error)
+                self._backend.close()
+                self._reconnect(delays)
                 last_frame = time.monotonic()
                 continue
             last_frame = time.monotonic()
@@ -388,12 +410,10 @@ class SupervisedSource:
                 self.status.first_frame_t = frame.t
             yield frame
 
-    def _reopen(self, reason: str, delays: Iterator[float]) -> None:
-        self.status.state, self.status.last_error = "reopening", reason
-        log.warning("%s; reopening", reason)
-        self._backend.close()
+    def _reconnect(self, delays: Iterator[float]) -> None:
         while not self._stopping.is_set():
             delay = next(delays)
+            self._progress(delay + self.attempt_seconds)
             if self._stopping.wait(delay):
                 return
             self.status.reconnects += 1
@@ -401,11 +421,17 @@ class SupervisedSource:
                 self._backend.open()
             except SourceError as error:
                 self.status.last_error = str(error)
-                log.warning("reopen failed: %s; next try in at most %g s", error, self.backoff_limit)
+                log.warning("reconnect %d failed: %s; next try in at most %g s", self.status.reconnects, error,
+                            self.backoff_limit)
                 continue
             self.status.state = "open"
-            log.info("%s reopened", self.status.name)
+            self._progress(self.stall_seconds + 1.0)  # by then a frame, or the stall that reconnects again
+            log.info("%s open again", self.status.name)
             return
+
+    def _progress(self, within: float) -> None:
+        if self.on_progress is not None:
+            self.on_progress(time.monotonic() + within)
 
     def close(self) -> None:
         self._stopping.set()
