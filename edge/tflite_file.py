@@ -3,8 +3,8 @@
 Used by the model card (the embedded ``cryedge_card`` metadata entry), the converter's report (the
 graph's ops and tensors) and the bundle builder (graph edits). Every model written here keeps each
 constant buffer on a 16-byte boundary, as TFLite's own writer lays them out: the generated
-flatbuffers packer aligns a byte vector to 1 only, and LiteRT then copies each unaligned constant
-tensor out of the memory-mapped file (with a warning) instead of using it in place.
+flatbuffers packer aligns a byte vector to 1 only, and a runtime that memory-maps the file wants
+its constant tensors aligned (else it has to copy them, or refuses them).
 
 The schema classes are the ones generated for flatbuffers' object API, shipped in ``ai-edge-litert``
 (else in ``mediapipe``), so no TensorFlow is needed: this runs on a Pi.
