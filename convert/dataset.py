@@ -192,9 +192,15 @@ class VideoFeatures:
     fps: float
 
 
-def video_features(path: Path, spec, extractor_options: dict | None = None) -> VideoFeatures:
-    """Every frame's feature vector through the device's extractor and features (a fresh tracker a video)."""
+def video_features(path: Path, spec, extractor_options: dict | None = None, exposure=None) -> VideoFeatures:
+    """Every frame's feature vector through the device's exposure stage, extractor and features (a fresh tracker a video).
+
+    ``exposure``: an ``edge.exposure.ExposureStage`` (default: the daemon's default settings).
+    """
+    from dataclasses import replace
+
     from edge.errors import SourceError
+    from edge.exposure import ExposureStage
     from edge.features import frame_features
     from edge.landmarks import LandmarkExtractor
     from edge.source import FileSource
@@ -206,13 +212,15 @@ def video_features(path: Path, spec, extractor_options: dict | None = None) -> V
         source.open()
     except SourceError as error:
         raise DataError(str(error)) from None
+    exposure = exposure if exposure is not None else ExposureStage()
     rows, times, faces = [], [], []
     first = None
     try:
         with LandmarkExtractor(mode="video", **(extractor_options or {})) as extractor:
             while (frame := source.read()) is not None:
                 first = frame.t if first is None else first
-                landmarks = extractor.extract(frame)
+                image, _ = exposure.process(frame.image)
+                landmarks = extractor.extract(frame if image is frame.image else replace(frame, image=image))
                 rows.append(frame_features(landmarks, spec))
                 times.append(frame.index / source.file_fps)
                 faces.append(landmarks.has_face)

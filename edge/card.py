@@ -75,6 +75,10 @@ class ModelCard(BaseModel):
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     quantization: Quantization | None = None
     stateful: bool = False  # a fused LSTM keeps state between invokes: reset before each window
+    # The parts of the subject the model cannot do without. When one is missing in most frames of a
+    # window, the score says so (status "no_face" / "no_body") instead of a probability. Every model
+    # needs a face; a card that says nothing asks for nothing more (cards from before this field).
+    requires: tuple[Literal["face", "body"], ...] = ("face",)
     source: SourceModel | None = None
     tools: dict[str, str] = Field(default_factory=dict)
     training: dict = Field(default_factory=dict)  # data, split, metrics: free-form, shown to people
@@ -90,6 +94,10 @@ class ModelCard(BaseModel):
         if self.output == "sigmoid" and len(self.labels) != 2:
             raise ValueError("a sigmoid output needs exactly 2 labels (negative, positive)")
         return self
+
+    @property
+    def required_parts(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(("face", *self.requires)))
 
     @property
     def positive_index(self) -> int:

@@ -417,6 +417,17 @@ class LandmarksConfig(Section):
         return self
 
 
+class ExposureConfig(Section):
+    """Lifting dark or flat frames before the landmarkers (night, NoIR); consumed by ``edge.exposure``."""
+
+    enabled: bool = True
+    dark_below: float = Field(default=70.0, ge=0, le=255)  # mean luma (0-255) under which a frame is lifted
+    flat_below: float = Field(default=20.0, ge=0, le=255)  # or luma spread under which it is
+    target: float = Field(default=110.0, gt=0, lt=255)  # mean luma the gamma aims at
+    clahe_clip: float = Field(default=2.0, gt=0)  # CLAHE's contrast limit after the gamma
+    too_dark_below: float = Field(default=12.0, ge=0, le=255)  # no face and darker than this: status "too_dark"
+
+
 class ModelConfig(Section):
     """The cry model; consumed by ``edge.model``. Its decision threshold is ``alarm.on_threshold``."""
 
@@ -527,6 +538,7 @@ class Config(Section):
     device: DeviceConfig = Field(default_factory=DeviceConfig)
     source: SourceConfig = Field(default_factory=FileSourceConfig)
     landmarks: LandmarksConfig = Field(default_factory=LandmarksConfig)
+    exposure: ExposureConfig = Field(default_factory=ExposureConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     alarm: AlarmConfig = Field(default_factory=AlarmConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)

@@ -27,7 +27,7 @@ from edge.errors import SourceError
 
 log = logging.getLogger(__name__)
 
-STAGES = ("landmarks", "features", "model", "alarm", "publish")
+STAGES = ("exposure", "landmarks", "features", "model", "alarm", "publish")
 # glibc gives each thread that allocates an arena of its own (up to 8 a core) and keeps freed memory in
 # each; MediaPipe's graphs and XNNPACK run a dozen threads. Two arenas: peak RSS of the demo with a broker
 # 248 -> 244 MiB, no slower (A/B, three runs each). MALLOC_ARENA_MAX, if set, wins.
@@ -46,6 +46,7 @@ class FrameResult:
     stage_ms: dict
     body_seen: bool = False
     inference_ms: float | None = None  # the model's own time, when the window was scored
+    brightness: float | None = None  # mean luma 0-255 of the frame as captured
 
 
 class RollingStats:
@@ -89,11 +90,14 @@ class RollingStats:
 class Pipeline:
     """The stages from landmarks to alarm for one stream of frames; built from the model's card."""
 
-    def __init__(self, extractor, scorer, alarm):
+    def __init__(self, extractor, scorer, alarm, exposure=None, too_dark_below: float = 12.0):
+        from edge.exposure import ExposureStage
         from edge.features import get_spec
         from edge.window import FeatureWindow
 
         self.extractor, self.scorer, self.alarm = extractor, scorer, alarm
+        self.exposure = exposure if exposure is not None else ExposureStage()
+        self.too_dark_below = too_dark_below
         card = scorer.card
         self.card = card
         if card.kind == "landmark-window":
@@ -104,15 +108,23 @@ class Pipeline:
             self.spec = None
             self.window = FeatureWindow(card.window, (crop.height, crop.width, crop.channels), dtype=np.uint8)
         self._faces = FeatureWindow(card.window, 1, dtype=bool)
+        self._bodies = FeatureWindow(card.window, 1, dtype=bool)
 
     def process(self, frame) -> FrameResult:
+        from dataclasses import replace
+
         from edge.features import face_crop, frame_features
+        from edge.model import vision_status
 
         times = {}
         start = time.perf_counter()
-        landmarks = self.extractor.extract(frame)
+        image, exposure = self.exposure.process(frame.image)
+        seen = frame if image is frame.image else replace(frame, image=image)
         mark = time.perf_counter()
-        times["landmarks"] = (mark - start) * 1000
+        times["exposure"] = (mark - start) * 1000
+        landmarks = self.extractor.extract(seen)
+        now = time.perf_counter()
+        times["landmarks"], mark = (now - mark) * 1000, now
 
         if self.spec is not None:
             self.window.push(frame_features(landmarks, self.spec))
@@ -121,13 +133,17 @@ class Pipeline:
             crop = face_crop(frame.image, landmarks, (crop_spec.height, crop_spec.width), crop_spec.channels)
             self.window.push(crop if crop is not None else np.zeros(self.window.frame_shape, np.uint8))
         self._faces.push(np.array([landmarks.has_face]))
+        self._bodies.push(np.array([landmarks.has_pose]))
         now = time.perf_counter()
         times["features"], mark = (now - mark) * 1000, now
 
         score, events = None, ()
         if self.window.full:
-            score = self.scorer.score(self.window.array(), frame.t, landmarks.has_face,
-                                      frames_with_face=self._faces.array()[:, 0])
+            faces = self._faces.array()[:, 0]
+            status = vision_status(faces, self._bodies.array()[:, 0], exposure.brightness, self.card.required_parts,
+                                   self.too_dark_below)
+            score = self.scorer.score(self.window.array(), frame.t, landmarks.has_face, frames_with_face=faces,
+                                      status=status)
             now = time.perf_counter()
             times["model"], mark = (now - mark) * 1000, now
             events = tuple(self.alarm.update(score))
@@ -135,7 +151,7 @@ class Pipeline:
             times["alarm"] = (now - mark) * 1000
         inference_ms = self.scorer.last_inference_ms if score is not None else None
         return FrameResult(frame.t, landmarks.has_face, score, events, times, body_seen=landmarks.has_pose,
-                           inference_ms=inference_ms)
+                           inference_ms=inference_ms, brightness=exposure.brightness)
 
     def close(self) -> None:
         self.extractor.close()
@@ -148,6 +164,7 @@ def build_pipeline(config, model, **alarm_options) -> Pipeline:
     ``Alarm`` (a test or an evaluation injects its clock).
     """
     from edge.alarm import Alarm
+    from edge.exposure import ExposureStage
     from edge.landmarks import LandmarkExtractor
     from edge.model import WindowScorer
 
@@ -157,7 +174,8 @@ def build_pipeline(config, model, **alarm_options) -> Pipeline:
         landmarks_cfg = landmarks_cfg.model_copy(update={"pose": False})
     extractor = LandmarkExtractor.from_config(landmarks_cfg)
     alarm = Alarm(config.alarm, model_threshold=model.card.threshold, **alarm_options)
-    return Pipeline(extractor, WindowScorer(model), alarm)
+    return Pipeline(extractor, WindowScorer(model), alarm, ExposureStage.from_config(config.exposure),
+                    config.exposure.too_dark_below)
 
 
 class Daemon:

@@ -217,6 +217,24 @@ class TFLiteModel:
         self.close()
 
 
+def vision_status(frames_with_face: np.ndarray, frames_with_body: np.ndarray | None, newest_brightness: float | None,
+                  requires: tuple[str, ...], too_dark_below: float = 12.0) -> str:
+    """Whether a window lets the model see (``"ok"``) or why not: ``"too_dark"``, ``"no_face"``, ``"no_body"``.
+
+    A required part missing in the newest frame (the face) or in half the window or more is not seen.
+    Without a face in a frame darker than ``too_dark_below`` (mean luma 0-255) the reason is the dark.
+    """
+    from edge.records import NO_BODY, NO_FACE, OK, TOO_DARK
+
+    faces = np.asarray(frames_with_face, bool)
+    if "face" in requires and (not faces[-1] or faces.mean() <= 0.5):
+        dark = newest_brightness is not None and newest_brightness < too_dark_below
+        return TOO_DARK if dark else NO_FACE
+    if "body" in requires and frames_with_body is not None and np.asarray(frames_with_body, bool).mean() <= 0.5:
+        return NO_BODY
+    return OK
+
+
 class WindowScorer:
     """Turns the feature window into a ``Score`` for the alarm, for either model kind.
 
@@ -230,7 +248,8 @@ class WindowScorer:
         self.card = model.card
         self.last_inference_ms = 0.0
 
-    def score(self, window: np.ndarray, t: float, face_seen: bool, frames_with_face: np.ndarray | None = None) -> Score:
+    def score(self, window: np.ndarray, t: float, face_seen: bool, frames_with_face: np.ndarray | None = None,
+              status: str = "ok") -> Score:
         start = time.perf_counter()
         if self.card.kind == "landmark-window":
             probabilities = self.model.probabilities(window)
@@ -238,7 +257,7 @@ class WindowScorer:
             probabilities = self._aggregate_crops(window, frames_with_face)
         self.last_inference_ms = (time.perf_counter() - start) * 1000
         return Score(t=t, probability=float(probabilities[self.card.positive_index]), face_seen=face_seen,
-                     probabilities=tuple(float(p) for p in probabilities))
+                     probabilities=tuple(float(p) for p in probabilities), status=status)
 
     def _aggregate_crops(self, crops: np.ndarray, frames_with_face: np.ndarray | None) -> np.ndarray:
         n_classes = len(self.card.labels)

@@ -426,3 +426,52 @@ def test_stats_give_the_models_median_inference_time_not_the_last():
     for n, inference_ms in enumerate([1.0, 9.0, 2.0, None, 3.0]):  # None: a frame before the window filled
         stats.add(FrameResult(n, True, None, (), {}, inference_ms=inference_ms), now=float(n))
     assert stats.inference_ms == 2.5
+
+
+def frames_of(clip: Path, darken: float = 1.0):
+    from edge.records import Frame
+
+    capture = cv2.VideoCapture(str(clip))
+    index = 0
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        yield Frame((bgr[:, :, ::-1] * darken).astype(np.uint8), index / FPS, index)
+        index += 1
+    capture.release()
+
+
+def test_a_model_that_needs_a_body_says_no_body_and_never_alarms_without_one(assets, tmp_path):
+    from edge.daemon import build_pipeline
+    from edge.model import TFLiteModel
+
+    clip, model, folder = assets
+    needs_body = tmp_path / "needs-body.tflite"
+    needs_body.write_bytes(model.read_bytes())
+    card = json.loads(model.with_suffix(".json").read_text()) | {"requires": ["face", "body"]}
+    needs_body.with_suffix(".json").write_text(json.dumps(card))
+    config = load_config(config_file(folder, needs_body, clip))  # [landmarks] pose = false: never a body
+    with TFLiteModel(needs_body) as loaded:
+        pipeline = build_pipeline(config, loaded, wall_clock=lambda t: t)
+        results = [pipeline.process(frame) for frame in frames_of(clip)]
+        pipeline.close()
+    scores = [r.score for r in results if r.score is not None]
+    statuses = [s.status for s in scores]
+    assert "ok" not in statuses and statuses.count("no_body") > 0.8 * len(statuses)  # else no_face, moving across
+    assert max(s.probability for s in scores) > 0.9  # the same clip alarms with a model that needs no body
+    assert not [e for r in results for e in r.events]
+
+
+def test_a_black_frame_is_too_dark_not_just_no_face(assets):
+    from edge.daemon import build_pipeline
+    from edge.model import TFLiteModel
+
+    clip, model, folder = assets
+    config = load_config(config_file(folder, model, clip))
+    with TFLiteModel(model) as loaded:
+        pipeline = build_pipeline(config, loaded, wall_clock=lambda t: t)
+        results = [pipeline.process(frame) for frame in frames_of(clip, darken=0.0)]
+        pipeline.close()
+    assert all(r.brightness < 1 for r in results)
+    assert {r.score.status for r in results if r.score is not None} == {"too_dark"}

@@ -209,3 +209,19 @@ def test_a_face_crop_card_disagreeing_with_its_graph_is_refused_at_load(face_cro
     with pytest.raises(ModelError) as refused:
         TFLiteModel(lying)
     assert str(refused.value) == f"model lying.tflite: {message}"
+
+
+def test_vision_status_says_which_required_part_is_missing_from_most_of_the_window():
+    from edge.model import vision_status
+
+    faces, bodies = np.ones(10, bool), np.ones(10, bool)
+    assert vision_status(faces, bodies, 100.0, ("face", "body")) == "ok"
+    no_newest = faces.copy()
+    no_newest[-1] = False
+    assert vision_status(no_newest, bodies, 100.0, ("face",)) == "no_face"
+    mostly_none = np.array([True] * 4 + [False] * 5 + [True])
+    assert vision_status(mostly_none, bodies, 100.0, ("face",)) == "no_face"
+    assert vision_status(mostly_none, bodies, 5.0, ("face",)) == "too_dark"
+    few_bodies = np.array([True] * 3 + [False] * 7)
+    assert vision_status(faces, few_bodies, 100.0, ("face", "body")) == "no_body"
+    assert vision_status(faces, few_bodies, 100.0, ("face",)) == "ok"  # a model that copes without a body
