@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from edge.cli import add_commands_of
 
-COMMAND_MODULES = ("convert.convert", "convert.train", "convert.dataset", "convert.demo", "convert.evaluate")
+COMMAND_MODULES = ("convert.convert", "convert.train", "convert.dataset", "convert.demo", "convert.evaluate",
+                   "convert.conditions")
 
 
 def register(subparsers) -> None:

@@ -33,10 +33,22 @@ from edge.errors import DataError
 
 SEED = 2026
 TRAIN_SUBJECTS = (("astronaut", False), ("astronaut", True), ("grace-hopper", False), ("grace-hopper", True))
+# More people, seen as close grey head crops with no shoulders: one clip each of scikit-image's LFW faces
+# 0-29 (lfw-90 and lfw-95 are held out for the condition suite).
+LFW_TRAIN = tuple((f"lfw-{k:02d}", False) for k in range(30))
 HOLDOUT = ("grace-hopper*",)  # groups are video names; these are every clip of the held-out photo
+# Faces the default model trains on, and the held-out faces of the condition suite (``cryedge suite
+# build``), which no training or model-selection clip uses.
+TRAIN_PHOTOS = ("astronaut",) + tuple(name for name, _ in LFW_TRAIN)
+SUITE_PHOTOS = ("grace-hopper", "lfw-90", "lfw-95")
 DEMO_PHOTO = ("grace-hopper", False)
 DEMO_SEGMENTS = (("neutral", 5.0), ("crying", 9.0), ("talking", 3.0), ("neutral", 5.0))  # 22 s: mp4v at OpenCV's fixed rate stays under 3 MB
 CANDIDATES = ("conv1d", "dense-lstm")
+AUGMENT = 2  # jittered copies of each training window, with body dropout (frames, and whole windows)
+BODY_WINDOW_DROP = 0.35
+# The model copes without a body (trained with body dropout and on head crops with none), so its card
+# requires a face only: a hidden body is not a reason to stop listening.
+REQUIRES = ("face",)
 # Face-box, not min-max: min-max spans face and body points, and the synthetic scenes' body points come
 # and go (pose visibility flickers), which rescales every face feature from frame to frame.
 NORMALIZATION = "face-box"
@@ -283,7 +295,9 @@ def build(output_dir: Path, demo_video: Path, work_dir: Path | None = None, clip
     try:
         clips = work / "clips"
         if not (clips / "labels.csv").is_file():
-            plans = synth.plan_clips(list(TRAIN_SUBJECTS), clips_per_subject, clip_seconds, seed)
+            # each clip drawn a look (grey, dark, noisy, blurred, body hidden or colour) and hard negatives
+            plans = synth.plan_clips(list(TRAIN_SUBJECTS), clips_per_subject, clip_seconds, seed, looks=True, hard_negatives=True)
+            plans += synth.plan_clips(list(LFW_TRAIN), 1, clip_seconds, seed + 7, looks=True, hard_negatives=True)
             bar = Progress(len(plans), "synthetic clips")
             synth.generate(clips, plans, synth.FPS, progress=lambda done, total: bar.update(done))
         data_path = work / "data.npz"
@@ -302,7 +316,8 @@ def build(output_dir: Path, demo_video: Path, work_dir: Path | None = None, clip
                 print(f"training {arch}, seed {seed + attempt} ...", flush=True)
                 stem = work / f"{arch}-seed{attempt}"
                 metrics = train.train(train.TrainOptions(arch=arch, data=data_path, output=stem.with_suffix(".keras"),
-                                                         epochs=epochs, holdout=HOLDOUT, seed=seed + attempt, verbose=0))
+                                                         epochs=epochs, holdout=HOLDOUT, seed=seed + attempt, verbose=0,
+                                                         augment=AUGMENT, body_window_drop=BODY_WINDOW_DROP))
                 print(f"  validation loss {metrics['validation_loss']}, held-out F1 {metrics['held_out']['f1']:.3f}", flush=True)
                 tried.append((metrics["validation_loss"], attempt, metrics))
             _, attempt, metrics = min(tried, key=lambda item: (item[0], item[1]))
@@ -333,6 +348,7 @@ def build(output_dir: Path, demo_video: Path, work_dir: Path | None = None, clip
             "description": "DEMONSTRATION model trained on SYNTHETIC data (animated photos of two adults); not a cry detector",
             "features": card.features.model_copy(update={"normalization": NORMALIZATION}),
             "source": card.source.model_copy(update={"path": f"{MODEL_NAME}.keras"}),  # the same bytes, renamed
+            "requires": REQUIRES,
         })
         model_path.write_bytes(embed_card(model_path.read_bytes(), card.to_json()))
         (output_dir / f"{MODEL_NAME}.json").write_text(card.to_json() + "\n")

@@ -30,7 +30,14 @@ import numpy as np
 from edge.errors import DataError
 
 EXPRESSIONS = ("neutral", "talking", "laughing", "yawning", "crying")
-PHOTOS = ("astronaut", "grace-hopper")
+# More hard negatives: things a baby's face does that are not crying.
+HARD_NEGATIVES = ("coughing", "sneezing", "pacifier", "sleeping")
+ALL_EXPRESSIONS = EXPRESSIONS + HARD_NEGATIVES
+# lfw-NN: face NN (0-99) of scikit-image's Labeled Faces in the Wild subset (25x25 grey, cropped close
+# around the head, no shoulders): 100 more people, seen as a tight head crop a NoIR camera might give.
+PHOTOS = ("astronaut", "grace-hopper", "lfw-NN")
+LFW_FACES = 100
+LFW_SCALE = 8  # 25 px -> 200 px before the warp
 WIDTH, HEIGHT, FPS = 640, 480, 15
 RAMP_SECONDS = 0.4  # expressions blend into each other over this long after a segment starts
 
@@ -58,6 +65,13 @@ def _photo_image(name: str) -> np.ndarray:
         import matplotlib.image
 
         return np.ascontiguousarray(matplotlib.image.imread(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))[:, :, :3])
+    if name.startswith("lfw-") and name[4:].isdigit() and int(name[4:]) < LFW_FACES:
+        import cv2
+        import skimage.data
+
+        grey = np.round(skimage.data.lfw_subset()[int(name[4:])] * 255).astype(np.uint8)
+        big = cv2.resize(grey, None, fx=LFW_SCALE, fy=LFW_SCALE, interpolation=cv2.INTER_CUBIC)
+        return np.ascontiguousarray(np.dstack([big] * 3))
     raise DataError(f"unknown photo {name!r}; known: {', '.join(PHOTOS)}")
 
 
@@ -105,7 +119,9 @@ class Track:
     shake: np.ndarray
     nod: np.ndarray
 
-    NAMES = ("open", "wide", "corners", "eyes", "brow_raise", "brow_furrow", "shake", "nod")
+    pacifier: np.ndarray | None = None  # 1 where a pacifier is in the mouth (painted, not warped)
+
+    NAMES = ("open", "wide", "corners", "eyes", "brow_raise", "brow_furrow", "shake", "nod", "pacifier")
 
     @classmethod
     def zeros(cls, n: int) -> Track:
@@ -136,8 +152,8 @@ def _wobble(n: int, fps: float, rng: np.random.Generator, hz: float, jitter: flo
 
 def expression_track(kind: str, n: int, fps: float, rng: np.random.Generator) -> Track:
     """``n`` frames of expression ``kind``, with per-segment random strengths and rhythms."""
-    if kind not in EXPRESSIONS:
-        raise DataError(f"unknown expression {kind!r}; known: {', '.join(EXPRESSIONS)}")
+    if kind not in ALL_EXPRESSIONS:
+        raise DataError(f"unknown expression {kind!r}; known: {', '.join(ALL_EXPRESSIONS)}")
     track = Track.zeros(n)
     u = rng.uniform
     track.shake[:] = u(-2, 2) + u(0.5, 1.5) * np.sin(2 * np.pi * u(0.1, 0.3) * np.arange(n) / fps + u(0, 6))
@@ -180,6 +196,41 @@ def expression_track(kind: str, n: int, fps: float, rng: np.random.Generator) ->
         track.brow_furrow[:] = u(0.5, 1.0)
         track.shake[:] += u(2, 5) * np.sin(2 * np.pi * u(0.8, 1.6) * np.arange(n) / fps + u(0, 6))
         track.nod[:] = 0.06 * (sobs - 0.5)
+    elif kind == "sleeping":
+        breath = _wobble(n, fps, rng, u(0.25, 0.4), jitter=0.1)
+        track.shake[:] = u(-2, 2)  # still: no head motion but breathing
+        track.eyes[:] = 1.0
+        track.open[:] = u(0.0, 0.08) * breath
+        track.nod[:] = 0.015 * (breath - 0.5)
+    elif kind == "coughing":
+        coughs = np.zeros(n, np.float32)
+        t = u(0.2, 0.8)
+        while t * fps < n:  # short sharp bursts, 2-3 in a row
+            for k in range(int(rng.integers(1, 4))):
+                start = int((t + 0.35 * k) * fps)
+                coughs[start : start + 3] = np.maximum(coughs[start : start + 3], np.array([1.0, 0.7, 0.3])[: max(0, min(3, n - start))])
+            t += u(1.2, 2.5)
+        track.open[:] = u(0.35, 0.6) * coughs
+        track.wide[:] = -0.1 * coughs
+        track.eyes[:] = np.maximum(track.eyes, 0.6 * coughs)
+        track.brow_furrow[:] = 0.4 * coughs
+        track.nod[:] = 0.1 * coughs
+    elif kind == "sneezing":
+        peak = u(0.55, 0.8)
+        phase = np.linspace(0, 1, n)
+        build = np.clip((phase - (peak - 0.35)) / 0.35, 0, 1) * (phase < peak)
+        burst = np.exp(-((phase - peak) * n / fps / 0.12) ** 2)
+        track.open[:] = 0.3 * build + 0.6 * burst
+        track.eyes[:] = np.maximum(track.eyes, np.maximum(0.7 * build, burst))
+        track.brow_raise[:] = 0.5 * build
+        track.brow_furrow[:] = 0.6 * burst
+        track.nod[:] = -0.06 * build + 0.15 * burst
+    elif kind == "pacifier":
+        sucks = _wobble(n, fps, rng, u(1.0, 2.0), jitter=0.3)
+        track.open[:] = 0.04 + 0.04 * sucks
+        track.wide[:] = -0.3
+        track.pacifier[:] = 1.0
+        track.eyes[:] = np.maximum(track.eyes, u(0.0, 0.5))
     return track
 
 
@@ -349,6 +400,13 @@ def paint_expression(image: np.ndarray, points: np.ndarray, params: dict[str, fl
     inner = points[60:68]
     if params["open"] > 0.08:
         _blend_polygon(image, inner, (45, 12, 18), min(1.0, params["open"] * 3), feather)
+    if params.get("pacifier", 0.0) > 0.5:  # a shield over the mouth with a ring handle
+        centre = points[48:68].mean(axis=0)
+        angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        shield = centre + np.stack([np.cos(angles) * 0.55, np.sin(angles) * 0.32], axis=1) * eye_distance
+        _blend_polygon(image, shield, (120, 190, 230), 1.0, feather)
+        cv2.circle(image, tuple(int(v) for v in centre + [0, 0.05 * eye_distance]), max(2, int(0.18 * eye_distance)),
+                   (240, 240, 235), max(1, int(0.06 * eye_distance)), cv2.LINE_AA)
     lids = params["eyes"]
     if lids > 0.5:
         alpha = min(1.0, (lids - 0.5) * 2.5)
@@ -410,10 +468,12 @@ def background_canvas(scene: Scene, width: int = WIDTH, height: int = HEIGHT) ->
 
 def render_clip(photo: FacePhoto, segments: list[tuple[str, float]], seed: int, fps: float = FPS,
                 scene: Scene | None = None, width: int = WIDTH, height: int = HEIGHT,
-                vary_identity: bool = True) -> Iterator[tuple[np.ndarray, str]]:
+                vary_identity: bool = True, with_points: bool = False) -> Iterator[tuple]:
     """Frames (RGB uint8, height x width) of ``photo`` going through ``segments``, each with its label.
 
     ``vary_identity`` reshapes the face a little (``identity_points``), a different shape each seed.
+    ``with_points`` adds a third item: the 68 face points where they are in the frame (to place
+    occluders).
     """
     import cv2
 
@@ -454,7 +514,11 @@ def render_clip(photo: FacePhoto, segments: list[tuple[str, float]], seed: int, 
         lit = cv2.transform(frame, np.diag(gains).astype(np.float32), None)  # per-channel gain, saturating
         noise = np.empty(lit.shape, np.int16)
         cv2.randn(noise, scene.bias, scene.noise)
-        yield cv2.add(lit, noise, dtype=cv2.CV_8U), labels[i]
+        out = cv2.add(lit, noise, dtype=cv2.CV_8U)
+        if with_points:
+            yield out, labels[i], moved @ matrix[:, :2].T + matrix[:, 2]
+        else:
+            yield out, labels[i]
 
 
 def write_video(path: Path, frames: Iterator[np.ndarray], fps: float = FPS) -> int:
@@ -496,14 +560,22 @@ class ClipPlan:
     segments: tuple[tuple[str, float], ...]
     seed: int
     subject: str = field(default="")
+    look: str = "colour"
+    strength: float = 0.5
 
 
-def random_segments(rng: np.random.Generator, seconds: float) -> list[tuple[str, float]]:
-    """A clip's story: a neutral start, then expressions of 2-5 s; about a third of the time crying."""
+def random_segments(rng: np.random.Generator, seconds: float, hard_negatives: bool = False) -> list[tuple[str, float]]:
+    """A clip's story: a neutral start, then expressions of 2-5 s; about a third of the time crying.
+
+    ``hard_negatives`` mixes in coughing, sneezing, a pacifier and sleeping too.
+    """
+    kinds, p = EXPRESSIONS, [0.14, 0.16, 0.16, 0.14, 0.40]
+    if hard_negatives:
+        kinds, p = ALL_EXPRESSIONS, [0.08, 0.11, 0.11, 0.11, 0.35, 0.06, 0.06, 0.06, 0.06]
     segments = [("neutral", float(rng.uniform(1.0, 2.5)))]
     total = segments[0][1]
     while total < seconds:
-        kind = str(rng.choice(EXPRESSIONS, p=[0.14, 0.16, 0.16, 0.14, 0.40]))
+        kind = str(rng.choice(kinds, p=p))
         if kind == segments[-1][0]:
             continue
         length = float(rng.uniform(2.0, 5.0)) if kind != "yawning" else float(rng.uniform(2.5, 4.0))
@@ -512,15 +584,50 @@ def random_segments(rng: np.random.Generator, seconds: float) -> list[tuple[str,
     return segments
 
 
-def plan_clips(subjects: list[tuple[str, bool]], clips_per_subject: int, seconds: float, seed: int) -> list[ClipPlan]:
-    """Deterministic plans: ``clips_per_subject`` clips of each (photo, mirror) subject."""
+# How a training clip is seen, drawn per clip by ``plan_clips(looks=True)``: what a night camera does
+# to a picture (the condition suite, ``convert.conditions``, uses other settings of the same kinds).
+LOOKS = ("colour", "grey", "dark", "noisy", "blur", "body-hidden")
+LOOK_ODDS = (0.4, 0.15, 0.15, 0.1, 0.1, 0.1)
+
+
+def look_frame(look: str, image: np.ndarray, points: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """``image`` as ``look`` shows it; ``strength`` in [0, 1] is drawn once a clip."""
+    import cv2
+
+    from convert import conditions
+
+    if look == "colour":
+        return image
+    if look == "grey":
+        return conditions.grey(image)
+    if look == "dark":
+        return conditions.sensor_noise(conditions.expose(conditions.grey(image), 0.15 + 0.45 * strength), 2 + 3 * strength, rng)
+    if look == "noisy":
+        return conditions.sensor_noise(conditions.expose(conditions.grey(image), 0.5 + 0.3 * strength), 6 + 8 * strength, rng)
+    if look == "blur":
+        return cv2.GaussianBlur(image, (0, 0), 1.5 + 2 * strength)
+    if look == "body-hidden":
+        return conditions.body_hidden(image, points, 0.0, rng)
+    raise DataError(f"unknown look {look!r}; known: {', '.join(LOOKS)}")
+
+
+def plan_clips(subjects: list[tuple[str, bool]], clips_per_subject: int, seconds: float, seed: int,
+               looks: bool = False, hard_negatives: bool = False) -> list[ClipPlan]:
+    """Deterministic plans: ``clips_per_subject`` clips of each (photo, mirror) subject.
+
+    ``looks`` draws each clip's look (``LOOKS``: grey, dark, noisy, blurred, body hidden, or colour);
+    ``hard_negatives`` puts coughing, sneezing, pacifiers and sleep into the stories.
+    """
     rng = np.random.default_rng(seed)
     plans = []
     for photo, mirror in subjects:
         subject = f"{photo}-mirror" if mirror else photo
         for k in range(clips_per_subject):
-            plans.append(ClipPlan(f"{subject}-{k:02d}", photo, mirror, tuple(random_segments(rng, seconds)),
-                                  int(rng.integers(0, 2**31 - 1)), subject))
+            segments = tuple(random_segments(rng, seconds, hard_negatives))
+            clip_seed = int(rng.integers(0, 2**31 - 1))
+            look = str(rng.choice(LOOKS, p=LOOK_ODDS)) if looks else "colour"
+            strength = float(rng.random()) if looks else 0.5
+            plans.append(ClipPlan(f"{subject}-{k:02d}", photo, mirror, segments, clip_seed, subject, look, strength))
     return plans
 
 
@@ -540,9 +647,10 @@ def generate(out_dir: Path, plans: list[ClipPlan], fps: float = FPS, progress=No
         labels: list[str] = []
 
         def frames(plan=plan, labels=labels, photo=photos[key]):
-            for frame, label in render_clip(photo, list(plan.segments), plan.seed, fps):
+            rng = np.random.default_rng(plan.seed + 1)
+            for frame, label, points in render_clip(photo, list(plan.segments), plan.seed, fps, with_points=True):
                 labels.append(label)
-                yield frame
+                yield look_frame(plan.look, frame, points, rng, plan.strength)
 
         write_video(out_dir / f"{plan.name}.mp4", frames(), fps)
         rows += [(f"{plan.name}.mp4", start, end, label, plan.subject) for start, end, label in label_intervals(labels, fps)]

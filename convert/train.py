@@ -226,17 +226,19 @@ class TrainOptions:
     verbose: int | None = None
     augment: int = 0  # noisy copies of each training window (see ``augment``)
     body_from: int | None = None  # first body feature, from the dataset's spec (set by ``train``)
+    body_window_drop: float = 0.0  # share of augmented windows whose body is gone altogether
 
 
 def augment(x: np.ndarray, copies: int, seed: int, jitter: float = 0.01, stretch: float = 0.06,
-            body_from: int | None = None, body_drop: float = 0.3) -> np.ndarray:
+            body_from: int | None = None, body_drop: float = 0.3, body_window_drop: float = 0.0) -> np.ndarray:
     """``copies`` noisy copies of windows (N, T, F) stacked after the originals: (N * (1 + copies), T, F).
 
     Each copy stretches a window's x and y values about 0.5 by up to ``stretch`` (another face shape,
     another distance) and adds ``jitter`` noise to every point; absent points (exact zeros) stay zero.
     With ``body_from`` (index of the first body feature), each frame's body points are also dropped
     (zeroed, as an unseen pose is) with probability ``body_drop``: pose visibility flickers, and a
-    model should not hang on it. Pure but for the seeded generator.
+    model should not hang on it; and with probability ``body_window_drop`` a whole window's body is
+    gone (hidden under a blanket, or out of a close head crop). Pure but for the seeded generator.
     """
     rng = np.random.default_rng(seed)
     out = [x]
@@ -247,6 +249,7 @@ def augment(x: np.ndarray, copies: int, seed: int, jitter: float = 0.01, stretch
         copy = np.where(pairs == 0, 0, moved).reshape(x.shape).astype(np.float32)
         if body_from is not None and body_from < x.shape[2]:
             dropped = rng.random((len(x), x.shape[1])) < body_drop
+            dropped |= (rng.random(len(x)) < body_window_drop)[:, None]
             copy[..., body_from:][dropped] = 0.0
         out.append(copy)
     return np.concatenate(out)
@@ -265,7 +268,8 @@ def _fit(arch: str, x_train, y_train, x_val, y_val, options: TrainOptions):
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"])
     verbose = options.verbose if options.verbose is not None else (1 if sys.stdout.isatty() else 2)
     if options.augment:
-        x_train = augment(x_train, options.augment, options.seed, body_from=options.body_from)
+        x_train = augment(x_train, options.augment, options.seed, body_from=options.body_from,
+                          body_window_drop=options.body_window_drop)
         y_train = np.tile(y_train, options.augment + 1)
     history = model.fit(
         x_train, y_train.astype(np.float32), validation_data=(x_val, y_val.astype(np.float32)),

@@ -1,0 +1,66 @@
+"""The SYNTHETIC condition suite: held-out faces only, seeded, each condition doing what its name says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convert import conditions, demo, synth
+from edge.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def frame_and_points():
+    photo = synth.load_photo("grace-hopper")
+    image, _, points = next(synth.render_clip(photo, [("neutral", 0.2)], seed=3, vary_identity=False, with_points=True))
+    return image, points
+
+
+def test_the_suite_never_uses_a_face_the_default_model_trained_on(tmp_path):
+    assert not set(demo.SUITE_PHOTOS) & set(demo.TRAIN_PHOTOS)
+    assert not any(photo.startswith(tuple(p.rstrip("*") for p in demo.HOLDOUT)) for photo in demo.TRAIN_PHOTOS)
+    with pytest.raises(DataError, match="trained on this face"):
+        conditions.build_suite(tmp_path, ("astronaut",))
+
+
+def test_the_plan_is_the_same_every_time_and_covers_every_condition_and_hard_negative():
+    plans = conditions.plan_suite(("grace-hopper", "lfw-90"))
+    assert plans == conditions.plan_suite(("grace-hopper", "lfw-90"))
+    cries = [p for p in plans if p.kind == "cry"]
+    assert {p.condition for p in cries} == set(conditions.CONDITIONS)
+    negatives = [p for p in plans if p.kind == "hard-negative"]
+    assert {p.story[1][0] for p in negatives} == set(conditions.HARD_NEGATIVE_KINDS)
+    assert {p.condition for p in negatives if p.subject == "grace-hopper"} == {"colour", conditions.NIGHT}
+
+
+def test_night_conditions_are_grey_and_darker_with_noise(frame_and_points):
+    image, points = frame_and_points
+    rng = np.random.default_rng(0)
+    means = {}
+    for name in ("grey", "dark-50", "dark-25", "dark-12"):
+        out = conditions.CONDITIONS[name](image, points, 0.0, rng)
+        assert out.shape == image.shape and (out[..., 0] == out[..., 2]).all()
+        means[name] = out.mean()
+    assert means["grey"] > means["dark-50"] > means["dark-25"] > means["dark-12"] > 0
+
+
+def test_body_hidden_covers_everything_below_the_chin_and_face_away_only_for_a_while(frame_and_points):
+    image, points = frame_and_points
+    rng = np.random.default_rng(0)
+    covered = conditions.body_hidden(image, points, 0.0, rng)
+    chin = int(points[8, 1])
+    np.testing.assert_array_equal(covered[: chin - 5], image[: chin - 5])
+    assert covered[chin + 40 :, :, 0].std() < 6  # a plain blanket, no shoulders
+    assert conditions.face_away(image, points, 1.0, rng) is image
+    away = conditions.face_away(image, points, sum(conditions.FACE_AWAY_S) / 2, rng)
+    x0, y0 = points.min(axis=0).astype(int)
+    x1, y1 = points.max(axis=0).astype(int)
+    assert not np.array_equal(away[y0:y1, x0:x1], image[y0:y1, x0:x1])
+
+
+def test_new_hard_negatives_are_rendered_with_their_labels():
+    photo = synth.load_photo("lfw-03")
+    assert photo.image.shape == (200, 200, 3) and photo.points.shape == (68, 2)
+    frames = list(synth.render_clip(photo, [("sleeping", 0.4), ("pacifier", 0.4), ("coughing", 0.4), ("sneezing", 0.4)],
+                                    seed=2, fps=10))
+    assert [label for _, label in frames] == ["sleeping"] * 4 + ["pacifier"] * 4 + ["coughing"] * 4 + ["sneezing"] * 4
