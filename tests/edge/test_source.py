@@ -44,6 +44,9 @@ def frame_number(frame):
     return int(round(frame.image[60:, 60:, 1].mean() / 8))
 
 
+SECRET = "s3cret-Pa55"  # a camera password that must never show
+
+
 @pytest.fixture
 def clip(tmp_path):
     return write_numbered_clip(tmp_path / "clip.avi")
@@ -189,10 +192,12 @@ def test_a_network_camera_that_stalls_is_reopened_within_its_timeout_and_frames_
     """The camera keeps the connection open but sends nothing (a hung encoder), then recovers.
 
     FFmpeg alone would wait 30 s in a read; the source gives up after ``stall_seconds`` and reconnects.
+    The camera has a password: the reconnect's log lines show it masked.
     """
-    with MjpegServer(colour_frames(), fps=20) as camera:
+    with MjpegServer(colour_frames(), fps=20, credentials=("viewer", SECRET)) as camera:
+        url = camera.url.replace("http://", f"http://viewer:{SECRET}@")
         supervised = SupervisedSource.from_config(
-            source_config(camera.url, stall_seconds=1.0, reopen_min_seconds=0.2, reopen_max_seconds=0.5))
+            source_config(url, stall_seconds=1.0, reopen_min_seconds=0.2, reopen_max_seconds=0.5))
         arrivals = []
         with supervised:
             for _ in supervised.frames():
@@ -206,6 +211,7 @@ def test_a_network_camera_that_stalls_is_reopened_within_its_timeout_and_frames_
     assert 3.5 < gap < 7.0, f"frames came back {gap:.1f} s after the stall began"
     assert supervised.status.reconnects >= 1 and camera.served >= 2
     assert "abandoning" not in caplog.text, "the reader was still stuck in a read: a thread and a connection leak"
+    assert "viewer:********@127.0.0.1" in caplog.text and SECRET not in caplog.text + supervised.status.last_error
 
 
 def test_a_network_camera_that_accepts_but_never_answers_is_a_source_error_within_the_timeout():
@@ -345,7 +351,6 @@ def test_picamera2_missing_says_how_to_install_it(monkeypatch):
 
 # ----------------------------------------------------------------------------- a camera's password
 
-SECRET = "s3cret-Pa55"
 REPO = Path(__file__).resolve().parents[2]
 
 
