@@ -424,7 +424,7 @@ class ExposureConfig(Section):
     dark_below: float = Field(default=70.0, ge=0, le=255)  # mean luma (0-255) under which a frame is lifted
     flat_below: float = Field(default=20.0, ge=0, le=255)  # or luma spread under which it is
     target: float = Field(default=110.0, gt=0, lt=255)  # mean luma the gamma aims at
-    clahe_clip: float = Field(default=2.0, gt=0)  # CLAHE's contrast limit after the gamma
+    clahe_clip: float = Field(default=2.0, gt=0, le=40)  # CLAHE's contrast limit after the gamma
     too_dark_below: float = Field(default=12.0, ge=0, le=255)  # no face and darker than this: status "too_dark"
 
 
