@@ -1,0 +1,261 @@
+"""The audio source stage: mono 16-bit sound at the model's rate from a microphone, a stream or a file.
+
+Capture runs in a helper process writing raw signed 16-bit little-endian mono samples at the model's rate
+to a pipe, so the tool (not Python) opens the device, converts channels and resamples:
+- ``AlsaAudioSource``: an ALSA capture device (USB microphone, I2S HAT) through ``arecord`` (alsa-utils,
+  on every Raspberry Pi OS image); a card index ``N`` means ``plughw:N,0``, whose plug layer resamples.
+- ``FfmpegAudioSource``: the audio track of a file or of an RTSP/HTTP stream through ``ffmpeg``.
+Why helper processes and not sounddevice or pyalsaaudio: README, "Dependencies" (measured).
+
+A reader thread keeps the newest ``buffer_seconds`` of samples; when the pipeline falls behind, the oldest
+are dropped and counted as overruns, as are the overruns ``arecord`` reports. ``SupervisedSource``
+(edge.source) reopens a device that fails or disappears, with back-off, like a camera.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_BYTES = 2  # s16le
+FULL_SCALE = 32768.0
+
+
+@dataclass(frozen=True, eq=False)
+class AudioChunk:
+    """Consecutive mono samples; ``t`` is the monotonic time of the first one."""
+
+    samples: np.ndarray  # (n,) float32 in [-1, 1)
+    t: float
+    rate: int
+    index: int  # position of the first sample since the source opened
+
+    @property
+    def duration(self) -> float:
+        return self.samples.size / self.rate
+
+
+def alsa_device_name(device: str | int) -> str:
+    """A card index (``1``) as ``plughw:1,0``; a name (``default``, ``plughw:CARD=Mic,DEV=0``) as it is."""
+    text = str(device).strip()
+    return f"plughw:{text},0" if text.isdigit() else text
+
+
+class PipeAudioSource:
+    """Samples a helper process writes to its stdout; the shared part of the backends.
+
+    ``live`` sources stamp chunks with their arrival time and drop the oldest when the pipeline falls
+    behind; a file runs on its own timeline from the moment it opened (like ``edge.source.FileSource``), so
+    seconds mean the same at any speed, and loses nothing: its decoder waits for the pipeline.
+    """
+
+    live = True
+
+    def __init__(self, command: list[str], name: str, rate: int, block_seconds: float = 0.1,
+                 buffer_seconds: float = 2.0):
+        self.command, self.name, self.rate = command, name, rate
+        self.block = max(1, int(rate * block_seconds))
+        self.buffer_blocks = max(2, int(buffer_seconds / block_seconds))
+        self.overruns = 0  # times samples were lost: the device's overruns plus blocks dropped here
+        self._process: subprocess.Popen | None = None
+        self._chunks: deque[AudioChunk] = deque()
+        self._arrived = threading.Condition()
+        self._ended = False
+        self._errors: deque[str] = deque(maxlen=5)
+        self._threads: list[threading.Thread] = []
+        self._index = 0
+        self._start = 0.0
+
+    def open(self) -> None:
+        executable = shutil.which(self.command[0])
+        if executable is None:
+            raise SourceError(f"{self.name}: '{self.command[0]}' is not installed ({self._package_hint()})")
+        try:
+            self._process = subprocess.Popen([executable, *self.command[1:]], stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        except OSError as error:
+            raise SourceError(f"{self.name}: cannot start {self.command[0]}: {error.strerror}") from None
+        self._chunks.clear()
+        self._ended = False
+        self._errors.clear()
+        self._index = 0
+        self._start = time.monotonic()
+        self._threads = [threading.Thread(target=self._pump, name="cryedge-audio", daemon=True),
+                         threading.Thread(target=self._watch_stderr, name="cryedge-audio-log", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def _package_hint(self) -> str:
+        return "apt install alsa-utils" if self.command[0] == "arecord" else "apt install ffmpeg"
+
+    def _pump(self) -> None:
+        stdout = self._process.stdout
+        wanted = self.block * SAMPLE_BYTES
+        while True:
+            data = b""
+            while len(data) < wanted:
+                part = stdout.read(wanted - len(data))
+                if not part:
+                    break
+                data += part
+            usable = len(data) - len(data) % SAMPLE_BYTES
+            if usable:
+                samples = np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / FULL_SCALE
+                self._deliver(samples)
+            if len(data) < wanted:
+                break
+        with self._arrived:
+            self._ended = True
+            self._arrived.notify_all()
+
+    def _deliver(self, samples: np.ndarray) -> None:
+        if self.live:
+            t = time.monotonic() - samples.size / self.rate
+        else:
+            t = self._start + self._index / self.rate
+        chunk = AudioChunk(samples, t, self.rate, self._index)
+        self._index += samples.size
+        with self._arrived:
+            if self.live:
+                if len(self._chunks) >= self.buffer_blocks:
+                    self._chunks.popleft()  # the pipeline fell behind: lose the oldest sound, not the newest
+                    self.overruns += 1
+            else:
+                # a file loses nothing: the decoder waits for the pipeline instead
+                while len(self._chunks) >= self.buffer_blocks and self._process is not None:
+                    self._arrived.wait(0.5)
+            self._chunks.append(chunk)
+            self._arrived.notify_all()
+
+    def _watch_stderr(self) -> None:
+        for raw in self._process.stderr:
+            line = raw.decode(errors="replace").strip()
+            if not line:
+                continue
+            if "overrun" in line:
+                self.overruns += 1
+            else:
+                self._errors.append(line)
+                log.debug("%s: %s", self.name, line)
+
+    def read(self, timeout: float = 1.0) -> AudioChunk | None:
+        """The oldest chunk not yet returned; None after ``timeout`` (or at the end of a file)."""
+        if self._process is None:
+            raise SourceError(f"{self.name} is not open")
+        with self._arrived:
+            if not self._chunks and not self._ended:
+                self._arrived.wait(timeout)
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._arrived.notify_all()
+                return chunk
+            if not self._ended:
+                return None
+        code = self._process.wait()
+        if code == 0 and not self.live:
+            return None
+        self._threads[1].join(timeout=1.0)  # the tool's last words
+        reason = "the stream ended" if code == 0 else self.explain(list(self._errors)) or f"exit code {code}"
+        raise SourceError(f"{self.name}: capture stopped: {reason}")
+
+    def explain(self, errors: list[str]) -> str:
+        """What the tool's error lines mean, in one line."""
+        if any("matches no streams" in line for line in errors):
+            return "it has no sound track"
+        for line in errors:
+            if "audio open error" in line:  # arecord: the device is missing, busy or not a capture device
+                return f"cannot open the capture device: {line.split('audio open error:')[-1].strip()} (arecord -L lists them)"
+        meaningful = [line for line in errors if "To ignore this" not in line]
+        return meaningful[-1] if meaningful else ""
+
+    def close(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(2)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        for stream in (process.stdout, process.stderr):
+            stream.close()
+
+
+class AlsaAudioSource(PipeAudioSource):
+    """An ALSA capture device through ``arecord``; ALSA's plug layer converts to mono at ``rate``."""
+
+    def __init__(self, device: str | int = "default", rate: int = 16000, buffer_seconds: float = 2.0):
+        self.device = alsa_device_name(device)
+        # 500 ms of device buffer: a scheduling hiccup on a busy Pi does not lose sound
+        command = ["arecord", "-q", "-D", self.device, "-t", "raw", "-f", "S16_LE", "-c", "1", "-r", str(rate),
+                   "--buffer-time=500000"]
+        super().__init__(command, f"alsa:{self.device}", rate, buffer_seconds=buffer_seconds)
+
+
+class FfmpegAudioSource(PipeAudioSource):
+    """The audio track of a file or an RTSP/HTTP stream through ``ffmpeg``, resampled to mono ``rate``.
+
+    A file is played at its own pace with ``realtime`` (as a camera's microphone would deliver it), else
+    as fast as it decodes; a stream that stops sending for ``timeout_seconds`` fails so it can be reopened.
+    """
+
+    def __init__(self, uri: str | Path, rate: int = 16000, realtime: bool = True, timeout_seconds: float = 5.0,
+                 rtsp_transport: str = "tcp", buffer_seconds: float = 2.0):
+        self.uri = str(uri)
+        self.realtime = realtime
+        stream = "://" in self.uri
+        self.live = stream
+        options: list[str] = []
+        if stream:
+            microseconds = str(int(timeout_seconds * 1_000_000))
+            if self.uri.lower().startswith("rtsp"):
+                options = ["-rtsp_transport", rtsp_transport, "-timeout", microseconds]
+            else:
+                options = ["-rw_timeout", microseconds]
+        elif realtime:
+            options = ["-re"]
+        command = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *options, "-i", self.uri,
+                   "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(rate), "-f", "s16le", "pipe:1"]
+        name = f"stream:{self.uri}" if stream else f"file:{Path(self.uri).name}"
+        super().__init__(command, name, rate, buffer_seconds=buffer_seconds)
+
+    def open(self) -> None:
+        if not self.live and not os.path.isfile(self.uri):
+            raise SourceError(f"audio file not found: {self.uri}")
+        super().open()
+
+
+def open_audio_backend(kind: str, *, device: str | int = "default", uri: str = "", rate: int = 16000,
+                       realtime: bool = True, timeout_seconds: float = 5.0, rtsp_transport: str = "tcp"):
+    """The backend for an ``[audio.source]`` of type ``alsa``, ``file`` or ``stream``, not yet opened."""
+    if kind == "alsa":
+        return AlsaAudioSource(device, rate)
+    if kind in ("file", "stream"):
+        return FfmpegAudioSource(uri, rate, realtime=realtime, timeout_seconds=timeout_seconds,
+                                 rtsp_transport=rtsp_transport)
+    raise SourceError(f"unknown audio source type {kind!r}: alsa, file or stream")
+
+
+def level_dbfs(samples: np.ndarray, floor: float = -120.0) -> float:
+    """RMS level relative to full scale: a full-scale square wave is 0 dBFS, a full-scale sine -3 dBFS."""
+    if samples.size == 0:
+        return floor
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+    return max(floor, 20.0 * np.log10(rms)) if rms > 0 else floor

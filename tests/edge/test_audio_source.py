@@ -1,0 +1,151 @@
+"""Audio capture: the audio track of real files through ffmpeg, and ALSA capture through arecord.
+
+This machine has no sound card and no snd-aloop module, so ALSA capture is tested against a stand-in
+(``audio_models.alsa_stand_in``): ALSA's own ``file`` PCM reading a raw 48 kHz stereo file behind a
+``plug``. It is not paced in real time as a microphone is.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from itertools import pairwise
+
+import numpy as np
+import pytest
+from audio_models import alsa_stand_in, tone, write_wav
+
+from edge.audio_source import AlsaAudioSource, FfmpegAudioSource, alsa_device_name, level_dbfs
+from edge.errors import SourceError
+
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt install ffmpeg)")
+needs_arecord = pytest.mark.skipif(shutil.which("arecord") is None, reason="needs arecord (apt install alsa-utils)")
+
+
+def read_all(source, limit: float = 30.0) -> list:
+    chunks, deadline = [], time.monotonic() + limit
+    while time.monotonic() < deadline:
+        chunk = source.read(timeout=1.0)
+        if chunk is None:
+            break
+        chunks.append(chunk)
+    return chunks
+
+
+def dominant_hz(samples: np.ndarray, rate: int = 16000) -> float:
+    spectrum = np.abs(np.fft.rfft(samples))
+    return float(np.argmax(spectrum) * rate / samples.size)
+
+
+@needs_ffmpeg
+def test_a_files_audio_track_arrives_as_16khz_mono_on_the_files_timeline(tmp_path):
+    clip = tmp_path / "clip.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=3",
+                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=3", "-ac", "2",
+                    "-c:v", "libx264", "-c:a", "aac", "-shortest", str(clip)], check=True)
+    source = FfmpegAudioSource(clip, realtime=False)
+    source.open()
+    try:
+        chunks = read_all(source)
+    finally:
+        source.close()
+    samples = np.concatenate([c.samples for c in chunks])
+    assert abs(samples.size - 3 * 16000) < 0.05 * 16000
+    assert all(c.rate == 16000 for c in chunks)
+    assert abs(dominant_hz(samples[:16000]) - 440) <= 2
+    # consecutive chunks are consecutive on the file's timeline, whatever the decoding speed
+    assert all(abs(b.t - (a.t + a.duration)) < 1e-6 for a, b in pairwise(chunks))
+    assert source.overruns == 0
+
+
+@needs_ffmpeg
+def test_a_file_played_in_real_time_takes_its_duration(tmp_path):
+    wav = write_wav(tmp_path / "a.wav", tone(1.5, 300.0))
+    source = FfmpegAudioSource(wav, realtime=True)
+    start = time.monotonic()
+    source.open()
+    try:
+        chunks = read_all(source)
+    finally:
+        source.close()
+    assert time.monotonic() - start >= 1.3
+    assert sum(c.samples.size for c in chunks) == 24000
+
+
+@needs_ffmpeg
+def test_a_video_without_a_sound_track_is_a_clear_error(tmp_path):
+    clip = tmp_path / "silent.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=1",
+                    "-c:v", "libx264", str(clip)], check=True)
+    source = FfmpegAudioSource(clip, realtime=False)
+    source.open()
+    try:
+        with pytest.raises(SourceError, match="file:silent.mp4: capture stopped: it has no sound track"):
+            read_all(source)
+    finally:
+        source.close()
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(SourceError, match="audio file not found"):
+        FfmpegAudioSource(tmp_path / "nope.wav").open()
+
+
+def test_card_indices_mean_plughw():
+    assert alsa_device_name(1) == "plughw:1,0"
+    assert alsa_device_name("2") == "plughw:2,0"
+    assert alsa_device_name("plughw:CARD=Device,DEV=0") == "plughw:CARD=Device,DEV=0"
+
+
+def test_level_in_dbfs():
+    assert level_dbfs(np.ones(100, np.float32)) == pytest.approx(0.0)
+    assert level_dbfs(tone(1.0, 1000.0, level=1.0)) == pytest.approx(-3.01, abs=0.01)
+    assert level_dbfs(tone(1.0, 1000.0, level=0.1)) == pytest.approx(-23.01, abs=0.01)
+    assert level_dbfs(np.zeros(100, np.float32)) == -120.0
+
+
+@needs_arecord
+def test_alsa_capture_converts_48khz_stereo_to_16khz_mono(tmp_path, monkeypatch):
+    alsa_stand_in(tmp_path, monkeypatch, seconds=3.0, hz=440.0)
+    source = AlsaAudioSource("mic", buffer_seconds=10.0)
+    source.open()
+    try:
+        chunks = []
+        while sum(c.samples.size for c in chunks) < 32000:
+            chunk = source.read(timeout=2.0)
+            assert chunk is not None
+            chunks.append(chunk)
+    finally:
+        source.close()
+    samples = np.concatenate([c.samples for c in chunks])
+    assert abs(dominant_hz(samples[:16000]) - 440) <= 2
+    assert level_dbfs(samples[:16000]) == pytest.approx(20 * np.log10(0.25 / np.sqrt(2)), abs=0.5)
+
+
+@needs_arecord
+def test_a_pipeline_that_falls_behind_loses_the_oldest_sound_and_counts_it(tmp_path, monkeypatch):
+    alsa_stand_in(tmp_path, monkeypatch, seconds=5.0)
+    source = AlsaAudioSource("mic", buffer_seconds=0.5)  # 5 blocks of 100 ms
+    source.open()
+    try:
+        deadline = time.monotonic() + 10
+        while source.overruns == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # not reading: the stand-in delivers faster than real time
+        first = source.read(timeout=1.0)
+    finally:
+        source.close()
+    assert source.overruns > 0
+    assert first.index > 0  # the oldest blocks were the ones dropped
+
+
+@needs_arecord
+def test_a_device_that_is_not_there_is_a_source_error_naming_it(tmp_path, monkeypatch):
+    alsa_stand_in(tmp_path, monkeypatch)
+    source = AlsaAudioSource("nosuchmic")
+    source.open()
+    try:
+        with pytest.raises(SourceError, match=r"alsa:nosuchmic: capture stopped: cannot open the capture device: No such file or directory \(arecord -L"):
+            read_all(source, limit=5)
+    finally:
+        source.close()
