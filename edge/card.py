@@ -50,6 +50,70 @@ class FaceCropSpec(BaseModel):
     scale: Literal["unit", "byte"] = "unit"  # pixels /255 to [0, 1], or raw 0-255
 
 
+class AudioSpec(BaseModel):
+    """The audio front end and window of an audio model: every number the features depend on.
+
+    ``edge.audio_features`` computes the features from these alone, in training and on the device.
+    An ``audio-window`` model sees ``audio_features`` of the newest ``window_samples`` samples; an
+    ``audio-waveform`` model (YAMNet's signature) sees the samples themselves and gives ``classes`` scores,
+    of which the ``cry_classes`` (indices) count as crying: the cry probability is their maximum.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    rate: int = Field(default=16000, gt=0)  # samples a second, mono
+    window_samples: int = Field(default=15600, gt=0)  # what one score sees: 0.975 s at 16 kHz
+    hop_seconds: float = Field(default=0.5, gt=0)  # a score this often
+    # front end (audio-window); win/hop in samples: 25 ms frames every 10 ms at 16 kHz
+    win_length: int = Field(default=400, gt=0)
+    hop_length: int = Field(default=160, gt=0)
+    n_fft: int = Field(default=512, gt=0)
+    window: Literal["hann"] = "hann"
+    mel_bands: int = Field(default=64, gt=0)
+    fmin: float = Field(default=125.0, ge=0)
+    fmax: float = Field(default=7500.0, gt=0)
+    mel_scale: Literal["slaney", "htk"] = "slaney"
+    log: Literal["db", "ln-offset"] = "db"  # 10 log10(max(mel, amin)), or ln(mel + log_offset) as YAMNet
+    amin: float = Field(default=1e-10, gt=0)  # the dB floor: -100 dB
+    log_offset: float = Field(default=0.001, gt=0)
+    features: Literal["log-mel", "mfcc"] = "log-mel"
+    n_mfcc: int = Field(default=20, gt=0)
+    normalization: Literal["none", "fixed", "patch"] = "none"  # fixed: (x - mean) / std from training
+    mean: float = 0.0
+    std: float = Field(default=1.0, gt=0)
+    # audio-waveform models
+    classes: int | None = Field(default=None, gt=0)  # output scores (AudioSet: 521 for YAMNet)
+    cry_classes: tuple[int, ...] = ()  # indices of the output that mean crying
+    cry_class_names: tuple[str, ...] = ()  # their names, for people (YAMNet: 20 "Baby cry, infant cry")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AudioSpec:
+        if self.fmax > self.rate / 2:
+            raise ValueError(f"fmax {self.fmax:g} is above the Nyquist frequency {self.rate / 2:g}")
+        if self.fmin >= self.fmax:
+            raise ValueError("fmin must be below fmax")
+        if self.win_length > self.n_fft:
+            raise ValueError("win_length must not exceed n_fft")
+        if self.window_samples < self.win_length:
+            raise ValueError("window_samples must hold at least one frame (win_length)")
+        if self.features == "mfcc" and self.n_mfcc > self.mel_bands:
+            raise ValueError("n_mfcc must not exceed mel_bands")
+        if self.classes is not None and any(not 0 <= i < self.classes for i in self.cry_classes):
+            raise ValueError(f"cry_classes must be indices below classes ({self.classes})")
+        return self
+
+    @property
+    def frames(self) -> int:
+        """Feature frames in one window."""
+        return 1 + (self.window_samples - self.win_length) // self.hop_length
+
+    @property
+    def feature_size(self) -> int:
+        return self.n_mfcc if self.features == "mfcc" else self.mel_bands
+
+
+AUDIO_KINDS = ("audio-window", "audio-waveform")
+
+
 class SourceModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     path: str
@@ -63,15 +127,16 @@ class ModelCard(BaseModel):
 
     format: Literal["cryedge-model-card/1"] = CARD_FORMAT
     name: str
-    kind: Literal["landmark-window", "face-crop"]
+    kind: Literal["landmark-window", "face-crop", "audio-window", "audio-waveform"]
     description: str = ""
     input_shape: tuple[int, ...]
     window: int = Field(default=10, gt=0)
     features: FeatureSpecRef | None = None
     face_crop: FaceCropSpec | None = None
+    audio: AudioSpec | None = None
     labels: tuple[str, ...]
     positive_label: str
-    output: Literal["sigmoid", "softmax"]
+    output: Literal["sigmoid", "softmax", "multilabel"]  # multilabel: audio.classes independent scores
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     quantization: Quantization | None = None
     stateful: bool = False  # a fused LSTM keeps state between invokes: reset before each window
@@ -91,6 +156,13 @@ class ModelCard(BaseModel):
             raise ValueError("a landmark-window card needs 'features'")
         if self.kind == "face-crop" and self.face_crop is None:
             raise ValueError("a face-crop card needs 'face_crop'")
+        if self.kind in AUDIO_KINDS and self.audio is None:
+            raise ValueError(f"an {self.kind} card needs 'audio'")
+        if self.kind == "audio-waveform":
+            if self.output != "multilabel" or self.audio.classes is None or not self.audio.cry_classes:
+                raise ValueError("an audio-waveform card needs output 'multilabel', audio.classes and audio.cry_classes")
+        if self.output == "multilabel" and (self.kind != "audio-waveform" or len(self.labels) != 2):
+            raise ValueError("a multilabel output is for audio-waveform cards, with 2 labels (not crying, crying)")
         if self.output == "sigmoid" and len(self.labels) != 2:
             raise ValueError("a sigmoid output needs exactly 2 labels (negative, positive)")
         return self
@@ -98,6 +170,10 @@ class ModelCard(BaseModel):
     @property
     def required_parts(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(("face", *self.requires)))
+
+    @property
+    def is_audio(self) -> bool:
+        return self.kind in AUDIO_KINDS
 
     @property
     def positive_index(self) -> int:
