@@ -77,6 +77,10 @@ def expected_values_per_window(card: ModelCard) -> int:
     """How many numbers one model input holds according to the card."""
     if card.kind == "landmark-window":
         return card.window * get_spec(card.features.spec, card.features.normalization).size
+    if card.kind == "audio-window":
+        return card.audio.frames * card.audio.feature_size
+    if card.kind == "audio-waveform":
+        return card.audio.window_samples
     crop = card.face_crop
     return crop.height * crop.width * crop.channels
 
@@ -87,16 +91,21 @@ def check_card_against_input(card: ModelCard, input_shape: tuple[int, ...], mode
         raise ModelError(
             f"model {model_path.name}: input shape {list(input_shape)} disagrees with its card {list(card.input_shape)}"
         )
-    if input_shape[0] != 1:
+    # YAMNet's classification graph takes a bare [15600] waveform, with no batch dimension
+    batchless = card.kind == "audio-waveform" and len(input_shape) == 1
+    if input_shape[0] != 1 and not batchless:
         raise ModelError(f"model {model_path.name}: batch size {input_shape[0]}; cryedge runs batch-1 graphs (convert it with 'cryedge convert')")
-    values = int(np.prod(input_shape[1:]))
+    values = int(np.prod(input_shape if batchless else input_shape[1:]))
     expected = expected_values_per_window(card)
     if values != expected:
-        what = (
-            f"{card.window} frames x {get_spec(card.features.spec).size} '{card.features.spec}' features"
-            if card.kind == "landmark-window"
-            else f"a {card.face_crop.height}x{card.face_crop.width}x{card.face_crop.channels} face crop"
-        )
+        if card.kind == "landmark-window":
+            what = f"{card.window} frames x {get_spec(card.features.spec).size} '{card.features.spec}' features"
+        elif card.kind == "audio-window":
+            what = f"{card.audio.frames} frames x {card.audio.feature_size} {card.audio.features} values"
+        elif card.kind == "audio-waveform":
+            what = f"{card.audio.window_samples} samples at {card.audio.rate} Hz"
+        else:
+            what = f"a {card.face_crop.height}x{card.face_crop.width}x{card.face_crop.channels} face crop"
         raise ModelError(f"model {model_path.name}: input holds {values} values, but its card describes {what} = {expected}")
 
 
@@ -117,7 +126,7 @@ def check_card_against_graph(card: ModelCard, input_detail: dict, output_detail:
                              f"but its card describes {'x'.join(map(str, described))}")
     values = int(np.prod(output_detail["shape"]))
     needed = 1 if card.output == "sigmoid" else len(card.labels)
-    if values != needed:
+    if values != needed and card.output != "multilabel":  # multilabel: pick_class_scores checked the classes
         what = "sigmoid output needs 1" if card.output == "sigmoid" else f"softmax over {len(card.labels)} labels needs {needed}"
         raise ModelError(f"model {name}: the graph outputs {values} value{'s' if values != 1 else ''}, but its card's {what}")
     if card.quantization is not None:
@@ -126,6 +135,16 @@ def check_card_against_graph(card: ModelCard, input_detail: dict, output_detail:
             actual = np.dtype(detail["dtype"]).name
             if actual != declared.dtype:
                 raise ModelError(f"model {name}: the graph's {which} is {actual}, but its card's quantization says {declared.dtype}")
+
+
+def pick_class_scores(outputs: list[dict], classes: int, model_path: Path) -> dict:
+    """The output holding ``classes`` scores a frame (YAMNet's full graph also gives embeddings and a spectrogram)."""
+    fitting = [o for o in outputs if len(o["shape"]) >= 1 and int(o["shape"][-1]) == classes]
+    if len(fitting) != 1:
+        shapes = ", ".join(str([int(d) for d in o["shape"]]) for o in outputs)
+        raise ModelError(f"model {model_path.name}: its card expects {classes} class scores (YAMNet: 521), "
+                         f"the graph's outputs are {shapes}")
+    return fitting[0]
 
 
 class TFLiteModel:
@@ -150,14 +169,28 @@ class TFLiteModel:
             raise ModelError(f"cannot load model {self.path} with {self.runtime.name}: {first_line}") from None
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
+        if self.card.kind == "audio-waveform" and len(inputs) == 1:
+            self._fit_waveform_input(inputs[0])
+            inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
+            outputs = [pick_class_scores(outputs, self.card.audio.classes, self.path)]
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelError(f"model {self.path.name}: cryedge runs models with one input and one output, this has {len(inputs)} and {len(outputs)}")
         self._input, self._output = inputs[0], outputs[0]
         self.input_shape = tuple(int(d) for d in self._input["shape"])
         check_card_against_input(self.card, self.input_shape, self.path)
         check_card_against_graph(self.card, self._input, self._output, self.path)
+        if self.card.kind == "audio-waveform" and np.dtype(self._input["dtype"]) != np.float32:
+            raise ModelError(f"model {self.path.name}: a waveform model takes float32 samples, this one "
+                             f"{np.dtype(self._input['dtype']).name}")
         log.info("model %s (%s, %s) on %s via %s", self.card.name, self.card.kind,
                  np.dtype(self._input["dtype"]).name, self.delegate_name, self.runtime.name)
+
+    def _fit_waveform_input(self, detail: dict) -> None:
+        """YAMNet's full graph takes a waveform of any length ([-1]): give it the card's window."""
+        signature = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))
+        if len(signature) == 1 and signature[0] == -1:
+            self._interpreter.resize_tensor_input(detail["index"], [self.card.audio.window_samples])
+            self._interpreter.allocate_tensors()
 
     def _edgetpu_delegates(self, edgetpu: str) -> list:
         if edgetpu == "off":
@@ -205,6 +238,13 @@ class TFLiteModel:
         if self.card.output == "sigmoid":
             p = float(np.clip(y[0], 0.0, 1.0))
             return np.array([1.0 - p, p], dtype=np.float32)
+        if self.card.output == "multilabel":
+            # scores of every patch the graph framed (YAMNet: one for 15,600 samples), class by class
+            scores = y.reshape(-1, self.card.audio.classes).max(axis=0)
+            p = float(np.clip(scores[list(self.card.audio.cry_classes)].max(), 0.0, 1.0))
+            pair = np.full(2, 1.0 - p, dtype=np.float32)
+            pair[self.card.positive_index] = p
+            return pair
         return y
 
     def close(self) -> None:

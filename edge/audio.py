@@ -1,0 +1,356 @@
+"""The audio path: chunks -> window -> front end -> model -> audio ``Score``s, and the thread that runs it.
+
+``AudioPipeline`` is pure: give it ``AudioChunk``s in order and it returns a ``Score`` (with the sound
+level) every ``hop_seconds`` of sound once a full window has been heard. ``AudioMonitor`` owns the
+capture (reopened with back-off when the device fails or is missing) and runs the pipeline on a thread
+of its own, keeping the newest scores for the frame loop to fuse. While no sound arrives, its score
+says why with a status (``no_sound_device``, ``no_sound``), never a probability of zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.audio_features import audio_features
+from edge.audio_source import AudioChunk, level_dbfs
+from edge.errors import SourceError
+from edge.records import Score
+from edge.source import SourceStatus, backoff_delays
+
+log = logging.getLogger(__name__)
+
+NO_SOUND_DEVICE = "no_sound_device"  # the microphone or stream cannot be opened (or is not configured)
+NO_SOUND = "no_sound"  # it is open but no sound came for a while
+SOUND_STALE_SECONDS = 2.0  # an audio score older than this at a frame means the sound stopped
+
+
+@dataclass(frozen=True)
+class AudioScore:
+    """An audio ``Score`` and the sound level of the same window."""
+
+    score: Score
+    level_dbfs: float
+
+
+class AudioWindow:
+    """The newest ``size`` samples; a window is due every ``hop_seconds`` of sound once ``size`` were heard."""
+
+    def __init__(self, size: int, rate: int, hop_seconds: float):
+        self.size, self.rate = size, rate
+        self.hop = max(1, round(hop_seconds * rate))
+        self.reset()
+
+    def push(self, samples: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Add samples; for each window now due: (how many of ``samples`` it includes, its ``size`` samples)."""
+        first = self._seen
+        self._buffer = np.concatenate([self._buffer, np.asarray(samples, dtype=np.float32)])
+        self._seen += len(samples)
+        due = []
+        while self._next <= self._seen:
+            end = self._buffer.size - (self._seen - self._next)
+            due.append((self._next - first, self._buffer[end - self.size:end].copy()))
+            self._next += self.hop
+        self._buffer = self._buffer[-self.size:]
+        return due
+
+    def reset(self) -> None:
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self._seen = 0
+        self._next = self.size  # sample count at which the next window ends
+
+
+class AudioScorer:
+    """A loaded audio model and its card: a waveform window in, a ``Score`` out."""
+
+    def __init__(self, model):
+        self.model = model
+        self.card = model.card
+        if not self.card.is_audio:
+            raise ValueError(f"{self.card.name} is a {self.card.kind} model, not an audio one")
+        self.spec = self.card.audio
+        self.last_inference_ms = 0.0
+
+    def probabilities(self, window: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        x = window if self.card.kind == "audio-waveform" else audio_features(window, self.spec)
+        probabilities = self.model.probabilities(x)
+        self.last_inference_ms = (time.perf_counter() - start) * 1000
+        return probabilities
+
+    def score(self, window: np.ndarray, t: float) -> Score:
+        probabilities = self.probabilities(window)
+        return Score(t=t, probability=float(probabilities[self.card.positive_index]),
+                     probabilities=tuple(float(p) for p in probabilities))
+
+
+class AudioPipeline:
+    """Chunks in, an ``AudioScore`` every hop once a window is full; ``t`` is the window's last sample."""
+
+    def __init__(self, scorer: AudioScorer):
+        self.scorer = scorer
+        spec = scorer.spec
+        self.window = AudioWindow(spec.window_samples, spec.rate, spec.hop_seconds)
+
+    def process(self, chunk: AudioChunk) -> list[AudioScore]:
+        if chunk.rate != self.window.rate:
+            raise SourceError(f"audio at {chunk.rate} Hz, the model {self.scorer.card.name} wants {self.window.rate} Hz")
+        results = []
+        for end, window in self.window.push(chunk.samples):
+            t = chunk.t + end / chunk.rate
+            # the level of the newest hop, so a short loud sound shows at its size
+            results.append(AudioScore(self.scorer.score(window, t), level_dbfs(window[-self.window.hop:])))
+        return results
+
+    def reset(self) -> None:
+        """After a gap in the sound: the next score waits for a fresh full window."""
+        self.window.reset()
+
+
+class AudioMonitor:
+    """Runs capture and the audio pipeline on a thread; ``latest(t)`` gives the score to fuse at time ``t``.
+
+    A live device is read as fast as it delivers. With ``follow_frames`` a file keeps in step with the frame
+    loop (``advance_to``), at most a second ahead, so the sound and the picture of one clip stay together
+    at any playback speed. A device missing at start is
+    not fatal: it is retried with back-off while the scores say ``no_sound_device``.
+    """
+
+    def __init__(self, make_backend: Callable[[], object], pipeline: AudioPipeline, *, stall_seconds: float = 5.0,
+                 backoff_first: float = 1.0, backoff_limit: float = 30.0, history_seconds: float = 10.0,
+                 follow_frames: bool = False):
+        self._make_backend = make_backend
+        self.pipeline = pipeline
+        self.stall_seconds = stall_seconds
+        self.backoff_first, self.backoff_limit = backoff_first, backoff_limit
+        self._backend = make_backend()
+        self.live = self._backend.live
+        self.status = SourceStatus(name=self._backend.name)
+        self.reason = NO_SOUND_DEVICE  # why there is no score yet
+        self.ended = False
+        self.chunks = 0
+        self._scores: deque[AudioScore] = deque(maxlen=max(4, int(history_seconds / pipeline.scorer.spec.hop_seconds)))
+        self._changed = threading.Condition()
+        self.follow_frames = follow_frames and not self.live  # a file next to a video waits for its frames
+        self._horizon: float | None = None  # how far the frame loop has got
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._listeners: list[Callable[[AudioScore], None]] = []
+
+    @property
+    def overruns(self) -> int:
+        return getattr(self._backend, "overruns", 0)
+
+    def on_score(self, listener: Callable[[AudioScore], None]) -> None:
+        """Call ``listener`` on the audio thread with each new score (an audio-only monitor's alarm)."""
+        self._listeners.append(listener)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="cryedge-audio-pipeline", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        delays = backoff_delays(self.backoff_first, self.backoff_limit)
+        while not self._stop.is_set():
+            try:
+                self._backend.open()
+            except SourceError as error:
+                self._failed(str(error), NO_SOUND_DEVICE)
+                if self._stop.wait(next(delays)):
+                    break
+                self.status.reconnects += 1
+                continue
+            self.status.state, self.reason = "open", NO_SOUND
+            log.info("listening: %s", self.status.name)
+            delays = backoff_delays(self.backoff_first, self.backoff_limit)
+            try:
+                finished = self._listen()
+            except SourceError as error:
+                self._failed(str(error), NO_SOUND_DEVICE)
+                finished = not self.live  # a file without sound will not grow one: stop trying
+            finally:
+                self._backend.close()
+            if finished:
+                break
+            self.pipeline.reset()
+            if self._stop.wait(next(delays)):
+                break
+            self.status.reconnects += 1
+        with self._changed:
+            self.ended = True
+            self._changed.notify_all()
+
+    def _failed(self, error: str, reason: str) -> None:
+        if self.status.last_error != error:
+            log.warning("sound: %s; retrying with back-off up to %g s", error, self.backoff_limit)
+        self.status.state, self.status.last_error, self.reason = "reopening", error, reason
+
+    def _listen(self) -> bool:
+        """Read until the stream fails (SourceError), stalls (False) or a file ends or stop() (True)."""
+        last = time.monotonic()
+        while not self._stop.is_set():
+            chunk = self._backend.read(timeout=0.5)
+            if chunk is None:
+                if not self.live:
+                    self.status.state = "ended"
+                    return True
+                if time.monotonic() - last >= self.stall_seconds:
+                    self._failed(f"{self.status.name}: no sound for {self.stall_seconds:g} s", NO_SOUND)
+                    return False
+                continue
+            last = time.monotonic()
+            self.chunks += 1
+            if self.status.first_frame_t is None:
+                self.status.first_frame_t = chunk.t - chunk.index / chunk.rate  # a file's time 0
+            self.status.last_frame_t = chunk.t
+            if self.follow_frames:
+                self._wait_for_frames(chunk.t)
+            results = self.pipeline.process(chunk)
+            with self._changed:
+                self._scores.extend(results)
+                self._changed.notify_all()
+            for result in results:
+                for listener in self._listeners:
+                    listener(result)
+        return True
+
+    def _wait_for_frames(self, t: float) -> None:
+        with self._changed:
+            while not self._stop.is_set() and (self._horizon is None or t > self._horizon + 1.0):
+                self._changed.wait(0.5)
+
+    def advance_to(self, t: float) -> None:
+        """The frame loop reached ``t``: a file's sound may go one second further, and is waited for up to ``t``."""
+        with self._changed:
+            self._horizon = t
+            self._changed.notify_all()
+            if not self.follow_frames:
+                return
+            deadline = time.monotonic() + 2.0
+            while (not self.ended and not self._stop.is_set() and (not self._scores or self._scores[-1].score.t < t)
+                   and self.reason != NO_SOUND_DEVICE and time.monotonic() < deadline):
+                self._changed.wait(0.1)
+
+    def latest(self, t: float) -> AudioScore | None:
+        """The newest score at or before ``t`` no older than ``SOUND_STALE_SECONDS``; None if there is none."""
+        with self._changed:
+            for result in reversed(self._scores):
+                if result.score.t <= t + 1e-6:
+                    return result if t - result.score.t <= SOUND_STALE_SECONDS else None
+        return None
+
+    def blind_score(self, t: float) -> Score:
+        """A score that says why there is no sound to judge at ``t``."""
+        return Score(t=t, probability=0.0, status=self.reason if self.reason != "open" else NO_SOUND)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        self.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._backend.close()
+        self.status.state = "closed"
+
+
+class Hearing:
+    """The audio path as the frame loop sees it: ``fuse(vision_score)`` gives the score for the alarm.
+
+    Owns the ``AudioMonitor`` (its thread, its capture) and the ``Fusion``; ``last`` is what each modality
+    said at the newest frame, for the state topic.
+    """
+
+    def __init__(self, monitor: AudioMonitor, fusion):
+        self.monitor, self.fusion = monitor, fusion
+        self.last = None  # edge.fusion.Fused of the newest frame
+        self.level_dbfs: float | None = None
+
+    @property
+    def card(self):
+        return self.monitor.pipeline.scorer.card
+
+    def start(self) -> None:
+        self.monitor.start()
+
+    def fuse(self, vision: Score | None, t: float) -> Score:
+        self.monitor.advance_to(t)
+        heard = self.monitor.latest(t)
+        if heard is not None:
+            self.level_dbfs = heard.level_dbfs
+            fused = self.fusion.fuse(t, vision, heard.score, heard.level_dbfs)
+        else:
+            fused = self.fusion.fuse(t, vision, None, None, audio_status=self.monitor.blind_score(t).status)
+        self.last = fused
+        return fused.score
+
+    def stats(self) -> dict:
+        monitor = self.monitor
+        return {"audio_overruns": monitor.overruns, "audio_reconnects": monitor.status.reconnects,
+                "audio_inference_ms": monitor.pipeline.scorer.last_inference_ms,
+                **({"sound_level_dbfs": self.level_dbfs} if self.level_dbfs is not None else {})}
+
+    def close(self) -> None:
+        self.monitor.close()
+        self.monitor.pipeline.scorer.model.close()
+
+
+def sound_backend_factory(config) -> tuple[Callable[[int], object], bool]:
+    """A maker (of the sample rate) of the backend ``[audio.source]`` names, and whether it follows ``[source]``'s frames."""
+    from edge.audio_source import AlsaAudioSource, FfmpegAudioSource
+    from edge.errors import ConfigError
+    from edge.source import describe
+
+    sound, video = config.audio.source, config.source
+
+    def ffmpeg(uri: str, realtime: bool, transport: str = "tcp"):
+        return lambda rate: FfmpegAudioSource(uri, rate, realtime=realtime, timeout_seconds=sound.stall_seconds,
+                                              rtsp_transport=transport)
+
+    if sound.type == "alsa":
+        return (lambda rate: AlsaAudioSource(sound.device, rate)), False
+    if sound.type == "file":
+        return ffmpeg(str(sound.path), video.realtime), True
+    if sound.type == "stream":
+        return ffmpeg(sound.url, True, sound.transport), False
+    kind = describe(video.uri)
+    if kind == "file":
+        return ffmpeg(str(video.uri), video.realtime), True
+    if kind == "stream":
+        return ffmpeg(str(video.uri), True, video.rtsp_transport), False
+    raise ConfigError(f"[audio.source] type \"video\": the camera ({kind}) has no sound track cryedge can read; "
+                      "set [audio.source] type = \"alsa\" for a microphone")
+
+
+def open_hearing(config, alarm_threshold: float) -> Hearing:
+    """The audio path ``[audio]`` and ``[fusion]`` describe, started; ModelError or ConfigError when it cannot be."""
+    from edge.fusion import Fusion
+    from edge.model import TFLiteModel
+
+    make, follows_frames = sound_backend_factory(config)
+    model = TFLiteModel(config.audio.model, num_threads=config.audio.num_threads)
+    if not model.card.is_audio:
+        model.close()
+        from edge.errors import ModelError
+
+        raise ModelError(f"[audio] model {config.audio.model.name} is a {model.card.kind} model, not an audio one")
+    pipeline = AudioPipeline(AudioScorer(model))
+    rate = model.card.audio.rate
+    sound = config.audio.source
+    monitor = AudioMonitor(lambda: make(rate), pipeline, stall_seconds=sound.stall_seconds,
+                           backoff_first=sound.reopen_min_seconds, backoff_limit=sound.reopen_max_seconds,
+                           follow_frames=follows_frames)
+    fusion = Fusion(config.fusion.mode, config.fusion.audio_weight, alarm_threshold=alarm_threshold,
+                    audio_threshold=model.card.threshold)
+    hearing = Hearing(monitor, fusion)
+    hearing.start()
+    return hearing

@@ -1,0 +1,142 @@
+"""The audio path: window -> model -> Score, with a real TFLite graph of YAMNet's signature built here,
+and the monitor thread that keeps listening when the microphone fails."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+from audio_models import YAMNET_SAMPLES, alsa_stand_in, tone, write_wav, yamnet_card, yamnet_signature_model
+
+from edge.audio import NO_SOUND_DEVICE, AudioMonitor, AudioPipeline, AudioScorer, AudioWindow
+from edge.audio_source import AlsaAudioSource, AudioChunk, FfmpegAudioSource
+from edge.errors import ModelError
+from edge.model import TFLiteModel
+
+pytest.importorskip("tensorflow")  # builds the model
+
+
+@pytest.fixture(scope="module")
+def yamnet_like(tmp_path_factory):
+    return yamnet_signature_model(tmp_path_factory.mktemp("yamnet") / "yamnet.tflite", card=yamnet_card())
+
+
+def chunks_of(samples: np.ndarray, t0: float = 100.0, block: int = 1600):
+    return [AudioChunk(samples[i:i + block], t0 + i / 16000, 16000, i) for i in range(0, samples.size, block)]
+
+
+def test_a_window_is_due_every_hop_once_full():
+    window = AudioWindow(size=16000, rate=16000, hop_seconds=0.5)
+    due = [window.push(np.full(1600, i, np.float32)) for i in range(30)]  # 3 s in 100 ms blocks
+    ends = [(i, offset) for i, result in enumerate(due) for offset, _ in result]
+    assert ends == [(9, 1600), (14, 1600), (19, 1600), (24, 1600), (29, 1600)]  # at 1.0, 1.5, ... 3.0 s
+    last = due[29][0][1]
+    assert last.size == 16000 and last[-1] == 29 and last[0] == 20  # the newest second
+
+
+def test_the_yamnet_signature_model_loads_and_hears_a_cry_tone(yamnet_like):
+    model = TFLiteModel(yamnet_like)
+    assert model.input_shape == (YAMNET_SAMPLES,)
+    scorer = AudioScorer(model)
+    assert scorer.score(tone(0.975, 450.0, level=0.3), 1.0).probability > 0.95
+    assert scorer.score(np.zeros(YAMNET_SAMPLES, np.float32), 1.0).probability < 0.05
+    assert scorer.score(tone(0.975, 3000.0, level=0.3), 1.0).probability < 0.05  # outside the cry band
+
+
+def test_a_batched_waveform_graph_is_accepted_too(tmp_path):
+    card = dict(yamnet_card(), input_shape=[1, YAMNET_SAMPLES])
+    path = yamnet_signature_model(tmp_path / "b.tflite", batchless=False, card=card)
+    assert AudioScorer(TFLiteModel(path)).score(tone(0.975, 450.0), 0.0).probability > 0.95
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"samples": 16000}, r"input shape \[16000\] disagrees with its card \[15600\]"),
+    ({"classes": 527}, r"its card expects 521 class scores \(YAMNet: 521\), the graph's outputs are \[1, 527\]"),
+])
+def test_a_model_that_does_not_match_the_yamnet_signature_is_refused_in_one_line(tmp_path, change, message):
+    path = yamnet_signature_model(tmp_path / "m.tflite", card=yamnet_card(), **change)
+    with pytest.raises(ModelError, match=message) as caught:
+        TFLiteModel(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_card_must_say_which_classes_are_crying(tmp_path):
+    card = yamnet_card()
+    card["audio"]["cry_classes"] = []
+    path = yamnet_signature_model(tmp_path / "m.tflite", card=card)
+    with pytest.raises(ModelError, match="cry_classes"):
+        TFLiteModel(path)
+    card["audio"]["cry_classes"] = [521]
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="below classes"):
+        TFLiteModel(path)
+
+
+def test_the_pipeline_scores_every_half_second_with_time_and_level(yamnet_like):
+    pipeline = AudioPipeline(AudioScorer(TFLiteModel(yamnet_like)))
+    sound = np.concatenate([np.zeros(32000, np.float32), tone(2.0, 450.0, level=0.3), np.zeros(32000, np.float32)])
+    results = [r for chunk in chunks_of(sound) for r in pipeline.process(chunk)]
+    times = [round(r.score.t - 100.0, 3) for r in results]
+    assert times[0] == pytest.approx(YAMNET_SAMPLES / 16000, abs=0.1)
+    assert np.allclose(np.diff(times), 0.5)
+    crying = [round(r.score.t - 100.0, 1) for r in results if r.score.probability > 0.5]
+    assert crying and 2.0 <= min(crying) <= 2.6 and max(crying) <= 5.0
+    loud = [r.level_dbfs for r in results if 2.5 < r.score.t - 100 < 4.0]
+    quiet = [r.level_dbfs for r in results if r.score.t - 100 < 2.0]
+    assert all(level == pytest.approx(-13.5, abs=0.5) for level in loud)  # 0.3 sine: 20 log10(0.3 / sqrt 2)
+    assert all(level == -120.0 for level in quiet)
+    assert all(r.score.ok for r in results)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+def test_the_monitor_follows_a_file_in_step_with_the_frame_loop(yamnet_like, tmp_path):
+    sound = np.concatenate([np.zeros(48000, np.float32), tone(2.0, 450.0), np.zeros(48000, np.float32)])
+    wav = write_wav(tmp_path / "s.wav", sound)
+    pipeline = AudioPipeline(AudioScorer(TFLiteModel(yamnet_like)))
+    monitor = AudioMonitor(lambda: FfmpegAudioSource(wav, realtime=False), pipeline, follow_frames=True)
+    monitor.start()
+    try:
+        seen = []
+        monitor.advance_to(0.0)  # a frame at the start: the file may play its first second
+        deadline = time.monotonic() + 10
+        while monitor.status.first_frame_t is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        t0 = monitor.status.first_frame_t
+        for step in range(16):  # a frame loop at 2 frames a second of the file's time
+            t = t0 + 1.0 + step * 0.5
+            monitor.advance_to(t)
+            latest = monitor.latest(t)
+            seen.append((round(t - t0, 1), latest.score.probability if latest else None))
+    finally:
+        monitor.close()
+    crying = [t for t, p in seen if p is not None and p > 0.5]
+    assert crying and 3.0 <= min(crying) <= 3.6 and max(crying) <= 6.1
+    assert monitor.overruns == 0
+
+
+@pytest.mark.skipif(shutil.which("arecord") is None, reason="needs arecord")
+def test_a_microphone_that_is_missing_is_retried_until_it_appears(yamnet_like, tmp_path, monkeypatch):
+    conf = tmp_path / "alsa.conf"
+    conf.write_text(open("/usr/share/alsa/alsa.conf").read())  # no "mic" yet
+    monkeypatch.setenv("ALSA_CONFIG_PATH", str(conf))
+    pipeline = AudioPipeline(AudioScorer(TFLiteModel(yamnet_like)))
+    monitor = AudioMonitor(lambda: AlsaAudioSource("mic"), pipeline, backoff_first=0.2, backoff_limit=0.4)
+    monitor.start()
+    try:
+        deadline = time.monotonic() + 10
+        while monitor.status.reconnects < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert monitor.status.state == "reopening"
+        assert monitor.blind_score(time.monotonic()).status == NO_SOUND_DEVICE
+        assert "cannot open the capture device" in monitor.status.last_error
+        (tmp_path / "later").mkdir()
+        alsa_stand_in(tmp_path / "later", monkeypatch, seconds=5.0, hz=450.0)  # the microphone is plugged in
+        deadline = time.monotonic() + 10
+        while monitor.chunks == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert monitor.chunks > 0
+    finally:
+        monitor.close()
