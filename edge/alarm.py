@@ -51,6 +51,7 @@ class AlarmState:
     since_wall: float | None  # the same as time.time()
     probability: float  # the latest smoothed probability (0 before the first face score)
     event_id: str | None = None  # of the running episode
+    senses: dict | None = None  # what each modality says, when there are several (edge.fusion.Fused.senses)
 
 
 class Smoother:

@@ -308,27 +308,27 @@ def sound_backend_factory(config) -> tuple[Callable[[int], object], bool]:
     """A maker (of the sample rate) of the backend ``[audio.source]`` names, and whether it follows ``[source]``'s frames."""
     from edge.audio_source import AlsaAudioSource, FfmpegAudioSource
     from edge.errors import ConfigError
-    from edge.source import describe
 
     sound, video = config.audio.source, config.source
+    paced = getattr(video, "realtime", True)
 
-    def ffmpeg(uri: str, realtime: bool, transport: str = "tcp"):
+    def ffmpeg(uri: str, realtime: bool, transport: str = "tcp", shown: str | None = None):
         return lambda rate: FfmpegAudioSource(uri, rate, realtime=realtime, timeout_seconds=sound.stall_seconds,
-                                              rtsp_transport=transport)
+                                              rtsp_transport=transport, name=shown)
 
     if sound.type == "alsa":
         return (lambda rate: AlsaAudioSource(sound.device, rate)), False
     if sound.type == "file":
-        return ffmpeg(str(sound.path), video.realtime), True
+        return ffmpeg(str(sound.path), paced), True
     if sound.type == "stream":
         return ffmpeg(sound.url, True, sound.transport), False
-    kind = describe(video.uri)
-    if kind == "file":
-        return ffmpeg(str(video.uri), video.realtime), True
-    if kind == "stream":
-        return ffmpeg(str(video.uri), True, video.rtsp_transport), False
-    raise ConfigError(f"[audio.source] type \"video\": the camera ({kind}) has no sound track cryedge can read; "
-                      "set [audio.source] type = \"alsa\" for a microphone")
+    if video.type == "file":
+        return ffmpeg(str(video.path), paced), True
+    if video.type in ("rtsp", "http"):
+        # the camera's own credentials; shown as [source] shows itself, password masked
+        return ffmpeg(video.open_url(), True, getattr(video, "transport", "tcp"), shown=video.display()), False
+    raise ConfigError(f"[audio.source] type \"video\": the camera ({video.type}) has no sound track cryedge can "
+                      "read; set [audio.source] type = \"alsa\" for a microphone")
 
 
 def open_hearing(config, alarm_threshold: float) -> Hearing:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -46,6 +47,11 @@ class AudioChunk:
     @property
     def duration(self) -> float:
         return self.samples.size / self.rate
+
+
+def mask_password(text: str) -> str:
+    """Every ``scheme://user:password@`` in ``text`` with the password masked."""
+    return re.sub(r"(://[^:/@\s]*):[^@/\s]*@", r"\1:********@", text)
 
 
 def alsa_device_name(device: str | int) -> str:
@@ -145,6 +151,7 @@ class PipeAudioSource:
             line = raw.decode(errors="replace").strip()
             if not line:
                 continue
+            line = mask_password(line)  # ffmpeg names the URL it failed on, password and all
             if "overrun" in line:
                 self.overruns += 1
             else:
@@ -217,7 +224,7 @@ class FfmpegAudioSource(PipeAudioSource):
     """
 
     def __init__(self, uri: str | Path, rate: int = 16000, realtime: bool = True, timeout_seconds: float = 5.0,
-                 rtsp_transport: str = "tcp", buffer_seconds: float = 2.0):
+                 rtsp_transport: str = "tcp", buffer_seconds: float = 2.0, name: str | None = None):
         self.uri = str(uri)
         self.realtime = realtime
         stream = "://" in self.uri
@@ -233,7 +240,7 @@ class FfmpegAudioSource(PipeAudioSource):
             options = ["-re"]
         command = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *options, "-i", self.uri,
                    "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(rate), "-f", "s16le", "pipe:1"]
-        name = f"stream:{self.uri}" if stream else f"file:{Path(self.uri).name}"
+        name = name or (f"stream:{mask_password(self.uri)}" if stream else f"file:{Path(self.uri).name}")
         super().__init__(command, name, rate, buffer_seconds=buffer_seconds)
 
     def open(self) -> None:

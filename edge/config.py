@@ -534,6 +534,75 @@ class HealthConfig(Section):
     port: int = Field(default=8765, ge=1, le=65535)
 
 
+class AudioSourceOptions(Section):
+    """What every sound source takes; each type below adds its own options (like ``[source]``)."""
+
+    stall_seconds: float = Field(default=5.0, gt=0, le=300)  # no sound for this long: reopen
+    reopen_min_seconds: float = Field(default=1.0, gt=0, le=600)  # reopen back-off, doubling up to the max
+    reopen_max_seconds: float = Field(default=30.0, gt=0, le=600)
+
+
+class VideoSoundConfig(AudioSourceOptions):
+    """The sound track of ``[source]`` itself: a camera stream's microphone, or the video file's audio."""
+
+    type: Literal["video"] = "video"
+
+
+class AlsaSoundConfig(AudioSourceOptions):
+    """An ALSA capture device (USB microphone, I2S HAT): a card index, or a name ``arecord -L`` lists."""
+
+    type: Literal["alsa"] = "alsa"
+    device: int | str = "default"
+
+
+class FileSoundConfig(AudioSourceOptions):
+    """The sound track of an audio or video file, paced like ``[source]`` (``realtime``)."""
+
+    type: Literal["file"] = "file"
+    path: Path
+
+
+class StreamSoundConfig(AudioSourceOptions):
+    """The sound track of an RTSP or HTTP stream."""
+
+    type: Literal["stream"] = "stream"
+    url: str = Field(pattern=r"^(rtsps?|https?)://")
+    transport: Literal["tcp", "udp"] = "tcp"  # RTP over the RTSP connection or over UDP (rtsp:// only)
+
+    @field_validator("url")
+    @classmethod
+    def _no_password(cls, url: str) -> str:
+        if ":" in (split_userinfo(url)[1] or ""):
+            raise ValueError("no password in the URL: for the camera's own microphone use type = \"video\", "
+                             "which uses [source]'s credentials")
+        return url
+
+
+AudioSourceConfig = Annotated[VideoSoundConfig | AlsaSoundConfig | FileSoundConfig | StreamSoundConfig,
+                              Field(discriminator="type")]
+
+
+class AudioConfig(Section):
+    """Hearing: a microphone or a sound track through an audio model; consumed by ``edge.audio``."""
+
+    enabled: bool = False
+    source: AudioSourceConfig = Field(default_factory=VideoSoundConfig)
+    model: Path = Field(default_factory=lambda: paths.models_dir() / "cry-audio-default.tflite")
+    num_threads: int = Field(default=1, ge=1, le=8)
+
+
+class FusionConfig(Section):
+    """How what is seen and what is heard make the one score the alarm follows; consumed by ``edge.fusion``.
+
+    ``either``: the higher of the two (neither can hide the other's cry); ``mean``: weighted by
+    ``audio_weight``; ``vision`` or ``audio``: that one alone (the other is still shown). A modality that
+    cannot perceive (no face, no sound device) leaves the decision to the other in every mode but its own.
+    """
+
+    mode: Literal["either", "mean", "vision", "audio"] = "either"
+    audio_weight: float = Field(default=0.5, ge=0, le=1)
+
+
 class Config(Section):
     device: DeviceConfig = Field(default_factory=DeviceConfig)
     source: SourceConfig = Field(default_factory=FileSourceConfig)
@@ -544,6 +613,8 @@ class Config(Section):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    audio: AudioConfig = Field(default_factory=AudioConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
 
     @field_validator("source", mode="before")
     @classmethod
@@ -657,6 +728,9 @@ def _resolve_paths(config: Config, base: Path) -> None:
     config.landmarks.face_model = fix(config.landmarks.face_model)
     config.landmarks.pose_model = fix(config.landmarks.pose_model)
     config.model.path = fix(config.model.path)
+    config.audio.model = fix(config.audio.model)
+    if isinstance(config.audio.source, FileSoundConfig):
+        config.audio.source.path = fix(config.audio.source.path)
     config.outbox.path = fix(config.outbox.path)
     config.mqtt.password_file = fix(config.mqtt.password_file)
     if config.mqtt.tls is not None:

@@ -11,6 +11,7 @@ the alarm events as JSON lines.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -98,6 +99,7 @@ class Pipeline:
         self.extractor, self.scorer, self.alarm = extractor, scorer, alarm
         self.exposure = exposure if exposure is not None else ExposureStage()
         self.too_dark_below = too_dark_below
+        self.fuse = None  # with hearing: (vision score, t) -> the fused score the alarm follows (edge.audio)
         card = scorer.card
         self.card = card
         if card.kind == "landmark-window":
@@ -146,7 +148,7 @@ class Pipeline:
                                       status=status)
             now = time.perf_counter()
             times["model"], mark = (now - mark) * 1000, now
-            events = tuple(self.alarm.update(score))
+            events = tuple(self.alarm.update(self.fuse(score, frame.t) if self.fuse else score))
             now = time.perf_counter()
             times["alarm"] = (now - mark) * 1000
         inference_ms = self.scorer.last_inference_ms if score is not None else None
@@ -198,6 +200,7 @@ class Daemon:
         self._idle.set()
         self._closing = []  # resources to close, in the order they were opened
         self.model = self.extractor = self.source = self.publisher = self.alarm = self.pipeline = None
+        self.hearing = None  # edge.audio.Hearing when [audio] is enabled
         self.health = None
 
     # --- building
@@ -214,6 +217,11 @@ class Daemon:
             self.model = self._own(TFLiteModel(cfg.model.path, num_threads=cfg.model.num_threads, edgetpu=cfg.model.edgetpu))
             self.pipeline = self._own(build_pipeline(cfg, self.model))
             self.extractor, self.alarm = self.pipeline.extractor, self.pipeline.alarm
+            if cfg.audio.enabled:
+                from edge.audio import open_hearing
+
+                self.hearing = self._own(open_hearing(cfg, self.alarm.on_threshold))
+                self.pipeline.fuse = self.hearing.fuse
             self.publisher = make_publisher(cfg, self.model.card.name, on_output_closed=self.stop)
             self.publisher.start()
             self._closing.append(self.publisher)
@@ -262,7 +270,7 @@ class Daemon:
                 for event in result.events:
                     self._publish_event(event)
                 if result.score is not None:
-                    self.publisher.publish_state(self.alarm.state)
+                    self.publisher.publish_state(self._alarm_state())
                 result.stage_ms["publish"] = (time.perf_counter() - mark) * 1000
                 now = time.monotonic()
                 self.stats.add(result, now)
@@ -297,7 +305,7 @@ class Daemon:
             self.notifier.status(f"reconnecting {source.name} (attempt {source.reconnects}), crying {crying}")
         else:
             self.notifier.status(f"running: {fps:.1f} fps, crying {crying}, p={self.alarm.state.probability:.2f}")
-        self.publisher.publish_stats({"fps": fps, "inference_ms": self.stats.inference_ms,
+        self.publisher.publish_stats({**(self.hearing.stats() if self.hearing else {}), "fps": fps, "inference_ms": self.stats.inference_ms,
                                       "face_share": self.stats.face_share, "source_state": source.state,
                                       "source_reconnects": source.reconnects})
 
@@ -308,6 +316,13 @@ class Daemon:
 
     def _source_state(self) -> str:
         return "reconnecting" if self.source.status.state == "reconnecting" else "running"
+
+    def _alarm_state(self):
+        """The alarm's state, with what each modality says when the daemon also listens."""
+        state = self.alarm.state
+        if self.hearing is not None and self.hearing.last is not None:
+            state = dataclasses.replace(state, senses=self.hearing.last.senses())
+        return state
 
     def _finish(self) -> None:
         """End a running episode before anything closes; the publisher's close() publishes the final OFF once."""

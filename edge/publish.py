@@ -116,6 +116,8 @@ def state_payload(state: AlarmState, model: str) -> dict[str, Any]:
         "since": iso_utc(state.since_wall) if state.since_wall is not None else None,
         "event_id": state.event_id,
         "model": model,
+        # with hearing: {"vision": {"probability", "status"}, "audio": {"probability", "status", "level_dbfs"}}
+        **(state.senses or {}),
     }
 
 

@@ -1,0 +1,50 @@
+"""The [audio] and [fusion] sections: off by default, sources as a typed union, errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.config import AlsaSoundConfig, FileSoundConfig, load_config, to_toml
+from edge.errors import ConfigError
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "cryedge.toml"
+    path.write_text(text)
+    return path
+
+
+def test_without_an_audio_section_the_daemon_does_not_listen():
+    config = load_config()
+    assert config.audio.enabled is False
+    assert config.audio.source.type == "video" and config.fusion.mode == "either"
+
+
+def test_a_microphone_by_card_index_or_name(tmp_path):
+    config = load_config(write(tmp_path, '[audio]\nenabled = true\n[audio.source]\ntype = "alsa"\ndevice = 1\n'))
+    assert isinstance(config.audio.source, AlsaSoundConfig) and config.audio.source.device == 1
+    config = load_config(write(tmp_path, '[audio.source]\ntype = "alsa"\ndevice = "plughw:CARD=Mic,DEV=0"\n'))
+    assert config.audio.source.device == "plughw:CARD=Mic,DEV=0"
+
+
+def test_a_sound_file_is_relative_to_the_config_file(tmp_path):
+    config = load_config(write(tmp_path, '[audio.source]\ntype = "file"\npath = "night.wav"\n[audio]\nmodel = "m.tflite"\n'))
+    assert isinstance(config.audio.source, FileSoundConfig)
+    assert config.audio.source.path == tmp_path / "night.wav" and config.audio.model == tmp_path / "m.tflite"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[audio.source]\ntype = "pulse"\n', r"audio.source: Input tag 'pulse' found using 'type' does not match"),
+    ('[audio.source]\ntype = "alsa"\npath = "x"\n', r"audio.source.alsa.path: unknown key"),
+    ('[audio.source]\ntype = "stream"\nurl = "ftp://cam/a"\n', r"audio.source.stream.url: String should match"),
+    ('[fusion]\nmode = "loudest"\n', r"fusion.mode: Input should be 'either', 'mean', 'vision' or 'audio'"),
+    ('[fusion]\naudio_weight = 1.5\n', r"fusion.audio_weight: Input should be less than or equal to 1"),
+])
+def test_a_bad_audio_setting_is_one_line_naming_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_config_show_prints_the_audio_sections(tmp_path):
+    shown = to_toml(load_config(write(tmp_path, '[audio.source]\ntype = "alsa"\ndevice = "default"\n')))
+    assert '[audio.source]\n' in shown and 'type = "alsa"' in shown and '[fusion]\nmode = "either"' in shown

@@ -1,0 +1,110 @@
+"""The daemon hearing: a video's sound track through a real TFLite audio graph, fused with the picture.
+
+Clips are synthetic (test_daemon's astronaut clip, or an empty room) with a sound track made here; the
+audio model has YAMNet's signature and hears a 300-700 Hz tone as "Baby cry, infant cry"
+(tests/audio_models.py), the vision model says "crying" while the face is in the right half of the frame
+(test_daemon.py). So every answer is known to the frame.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from audio_models import tone, write_wav, yamnet_card, yamnet_signature_model
+from test_daemon import FPS, config_file, write_clip, write_position_model
+
+from edge.config import load_config
+from edge.daemon import Daemon
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+SECONDS = 10.0
+CRY = (4.0, 7.0)  # seconds of the sound track with the cry tone
+
+
+def sound_track(folder: Path, cry=CRY, seconds=SECONDS) -> Path:
+    rng = np.random.default_rng(3)
+    sound = (0.003 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)  # a quiet room
+    if cry is not None:
+        a, b = (int(x * 16000) for x in cry)
+        sound[a:b] += tone(cry[1] - cry[0], 450.0, level=0.3)
+    return write_wav(folder / f"sound-{cry}.wav", sound)
+
+
+def empty_room(path: Path, seconds=SECONDS) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (640, 480))
+    for n in range(int(seconds * FPS)):
+        writer.write(np.full((480, 640, 3), 60 + n % 3, np.uint8))
+    writer.release()
+    return path
+
+
+def with_sound(video: Path, wav: Path, out: Path) -> Path:
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(video), "-i", str(wav), "-map", "0:v", "-map", "1:a",
+                    "-c:v", "copy", "-c:a", "pcm_s16le", str(out)], check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hearing")
+    pytest.importorskip("tensorflow")
+    audio_model = yamnet_signature_model(folder / "yamnet-like.tflite", card=yamnet_card())
+    return folder, write_position_model(folder / "position.tflite"), audio_model
+
+
+def run(folder, vision_model, audio_model, clip, extra=""):
+    toml = f'[audio]\nenabled = true\nmodel = "{audio_model}"\n' + extra
+    config = load_config(config_file(folder, vision_model, clip, toml), {"source": {"realtime": False}})
+    daemon = Daemon(config)
+    events, states = [], []
+    with daemon:
+        publish_event, publish_state = daemon.publisher.publish_event, daemon.publisher.publish_state
+        daemon.publisher.publish_event = lambda event: (events.append(event), publish_event(event))
+        daemon.publisher.publish_state = lambda state: (states.append(state), publish_state(state))
+        assert daemon.run() == 0
+        origin = daemon.source.status.first_frame_t
+    return [(e.kind, round(e.t - origin, 2), e.reason) for e in events], states
+
+
+def test_with_no_face_in_sight_the_cry_is_heard_within_a_second_and_a_half(assets):
+    folder, vision_model, audio_model = assets
+    clip = with_sound(empty_room(folder / "room.avi"), sound_track(folder), folder / "room-cry.avi")
+    events, states = run(folder, vision_model, audio_model, clip)
+    assert [kind for kind, _, _ in events] == ["start", "end"]
+    (_, start, _), (_, end, reason) = events
+    assert CRY[0] <= start <= CRY[0] + 1.5
+    assert CRY[1] <= end <= CRY[1] + 2.0 and reason == "scores"
+    last = states[-2].senses  # the last state of the run (the final one is the OFF at shutdown)
+    assert last["vision"] == {"probability": None, "status": "no_face"}
+    assert last["audio"]["status"] == "ok" and last["audio"]["level_dbfs"] < -40
+
+
+def test_silence_does_not_hide_what_the_camera_sees(assets):
+    folder, vision_model, audio_model = assets
+    clip = with_sound(write_clip(folder / "face.avi", SECONDS, (3.0, 7.0)), sound_track(folder, cry=None),
+                      folder / "face-quiet.avi")
+    events, _ = run(folder, vision_model, audio_model, clip)
+    assert [kind for kind, _, _ in events] == ["start", "end"]
+    assert abs(events[0][1] - 3.0) < 1.0 and abs(events[1][1] - 7.0) < 1.0
+
+
+def test_vision_only_fusion_ignores_the_sound_but_still_reports_it(assets):
+    folder, vision_model, audio_model = assets
+    clip = with_sound(empty_room(folder / "room2.avi"), sound_track(folder), folder / "room-cry2.avi")
+    events, states = run(folder, vision_model, audio_model, clip, '[fusion]\nmode = "vision"\n')
+    assert events == []
+    heard = [s.senses["audio"]["probability"] for s in states if s.senses and s.senses["audio"]["probability"]]
+    assert max(heard) > 0.9
+
+
+def test_a_video_without_a_sound_track_runs_on_the_picture_alone(assets):
+    folder, vision_model, audio_model = assets
+    clip = write_clip(folder / "face-only.avi", SECONDS, (3.0, 7.0))
+    events, states = run(folder, vision_model, audio_model, clip)
+    assert [kind for kind, _, _ in events] == ["start", "end"]
+    assert states[-2].senses["audio"] == {"probability": None, "status": "no_sound_device"}
