@@ -197,7 +197,7 @@ class AudioMonitor:
         while not self._stop.is_set():
             chunk = self._backend.read(timeout=0.5)
             if chunk is None:
-                if not self.live:
+                if getattr(self._backend, "finished", False):
                     self.status.state = "ended"
                     return True
                 if time.monotonic() - last >= self.stall_seconds:
@@ -274,6 +274,8 @@ class Hearing:
         self.monitor, self.fusion = monitor, fusion
         self.last = None  # edge.fusion.Fused of the newest frame
         self.level_dbfs: float | None = None
+        # a file's sound and picture: time 0 of the video on the monotonic clock (SourceStatus.first_frame_t)
+        self.video_origin: Callable[[], float | None] = lambda: None
 
     @property
     def card(self):
@@ -283,8 +285,9 @@ class Hearing:
         self.monitor.start()
 
     def fuse(self, vision: Score | None, t: float) -> Score:
-        self.monitor.advance_to(t)
-        heard = self.monitor.latest(t)
+        heard_at = self._sound_time(t)
+        self.monitor.advance_to(heard_at)
+        heard = self.monitor.latest(heard_at)
         if heard is not None:
             self.level_dbfs = heard.level_dbfs
             fused = self.fusion.fuse(t, vision, heard.score, heard.level_dbfs)
@@ -292,6 +295,13 @@ class Hearing:
             fused = self.fusion.fuse(t, vision, None, None, audio_status=self.monitor.blind_score(t).status)
         self.last = fused
         return fused.score
+
+    def _sound_time(self, t: float) -> float:
+        """Frame time ``t`` on the sound's clock: a file's picture and sound opened at different moments."""
+        if not self.monitor.follow_frames:
+            return t
+        video, sound = self.video_origin(), self.monitor.status.first_frame_t
+        return t if video is None or sound is None else t - video + sound
 
     def stats(self) -> dict:
         monitor = self.monitor

@@ -158,8 +158,13 @@ class PipeAudioSource:
                 self._errors.append(line)
                 log.debug("%s: %s", self.name, line)
 
+    @property
+    def finished(self) -> bool:
+        """A file's sound has all been read (``read`` then returns None at once)."""
+        return self._ended and not self._chunks and not self.live
+
     def read(self, timeout: float = 1.0) -> AudioChunk | None:
-        """The oldest chunk not yet returned; None after ``timeout`` (or at the end of a file)."""
+        """The oldest chunk not yet returned; None after ``timeout``, or at the end of a file (see ``finished``)."""
         if self._process is None:
             raise SourceError(f"{self.name} is not open")
         with self._arrived:

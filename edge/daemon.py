@@ -227,6 +227,8 @@ class Daemon:
             self._closing.append(self.publisher)
             self.source = SupervisedSource.from_config(cfg.source, on_progress=self._source_progress)
             self.source.open()
+            if self.hearing is not None:
+                self.hearing.video_origin = lambda: self.source.status.first_frame_t
             self._closing.append(self.source)
             self.health = start_health_server(self.health_stats, enabled=cfg.health.enabled, host=cfg.health.host,
                                               port=cfg.health.port, stale_after=max(2.0, cfg.source.stall_seconds))

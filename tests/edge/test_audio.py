@@ -140,3 +140,24 @@ def test_a_microphone_that_is_missing_is_retried_until_it_appears(yamnet_like, t
         assert monitor.chunks > 0
     finally:
         monitor.close()
+
+
+def test_a_file_slow_to_start_is_not_taken_for_an_empty_one(yamnet_like, tmp_path):
+    """A loaded machine can take over a second to start the decoder; that is not the end of the file."""
+    from edge.audio_source import PipeAudioSource
+
+    raw = tmp_path / "s.raw"
+    (tone(2.0, 450.0) * 32767).astype("<i2").tofile(raw)
+
+    class SlowFile(PipeAudioSource):
+        live = False
+
+    pipeline = AudioPipeline(AudioScorer(TFLiteModel(yamnet_like)))
+    monitor = AudioMonitor(lambda: SlowFile(["sh", "-c", f"sleep 1.5; cat {raw}"], "file:slow", 16000), pipeline)
+    monitor.start()
+    deadline = time.monotonic() + 15
+    while not monitor.ended and time.monotonic() < deadline:
+        time.sleep(0.05)
+    monitor.close()
+    assert monitor.chunks == 20 and monitor.status.state == "closed"
+    assert monitor.latest(monitor.status.last_frame_t + 0.1).score.probability > 0.9

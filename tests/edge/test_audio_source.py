@@ -27,9 +27,10 @@ def read_all(source, limit: float = 30.0) -> list:
     chunks, deadline = [], time.monotonic() + limit
     while time.monotonic() < deadline:
         chunk = source.read(timeout=1.0)
-        if chunk is None:
+        if chunk is not None:
+            chunks.append(chunk)
+        elif source.finished:
             break
-        chunks.append(chunk)
     return chunks
 
 
