@@ -587,6 +587,14 @@ class AudioConfig(Section):
 
     enabled: bool = False
     source: AudioSourceConfig = Field(default_factory=VideoSoundConfig)
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _video_by_default(cls, value: Any) -> Any:
+        """``[audio.source]`` without a type is the camera's own sound track, as with no table at all."""
+        if isinstance(value, dict) and "type" not in value:
+            return {"type": "video", **value}
+        return value
     model: Path = Field(default_factory=lambda: paths.models_dir() / "cry-audio-default.tflite")
     num_threads: int = Field(default=1, ge=1, le=8)
 

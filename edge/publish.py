@@ -171,12 +171,32 @@ def origin() -> dict[str, str]:
     return document
 
 
-def discovery_document(topics: Topics, device: DeviceConfig, model: str) -> dict[str, Any]:
-    """Home Assistant's device-based discovery payload: the device, its origin, and its entities."""
+def audio_template(key: str, scale: float = 1, digits: int = 1) -> str:
+    """Like ``number_template`` for ``value_json.audio.<key>``; unknown while the state has no audio part."""
+    value = f"value_json.audio.{key}"
+    shown = value if scale == 1 else f"({value} * {scale:g}) | round({digits})"
+    return f"{{{{ {shown} if value_json.audio is mapping and {value} is number else none }}}}"
+
+
+# Entities of the audio path ([audio] enabled), read from the state topic's "audio" part.
+HEARING = {
+    "heard": {"name": "Cry heard", "icon": "mdi:ear-hearing", "unit_of_measurement": "%",
+              "value_template": audio_template("probability", scale=100), "suggested_display_precision": 0},
+    # dBFS, not device class sound_pressure: that is dB SPL (units dB, dBA), which an uncalibrated
+    # microphone's digital level is not; Home Assistant would also refuse the unit dBFS with that class
+    "sound_level": {"name": "Sound level", "icon": "mdi:volume-high", "unit_of_measurement": "dBFS",
+                    "value_template": audio_template("level_dbfs"), "suggested_display_precision": 0},
+}
+
+
+def discovery_document(topics: Topics, device: DeviceConfig, model: str, hearing: bool = False) -> dict[str, Any]:
+    """Home Assistant's device-based discovery payload: the device, its origin, and its entities.
+
+    ``hearing`` adds the audio path's entities (the cry heard, the sound level)."""
     uid = f"cryedge_{device.id}"
     components: dict[str, dict[str, Any]] = {
-        # Fused from what the camera sees (and later hears): no device class, since "sound" would claim a
-        # microphone and "problem" would show Problem/OK; plain on/off with a crying face reads right.
+        # Fused from what the camera sees and the microphone hears: no device class, since "sound" would say
+        # only the microphone, and "problem" would show Problem/OK; plain on/off with a crying face reads right.
         "crying": {
             "p": "binary_sensor",
             "name": "Crying",
@@ -203,6 +223,8 @@ def discovery_document(topics: Topics, device: DeviceConfig, model: str) -> dict
             "event_types": list(EVENT_TYPES.values()),
         },
     }
+    for key, options in (HEARING if hearing else {}).items():
+        components[key] = {"p": "sensor", "state_topic": topics.state, "state_class": "measurement", **options}
     for key, options in DIAGNOSTICS.items():
         options = dict(options)
         scale = options.pop("scale", 1)
@@ -385,12 +407,14 @@ class MqttPublisher:
     and disconnects. Events still unacknowledged stay in the outbox for the next run.
     """
 
-    def __init__(self, mqtt: MqttConfig, device: DeviceConfig, outbox: OutboxConfig, model: str):
+    def __init__(self, mqtt: MqttConfig, device: DeviceConfig, outbox: OutboxConfig, model: str,
+                 hearing: bool = False):
         if not mqtt.enabled:
             raise ValueError("MqttPublisher needs mqtt.host; use StdoutPublisher without a broker")
         self.mqtt = mqtt
         self.device = device
         self.model = model
+        self.hearing = hearing  # the audio path runs: its entities are discovered too
         self.topics = Topics.from_config(mqtt, device)
         self.where = f"mqtt {mqtt.host}:{mqtt.effective_port}"
         self._outbox_config = outbox
@@ -659,7 +683,7 @@ class MqttPublisher:
     def _send_discovery(self) -> None:
         self._discovery_due = None
         if self.mqtt.discovery:
-            document = discovery_document(self.topics, self.device, self.model)
+            document = discovery_document(self.topics, self.device, self.model, self.hearing)
             self._publish(self.topics.discovery, _json(document), qos=1, retain=True)
             self._discovery_sent_at = time.monotonic()
 
@@ -761,5 +785,5 @@ def make_publisher(config: Config, model: str, on_output_closed=None) -> MqttPub
     ``on_output_closed`` is called when stdout's reader has gone (stdout publisher only).
     """
     if config.mqtt.enabled:
-        return MqttPublisher(config.mqtt, config.device, config.outbox, model)
+        return MqttPublisher(config.mqtt, config.device, config.outbox, model, hearing=config.audio.enabled)
     return StdoutPublisher(config.device.id, model, on_output_closed=on_output_closed)

@@ -34,9 +34,10 @@ def test_a_sound_file_is_relative_to_the_config_file(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ('[audio.source]\ntype = "pulse"\n', r"audio.source: Input tag 'pulse' found using 'type' does not match"),
-    ('[audio.source]\ntype = "alsa"\npath = "x"\n', r"audio.source.alsa.path: unknown key"),
-    ('[audio.source]\ntype = "stream"\nurl = "ftp://cam/a"\n', r"audio.source.stream.url: String should match"),
+    ('[audio.source]\ntype = "pulse"\n', r"audio.source.type: 'pulse' is not one of video, alsa, file, stream"),
+    ('[audio.source]\ntype = "alsa"\npath = "x"\n', r"audio.source.path: not an option of a alsa source"),
+    ('[audio.source]\ntype = "stream"\nurl = "ftp://cam/a"\n', r"audio.source.url: String should match"),
+    ('[audio.source]\ntype = "stream"\nurl = "rtsp://me:secret@cam/a"\n', r"audio.source.url: .*no password in the URL"),
     ('[fusion]\nmode = "loudest"\n', r"fusion.mode: Input should be 'either', 'mean', 'vision' or 'audio'"),
     ('[fusion]\naudio_weight = 1.5\n', r"fusion.audio_weight: Input should be less than or equal to 1"),
 ])
@@ -48,3 +49,9 @@ def test_a_bad_audio_setting_is_one_line_naming_the_key(tmp_path, text, message)
 def test_config_show_prints_the_audio_sections(tmp_path):
     shown = to_toml(load_config(write(tmp_path, '[audio.source]\ntype = "alsa"\ndevice = "default"\n')))
     assert '[audio.source]\n' in shown and 'type = "alsa"' in shown and '[fusion]\nmode = "either"' in shown
+
+
+def test_a_refused_stream_url_does_not_echo_its_password(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, '[audio.source]\ntype = "stream"\nurl = "rtsp://me:secret@cam/a"\n'))
+    assert "secret" not in str(caught.value)

@@ -8,6 +8,7 @@ audio model has YAMNet's signature and hears a 300-700 Hz tone as "Baby cry, inf
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -108,3 +109,55 @@ def test_a_video_without_a_sound_track_runs_on_the_picture_alone(assets):
     events, states = run(folder, vision_model, audio_model, clip)
     assert [kind for kind, _, _ in events] == ["start", "end"]
     assert states[-2].senses["audio"] == {"probability": None, "status": "no_sound_device"}
+
+
+ALLOWED_STATE_KEYS = {"crying", "probability", "since", "event_id", "model", "vision", "audio"}
+ALLOWED_SENSE_KEYS = {"probability", "status", "level_dbfs"}
+
+
+def test_home_assistant_gets_the_heard_cry_and_the_sound_level_and_nothing_else_leaves(assets, mosquitto):
+    """Privacy, checked at a subscriber of '#' on a real broker: only scores, levels and statuses leave."""
+    from mqtt import Subscriber
+    from test_publish import render_like_home_assistant
+
+    folder, vision_model, audio_model = assets
+    clip = with_sound(empty_room(folder / "room3.avi"), sound_track(folder), folder / "room-cry3.avi")
+    before = {p for p in folder.rglob("*")}
+    broker = f'[mqtt]\nhost = "127.0.0.1"\nport = {mosquitto.port}\nstate_interval = 0\n'
+    with Subscriber(mosquitto) as everything:
+        events, _ = run(folder, vision_model, audio_model, clip, broker)
+        everything.wait_for(next(m.topic for m in everything.messages if m.topic.endswith("/availability")),
+                            lambda m: m.payload == b"offline")
+    assert [kind for kind, _, _ in events] == ["start", "end"]
+    messages = list(everything.messages)
+    topics = {m.topic for m in messages}
+    prefix = next(t for t in topics if t.endswith("/state")).rsplit("/", 1)[0]
+    assert topics <= {f"{prefix}/state", f"{prefix}/event", f"{prefix}/stats", f"{prefix}/availability",
+                      next(t for t in topics if t.startswith("homeassistant/device/"))}
+    discovery = json.loads(next(m.payload for m in messages if m.topic.startswith("homeassistant/")))
+    for message in messages:
+        assert len(message.payload) < 4096, message.topic  # a second of sound as text would be ~100 kB
+        if message.topic.endswith("/availability"):
+            assert message.payload in (b"online", b"offline")
+            continue
+        payload = json.loads(message.payload)
+        if message.topic.endswith("/state"):
+            assert set(payload) <= ALLOWED_STATE_KEYS
+            for sense in ("vision", "audio"):
+                assert set(payload.get(sense, {})) <= ALLOWED_SENSE_KEYS
+        if message.topic.endswith("/stats"):
+            assert all(isinstance(v, (int, float, str, bool, type(None))) for v in payload.values()), payload
+    # nothing was written beside the clip but the outbox (and the config files the test wrote)
+    written = {p for p in folder.rglob("*")} - before
+    assert all(p.name.startswith(("outbox", "cryedge-")) for p in written), written
+
+    cmps = discovery["cmps"]
+    assert cmps["heard"]["unit_of_measurement"] == "%" and cmps["heard"]["icon"] == "mdi:ear-hearing"
+    assert cmps["sound_level"]["unit_of_measurement"] == "dBFS" and "device_class" not in cmps["sound_level"]
+    states = [m.payload for m in messages if m.topic.endswith("/state")]
+    heard = [render_like_home_assistant(cmps["heard"]["value_template"], s) for s in states]
+    levels = [render_like_home_assistant(cmps["sound_level"]["value_template"], s) for s in states]
+    assert max(float(h) for h in heard if h != "None") > 90
+    assert -60 < min(float(v) for v in levels if v != "None") < -40  # the quiet room
+    assert max(float(v) for v in levels if v != "None") > -20  # the cry tone
+    assert "None" in heard  # the state sent on connect has no audio part yet: unknown, not an error
