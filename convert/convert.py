@@ -25,7 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.card import FaceCropSpec, FeatureSpecRef, ModelCard, Quantization, SourceModel, TensorQuantization
+from edge.card import (
+    AudioSpec,
+    FaceCropSpec,
+    FeatureSpecRef,
+    ModelCard,
+    Quantization,
+    SourceModel,
+    TensorQuantization,
+)
 from edge.errors import DataError, ModelError
 from edge.features import NORMALIZATIONS, SPECS, get_spec
 
@@ -47,6 +55,17 @@ class Kind:
     window: int
     features: FeatureSpecRef | None = None
     face_crop: FaceCropSpec | None = None
+    audio: AudioSpec | None = None
+
+
+def audio_kind(shape: tuple, audio: AudioSpec) -> Kind:
+    """An audio-window model fed by the front end ``audio`` describes (from a 'cryedge dataset build --audio' file)."""
+    dims = tuple(int(d) for d in shape[1:])
+    expected = audio.frames * audio.feature_size
+    if int(np.prod(dims)) != expected:
+        raise DataError(f"model input {list(dims)} does not hold the dataset's {audio.frames} frames x "
+                        f"{audio.feature_size} {audio.features} values")
+    return Kind("audio-window", 1, audio=audio)
 
 
 def infer_kind(shape: tuple, *, kind: str | None = None, spec: str | None = None, window: int | None = None) -> Kind:
@@ -92,6 +111,7 @@ class Samples:
     labels: tuple[str, ...] | None = None  # a 'cryedge dataset build' file says its labels,
     spec: str | None = None  # feature spec
     normalization: str | None = None  # and normalization; the card takes them from it
+    audio: AudioSpec | None = None  # a sound dataset's front end; the card takes it from it
 
 
 def load_samples(source: str, input_shape: tuple, seed: int = 0) -> Samples:
@@ -118,13 +138,14 @@ def load_samples(source: str, input_shape: tuple, seed: int = 0) -> Samples:
             labels = tuple(str(label) for label in data["labels"]) if "labels" in data else None
             spec = str(data["spec"]) if "spec" in data else None
             normalization = str(data["normalization"]) if "normalization" in data else None
+            audio = AudioSpec.model_validate_json(str(data["audio"])) if "audio" in data else None
     except (OSError, ValueError) as error:
         raise DataError(f"cannot read calibration data {path}: {str(error).splitlines()[0]}") from None
     if x.ndim < 2 or int(np.prod(x.shape[1:])) != int(np.prod(sample_shape)) or (
         x.shape[1:] != sample_shape and x.shape[1:] != _window_shape(x, sample_shape)
     ):
         raise DataError(f"calibration data {path}: x has shape {list(x.shape)}, the model takes {list(sample_shape)} a sample")
-    return Samples(x.reshape((len(x), *sample_shape)), y, groups, str(path), labels, spec, normalization)
+    return Samples(x.reshape((len(x), *sample_shape)), y, groups, str(path), labels, spec, normalization, audio)
 
 
 def _window_shape(x: np.ndarray, sample_shape: tuple) -> tuple:
@@ -277,7 +298,13 @@ def load_source(options: ConvertOptions) -> Source:
     shape = keras_io.input_shape(loaded.model)
     samples = load_samples(options.calibration, shape) if options.calibration else None
     spec = options.spec or (samples.spec if samples is not None and samples.spec in SPECS else None)
-    kind = infer_kind(shape, kind=options.kind, spec=spec, window=options.window)
+    if samples is not None and samples.audio is not None and options.kind in (None, "audio-window"):
+        kind = audio_kind(shape, samples.audio)
+    elif options.kind == "audio-window":
+        raise DataError("an audio-window model needs --calibration with a 'cryedge dataset build --audio' file: "
+                        "its front end goes on the card")
+    else:
+        kind = infer_kind(shape, kind=options.kind, spec=spec, window=options.window)
     normalization = options.normalization or (samples.normalization if samples is not None else None)
     if kind.features is not None and normalization:
         kind.features = FeatureSpecRef(spec=kind.features.spec, normalization=normalization)
@@ -450,6 +477,8 @@ def choose_labels(options: ConvertOptions, source: Source) -> tuple[tuple[str, .
 def default_labels(outputs: int, kind: str) -> tuple[tuple[str, ...], str]:
     from convert.zoo import EMOTION_LABELS
 
+    if outputs == 1 and kind == "audio-window":
+        return ("not_crying", "crying"), "crying"
     if outputs == 1:
         return (("no-cry", "cry") if kind == "landmark-window" else ("negative", "positive")), ("cry" if kind == "landmark-window" else "positive")
     if outputs == 7 and kind == "face-crop":
@@ -488,6 +517,7 @@ def make_card(options: ConvertOptions, source: Source, measured: Measured, label
         window=kind.window,
         features=kind.features,
         face_crop=kind.face_crop,
+        audio=kind.audio,
         labels=labels,
         positive_label=positive,
         output="sigmoid" if source.outputs == 1 else "softmax",
@@ -620,7 +650,8 @@ def add_commands(subparsers) -> None:
                         help="recurrent layers: unrolled (all-int8, CPU) or fused UNIDIRECTIONAL_SEQUENCE_LSTM (EdgeTPU, stateful)")
     parser.add_argument("--output", "-o", type=Path, required=True, help="OUT.tflite (the card goes to OUT.json)")
     parser.add_argument("--report", type=Path, help="write the report as JSON here (the plot beside it)")
-    parser.add_argument("--kind", choices=("landmark-window", "face-crop"), help="override the inferred model kind")
+    parser.add_argument("--kind", choices=("landmark-window", "face-crop", "audio-window"),
+                        help="override the inferred model kind")
     parser.add_argument("--spec", choices=tuple(SPECS), help="feature spec of a landmark-window model")
     parser.add_argument("--window", type=int, help="frames a window (for an image-shaped window model)")
     parser.add_argument("--labels", type=lambda s: tuple(x.strip() for x in s.split(",")), help="class labels, comma separated")

@@ -33,6 +33,7 @@ import numpy as np
 from edge.errors import DataError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus")
 TIME_COLUMNS = {"time": 1.0, "time_s": 1.0, "time_ms": 0.001, "timestamp (msec)": 0.001}
 
 
@@ -318,6 +319,95 @@ def build(videos_dir: Path, labels_path: Path, spec_name: str = "openpose-face70
     )
 
 
+# --- sound --------------------------------------------------------------------------------------
+
+def sound_track(path: Path, rate: int) -> np.ndarray:
+    """All of a file's sound (an audio file or a video's sound track) through the device's capture, mono at ``rate``."""
+    from edge.audio_source import FfmpegAudioSource
+    from edge.errors import SourceError
+
+    source = FfmpegAudioSource(path, rate, realtime=False)
+    try:
+        source.open()
+        chunks = []
+        while not source.finished:
+            chunk = source.read(timeout=5.0)
+            if chunk is not None:
+                chunks.append(chunk.samples)
+    except SourceError as error:
+        raise DataError(str(error)) from None
+    finally:
+        source.close()
+    if not chunks:
+        raise DataError(f"{path} has no sound")
+    return np.concatenate(chunks)
+
+
+@dataclass
+class SoundDataset:
+    x: np.ndarray  # (N, frames, bands) features, or (N, samples) for a waveform model
+    y: np.ndarray
+    groups: np.ndarray
+    videos: np.ndarray
+    t_end: np.ndarray
+    labels: tuple[str, ...]
+    audio: object  # edge.card.AudioSpec
+    kind: str
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, x=self.x, y=self.y, groups=self.groups, videos=self.videos, t_end=self.t_end,
+                            labels=np.array(self.labels), audio=np.array(self.audio.model_dump_json()),
+                            kind=np.array(self.kind))
+
+
+def build_sound(files_dir: Path, labels_path: Path, audio=None, kind: str = "audio-window", positive: str | None = None,
+                default_label: str = "not_crying", label_column: str = "label", group_by: str = "subject",
+                progress: bool = True) -> SoundDataset:
+    """Windows of every labelled file's sound, every ``audio.hop_seconds``, through the device's front end.
+
+    A window's label is the label at its last sample, as the device attributes a score to the window's end.
+    """
+    from edge.audio import AudioWindow
+    from edge.audio_features import audio_features
+    from edge.card import AudioSpec
+
+    audio = audio or AudioSpec()
+    by_file = read_labels(labels_path, files_dir, default_label, label_column, group_by)
+    bar = Progress(len(by_file), "sound dataset") if progress else None
+    xs, names, groups, files, ends = [], [], [], [], []
+    for number, (name, truth) in enumerate(sorted(by_file.items())):
+        samples = sound_track(Path(files_dir) / name, audio.rate)
+        window = AudioWindow(audio.window_samples, audio.rate, audio.hop_seconds)
+        for end, waveform in window.push(samples):
+            xs.append(waveform if kind == "audio-waveform" else audio_features(waveform, audio))
+            t = end / audio.rate
+            names.append(truth.label_at(t - 1e-3))
+            groups.append(truth.group)
+            files.append(name)
+            ends.append(t)
+        if bar:
+            bar.update(number + 1, name)
+    if not xs:
+        raise DataError(f"no windows: every file is shorter than a window of {audio.window_samples / audio.rate:g} s")
+    if positive is not None:
+        if positive not in names:
+            raise DataError(f"positive label {positive!r} labels no window; labels seen: {', '.join(sorted(set(names)))}")
+        labels = (default_label if default_label != positive else f"not_{positive}", positive)
+        y = np.array([int(n == positive) for n in names], np.int64)
+    else:
+        labels = tuple(sorted(set(names)))
+        y = np.array([labels.index(n) for n in names], np.int64)
+    x = np.stack(xs).astype(np.float32)
+    if kind == "audio-window" and audio.normalization == "none":
+        # one mean and scale for every value, from this data, on the card: the device applies the same two numbers
+        mean, std = float(x.mean()), max(float(x.std()), 1e-6)
+        audio = audio.model_copy(update={"normalization": "fixed", "mean": round(mean, 4), "std": round(std, 4)})
+        x = (x - audio.mean) / audio.std
+    return SoundDataset(x, y, np.array(groups), np.array(files), np.array(ends, np.float32), labels, audio, kind)
+
+
 def load(path: Path) -> dict:
     """A dataset ``.npz`` as a dict of arrays and plain metadata; DataError when it is not one."""
     path = Path(path)
@@ -341,6 +431,20 @@ def load(path: Path) -> dict:
 # --- CLI ---------------------------------------------------------------------------------------
 
 def _build_command(args) -> int:
+    if args.audio:
+        from edge.card import AudioSpec
+
+        spec = AudioSpec(features=args.audio_features, mel_bands=args.mel_bands, hop_seconds=args.hop_seconds)
+        kind = "audio-waveform" if args.audio_features == "waveform" else "audio-window"
+        if kind == "audio-waveform":
+            spec = AudioSpec(hop_seconds=args.hop_seconds)
+        sound = build_sound(args.videos_dir, args.labels, spec, kind, args.positive, args.default_label,
+                            args.label_column, args.group_by)
+        sound.save(args.output)
+        counts = ", ".join(f"{name} {int((sound.y == i).sum())}" for i, name in enumerate(sound.labels))
+        print(f"{args.output}: {len(sound.y)} sound windows of {'x'.join(map(str, sound.x.shape[1:]))} ({counts}); "
+              f"{len(set(sound.groups.tolist()))} groups")
+        return 0
     dataset = build(args.videos_dir, args.labels, args.spec, args.normalization, args.window, args.stride,
                     args.positive, args.default_label, args.label_column, progress=True, group_by=args.group_by)
     dataset.save(args.output)
@@ -375,5 +479,12 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--group-by", choices=("subject", "video"), default="subject",
                         help="groups for a split: the intervals CSV's subject column (default, when present) or the video")
+    parser.add_argument("--audio", action="store_true",
+                        help="windows of the files' sound (audio files or videos' sound tracks) through the device's "
+                             "audio front end, not of the pictures")
+    parser.add_argument("--audio-features", choices=("log-mel", "mfcc", "waveform"), default="log-mel",
+                        help="with --audio: what a window holds (waveform: the samples, for a YAMNet-style model)")
+    parser.add_argument("--mel-bands", type=int, default=64, help="with --audio: mel bands (default 64)")
+    parser.add_argument("--hop-seconds", type=float, default=0.5, help="with --audio: a window this often (default 0.5)")
     parser.add_argument("--output", "-o", type=Path, required=True, metavar="DATA.npz")
     parser.set_defaults(handler=_build_command)

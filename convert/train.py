@@ -300,7 +300,8 @@ def train(options: TrainOptions) -> dict:
     x, y, groups = data["x"].astype(np.float32), data["y"].astype(np.int64), data["groups"].astype(str)
     labels = tuple(str(v) for v in data["labels"]) if "labels" in data else ("negative", "positive")
     if x.ndim != 3:
-        raise DataError(f"dataset {options.data}: x has shape {x.shape}; landmark-window training needs (N, T, F)")
+        raise DataError(f"dataset {options.data}: x has shape {x.shape}; window training needs (N, T, F) "
+                        "(landmark windows, or sound windows of frames x bands)")
     if len(labels) != 2 or not set(np.unique(y)) <= {0, 1}:
         raise DataError(f"dataset {options.data} has classes {list(labels)}; the zoo's sigmoid models need 2 "
                         "(build the data with --positive)")
@@ -324,6 +325,8 @@ def train(options: TrainOptions) -> dict:
         "spec": str(data["spec"]) if "spec" in data else None,
         "normalization": str(data["normalization"]) if "normalization" in data else None, "seed": options.seed,
     }
+    if "audio" in data:  # a sound dataset: its front end goes to the card through convert
+        metrics["audio"] = json.loads(str(data["audio"]))
     if options.folds:
         folds = stratified_group_folds(groups, y, options.folds, options.seed)
         per_fold = []
@@ -394,12 +397,12 @@ def _run(args) -> int:
 
 
 def add_commands(subparsers) -> None:
-    from convert.zoo import LANDMARK_WINDOW
+    from convert.zoo import AUDIO_WINDOW, LANDMARK_WINDOW
 
     parser = subparsers.add_parser(
         "train", help="train a zoo architecture on a dataset, tested on held-out groups",
         description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", required=True, choices=tuple(LANDMARK_WINDOW))
+    parser.add_argument("--arch", required=True, choices=tuple(LANDMARK_WINDOW) + tuple(AUDIO_WINDOW))
     parser.add_argument("--data", type=Path, required=True, metavar="DATA.npz", help="from 'cryedge dataset build'")
     parser.add_argument("--output", "-o", type=Path, required=True, metavar="MODEL.keras")
     parser.add_argument("--epochs", type=int, default=40, help="at most this many (early stopping; default 40)")

@@ -176,6 +176,26 @@ def smile_cnn(height: int = 64, width: int = 64, channels: int = 1, keras=None, 
     return _face_cnn(height, width, channels, 1, "sigmoid", "smile_cnn", keras, filters, dense)
 
 
+def audio_cnn(frames: int = 96, bands: int = 64, keras=None, filters: int = 16, dense: int = 32):
+    """A log-mel (or MFCC) patch, ``frames`` x ``bands``, to crying or not: the related work's sound CNN.
+
+    Three 3x3 convolution blocks with pooling over time and frequency, global average pooling (so the
+    model does not learn where in the patch a cry sits) and a small dense head; sigmoid. The input is
+    the front end's (frames, bands) matrix; the channel axis is added inside, so the card's input shape is
+    (1, frames, bands).
+    """
+    keras = _keras(keras)
+    layers = keras.layers
+    stack = [*_input_layer(keras, (frames, bands)),
+             layers.Reshape((frames, bands, 1), **_first(keras, (frames, bands)))]
+    for block in range(3):
+        stack += [layers.Conv2D(filters * 2 ** min(block, 1), 3, padding="same", activation="relu"),
+                  layers.MaxPooling2D(2)]
+    stack += [layers.GlobalAveragePooling2D(), layers.Dense(dense, activation="relu"), layers.Dropout(0.3),
+              layers.Dense(1, activation="sigmoid")]
+    return keras.Sequential(stack, name="audio_cnn")
+
+
 EMOTION_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 # name -> (kind, builder). Landmark-window builders take (window, features); face-crop ones (h, w, c).
@@ -190,6 +210,10 @@ FACE_CROP = {
     "emotion-cnn": emotion_cnn,
     "smile-cnn": smile_cnn,
 }
+# Audio-window builders take (frames, bands) of the front end's patch.
+AUDIO_WINDOW = {
+    "audio-cnn": audio_cnn,
+}
 ARCHITECTURES = tuple(LANDMARK_WINDOW) + tuple(FACE_CROP)
 
 
@@ -199,7 +223,9 @@ def build(name: str, window: int = 10, features: int = 156, keras=None, **sizes)
         return LANDMARK_WINDOW[name](window, features, keras=keras, **sizes)
     if name in FACE_CROP:
         return FACE_CROP[name](keras=keras, **sizes)
-    raise ConfigError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
+    if name in AUDIO_WINDOW:
+        return AUDIO_WINDOW[name](window, features, keras=keras, **sizes)
+    raise ConfigError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES + tuple(AUDIO_WINDOW))}")
 
 
 def synthetic_windows(n: int, window: int = 10, features: int = 156, seed: int = 0):

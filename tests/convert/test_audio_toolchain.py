@@ -1,0 +1,91 @@
+"""The audio toolchain: synthetic sounds -> dataset build --audio -> train audio-cnn -> convert int8 -> the device.
+
+The sounds are SYNTHETIC (convert/audio_synth.py); the point here is that every step hands the next the
+same front end, so the device computes exactly the features the model was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from convert import audio_synth
+from convert.dataset import build_sound, sound_track
+from edge.card import AudioSpec, load_card
+
+pytest.importorskip("tensorflow")
+needs_tools = pytest.mark.skipif(not all(shutil.which(t) for t in ("ffmpeg", "espeak-ng", "sox")),
+                                 reason="needs ffmpeg, espeak-ng and sox (apt)")
+
+
+def dominant_hz(x: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.argmax(spectrum) * audio_synth.RATE / len(x))
+
+
+def test_synthetic_sounds_are_reproducible_and_cries_sit_in_the_cry_band():
+    a = audio_synth.sound("crying", 3.0, np.random.default_rng(1))
+    b = audio_synth.sound("crying", 3.0, np.random.default_rng(1))
+    np.testing.assert_array_equal(a, b)
+    voiced = a[np.abs(a) > 0.3 * np.abs(a).max()]
+    assert 250 <= dominant_hz(voiced[:4096]) <= 1200  # the fundamental or a low harmonic of a 300-650 Hz cry
+    assert 20 * np.log10(np.sqrt(np.mean(a ** 2))) == pytest.approx(-20.0, abs=0.1)
+    for kind in ("music", "fan", "dog", "door", "white_noise", "pink_noise", "singing", "quiet"):
+        assert audio_synth.sound(kind, 1.0, np.random.default_rng(2)).shape == (16000,)
+
+
+@needs_tools
+def test_sound_files_and_video_sound_tracks_become_labelled_windows_of_the_device_features(tmp_path):
+    labels = audio_synth.generate(tmp_path / "clips", 6, seconds=4.0, seed=3, cry_share=0.7)
+    video = tmp_path / "clips" / "film.mp4"  # a video whose sound track is clip0000's
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=5:duration=4",
+                    "-i", str(tmp_path / "clips" / "clip0000.wav"), "-c:v", "libx264", "-c:a", "aac", "-shortest",
+                    str(video)], check=True)
+    rows = labels.read_text().splitlines()
+    labels.write_text("\n".join(rows + [row.replace("clip0000.wav", "film.mp4").replace(",clip0000", ",film")
+                                        for row in rows if row.startswith("clip0000.wav")]) + "\n")
+    data = build_sound(tmp_path / "clips", labels, AudioSpec(), positive="crying", progress=False)
+    assert data.x.shape[1:] == (96, 64) and data.labels == ("not_crying", "crying")
+    assert data.audio.normalization == "fixed" and abs(float(data.x.mean())) < 0.05
+    assert set(data.videos.tolist()) >= {"clip0000.wav", "film.mp4"}
+    # windows end every half second from 0.975 s; a window is crying when its last sample is
+    truth = {row.split(",")[0]: row.split(",") for row in rows[1:]}
+    name = next(v for v, r in truth.items() if r[3] == "crying")
+    start, end = float(truth[name][1]), float(truth[name][2])
+    for t, y in zip(data.t_end[data.videos == name], data.y[data.videos == name], strict=True):
+        assert y == int(start <= t - 1e-3 < end)
+
+
+@needs_tools
+def test_trained_converted_model_sees_on_the_device_the_features_it_was_trained_on(tmp_path):
+    from convert.convert import ConvertOptions, convert
+    from convert.train import TrainOptions, train
+    from edge.audio import AudioScorer
+    from edge.audio_features import audio_features
+    from edge.model import TFLiteModel
+
+    labels = audio_synth.generate(tmp_path / "clips", 16, seconds=4.0, seed=4, cry_share=0.6)
+    data = build_sound(tmp_path / "clips", labels, AudioSpec(features="mfcc", n_mfcc=20), positive="crying",
+                       progress=False)
+    data.save(tmp_path / "sound.npz")
+    metrics = train(TrainOptions(arch="audio-cnn", data=tmp_path / "sound.npz", output=tmp_path / "a.keras",
+                                 epochs=2, verbose=0))
+    assert metrics["audio"]["features"] == "mfcc"
+    report = convert(ConvertOptions(model=tmp_path / "a.keras", output=tmp_path / "a.tflite",
+                                    calibration=str(tmp_path / "sound.npz")))
+    assert report.fidelity["samples"] > 0
+    card = load_card(tmp_path / "a.tflite")
+    assert card.kind == "audio-window" and card.quantization.scheme == "int8"
+    assert card.audio == data.audio  # the dataset's front end, normalization statistics and all
+    assert json.loads((tmp_path / "a.json").read_text())["audio"]["n_mfcc"] == 20
+    # the device's features of a window are the training row of that window
+    samples = sound_track(tmp_path / "clips" / "clip0001.wav", 16000)
+    window = samples[:card.audio.window_samples]
+    row = np.flatnonzero(data.videos == "clip0001.wav")[0]
+    np.testing.assert_allclose(audio_features(window, card.audio), data.x[row], atol=1e-4)
+    scorer = AudioScorer(TFLiteModel(tmp_path / "a.tflite"))
+    assert 0.0 <= scorer.score(window, 1.0).probability <= 1.0
