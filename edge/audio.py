@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -339,6 +340,32 @@ def sound_backend_factory(config) -> tuple[Callable[[int], object], bool]:
         return ffmpeg(video.open_url(), True, getattr(video, "transport", "tcp"), shown=video.display()), False
     raise ConfigError(f"[audio.source] type \"video\": the camera ({video.type}) has no sound track cryedge can "
                       "read; set [audio.source] type = \"alsa\" for a microphone")
+
+
+def has_sound_track(path) -> bool:
+    """Whether a media file holds an audio stream (``ffprobe``; False without it)."""
+    import shutil
+    import subprocess
+
+    probe = shutil.which("ffprobe")
+    if probe is None:
+        return False
+    try:
+        found = subprocess.run([probe, "-v", "error", "-select_streams", "a", "-show_entries", "stream=index",
+                                "-of", "csv=p=0", str(path)], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return found.returncode == 0 and bool(found.stdout.strip())
+
+
+def hearing_enabled(config) -> bool:
+    """``[audio] enabled``, with ``auto`` resolved: on for a video file with a sound track and a model to hear it."""
+    enabled = config.audio.enabled
+    if enabled != "auto":
+        return bool(enabled)
+    source = config.source
+    return (config.audio.source.type == "video" and source.type == "file" and Path(config.audio.model).is_file()
+            and has_sound_track(source.path))
 
 
 def open_hearing(config, alarm_threshold: float) -> Hearing:

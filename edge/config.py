@@ -585,7 +585,8 @@ AudioSourceConfig = Annotated[VideoSoundConfig | AlsaSoundConfig | FileSoundConf
 class AudioConfig(Section):
     """Hearing: a microphone or a sound track through an audio model; consumed by ``edge.audio``."""
 
-    enabled: bool = False
+    # auto: on when [source] is a video file with a sound track (the demo clip), else off
+    enabled: bool | Literal["auto"] = "auto"
     source: AudioSourceConfig = Field(default_factory=VideoSoundConfig)
 
     @field_validator("source", mode="before")
@@ -595,7 +596,7 @@ class AudioConfig(Section):
         if isinstance(value, dict) and "type" not in value:
             return {"type": "video", **value}
         return value
-    model: Path = Field(default_factory=lambda: paths.models_dir() / "cry-audio-default.tflite")
+    model: Path = Field(default_factory=lambda: paths.bundled("models", "cry-audio-default.tflite"))
     num_threads: int = Field(default=1, ge=1, le=8)
 
 

@@ -217,6 +217,9 @@ class Daemon:
             self.model = self._own(TFLiteModel(cfg.model.path, num_threads=cfg.model.num_threads, edgetpu=cfg.model.edgetpu))
             self.pipeline = self._own(build_pipeline(cfg, self.model))
             self.extractor, self.alarm = self.pipeline.extractor, self.pipeline.alarm
+            from edge.audio import hearing_enabled
+
+            cfg.audio.enabled = hearing_enabled(cfg)  # "auto" resolved: the publisher discovers what runs
             if cfg.audio.enabled:
                 from edge.audio import open_hearing
 

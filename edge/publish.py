@@ -785,5 +785,5 @@ def make_publisher(config: Config, model: str, on_output_closed=None) -> MqttPub
     ``on_output_closed`` is called when stdout's reader has gone (stdout publisher only).
     """
     if config.mqtt.enabled:
-        return MqttPublisher(config.mqtt, config.device, config.outbox, model, hearing=config.audio.enabled)
+        return MqttPublisher(config.mqtt, config.device, config.outbox, model, hearing=config.audio.enabled is True)
     return StdoutPublisher(config.device.id, model, on_output_closed=on_output_closed)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
+from edge.audio import hearing_enabled
 from edge.config import AlsaSoundConfig, FileSoundConfig, load_config, to_toml
 from edge.errors import ConfigError
 
@@ -14,10 +17,26 @@ def write(tmp_path, text: str):
     return path
 
 
-def test_without_an_audio_section_the_daemon_does_not_listen():
+def test_without_an_audio_section_the_daemon_listens_only_to_a_video_file_with_a_sound_track(tmp_path):
     config = load_config()
-    assert config.audio.enabled is False
+    assert config.audio.enabled == "auto"
     assert config.audio.source.type == "video" and config.fusion.mode == "either"
+    camera = load_config(overrides={"source": {"uri": "/dev/video0"}})
+    assert hearing_enabled(camera) is False  # a camera gives no sound: no microphone configured, none used
+    silent = tmp_path / "silent.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=5:duration=1",
+                    str(silent)], check=True)
+    assert hearing_enabled(load_config(overrides={"source": {"uri": str(silent)}})) is False
+    voiced = tmp_path / "voiced.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(silent), "-f", "lavfi", "-i",
+                    "sine=frequency=440:duration=1", "-c:v", "copy", "-shortest", str(voiced)], check=True)
+    model = write(tmp_path, "")  # any file stands for the model here
+    with_sound = load_config(overrides={"source": {"uri": str(voiced)}, "audio": {"model": str(model)}})
+    assert hearing_enabled(with_sound) is True
+    assert hearing_enabled(load_config(overrides={"source": {"uri": str(voiced)}, "audio": {
+        "model": str(tmp_path / "none.tflite")}})) is False  # no audio model: vision alone, as before
+    assert hearing_enabled(load_config(overrides={"audio": {"enabled": False, "model": str(model)},
+                                                  "source": {"uri": str(voiced)}})) is False
 
 
 def test_a_microphone_by_card_index_or_name(tmp_path):
