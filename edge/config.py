@@ -534,6 +534,19 @@ class HealthConfig(Section):
     port: int = Field(default=8765, ge=1, le=65535)
 
 
+class SnapshotConfig(Section):
+    """The picture of a cry's start (and end, if asked) on ``<prefix>/snapshot``; off by default (edge.pictures)."""
+
+    enabled: bool = False
+    on_end: bool = False  # a picture at the end of an episode too
+    landmarks: bool = True  # face and body points drawn on it
+    probability: bool = True  # the probability written on it
+    face: Literal["show", "blur", "crop"] = "show"  # blur the face, or send only the face's region
+    max_width: int = Field(default=640, ge=64, le=4096)  # scaled down (never up) to fit
+    max_height: int = Field(default=480, ge=64, le=4096)
+    quality: int = Field(default=80, ge=10, le=100)  # JPEG quality
+
+
 class AudioSourceOptions(Section):
     """What every sound source takes; each type below adds its own options (like ``[source]``)."""
 
@@ -622,6 +635,7 @@ class Config(Section):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
     audio: AudioConfig = Field(default_factory=AudioConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
 

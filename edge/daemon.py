@@ -48,6 +48,7 @@ class FrameResult:
     body_seen: bool = False
     inference_ms: float | None = None  # the model's own time, when the window was scored
     brightness: float | None = None  # mean luma 0-255 of the frame as captured
+    landmarks: object | None = None  # edge.records.Landmarks of the frame, for its pictures (edge.pictures)
 
 
 class RollingStats:
@@ -153,7 +154,7 @@ class Pipeline:
             times["alarm"] = (now - mark) * 1000
         inference_ms = self.scorer.last_inference_ms if score is not None else None
         return FrameResult(frame.t, landmarks.has_face, score, events, times, body_seen=landmarks.has_pose,
-                           inference_ms=inference_ms, brightness=exposure.brightness)
+                           inference_ms=inference_ms, brightness=exposure.brightness, landmarks=landmarks)
 
     def close(self) -> None:
         self.extractor.close()
@@ -202,6 +203,7 @@ class Daemon:
         self.model = self.extractor = self.source = self.publisher = self.alarm = self.pipeline = None
         self.hearing = None  # edge.audio.Hearing when [audio] is enabled
         self.health = None
+        self.snapshots = None  # edge.pictures.SnapshotWorker when [snapshot] is enabled
 
     # --- building
 
@@ -228,6 +230,10 @@ class Daemon:
             self.publisher = make_publisher(cfg, self.model.card.name, on_output_closed=self.stop)
             self.publisher.start()
             self._closing.append(self.publisher)
+            if cfg.snapshot.enabled:  # closed before the publisher: a picture being encoded still goes out
+                from edge.pictures import SnapshotWorker
+
+                self.snapshots = self._own(SnapshotWorker(cfg.snapshot, self.publisher.publish_snapshot))
             self.source = SupervisedSource.from_config(cfg.source, on_progress=self._source_progress)
             self.source.open()
             if self.hearing is not None:
@@ -274,6 +280,8 @@ class Daemon:
                 mark = time.perf_counter()
                 for event in result.events:
                     self._publish_event(event)
+                    if self.snapshots is not None:  # after the event is on its way: it never waits for a picture
+                        self.snapshots.offer(frame.image, result.landmarks, event)
                 if result.score is not None:
                     self.publisher.publish_state(self._alarm_state())
                 result.stage_ms["publish"] = (time.perf_counter() - mark) * 1000

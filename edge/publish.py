@@ -7,6 +7,9 @@ describes them for Home Assistant users:
 - ``<prefix>/state``: retained JSON ``{"crying": "ON"|"OFF", "probability", "since", "event_id", "model"}``.
 - ``<prefix>/event``: JSON cry start / end (``event_type`` ``cry_start`` / ``cry_end``), QoS 1, not retained.
 - ``<prefix>/stats``: retained JSON diagnostics ``{"fps", "inference_ms", "face_share", "outbox_fault"}``.
+- ``<prefix>/snapshot``: with ``[snapshot]`` on, the JPEG of the frame that started a cry (bytes), retained,
+  QoS 1. Never in the outbox: while the broker is away only the newest picture waits, in memory, and goes
+  after the events on reconnect; an event never waits for a picture.
 - ``<discovery prefix>/device/<device id>/config``: one device-based discovery document, retained,
   re-sent when ``<discovery prefix>/status`` says ``online`` (at most every ``DISCOVERY_INTERVAL``).
 
@@ -68,6 +71,7 @@ class Topics:
         self.state = f"{self.prefix}/state"
         self.event = f"{self.prefix}/event"
         self.stats = f"{self.prefix}/stats"
+        self.snapshot = f"{self.prefix}/snapshot"
         self.discovery = f"{discovery_prefix}/device/{device_id}/config"
         self.ha_status = f"{discovery_prefix}/status"
 
@@ -189,10 +193,12 @@ HEARING = {
 }
 
 
-def discovery_document(topics: Topics, device: DeviceConfig, model: str, hearing: bool = False) -> dict[str, Any]:
+def discovery_document(topics: Topics, device: DeviceConfig, model: str, hearing: bool = False,
+                       snapshot: bool = False) -> dict[str, Any]:
     """Home Assistant's device-based discovery payload: the device, its origin, and its entities.
 
-    ``hearing`` adds the audio path's entities (the cry heard, the sound level)."""
+    ``hearing`` adds the audio path's entities (the cry heard, the sound level); ``snapshot`` the image
+    entity of the cry's picture (HA's MQTT image platform: raw bytes on ``image_topic``)."""
     uid = f"cryedge_{device.id}"
     components: dict[str, dict[str, Any]] = {
         # Fused from what the camera sees and the microphone hears: no device class, since "sound" would say
@@ -223,6 +229,9 @@ def discovery_document(topics: Topics, device: DeviceConfig, model: str, hearing
             "event_types": list(EVENT_TYPES.values()),
         },
     }
+    if snapshot:
+        components["snapshot"] = {"p": "image", "name": "Cry snapshot", "icon": "mdi:cctv",
+                                  "image_topic": topics.snapshot, "content_type": "image/jpeg"}
     for key, options in (HEARING if hearing else {}).items():
         components[key] = {"p": "sensor", "state_topic": topics.state, "state_class": "measurement", **options}
     for key, options in DIAGNOSTICS.items():
@@ -282,6 +291,7 @@ class Publisher(Protocol):
     def publish_event(self, event: AlarmEvent) -> None: ...
     def publish_state(self, state: AlarmState) -> None: ...
     def publish_stats(self, stats: Mapping[str, float]) -> None: ...
+    def publish_snapshot(self, jpeg: bytes, event: AlarmEvent | None = None) -> None: ...
     def close(self) -> None: ...
 
 
@@ -379,6 +389,9 @@ class StdoutPublisher:
     def publish_stats(self, stats: Mapping[str, float]) -> None:
         pass  # diagnostics go to the health endpoint and the logs, not into the event stream
 
+    def publish_snapshot(self, jpeg: bytes, event: AlarmEvent | None = None) -> None:
+        pass  # pictures go to a broker only, never into a terminal or a log file
+
     def close(self) -> None:
         """Publish OFF if still crying, and give the queued lines ``CLOSE_SECONDS`` to be written."""
         if self._crying:
@@ -408,13 +421,16 @@ class MqttPublisher:
     """
 
     def __init__(self, mqtt: MqttConfig, device: DeviceConfig, outbox: OutboxConfig, model: str,
-                 hearing: bool = False):
+                 hearing: bool = False, snapshot: bool = False):
         if not mqtt.enabled:
             raise ValueError("MqttPublisher needs mqtt.host; use StdoutPublisher without a broker")
         self.mqtt = mqtt
         self.device = device
         self.model = model
         self.hearing = hearing  # the audio path runs: its entities are discovered too
+        self.snapshot = snapshot  # [snapshot] on: the image entity is discovered
+        self._snapshot_waiting: bytes | None = None  # the newest picture, while the broker is away
+        self.snapshots_sent = self.snapshots_dropped = 0
         self.topics = Topics.from_config(mqtt, device)
         self.where = f"mqtt {mqtt.host}:{mqtt.effective_port}"
         self._outbox_config = outbox
@@ -603,6 +619,7 @@ class MqttPublisher:
             "refused": self._handle_refused,
             "acked": self._handle_acked,
             "ha_online": self._handle_ha_online,
+            "snapshot": self._handle_snapshot,
         }
         while True:
             try:
@@ -623,7 +640,7 @@ class MqttPublisher:
             except Exception:  # a bug here must not silently stop all publishing
                 log.exception("publisher: handling %s failed", kind)
 
-    def _publish(self, topic: str, payload: str, qos: int = 1, retain: bool = False):
+    def _publish(self, topic: str, payload: str | bytes, qos: int = 1, retain: bool = False):
         return self._client.publish(topic, payload, qos=qos, retain=retain)
 
     def _send_event(self, seq: int, payload: str) -> None:
@@ -680,10 +697,24 @@ class MqttPublisher:
         if self.connected and (due or changed):
             self._send_stats()
 
+    def publish_snapshot(self, jpeg: bytes, event: AlarmEvent | None = None) -> None:
+        """Queue a cry's picture (JPEG bytes) for the snapshot topic; returns at once."""
+        self._queue.put(("snapshot", bytes(jpeg)))
+
+    def _handle_snapshot(self, jpeg: bytes) -> None:
+        if self.connected:
+            self._publish(self.topics.snapshot, jpeg, qos=1, retain=True)
+            self.snapshots_sent += 1
+            return
+        if self._snapshot_waiting is not None:
+            self.snapshots_dropped += 1  # an older picture nobody received: the newest one stands for both
+        self._snapshot_waiting = jpeg
+        log.info("broker away: the snapshot waits in memory (not on disk) and goes on reconnect")
+
     def _send_discovery(self) -> None:
         self._discovery_due = None
         if self.mqtt.discovery:
-            document = discovery_document(self.topics, self.device, self.model, self.hearing)
+            document = discovery_document(self.topics, self.device, self.model, self.hearing, self.snapshot)
             self._publish(self.topics.discovery, _json(document), qos=1, retain=True)
             self._discovery_sent_at = time.monotonic()
 
@@ -713,6 +744,9 @@ class MqttPublisher:
             log.info("delivering %d events from the outbox", len(backlog))
         for entry in backlog:
             self._send_event(entry.seq, entry.payload)
+        if self._snapshot_waiting is not None:  # after the events: a picture never holds up an alert
+            jpeg, self._snapshot_waiting = self._snapshot_waiting, None
+            self._handle_snapshot(jpeg)
 
     def _handle_disconnected(self, reason: str) -> None:
         if self.connected:
@@ -767,7 +801,7 @@ class MqttPublisher:
                 return
             if kind == "state":
                 self._state = value  # the final state is sent once, by close
-            elif kind in ("event", "acked", "connected", "disconnected", "refused"):
+            elif kind in ("event", "acked", "connected", "disconnected", "refused", "snapshot"):
                 getattr(self, f"_handle_{kind}")(value)
 
     def _final_state(self) -> AlarmState:
@@ -785,5 +819,6 @@ def make_publisher(config: Config, model: str, on_output_closed=None) -> MqttPub
     ``on_output_closed`` is called when stdout's reader has gone (stdout publisher only).
     """
     if config.mqtt.enabled:
-        return MqttPublisher(config.mqtt, config.device, config.outbox, model, hearing=config.audio.enabled is True)
+        return MqttPublisher(config.mqtt, config.device, config.outbox, model, hearing=config.audio.enabled is True,
+                             snapshot=config.snapshot.enabled)
     return StdoutPublisher(config.device.id, model, on_output_closed=on_output_closed)
