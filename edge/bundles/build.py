@@ -10,7 +10,8 @@ bundles are built from the Apache-2.0 ``.tflite`` files inside the pinned ``medi
   from output 0 while the 0.10.x models give 468 there, which unchanged yields scrambled points
   and no error. For mediapipe 0.10.x, the last line whose aarch64 wheels run on a Pi 4's ARMv8.0
   cores, the detector's outputs are regrouped into the short-range layout that 0.10.x decodes
-  (``graph_edits.short_range_layout``): same network, same 192x192 input, same faces found.
+  (``graph_edits.short_range_layout``): same network, same 192x192 input, same faces found; its
+  sparse float16 weights folded into dense ones, which 0.10.18's aarch64 runtime reads correctly.
 - ``pose_landmarker.task``: the pose detector and ``pose_landmark_full.tflite`` with the input
   normalization metadata ([0, 255] -> [0, 1]) that PoseLandmarker insists on, and without its
   segmentation-mask head, which cryedge never asks for (the output stays, as zeros).
@@ -42,6 +43,7 @@ from edge.bundles.graph_edits import (
     add_image_normalization,
     append_iris_points,
     drop_dead_operators,
+    fold_constant_operators,
     short_range_layout,
     zero_output,
 )
@@ -219,7 +221,9 @@ def build_bundles(tflites: dict[str, bytes], layout: str = "full-range") -> dict
     detector = tflites["face_detection_full_range_sparse.tflite"]
     return {
         FACE_BUNDLE: {
-            "face_detector.tflite": short_range_layout(detector) if layout == "short-range" else detector,
+            "face_detector.tflite": (
+                short_range_layout(fold_constant_operators(detector)) if layout == "short-range" else detector
+            ),
             "face_landmarks_detector.tflite": append_iris_points(tflites["face_landmark_with_attention.tflite"]),
         },
         POSE_BUNDLE: {

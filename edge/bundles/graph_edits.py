@@ -122,13 +122,16 @@ def short_range_layout(full_range_tflite: bytes) -> bytes:
     refuses the full-range model's 2304 (48x48 cells of stride 4, 1 anchor). The short-range
     model itself misses faces under a tenth of the frame width. So the full-range network stays,
     at its own 192x192 input, and its outputs are regrouped: each stride-8 cell covers 3x3 cells
-    of the full-range grid and takes their two best-scoring boxes (TOPK_V2, then a one-hot
-    BATCH_MATMUL gathers the boxes), re-expressed relative to its own anchor centre in the
-    short-range model's 128-pixel units; the 384 stride-16 anchors get a score of -100 (never a
-    face). 0.10.x then decodes the boxes the full-range model found. (1.x picks its anchors by the
-    input size, so it needs the unchanged model: the two layouts cannot share one file. A 128x128
-    input resized to 192 inside would suit both, but measured fewer small faces: 4 of 12 faces of
-    6% of the frame width found, against 10 of 12.)
+    of the full-range grid and takes the best-scoring of their boxes (MAX_POOL_2D of the scores;
+    the box where the score equals that maximum, picked by a mask and AVERAGE_POOL_2D), each box
+    first re-expressed relative to the stride-8 cell's anchor centre in the short-range model's
+    128-pixel units. The cell's second anchor and the 384 stride-16 anchors get a score of -100
+    (never a face). Give it ``fold_constant_operators``'s dense model: 0.10.18's aarch64 runtime
+    computes the full-range model's sparse float16 weights wrongly (its FaceDetector found the
+    bundled photo's face at score 0.30 and a shifted box, against 0.92 on x86 and with dense weights).
+    (1.x picks its anchors by the input size, so it needs the unchanged model: the two layouts
+    cannot share one file. A 128x128 input resized to 192 inside would suit both, but measured
+    fewer small faces: 4 of 12 faces of 6% of the frame width found, against 10 of 12.)
     """
     schema = tflite_file.schema()
     model = tflite_file.read(full_range_tflite)
@@ -142,87 +145,135 @@ def short_range_layout(full_range_tflite: bytes) -> bytes:
         raise ModelError(f"the face detector's boxes have shape {list(graph.tensors[boxes_in].shape)}; "
                          f"expected the full-range model's [1, {full_cells * full_cells}, {values}]")
     f32, i32 = schema.TensorType.FLOAT32, schema.TensorType.INT32
-    per_cell, unused = 2, 8 * 8 * 6
-    slots = cells * cells * per_cell
+    unused = 8 * 8 * 6
 
     def tensor(name: str, shape, tensor_type=f32, data: np.ndarray | None = None) -> int:
-        return tflite_file.add_tensor(model, graph, f"cryedge/{name}", shape, tensor_type, None if data is None else data.tobytes())
+        return tflite_file.add_tensor(model, graph, f"cryedge/{name}", shape, tensor_type,
+                                      None if data is None else data.tobytes())
 
     def constant(name: str, values_: np.ndarray) -> int:
         return tensor(name, list(values_.shape), i32 if values_.dtype == np.int32 else f32, values_)
 
-    def op(builtin, inputs, outputs, options_type=0, options=None) -> None:
-        tflite_file.add_operator(model, graph, builtin, inputs, outputs, options_type, options)
-
-    def reshape(source: int, shape: list[int], name: str) -> int:
-        out = tensor(name, shape)
-        options = schema.ReshapeOptionsT()
-        options.newShape = np.array(shape, np.int32)
-        op(schema.BuiltinOperator.RESHAPE, [source, constant(f"{name}/shape", np.array(shape, np.int32))], [out],
-           schema.BuiltinOptions.ReshapeOptions, options)
+    def op(builtin, inputs, shape, name, options_type=0, options=None, tensor_type=f32) -> int:
+        out = tensor(name, shape, tensor_type)
+        tflite_file.add_operator(model, graph, builtin, inputs, [out], options_type, options)
         return out
 
-    def blocks(source: int, width: int, name: str) -> int:
-        """(1, 2304, width) -> (256, 9, width): the 3x3 full-range cells under each stride-8 cell."""
-        grid = reshape(source, [cells, block, cells, block * width], f"{name}/grid")
-        moved = tensor(f"{name}/moved", [cells, cells, block, block * width])
-        op(schema.BuiltinOperator.TRANSPOSE, [grid, constant(f"{name}/perm", np.array([0, 2, 1, 3], np.int32))],
-           [moved], schema.BuiltinOptions.TransposeOptions, schema.TransposeOptionsT())
-        return reshape(moved, [cells * cells, block * block, width], f"{name}/blocks")
+    def reshape(source: int, shape: list[int], name: str) -> int:
+        options = schema.ReshapeOptionsT()
+        options.newShape = np.array(shape, np.int32)
+        return op(schema.BuiltinOperator.RESHAPE, [source, constant(f"{name}/shape", np.array(shape, np.int32))],
+                  shape, name, schema.BuiltinOptions.ReshapeOptions, options)
 
-    scores = reshape(blocks(scores_in, 1, "scores"), [cells * cells, block * block], "scores/flat")
-    best, best_index = tensor("best", [cells * cells, per_cell]), tensor("best_index", [cells * cells, per_cell], i32)
-    op(schema.BuiltinOperator.TOPK_V2, [scores, constant("k", np.array(per_cell, np.int32))], [best, best_index],
-       schema.BuiltinOptions.TopKV2Options, schema.TopKV2OptionsT())
-    one_hot = tensor("one_hot", [cells * cells, per_cell, block * block])
-    one_hot_options = schema.OneHotOptionsT()
-    one_hot_options.axis = -1
-    op(schema.BuiltinOperator.ONE_HOT,
-       [best_index, constant("depth", np.array(block * block, np.int32)),
-        constant("on", np.array(1.0, np.float32)), constant("off", np.array(0.0, np.float32))],
-       [one_hot], schema.BuiltinOptions.OneHotOptions, one_hot_options)
-    chosen = tensor("chosen", [cells * cells, per_cell, values])
-    op(schema.BuiltinOperator.BATCH_MATMUL, [one_hot, blocks(boxes_in, values, "boxes")], [chosen],
-       schema.BuiltinOptions.BatchMatMulOptions, schema.BatchMatMulOptionsT())
+    def pool(builtin, source: int, width: int, name: str) -> int:
+        options = schema.Pool2DOptionsT()
+        options.padding = schema.Padding.VALID
+        options.strideW = options.strideH = options.filterWidth = options.filterHeight = block
+        return op(builtin, [source], [1, cells, cells, width], name, schema.BuiltinOptions.Pool2DOptions, options)
+
+    def binary(builtin, a: int, b: int, shape, name: str, options_type, options) -> int:
+        return op(builtin, [a, b], shape, name, options_type, options)
 
     # Box values are in input pixels from the anchor centre: x, y, w, h, then 6 keypoints' x, y.
-    # Full-range pixels are 1/192 of the frame, short-range ones 1/128; the chosen full-range cell
-    # (kx, ky) of a block lies (k - 1)/48 of the frame from the stride-8 cell's centre.
+    # Full-range pixels are 1/192 of the frame, short-range ones 1/128; a full-range cell (x, y)
+    # lies ((x % 3) - 1)/48, ((y % 3) - 1)/48 of the frame from its stride-8 cell's centre.
     short_size, full_size = 128.0, 192.0
-    shift = np.zeros((values, block * block), np.float32)  # FULLY_CONNECTED weights: out x in
-    for k in range(block * block):
-        kx, ky = k % block, k // block
-        for value in range(values):
-            if value in (2, 3):
-                continue
-            along = kx if value % 2 == 0 else ky
-            shift[value, k] = short_size * (along - 1) / full_cells
-    flat_one_hot = reshape(one_hot, [slots, block * block], "one_hot/flat")
-    offsets = tensor("offsets", [slots, values])
-    op(schema.BuiltinOperator.FULLY_CONNECTED, [flat_one_hot, constant("shift", shift), -1], [offsets],
-       schema.BuiltinOptions.FullyConnectedOptions, schema.FullyConnectedOptionsT())
-    scaled = tensor("scaled", [slots, values])
-    op(schema.BuiltinOperator.MUL, [reshape(chosen, [slots, values], "chosen/flat"),
-                                    constant("scale", np.array([short_size / full_size], np.float32))],
-       [scaled], schema.BuiltinOptions.MulOptions, schema.MulOptionsT())
-    moved_boxes = tensor("moved_boxes", [slots, values])
-    op(schema.BuiltinOperator.ADD, [scaled, offsets], [moved_boxes], schema.BuiltinOptions.AddOptions,
-       schema.AddOptionsT())
+    ys, xs = np.divmod(np.arange(full_cells * full_cells), full_cells)
+    shift = np.zeros((full_cells * full_cells, values), np.float32)
+    for value in range(values):
+        if value not in (2, 3):
+            along = xs if value % 2 == 0 else ys
+            shift[:, value] = short_size * (along % block - 1) / full_cells
+    grid = [1, full_cells, full_cells]
+    scaled = binary(schema.BuiltinOperator.MUL, boxes_in, constant("scale", np.array([short_size / full_size], np.float32)),
+                    [1, full_cells * full_cells, values], "scaled", schema.BuiltinOptions.MulOptions, schema.MulOptionsT())
+    moved = binary(schema.BuiltinOperator.ADD, scaled, constant("shift", shift[None]), [1, full_cells * full_cells, values],
+                   "moved", schema.BuiltinOptions.AddOptions, schema.AddOptionsT())
+    score_grid = reshape(scores_in, [*grid, 1], "score_grid")
+    best = pool(schema.BuiltinOperator.MAX_POOL_2D, score_grid, 1, "best")
+    resize = schema.ResizeNearestNeighborOptionsT()
+    best_up = op(schema.BuiltinOperator.RESIZE_NEAREST_NEIGHBOR, [best, constant("up", np.array(grid[1:], np.int32))],
+                 [*grid, 1], "best_up", schema.BuiltinOptions.ResizeNearestNeighborOptions, resize)
+    is_best = op(schema.BuiltinOperator.GREATER_EQUAL, [score_grid, best_up], [*grid, 1], "is_best",
+                 tensor_type=schema.TensorType.BOOL)
+    cast = schema.CastOptionsT()
+    cast.inDataType, cast.outDataType = schema.TensorType.BOOL, f32
+    mask = op(schema.BuiltinOperator.CAST, [is_best], [*grid, 1], "mask", schema.BuiltinOptions.CastOptions, cast)
+    picked = binary(schema.BuiltinOperator.MUL, reshape(moved, [*grid, values], "box_grid"), mask, [*grid, values],
+                    "picked", schema.BuiltinOptions.MulOptions, schema.MulOptionsT())
+    # Means over the block of the masked boxes and of the mask: their ratio is the best box (the
+    # mean of the best ones, should two scores tie exactly).
+    total = pool(schema.BuiltinOperator.AVERAGE_POOL_2D, picked, values, "picked_mean")
+    count = pool(schema.BuiltinOperator.AVERAGE_POOL_2D, mask, 1, "mask_mean")
+    box = binary(schema.BuiltinOperator.DIV, total, count, [1, cells, cells, values], "box",
+                 schema.BuiltinOptions.DivOptions, schema.DivOptionsT())
+
+    def two_anchors(source: int, width: int, fill: float, name: str) -> int:
+        """(1, 16, 16, width) -> (512, width): each cell's value, then ``fill`` for its second anchor."""
+        flat = reshape(source, [cells * cells, width], f"{name}/flat")
+        options = schema.ConcatenationOptionsT()
+        options.axis = 1
+        pair = op(schema.BuiltinOperator.CONCATENATION,
+                  [flat, constant(f"{name}/second", np.full((cells * cells, width), fill, np.float32))],
+                  [cells * cells, 2 * width], f"{name}/pair", schema.BuiltinOptions.ConcatenationOptions, options)
+        return reshape(pair, [2 * cells * cells, width], f"{name}/anchors")
 
     def pad(source: int, width: int, fill: float, name: str) -> int:
-        out = tensor(f"{name}/padded", [slots + unused, width])
         options = schema.ConcatenationOptionsT()
         options.axis = 0
-        op(schema.BuiltinOperator.CONCATENATION,
-           [source, constant(f"{name}/unused", np.full((unused, width), fill, np.float32))], [out],
-           schema.BuiltinOptions.ConcatenationOptions, options)
+        slots = 2 * cells * cells
+        out = op(schema.BuiltinOperator.CONCATENATION,
+                 [source, constant(f"{name}/unused", np.full((unused, width), fill, np.float32))],
+                 [slots + unused, width], f"{name}/padded", schema.BuiltinOptions.ConcatenationOptions, options)
         return reshape(out, [1, slots + unused, width], f"{name}/short_range")
 
-    boxes_out = pad(moved_boxes, values, 0.0, "boxes")
-    scores_out = pad(reshape(best, [slots, 1], "best/flat"), 1, -100.0, "scores")
+    boxes_out = pad(two_anchors(box, values, 0.0, "boxes"), values, 0.0, "boxes")
+    scores_out = pad(two_anchors(best, 1, -100.0, "scores"), 1, -100.0, "scores")
     graph.outputs = np.array([boxes_out, scores_out], dtype=np.int32)
     model.signatureDefs = []
     return tflite_file.write(model)
+
+
+def fold_constant_operators(tflite: bytes) -> bytes:
+    """``tflite`` with every operator whose inputs are all constants replaced by its output, as a constant.
+
+    The full-range face detector keeps its weights sparse and float16: DENSIFY and DEQUANTIZE
+    operators rebuild them at load time. 0.10.18's aarch64 runtime got them wrong (see
+    ``short_range_layout``); dense float32 constants are what every runtime reads alike. The values
+    come from LiteRT's reference kernels (no XNNPACK, which consumes such weights without writing
+    them out); densifying and float16 -> float32 are exact, so every machine writes the same bytes.
+    The model grows (the face detector from 0.7 to 2.1 MB); its outputs stay bit-identical (tested).
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError:
+        raise ModelError("building this bundle needs LiteRT: pip install ai-edge-litert") from None
+    model = tflite_file.read(tflite)
+    graph = model.subgraphs[0]
+    constant = {i for i, tensor in enumerate(graph.tensors)
+                if model.buffers[tensor.buffer].data is not None and len(model.buffers[tensor.buffer].data)}
+    folded = []
+    for index, op in enumerate(graph.operators):  # in execution order, so chains fold too
+        inputs = [int(t) for t in op.inputs if t >= 0]
+        if inputs and all(t in constant for t in inputs):
+            folded.append(index)
+            constant |= {int(t) for t in op.outputs}
+    if not folded:
+        return tflite
+    runner = Interpreter(model_content=tflite, experimental_preserve_all_tensors=True,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    runner.allocate_tensors()
+    for detail in runner.get_input_details():
+        runner.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+    runner.invoke()
+    for index in folded:
+        for output in graph.operators[index].outputs:
+            tensor = graph.tensors[int(output)]
+            tensor.buffer = tflite_file.add_buffer(model, np.ascontiguousarray(runner.get_tensor(int(output))).tobytes())
+            tensor.sparsity = None
+    skipped = set(folded)
+    graph.operators = [op for index, op in enumerate(graph.operators) if index not in skipped]
+    return drop_dead_operators(tflite_file.write(model))
 
 
 def _live_operators(graph) -> list[int]:
