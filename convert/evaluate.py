@@ -125,8 +125,11 @@ def clip_truth(labels, positive: str) -> list[tuple[float, float]]:
 
 
 def evaluate_clip(video: Path, pipeline, labels=None, positive: str = "crying", tolerance: float = TOLERANCE_S,
-                  default_label: str = "not_crying", progress=None) -> ClipResult:
-    """Run ``video`` through ``pipeline`` (fresh: its window and alarm start empty) and judge its episodes."""
+                  default_label: str = "not_crying", progress=None, hearing=None) -> ClipResult:
+    """Run ``video`` through ``pipeline`` (fresh: its window and alarm start empty) and judge its episodes.
+
+    With ``hearing`` (``edge.audio.Hearing`` of the clip's own sound track) the alarm follows the fused score.
+    """
     from edge.errors import SourceError
     from edge.source import FileSource
 
@@ -138,6 +141,9 @@ def evaluate_clip(video: Path, pipeline, labels=None, positive: str = "crying", 
     total_frames = _frame_count(video)
     faces = bodies = frames = 0
     t0 = last_t = None
+    if hearing is not None:
+        hearing.video_origin = lambda: t0
+        pipeline.fuse = hearing.fuse
     times, probabilities, statuses, crying = [], [], [], []
     events = []
     try:
@@ -350,10 +356,21 @@ def evaluate(videos: Path, labels_path: Path | None, config, positive: str = "cr
             bar = Progress(1, f"[{number + 1}/{len(files)}] {video.name}") if show_progress else None
             progress = (lambda done, total, bar=bar: (setattr(bar, "total", max(1, total)), bar.update(done))) if bar else None
             pipeline = build_pipeline(config, model, wall_clock=lambda t: t)
+            hearing = None
+            if config.audio.enabled is True:
+                from edge.audio import open_hearing
+                from edge.config import FileSourceConfig
+
+                clip_config = config.model_copy(deep=True)  # the clip's own sound track, in step with its frames
+                clip_config.source = FileSourceConfig(path=video, realtime=False)
+                hearing = open_hearing(clip_config, pipeline.alarm.on_threshold)
             try:
-                results.append(evaluate_clip(video, pipeline, labels.get(video.name), positive, tolerance, default_label, progress))
+                results.append(evaluate_clip(video, pipeline, labels.get(video.name), positive, tolerance, default_label,
+                                             progress, hearing))
             finally:
                 pipeline.close()
+                if hearing is not None:
+                    hearing.close()
         card = model.card
     return results, totals(results), card
 
@@ -362,6 +379,12 @@ def _eval_command(args) -> int:
     from edge.config import load_config
 
     overrides = {"model": {"path": str(args.model)}} if args.model else {}
+    if args.fusion != "vision":  # the clips' own sound tracks through the audio model, fused as the daemon fuses
+        overrides["audio"] = {"enabled": True, "source": {"type": "video"},
+                              **({"model": str(args.audio_model)} if args.audio_model else {})}
+        overrides["fusion"] = {"mode": args.fusion}
+    else:
+        overrides["audio"] = {"enabled": False}
     config = load_config(args.config, overrides)
     show_progress = args.progress or sys.stderr.isatty()
     results, total, card = evaluate(args.videos, args.labels, config, args.positive, args.tolerance, args.default_label,
@@ -371,6 +394,7 @@ def _eval_command(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(results, total)
     report = {"model": card.name, "model_path": str(config.model.path), "videos": str(args.videos),
+              "fusion": args.fusion, "audio_model": str(config.audio.model) if args.fusion != "vision" else None,
               "positive": args.positive, "tolerance_s": args.tolerance, "on_threshold": on,
               "alarm": config.alarm.model_dump(), "total": total, "clips": [r.summary() for r in results]}
     (out / JSON_NAME).write_text(json.dumps(report, indent=2) + "\n")
@@ -396,4 +420,8 @@ def add_commands(subparsers) -> None:
                         help=f"seconds of slack when matching episodes to cries (default {TOLERANCE_S})")
     parser.add_argument("--output-dir", "-o", type=Path, default=Path("cryedge-eval"), help="where eval.{json,md,png} go")
     parser.add_argument("--progress", action="store_true", help="show progress on stderr even when it is not a terminal")
+    parser.add_argument("--fusion", choices=("vision", "audio", "either", "mean"), default="vision",
+                        help="what the alarm follows: the picture (default), the clips' sound tracks through the audio "
+                             "model, or both fused as [fusion] mode does; run it once a mode to compare them")
+    parser.add_argument("--audio-model", type=Path, help="the audio .tflite (default: the config's, else the bundled one)")
     parser.set_defaults(handler=_eval_command)

@@ -161,3 +161,29 @@ def test_home_assistant_gets_the_heard_cry_and_the_sound_level_and_nothing_else_
     assert -60 < min(float(v) for v in levels if v != "None") < -40  # the quiet room
     assert max(float(v) for v in levels if v != "None") > -20  # the cry tone
     assert "None" in heard  # the state sent on connect has no audio part yet: unknown, not an error
+
+
+def test_cryedge_eval_scores_vision_audio_and_their_fusion_on_the_same_clips(assets):
+    """The hidden-face cry: missed by the picture, found by the sound and by the fusion, within 1.5 s."""
+    from convert.evaluate import evaluate
+
+    folder, vision_model, audio_model = assets
+    clips = folder / "eval"
+    clips.mkdir()
+    with_sound(empty_room(folder / "room4.avi"), sound_track(folder), clips / "hidden-cry.avi")
+    with_sound(empty_room(folder / "room5.avi"), sound_track(folder, cry=None), clips / "quiet.avi")
+    labels = clips / "labels.csv"
+    # the test vision model's positive label is "right" (test_daemon.py): the cry is labelled so
+    labels.write_text(f"video,start_s,end_s,label\nhidden-cry.avi,{CRY[0]},{CRY[1]},right\n")
+    found = {}
+    for mode in ("vision", "audio", "either"):
+        overrides = {"audio": {"enabled": mode != "vision", "model": str(audio_model)}, "fusion": {"mode": mode}}
+        config = load_config(config_file(folder, vision_model, clips / "quiet.avi"), overrides)
+        results, total, _ = evaluate(clips, labels, config, positive="right", default_label="left")
+        found[mode] = total
+        by_clip = {r.video: r for r in results}
+        assert by_clip["quiet.avi"].episodes == []  # no false alarm on the quiet room in any mode
+    assert found["vision"]["found"] == 0
+    for mode in ("audio", "either"):
+        assert found[mode]["found"] == 1 and found[mode]["false_alarms"] == 0
+        assert abs(found[mode]["start_error_median_s"]) <= 1.5
