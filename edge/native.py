@@ -152,7 +152,12 @@ def check_cpu_runs_mediapipe(cpuinfo: Path = Path("/proc/cpuinfo"), machine: str
         log.debug("cannot read %s (%s): CPU features not checked", cpuinfo, error)
         return
     for library in mediapipe_libraries() if libraries is None else libraries:
-        missing = missing_features(compiled_features(library), cpu, machine)
+        try:
+            compiled = compiled_features(library)
+        except (OSError, ValueError) as error:
+            log.debug("cannot read %s (%s): CPU features not checked", library, error)
+            continue
+        missing = missing_features(compiled, cpu, machine)
         if not missing:
             continue
         advice = (
