@@ -5,7 +5,7 @@ from __future__ import annotations
 from edge.cli import add_commands_of
 
 COMMAND_MODULES = ("convert.convert", "convert.train", "convert.dataset", "convert.demo", "convert.evaluate",
-                   "convert.conditions")
+                   "convert.conditions", "convert.audio_demo")
 
 
 def register(subparsers) -> None:

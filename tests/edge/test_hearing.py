@@ -187,3 +187,33 @@ def test_cryedge_eval_scores_vision_audio_and_their_fusion_on_the_same_clips(ass
     for mode in ("audio", "either"):
         assert found[mode]["found"] == 1 and found[mode]["false_alarms"] == 0
         assert abs(found[mode]["start_error_median_s"]) <= 1.5
+
+
+def test_the_readme_command_hears_and_sees_the_demo_clip(tmp_path):
+    """`cryedge run` with no arguments: the bundled clip's picture and SYNTHETIC sound track, one cry, both senses."""
+    from edge import paths
+    from edge.audio import has_sound_track, hearing_enabled
+    from edge.card import load_card
+
+    card = load_card(paths.bundled("models", "cry-audio-default.tflite"))
+    assert card.kind == "audio-window" and card.training["synthetic"] is True and "not a cry detector" in card.description
+    assert card.training["held_out_set"]["cries"] > 0
+    assert has_sound_track(paths.data_file("demo.mp4"))
+    truth = json.loads(paths.data_file("demo.json").read_text())
+    config = load_config(None, {"source": {"realtime": False}, "health": {"enabled": False},
+                                "outbox": {"path": str(tmp_path / "outbox.sqlite3")}})
+    assert hearing_enabled(config)
+    daemon = Daemon(config)
+    events, states = [], []
+    with daemon:
+        publish_event, publish_state = daemon.publisher.publish_event, daemon.publisher.publish_state
+        daemon.publisher.publish_event = lambda event: (events.append(event), publish_event(event))
+        daemon.publisher.publish_state = lambda state: (states.append(state), publish_state(state))
+        daemon.run()
+        origin = daemon.source.status.first_frame_t
+    assert [e.kind for e in events] == ["start", "end"]
+    assert abs(events[0].t - origin - truth["crying"][0]["start_s"]) <= 1.5
+    heard = [s.senses["audio"] for s in states if s.senses and s.senses["audio"]["status"] == "ok"]
+    seen = [s.senses["vision"] for s in states if s.senses and s.senses["vision"]["status"] == "ok"]
+    assert heard and seen
+    assert max(h["probability"] for h in heard) > 0.9 and min(h["level_dbfs"] for h in heard) < -45
