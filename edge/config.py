@@ -567,6 +567,13 @@ class AlsaSoundConfig(AudioSourceOptions):
     type: Literal["alsa"] = "alsa"
     device: int | str = "default"
 
+    @field_validator("device")
+    @classmethod
+    def _card(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= 31:  # ALSA has at most 32 cards (SNDRV_CARDS)
+            raise ValueError("a card index is 0 to 31")
+        return value
+
 
 class FileSoundConfig(AudioSourceOptions):
     """The sound track of an audio or video file, paced like ``[source]`` (``realtime``)."""

@@ -218,47 +218,68 @@ def test_a_config_file_that_is_not_utf8_is_one_line_with_its_line_number(tmp_pat
         load_config(path, environ={})
 
 
+# the keys a typed table cannot do without, by (table, type), so that the walk can load each type
+REQUIRED_KEYS = {
+    ("source", "rtsp"): 'url = "rtsp://cam.lan/live"\n',
+    ("source", "http"): 'url = "http://cam.lan/video.mjpg"\n',
+    ("audio.source", "file"): 'path = "sound.wav"\n',
+    ("audio.source", "stream"): 'url = "rtsp://cam.lan/live"\n',
+}
+
+
 def numeric_fields():
-    """(table, its required keys as TOML, key, is an int) for every number a config file can hold."""
+    """(table, its type and required keys as TOML, key, is an int) for every number a config file can hold.
+
+    Tables that are a union of types (``[source]``, ``[audio.source]``) are walked once a type.
+    """
     import typing
 
-    from edge.config import VIDEO_SOURCES
+    from edge.config import Section
 
-    required = {"rtsp": 'url = "rtsp://cam.lan/live"\n', "http": 'url = "http://cam.lan/video.mjpg"\n'}
-    sections = [(name, field.annotation, "") for name, field in Config.model_fields.items() if name != "source"]
-    sections += [("source", model, f'type = "{model.model_fields["type"].default}"\n'
-                  + required.get(model.model_fields["type"].default, "")) for model in VIDEO_SOURCES]
+    def members(annotation):
+        kinds = {arg for arg in (annotation, *typing.get_args(annotation)) if isinstance(arg, type)}
+        return [arg for arg in kinds if issubclass(arg, Section)]
+
+    def tables(table, annotation):
+        typed = [model for model in members(annotation) if isinstance(model.model_fields.get("type") and
+                                                                       model.model_fields["type"].default, str)]
+        if len(typed) > 1:
+            for model in typed:
+                tag = model.model_fields["type"].default
+                yield table, model, f'type = "{tag}"\n' + REQUIRED_KEYS.get((table, tag), ""), tag
+        else:
+            yield from ((table, model, "", "") for model in members(annotation)[:1])
+
+    sections = [entry for name, field in Config.model_fields.items() for entry in tables(name, field.annotation)]
     found = []
     while sections:
-        table, model, head = sections.pop()
-        model = next((arg for arg in typing.get_args(model) if isinstance(arg, type)), model)  # X | None
+        table, model, head, tag = sections.pop()
         for key, field in model.model_fields.items():
             kinds = {arg for arg in (field.annotation, *typing.get_args(field.annotation)) if isinstance(arg, type)}
-            nested = [arg for arg in kinds if issubclass(arg, Section)]
-            if nested:
-                sections.append((f"{table}.{key}", nested[0], ""))
+            if members(field.annotation):
+                sections.extend(tables(f"{table}.{key}", field.annotation))
             elif {int, float} & kinds and bool not in kinds:
-                found.append((table, head, key, float not in kinds))
+                found.append((table, head, key, float not in kinds, tag))
             elif any(typing.get_origin(arg) is tuple for arg in (field.annotation, *typing.get_args(field.annotation))):
-                found.append((table, head, key, None))  # a list of numbers (landmarks.roi)
+                found.append((table, head, key, None, tag))  # a list of numbers (landmarks.roi)
     return found
 
-
-from edge.config import Section  # noqa: E402 - used by numeric_fields at collection time
 
 NUMERIC_FIELDS = numeric_fields()
 
 
 def test_the_walk_finds_the_numbers_it_should():
-    keys = {f"{table}.{key}" for table, _, key, _ in NUMERIC_FIELDS}
+    keys = {f"{table}.{key}" for table, _, key, _, _ in NUMERIC_FIELDS}
     assert {"mqtt.connect_timeout", "landmarks.num_threads", "alarm.hold_seconds", "source.fps",
             "source.stall_seconds", "landmarks.roi", "health.port", "outbox.max_events"} <= keys
+    assert {tag for table, _, key, _, tag in NUMERIC_FIELDS if f"{table}.{key}" == "source.stall_seconds"} == \
+        {"picamera2", "v4l2", "rtsp", "http", "file"}
 
 
 @pytest.mark.parametrize("bad", ["inf", "-inf", "nan", "1e400", "1e308", "-1e308", "9007199254740993"])
-@pytest.mark.parametrize(("table", "head", "key", "integer"), NUMERIC_FIELDS,
-                         ids=[f"{table}.{key}" for table, _, key, _ in NUMERIC_FIELDS])
-def test_every_number_is_finite_and_in_a_range_that_means_something(tmp_path, table, head, key, integer, bad):
+@pytest.mark.parametrize(("table", "head", "key", "integer", "tag"), NUMERIC_FIELDS,
+                         ids=[f"{table}{f'[{tag}]' if tag else ''}.{key}" for table, _, key, _, tag in NUMERIC_FIELDS])
+def test_every_number_is_finite_and_in_a_range_that_means_something(tmp_path, table, head, key, integer, tag, bad):
     """inf, nan, 1e400 (TOML reads it as inf) and huge values are errors that name the key, never a crash or a silent off."""
     value = f"[{bad}, 0.0, 1.0, 1.0]" if integer is None else bad
     path = write(tmp_path, f"[{table}]\n{head}{key} = {value}\n")
