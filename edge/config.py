@@ -682,7 +682,7 @@ def _describe(error: dict, data: Any, model: type[BaseModel]) -> str:
         close = difflib.get_close_matches(keys[-1], known, n=1)
         hint = f" (did you mean {'.'.join(keys[:-1] + close)}?)" if close else ""
         kind = section.model_fields["type"].default if section and "type" in section.model_fields else None
-        what = f"not an option of a {kind} source" if isinstance(kind, str) else "unknown key"
+        what = f"not an option of type {kind}" if isinstance(kind, str) else "unknown key"
         return f"{key}: {what}{hint}"
     keys, section = _walk(model, loc)
     key = ".".join(keys) or "(top level)"

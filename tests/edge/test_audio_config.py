@@ -54,7 +54,7 @@ def test_a_sound_file_is_relative_to_the_config_file(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ('[audio.source]\ntype = "pulse"\n', r"audio.source.type: 'pulse' is not one of video, alsa, file, stream"),
-    ('[audio.source]\ntype = "alsa"\npath = "x"\n', r"audio.source.path: not an option of a alsa source"),
+    ('[audio.source]\ntype = "alsa"\npath = "x"\n', r"audio.source.path: not an option of type alsa"),
     ('[audio.source]\ntype = "stream"\nurl = "ftp://cam/a"\n', r"audio.source.url: String should match"),
     ('[audio.source]\ntype = "stream"\nurl = "rtsp://me:secret@cam/a"\n', r"audio.source.url: .*no password in the URL"),
     ('[fusion]\nmode = "loudest"\n', r"fusion.mode: Input should be 'either', 'mean', 'vision' or 'audio'"),

@@ -354,14 +354,14 @@ def test_each_source_type_takes_its_own_options(tmp_path, toml, expected):
     ('type = "rtps"\nurl = "rtsp://cam/live"\n',
      "source.type: 'rtps' is not one of picamera2, v4l2, rtsp, http, file (did you mean rtsp?)"),
     ('type = "rtsp"\nurl = "rtsp://cam/live"\ntrasport = "udp"\n',
-     "source.trasport: not an option of a rtsp source (did you mean source.transport?)"),
-    ('type = "rtsp"\nurl = "rtsp://cam/live"\nstream = "lores"\n', "source.stream: not an option of a rtsp source"),
-    ('type = "file"\npath = "a.mp4"\nwidth = 320\n', "source.width: not an option of a file source"),
+     "source.trasport: not an option of type rtsp (did you mean source.transport?)"),
+    ('type = "rtsp"\nurl = "rtsp://cam/live"\nstream = "lores"\n', "source.stream: not an option of type rtsp"),
+    ('type = "file"\npath = "a.mp4"\nwidth = 320\n', "source.width: not an option of type file"),
     ('type = "rtsp"\nurl = "http://cam/live"\n', "source.url: must be a rtsp:// or rtsps:// URL"),
     ('type = "rtsp"\n', "source.url: Field required"),
     ('type = "v4l2"\ndevice = "video0"\n', "source.device: must be a device path under /dev/"),
     ('type = "picamera2"\nstream = "raw"\n', "source.stream: Input should be 'main' or 'lores'"),
-    ('uri = "rtsp://cam/live"\npicamera2_stream = "lores"\n', "source.picamera2_stream: not an option of a rtsp source"),
+    ('uri = "rtsp://cam/live"\npicamera2_stream = "lores"\n', "source.picamera2_stream: not an option of type rtsp"),
     ('uri = "rtmp://cam/live"\n', "source: uri rtmp://cam/live: no source type reads rtmp://"),
 ])
 def test_a_wrong_source_option_names_the_key_and_the_type(tmp_path, toml, message):
