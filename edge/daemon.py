@@ -59,6 +59,7 @@ class RollingStats:
         self._times = deque(maxlen=size)
         self._faces = deque(maxlen=size)
         self._inference_ms = deque(maxlen=size)
+        self._brightness = deque(maxlen=size)
         self.frames = 0
 
     def add(self, result: FrameResult, now: float) -> None:
@@ -69,6 +70,8 @@ class RollingStats:
             self._stage_ms[name].append(ms)
         if result.inference_ms is not None:
             self._inference_ms.append(result.inference_ms)
+        if result.brightness is not None:
+            self._brightness.append(result.brightness)
 
     @property
     def fps(self) -> float:
@@ -79,6 +82,11 @@ class RollingStats:
     @property
     def face_share(self) -> float | None:
         return float(np.mean(self._faces)) if self._faces else None
+
+    @property
+    def brightness(self) -> float | None:
+        """Median image brightness of the recent frames as captured, 0-1 (mean luma / 255)."""
+        return float(np.median(self._brightness)) / 255 if self._brightness else None
 
     @property
     def inference_ms(self) -> float | None:
@@ -202,6 +210,7 @@ class Daemon:
         self._closing = []  # resources to close, in the order they were opened
         self.model = self.extractor = self.source = self.publisher = self.alarm = self.pipeline = None
         self.hearing = None  # edge.audio.Hearing when [audio] is enabled
+        self._vision: tuple | None = None  # (latest vision Score, that frame's brightness 0-255)
         self.health = None
         self.snapshots = None  # edge.pictures.SnapshotWorker when [snapshot] is enabled
 
@@ -283,6 +292,7 @@ class Daemon:
                     if self.snapshots is not None:  # after the event is on its way: it never waits for a picture
                         self.snapshots.offer(frame.image, result.landmarks, event)
                 if result.score is not None:
+                    self._vision = (result.score, result.brightness)
                     self.publisher.publish_state(self._alarm_state())
                 result.stage_ms["publish"] = (time.perf_counter() - mark) * 1000
                 now = time.monotonic()
@@ -319,7 +329,7 @@ class Daemon:
         else:
             self.notifier.status(f"running: {fps:.1f} fps, crying {crying}, p={self.alarm.state.probability:.2f}")
         self.publisher.publish_stats({**(self.hearing.stats() if self.hearing else {}), "fps": fps, "inference_ms": self.stats.inference_ms,
-                                      "face_share": self.stats.face_share, "source_state": source.state,
+                                      "face_share": self.stats.face_share, "brightness": self.stats.brightness, "source_state": source.state,
                                       "source_reconnects": source.reconnects})
 
     def _source_progress(self, deadline: float) -> None:
@@ -333,9 +343,16 @@ class Daemon:
     def _alarm_state(self):
         """The alarm's state, with what each modality says when the daemon also listens."""
         state = self.alarm.state
+        senses = {}
         if self.hearing is not None and self.hearing.last is not None:
-            state = dataclasses.replace(state, senses=self.hearing.last.senses())
-        return state
+            senses = self.hearing.last.senses()
+        if self._vision is not None:  # what the camera sees, always: a parent must know when it is blind
+            score, brightness = self._vision
+            vision = {"probability": round(score.probability, 3), "status": score.status, **senses.get("vision", {})}
+            if brightness is not None:
+                vision["brightness"] = round(brightness / 255, 3)
+            senses = {**senses, "vision": vision}
+        return dataclasses.replace(state, senses=senses) if senses else state
 
     def _finish(self) -> None:
         """End a running episode before anything closes; the publisher's close() publishes the final OFF once."""

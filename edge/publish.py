@@ -130,6 +130,9 @@ def unmeasured_state(since_wall: float | None = None) -> AlarmState:
     return AlarmState(False, None, since_wall, math.nan)
 
 
+# Score.status values of the camera (edge.records), as Home Assistant's enum sensor lists them.
+VISION_STATUSES = ("ok", "no_face", "no_body", "too_dark")
+
 # The diagnostics on the stats topic, each a Home Assistant sensor: key -> its discovery options. ``scale``
 # multiplies the value for display (a share 0-1 shown in %). A new diagnostic is one line here.
 DIAGNOSTICS: dict[str, dict[str, Any]] = {
@@ -138,6 +141,9 @@ DIAGNOSTICS: dict[str, dict[str, Any]] = {
                      "suggested_display_precision": 2},
     "face_share": {"name": "Frames with a face", "unit_of_measurement": "%", "suggested_display_precision": 0,
                    "scale": 100},
+    # mean luma of the frames as captured (before the exposure stage lifts dark ones), 0-1
+    "brightness": {"name": "Image brightness", "unit_of_measurement": "%", "suggested_display_precision": 0,
+                   "icon": "mdi:brightness-6", "scale": 100},
 }
 
 
@@ -227,6 +233,17 @@ def discovery_document(topics: Topics, device: DeviceConfig, model: str, hearing
             "name": "Cry",
             "state_topic": topics.event,
             "event_types": list(EVENT_TYPES.values()),
+        },
+        # whether the camera can see the baby: a silent OFF while it is blind is not "calm"
+        "vision": {
+            "p": "sensor",
+            "name": "Camera sees",
+            "icon": "mdi:eye-outline",
+            "entity_category": "diagnostic",
+            "device_class": "enum",
+            "options": list(VISION_STATUSES),
+            "state_topic": topics.state,
+            "value_template": "{{ value_json.vision.status if value_json.vision is defined else none }}",
         },
     }
     if snapshot:

@@ -120,6 +120,10 @@ def test_cryedge_run_prints_events_as_json_lines(assets):
     states = [line["crying"] for line in lines if line["type"] == "state"]
     assert states[-1] == "OFF" and "ON" in states
     assert "Traceback" not in out.stderr
+    # what the camera sees, in every state after the first window: the status, and how bright the picture is
+    seen = [line["vision"] for line in lines if line["type"] == "state" and "vision" in line]
+    assert seen and {v["status"] for v in seen} <= {"ok", "no_face"} and seen[-1]["status"] == "ok"
+    assert all(0.25 < v["brightness"] < 0.6 for v in seen)  # the clip's mean luma is about 90 of 255
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """The MQTT contract, checked as the bytes a subscriber gets from a real mosquitto on loopback."""
 
+import dataclasses
 import io
 import json
 import os
@@ -93,7 +94,8 @@ def test_discovery_document_is_one_device_with_its_entities(mosquitto, subscribe
     components = doc["cmps"]
     platforms = {key: c["p"] for key, c in components.items()}
     assert platforms == {"crying": "binary_sensor", "probability": "sensor", "cry": "event", "fps": "sensor",
-                         "inference_ms": "sensor", "face_share": "sensor", "outbox": "binary_sensor"}
+                         "inference_ms": "sensor", "face_share": "sensor", "brightness": "sensor", "vision": "sensor",
+                         "outbox": "binary_sensor"}
     unique_ids = [c["unique_id"] for c in components.values()]
     assert len(set(unique_ids)) == len(unique_ids)
     crying = components["crying"]
@@ -114,7 +116,8 @@ def test_discovery_document_is_one_device_with_its_entities(mosquitto, subscribe
 
 def test_value_templates_read_keys_that_the_payloads_have(mosquitto, subscriber, tmp_path):
     with publisher_for(mosquitto, tmp_path) as publisher:
-        publisher.publish_state(crying_state())
+        # as the daemon sends it once the camera's first window is scored
+        publisher.publish_state(dataclasses.replace(crying_state(), senses={"vision": {"probability": 0.874, "status": "ok"}}))
         publisher.publish_stats({"fps": 29.7, "inference_ms": 0.05, "face_share": 0.93})
         publisher.publish_event(event("start", "ep1"))
         doc = json.loads(subscriber.wait_for(f"homeassistant/device/{DEVICE}/config").payload)
@@ -223,7 +226,7 @@ def test_a_restart_replaces_the_previous_runs_retained_state_and_stats_at_once(m
             state = json.loads(late.wait_for(f"{PREFIX}/state").payload)
             stats = json.loads(late.wait_for(f"{PREFIX}/stats").payload)
     assert (state["crying"], state["probability"]) == ("OFF", None)
-    assert stats == {"fps": None, "inference_ms": None, "face_share": None, "outbox_fault": None}
+    assert stats == {"fps": None, "inference_ms": None, "face_share": None, "brightness": None, "outbox_fault": None}
 
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
@@ -248,7 +251,7 @@ def test_stats_are_sent_at_most_every_stats_interval(mosquitto, subscriber, tmp_
         subscriber.wait_for(f"{PREFIX}/event")
         subscriber.wait_for(f"{PREFIX}/stats", measured)
     assert [m.payload for m in subscriber.on(f"{PREFIX}/stats") if measured(m)] == [
-        b'{"fps":30.0,"inference_ms":0.05,"face_share":1.0,"outbox_fault":null}']
+        b'{"fps":30.0,"inference_ms":0.05,"face_share":1.0,"brightness":null,"outbox_fault":null}']
 
 
 def test_state_updates_are_throttled_but_changes_go_at_once(mosquitto, subscriber, tmp_path):
@@ -795,3 +798,20 @@ def test_publish_calls_return_at_once_while_the_broker_is_away(tmp_path):
     finally:
         publisher.close()
     assert os.path.exists(tmp_path / "state" / "outbox.sqlite3")
+
+
+def test_home_assistant_shows_what_the_camera_sees_and_how_bright_the_picture_is(mosquitto, subscriber, tmp_path):
+    """The vision status (ok, no_face, no_body, too_dark) and the image brightness, as HA renders them."""
+    blind = dataclasses.replace(crying_state(), senses={"vision": {"probability": 0.1, "status": "too_dark", "brightness": 0.02}})
+    with publisher_for(mosquitto, tmp_path) as publisher:
+        publisher.publish_state(blind)
+        publisher.publish_stats({"fps": 15.0, "brightness": 0.42})
+        doc = json.loads(subscriber.wait_for(f"homeassistant/device/{DEVICE}/config").payload)
+        state = subscriber.wait_for(f"{PREFIX}/state", lambda m: b"too_dark" in m.payload).payload
+        stats = subscriber.wait_for(f"{PREFIX}/stats", measured).payload
+    cmps = doc["cmps"]
+    vision = cmps["vision"]
+    assert render_like_home_assistant(vision["value_template"], state) == "too_dark"
+    assert set(vision["options"]) == {"ok", "no_face", "no_body", "too_dark"} and vision["device_class"] == "enum"
+    assert render_like_home_assistant(vision["value_template"], b'{"crying": "OFF"}') == "None"  # unknown, no error
+    assert float(render_like_home_assistant(cmps["brightness"]["value_template"], stats)) == 42.0
