@@ -634,13 +634,22 @@ def plan_clips(subjects: list[tuple[str, bool]], clips_per_subject: int, seconds
 INTERVALS_HEADER = ("video", "start_s", "end_s", "label", "subject")
 
 
-def generate(out_dir: Path, plans: list[ClipPlan], fps: float = FPS, progress=None) -> Path:
-    """Render ``plans`` into ``out_dir`` as ``NAME.mp4``; returns the intervals CSV (``labels.csv``) it wrote."""
+def generate(out_dir: Path, plans: list[ClipPlan], fps: float = FPS, progress=None, resume: bool = False) -> Path:
+    """Render ``plans`` into ``out_dir`` as ``NAME.mp4``; returns the intervals CSV (``labels.csv``) it wrote.
+
+    ``resume`` keeps clips already there (from an interrupted run of the same plans); their labels
+    follow from the plan alone.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     photos: dict[tuple[str, bool], FacePhoto] = {}
     rows = []
     for number, plan in enumerate(plans):
+        if resume and (out_dir / f"{plan.name}.mp4").is_file() and number + 1 < len(plans) and (out_dir / f"{plans[number + 1].name}.mp4").is_file():
+            # a clip is complete once the next one was begun
+            labels = [kind for kind, seconds in plan.segments for _ in range(max(1, round(seconds * fps)))]
+            rows += [(f"{plan.name}.mp4", start, end, label, plan.subject) for start, end, label in label_intervals(labels, fps)]
+            continue
         key = (plan.photo, plan.mirror)
         if key not in photos:
             photos[key] = load_photo(plan.photo, plan.mirror)
