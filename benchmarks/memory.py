@@ -4,9 +4,9 @@ Prints the median peak RSS (ru_maxrss from wait4, MiB) over --runs runs in two p
 the venv's shared libraries: evicted before each run (the loader faults them in page by page), and
 read sequentially before each run (as `pip install`, hashing or `cp` leave them). On kernels whose
 page cache keeps large folios for such files (measured: 6.18 on ext4), the second state lets the
-loader map the libraries' code with 2 MiB pages, and RSS counts every whole page: shared, clean,
-reclaimable file memory, not the process's own. It also prints how much of the mapping was PMD-mapped
-(/proc/PID/smaps FilePmdMapped), sampled while the demo runs.
+loader map the libraries' code with 2 MiB pages, and RSS counts every whole page: clean file pages
+the kernel can drop, not the process's own anonymous memory, which stays the same. It also prints how
+much was PMD-mapped (/proc/PID/smaps_rollup FilePmdMapped), sampled while the demo runs.
 
     .venv/bin/python benchmarks/memory.py [--runs 3]
 """
