@@ -161,7 +161,7 @@ class LandmarkExtractor:
             raise ModelError(f"MediaPipe cannot load the landmark models ({face_path}, {pose_path}): {error}") from None
         except OSError as error:  # libmediapipe.so is loaded here, with the system libraries it links
             self.close()
-            raise native.missing_library_error(error, "MediaPipe's landmarkers") or error from None
+            raise native.missing_library_error(error, "MediaPipe's landmarker") or error from None
 
     @classmethod
     def from_config(cls, config, mode: str = "video") -> LandmarkExtractor:

@@ -194,3 +194,32 @@ def test_the_demo_keeps_native_noise_off_stderr_unless_asked(tmp_path, switch):
     else:
         assert (tracked, glog) == (0, 0), result.stderr
         assert "edge.daemon: cry start" in result.stderr  # cryedge's own log lines still come through
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/unshare").exists(), reason="needs root and unshare")
+def test_a_machine_without_libegl_gets_one_line_naming_libegl1(tmp_path):
+    """libEGL.so.1 really gone: an overlay whites it out of the library directory in a private mount
+    namespace, so mediapipe 1.x's libmediapipe.so cannot be loaded when the landmarker is created."""
+    libdir = Path("/usr/lib") / f"{platform.machine()}-linux-gnu"
+    if not (libdir / "libEGL.so.1").exists():
+        pytest.skip(f"no {libdir}/libEGL.so.1 to hide")
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    for name in [p.name for p in libdir.glob("libEGL.so.1*")]:
+        os.mknod(upper / name, 0o600 | 0o020000, os.makedev(0, 0))  # an overlay whiteout
+    script = (
+        f"mount -t overlay overlay -o lowerdir={libdir},upperdir={upper},workdir={work} {libdir} || exit 99; "
+        f"test ! -e /lib/{libdir.name}/libEGL.so.1 || exit 98; "
+        f"exec {sys.executable} -m edge.cli landmarks"
+    )
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if result.returncode in (98, 99):
+        pytest.skip(f"cannot hide libEGL here: {result.stderr.strip()}")
+    assert result.returncode == InstallError.exit_code, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "cryedge: MediaPipe's landmarker needs libEGL.so.1, which is not installed: "
+        "sudo apt install libegl1 (or ./setup.sh --runtime)"
+    )
+    assert "Traceback" not in result.stderr
