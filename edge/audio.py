@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 NO_SOUND_DEVICE = "no_sound_device"  # the microphone or stream cannot be opened (or is not configured)
 NO_SOUND = "no_sound"  # it is open but no sound came for a while
+STREAM_PROBE_SECONDS = 6.0  # more time for the first sound after an open: ffmpeg probes a stream up to 5 s
 SOUND_STALE_SECONDS = 2.0  # an audio score older than this at a frame means the sound stopped
 
 
@@ -195,17 +196,19 @@ class AudioMonitor:
     def _listen(self) -> bool:
         """Read until the stream fails (SourceError), stalls (False) or a file ends or stop() (True)."""
         last = time.monotonic()
+        # ffmpeg probes a stream for up to 5 s before its first sample: the first one gets that much more time
+        grace = STREAM_PROBE_SECONDS
         while not self._stop.is_set():
             chunk = self._backend.read(timeout=0.5)
             if chunk is None:
                 if getattr(self._backend, "finished", False):
                     self.status.state = "ended"
                     return True
-                if time.monotonic() - last >= self.stall_seconds:
+                if time.monotonic() - last >= self.stall_seconds + grace:
                     self._failed(f"{self.status.name}: no sound for {self.stall_seconds:g} s", NO_SOUND)
                     return False
                 continue
-            last = time.monotonic()
+            last, grace = time.monotonic(), 0.0
             self.chunks += 1
             if self.status.first_frame_t is None:
                 self.status.first_frame_t = chunk.t - chunk.index / chunk.rate  # a file's time 0

@@ -107,8 +107,9 @@ class RtspCamera:
     same ports. (The server cannot take a second feed once the first has gone, so a reboot is both.)
     """
 
-    def __init__(self, clip: Path, workdir: Path):
+    def __init__(self, clip: Path, workdir: Path, sound: bool = False):
         self.clip, self.workdir = Path(clip), Path(workdir)
+        self.sound = sound  # also send the clip's sound track (AAC), as a camera with a microphone does
         self.client_port, self.source_port = free_port(), free_port()
         self.url = f"rtsp://127.0.0.1:{self.client_port}/live"
         self._server: subprocess.Popen | None = None
@@ -125,7 +126,7 @@ class RtspCamera:
         with open(self.workdir / "ffmpeg.log", "ab") as log:
             self._feed = subprocess.Popen(
                 [FFMPEG, "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(self.clip),
-                 "-an", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "15",
+                 *(["-c:a", "aac", "-ar", "16000", "-ac", "1"] if self.sound else ["-an"]), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "15",
                  "-f", "rtsp", f"rtsp://127.0.0.1:{self.source_port}/live"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         self.wait_until_live()

@@ -150,3 +150,58 @@ def test_a_device_that_is_not_there_is_a_source_error_naming_it(tmp_path, monkey
             read_all(source, limit=5)
     finally:
         source.close()
+
+
+@needs_ffmpeg
+@pytest.mark.skipif(shutil.which("rtsp-server-perl") is None, reason="needs rtsp-server-perl")
+def test_a_cameras_rtsp_sound_track_is_heard_and_reconnected_after_a_reboot(tmp_path):
+    """A real RTSP camera on loopback (tests/streams.py) sending H.264 and AAC; it reboots mid-stream."""
+    from streams import RtspCamera
+
+    from edge.audio import AudioMonitor
+
+    clip = tmp_path / "cam.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=4",
+                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000:duration=4", "-c:v", "libx264",
+                    "-c:a", "aac", "-shortest", str(clip)], check=True)
+
+    class Counting:
+        """Stands in for the audio pipeline: keeps what it is given (the monitor's own logic is under test)."""
+
+        def __init__(self):
+            self.samples = []
+            self.scorer = type("S", (), {"spec": type("A", (), {"hop_seconds": 0.5})()})()
+
+        def process(self, chunk):
+            self.samples.append(chunk.samples)
+            return []
+
+        def reset(self):
+            pass
+
+    with RtspCamera(clip, tmp_path, sound=True) as camera:
+        sink = Counting()
+        monitor = AudioMonitor(lambda: FfmpegAudioSource(camera.url, 16000, rtsp_transport="udp", timeout_seconds=3),
+                               sink, stall_seconds=3, backoff_first=0.5, backoff_limit=1.0)
+        monitor.start()
+        try:
+            deadline = time.monotonic() + 20
+            while sum(len(s) for s in sink.samples) < 32000 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            heard = np.concatenate(sink.samples)
+            assert heard.size >= 32000 and abs(dominant_hz(heard[-16000:]) - 440) <= 3
+            assert monitor.status.name == f"stream:{camera.url}"
+            camera.stop()  # the camera reboots
+            deadline = time.monotonic() + 20
+            while monitor.status.state != "reopening" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert monitor.status.state == "reopening" and monitor.reason == "no_sound_device"
+            camera.start()
+            before = sum(len(s) for s in sink.samples)
+            deadline = time.monotonic() + 30
+            while sum(len(s) for s in sink.samples) < before + 16000 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert sum(len(s) for s in sink.samples) >= before + 16000
+            assert monitor.status.reconnects >= 1
+        finally:
+            monitor.close()
