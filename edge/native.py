@@ -19,6 +19,7 @@ import mmap
 import os
 import platform
 import re
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -75,9 +76,6 @@ CPU_FEATURE_NAMES = {
 ARM_CORES = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd08": "Cortex-A72", "0xd0b": "Cortex-A76"}
 
 _GUARD = re.compile(rb"This binary was compiled with ([\w.]+) enabled")
-_GUARD_PREFIX = b"This binary was compiled with "
-# the guard's messages sit together in the library's read-only data
-_GUARD_WINDOW = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -101,18 +99,38 @@ def read_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> Cpu:
     return Cpu(name=", ".join(n for n in names if n) or "this CPU", features=features)
 
 
+def _rodata_ranges(data) -> list[tuple[int, int]]:
+    """(offset, size) of a 64-bit little-endian ELF file's ``.rodata*`` sections; [] if it is not one."""
+    if data[:6] != b"\x7fELF\x02\x01":
+        return []
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    if not shoff or shentsize < 64 or shstrndx >= shnum or shoff + shnum * shentsize > len(data):
+        return []
+    sections = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names_offset = sections[shstrndx][4]
+    ranges = []
+    for name, _type, _flags, _addr, offset, size in sections:
+        start = names_offset + name
+        if data[start : start + 7] == b".rodata" and offset + size <= len(data):
+            ranges.append((offset, size))
+    return ranges
+
+
 def compiled_features(library: Path) -> frozenset[str]:
-    """The CPU extensions a MediaPipe library checks for at start (its fail-fast guard's list)."""
+    """The CPU extensions a MediaPipe library checks for at start (its fail-fast guard's list).
+
+    Only the read-only data sections are read (1.4 of 22 MB for 0.10.18's aarch64 bindings, 6.6 of
+    124 MB for 1.2.3's libmediapipe.so), which matters on a Pi's SD card.
+    """
     with open(library, "rb") as file:
-        size = os.fstat(file.fileno()).st_size
-        if size == 0:
+        if os.fstat(file.fileno()).st_size == 0:
             return frozenset()
         with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            first = data.find(_GUARD_PREFIX)
-            if first < 0:
-                return frozenset()
-            window = data[max(0, first - _GUARD_WINDOW) : first + _GUARD_WINDOW]
-    return frozenset(name.decode() for name in _GUARD.findall(window))
+            found: set[str] = set()
+            for offset, size in _rodata_ranges(data) or [(0, len(data))]:
+                found.update(name.decode() for name in _GUARD.findall(data, offset, offset + size))
+    return frozenset(found)
 
 
 def missing_features(compiled: frozenset[str], cpu: Cpu, machine: str) -> list[str]:
