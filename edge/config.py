@@ -173,6 +173,17 @@ class Picamera2SourceConfig(SourceOptions):
     stream: Literal["main", "lores"] = Field(default="main", validation_alias=AliasChoices("stream", "picamera2_stream"))
     width: int = Field(default=640, ge=16, le=8192)
     height: int = Field(default=480, ge=16, le=8192)
+    # Night with a NoIR camera (docs/night.md): grey pictures (the ISP's saturation 0: IR light tints a
+    # NoIR picture pink), and how far auto-exposure may go in the dark.
+    greyscale: bool = False
+    min_fps: float | None = Field(default=None, gt=0)  # AE may lengthen frames to 1/min_fps s (motion blur)
+    analogue_gain: float | None = Field(default=None, ge=1.0, le=16.0)  # fixed sensor gain; None: automatic
+
+    @model_validator(mode="after")
+    def _frame_rates(self) -> Picamera2SourceConfig:
+        if self.min_fps is not None and self.fps is not None and self.min_fps > self.fps:
+            raise ValueError("min_fps must not be above fps")
+        return self
 
     def display(self) -> str:
         return f"picamera2:{self.camera}" + (":lores" if self.stream == "lores" else "")

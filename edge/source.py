@@ -215,6 +215,26 @@ class OpenCVSource:
         self._capture = self._thread = None
 
 
+def picamera2_controls(fps: float, greyscale: bool = False, min_fps: float | None = None,
+                       analogue_gain: float | None = None) -> dict:
+    """libcamera controls for picamera2 (pure): the frame rate, and the night settings of docs/night.md.
+
+    ``min_fps`` lets auto-exposure lengthen a frame up to ``1/min_fps`` s in the dark (``FrameDurationLimits``
+    in microseconds, instead of a fixed ``FrameRate``); ``greyscale`` sets the ISP's ``Saturation`` to 0;
+    ``analogue_gain`` fixes the sensor gain (auto-exposure then varies the exposure time only).
+    """
+    controls: dict = {}
+    if min_fps is not None:
+        controls["FrameDurationLimits"] = (int(round(1e6 / fps)), int(round(1e6 / min_fps)))
+    else:
+        controls["FrameRate"] = float(fps)
+    if greyscale:
+        controls["Saturation"] = 0.0
+    if analogue_gain is not None:
+        controls["AnalogueGain"] = float(analogue_gain)
+    return controls
+
+
 class Picamera2Source:
     """The Pi's CSI camera through picamera2's video configuration.
 
@@ -226,8 +246,10 @@ class Picamera2Source:
     live = True
 
     def __init__(self, width: int = 640, height: int = 480, fps: float = 30.0, stream: str = "main", camera_num: int = 0,
-                 picamera2_module=None):
+                 picamera2_module=None, greyscale: bool = False, min_fps: float | None = None,
+                 analogue_gain: float | None = None):
         self.width, self.height, self.fps, self.stream, self.camera_num = width, height, fps, stream, camera_num
+        self.controls = picamera2_controls(fps, greyscale, min_fps, analogue_gain)
         self.name = f"picamera2:{camera_num}" + (":lores" if stream == "lores" else "")
         self._module = picamera2_module
         self._camera = None
@@ -236,7 +258,8 @@ class Picamera2Source:
     @classmethod
     def from_config(cls, config: Picamera2SourceConfig, picamera2_module=None) -> Picamera2Source:
         return cls(config.width, config.height, config.fps or 30.0, stream=config.stream, camera_num=config.camera,
-                   picamera2_module=picamera2_module)
+                   picamera2_module=picamera2_module, greyscale=config.greyscale, min_fps=config.min_fps,
+                   analogue_gain=config.analogue_gain)
 
     def open(self) -> None:
         module = self._module
@@ -263,10 +286,10 @@ class Picamera2Source:
             if self.stream == "lores":
                 config = camera.create_video_configuration(
                     main={"size": size, "format": "BGR888"}, lores={"size": size, "format": "YUV420"},
-                    controls={"FrameRate": float(self.fps)}, buffer_count=4)
+                    controls=dict(self.controls), buffer_count=4)
             else:
                 config = camera.create_video_configuration(
-                    main={"size": size, "format": "BGR888"}, controls={"FrameRate": float(self.fps)}, buffer_count=4)
+                    main={"size": size, "format": "BGR888"}, controls=dict(self.controls), buffer_count=4)
             camera.configure(config)
             camera.start()
         except (RuntimeError, IndexError, OSError) as error:

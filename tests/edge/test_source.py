@@ -492,3 +492,24 @@ def test_picamera2_that_fails_to_import_is_one_source_error_line(tmp_path, monke
     message = str(raised.value)
     assert shown in message and "\n" not in message
     assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+def test_picamera2_night_settings_reach_the_camera_as_libcamera_controls():
+    """A NoIR camera at night: grey from the ISP, frames up to 1/5 s long, a fixed gain (stand-in of picamera2's API)."""
+    from edge.config import load_config
+
+    config = load_config(None, {"source": {"type": "picamera2", "fps": 15, "greyscale": True, "min_fps": 5,
+                                           "analogue_gain": 8.0}})
+    source = Picamera2Source.from_config(config.source, picamera2_module=FakePicamera2Module)
+    source.open()
+    controls = FakePicamera2.instances[-1].config["controls"]
+    source.close()
+    assert controls == {"FrameDurationLimits": (66667, 200000), "Saturation": 0.0, "AnalogueGain": 8.0}
+
+
+def test_picamera2_min_fps_above_fps_is_a_config_error():
+    from edge.config import load_config
+    from edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="min_fps"):
+        load_config(None, {"source": {"type": "picamera2", "fps": 10, "min_fps": 15}})
