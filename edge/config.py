@@ -176,7 +176,7 @@ class Picamera2SourceConfig(SourceOptions):
     # Night with a NoIR camera (docs/night.md): grey pictures (the ISP's saturation 0: IR light tints a
     # NoIR picture pink), and how far auto-exposure may go in the dark.
     greyscale: bool = False
-    min_fps: float | None = Field(default=None, gt=0)  # AE may lengthen frames to 1/min_fps s (motion blur)
+    min_fps: float | None = Field(default=None, ge=0.1, le=120)  # AE may lengthen frames to 1/min_fps s (motion blur)
     analogue_gain: float | None = Field(default=None, ge=1.0, le=16.0)  # fixed sensor gain; None: automatic
 
     @model_validator(mode="after")
