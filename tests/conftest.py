@@ -1,13 +1,29 @@
-"""Shared fixtures: paths of real test data, and the loopback mosquitto broker."""
+"""Shared fixtures: paths of real test data, the loopback mosquitto broker, and a guard against leaks.
+
+The whole suite is one process that hosts TensorFlow's, MediaPipe's and LiteRT's thread pools
+besides every test's servers, clients and readers. A thread or socket that a test leaves behind
+stays for the rest of the run and takes a task slot on a shared machine, where TensorFlow aborts
+the process when the kernel refuses it one more thread (tests/isolated.py). So each test must
+leave no Python thread running (``no_leaked_threads``).
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
+
+# TensorFlow sizes its inter- and intra-op pools by the CPU count (2 + 2 here, 64 + 64 on a large
+# CI host); tests need no more than this. Read by TF at its first use, in this process and in the
+# cryedge commands tests start.
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "2")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,3 +61,32 @@ def wheel(tmp_path_factory) -> Path:
     assert build.returncode == 0, build.stdout + build.stderr
     (work / "build.log").write_text(build.stdout + build.stderr)  # what setuptools said, for the tests
     return next(work.glob("cryedge-*.whl"))
+
+
+
+LEAK_GRACE_S = 2.0  # a thread told to stop may take a moment to end
+
+
+def threads_left(before: set[threading.Thread]) -> list[threading.Thread]:
+    """Threads not in ``before`` still running after a grace of LEAK_GRACE_S."""
+    deadline = time.monotonic() + LEAK_GRACE_S
+    new = [thread for thread in threading.enumerate() if thread not in before]
+    for thread in new:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [thread for thread in new if thread.is_alive()]
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads():
+    """Fails a test that leaves a thread running (threads of session and module fixtures excepted).
+
+    Autouse fixtures are set up after the wider-scoped ones and torn down after the test's own,
+    so what this sees is what the test and its function fixtures left behind. Descriptors are not
+    checked here: pytest holds a test's fixture values (and their sockets) until after teardown.
+    """
+    before = set(threading.enumerate())
+    yield
+    left = threads_left(before)
+    if left:
+        pytest.fail(f"the test left {len(left)} thread(s) running: {', '.join(repr(t.name) for t in left[:8])}",
+                    pytrace=False)

@@ -6,6 +6,8 @@ conversion is faithful, not that any model detects crying.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -16,12 +18,13 @@ from convert.convert import ConvertOptions, check_graph, convert
 from convert.report import inspect_graph
 from edge.card import load_card
 from edge.errors import ConfigError
+from isolated import run_python  # tests/ is on sys.path (rootdir conftest)
 
 pytestmark = [pytest.mark.tensorflow]
 
 
-def _train_and_save(name: str, tmp_path):
-    """(model.keras path, calibration .npz path): 240 training samples, 6 epochs; 400 other samples calibrate and test.
+def train_and_save(name: str, folder: Path) -> None:
+    """Write FOLDER/NAME.keras and FOLDER/NAME.npz: 240 training samples, 6 epochs; 400 other samples calibrate and test.
 
     Trained until its scores are confident, as a model worth deploying is: a barely trained model
     scores near 0.5 where one int8 step flips a label, which measures the training, not the conversion.
@@ -40,15 +43,24 @@ def _train_and_save(name: str, tmp_path):
     loss = "sparse_categorical_crossentropy" if model.output_shape[-1] > 1 else "binary_crossentropy"
     model.compile(optimizer="adam", loss=loss)
     model.fit(x[:240], y[:240], epochs=6, batch_size=32, verbose=0)
-    model.save(tmp_path / f"{name}.keras")
-    np.savez(tmp_path / "data.npz", x=x[240:], y=y[240:])
-    return tmp_path / f"{name}.keras", tmp_path / "data.npz"
+    model.save(folder / f"{name}.keras")
+    np.savez(folder / f"{name}.npz", x=x[240:], y=y[240:])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """Every zoo architecture trained in one child process (tests/isolated.py): the folder of models and data."""
+    folder = tmp_path_factory.mktemp("zoo")
+    run_python(f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+               f"from pathlib import Path\nfrom test_zoo import train_and_save\n"
+               f"for name in {zoo.ARCHITECTURES!r}:\n    train_and_save(name, Path({str(folder)!r}))\n")
+    return folder
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", zoo.ARCHITECTURES)
-def test_zoo_architecture_converts_to_all_int8_with_99_percent_agreement(name, tmp_path):
-    model_path, data = _train_and_save(name, tmp_path)
+def test_zoo_architecture_converts_to_all_int8_with_99_percent_agreement(name, trained, tmp_path):
+    model_path, data = trained / f"{name}.keras", trained / f"{name}.npz"
     report = convert(ConvertOptions(model=model_path, output=tmp_path / f"{name}.tflite", calibration=str(data)))
     graph = inspect_graph((tmp_path / f"{name}.tflite").read_bytes())
     assert check_graph(graph, "int8") == []
