@@ -42,6 +42,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Self
 
 from waitress.server import TcpWSGIServer
+from waitress.task import ThreadedTaskDispatcher
 
 from edge.errors import ConfigError
 
@@ -235,15 +236,24 @@ class HttpServer:
     def __init__(self, app: WSGIApp, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
                  max_connections: int = MAX_CONNECTIONS, idle_timeout: int = IDLE_TIMEOUT, threads: int = THREADS,
                  name: str = "http"):
+        # waitress starts its worker threads and its wake-up pipe before it binds: made here, they
+        # can be stopped when the bind fails (a taken port), instead of living on in the process
+        channels: dict = {}
+        workers = ThreadedTaskDispatcher()
+        workers.set_thread_count(threads)
         try:
             self._server = _BoundedServer(
-                app, host=host, port=port, threads=threads, connection_limit=max_connections,
+                app, map=channels, dispatcher=workers,
+                host=host, port=port, threads=threads, connection_limit=max_connections,
                 channel_timeout=idle_timeout, cleanup_interval=1,
                 # poll, not select: the daemon's descriptors may number above select's 1024
                 asyncore_use_poll=True, outbuf_high_watermark=OUTBUF_HIGH_WATERMARK,
                 outbuf_overflow=OUTBUF_OVERFLOW, max_request_body_size=64 * 1024, expose_tracebacks=False,
                 ident="cryedge")
         except (OSError, ValueError) as error:
+            workers.shutdown(timeout=2)
+            for channel in list(channels.values()):
+                channel.close()
             reason = getattr(error, "strerror", None) or str(error)
             raise ConfigError(f"{name} server cannot listen on {host}:{port} ({reason}); "
                               "set another [health] port, or enabled = false") from error
