@@ -107,9 +107,11 @@ def load(path: str | Path) -> LoadedModel:
 def legacy_h5_config(config: dict) -> dict:
     """A Keras-2 model config with Sequential input shapes moved into an explicit InputLayer.
 
-    Pure: returns a new dict. Functional configs already have their InputLayer and are left alone.
+    Pure: returns a new dict. Functional configs already have their InputLayer; in both, the
+    convolution keys that tf.keras writes and Keras 3 refuses are dropped (``TF_KERAS_CONV_KEYS``).
     """
     config = copy.deepcopy(config)
+    _drop_tf_keras_conv_keys(config)
     if config.get("class_name") != "Sequential":
         return config
     inner = config["config"]
@@ -129,6 +131,29 @@ def legacy_h5_config(config: dict) -> dict:
     if not isinstance(inner, dict):
         config["config"] = {"name": "sequential", "layers": layers}
     return config
+
+
+# tf.keras 2.3+ writes these into separable and depthwise convolution configs (inherited from Conv);
+# the layers never used them, and Keras 3 refuses them ("Unrecognized keyword arguments").
+TF_KERAS_CONV_KEYS = {
+    "SeparableConv1D": ("groups", "kernel_initializer", "kernel_regularizer", "kernel_constraint"),
+    "SeparableConv2D": ("groups", "kernel_initializer", "kernel_regularizer", "kernel_constraint"),
+    "DepthwiseConv1D": ("groups", "filters", "kernel_initializer", "kernel_regularizer", "kernel_constraint"),
+    "DepthwiseConv2D": ("groups", "filters", "kernel_initializer", "kernel_regularizer", "kernel_constraint"),
+}
+
+
+def _drop_tf_keras_conv_keys(config: dict) -> None:
+    """Remove, in place, the keys of ``TF_KERAS_CONV_KEYS`` from every layer of a (nested) model config."""
+    inner = config.get("config")
+    layers = inner.get("layers") if isinstance(inner, dict) else inner if isinstance(inner, list) else None
+    for layer in layers or ():
+        if not isinstance(layer, dict):
+            continue
+        for key in TF_KERAS_CONV_KEYS.get(layer.get("class_name"), ()):
+            layer.get("config", {}).pop(key, None)
+        if isinstance(layer.get("config"), dict) and "layers" in layer["config"]:
+            _drop_tf_keras_conv_keys(layer)
 
 
 def _load_h5(path: Path):
