@@ -11,6 +11,10 @@ Calibration data (int8) and held-out data (fidelity) come from ``--calibration``
 split by ``groups`` when present (whole groups held out), else the last quarter is held out; at
 most 300 samples calibrate. ``--calibration synthetic`` uses uniform random inputs in [0, 1] and
 says so in the report and the card; there is no silent fallback to random data.
+
+int8 below ``--agreement-target`` (99%) on the held-out samples is analysed layer by layer and,
+with ``--int8-fallback auto``, replaced by the fastest graph that reaches the target: the worst
+layers left in float, or int16 activations (``convert.int8_fallback``).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from edge.features import NORMALIZATIONS, SPECS, get_spec
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("float32", "float16", "dynamic", "int8")
+SCHEMES = ("float32", "float16", "dynamic", "int8", "int16x8")
 IO_TYPES = ("int8", "uint8", "float32")
 MIN_CALIBRATION_SAMPLES = 20
 MAX_CALIBRATION_SAMPLES = 300
@@ -230,6 +234,8 @@ class ConvertOptions:
     name: str | None = None
     normalization: str | None = None  # overrides the calibration dataset's
     metrics: Path | None = None  # training metrics JSON for the card (default: MODEL.metrics.json if there)
+    int8_fallback: str = "auto"  # what int8 does below the agreement target (convert.int8_fallback)
+    agreement_target: float = 0.99
 
 
 @dataclass
@@ -273,21 +279,30 @@ def convert(options: ConvertOptions):
     """Convert, check, measure; writes OUT.tflite, OUT.json (card), and the report. Returns the Report."""
     check_options(options)
     source = load_source(options)
+    labels, positive = choose_labels(options, source)  # a wrong --labels fails before minutes of conversion
     data = representative_data(source.samples)
-    flatbuffer, graph = to_tflite(options, source, data)
-    measured = measure_fidelity(options, source, data, flatbuffer, graph)
-    labels, positive = choose_labels(options, source)
-    warnings = conversion_warnings(options, source, graph, measured)
-    card = make_card(options, source, measured, labels, positive, warnings)
+    with tempfile.TemporaryDirectory(prefix="cryedge-convert-") as tmp:
+        saved = export_model(options, source, Path(tmp))
+        flatbuffer, graph = to_tflite(options, saved, data.calibration)
+        measured = measure_fidelity(options, source, data, flatbuffer, graph)
+        flatbuffer, graph, measured, fallback = recover_int8(options, source, data, saved, flatbuffer, graph, measured)
+    warnings = conversion_warnings(options, source, graph, measured, fallback)
+    card = make_card(options, source, measured, labels, positive, warnings, fallback)
     flatbuffer = write_model(options.output, flatbuffer, card)
-    return write_report(options, source, flatbuffer, graph, measured, warnings)
+    return write_report(options, source, flatbuffer, graph, measured, warnings, fallback)
 
 
 def check_options(options: ConvertOptions) -> None:
     if options.quantize not in SCHEMES:
         raise DataError(f"--quantize must be one of {', '.join(SCHEMES)}")
-    if options.quantize == "int8" and not options.calibration:
-        raise DataError("int8 needs --calibration DATA (.npz, dataset, image folder), or '--calibration synthetic' to calibrate on random inputs")
+    if options.quantize in ("int8", "int16x8") and not options.calibration:
+        raise DataError(f"{options.quantize} needs --calibration DATA (.npz, dataset, image folder), or '--calibration synthetic' to calibrate on random inputs")
+    from convert.int8_fallback import FALLBACKS
+
+    if options.int8_fallback not in FALLBACKS:
+        raise DataError(f"--int8-fallback must be one of {', '.join(FALLBACKS)}")
+    if not 0.0 < options.agreement_target <= 1.0:
+        raise DataError(f"--agreement-target {options.agreement_target}: must be above 0 and at most 1")
 
 
 def load_source(options: ConvertOptions) -> Source:
@@ -331,29 +346,34 @@ def representative_data(samples: Samples | None) -> RepresentativeData:
     return RepresentativeData(*split_samples(samples))
 
 
-def to_tflite(options: ConvertOptions, source: Source, data: RepresentativeData):
-    """The checked flatbuffer and its Graph: batch-1 rebuild, SavedModel, conversion, device checks.
-
-    An int8 graph with problems (float islands) is converted once more with the other quantizer.
-    """
+def export_model(options: ConvertOptions, source: Source, folder: Path) -> Path:
+    """The model rebuilt with batch 1 (recurrent layers unrolled, or fused with --lstm fused), as a SavedModel in ``folder``."""
     from convert import keras_io
-    from convert.report import inspect_graph
 
     if options.lstm == "fused" and keras_io.has_recurrent_layers(source.model):
         static, framework = _fused_lstm_model(source.loaded), "tf_keras"
     else:
         static, framework = keras_io.static_batch1(source.model, unroll=True), source.loaded.framework
-    settings = QuantizationSettings(options.quantize, options.io_type, data.calibration)
-    with tempfile.TemporaryDirectory(prefix="cryedge-convert-") as tmp:
-        saved = keras_io.export_saved_model(static, framework, Path(tmp) / "saved_model")
-        flatbuffer = convert_saved_model(saved, settings)
+    return keras_io.export_saved_model(static, framework, folder / "saved_model")
+
+
+def to_tflite(options: ConvertOptions, saved: Path, calibration: np.ndarray | None = None, scheme: str | None = None):
+    """The checked flatbuffer and its Graph: conversion of the SavedModel, device checks.
+
+    An int8 graph with problems (float islands) is converted once more with the other quantizer.
+    """
+    from convert.report import inspect_graph
+
+    scheme = scheme or options.quantize
+    settings = QuantizationSettings(scheme, options.io_type, calibration)
+    flatbuffer = convert_saved_model(saved, settings)
+    graph = inspect_graph(flatbuffer)
+    problems = check_graph(graph, scheme)
+    if problems and scheme in ("int8", "int16x8"):
+        log.warning("%s graph has %s; retrying with the other quantizer", scheme, "; ".join(problems))
+        flatbuffer = convert_saved_model(saved, replace(settings, new_quantizer=False))
         graph = inspect_graph(flatbuffer)
-        problems = check_graph(graph, options.quantize)
-        if problems and options.quantize == "int8":
-            log.warning("int8 graph has %s; retrying with the other quantizer", "; ".join(problems))
-            flatbuffer = convert_saved_model(saved, replace(settings, new_quantizer=False))
-            graph = inspect_graph(flatbuffer)
-            problems = check_graph(graph, options.quantize)
+        problems = check_graph(graph, scheme)
     if problems:
         raise ModelError(f"converted {options.model.name} is not usable on the device: {'; '.join(problems)}")
     return flatbuffer, graph
@@ -406,11 +426,26 @@ def _int8_settings(converter, tf, settings: QuantizationSettings) -> None:
     converter.experimental_new_quantizer = settings.new_quantizer
 
 
+def _int16x8_settings(converter, tf, settings: QuantizationSettings) -> None:
+    """int16 activations, int8 weights (TFLite's 16x8 mode): 256 times finer activations, reference kernels.
+
+    I/O is int16 where int8 or uint8 was asked (the 16x8 kernels take no 8-bit tensors), else float32.
+    """
+    calibration = settings.calibration
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([sample[None].astype(np.float32)] for sample in calibration)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    converter.inference_input_type = tf.float32 if settings.io_type == "float32" else tf.int16
+    converter.inference_output_type = converter.inference_input_type
+    converter.experimental_new_quantizer = settings.new_quantizer
+
+
 CONVERTER_SETTINGS = {
     "float32": _float32_settings,
     "float16": _float16_settings,
     "dynamic": _dynamic_settings,
     "int8": _int8_settings,
+    "int16x8": _int16x8_settings,
 }
 
 
@@ -425,10 +460,10 @@ def check_graph(graph, scheme: str) -> list[str]:
         problems.append("dynamic tensor shapes")
     if flex_ops(graph):
         problems.append(f"custom/Flex ops {flex_ops(graph)}")
-    if scheme == "int8":
+    if scheme in ("int8", "int16x8"):
         islands = float_islands(graph)
         if islands:
-            problems.append(f"float ops in an int8 graph: {', '.join(islands[:6])}")
+            problems.append(f"float ops in an {scheme} graph: {', '.join(islands[:6])}")
     return problems
 
 
@@ -456,6 +491,45 @@ def measure_fidelity(options: ConvertOptions, source: Source, data: Representati
         fid.keras_accuracy = float((labels_of(keras_scores, options.threshold) == truth).mean())
         fid.tflite_accuracy = float((labels_of(tflite_scores, options.threshold) == truth).mean())
     return Measured(check_x, keras_scores, tflite_scores, fid, runner, stateful)
+
+
+def recover_int8(options: ConvertOptions, source: Source, data: RepresentativeData, saved: Path, flatbuffer: bytes,
+                 graph, measured: Measured):
+    """An int8 graph below the agreement target: per-layer errors, and the fallback ``--int8-fallback`` chooses.
+
+    Returns (flatbuffer, graph, measured, Choice or None); None when int8 was not asked, or no
+    fallback was needed or allowed.
+    """
+    from convert import int8_fallback
+    from convert.report import LiteRTRunner, inspect_graph, labels_of
+
+    below = measured.fidelity.label_agreement < options.agreement_target
+    if options.quantize != "int8" or not below or options.int8_fallback == "off" or data.calibration is None:
+        return flatbuffer, graph, measured, None
+    keras_labels = labels_of(measured.keras_scores, options.threshold)
+
+    def measure(candidate: bytes) -> tuple[float, float]:
+        runner = LiteRTRunner(candidate, num_threads=1, stateful=measured.stateful)
+        agreement = float((labels_of(runner.predict(measured.x), options.threshold) == keras_labels).mean())
+        return agreement, runner.median_latency_us(measured.x, budget_s=int8_fallback.LATENCY_BUDGET_S)
+
+    log.warning("int8 keeps %.2f%% of labels (< %.0f%%): analysing layers and trying --int8-fallback %s",
+                100 * measured.fidelity.label_agreement, 100 * options.agreement_target, options.int8_fallback)
+    plain = int8_fallback.Candidate("int8", flatbuffer, measured.fidelity.label_agreement, measure(flatbuffer)[1])
+    choice = int8_fallback.choose(
+        options.int8_fallback, plain=plain, target=options.agreement_target, edgetpu=options.edgetpu,
+        analysis_factory=lambda: int8_fallback.LayerAnalysis(saved, data.calibration, data.calibration),
+        int16x8_factory=lambda: to_tflite(options, saved, data.calibration, scheme="int16x8")[0],
+        measure=measure)
+    if choice.chosen is plain:
+        return flatbuffer, graph, measured, choice
+    chosen = choice.chosen.flatbuffer
+    new_graph = inspect_graph(chosen)
+    scheme = "int16x8" if choice.chosen.mode == "int16x8" else "int8+float-layers"
+    problems = check_graph(new_graph, scheme)
+    if problems:
+        raise ModelError(f"{scheme} graph of {options.model.name} is not usable on the device: {'; '.join(problems)}")
+    return chosen, new_graph, measure_fidelity(options, source, data, chosen, new_graph), choice
 
 
 def choose_labels(options: ConvertOptions, source: Source) -> tuple[tuple[str, ...], str]:
@@ -486,12 +560,15 @@ def default_labels(outputs: int, kind: str) -> tuple[tuple[str, ...], str]:
     return tuple(f"class{i}" for i in range(outputs)), f"class{outputs - 1}"
 
 
-def conversion_warnings(options: ConvertOptions, source: Source, graph, measured: Measured) -> list[str]:
+def conversion_warnings(options: ConvertOptions, source: Source, graph, measured: Measured, fallback=None) -> list[str]:
     from convert.report import tflite_runtime_214_problems
 
     warnings = []
-    if options.quantize == "int8" and measured.fidelity.label_agreement < 0.99:
-        warnings.append(f"label agreement {100 * measured.fidelity.label_agreement:.2f}% < 99% on held-out data")
+    if options.quantize == "int8" and measured.fidelity.label_agreement < options.agreement_target:
+        warnings.append(f"label agreement {100 * measured.fidelity.label_agreement:.2f}% < "
+                        f"{100 * options.agreement_target:.4g}% on held-out data")
+    if fallback is not None and fallback.note:
+        warnings.append(f"int8 fallback: {fallback.note}")
     if tflite_runtime_214_problems(graph):
         warnings.append(f"{', '.join(tflite_runtime_214_problems(graph))} cannot be loaded by tflite-runtime 2.14 "
                         f"(use ai-edge-litert, or --quantize int8/float16)")
@@ -503,16 +580,19 @@ def conversion_warnings(options: ConvertOptions, source: Source, graph, measured
 
 
 def make_card(options: ConvertOptions, source: Source, measured: Measured, labels: tuple[str, ...], positive: str,
-              warnings: list[str]) -> ModelCard:
+              warnings: list[str], fallback=None) -> ModelCard:
     """The card: what the device needs to feed the graph and read it, and where it came from."""
     runner, kind = measured.runner, source.kind
+    scheme = "int16x8" if fallback is not None and fallback.chosen.mode == "int16x8" else options.quantize
+    float_layers = tuple(fallback.chosen.float_layers) if fallback is not None else ()
     in_dtype, in_scale, in_zp = runner.quantization("input")
     out_dtype, out_scale, out_zp = runner.quantization("output")
     return ModelCard(
         name=options.name or options.output.stem,
         kind=kind.kind,
         description=(f"converted by cryedge from {source.loaded.source_format} {options.model.name}"
-                     + "".join(f"; {w}" for w in warnings if "tflite-runtime" in w or "SYNTHETIC" in w)),
+                     + "".join(f"; {w}" for w in warnings if "tflite-runtime" in w or "SYNTHETIC" in w
+                               or w.startswith("int8 fallback"))),
         input_shape=runner.input_shape,
         window=kind.window,
         features=kind.features,
@@ -523,9 +603,11 @@ def make_card(options: ConvertOptions, source: Source, measured: Measured, label
         output="sigmoid" if source.outputs == 1 else "softmax",
         threshold=options.threshold,
         quantization=Quantization(
-            scheme=options.quantize,
+            scheme=scheme,
             input=TensorQuantization(dtype=in_dtype, scale=in_scale, zero_point=in_zp),
             output=TensorQuantization(dtype=out_dtype, scale=out_scale, zero_point=out_zp),
+            float_layers=float_layers,
+            edgetpu_compatible=scheme == "int8" and not float_layers,
         ),
         stateful=measured.stateful,
         source=SourceModel(path=options.model.name, sha256=source.loaded.sha256),
@@ -558,7 +640,7 @@ def write_model(output: Path, flatbuffer: bytes, card: ModelCard) -> bytes:
 
 
 def write_report(options: ConvertOptions, source: Source, flatbuffer: bytes, graph, measured: Measured,
-                 warnings: list[str]):
+                 warnings: list[str], fallback=None):
     """The Report of the written model: latency, Keras-vs-TFLite plot, EdgeTPU check; JSON with --report."""
     from convert.edgetpu import run_compiler, static_report
     from convert.report import LiteRTRunner, Report, plot_scores
@@ -573,6 +655,9 @@ def write_report(options: ConvertOptions, source: Source, flatbuffer: bytes, gra
         edgetpu_report = static_report(graph)
         if options.quantize != "int8":
             edgetpu_report.problems.append(f"{options.quantize} graph: the EdgeTPU runs int8/uint8 graphs only")
+        elif fallback is not None and fallback.chosen.mode != "int8":
+            edgetpu_report.problems.append(f"{fallback.chosen.mode} graph (--int8-fallback {fallback.fallback}): "
+                                           f"float ops and int16 tensors do not run on the EdgeTPU")
         edgetpu_report.compiler = run_compiler(options.output, options.output.parent)
         if edgetpu_report.compiler is None:
             edgetpu_report.compiler = {"summary": "edgetpu_compiler not on PATH (x86-64 only); static report only"}
@@ -581,13 +666,15 @@ def write_report(options: ConvertOptions, source: Source, flatbuffer: bytes, gra
     in_dtype, in_scale, in_zp = measured.runner.quantization("input")
     out_dtype, out_scale, out_zp = measured.runner.quantization("output")
     report = Report(
-        model=str(options.model), output=str(options.output), quantization=options.quantize,
+        model=str(options.model), output=str(options.output),
+        quantization=fallback.chosen.mode if fallback is not None else options.quantize,
         size_bytes=len(flatbuffer), ops=graph.op_list(), subgraphs=graph.subgraphs,
         input={"shape": list(measured.runner.input_shape), "dtype": in_dtype, "scale": in_scale, "zero_point": in_zp},
         output_tensor={"shape": [1, source.outputs], "dtype": out_dtype, "scale": out_scale, "zero_point": out_zp},
         latency_us_median=latency, fidelity=measured.fidelity.as_dict(),
         calibration=(source.samples.source if source.samples else "none"),
         warnings=warnings, plot=str(plot), edgetpu=edgetpu,
+        int8_fallback=fallback.as_dict() if fallback is not None else None,
     )
     if options.report:
         options.report.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
@@ -645,6 +732,12 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--calibration", metavar="DATA",
                         help="npz with x (and y, groups), a 'cryedge dataset build' npz, an image folder, or 'synthetic'")
     parser.add_argument("--io-type", choices=IO_TYPES, default="int8", help="int8 graphs: type of input and output")
+    parser.add_argument("--int8-fallback", choices=("auto", "16x8", "float-layers", "off"), default="auto",
+                        help="int8 below --agreement-target on held-out data: try int16 activations (16x8) and/or the "
+                             "worst layers in float, keep the fastest that reaches it (auto; with --edgetpu plain int8 "
+                             "stays), or keep plain int8 (off)")
+    parser.add_argument("--agreement-target", type=float, default=0.99,
+                        help="held-out label agreement with Keras that int8 must keep (default 0.99)")
     parser.add_argument("--edgetpu", action="store_true", help="EdgeTPU compatibility report (and compile if edgetpu_compiler is installed)")
     parser.add_argument("--lstm", choices=("unroll", "fused"), default="unroll",
                         help="recurrent layers: unrolled (all-int8, CPU) or fused UNIDIRECTIONAL_SEQUENCE_LSTM (EdgeTPU, stateful)")
@@ -673,6 +766,7 @@ def run(args) -> int:
         model=args.model, output=args.output, quantize=args.quantize, calibration=args.calibration,
         io_type=args.io_type, edgetpu=args.edgetpu, report=args.report, kind=args.kind, spec=args.spec,
         window=args.window, labels=args.labels, positive=args.positive, threshold=args.threshold,
-        lstm=args.lstm, name=args.name, normalization=args.normalization, metrics=args.metrics))
+        lstm=args.lstm, name=args.name, normalization=args.normalization, metrics=args.metrics,
+        int8_fallback=args.int8_fallback, agreement_target=args.agreement_target))
     print(report.table())
     return 0

@@ -252,6 +252,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     plot: str | None = None
     edgetpu: dict | None = None
+    int8_fallback: dict | None = None  # convert.int8_fallback.Choice.as_dict(): per-layer errors, what was tried
 
     def as_dict(self) -> dict:
         data = dict(vars(self))
@@ -281,6 +282,8 @@ class Report:
             ]
             if "keras_accuracy" in f:
                 rows.append(("accuracy Keras / TFLite", f"{100 * f['keras_accuracy']:.2f}% / {100 * f['tflite_accuracy']:.2f}%"))
+        if self.int8_fallback:
+            rows += _fallback_rows(self.int8_fallback)
         if self.plot:
             rows.append(("plot", self.plot))
         if self.edgetpu:
@@ -292,6 +295,34 @@ class Report:
         rows += [("warning", w) for w in self.warnings]
         width = max(len(key) for key, _ in rows)
         return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)
+
+
+def _fallback_rows(fallback: dict) -> list[tuple[str, str]]:
+    """Terminal rows of the int8 fallback: the worst layers, each graph tried, and the one kept."""
+    rows = []
+    for i, layer in enumerate(fallback["layers_worst_first"][:5]):
+        rows.append(("worst int8 layers" if i == 0 else "",
+                     f"{layer['rmse_per_scale']:.2f} steps RMSE  {layer['op']}  {short_tensor_name(layer['tensor'])}"))
+    for tried in fallback["tried"]:
+        layers = f" ({len(tried['float_layers'])} float layers)" if tried.get("float_layers") else ""
+        rows.append(("int8 fallback tried", f"{tried['mode']}{layers}: {100 * tried['label_agreement']:.2f}% agreement, "
+                                            f"{tried['latency_us_median']:.0f} us, EdgeTPU "
+                                            f"{'yes' if tried['edgetpu_compatible'] else 'no'}"))
+    rows.append(("int8 fallback kept", fallback["mode"] + (f": float layers {', '.join(short_tensor_name(t) for t in fallback['float_layers'])}"
+                                                          if fallback["float_layers"] else "")))
+    return rows
+
+
+def short_tensor_name(tensor: str) -> str:
+    """The Keras layers in a TFLite tensor name ('m/bn_3/add;m/conv2d_5/conv' -> 'conv2d_5+bn_3')."""
+    layers = []
+    for part in tensor.split(";"):
+        pieces = part.split("/")
+        name = pieces[1] if len(pieces) > 2 else pieces[0]
+        if name not in layers:
+            layers.append(name)
+    main = [name for name in layers if not name.startswith(("batch_normalization", "activation"))] or layers
+    return "+".join(main[:2])
 
 
 def embed_card(model_bytes: bytes, card_json: str) -> bytes:

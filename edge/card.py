@@ -22,16 +22,19 @@ CARD_FORMAT = "cryedge-model-card/1"
 
 class TensorQuantization(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    dtype: Literal["float32", "float16", "int8", "uint8"]
+    dtype: Literal["float32", "float16", "int8", "uint8", "int16"]
     scale: float = 0.0
     zero_point: int = 0
 
 
 class Quantization(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    scheme: Literal["float32", "float16", "dynamic", "int8"]
+    scheme: Literal["float32", "float16", "dynamic", "int8", "int16x8"]
     input: TensorQuantization
     output: TensorQuantization
+    # int8 graphs whose worst layers were left in float to keep the labels (cryedge convert --int8-fallback)
+    float_layers: tuple[str, ...] = ()
+    edgetpu_compatible: bool | None = None  # None: written before cryedge said
 
 
 class FeatureSpecRef(BaseModel):
