@@ -50,9 +50,9 @@ while read -r package; do packages+=("$package"); done < <(grep -Ev '^(#|$)' req
 # mosquitto: the broker the tests talk to; systemd and shellcheck: the service and image tests verify
 # the unit and the scripts; openssl: the TLS tests make a throw-away CA; ffmpeg and rtsp-server-perl:
 # a real RTSP camera; alsa-utils: a stand-in microphone (arecord); espeak-ng and sox: speech for the
-# synthetic sounds the default audio model is trained on.
+# synthetic sounds the default audio model is trained on; chromium: the live view's page, as a browser shows it.
 [ "$runtime" -eq 0 ] && packages+=(mosquitto shellcheck systemd openssl libseccomp2 ffmpeg rtsp-server-perl \
-    alsa-utils espeak-ng sox)
+    alsa-utils espeak-ng sox chromium)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -38,6 +38,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     TypeAdapter,
     ValidationError,
@@ -52,6 +53,9 @@ PASSWORD_ENV = "CRYEDGE_MQTT_PASSWORD"
 CREDENTIAL_NAME = "mqtt_password"
 CAMERA_PASSWORD_ENV = "CRYEDGE_CAMERA_PASSWORD"
 CAMERA_CREDENTIAL_NAME = "camera_password"
+LIVE_TOKEN_ENV = "CRYEDGE_LIVE_TOKEN"
+LIVE_TOKEN_CREDENTIAL = "live_token"
+MIN_LIVE_TOKEN = 16  # characters: a token a neighbour on the network cannot guess
 MASK = "********"
 # MQTT topics are at most 65535 bytes of UTF-8; cryedge appends at most "/device/<64-byte id>/config"
 MAX_TOPIC_BYTES = 65535
@@ -558,6 +562,28 @@ class SnapshotConfig(Section):
     quality: int = Field(default=80, ge=10, le=100)  # JPEG quality
 
 
+class LiveConfig(Section):
+    """The live view (page and MJPEG) on the health server's host and port; off by default (edge.live).
+
+    The token comes from ``$CRYEDGE_LIVE_TOKEN``, ``token_file`` or ``$CREDENTIALS_DIRECTORY/live_token``;
+    never from this file, so a config that is shared or shown gives nobody the picture.
+    """
+
+    enabled: bool = False
+    token_file: Path | None = None
+    fps: float = Field(default=4.0, ge=0.2, le=15)  # frames a second to each viewer, at most
+    max_viewers: int = Field(default=2, ge=1, le=8)  # at once; each MJPEG viewer holds a server thread
+    max_width: int = Field(default=640, ge=64, le=1920)
+    max_height: int = Field(default=480, ge=64, le=1920)
+    quality: int = Field(default=70, ge=10, le=95)
+    history_seconds: float = Field(default=300.0, ge=10, le=HOUR)  # how far back the chart reaches
+    _token: SecretStr | None = PrivateAttr(default=None)
+
+    @property
+    def token(self) -> SecretStr | None:
+        return self._token
+
+
 class AudioSourceOptions(Section):
     """What every sound source takes; each type below adds its own options (like ``[source]``)."""
 
@@ -654,6 +680,7 @@ class Config(Section):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
+    live: LiveConfig = Field(default_factory=LiveConfig)
     audio: AudioConfig = Field(default_factory=AudioConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
 
@@ -773,6 +800,7 @@ def _resolve_paths(config: Config, base: Path) -> None:
     if isinstance(config.audio.source, FileSoundConfig):
         config.audio.source.path = fix(config.audio.source.path)
     config.outbox.path = fix(config.outbox.path)
+    config.live.token_file = fix(config.live.token_file)
     config.mqtt.password_file = fix(config.mqtt.password_file)
     if config.mqtt.tls is not None:
         for name in ("ca_file", "certfile", "keyfile"):
@@ -836,7 +864,36 @@ def load_config(path: Path | str | None = None, overrides: dict | None = None, e
     if isinstance(config.source, NetworkSourceOptions) and config.source.username is not None:
         _resolve_password(config.source, "source", where, environ, CAMERA_PASSWORD_ENV, CAMERA_CREDENTIAL_NAME)
     _check_tls_files(config, where)
+    if config.live.enabled:
+        _resolve_live_token(config, where, environ)
     return config
+
+
+def _resolve_live_token(config: Config, where: str, environ) -> None:
+    """The live view's token: ``$CRYEDGE_LIVE_TOKEN``, then ``token_file``, then the systemd credential; required."""
+    live = config.live
+    if not config.health.enabled:
+        raise ConfigError(f"{where}: live.enabled: the live view is served by the health server; "
+                          "set [health] enabled = true")
+    token, origin = environ.get(LIVE_TOKEN_ENV), f"${LIVE_TOKEN_ENV}"
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    path = live.token_file
+    if not token and path is None and credentials and (Path(credentials) / LIVE_TOKEN_CREDENTIAL).is_file():
+        path = Path(credentials) / LIVE_TOKEN_CREDENTIAL
+    if not token and path is not None:
+        origin = str(path)
+        try:
+            token = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or "not UTF-8 text"
+            raise ConfigError(f"{where}: live.token_file: cannot read {path}: {reason}") from None
+    if not token:
+        raise ConfigError(f"{where}: live.enabled needs a token: set live.token_file, ${LIVE_TOKEN_ENV} or the "
+                          f"systemd credential {LIVE_TOKEN_CREDENTIAL} (e.g. `openssl rand -hex 16 > FILE`)")
+    if len(token) < MIN_LIVE_TOKEN or any(c.isspace() or not c.isprintable() for c in token):
+        raise ConfigError(f"{where}: the live view's token from {origin} must be at least {MIN_LIVE_TOKEN} "
+                          "printable characters without spaces (e.g. `openssl rand -hex 16`)")
+    live._token = SecretStr(token)
 
 
 def _read_toml(config_path: Path, where: str) -> dict:

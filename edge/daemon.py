@@ -213,6 +213,7 @@ class Daemon:
         self._vision: tuple | None = None  # (latest vision Score, that frame's brightness 0-255)
         self.health = None
         self.snapshots = None  # edge.pictures.SnapshotWorker when [snapshot] is enabled
+        self.live = None  # edge.live.LiveView when [live] is enabled
 
     # --- building
 
@@ -243,15 +244,22 @@ class Daemon:
                 from edge.pictures import SnapshotWorker
 
                 self.snapshots = self._own(SnapshotWorker(cfg.snapshot, self.publisher.publish_snapshot))
+            if cfg.live.enabled:
+                from edge.live import LiveView
+
+                self.live = LiveView(cfg.live, too_dark_below=cfg.exposure.too_dark_below)
             self.source = SupervisedSource.from_config(cfg.source, on_progress=self._source_progress)
             self.source.open()
             if self.hearing is not None:
                 self.hearing.video_origin = lambda: self.source.status.first_frame_t
             self._closing.append(self.source)
             self.health = start_health_server(self.health_stats, enabled=cfg.health.enabled, host=cfg.health.host,
-                                              port=cfg.health.port, stale_after=max(2.0, cfg.source.stall_seconds))
+                                              port=cfg.health.port, stale_after=max(2.0, cfg.source.stall_seconds),
+                                              live=self.live)
             if self.health is not None:
                 self._closing.append(self.health)
+            if self.live is not None:  # closed before the server: its streams end, the server's threads are free
+                self._closing.append(self.live)
         except BaseException:
             self.close()
             raise
@@ -291,6 +299,8 @@ class Daemon:
                     self._publish_event(event)
                     if self.snapshots is not None:  # after the event is on its way: it never waits for a picture
                         self.snapshots.offer(frame.image, result.landmarks, event)
+                if self.live is not None:  # a reference handed over; viewers' threads draw and encode
+                    self.live.offer(frame.image, result, self.alarm.state)
                 if result.score is not None:
                     self._vision = (result.score, result.brightness)
                     self.publisher.publish_state(self._alarm_state())

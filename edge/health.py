@@ -178,8 +178,9 @@ class HealthApp:
     """The WSGI application behind ``/health``, ``/stats`` and ``/metrics``."""
 
     def __init__(self, snapshot: Callable[[], HealthStats], stale_after: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, live: WSGIApp | None = None):
         self.snapshot, self.stale_after, self.clock = snapshot, stale_after, clock
+        self.live = live  # the live view's WSGI app (edge.live), mounted on /live
         self._registry: CollectorRegistry | None = None
         self._registry_lock = threading.Lock()
 
@@ -213,7 +214,10 @@ class HealthApp:
             return _json(*health_document(stats, now, self.stale_after))
         return _json(HTTPStatus.OK, stats_document(stats, now))
 
-    def __call__(self, environ: dict, start_response: Callable) -> list[bytes]:
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if self.live is not None and (path == "/live" or path.startswith("/live/")):
+            return self.live(environ, start_response)
         method = environ.get("REQUEST_METHOD", "GET")
         headers = [("Cache-Control", "no-store")]
         if method not in ("GET", "HEAD"):
@@ -277,7 +281,12 @@ class HttpServer:
         """Close the listening socket and every connection, then stop the threads."""
         if self._thread.is_alive():
             # Sockets belong to the I/O thread: close them there; its loop ends when none is left.
-            self._server.trigger.pull_trigger(self._server.close_all)
+            try:
+                self._server.trigger.pull_trigger(self._server.close_all)
+            except OSError:
+                # a worker's own pull (a streaming response) woke the I/O thread, which ran close_all, trigger
+                # included, between our queuing it and our write: nothing is left to wake
+                pass
             self._thread.join(5)
         self._server.task_dispatcher.shutdown(timeout=2)
 
@@ -292,10 +301,13 @@ class HealthServer(HttpServer):
     """The health endpoints (:class:`HealthApp`) on an :class:`HttpServer`."""
 
     def __init__(self, snapshot: Callable[[], HealthStats], host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 stale_after: float = 5.0, clock: Callable[[], float] = time.monotonic, **limits):
-        self.app = HealthApp(snapshot, stale_after, clock)
+                 stale_after: float = 5.0, clock: Callable[[], float] = time.monotonic, live=None, **limits):
+        self.app = HealthApp(snapshot, stale_after, clock, live)
+        if live is not None:  # each MJPEG viewer holds a worker thread: /health keeps its own
+            limits.setdefault("threads", THREADS + live.max_viewers)
         super().__init__(self.app, host, port, name="health", **limits)
-        log.info("health endpoints on http://%s:%d/health, /stats, /metrics", *self.address)
+        log.info("health endpoints on http://%s:%d/health, /stats, /metrics%s", *self.address,
+                 ", /live (token required)" if live is not None else "")
 
     def answer(self, path: str) -> tuple[int, str, bytes]:
         return self.app.answer(path)
@@ -308,11 +320,12 @@ def start_health_server(
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
     stale_after: float = 5.0,
+    live=None,
 ) -> HealthServer | None:
     """A running :class:`HealthServer`, or None when switched off."""
     if not enabled:
         return None
-    return HealthServer(snapshot, host=host, port=port, stale_after=stale_after)
+    return HealthServer(snapshot, host=host, port=port, stale_after=stale_after, live=live)
 
 
 _BUSY_BODY = b'{"error": "busy: too many connections"}\n'

@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 
 FACE_COLOUR = (80, 220, 255)  # BGR: amber dots on the face
 BODY_COLOUR = (80, 255, 80)  # BGR: green for the body
-# MediaPipe pose points of the upper body drawn as a skeleton: shoulders, elbows, wrists, and the nose
-UPPER_BODY_LINES = ((11, 12), (11, 13), (13, 15), (12, 14), (14, 16), (11, 23), (12, 24), (23, 24))
-UPPER_BODY_POINTS = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24)
+# MediaPipe pose points the models use (BODY_25 0-7: nose, shoulders, elbows, wrists), drawn as a skeleton
+UPPER_BODY_LINES = ((11, 12), (11, 13), (13, 15), (12, 14), (14, 16))
+UPPER_BODY_POINTS = (0, 11, 12, 13, 14, 15, 16)
 FACE_MARGIN = 0.6  # a face crop or blur reaches this share of the face box beyond each side (hair, chin)
 
 
