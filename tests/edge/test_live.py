@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from mqtt import free_port
+from mqtt import Subscriber, free_port
 
 from edge import paths
 from edge.config import LiveConfig, load_config, to_toml
@@ -268,15 +268,19 @@ def colour_share(image: np.ndarray, rgb: tuple[int, int, int], tolerance: int = 
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_the_page_in_chromium_shows_the_frame_with_its_points_and_the_chart(tmp_path):
+def test_the_page_in_chromium_shows_the_frame_with_its_points_and_the_chart(tmp_path, mosquitto):
+    """Both options on, as the issue's "done when" says: the page in a browser, and the cry's one snapshot."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (./setup.sh installs it with the test packages)")
     port = free_port()
     (tmp_path / "token").write_text(TOKEN)
-    config = load_config(None, {"health": {"port": port}, "audio": {"enabled": False},
+    config = load_config(None, {"health": {"port": port}, "audio": {"enabled": False}, "device": {"id": "nursery"},
+                                "mqtt": {"host": mosquitto.host, "port": mosquitto.port},
+                                "snapshot": {"enabled": True},
                                 "live": {"enabled": True, "token_file": str(tmp_path / "token"), "history_seconds": 30},
                                 "outbox": {"path": str(tmp_path / "outbox.sqlite3")}}, environ={})
+    subscriber = Subscriber(mosquitto, topics=("cryedge/nursery/snapshot",))
     daemon = Daemon(config)  # the bundled demo clip in real time: a SYNTHETIC cry from 5 to 14 s
     daemon.open()
     runner = threading.Thread(target=daemon.run)
@@ -294,9 +298,13 @@ def test_the_page_in_chromium_shows_the_frame_with_its_points_and_the_chart(tmp_
         shot = tmp_path / "live.png"
         result = subprocess.run([chromium, *chromium_flags(shot), f"http://viewer:{TOKEN}@127.0.0.1:{port}/live"],
                                 capture_output=True, text=True, timeout=120)
+        snapshot = subscriber.wait_for("cryedge/nursery/snapshot")
     finally:
         daemon.close()
         runner.join(30)
+        subscriber.close()
+    assert len(subscriber.on("cryedge/nursery/snapshot")) == 1  # the cry's start, once
+    assert cv2.imdecode(np.frombuffer(snapshot.payload, np.uint8), cv2.IMREAD_COLOR).shape == (480, 640, 3)
     assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
     image = cv2.imread(str(shot))[:, :, ::-1]  # RGB
     frame, chart = image[12:492, 12:652], image[530:692, 12:654]  # the page's layout at 1000x800
