@@ -24,6 +24,7 @@ from edge import tflite_file
 from edge.card import load_card, parse_card, read_embedded_card
 from edge.errors import DataError
 from edge.model import TFLiteModel
+from isolated import run_python  # tests/ is on sys.path (rootdir conftest)
 
 pytestmark = [pytest.mark.tensorflow]
 
@@ -135,31 +136,32 @@ def test_float_and_dynamic_schemes_match_keras_closely(tmp_path, scheme):
 
 @pytest.mark.slow
 def test_keras3_file_and_savedmodel_folder_convert(tmp_path):
-    import keras
-    import tf_keras
-
-    from convert import zoo
-
-    keras.utils.set_random_seed(5)  # training is short: unseeded, a few windows near 0.5 could flip in int8
-    x, y = zoo.synthetic_windows(320, seed=5)
-    np.savez(tmp_path / "data.npz", x=x[160:], y=y[160:])
-    model = zoo.build("conv1d")
-    model.compile("adam", "binary_crossentropy")
-    model.fit(x[:160], y[:160], epochs=10, verbose=0)
-    model.save(tmp_path / "m.keras")
+    # trained in a child (tests/isolated.py): a Keras fit is where a busy machine's task limit aborts TensorFlow
+    run_python(f"""
+import keras, numpy as np, tf_keras
+from pathlib import Path
+from convert import zoo
+out = Path({str(tmp_path)!r})
+keras.utils.set_random_seed(5)  # training is short: unseeded, a few windows near 0.5 could flip in int8
+x, y = zoo.synthetic_windows(320, seed=5)
+np.savez(out / "data.npz", x=x[160:], y=y[160:])
+model = zoo.build("conv1d")
+model.compile("adam", "binary_crossentropy")
+model.fit(x[:160], y[:160], epochs=10, verbose=0)
+model.save(out / "m.keras")
+legacy = tf_keras.Sequential([tf_keras.layers.Conv1D(16, 2, activation="relu", input_shape=(10, 156)),
+                              tf_keras.layers.Flatten(), tf_keras.layers.Dense(1, activation="sigmoid")])
+legacy.compile("adam", "binary_crossentropy")
+legacy.fit(x[:160], y[:160], epochs=10, verbose=0)
+legacy.save(out / "saved", save_format="tf")
+assert keras.__version__.startswith("3")
+""")
     report = convert(ConvertOptions(model=tmp_path / "m.keras", output=tmp_path / "k3.tflite",
                                     calibration=str(tmp_path / "data.npz")))
     assert report.fidelity["label_agreement"] >= 0.99
-
-    legacy = tf_keras.Sequential([tf_keras.layers.Conv1D(16, 2, activation="relu", input_shape=(10, 156)),
-                                  tf_keras.layers.Flatten(), tf_keras.layers.Dense(1, activation="sigmoid")])
-    legacy.compile("adam", "binary_crossentropy")
-    legacy.fit(x[:160], y[:160], epochs=10, verbose=0)
-    legacy.save(tmp_path / "saved", save_format="tf")
     report = convert(ConvertOptions(model=tmp_path / "saved", output=tmp_path / "sm.tflite",
                                     calibration=str(tmp_path / "data.npz")))
     assert report.fidelity["label_agreement"] >= 0.99
-    assert keras.__version__.startswith("3")
 
 
 def _one_line_error(result: subprocess.CompletedProcess, code: int, words: str) -> None:
