@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from isolated import THREAD_LIMIT_ABORT, ChildFailed, is_thread_limit_abort, run_python
 
 ABORT_ONCE = """

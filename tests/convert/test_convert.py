@@ -17,6 +17,8 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
+from isolated import run_python  # tests/ is on sys.path (rootdir conftest)
+
 from convert.convert import ConvertOptions, Samples, check_graph, convert, infer_kind, split_samples
 from convert.keras_io import legacy_h5_config
 from convert.report import LiteRTRunner, float_islands, inspect_graph
@@ -24,7 +26,6 @@ from edge import tflite_file
 from edge.card import load_card, parse_card, read_embedded_card
 from edge.errors import DataError
 from edge.model import TFLiteModel
-from isolated import run_python  # tests/ is on sys.path (rootdir conftest)
 
 pytestmark = [pytest.mark.tensorflow]
 

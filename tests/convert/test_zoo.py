@@ -13,12 +13,13 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
+from isolated import run_python  # tests/ is on sys.path (rootdir conftest)
+
 from convert import zoo
 from convert.convert import ConvertOptions, check_graph, convert
 from convert.report import inspect_graph
 from edge.card import load_card
 from edge.errors import ConfigError
-from isolated import run_python  # tests/ is on sys.path (rootdir conftest)
 
 pytestmark = [pytest.mark.tensorflow]
 
