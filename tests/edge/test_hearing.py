@@ -58,9 +58,8 @@ def assets(tmp_path_factory):
     return folder, write_position_model(folder / "position.tflite"), audio_model
 
 
-def run(folder, vision_model, audio_model, clip, extra=""):
-    toml = f'[audio]\nenabled = true\nmodel = "{audio_model}"\n' + extra
-    config = load_config(config_file(folder, vision_model, clip, toml), {"source": {"realtime": False}})
+def run_daemon(config) -> tuple[list, list, float]:
+    """The daemon over its whole clip: (events, states published, the clip's time 0 on the monotonic clock)."""
     daemon = Daemon(config)
     events, states = [], []
     with daemon:
@@ -69,6 +68,13 @@ def run(folder, vision_model, audio_model, clip, extra=""):
         daemon.publisher.publish_state = lambda state: (states.append(state), publish_state(state))
         assert daemon.run() == 0
         origin = daemon.source.status.first_frame_t
+    return events, states, origin
+
+
+def run(folder, vision_model, audio_model, clip, extra=""):
+    toml = f'[audio]\nenabled = true\nmodel = "{audio_model}"\n' + extra
+    events, states, origin = run_daemon(load_config(config_file(folder, vision_model, clip, toml),
+                                                    {"source": {"realtime": False}}))
     return [(e.kind, round(e.t - origin, 2), e.reason) for e in events], states
 
 
@@ -203,14 +209,7 @@ def test_the_readme_command_hears_and_sees_the_demo_clip(tmp_path):
     config = load_config(None, {"source": {"realtime": False}, "health": {"enabled": False},
                                 "outbox": {"path": str(tmp_path / "outbox.sqlite3")}})
     assert hearing_enabled(config)
-    daemon = Daemon(config)
-    events, states = [], []
-    with daemon:
-        publish_event, publish_state = daemon.publisher.publish_event, daemon.publisher.publish_state
-        daemon.publisher.publish_event = lambda event: (events.append(event), publish_event(event))
-        daemon.publisher.publish_state = lambda state: (states.append(state), publish_state(state))
-        daemon.run()
-        origin = daemon.source.status.first_frame_t
+    events, states, origin = run_daemon(config)
     assert [e.kind for e in events] == ["start", "end"]
     assert abs(events[0].t - origin - truth["crying"][0]["start_s"]) <= 1.5
     heard = [s.senses["audio"] for s in states if s.senses and s.senses["audio"]["status"] == "ok"]
