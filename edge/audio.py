@@ -21,7 +21,7 @@ import numpy as np
 
 from edge.audio_features import audio_features
 from edge.audio_source import AudioChunk, level_dbfs
-from edge.errors import SourceError
+from edge.errors import ModelError, SourceError
 from edge.records import Score
 from edge.source import SourceStatus, backoff_delays
 
@@ -377,11 +377,11 @@ def open_hearing(config, alarm_threshold: float) -> Hearing:
     from edge.model import TFLiteModel
 
     make, follows_frames = sound_backend_factory(config)
+    if not Path(config.audio.model).is_file():
+        raise ModelError(f"[audio] model file not found: {config.audio.model}")
     model = TFLiteModel(config.audio.model, num_threads=config.audio.num_threads)
     if not model.card.is_audio:
         model.close()
-        from edge.errors import ModelError
-
         raise ModelError(f"[audio] model {config.audio.model.name} is a {model.card.kind} model, not an audio one")
     pipeline = AudioPipeline(AudioScorer(model))
     rate = model.card.audio.rate

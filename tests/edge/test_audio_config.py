@@ -74,3 +74,17 @@ def test_a_refused_stream_url_does_not_echo_its_password(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, '[audio.source]\ntype = "stream"\nurl = "rtsp://me:secret@cam/a"\n'))
     assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("model, message", [
+    ("/nonexistent/yamnet.tflite", r"\[audio\] model file not found: /nonexistent/yamnet.tflite"),
+    ("VISION", r"\[audio\] model cry-default.tflite is a landmark-window model, not an audio one"),
+])
+def test_a_missing_or_wrong_audio_model_is_one_line_saying_so(model, message):
+    from edge import paths
+    from edge.audio import open_hearing
+    from edge.errors import ModelError
+
+    model = str(paths.default_model()) if model == "VISION" else model
+    with pytest.raises(ModelError, match=message):
+        open_hearing(load_config(overrides={"audio": {"enabled": True, "model": model}}), 0.5)
