@@ -521,6 +521,11 @@ def recover_int8(options: ConvertOptions, source: Source, data: RepresentativeDa
         analysis_factory=lambda: int8_fallback.LayerAnalysis(saved, data.calibration, data.calibration),
         int16x8_factory=lambda: to_tflite(options, saved, data.calibration, scheme="int16x8")[0],
         measure=measure)
+    if choice.chosen.mode == "int16x8" or choice.chosen is plain and len(choice.tried) > 1:
+        # 16x8 runs on reference kernels (XNNPACK has none): say what float16, the other way to keep labels, costs
+        agreement, latency = measure(to_tflite(options, saved, scheme="float16")[0])
+        choice.note += (f"; for comparison float16 (--quantize float16) keeps {100 * agreement:.2f}% at "
+                        f"{latency:.0f} us against int8's {plain.latency_us:.0f} us")
     if choice.chosen is plain:
         return flatbuffer, graph, measured, choice
     chosen = choice.chosen.flatbuffer

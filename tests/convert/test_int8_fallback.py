@@ -90,6 +90,8 @@ def test_auto_fallback_reaches_the_target_and_reports_layers_tried_graphs_and_co
     assert kept and kept[0]["latency_us_median"] == min(t["latency_us_median"] for t in reaching), "the fastest that reaches it"
     assert all(t["latency_us_median"] > 0 for t in tried)
     assert any(w.startswith("int8 fallback:") and "EdgeTPU" in w for w in report.warnings)
+    if fallback["mode"] == "int16x8":
+        assert "for comparison float16 (--quantize float16) keeps" in fallback["note"]
     assert "worst int8 layers" in report.table() and "int8 fallback kept" in report.table()
     graph = inspect_graph(path.read_bytes())
     if fallback["mode"] == "int16x8":
