@@ -163,6 +163,8 @@ class TFLiteModel:
             self._interpreter = self.runtime.interpreter_class(
                 model_path=str(self.path), num_threads=num_threads, experimental_delegates=delegates or None
             )
+            if self.card.kind == "audio-waveform" and len(self._interpreter.get_input_details()) == 1:
+                self._fit_waveform_input(self._interpreter.get_input_details()[0])  # before the first allocation
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -170,8 +172,6 @@ class TFLiteModel:
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
         if self.card.kind == "audio-waveform" and len(inputs) == 1:
-            self._fit_waveform_input(inputs[0])
-            inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
             outputs = [pick_class_scores(outputs, self.card.audio.classes, self.path)]
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelError(f"model {self.path.name}: cryedge runs models with one input and one output, this has {len(inputs)} and {len(outputs)}")
@@ -190,7 +190,6 @@ class TFLiteModel:
         signature = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))
         if len(signature) == 1 and signature[0] == -1:
             self._interpreter.resize_tensor_input(detail["index"], [self.card.audio.window_samples])
-            self._interpreter.allocate_tensors()
 
     def _edgetpu_delegates(self, edgetpu: str) -> list:
         if edgetpu == "off":

@@ -48,6 +48,33 @@ def yamnet_signature_model(path: Path, samples: int = YAMNET_SAMPLES, classes: i
     return Path(path)
 
 
+def yamnet_full_graph_model(path: Path, card: dict | None = None) -> Path:
+    """The shape of YAMNet's full graph: a waveform of any length ([-1]) in; per 0.48 s patch 521 scores,
+    1024 embeddings, and a 64-band spectrogram out. Class 20 answers as ``yamnet_signature_model``'s does."""
+    import tensorflow as tf
+
+    freqs = np.arange(300, 701, 25, dtype=np.float32)
+    t = np.arange(YAMNET_SAMPLES, dtype=np.float32) / 16000.0
+    basis = np.concatenate([np.cos(2 * np.pi * freqs[None, :] * t[:, None]),
+                            np.sin(2 * np.pi * freqs[None, :] * t[:, None])], axis=1) / YAMNET_SAMPLES
+    one_hot = np.zeros((1, YAMNET_CLASSES), np.float32)
+    one_hot[0, BABY_CRY] = 1.0
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
+    def model(waveform):
+        x = tf.reshape(waveform[:YAMNET_SAMPLES], [1, YAMNET_SAMPLES])
+        power = tf.reduce_sum(tf.square(tf.matmul(x, basis)), axis=1, keepdims=True)
+        cry = tf.sigmoid((10.0 * tf.math.log(power + 1e-12) / tf.math.log(10.0) + 40.0) / 3.0)
+        scores = cry * one_hot + (1.0 - one_hot) * 0.01
+        return scores, tf.zeros([1, 1024]) + power, tf.zeros([96, 64]) + power
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
+    Path(path).write_bytes(converter.convert())
+    if card is not None:
+        Path(path).with_suffix(".json").write_text(json.dumps(card))
+    return Path(path)
+
+
 def yamnet_card(name: str = "yamnet-test", **audio) -> dict:
     return {
         "name": name, "kind": "audio-waveform", "input_shape": [YAMNET_SAMPLES],

@@ -161,3 +161,14 @@ def test_a_file_slow_to_start_is_not_taken_for_an_empty_one(yamnet_like, tmp_pat
     monitor.close()
     assert monitor.chunks == 20 and monitor.status.state == "closed"
     assert monitor.latest(monitor.status.last_frame_t + 0.1).score.probability > 0.9
+
+
+def test_yamnets_full_graph_with_three_outputs_and_any_length_input_is_read_by_its_class_scores(tmp_path):
+    from audio_models import yamnet_full_graph_model
+
+    path = yamnet_full_graph_model(tmp_path / "full.tflite", card=yamnet_card())
+    model = TFLiteModel(path)
+    assert model.input_shape == (YAMNET_SAMPLES,)  # the [-1] input given the card's window
+    scorer = AudioScorer(model)
+    assert scorer.score(tone(0.975, 450.0, level=0.3), 1.0).probability > 0.95
+    assert scorer.score(np.zeros(YAMNET_SAMPLES, np.float32), 1.0).probability < 0.05
