@@ -127,6 +127,9 @@ class FeatureSpec:
 SPECS: Mapping[str, FeatureSpec] = MappingProxyType(
     {
         "openpose-face70-body8": FeatureSpec("openpose-face70-body8", 1, FACE70_FROM_MESH, BODY25_FROM_POSE[:8]),
+        # the face alone (the first 140 values of face70-body8): a model that never needs the pose
+        # landmarker, so a hidden body, a close head crop or a dark room that costs the pose changes nothing
+        "openpose-face70": FeatureSpec("openpose-face70", 1, FACE70_FROM_MESH, ()),
         "openpose-face70-body25": FeatureSpec("openpose-face70-body25", 1, FACE70_FROM_MESH, BODY25_FROM_POSE),
     }
 )

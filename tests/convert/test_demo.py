@@ -18,8 +18,9 @@ DEMO = paths.data_file("demo.mp4")
 
 def test_default_model_card_says_what_it_is():
     card = load_card(MODEL)
-    assert card.kind == "landmark-window" and card.features.spec == "openpose-face70-body8"
-    assert card.window == 10 and tuple(card.input_shape) == (1, 10, 156)
+    assert card.kind == "landmark-window" and card.features.spec == "openpose-face70"
+    assert card.window == 10 and tuple(card.input_shape) == (1, 10, 140)
+    assert card.required_parts == ("face",)
     assert card.labels == ("not_crying", "crying") and card.positive_label == "crying"
     assert card.quantization.scheme == "int8"
     assert "SYNTHETIC" in card.description and card.training["demonstration_only"] is True
@@ -42,7 +43,7 @@ def test_default_model_runs_without_tensorflow():
         "import numpy as np\n"
         "from edge.model import TFLiteModel\n"
         f"m = TFLiteModel({str(MODEL)!r})\n"
-        "p = m.probabilities(np.full((10, 156), 0.5, np.float32))\n"
+        "p = m.probabilities(np.full((10, 140), 0.5, np.float32))\n"
         "assert m.runtime.name == 'ai_edge_litert' and 'tensorflow' not in sys.modules\n"
         "print(round(float(p.sum()), 4))\n"
     )

@@ -290,11 +290,15 @@ def test_a_face_crop_model_runs_through_the_daemon_without_the_pose_landmarker(a
 
 
 def test_only_a_model_whose_features_include_body_points_gets_the_pose_landmarker():
-    from edge.card import load_card
+    from edge.card import load_card, parse_card
     from edge.daemon import uses_body_points
     from edge.paths import default_model
 
-    assert uses_body_points(load_card(default_model()))
+    default = load_card(default_model())
+    assert not uses_body_points(default)  # the default model reads the face alone (openpose-face70)
+    assert uses_body_points(parse_card(default.model_copy(update={
+        "features": default.features.model_copy(update={"spec": "openpose-face70-body8"}),
+        "input_shape": (1, 10, 156)}).to_json(), "test"))
     crop = ModelCard(name="smile", kind="face-crop", input_shape=(1, 64, 64, 1), labels=("other", "smile"),
                      positive_label="smile", output="softmax", face_crop={"height": 64, "width": 64, "channels": 1})
     assert not uses_body_points(crop)
