@@ -249,7 +249,7 @@ own slightly reshaped face ({len(metrics['train_groups'])} training clips, {len(
 of {seeds_tried} training seeds the one with the lowest validation loss was kept). The held-out clips hold the
 hard negatives and the night looks too, so these figures are far below what the demo clip (neutral and
 talking around the crying, in colour) suggests. `cryedge suite build` + `cryedge eval` judge it event by
-event on other held-out faces (docs/night.md).
+event on other held-out faces: figures in docs/night.md.
 
 | held-out windows | crying | accuracy | precision | recall | F1 | ROC AUC |
 |---|---|---|---|---|---|---|
