@@ -377,6 +377,7 @@ async function nextData() {
         tag("alarm", d.crying ? "CRYING" : "calm", d.crying ? "crying" : "yes");
         const p = d.probability === null ? "-" : Math.round(d.probability * 100) + "%";
         tag("status", d.status + ", p " + p, d.status === "ok" ? "yes" : "no");
+        if (d.frame_age_s > 3) tag("status", "no new frame for " + Math.round(d.frame_age_s) + " s", "no");
       }
       draw(d);
     }
