@@ -249,6 +249,11 @@ class AudioMonitor:
                     return result if t - result.score.t <= SOUND_STALE_SECONDS else None
         return None
 
+    def since(self, t: float) -> list[AudioScore]:
+        """The scores newer than ``t``, oldest first (as many as the history keeps)."""
+        with self._changed:
+            return [result for result in self._scores if result.score.t > t]
+
     def blind_score(self, t: float) -> Score:
         """A score that says why there is no sound to judge at ``t``."""
         return Score(t=t, probability=0.0, status=self.reason if self.reason != "open" else NO_SOUND)
@@ -271,7 +276,9 @@ class Hearing:
     """The audio path as the frame loop sees it: ``fuse(vision_score)`` gives the score for the alarm.
 
     Owns the ``AudioMonitor`` (its thread, its capture) and the ``Fusion``; ``last`` is what each modality
-    said at the newest frame, for the state topic.
+    said at the newest frame, for the state topic. While no frames come, ``heard_alone`` gives the scores
+    for the alarm from the sound alone. Every score it gives is at or after the one before: the alarm
+    is one state machine fed in time order, by whichever modality spoke last.
     """
 
     def __init__(self, monitor: AudioMonitor, fusion):
@@ -280,6 +287,8 @@ class Hearing:
         self.level_dbfs: float | None = None
         # a file's sound and picture: time 0 of the video on the monotonic clock (SourceStatus.first_frame_t)
         self.video_origin: Callable[[], float | None] = lambda: None
+        self._last_t = float("-inf")  # of the newest fused score
+        self._heard_t = float("-inf")  # of the newest audio score fused
 
     @property
     def card(self):
@@ -292,7 +301,29 @@ class Hearing:
         heard_at = self._sound_time(t)
         self.monitor.advance_to(heard_at)
         heard = self.monitor.latest(heard_at)
+        return self._fuse(t, vision, heard)
+
+    def heard_alone(self, now: float) -> list[Score]:
+        """No frames for a while (the camera gone or stalled): the scores of the sound heard since the last
+        one fused, with the vision status ``no_camera``; with no fresh sound either, one score at ``now``
+        saying why, so the alarm's blind rule still ends an episode. A file's sound that follows its
+        picture waits for the picture: nothing."""
+        from edge.fusion import NO_CAMERA
+
+        if self.monitor.follow_frames:
+            return []
+        fresh = self.monitor.since(self._heard_t)
+        if fresh:
+            return [self._fuse(h.score.t, Score(t=h.score.t, probability=0.0, status=NO_CAMERA), h) for h in fresh]
+        if self.monitor.latest(now) is None:
+            return [self._fuse(now, Score(t=now, probability=0.0, status=NO_CAMERA), None)]
+        return []
+
+    def _fuse(self, t: float, vision: Score | None, heard: AudioScore | None) -> Score:
+        t = max(t, self._last_t)  # a frame captured before the sound last fused: never back in time
+        self._last_t = t
         if heard is not None:
+            self._heard_t = max(self._heard_t, heard.score.t)
             self.level_dbfs = heard.level_dbfs
             fused = self.fusion.fuse(t, vision, heard.score, heard.level_dbfs)
         else:
@@ -332,8 +363,8 @@ def sound_backend_factory(config) -> tuple[Callable[[int], object], bool]:
 
     if sound.type == "alsa":
         return (lambda rate: AlsaAudioSource(sound.device, rate)), False
-    if sound.type == "file":
-        return ffmpeg(str(sound.path), paced), True
+    if sound.type == "file":  # it keeps to the picture's timeline only when that is a file too
+        return ffmpeg(str(sound.path), paced), video.type == "file"
     if sound.type == "stream":
         return ffmpeg(sound.url, True, sound.transport), False
     if video.type == "file":

@@ -34,6 +34,9 @@ STAGES = ("exposure", "landmarks", "features", "model", "alarm", "publish")
 # 248 -> 244 MiB, no slower (A/B, three runs each). MALLOC_ARENA_MAX, if set, wins.
 MALLOC_ARENAS = 2
 M_ARENA_MAX = -8  # mallopt's parameter number in <malloc.h>
+# No frame for this long (or the camera reconnecting): the alarm advances on the sound alone. Longer than a
+# frame interval of any camera cryedge runs (>= 2 fps), so a slow camera's frames are not interleaved.
+FRAMES_MISSING_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -248,7 +251,8 @@ class Daemon:
                 from edge.live import LiveView
 
                 self.live = LiveView(cfg.live, too_dark_below=cfg.exposure.too_dark_below)
-            self.source = SupervisedSource.from_config(cfg.source, on_progress=self._source_progress)
+            self.source = SupervisedSource.from_config(cfg.source, on_progress=self._source_progress,
+                                                       on_idle=self._without_frames if self.hearing is not None else None)
             self.source.open()
             if self.hearing is not None:
                 self.hearing.video_origin = lambda: self.source.status.first_frame_t
@@ -321,6 +325,22 @@ class Daemon:
         self.state = "stopping"
         self._finish()
         return 0
+
+    def _without_frames(self) -> None:
+        """No frame lately (called by the source's wait, on the loop's thread): the alarm follows the sound.
+
+        The camera gone for minutes must not silence a heard cry nor keep an episode ON: the alarm
+        advances on the audio scores, in time order, on this one thread as it does on frames."""
+        now = time.monotonic()
+        if self.source.status.state != "reconnecting" and now - (self.last_frame or self.started) < FRAMES_MISSING_SECONDS:
+            return
+        scores = self.hearing.heard_alone(now)
+        for score in scores:
+            for event in self.alarm.update(score):
+                self._publish_event(event)
+        if scores:
+            self._vision = None  # the state says "no_camera" (from the fusion), not the last frame's view
+            self.publisher.publish_state(self._alarm_state())
 
     def _publish_event(self, event) -> None:
         from edge.publish import event_payload

@@ -365,26 +365,33 @@ class SupervisedSource:
     While it reconnects, ``on_progress(deadline)`` is called before each wait and after each attempt
     with the monotonic time by which the next sign of progress is due: the daemon's watchdog keeps
     pinging through a long back-off, and stops when an open hangs past ``attempt_seconds``.
+
+    ``on_idle()`` is called on the iterating thread at least every ``idle_seconds`` while no frame comes
+    (a stalled read, a back-off wait): the daemon's alarm then advances on the sound alone, in the same
+    thread as it does on frames. An open that hangs (at most ``stall_seconds``) delays it that long.
     """
 
     def __init__(self, make_backend: Callable[[], object], stall_seconds: float = 5.0, backoff_first: float = 1.0,
-                 backoff_limit: float = 30.0, on_progress: Callable[[float], None] | None = None):
+                 backoff_limit: float = 30.0, on_progress: Callable[[float], None] | None = None,
+                 on_idle: Callable[[], None] | None = None, idle_seconds: float = 0.5):
         self._make_backend = make_backend
         self.stall_seconds = stall_seconds
         self.backoff_first, self.backoff_limit = backoff_first, backoff_limit
         # A network open gives up after stall_seconds (its FFmpeg timeout); three times that and it hangs.
         self.attempt_seconds = 3 * stall_seconds
         self.on_progress = on_progress
+        self.on_idle, self.idle_seconds = on_idle, idle_seconds
         self._stopping = threading.Event()
         self._backend = make_backend()
         self.status = SourceStatus(name=self._backend.name)
 
     @classmethod
-    def from_config(cls, config: SourceOptions, on_progress: Callable[[float], None] | None = None) -> SupervisedSource:
+    def from_config(cls, config: SourceOptions, on_progress: Callable[[float], None] | None = None,
+                    on_idle: Callable[[], None] | None = None) -> SupervisedSource:
         """The source a ``[source]`` config describes, reopened as its stall and back-off settings say."""
         return cls(lambda: open_backend(config), stall_seconds=config.stall_seconds,
                    backoff_first=config.reopen_min_seconds, backoff_limit=config.reopen_max_seconds,
-                   on_progress=on_progress)
+                   on_progress=on_progress, on_idle=on_idle)
 
     def open(self) -> None:
         """Open the backend; a live one that is not there yet is left to ``frames()`` to reconnect."""
@@ -409,11 +416,13 @@ class SupervisedSource:
         last_frame = time.monotonic()
         while not self._stopping.is_set():
             try:
-                frame = self._backend.read(timeout=min(1.0, self.stall_seconds))
+                timeout = min(1.0, self.stall_seconds, self.idle_seconds if self.on_idle else 1.0)
+                frame = self._backend.read(timeout=timeout)
                 if frame is None and not self._backend.live:
                     self.status.state = "ended"
                     return
                 if frame is None:
+                    self._idle()
                     if time.monotonic() - last_frame < self.stall_seconds:
                         continue
                     raise SourceError(f"{self.status.name}: no frame for {self.stall_seconds:g} s")
@@ -437,7 +446,7 @@ class SupervisedSource:
         while not self._stopping.is_set():
             delay = next(delays)
             self._progress(delay + self.attempt_seconds)
-            if self._stopping.wait(delay):
+            if self._wait(delay):
                 return
             self.status.reconnects += 1
             try:
@@ -451,6 +460,21 @@ class SupervisedSource:
             self._progress(self.stall_seconds + 1.0)  # by then a frame, or the stall that reconnects again
             log.info("%s open again", self.status.name)
             return
+
+    def _wait(self, seconds: float) -> bool:
+        """Wait ``seconds`` (True if stopped meanwhile), calling ``on_idle`` every ``idle_seconds``."""
+        if self.on_idle is None:
+            return self._stopping.wait(seconds)
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self._stopping.wait(min(left, self.idle_seconds)):
+                return True
+            self._idle()
+        return self._stopping.is_set()
+
+    def _idle(self) -> None:
+        if self.on_idle is not None:
+            self.on_idle()
 
     def _progress(self, within: float) -> None:
         if self.on_progress is not None:

@@ -216,3 +216,63 @@ def test_the_readme_command_hears_and_sees_the_demo_clip(tmp_path):
     seen = [s.senses["vision"] for s in states if s.senses and s.senses["vision"]["status"] == "ok"]
     assert heard and seen
     assert max(h["probability"] for h in heard) > 0.9 and min(h["level_dbfs"] for h in heard) < -45
+
+
+def test_with_the_camera_gone_the_sound_alone_ends_an_episode_and_raises_the_next(assets):
+    """A real HTTP camera that disappears mid-cry, the sound from a file in real time: the alarm keeps
+    following the sound while the camera reconnects (before, it froze ON until frames came back)."""
+    import threading
+    import time
+
+    from streams import MjpegServer
+
+    folder, vision_model, audio_model = assets
+    crying = ((2.0, 5.0), (7.5, 9.5))  # seconds of the sound file; the camera goes once the first is alarmed
+    rng = np.random.default_rng(5)
+    sound = (0.003 * rng.standard_normal(14 * 16000)).astype(np.float32)
+    for a, b in crying:
+        sound[int(a * 16000):int(b * 16000)] += tone(b - a, 450.0, level=0.3)
+    wav = write_wav(folder / "two-cries.wav", sound)
+    camera = MjpegServer([np.full((240, 320, 3), 60 + n, np.uint8) for n in range(3)], fps=15)
+    camera.__enter__()
+    toml_file = folder / "camera-gone.toml"
+    toml_file.write_text(
+        f'[source]\nuri = "{camera.url}"\nstall_seconds = 1.0\nreopen_min_seconds = 0.5\nreopen_max_seconds = 1.0\n'
+        f'[model]\npath = "{vision_model}"\n[landmarks]\npose = false\n'
+        f'[audio]\nenabled = true\nmodel = "{audio_model}"\n[audio.source]\ntype = "file"\npath = "{wav}"\n'
+        '[alarm]\nmin_on_seconds = 0.5\nhold_seconds = 1.0\ncooldown_seconds = 1.0\n[health]\nenabled = false\n'
+        f'[outbox]\npath = "{folder / "outbox-gone.sqlite3"}"\n')
+    daemon = Daemon(load_config(toml_file))
+    events = []  # (kind, seconds into the sound, reason, the camera's state then)
+    try:
+        with daemon:
+            publish_event = daemon.publisher.publish_event
+
+            def record(event):
+                origin = daemon.hearing.monitor.status.first_frame_t
+                events.append((event.kind, round(event.t - origin, 2), event.reason, daemon.source.status.state))
+                publish_event(event)
+
+            daemon.publisher.publish_event = record
+            runner = threading.Thread(target=daemon.run)
+            runner.start()
+            deadline = time.monotonic() + 30
+            while not events and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert events and events[0][0] == "start", events
+            camera.__exit__()  # the camera is gone, mid-cry
+            while len(events) < 4 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            state = daemon.source.status.state
+            daemon.stop()
+            runner.join(30)
+    finally:
+        camera.__exit__()
+    assert state == "reconnecting"
+    assert [(kind, reason) for kind, _, reason, _ in events] == [("start", ""), ("end", "scores"), ("start", ""),
+                                                                  ("end", "scores")], events
+    (_, start1, _, seen1), (_, end1, _, seen2), (_, start2, _, seen3), (_, end2, _, seen4) = events
+    assert seen1 == "open" and seen2 == seen3 == seen4 == "reconnecting"
+    # the end is dated when the smoothed sound fell: the ~1 s window and the median of 5 hops after the cry
+    assert crying[0][0] <= start1 <= crying[0][0] + 1.5 and crying[0][1] <= end1 <= crying[0][1] + 2.5
+    assert crying[1][0] <= start2 <= crying[1][0] + 1.5 and crying[1][1] <= end2 <= crying[1][1] + 2.5
