@@ -218,21 +218,20 @@ def test_the_readme_command_hears_and_sees_the_demo_clip(tmp_path):
     assert max(h["probability"] for h in heard) > 0.9 and min(h["level_dbfs"] for h in heard) < -45
 
 
-def test_with_the_camera_gone_the_sound_alone_ends_an_episode_and_raises_the_next(assets):
-    """A real HTTP camera that disappears mid-cry, the sound from a file in real time: the alarm keeps
-    following the sound while the camera reconnects (before, it froze ON until frames came back)."""
+def camera_gone_mid_cry(folder, vision_model, audio_model, crying, seconds, until_events, extra="") -> tuple:
+    """A real HTTP camera (an empty room) that disappears once the first episode starts, the sound from a
+    WAV file in real time with the cry tone over ``crying``: (events as (kind, seconds into the sound,
+    reason, the camera's state then), the camera's state at the end)."""
     import threading
     import time
 
     from streams import MjpegServer
 
-    folder, vision_model, audio_model = assets
-    crying = ((2.0, 5.0), (7.5, 9.5))  # seconds of the sound file; the camera goes once the first is alarmed
     rng = np.random.default_rng(5)
-    sound = (0.003 * rng.standard_normal(14 * 16000)).astype(np.float32)
+    sound = (0.003 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
     for a, b in crying:
         sound[int(a * 16000):int(b * 16000)] += tone(b - a, 450.0, level=0.3)
-    wav = write_wav(folder / "two-cries.wav", sound)
+    wav = write_wav(folder / f"cries-{crying}-{seconds}.wav", sound)
     camera = MjpegServer([np.full((240, 320, 3), 60 + n, np.uint8) for n in range(3)], fps=15)
     camera.__enter__()
     toml_file = folder / "camera-gone.toml"
@@ -240,10 +239,10 @@ def test_with_the_camera_gone_the_sound_alone_ends_an_episode_and_raises_the_nex
         f'[source]\nuri = "{camera.url}"\nstall_seconds = 1.0\nreopen_min_seconds = 0.5\nreopen_max_seconds = 1.0\n'
         f'[model]\npath = "{vision_model}"\n[landmarks]\npose = false\n'
         f'[audio]\nenabled = true\nmodel = "{audio_model}"\n[audio.source]\ntype = "file"\npath = "{wav}"\n'
-        '[alarm]\nmin_on_seconds = 0.5\nhold_seconds = 1.0\ncooldown_seconds = 1.0\n[health]\nenabled = false\n'
-        f'[outbox]\npath = "{folder / "outbox-gone.sqlite3"}"\n')
+        '[alarm]\nmin_on_seconds = 0.5\nhold_seconds = 1.0\ncooldown_seconds = 1.0\n' + extra +
+        f'[health]\nenabled = false\n[outbox]\npath = "{folder / "outbox-gone.sqlite3"}"\n')
     daemon = Daemon(load_config(toml_file))
-    events = []  # (kind, seconds into the sound, reason, the camera's state then)
+    events = []
     try:
         with daemon:
             publish_event = daemon.publisher.publish_event
@@ -256,18 +255,26 @@ def test_with_the_camera_gone_the_sound_alone_ends_an_episode_and_raises_the_nex
             daemon.publisher.publish_event = record
             runner = threading.Thread(target=daemon.run)
             runner.start()
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + seconds + 15
             while not events and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert events and events[0][0] == "start", events
             camera.__exit__()  # the camera is gone, mid-cry
-            while len(events) < 4 and time.monotonic() < deadline:
+            while len(events) < until_events and time.monotonic() < deadline:
                 time.sleep(0.1)
             state = daemon.source.status.state
             daemon.stop()
             runner.join(30)
     finally:
         camera.__exit__()
+    return events, state
+
+
+def test_with_the_camera_gone_the_sound_alone_ends_an_episode_and_raises_the_next(assets):
+    """The alarm keeps following the sound while the camera reconnects (before: frozen ON until frames came back)."""
+    folder, vision_model, audio_model = assets
+    crying = ((2.0, 5.0), (7.5, 9.5))  # seconds of the sound file
+    events, state = camera_gone_mid_cry(folder, vision_model, audio_model, crying, 14.0, until_events=4)
     assert state == "reconnecting"
     assert [(kind, reason) for kind, _, reason, _ in events] == [("start", ""), ("end", "scores"), ("start", ""),
                                                                   ("end", "scores")], events
@@ -276,3 +283,13 @@ def test_with_the_camera_gone_the_sound_alone_ends_an_episode_and_raises_the_nex
     # the end is dated when the smoothed sound fell: the ~1 s window and the median of 5 hops after the cry
     assert crying[0][0] <= start1 <= crying[0][0] + 1.5 and crying[0][1] <= end1 <= crying[0][1] + 2.5
     assert crying[1][0] <= start2 <= crying[1][0] + 1.5 and crying[1][1] <= end2 <= crying[1][1] + 2.5
+
+
+def test_with_the_camera_gone_and_the_sound_ended_mid_cry_the_episode_ends_as_blind(assets):
+    """Neither camera nor sound: the episode ends after blind_seconds with reason no_camera, not at shutdown."""
+    folder, vision_model, audio_model = assets
+    events, _ = camera_gone_mid_cry(folder, vision_model, audio_model, ((1.5, 6.0),), 6.0, until_events=2,
+                                    extra="blind_seconds = 1.0\n")
+    assert [(kind, reason, camera) for kind, _, reason, camera in events] == [
+        ("start", "", "open"), ("end", "no_camera", "reconnecting")], events
+    assert events[1][1] >= 5.0  # dated at the last score that could hear, the cry still on
