@@ -89,3 +89,23 @@ def test_trained_converted_model_sees_on_the_device_the_features_it_was_trained_
     np.testing.assert_allclose(audio_features(window, card.audio), data.x[row], atol=1e-4)
     scorer = AudioScorer(TFLiteModel(tmp_path / "a.tflite"))
     assert 0.0 <= scorer.score(window, 1.0).probability <= 1.0
+
+
+def test_training_leaves_out_windows_whose_end_label_misdescribes_them(tmp_path):
+    """A window is labelled at its last sample: just after a cry began it holds almost no cry yet says
+    "crying", just after it stopped it is mostly cry yet says "not crying"; neither is trained on."""
+    from convert.audio_demo import drop_ambiguous_windows
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("video,start_s,end_s,label,subject\na.wav,2.0,4.0,crying,a\nb.wav,0.0,8.0,not_crying,b\n")
+    ends = np.array([1.75, 2.0, 2.1, 2.25, 3.0, 4.0, 4.25, 4.5, 5.0, 2.1, 4.25], np.float32)
+    videos = np.array(["a.wav"] * 9 + ["b.wav"] * 2)
+    y = np.array([0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    data = tmp_path / "train.npz"
+    np.savez_compressed(data, x=np.arange(11, dtype=np.float32).reshape(11, 1, 1), y=y, groups=videos, videos=videos,
+                        t_end=ends, labels=np.array(["not_crying", "crying"]), audio=np.array("{}"), kind=np.array("audio-window"))
+    assert drop_ambiguous_windows(data, labels) == 4
+    kept = np.load(data)
+    assert kept["t_end"].tolist() == pytest.approx([1.75, 2.25, 3.0, 4.5, 5.0, 2.1, 4.25])  # b.wav: no cry, all kept
+    assert kept["x"].ravel().tolist() == [0, 3, 4, 7, 8, 9, 10] and kept["y"].tolist() == [0, 1, 1, 0, 0, 0, 0]
+    assert kept["labels"].tolist() == ["not_crying", "crying"] and str(kept["kind"]) == "audio-window"
