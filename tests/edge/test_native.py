@@ -190,7 +190,9 @@ def test_the_demo_keeps_native_noise_off_stderr_unless_asked(tmp_path, switch):
     assert result.stdout.count('"cry_start"') == 1 and result.stdout.count('"cry_end"') == 1
     tracked, glog = count_native_lines(result.stderr)
     if switch:
-        assert tracked > 0 and glog > 0  # LiteRT's line on every pose run, MediaPipe's W0000 lines
+        # MediaPipe's W0000 lines (LiteRT's "Tracked constant" line comes with each pose run, and the
+        # default model reads the face alone, so the daemon runs no pose landmarker for it)
+        assert tracked + glog > 0 and glog > 0
     else:
         assert (tracked, glog) == (0, 0), result.stderr
         assert "edge.daemon: cry start" in result.stderr  # cryedge's own log lines still come through
