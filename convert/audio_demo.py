@@ -173,7 +173,7 @@ def drop_ambiguous_windows(path: Path, labels: Path, after_start: float = 0.25, 
     data = dict(np.load(path, allow_pickle=False))
     spans = truth_of(labels)
     keep = np.ones(len(data["y"]), bool)
-    for i, (video, end) in enumerate(zip(data["videos"], data["t_end"])):
+    for i, (video, end) in enumerate(zip(data["videos"], data["t_end"], strict=True)):
         for a, b in spans.get(str(video), []):
             if a <= end < a + after_start or b <= end < b + after_end:
                 keep[i] = False
@@ -307,17 +307,26 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
         if demo_video is not None:
             from edge.card import load_card
 
-            seconds = _duration(demo_video)
-            add_sound_track(demo_video, demo_sound(seconds, seed + 2))
+            seconds = add_demo_sound(demo_video, seed)
             times, probabilities = clip_scores(model, demo_video)
             summary["demo"] = {"sound": [{"label": k, "start_s": a, "end_s": b} for k, a, b in DEMO_SOUND],
                                "events": alarm_events(times, probabilities, seconds, load_card(model).threshold)}
-            _note_sound_in_demo_json(demo_video)
         summary["minutes"] = round((time.monotonic() - started) / 60, 1)
         return summary
     finally:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def add_demo_sound(video: Path, seed: int = SEED) -> float:
+    """Give the demo clip its SYNTHETIC sound track and note it in the clip's truth JSON; the clip's seconds.
+
+    ``cryedge demo build`` writes the clip anew and calls this too, so rebuilding either model keeps the sound.
+    """
+    seconds = _duration(video)
+    add_sound_track(video, demo_sound(seconds, seed + 2))
+    _note_sound_in_demo_json(video)
+    return seconds
 
 
 def _duration(video: Path) -> float:

@@ -290,7 +290,7 @@ Seeded and offline (about 10 minutes on 2 cores); writes `edge/data/models/cry-d
 def build(output_dir: Path, demo_video: Path, work_dir: Path | None = None, clips_per_subject: int = 8,
           clip_seconds: float = 14.0, candidates: tuple[str, ...] = CANDIDATES, epochs: int = 60, seed: int = SEED, seeds: int = 3) -> dict:
     """Everything in the module docstring; returns a summary dict (also printed by the command)."""
-    from convert import dataset, synth, train
+    from convert import audio_demo, dataset, synth, train
     from convert.convert import ConvertOptions, convert
     from convert.dataset import Progress
     from convert.report import embed_card
@@ -352,6 +352,7 @@ def build(output_dir: Path, demo_video: Path, work_dir: Path | None = None, clip
             shutil.copyfile(work / f"{arch}{suffix}", output_dir / f"{MODEL_NAME}{suffix}")
 
         truth = write_demo_clip(demo_video, seed + 1)
+        audio_demo.add_demo_sound(demo_video)  # a new clip keeps the sound track `cryedge run` listens to
         model_path = output_dir / f"{MODEL_NAME}.tflite"
         card = load_card(model_path)
         card = card.model_copy(update={

@@ -85,3 +85,27 @@ def test_default_model_finds_the_one_cry_in_the_demo_clip():
     assert [e["kind"] for e in events] == ["start", "end"] and events[1]["reason"] == "scores"
     assert abs(events[0]["t"] - truth["start_s"]) <= 1.5
     assert abs(events[1]["t"] - truth["end_s"]) <= 1.5
+
+
+def test_a_rebuilt_demo_clip_gets_its_sound_track_back(tmp_path):
+    """``cryedge demo build`` writes the clip anew without sound; ``add_demo_sound`` (which it now calls, as
+    ``demo-audio build`` does) muxes the SYNTHETIC sound track in and notes it in the truth JSON."""
+    import numpy as np
+
+    from convert import audio_demo
+
+    clip = tmp_path / "demo.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 15.0, (64, 48))
+    for i in range(270):  # 18 s of small pictures, no sound: what write_demo_clip leaves
+        writer.write(np.full((48, 64, 3), i % 256, np.uint8))
+    writer.release()
+    clip.with_suffix(".json").write_text(json.dumps({"synthetic": True}))
+
+    seconds = audio_demo.add_demo_sound(clip)
+
+    assert seconds == pytest.approx(18.0)
+    streams = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type", "-of", "csv=p=0",
+                              str(clip)], capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(streams) == ["audio", "video"]
+    assert json.loads(clip.with_suffix(".json").read_text())["sound"]["synthetic"] is True
+
