@@ -33,13 +33,32 @@ class JournalFormatter(logging.Formatter):
         return "\n".join(f"<{priority}>{line}" for line in text.splitlines())
 
 
+class CurrentStderrHandler(logging.StreamHandler):
+    """Writes each record to whatever ``sys.stderr`` is at that moment, not to the one set up with.
+
+    A handler holding the stream object it was made with writes into a closed file once that object
+    is closed or replaced (pytest's capture after a test, the native log filter's stream after a run):
+    every later line became "--- Logging error --- ValueError: I/O operation on closed file".
+    """
+
+    def __init__(self):
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    def setStream(self, stream):  # noqa: N802 - logging's name; it follows sys.stderr instead
+        return None
+
+
 def configure(verbosity: int = 0, stream=None) -> None:
-    """Log to ``stream`` (stderr): journal prefixes under systemd, times on a terminal, else plain."""
+    """Log to ``stream`` (default: the current stderr): journal prefixes under systemd, times on a terminal, else plain."""
+    handler = logging.StreamHandler(stream) if stream is not None else CurrentStderrHandler()
     stream = stream or sys.stderr
-    handler = logging.StreamHandler(stream)
     if stream_is_journal(stream):
         handler.setFormatter(JournalFormatter())
-    elif stream.isatty():
+    elif stream is not None and stream.isatty():
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
     else:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))

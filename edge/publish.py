@@ -28,6 +28,7 @@ back-off and keeps events in the outbox, exactly as when the broker goes away la
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
@@ -319,7 +320,10 @@ class StdoutPublisher:
     full pipe) so never holds up frames: past ``queue_lines`` waiting lines, new ones are dropped and
     counted (the events are in the log as well). When the reader closes its end (``cryedge run |
     head -1``), output stops quietly and ``on_output_closed`` is called: the daemon then stops, as a
-    Unix filter does whose output nobody wants, with exit code 0 and no traceback.
+    Unix filter does whose output nobody wants, with exit code 0 and no traceback. A stdout that is
+    not there at all (``cryedge run >&-``) or closed under the writer drops the lines with one warning;
+    the run goes on (the events are in the log). Lines accepted before the interpreter exits are
+    written even if ``close()`` was never called.
     """
 
     connected = False
@@ -341,9 +345,12 @@ class StdoutPublisher:
         self.output_closed = False
         self.dropped = 0
         self._write_failures = 0
+        self._gone: str | None = None  # why lines are dropped: "closed" (stdout gone) or unset (not read)
 
     def _write(self, kind: str, payload: Mapping) -> None:
         if self.output_closed:
+            if self._gone:
+                self.dropped += 1
             return
         if self._writer is None:
             self.start()
@@ -356,8 +363,12 @@ class StdoutPublisher:
 
     def start(self) -> None:
         if self._writer is None:
+            # the stream of this run, taken once: a test harness may swap sys.stdout and close the old one
+            self._stream = self._stream or sys.stdout
             self._writer = threading.Thread(target=self._write_lines, name="cryedge-stdout", daemon=True)
             self._writer.start()
+            # a daemon thread dies with the interpreter: lines accepted but not yet written would vanish
+            atexit.register(self.close)
 
     def _write_lines(self) -> None:
         while True:
@@ -379,9 +390,18 @@ class StdoutPublisher:
                 self._write_failures += 1
                 if self._write_failures == 1:
                     log.warning("cannot write to stdout: %s", error.strerror or error)
+            except (ValueError, AttributeError):  # a closed file object, or no stdout at all (sys.stdout None)
+                self._stdout_gone(1)
+                return
+
+    def _stdout_gone(self, lost: int) -> None:
+        self.output_closed = True
+        self._gone = "closed"
+        self.dropped += lost + self._lines.qsize()
+        log.warning("stdout is closed: the JSON lines are dropped (the events are in the log too)")
 
     def _emit(self, data: bytes) -> None:
-        stream = self._stream or sys.stdout
+        stream = self._stream
         try:
             fd = stream.fileno()
         except (AttributeError, OSError, ValueError):  # io.StringIO and the like
@@ -411,6 +431,9 @@ class StdoutPublisher:
 
     def close(self) -> None:
         """Publish OFF if still crying, and give the queued lines ``CLOSE_SECONDS`` to be written."""
+        if self._closing.is_set():
+            return
+        atexit.unregister(self.close)
         if self._crying:
             self.publish_state(unmeasured_state(time.time()))
         self._closing.set()
@@ -418,7 +441,7 @@ class StdoutPublisher:
             self._writer.join(self.CLOSE_SECONDS)
             if self._writer.is_alive():  # blocked on a pipe nobody reads; it is a daemon thread
                 self.dropped += self._lines.qsize()
-        if self.dropped:
+        if self.dropped and not self._gone:  # a closed stdout was said once, when it was found
             log.warning("%d output lines were dropped: stdout was not being read", self.dropped)
 
     def __enter__(self) -> StdoutPublisher:

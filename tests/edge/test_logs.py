@@ -56,3 +56,34 @@ def test_a_process_whose_stderr_is_the_journal_writes_prefixes(tmp_path, under_j
     else:
         assert text == "WARNING edge.daemon: hi\n"  # not a terminal: no times, no colour
         assert "\x1b[" not in text
+
+
+@pytest.fixture
+def root_logging():
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_log_lines_still_reach_stderr_after_the_stream_logging_was_set_up_with_is_closed(capsys, root_logging):
+    """cryedge's CLI run inside pytest set up logging on that test's capture stream; once pytest closed it,
+    every later line (the stdout writer's among them) was "--- Logging error --- I/O operation on closed file"."""
+    stream_at_setup, sys.stderr = sys.stderr, io.StringIO()
+    try:
+        logs.configure(0)
+        replaced = sys.stderr
+    finally:
+        sys.stderr = stream_at_setup
+    replaced.close()
+    logging.getLogger("edge.publish").warning("stdout was closed by its reader")
+    err = capsys.readouterr().err
+    assert err == "WARNING edge.publish: stdout was closed by its reader\n"
+
+
+def test_logging_with_no_stderr_at_all_is_silent(root_logging):
+    """``cryedge run 2>&-``: Python has no sys.stderr; logging set-up and log lines must not raise."""
+    script = "import logging; from edge import logs; logs.configure(1); logging.getLogger('edge.daemon').warning('hi')"
+    run = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "-c", script], timeout=60)
+    assert run.returncode == 0

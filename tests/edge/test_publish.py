@@ -684,6 +684,45 @@ def test_a_stdout_whose_reader_has_gone_stops_quietly_and_says_so():
     publisher.close()
 
 
+def test_a_stdout_closed_under_the_writer_drops_lines_with_one_warning_and_no_thread_traceback(caplog):
+    """The old writer let ValueError (I/O operation on closed file) kill its thread with a traceback."""
+    stream = io.StringIO()
+    stream.close()
+    publisher = StdoutPublisher(DEVICE, MODEL, stream=stream)
+    publisher.start()
+    publisher.publish_event(event("start", "ep1"))
+    publisher.publish_event(event("end", "ep1"))
+    publisher.close()
+    assert publisher.output_closed and publisher.dropped == 2
+    lines = [r.getMessage() for r in caplog.records if r.name == "edge.publish"]
+    assert lines == ["stdout is closed: the JSON lines are dropped (the events are in the log too)"]
+
+
+def test_lines_accepted_before_the_interpreter_exits_are_written_without_close():
+    """A daemon writer thread dies with the interpreter: the old publisher lost what was still queued."""
+    script = textwrap.dedent("""
+        from edge.alarm import AlarmState
+        from edge.publish import StdoutPublisher
+        publisher = StdoutPublisher("nursery", "m")
+        for n in range(200):
+            publisher.publish_state(AlarmState(n % 2 == 0, None, None, 0.5))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert run.returncode == 0 and run.stderr == ""
+    assert [json.loads(line)["crying"] for line in run.stdout.splitlines()] == ["ON", "OFF"] * 100
+
+
+@pytest.mark.timeout(180)
+def test_cryedge_run_with_stdout_closed_runs_to_the_end_and_says_so_once():
+    """``cryedge run >&-``: Python has no sys.stdout; the old writer thread died with an AttributeError traceback."""
+    run = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "edge.cli", "run", "--fast",
+                          "--no-health"], stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=150)
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr and "Exception in thread" not in run.stderr, run.stderr
+    assert run.stderr.count("stdout is closed: the JSON lines are dropped (the events are in the log too)") == 1
+    assert "cry start" in run.stderr and "cry end" in run.stderr  # the run went on to the clip's end
+
+
 @pytest.mark.timeout(180)
 def test_cryedge_run_piped_into_head_gives_one_line_and_exits_cleanly(tmp_path):
     """The README's first command, into ``head -1``: no BrokenPipeError traceback, and no running on for nothing."""
