@@ -23,6 +23,7 @@ through ``mask_url`` everywhere.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import socket
@@ -49,6 +50,8 @@ from pydantic import (
 from edge import paths
 from edge.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 PASSWORD_ENV = "CRYEDGE_MQTT_PASSWORD"
 CREDENTIAL_NAME = "mqtt_password"
 CAMERA_PASSWORD_ENV = "CRYEDGE_CAMERA_PASSWORD"
@@ -63,6 +66,12 @@ MAX_TOPIC_PREFIX_BYTES = MAX_TOPIC_BYTES - len("/device//config") - 64
 MAX_THREADS = 8  # a Pi has 4 cores; more threads than 8 only contend (and 100000 crashed the interpreter)
 HOUR = 3600.0
 DAY = 86400.0
+# Keys an older cryedge accepted that nothing honours: read, warned about once, dropped (an error would
+# crash-loop a service whose old config has them). (table, key) -> why, and what to do instead.
+IGNORED_KEYS = {
+    ("landmarks", "num_threads"): "MediaPipe Tasks has no thread count (each landmarker runs its model on one "
+                                  "core); remove it, and bound cores with taskset or systemd's CPUAffinity=",
+}
 
 
 def sanitize_id(text: str) -> str:
@@ -421,7 +430,6 @@ class LandmarksConfig(Section):
     min_pose_detection_confidence: float = Field(default=0.5, ge=0, le=1)
     min_pose_presence_confidence: float = Field(default=0.5, ge=0, le=1)
     min_tracking_confidence: float = Field(default=0.5, ge=0, le=1)
-    num_threads: int = Field(default=1, ge=1, le=MAX_THREADS)
 
     @model_validator(mode="after")
     def _roi_inside_frame(self) -> LandmarksConfig:
@@ -853,6 +861,7 @@ def load_config(path: Path | str | None = None, overrides: dict | None = None, e
         overrides["source"] = source
     if overrides:
         data = _merge(data, overrides)
+    _drop_ignored_keys(data, where)
     try:
         config = Config.model_validate(data)
     except ValidationError as error:
@@ -867,6 +876,15 @@ def load_config(path: Path | str | None = None, overrides: dict | None = None, e
     if config.live.enabled:
         _resolve_live_token(config, where, environ)
     return config
+
+
+def _drop_ignored_keys(data: dict, where: str) -> None:
+    """Take out the ``IGNORED_KEYS`` a config still has, with one warning each."""
+    for (table, key), why in IGNORED_KEYS.items():
+        section = data.get(table)
+        if isinstance(section, dict) and key in section:
+            del section[key]
+            log.warning("%s: %s.%s is ignored: %s", where, table, key, why)
 
 
 def _resolve_live_token(config: Config, where: str, environ) -> None:

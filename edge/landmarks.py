@@ -165,7 +165,7 @@ class LandmarkExtractor:
 
     @classmethod
     def from_config(cls, config, mode: str = "video") -> LandmarkExtractor:
-        """From ``edge.config.LandmarksConfig`` (``num_threads`` is left to process pinning)."""
+        """From ``edge.config.LandmarksConfig``."""
         return cls(
             config.face_model, config.pose_model, pose=config.pose, pose_every=config.pose_every,
             subject=config.subject, roi=config.roi,

@@ -159,6 +159,22 @@ def test_config_check_of_a_bad_file_is_one_line_and_exit_code_3(tmp_path, capsys
     assert err == f"cryedge: {path}: mqtt.hots: unknown key (did you mean mqtt.host?)\n"
 
 
+@pytest.mark.parametrize("value", ["4", "0"])
+def test_landmarks_num_threads_of_an_old_config_is_ignored_with_one_warning(tmp_path, capsys, value):
+    """MediaPipe Tasks has no thread count: the key was accepted and silently did nothing. An old config
+    still loads (an error would crash-loop the service), with one line saying so; config show drops it."""
+    path = write(tmp_path, f"[landmarks]\nnum_threads = {value}\npose_every = 3\n")
+    assert main(["config", "check", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("ok: ")
+    assert err == (f"WARNING edge.config: {path}: landmarks.num_threads is ignored: MediaPipe Tasks has no thread "
+                   "count (each landmarker runs its model on one core); remove it, and bound cores with taskset "
+                   "or systemd's CPUAffinity=\n")
+    assert main(["config", "show", "--config", str(path)]) == 0
+    shown = tomllib.loads(capsys.readouterr().out)
+    assert "num_threads" not in shown["landmarks"] and shown["landmarks"]["pose_every"] == 3
+
+
 def test_config_show_prints_toml_that_loads_back_with_secrets_masked(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CRYEDGE_MQTT_PASSWORD", "s3cret")
     path = write(tmp_path, '[mqtt]\nhost = "broker.lan"\nusername = "cry"\n[mqtt.tls]\n'
@@ -270,7 +286,7 @@ NUMERIC_FIELDS = numeric_fields()
 
 def test_the_walk_finds_the_numbers_it_should():
     keys = {f"{table}.{key}" for table, _, key, _, _ in NUMERIC_FIELDS}
-    assert {"mqtt.connect_timeout", "landmarks.num_threads", "alarm.hold_seconds", "source.fps",
+    assert {"mqtt.connect_timeout", "model.num_threads", "alarm.hold_seconds", "source.fps",
             "source.stall_seconds", "landmarks.roi", "health.port", "outbox.max_events"} <= keys
     assert {tag for table, _, key, _, tag in NUMERIC_FIELDS if f"{table}.{key}" == "source.stall_seconds"} == \
         {"picamera2", "v4l2", "rtsp", "http", "file"}
@@ -292,7 +308,7 @@ def test_every_number_is_finite_and_in_a_range_that_means_something(tmp_path, ta
 @pytest.mark.parametrize(("toml", "message"), [
     ("[mqtt]\nconnect_timeout = 1e308\n", "mqtt.connect_timeout: Input should be less than or equal to 300"),
     ("[model]\nnum_threads = 100000\n", "model.num_threads: Input should be less than or equal to 8"),
-    ("[landmarks]\nnum_threads = 0\n", "landmarks.num_threads: Input should be greater than or equal to 1"),
+    ("[audio]\nnum_threads = 0\n", "audio.num_threads: Input should be greater than or equal to 1"),
     ("[alarm]\nmin_on_seconds = inf\n", "alarm.min_on_seconds: Input should be a finite number"),
     ("[alarm]\nhold_seconds = 1e400\n", "alarm.hold_seconds: Input should be a finite number"),
     ("[source]\nfps = 1e-9\n", "source.fps: Input should be greater than or equal to 0.1"),
