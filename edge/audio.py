@@ -273,12 +273,14 @@ class AudioMonitor:
 
 
 class Hearing:
-    """The audio path as the frame loop sees it: ``fuse(vision_score)`` gives the score for the alarm.
+    """The audio path as the frame loop sees it: ``fuse(vision_score, t)`` gives the scores for the alarm.
 
     Owns the ``AudioMonitor`` (its thread, its capture) and the ``Fusion``; ``last`` is what each modality
-    said at the newest frame, for the state topic. While no frames come, ``heard_alone`` gives the scores
-    for the alarm from the sound alone. Every score it gives is at or after the one before: the alarm
-    is one state machine fed in time order, by whichever modality spoke last.
+    said at the newest frame, for the state topic. Every audio score reaches the alarm once: those heard
+    between two frames with what the camera last saw, the newest with the frame. While no frames come,
+    ``heard_alone`` gives the scores from the sound alone; with no camera at all, ``hear``. Every score it
+    gives is at or after the one before: the alarm is one state machine fed in time order, by whichever
+    modality spoke last.
     """
 
     def __init__(self, monitor: AudioMonitor, fusion):
@@ -289,6 +291,7 @@ class Hearing:
         self.video_origin: Callable[[], float | None] = lambda: None
         self._last_t = float("-inf")  # of the newest fused score
         self._heard_t = float("-inf")  # of the newest audio score fused
+        self._seen: Score | None = None  # the vision score of the newest frame
 
     @property
     def card(self):
@@ -297,11 +300,26 @@ class Hearing:
     def start(self) -> None:
         self.monitor.start()
 
-    def fuse(self, vision: Score | None, t: float) -> Score:
+    def fuse(self, vision: Score | None, t: float) -> list[Score]:
+        """The scores for the alarm at a frame: each sound heard since the last frame but the newest, fused at
+        its own time with the previous frame's view, then the frame with the newest sound. (Fusing only the
+        newest lost a short cry heard between two frames of a slow camera.)"""
         heard_at = self._sound_time(t)
         self.monitor.advance_to(heard_at)
-        heard = self.monitor.latest(heard_at)
-        return self._fuse(t, vision, heard)
+        fresh = [h for h in self.monitor.since(self._heard_t) if h.score.t <= heard_at + 1e-6]
+        newest = self.monitor.latest(heard_at)
+        between = fresh[:-1] if fresh and fresh[-1] is newest else fresh
+        scores = [self._fuse(self._frame_time(h.score.t), self._seen, h) for h in between]
+        self._seen = vision
+        scores.append(self._fuse(t, vision, newest))
+        return scores
+
+    def hear(self, fresh: list[AudioScore], now: float) -> list[Score]:
+        """No camera at all: each audio score, in time order, for the alarm; with none, one at ``now`` saying why
+        there is no sound (the alarm's blind rule then ends an episode). The state shows no vision part."""
+        if fresh:
+            return [self._fuse(h.score.t, None, h) for h in fresh]
+        return [self._fuse(now, None, None)]
 
     def heard_alone(self, now: float) -> list[Score]:
         """No frames for a while (the camera gone or stalled): the scores of the sound heard since the last
@@ -338,6 +356,13 @@ class Hearing:
         video, sound = self.video_origin(), self.monitor.status.first_frame_t
         return t if video is None or sound is None else t - video + sound
 
+    def _frame_time(self, t: float) -> float:
+        """Sound time ``t`` on the frames' clock (the inverse of ``_sound_time``)."""
+        if not self.monitor.follow_frames:
+            return t
+        video, sound = self.video_origin(), self.monitor.status.first_frame_t
+        return t if video is None or sound is None else t - sound + video
+
     def stats(self) -> dict:
         monitor = self.monitor
         return {"audio_overruns": monitor.overruns, "audio_reconnects": monitor.status.reconnects,
@@ -364,7 +389,7 @@ def sound_backend_factory(config) -> tuple[Callable[[int], object], bool]:
     if sound.type == "alsa":
         return (lambda rate: AlsaAudioSource(sound.device, rate)), False
     if sound.type == "file":  # it keeps to the picture's timeline only when that is a file too
-        return ffmpeg(str(sound.path), paced), video.type == "file"
+        return ffmpeg(str(sound.path), paced if sound.realtime is None else sound.realtime), video.type == "file"
     if sound.type == "stream":
         return ffmpeg(sound.url, True, sound.transport), False
     if video.type == "file":

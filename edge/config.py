@@ -625,6 +625,7 @@ class FileSoundConfig(AudioSourceOptions):
 
     type: Literal["file"] = "file"
     path: Path
+    realtime: bool | None = None  # at its own pace; None: as [source] (a video file's ``realtime``), else True
 
 
 class StreamSoundConfig(AudioSourceOptions):

@@ -111,7 +111,7 @@ class Pipeline:
         self.extractor, self.scorer, self.alarm = extractor, scorer, alarm
         self.exposure = exposure if exposure is not None else ExposureStage()
         self.too_dark_below = too_dark_below
-        self.fuse = None  # with hearing: (vision score, t) -> the fused score the alarm follows (edge.audio)
+        self.fuse = None  # with hearing: (vision score, t) -> the fused scores the alarm follows (edge.audio)
         card = scorer.card
         self.card = card
         if card.kind == "landmark-window":
@@ -160,7 +160,8 @@ class Pipeline:
                                       status=status)
             now = time.perf_counter()
             times["model"], mark = (now - mark) * 1000, now
-            events = tuple(self.alarm.update(self.fuse(score, frame.t) if self.fuse else score))
+            fused = self.fuse(score, frame.t) if self.fuse else (score,)  # with the sounds heard since the last frame
+            events = tuple(event for each in fused for event in self.alarm.update(each))
             now = time.perf_counter()
             times["alarm"] = (now - mark) * 1000
         inference_ms = self.scorer.last_inference_ms if score is not None else None

@@ -293,3 +293,23 @@ def test_with_the_camera_gone_and_the_sound_ended_mid_cry_the_episode_ends_as_bl
     assert [(kind, reason, camera) for kind, _, reason, camera in events] == [
         ("start", "", "open"), ("end", "no_camera", "reconnecting")], events
     assert events[1][1] >= 5.0  # dated at the last score that could hear, the cry still on
+
+
+def test_a_short_cry_heard_between_two_frames_of_a_slow_camera_raises_the_alarm(assets):
+    """A camera at 1 fps, the sound scored every 0.1 s, a 0.5 s cry: every score heard between two frames reaches
+    the alarm in time order (before: each frame fused only the newest, the cry fell between frames, no alarm)."""
+    from audio_models import yamnet_signature_model
+
+    folder, vision_model, _ = assets
+    audio_model = yamnet_signature_model(folder / "yamnet-hop-0.1.tflite", card=yamnet_card(hop_seconds=0.1))
+    seconds, cry = 16.0, (12.0, 12.5)  # after the vision window (10 frames) has filled
+    slow = folder / "room-1fps.avi"
+    writer = cv2.VideoWriter(str(slow), cv2.VideoWriter_fourcc(*"MJPG"), 1.0, (640, 480))
+    for n in range(int(seconds)):
+        writer.write(np.full((480, 640, 3), 60 + n % 3, np.uint8))
+    writer.release()
+    clip = with_sound(slow, sound_track(folder, cry=cry, seconds=seconds), folder / "room-1fps-cry.avi")
+    events, states = run(folder, vision_model, audio_model, clip)
+    assert [kind for kind, _, _ in events] == ["start", "end"], events
+    assert cry[0] <= events[0][1] <= cry[0] + 1.5
+    assert all(s.senses["vision"]["status"] == "no_face" for s in states if s.senses and "vision" in s.senses)
