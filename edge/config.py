@@ -971,9 +971,18 @@ def parse_broker_url(url: str) -> dict:
 
 
 def cli_overrides(source: str | None = None, broker: str | None = None) -> dict:
-    """The override dict for ``cryedge run --source SRC --broker URL``."""
+    """The override dict for ``cryedge run --source SRC --broker URL``.
+
+    A camera password in ``--source`` still works (an old command line must not stop a monitor), with
+    one warning: every local user reads it in ``ps`` and /proc/PID/cmdline for as long as the run lasts.
+    """
     overrides: dict[str, Any] = {}
     if source is not None:
+        if (split_userinfo(source)[1] or "").partition(":")[2]:
+            log.warning("--source: the camera password in the URL is visible to every local user (ps, "
+                        "/proc/PID/cmdline) and kept in shell history; give the URL without it "
+                        "(rtsp://USER@HOST/...) and the password in $%s or [source] password_file",
+                        CAMERA_PASSWORD_ENV)
         overrides["source"] = {"uri": source}
     if broker is not None:
         overrides["mqtt"] = parse_broker_url(broker)

@@ -447,6 +447,28 @@ def test_a_camera_password_in_the_url_is_masked_by_config_show_and_check(tmp_pat
     assert source.open_url() == "rtsp://viewer:hunter2@cam.lan:554/live" and "hunter2" not in repr(source)
 
 
+@pytest.mark.parametrize(("uri", "warned"), [
+    ("rtsp://viewer:hunter2@cam.lan:554/live", True),
+    ("http://viewer:hunter2@cam.lan/stream.mjpg", True),
+    ("rtsp://viewer@cam.lan:554/live", False),  # the safe way: the password from the environment or a file
+    ("rtsp://cam.lan:554/live", False),
+    ("/dev/video0", False),
+])
+def test_a_camera_password_on_the_command_line_is_warned_about_once_without_showing_it(caplog, uri, warned):
+    """``cryedge run --source rtsp://user:pass@...`` puts the password in every local user's ``ps``."""
+    config = load_config(None, cli_overrides(source=uri), environ={"CRYEDGE_CAMERA_PASSWORD": "from-env"})
+    lines = [record.getMessage() for record in caplog.records if record.name == "edge.config"]
+    if warned:
+        assert lines == ["--source: the camera password in the URL is visible to every local user (ps, "
+                         "/proc/PID/cmdline) and kept in shell history; give the URL without it "
+                         "(rtsp://USER@HOST/...) and the password in $CRYEDGE_CAMERA_PASSWORD or [source] password_file"]
+    else:
+        assert lines == []
+    if "viewer@" in uri:
+        assert config.source.open_url() == "rtsp://viewer:from-env@cam.lan:554/live"
+    assert "hunter2" not in caplog.text
+
+
 def test_camera_password_sources_in_order_of_precedence(tmp_path):
     (tmp_path / "pw").write_text("from-file\n")
     creds = tmp_path / "creds"

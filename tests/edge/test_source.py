@@ -414,8 +414,39 @@ def test_a_camera_password_never_shows_in_the_log_the_service_status_or_stats(tm
     assert json.loads(stats_text)["source"] == f"stream:{shown}" and json.loads(stats_text)["frames"] > 0
     assert any(f"STATUS=running: stream:{shown}" in message for message in messages), messages
     assert f"running: stream:{shown}" in err
+    assert err.count("--source: the camera password in the URL is visible to every local user") == 1
+    assert "$CRYEDGE_CAMERA_PASSWORD or [source] password_file" in err
     for text in (stats_text, err, out, *messages):
         assert SECRET not in text
+
+
+def test_with_the_password_in_the_environment_no_process_listing_shows_it(tmp_path):
+    """``--source http://viewer@host/...`` and $CRYEDGE_CAMERA_PASSWORD: the camera gets the password, while
+    /proc/PID/cmdline (what ps shows every local user) holds none, and nothing warns."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    with MjpegServer(colour_frames(), fps=15, credentials=("viewer", SECRET)) as camera:
+        url = camera.url.replace("http://", "http://viewer@")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "-v", "run", "--config", str(camera_config(tmp_path)), "--source", url],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "CRYEDGE_CAMERA_PASSWORD": SECRET})
+        try:
+            deadline = time.monotonic() + 60
+            while camera.served < 1 and time.monotonic() < deadline and process.poll() is None:
+                time.sleep(0.1)
+            cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().decode()
+            process.send_signal(signal.SIGTERM)
+            out, err = process.communicate(timeout=30)
+        finally:
+            process.kill()
+    assert camera.served >= 1, err
+    assert process.returncode == 0, err
+    assert url in cmdline.split("\0") and SECRET not in cmdline
+    assert "--source: the camera password" not in err and SECRET not in err + out
 
 
 @pytest.mark.parametrize("wrong", ["the camera refuses it", "nothing listens"])
