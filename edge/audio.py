@@ -157,14 +157,21 @@ class AudioMonitor:
         self._thread = threading.Thread(target=self._run, name="cryedge-audio-pipeline", daemon=True)
         self._thread.start()
 
+    @property
+    def backend(self):
+        """What the sound is read from (``edge.audio_source``), the same object across reopens."""
+        return self._backend
+
     def _run(self) -> None:
         delays = backoff_delays(self.backoff_first, self.backoff_limit)
-        while not self._stop.is_set():
+        # the sound of the camera's own session waits for that session, which the picture reopens with back-off
+        wait_ready = getattr(self._backend, "wait_ready", None)
+        while self._ready(wait_ready):
             try:
                 self._backend.open()
             except SourceError as error:
                 self._failed(str(error), NO_SOUND_DEVICE)
-                if self._stop.wait(next(delays)):
+                if wait_ready is None and self._stop.wait(next(delays)):
                     break
                 self.status.reconnects += 1
                 continue
@@ -181,12 +188,19 @@ class AudioMonitor:
             if finished:
                 break
             self.pipeline.reset()
-            if self._stop.wait(next(delays)):
+            if wait_ready is None and self._stop.wait(next(delays)):
                 break
             self.status.reconnects += 1
         with self._changed:
             self.ended = True
             self._changed.notify_all()
+
+    def _ready(self, wait_ready: Callable[[float], bool] | None) -> bool:
+        """Whether to open (again): False once stopped; with ``wait_ready``, once it says so."""
+        while not self._stop.is_set():
+            if wait_ready is None or wait_ready(0.5):
+                return True
+        return False
 
     def _failed(self, error: str, reason: str) -> None:
         if self.status.last_error != error:
@@ -297,6 +311,12 @@ class Hearing:
     def card(self):
         return self.monitor.pipeline.scorer.card
 
+    @property
+    def camera(self):
+        """The camera whose one session gives this sound and the picture (``edge.source.FfmpegStreamSource``),
+        for the frame loop to read; None when the sound comes from elsewhere."""
+        return getattr(self.monitor.backend, "camera", None)
+
     def start(self) -> None:
         self.monitor.start()
 
@@ -376,15 +396,16 @@ class Hearing:
 
 def sound_backend_factory(config) -> tuple[Callable[[int], object], bool]:
     """A maker (of the sample rate) of the backend ``[audio.source]`` names, and whether it follows ``[source]``'s frames."""
-    from edge.audio_source import AlsaAudioSource, FfmpegAudioSource
+    from edge.audio_source import AlsaAudioSource, CameraSound, FfmpegAudioSource
     from edge.errors import ConfigError
+    from edge.source import FfmpegStreamSource
 
     sound, video = config.audio.source, config.source
     paced = getattr(video, "realtime", True)
 
-    def ffmpeg(uri: str, realtime: bool, transport: str = "tcp", shown: str | None = None):
+    def ffmpeg(uri: str, realtime: bool, transport: str = "tcp"):
         return lambda rate: FfmpegAudioSource(uri, rate, realtime=realtime, timeout_seconds=sound.stall_seconds,
-                                              rtsp_transport=transport, name=shown)
+                                              rtsp_transport=transport)
 
     if sound.type == "alsa":
         return (lambda rate: AlsaAudioSource(sound.device, rate)), False
@@ -395,8 +416,8 @@ def sound_backend_factory(config) -> tuple[Callable[[int], object], bool]:
     if video.type == "file":
         return ffmpeg(str(video.path), paced), True
     if video.type in ("rtsp", "http"):
-        # the camera's own credentials; shown as [source] shows itself, password masked
-        return ffmpeg(video.open_url(), True, getattr(video, "transport", "tcp"), shown=video.display()), False
+        # one session gives the picture and the sound: many cameras take only one or two clients
+        return (lambda rate: CameraSound(FfmpegStreamSource.from_config(video, sound_rate=rate))), False
     raise ConfigError(f"[audio.source] type \"video\": the camera ({video.type}) has no sound track cryedge can "
                       "read; set [audio.source] type = \"alsa\" for a microphone")
 

@@ -22,6 +22,7 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,60 +61,33 @@ def alsa_device_name(device: str | int) -> str:
     return f"plughw:{text},0" if text.isdigit() else text
 
 
-class PipeAudioSource:
-    """Samples a helper process writes to its stdout; the shared part of the backends.
+class SoundPipe:
+    """Samples a reader thread takes from a pipe of s16le mono in blocks; ``read`` hands them over in order.
 
-    ``live`` sources stamp chunks with their arrival time and drop the oldest when the pipeline falls
-    behind; a file runs on its own timeline from the moment it opened (like ``edge.source.FileSource``), so
-    seconds mean the same at any speed, and loses nothing: its decoder waits for the pipeline.
+    ``live`` sound is stamped with its arrival time, and when the pipeline falls behind the oldest blocks are
+    dropped (``on_overrun`` is called for each); a file's runs on its own timeline from ``start`` and loses
+    nothing: the reader waits for the pipeline, and with it the decoder.
     """
 
-    live = True
-
-    def __init__(self, command: list[str], name: str, rate: int, block_seconds: float = 0.1,
-                 buffer_seconds: float = 2.0):
-        self.command, self.name, self.rate = command, name, rate
-        self.block = max(1, int(rate * block_seconds))
-        self.buffer_blocks = max(2, int(buffer_seconds / block_seconds))
-        self.overruns = 0  # times samples were lost: the device's overruns plus blocks dropped here
-        self._process: subprocess.Popen | None = None
+    def __init__(self, stream, rate: int, *, live: bool, block: int, buffer_blocks: int, start: float,
+                 on_overrun: Callable[[], None]):
+        self.stream, self.rate, self.live = stream, rate, live
+        self.block, self.buffer_blocks, self.start = block, buffer_blocks, start
+        self._on_overrun = on_overrun
         self._chunks: deque[AudioChunk] = deque()
         self._arrived = threading.Condition()
         self._ended = False
-        self._errors: deque[str] = deque(maxlen=5)
-        self._threads: list[threading.Thread] = []
+        self._stopped = False
         self._index = 0
-        self._start = 0.0
-
-    def open(self) -> None:
-        executable = shutil.which(self.command[0])
-        if executable is None:
-            raise SourceError(f"{self.name}: '{self.command[0]}' is not installed ({self._package_hint()})")
-        try:
-            self._process = subprocess.Popen([executable, *self.command[1:]], stdin=subprocess.DEVNULL,
-                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
-        except OSError as error:
-            raise SourceError(f"{self.name}: cannot start {self.command[0]}: {error.strerror}") from None
-        self._chunks.clear()
-        self._ended = False
-        self._errors.clear()
-        self._index = 0
-        self._start = time.monotonic()
-        self._threads = [threading.Thread(target=self._pump, name="cryedge-audio", daemon=True),
-                         threading.Thread(target=self._watch_stderr, name="cryedge-audio-log", daemon=True)]
-        for thread in self._threads:
-            thread.start()
-
-    def _package_hint(self) -> str:
-        return "apt install alsa-utils" if self.command[0] == "arecord" else "apt install ffmpeg"
+        self._thread = threading.Thread(target=self._pump, name="cryedge-audio", daemon=True)
+        self._thread.start()
 
     def _pump(self) -> None:
-        stdout = self._process.stdout
         wanted = self.block * SAMPLE_BYTES
         while True:
             data = b""
             while len(data) < wanted:
-                part = stdout.read(wanted - len(data))
+                part = self.stream.read(wanted - len(data))
                 if not part:
                     break
                 data += part
@@ -131,20 +105,86 @@ class PipeAudioSource:
         if self.live:
             t = time.monotonic() - samples.size / self.rate
         else:
-            t = self._start + self._index / self.rate
+            t = self.start + self._index / self.rate
         chunk = AudioChunk(samples, t, self.rate, self._index)
         self._index += samples.size
         with self._arrived:
             if self.live:
                 if len(self._chunks) >= self.buffer_blocks:
                     self._chunks.popleft()  # the pipeline fell behind: lose the oldest sound, not the newest
-                    self.overruns += 1
+                    self._on_overrun()
             else:
                 # a file loses nothing: the decoder waits for the pipeline instead
-                while len(self._chunks) >= self.buffer_blocks and self._process is not None:
+                while len(self._chunks) >= self.buffer_blocks and not self._stopped:
                     self._arrived.wait(0.5)
             self._chunks.append(chunk)
             self._arrived.notify_all()
+
+    @property
+    def drained(self) -> bool:
+        """The pipe has ended and every sample in it has been read."""
+        return self._ended and not self._chunks
+
+    def read(self, timeout: float) -> AudioChunk | None:
+        """The oldest chunk not yet returned; None after ``timeout`` or once ``drained``."""
+        with self._arrived:
+            if not self._chunks and not self._ended:
+                self._arrived.wait(timeout)
+            if not self._chunks:
+                return None
+            chunk = self._chunks.popleft()
+            self._arrived.notify_all()
+            return chunk
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop waiting for the pipeline and join the reader (its writer must have closed the pipe)."""
+        with self._arrived:
+            self._stopped = True
+            self._arrived.notify_all()
+        self._thread.join(timeout)
+
+
+class PipeAudioSource:
+    """Samples a helper process writes to its stdout; the shared part of the backends.
+
+    ``live`` sources stamp chunks with their arrival time and drop the oldest when the pipeline falls
+    behind; a file runs on its own timeline from the moment it opened (like ``edge.source.FileSource``), so
+    seconds mean the same at any speed, and loses nothing: its decoder waits for the pipeline.
+    """
+
+    live = True
+
+    def __init__(self, command: list[str], name: str, rate: int, block_seconds: float = 0.1,
+                 buffer_seconds: float = 2.0):
+        self.command, self.name, self.rate = command, name, rate
+        self.block = max(1, int(rate * block_seconds))
+        self.buffer_blocks = max(2, int(buffer_seconds / block_seconds))
+        self.overruns = 0  # times samples were lost: the device's overruns plus blocks dropped here
+        self._process: subprocess.Popen | None = None
+        self._sound: SoundPipe | None = None
+        self._errors: deque[str] = deque(maxlen=5)
+        self._log_thread: threading.Thread | None = None
+
+    def open(self) -> None:
+        executable = shutil.which(self.command[0])
+        if executable is None:
+            raise SourceError(f"{self.name}: '{self.command[0]}' is not installed ({self._package_hint()})")
+        try:
+            self._process = subprocess.Popen([executable, *self.command[1:]], stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        except OSError as error:
+            raise SourceError(f"{self.name}: cannot start {self.command[0]}: {error.strerror}") from None
+        self._errors.clear()
+        self._sound = SoundPipe(self._process.stdout, self.rate, live=self.live, block=self.block,
+                                buffer_blocks=self.buffer_blocks, start=time.monotonic(), on_overrun=self._overrun)
+        self._log_thread = threading.Thread(target=self._watch_stderr, name="cryedge-audio-log", daemon=True)
+        self._log_thread.start()
+
+    def _overrun(self) -> None:
+        self.overruns += 1
+
+    def _package_hint(self) -> str:
+        return "apt install alsa-utils" if self.command[0] == "arecord" else "apt install ffmpeg"
 
     def _watch_stderr(self) -> None:
         for raw in self._process.stderr:
@@ -161,53 +201,53 @@ class PipeAudioSource:
     @property
     def finished(self) -> bool:
         """A file's sound has all been read (``read`` then returns None at once)."""
-        return self._ended and not self._chunks and not self.live
+        return self._sound is not None and self._sound.drained and not self.live
 
     def read(self, timeout: float = 1.0) -> AudioChunk | None:
         """The oldest chunk not yet returned; None after ``timeout``, or at the end of a file (see ``finished``)."""
         if self._process is None:
             raise SourceError(f"{self.name} is not open")
-        with self._arrived:
-            if not self._chunks and not self._ended:
-                self._arrived.wait(timeout)
-            if self._chunks:
-                chunk = self._chunks.popleft()
-                self._arrived.notify_all()
-                return chunk
-            if not self._ended:
-                return None
+        chunk = self._sound.read(timeout)
+        if chunk is not None or not self._sound.drained:
+            return chunk
         code = self._process.wait()
         if code == 0 and not self.live:
             return None
-        self._threads[1].join(timeout=1.0)  # the tool's last words
-        reason = "the stream ended" if code == 0 else self.explain(list(self._errors)) or f"exit code {code}"
+        self._log_thread.join(timeout=1.0)  # the tool's last words
+        reason = "the stream ended" if code == 0 else explain_capture_errors(list(self._errors)) or f"exit code {code}"
         raise SourceError(f"{self.name}: capture stopped: {reason}")
-
-    def explain(self, errors: list[str]) -> str:
-        """What the tool's error lines mean, in one line."""
-        if any("matches no streams" in line for line in errors):
-            return "it has no sound track"
-        for line in errors:
-            if "audio open error" in line:  # arecord: the device is missing, busy or not a capture device
-                return f"cannot open the capture device: {line.split('audio open error:')[-1].strip()} (arecord -L lists them)"
-        meaningful = [line for line in errors if "To ignore this" not in line]
-        return meaningful[-1] if meaningful else ""
 
     def close(self) -> None:
         process, self._process = self._process, None
         if process is None:
             return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(2)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for thread in self._threads:
-            thread.join(timeout=2)
+        stop_process(process)
+        self._sound.stop()
+        self._log_thread.join(timeout=2)
         for stream in (process.stdout, process.stderr):
             stream.close()
+
+
+def explain_capture_errors(errors: list[str]) -> str:
+    """What a capture tool's (``arecord``, ``ffmpeg``) error lines mean, in one line."""
+    if any("matches no streams" in line for line in errors):
+        return "it has no sound track"
+    for line in errors:
+        if "audio open error" in line:  # arecord: the device is missing, busy or not a capture device
+            return f"cannot open the capture device: {line.split('audio open error:')[-1].strip()} (arecord -L lists them)"
+    meaningful = [line for line in errors if "To ignore this" not in line]
+    return meaningful[-1] if meaningful else ""
+
+
+def stop_process(process: subprocess.Popen, grace: float = 2.0) -> None:
+    """Terminate a helper process, killed if it has not ended within ``grace`` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 class AlsaAudioSource(PipeAudioSource):
@@ -252,6 +292,45 @@ class FfmpegAudioSource(PipeAudioSource):
         if not self.live and not os.path.isfile(self.uri):
             raise SourceError(f"audio file not found: {self.uri}")
         super().open()
+
+
+class CameraSound:
+    """The sound track of the camera session whose picture ``edge.source.FfmpegStreamSource`` reads.
+
+    It opens nothing of its own: ``open`` joins the camera's running session and ``read`` gives its sound,
+    until that session ends (the camera gone, stalled or reopened); ``wait_ready`` then waits for the
+    next one, which the picture's supervisor opens with its back-off. Overruns are the session's.
+    """
+
+    live = True
+
+    def __init__(self, camera):
+        self.camera = camera
+        self.name, self.rate = camera.name, camera.sound_rate
+        self._pipe: SoundPipe | None = None
+        self._joined = 0  # the camera's generation last joined
+
+    @property
+    def overruns(self) -> int:
+        return self.camera.sound_overruns
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Whether the camera has a session with sound not yet joined, waiting up to ``timeout`` seconds."""
+        return self.camera.wait_session(self._joined, timeout)
+
+    def open(self) -> None:
+        self._joined, self._pipe = self.camera.sound()
+
+    def read(self, timeout: float = 1.0) -> AudioChunk | None:
+        if self._pipe is None:
+            raise SourceError(f"{self.name} is not open")
+        chunk = self._pipe.read(timeout)
+        if chunk is None and self._pipe.drained:
+            raise SourceError(f"{self.name}: capture stopped: the camera's stream ended")
+        return chunk
+
+    def close(self) -> None:
+        self._pipe = None  # the session is the camera's to close
 
 
 def open_audio_backend(kind: str, *, device: str | int = "default", uri: str = "", rate: int = 16000,

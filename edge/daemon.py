@@ -253,7 +253,8 @@ class Daemon:
 
                 self.live = LiveView(cfg.live, too_dark_below=cfg.exposure.too_dark_below)
             self.source = SupervisedSource.from_config(cfg.source, on_progress=self._source_progress,
-                                                       on_idle=self._without_frames if self.hearing is not None else None)
+                                                       on_idle=self._without_frames if self.hearing is not None else None,
+                                                       backend=self.hearing.camera if self.hearing is not None else None)
             self.source.open()
             if self.hearing is not None:
                 self.hearing.video_origin = lambda: self.source.status.first_frame_t

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import subprocess
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +108,41 @@ class FileSource:
             self._capture = None
 
 
+class NewestFrame:
+    """The newest frame a reader thread offers, handed over once: older ones are dropped, never queued."""
+
+    def __init__(self):
+        self._new_frame = threading.Condition()
+        self._latest: tuple[np.ndarray, float] | None = None
+        self._failed: str | None = None
+
+    def reset(self) -> None:
+        with self._new_frame:
+            self._latest, self._failed = None, None
+
+    def offer(self, image: np.ndarray, t: float) -> None:
+        with self._new_frame:
+            self._latest = (image, t)
+            self._new_frame.notify_all()
+
+    def fail(self, reason: str) -> None:
+        with self._new_frame:
+            self._failed = reason
+            self._new_frame.notify_all()
+
+    def take(self, timeout: float) -> tuple[np.ndarray, float] | None:
+        """The newest (image, t) not yet taken; None if none came within ``timeout``; SourceError once failed."""
+        with self._new_frame:
+            if self._latest is None and self._failed is None:
+                self._new_frame.wait(timeout)
+            if self._latest is None:
+                if self._failed:
+                    raise SourceError(self._failed)
+                return None
+            latest, self._latest = self._latest, None
+            return latest
+
+
 class OpenCVSource:
     """A V4L2 camera or a network stream through OpenCV, always giving the newest frame.
 
@@ -125,9 +163,7 @@ class OpenCVSource:
         self._capture = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._new_frame = threading.Condition()
-        self._latest: tuple[np.ndarray, float] | None = None
-        self._failed: str | None = None
+        self._newest = NewestFrame()
         self._index = 0
 
     @classmethod
@@ -165,33 +201,24 @@ class OpenCVSource:
         capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # ask the driver not to queue old frames
         self._capture = capture
         self._stop.clear()
-        self._failed = None
+        self._newest.reset()
         self._thread = threading.Thread(target=self._pump, name="cryedge-source", daemon=True)
         self._thread.start()
 
     def _pump(self) -> None:
         while not self._stop.is_set():
             ok, bgr = self._capture.read()
-            t = time.monotonic()
-            with self._new_frame:
-                if not ok:
-                    self._failed = f"{self.name} stopped delivering frames"
-                    self._new_frame.notify_all()
-                    return
-                self._latest = (bgr, t)  # older frames are dropped here, never queued
-                self._new_frame.notify_all()
+            if not ok:
+                self._newest.fail(f"{self.name} stopped delivering frames")
+                return
+            self._newest.offer(bgr, time.monotonic())
 
     def read(self, timeout: float = 1.0) -> Frame | None:
         """The newest frame not yet returned; None if none came within ``timeout`` seconds."""
-        with self._new_frame:
-            if self._latest is None and self._failed is None:
-                self._new_frame.wait(timeout)
-            if self._latest is None:
-                if self._failed:
-                    raise SourceError(self._failed)
-                return None
-            bgr, t = self._latest
-            self._latest = None
+        newest = self._newest.take(timeout)
+        if newest is None:
+            return None
+        bgr, t = newest
         frame = Frame(image=bgr[:, :, ::-1].copy(), t=t, index=self._index)
         self._index += 1
         return frame
@@ -213,6 +240,212 @@ class OpenCVSource:
         if self._capture is not None:
             self._capture.release()
         self._capture = self._thread = None
+
+
+class FfmpegStreamSource:
+    """A network camera's picture and sound track from one ``ffmpeg`` session: one RTSP/HTTP client, not two.
+
+    Many IP cameras take one or two clients, so reading the picture through OpenCV and the sound through a
+    second ``ffmpeg`` would cost the parent's phone app its place (and double the Wi-Fi traffic). One
+    ``ffmpeg`` demuxes the stream once and writes RGB frames (PPM, which carries their size) to its stdout
+    and mono s16le at ``sound_rate`` to a second pipe, which ``edge.audio_source.CameraSound`` reads. The
+    picture is kept newest-first as ``OpenCVSource`` keeps it; the sound is read at all times, so a pipeline
+    that falls behind drops sound (counted in ``sound_overruns``) and never stalls the picture.
+
+    The URL, password and all, reaches ``ffmpeg`` through a third pipe (an ``ffconcat`` list of one), never
+    its command line, which ``ps`` shows to every user. A camera without a sound track is read for its
+    picture alone from the next open on (``has_sound``).
+    """
+
+    live = True
+    # ffmpeg probes a stream for up to 5 s after it connects (OpenCV does so inside its open, which this
+    # open does not wait for): the first frame of a session gets this much more than ``stall_seconds``
+    probe_seconds = 6.0
+
+    def __init__(self, url: str, *, rtsp_transport: str = "tcp", timeout_seconds: float = 5.0, sound_rate: int = 16000,
+                 buffer_seconds: float = 2.0):
+        self.url, self.rtsp_transport, self.timeout_seconds = url, rtsp_transport, timeout_seconds
+        self.sound_rate, self.buffer_seconds = sound_rate, buffer_seconds
+        self.name = f"stream:{mask_url(url)}"
+        self.has_sound = True  # until ffmpeg says the stream has none
+        self.sound_overruns = 0
+        self.generation = 0  # sessions opened so far: the sound follows the newest
+        self._process: subprocess.Popen | None = None
+        self._sound = None  # edge.audio_source.SoundPipe of the running session
+        self._sound_fd: int | None = None
+        self._threads: list[threading.Thread] = []
+        self._errors: deque[str] = deque(maxlen=5)
+        self._newest = NewestFrame()
+        self._session = threading.Condition()
+        self._index = 0
+
+    @classmethod
+    def from_config(cls, config: RtspSourceConfig | HttpSourceConfig, sound_rate: int = 16000) -> FfmpegStreamSource:
+        transport = config.transport if isinstance(config, RtspSourceConfig) else "tcp"
+        return cls(config.open_url(), rtsp_transport=transport, timeout_seconds=config.stall_seconds,
+                   sound_rate=sound_rate)
+
+    def _playlist(self) -> bytes:
+        """The URL and its demuxer options as an ``ffconcat`` list: what ``ffmpeg`` reads instead of ``-i URL``."""
+        microseconds = int(self.timeout_seconds * 1_000_000)
+        if self.url.lower().startswith("rtsp"):
+            options = [("rtsp_transport", self.rtsp_transport), ("timeout", microseconds)]
+        else:
+            options = [("rw_timeout", microseconds)]
+        quoted = self.url.replace("'", "'\\''")
+        lines = ["ffconcat version 1.0", f"file '{quoted}'", *(f"option {key} {value}" for key, value in options)]
+        return ("\n".join(lines) + "\n").encode()
+
+    def open(self) -> None:
+        from edge.audio_source import SoundPipe
+
+        executable = shutil.which("ffmpeg")
+        if executable is None:
+            raise SourceError(f"{self.name}: 'ffmpeg' is not installed (apt install ffmpeg)")
+        playlist_read, playlist_write = os.pipe()
+        sound_read, sound_write = os.pipe() if self.has_sound else (None, None)
+        command = [executable, "-nostdin", "-hide_banner", "-loglevel", "error", "-f", "concat", "-safe", "0",
+                   "-protocol_whitelist", "pipe,rtsp,rtsps,rtp,srtp,udp,tcp,tls,http,https,httpproxy,crypto",
+                   "-i", f"pipe:{playlist_read}",
+                   "-map", "0:v:0", "-f", "image2pipe", "-c:v", "ppm", "-pix_fmt", "rgb24", "pipe:1"]
+        if sound_write is not None:
+            command += ["-map", "0:a:0", "-ac", "1", "-ar", str(self.sound_rate), "-f", "s16le", f"pipe:{sound_write}"]
+        try:
+            with os.fdopen(playlist_write, "wb") as playlist:  # a few hundred bytes: the pipe holds them
+                playlist.write(self._playlist())
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, pass_fds=(playlist_read,) + ((sound_write,) if sound_write else ()))
+        except OSError as error:
+            for fd in (sound_read, sound_write):
+                if fd is not None:
+                    os.close(fd)
+            raise SourceError(f"{self.name}: cannot start ffmpeg: {error.strerror}") from None
+        finally:
+            os.close(playlist_read)
+            if sound_write is not None:
+                os.close(sound_write)  # ffmpeg holds the write end now: its exit ends the sound
+        self._errors.clear()
+        self._newest.reset()
+        self._process = process
+        self._threads = [threading.Thread(target=self._pump, name="cryedge-source", daemon=True),
+                         threading.Thread(target=self._watch_stderr, name="cryedge-source-log", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+        with self._session:
+            if sound_read is not None:
+                block = max(1, self.sound_rate // 10)
+                self._sound_fd = sound_read
+                self._sound = SoundPipe(os.fdopen(sound_read, "rb", buffering=0, closefd=False), self.sound_rate,
+                                        live=True, block=block, buffer_blocks=max(2, int(self.buffer_seconds * 10)),
+                                        start=time.monotonic(), on_overrun=self._sound_overrun)
+            self.generation += 1
+            self._session.notify_all()
+
+    def _sound_overrun(self) -> None:
+        self.sound_overruns += 1
+
+    def _pump(self) -> None:
+        stdout = self._process.stdout
+        while True:
+            try:
+                image = read_ppm(stdout)
+            except (ValueError, OSError):
+                image = None
+            if image is None:
+                self._newest.fail(f"{self.name} stopped delivering frames{self._stopped_because()}")
+                return
+            self._newest.offer(image, time.monotonic())
+
+    def _stopped_because(self) -> str:
+        """``: <why>`` from ffmpeg's last words, once it has exited; empty if it has not said."""
+        process = self._process
+        if process is None:
+            return ""
+        try:
+            process.wait(2)
+        except subprocess.TimeoutExpired:
+            return ""
+        self._threads[1].join(timeout=1.0)
+        errors = list(self._errors)
+        if any("matches no streams" in line and "0:a:0" in line for line in errors):
+            self.has_sound = False
+            log.warning("%s has no sound track: reading its picture alone from now on", self.name)
+            return ": it has no sound track (its picture is read alone from the next open)"
+        return f": {errors[-1]}" if errors else ""
+
+    def _watch_stderr(self) -> None:
+        from edge.audio_source import mask_password
+
+        for raw in self._process.stderr:
+            line = raw.decode(errors="replace").strip()
+            if line:
+                line = mask_password(line)  # ffmpeg names the URL it failed on, password and all
+                self._errors.append(line)
+                log.debug("%s: %s", self.name, line)
+
+    def read(self, timeout: float = 1.0) -> Frame | None:
+        """The newest frame not yet returned; None if none came within ``timeout`` seconds."""
+        newest = self._newest.take(timeout)
+        if newest is None:
+            return None
+        image, t = newest
+        frame = Frame(image=image, t=t, index=self._index)
+        self._index += 1
+        return frame
+
+    def sound(self):
+        """The running session: (its ``generation``, its ``SoundPipe``); SourceError without one or without sound."""
+        with self._session:
+            if not self.has_sound:
+                raise SourceError(f"{self.name}: capture stopped: it has no sound track")
+            if self._sound is None:
+                raise SourceError(f"{self.name}: the camera is not connected")
+            return self.generation, self._sound
+
+    def wait_session(self, after: int, timeout: float) -> bool:
+        """Whether a session newer than ``after`` (a ``generation``) is running, waiting up to ``timeout``."""
+        with self._session:
+            if self.generation <= after or self._sound is None:
+                self._session.wait(timeout)
+            return self.generation > after and self._sound is not None
+
+    def close(self) -> None:
+        from edge.audio_source import stop_process
+
+        process, self._process = self._process, None
+        if process is None:
+            return
+        stop_process(process)
+        for thread in self._threads:
+            thread.join(timeout=2)
+        with self._session:
+            sound, self._sound = self._sound, None
+            self._session.notify_all()
+        if sound is not None:
+            sound.stop()
+            os.close(self._sound_fd)
+        for stream in (process.stdout, process.stderr):
+            stream.close()
+
+
+def read_ppm(stream) -> np.ndarray | None:
+    """The next binary PPM image (``P6``, 8 bits) from ``stream`` as an (h, w, 3) array; None at its end."""
+    magic = stream.readline()
+    if not magic:
+        return None
+    if magic.strip() != b"P6":
+        raise ValueError(f"not a PPM image: {magic[:20]!r}")
+    width, height = (int(value) for value in stream.readline().split())
+    if int(stream.readline()) != 255:
+        raise ValueError("not an 8-bit PPM image")
+    image = bytearray(width * height * 3)
+    view, got = memoryview(image), 0
+    while got < len(image):
+        n = stream.readinto(view[got:])
+        if not n:
+            return None
+        got += n
+    return np.frombuffer(image, dtype=np.uint8).reshape(height, width, 3)
 
 
 def picamera2_controls(fps: float, greyscale: bool = False, min_fps: float | None = None,
@@ -384,12 +617,16 @@ class SupervisedSource:
         self._stopping = threading.Event()
         self._backend = make_backend()
         self.status = SourceStatus(name=self._backend.name)
+        # a backend that probes the stream after its open returns (FfmpegStreamSource) gets more for a first frame
+        self.probe_seconds = getattr(self._backend, "probe_seconds", 0.0)
 
     @classmethod
     def from_config(cls, config: SourceOptions, on_progress: Callable[[float], None] | None = None,
-                    on_idle: Callable[[], None] | None = None) -> SupervisedSource:
-        """The source a ``[source]`` config describes, reopened as its stall and back-off settings say."""
-        return cls(lambda: open_backend(config), stall_seconds=config.stall_seconds,
+                    on_idle: Callable[[], None] | None = None, backend=None) -> SupervisedSource:
+        """The source a ``[source]`` config describes, reopened as its stall and back-off settings say.
+
+        ``backend``: one already made for it (the camera session the sound shares), else ``open_backend``'s."""
+        return cls(lambda: backend or open_backend(config), stall_seconds=config.stall_seconds,
                    backoff_first=config.reopen_min_seconds, backoff_limit=config.reopen_max_seconds,
                    on_progress=on_progress, on_idle=on_idle)
 
@@ -413,7 +650,7 @@ class SupervisedSource:
         delays = backoff_delays(self.backoff_first, self.backoff_limit)
         if self.status.state == "reconnecting":  # the first open failed
             self._reconnect(delays)
-        last_frame = time.monotonic()
+        last_frame, limit = time.monotonic(), self.stall_seconds + self.probe_seconds
         while not self._stopping.is_set():
             try:
                 timeout = min(1.0, self.stall_seconds, self.idle_seconds if self.on_idle else 1.0)
@@ -423,9 +660,9 @@ class SupervisedSource:
                     return
                 if frame is None:
                     self._idle()
-                    if time.monotonic() - last_frame < self.stall_seconds:
+                    if time.monotonic() - last_frame < limit:
                         continue
-                    raise SourceError(f"{self.status.name}: no frame for {self.stall_seconds:g} s")
+                    raise SourceError(f"{self.status.name}: no frame for {limit:g} s")
             except SourceError as error:
                 if not self._backend.live:
                     raise
@@ -433,9 +670,9 @@ class SupervisedSource:
                 log.warning("%s; reconnecting", error)
                 self._backend.close()
                 self._reconnect(delays)
-                last_frame = time.monotonic()
+                last_frame, limit = time.monotonic(), self.stall_seconds + self.probe_seconds
                 continue
-            last_frame = time.monotonic()
+            last_frame, limit = time.monotonic(), self.stall_seconds
             delays = backoff_delays(self.backoff_first, self.backoff_limit)
             self.status.last_frame_t = frame.t
             if self.status.first_frame_t is None:
@@ -457,7 +694,7 @@ class SupervisedSource:
                             self.backoff_limit)
                 continue
             self.status.state = "open"
-            self._progress(self.stall_seconds + 1.0)  # by then a frame, or the stall that reconnects again
+            self._progress(self.stall_seconds + self.probe_seconds + 1.0)  # a frame, or the stall that reconnects
             log.info("%s open again", self.status.name)
             return
 

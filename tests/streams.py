@@ -129,7 +129,11 @@ class RtspCamera:
                  *(["-c:a", "aac", "-ar", "16000", "-ac", "1"] if self.sound else ["-an"]), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "15",
                  "-f", "rtsp", f"rtsp://127.0.0.1:{self.source_port}/live"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        self.wait_until_live()
+        try:
+            self.wait_until_live()
+        except BaseException:
+            self.stop()  # no server left behind on its fixed UDP ports for the next test to trip over
+            raise
         return self
 
     def wait_until_live(self, timeout: float = 20.0) -> None:
@@ -146,6 +150,17 @@ class RtspCamera:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"the RTSP stream did not come up: {(self.workdir / 'ffmpeg.log').read_text()}")
+
+    def sessions(self) -> int:
+        """RTSP clients connected now: established TCP connections to the client port (each session keeps one
+        open, also with RTP over UDP; the server's log does not name its clients)."""
+        local = f":{self.client_port:04X}"
+        count = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                count += fields[1].endswith(local) and fields[3] == "01"  # 01: ESTABLISHED
+        return count
 
     def stop(self) -> None:
         for process in (self._feed, self._server):

@@ -1,0 +1,136 @@
+"""A network camera's picture and sound from one session (edge.source.FfmpegStreamSource).
+
+Many IP cameras take one or two RTSP clients (the parent's phone app is often one): cryedge reading the
+picture and the sound track of ``[source]`` must be one client, through a camera that reboots, with the
+camera's password in no command line and no log. Real servers on loopback (tests/streams.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.audio_source import CameraSound
+from edge.config import load_config
+from edge.daemon import Daemon
+from edge.source import FfmpegStreamSource, SupervisedSource, read_ppm
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_CLIP = REPO / "edge" / "data" / "demo.mp4"  # 640x480, 15 fps, with a sound track
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+needs_rtsp = pytest.mark.skipif(shutil.which("rtsp-server-perl") is None, reason="needs rtsp-server-perl")
+
+
+def command_lines() -> list[str]:
+    """The command lines of this process's descendants, as ``ps`` shows them to every user."""
+    lines = []
+    for entry in Path("/proc").iterdir():
+        try:
+            lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except (OSError, ValueError):
+            continue
+    return lines
+
+
+def wait_for(condition, timeout: float, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(step)
+    return condition()
+
+
+def test_ppm_frames_are_read_whole_and_their_end_is_none():
+    import io
+
+    image = np.arange(4 * 3 * 3, dtype=np.uint8).reshape(3, 4, 3)
+    stream = io.BufferedReader(io.BytesIO(b"P6\n4 3\n255\n" + image.tobytes() + b"P6\n4 3\n255\n" + b"\x00" * 5))
+    first = read_ppm(stream)
+    assert first.shape == (3, 4, 3) and (first == image).all() and first.flags.writeable
+    assert read_ppm(stream) is None  # cut short: the process ended mid-frame
+
+
+@needs_rtsp
+@pytest.mark.timeout(180)
+def test_a_camera_with_a_microphone_is_one_rtsp_client_for_picture_and_sound_also_after_a_reboot(tmp_path, caplog):
+    """The daemon hears and sees an RTSP camera (H.264 + AAC) over ONE session (before: two, OpenCV's and
+    ffmpeg's), whose password is in no command line; the camera reboots and both come back, still one."""
+    from streams import RtspCamera
+
+    caplog.set_level(logging.DEBUG)
+    camera = RtspCamera(DEMO_CLIP, tmp_path, sound=True).start()
+    toml = tmp_path / "cryedge.toml"
+    toml.write_text(
+        f'[source]\ntype = "rtsp"\nurl = "{camera.url}"\ntransport = "udp"\nusername = "viewer"\npassword = "hunter2"\n'
+        'stall_seconds = 3.0\nreopen_min_seconds = 0.5\nreopen_max_seconds = 1.0\n'
+        '[landmarks]\npose = false\n[audio]\nenabled = true\n[audio.source]\nstall_seconds = 3.0\n'
+        f'[health]\nenabled = false\n[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\n')
+    daemon = Daemon(load_config(toml))
+    states = []
+    try:
+        with daemon:
+            publish_state = daemon.publisher.publish_state
+            daemon.publisher.publish_state = lambda state: (states.append(state), publish_state(state))
+            runner = threading.Thread(target=daemon.run)
+            runner.start()
+            hearing, source = daemon.hearing, daemon.source
+            try:
+                assert wait_for(lambda: daemon.stats.frames >= 15 and hearing.monitor.chunks >= 20, 60), \
+                    (daemon.stats.frames, hearing.monitor.chunks, hearing.monitor.status)
+                assert camera.sessions() == 1  # the picture and the sound: one client
+                assert not [line for line in command_lines() if "hunter2" in line]
+                assert source.status.name == hearing.monitor.status.name == \
+                    f"stream:{camera.url.replace('rtsp://', 'rtsp://viewer:********@')}"
+                heard = [s.senses["audio"] for s in states if s.senses and s.senses["audio"]["status"] == "ok"]
+                assert heard and all(np.isfinite(h["level_dbfs"]) for h in heard)
+
+                camera.stop()  # the camera reboots
+                assert wait_for(lambda: source.status.state == "reconnecting", 20)
+                assert wait_for(lambda: hearing.monitor.reason == "no_sound_device", 10)
+                frames, chunks = daemon.stats.frames, hearing.monitor.chunks
+                camera.start()
+                assert wait_for(lambda: daemon.stats.frames >= frames + 15 and hearing.monitor.chunks >= chunks + 20, 60), \
+                    (source.status, hearing.monitor.status)
+                assert source.status.state == "open" and hearing.monitor.status.state == "open"
+                assert camera.sessions() == 1
+                # the sound joined the camera's sessions as they came, with no back-off of its own
+                assert 1 <= hearing.monitor.status.reconnects <= source.status.reconnects
+                assert hearing.stats()["audio_overruns"] == 0
+            finally:
+                daemon.stop()
+                runner.join(30)
+    finally:
+        camera.stop()
+    assert "hunter2" not in caplog.text
+
+
+@pytest.mark.timeout(60)
+def test_an_http_camera_without_sound_is_read_for_its_picture_alone_and_says_so(tmp_path, caplog):
+    """An MJPEG camera behind a password: the first session finds no sound track, the next reads the picture
+    alone; the sound says why and waits; the password reaches ffmpeg through a pipe, not its command line."""
+    from streams import MjpegServer
+
+    caplog.set_level(logging.DEBUG)
+    pictures = [np.full((120, 160, 3), 40 * n, np.uint8) for n in range(3)]
+    with MjpegServer(pictures, fps=15, credentials=("viewer", "hunter2")) as server:
+        url = server.url.replace("http://", "http://viewer:hunter2@")
+        camera = FfmpegStreamSource(url, timeout_seconds=2.0)
+        sound = CameraSound(camera)
+        source = SupervisedSource(lambda: camera, stall_seconds=2.0, backoff_first=0.2, backoff_limit=0.5)
+        with source:
+            frames = source.frames()
+            first = next(frames)
+            assert first.image.shape == (120, 160, 3) and not camera.has_sound
+            assert source.status.reconnects == 1 and "no sound track" in source.status.last_error
+            assert not [line for line in command_lines() if "hunter2" in line]
+            assert not sound.wait_ready(0.3)  # no session with sound to join
+            with pytest.raises(Exception, match="it has no sound track"):
+                sound.open()
+            assert next(frames).image.shape == (120, 160, 3)
+        assert server.served >= 2
+    assert "hunter2" not in caplog.text and "stream:http://viewer:********@127.0.0.1" in caplog.text
