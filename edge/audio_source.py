@@ -299,7 +299,9 @@ class CameraSound:
 
     It opens nothing of its own: ``open`` joins the camera's running session and ``read`` gives its sound,
     until that session ends (the camera gone, stalled or reopened); ``wait_ready`` then waits for the
-    next one, which the picture's supervisor opens with its back-off. Overruns are the session's.
+    next one, which the picture's supervisor opens with its back-off. Sound that stops while the session
+    goes on is joined again as it is (reported ``no_sound``): reopening it would cost the picture its
+    session. Overruns are the session's.
     """
 
     live = True
@@ -309,6 +311,7 @@ class CameraSound:
         self.name, self.rate = camera.name, camera.sound_rate
         self._pipe: SoundPipe | None = None
         self._joined = 0  # the camera's generation last joined
+        self._session_ended = True  # the session last joined has ended: wait for the next
 
     @property
     def overruns(self) -> int:
@@ -316,7 +319,7 @@ class CameraSound:
 
     def wait_ready(self, timeout: float) -> bool:
         """Whether the camera has a session with sound not yet joined, waiting up to ``timeout`` seconds."""
-        return self.camera.wait_session(self._joined, timeout)
+        return self.camera.wait_session(self._joined if self._session_ended else self._joined - 1, timeout)
 
     def open(self) -> None:
         self._joined, self._pipe = self.camera.sound()
@@ -330,6 +333,8 @@ class CameraSound:
         return chunk
 
     def close(self) -> None:
+        if self._pipe is not None:
+            self._session_ended = self._pipe.drained
         self._pipe = None  # the session is the camera's to close
 
 
