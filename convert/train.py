@@ -271,6 +271,7 @@ def _fit(arch: str, x_train, y_train, x_val, y_val, options: TrainOptions):
         x_train = augment(x_train, options.augment, options.seed, body_from=options.body_from,
                           body_window_drop=options.body_window_drop)
         y_train = np.tile(y_train, options.augment + 1)
+    x_train, x_val = _as_input_of(model, x_train), _as_input_of(model, x_val)
     history = model.fit(
         x_train, y_train.astype(np.float32), validation_data=(x_val, y_val.astype(np.float32)),
         epochs=options.epochs, batch_size=options.batch_size, class_weight=class_weights(y_train), verbose=verbose,
@@ -279,8 +280,15 @@ def _fit(arch: str, x_train, y_train, x_val, y_val, options: TrainOptions):
     return model, {k: [float(v) for v in values] for k, values in history.history.items()}
 
 
+def _as_input_of(model, x: np.ndarray) -> np.ndarray:
+    """Windows in the model's input shape: conv2d takes each (window, features) as an image, the same
+    row-major values reshaped, as the runtime feeds it (fitting the windows as given failed on Dense's size)."""
+    shape = tuple(model.input_shape[1:])
+    return x if x.shape[1:] == shape else x.reshape((len(x), *shape))
+
+
 def _scores(model, x) -> np.ndarray:
-    return np.asarray(model.predict(x, verbose=0, batch_size=256), dtype=np.float32).reshape(-1)
+    return np.asarray(model.predict(_as_input_of(model, x), verbose=0, batch_size=256), dtype=np.float32).reshape(-1)
 
 
 def _train_val(train: np.ndarray, groups: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, str]:

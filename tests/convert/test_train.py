@@ -122,3 +122,18 @@ def test_train_refuses_bad_data_in_one_line(tmp_path):
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == 7, result.stderr
         assert len(lines) == 1 and words in lines[0], result.stderr
+
+
+@pytest.mark.slow
+def test_cryedge_train_of_the_conv2d_architecture_trains_on_windows_seen_as_images(tmp_path):
+    """conv2d takes each 10 x 156 window as a 40 x 39 image; the old fit fed the windows as they were and
+    died with a ValueError traceback ("expected axis -1 of input shape to have value 2560")."""
+    data = _dataset(tmp_path / "data.npz", groups=4, per_group=20)
+    output = tmp_path / "model.keras"
+    result = subprocess.run([str(CRYEDGE), "train", "--arch", "conv2d", "--data", str(data), "--output", str(output),
+                             "--epochs", "1"], capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), check=False)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "held-out groups" in result.stdout
+    held = json.loads((tmp_path / "model.metrics.json").read_text())["held_out"]
+    assert held["windows"] == sum(held["confusion"].values()) > 0
