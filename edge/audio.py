@@ -204,7 +204,9 @@ class AudioMonitor:
 
     def _failed(self, error: str, reason: str) -> None:
         if self.status.last_error != error:
-            log.warning("sound: %s; retrying with back-off up to %g s", error, self.backoff_limit)
+            retry = ("back with the camera's next session" if hasattr(self._backend, "wait_ready")
+                     else f"retrying with back-off up to {self.backoff_limit:g} s")
+            log.warning("sound: %s; %s", error, retry)
         self.status.state, self.status.last_error, self.reason = "reopening", error, reason
 
     def _listen(self) -> bool:

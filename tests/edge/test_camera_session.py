@@ -134,3 +134,41 @@ def test_an_http_camera_without_sound_is_read_for_its_picture_alone_and_says_so(
             assert next(frames).image.shape == (120, 160, 3)
         assert server.served >= 2
     assert "hunter2" not in caplog.text and "stream:http://viewer:********@127.0.0.1" in caplog.text
+
+
+@needs_rtsp
+@pytest.mark.timeout(240)
+def test_the_service_hearing_a_camera_keeps_its_watchdog_fed_while_the_camera_is_gone(tmp_path):
+    """``cryedge run`` under a systemd-like watchdog (10 s), hearing and seeing one RTSP camera that goes away
+    for 25 s: pings never stop, /health says reconnecting, and picture and sound come back in one session."""
+    import itertools
+
+    from streams import RtspCamera
+    from test_notify import Service
+
+    camera = RtspCamera(DEMO_CLIP, tmp_path, sound=True).start()
+    try:
+        service = Service(tmp_path, f'[source]\ntype = "rtsp"\nurl = "{camera.url}"\ntransport = "udp"\n'
+                          'reopen_max_seconds = 4.0\n[audio]\nenabled = true\n', 10_000_000)
+        try:
+            service.wait_for_health(200, timeout=120)
+            assert wait_for(lambda: camera.sessions() == 1 and service.stats()["frames"] > 15, 30)
+            camera.stop()
+            gone = time.monotonic()
+            assert service.wait_for_health(503, timeout=30)["status"] == "reconnecting"
+            time.sleep(25)
+            frames = service.stats()["frames"]
+            camera.start()
+            back = time.monotonic()
+            service.wait_for_health(200, timeout=60)
+            assert wait_for(lambda: service.stats()["frames"] > frames + 15, 30)
+            assert camera.sessions() == 1
+        finally:
+            stderr = service.terminate()
+    finally:
+        camera.stop()
+    assert service.process.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert "listening: stream:" in stderr and stderr.count("listening: stream:") >= 2  # the sound came back too
+    gaps = [b - a for a, b in itertools.pairwise([gone - 5, *service.pings(since=gone - 5), back])]
+    assert max(gaps) < 10.0, gaps
