@@ -172,3 +172,52 @@ def test_the_service_hearing_a_camera_keeps_its_watchdog_fed_while_the_camera_is
     assert "listening: stream:" in stderr and stderr.count("listening: stream:") >= 2  # the sound came back too
     gaps = [b - a for a, b in itertools.pairwise([gone - 5, *service.pings(since=gone - 5), back])]
     assert max(gaps) < 10.0, gaps
+
+
+@needs_rtsp
+@pytest.mark.timeout(90)
+def test_sound_the_pipeline_does_not_take_is_dropped_and_counted_and_never_stalls_the_picture(tmp_path):
+    """The sound is read from the session at all times: not taken for 4 s (2 s are kept), the oldest is
+    dropped and counted as overruns while frames keep coming; what is kept is the newest."""
+    from streams import RtspCamera
+
+    with RtspCamera(DEMO_CLIP, tmp_path, sound=True) as server:
+        camera = FfmpegStreamSource(server.url, rtsp_transport="udp", timeout_seconds=3.0)
+        sound = CameraSound(camera)
+        with SupervisedSource(lambda: camera, stall_seconds=3.0) as source:
+            frames = source.frames()
+            next(frames)
+            assert sound.wait_ready(5.0)
+            sound.open()
+            started = time.monotonic()
+            seen = [next(frames) for _ in range(45)]  # 3 s of pictures at 15 fps, sound left alone
+            assert time.monotonic() - started < 4.5 and source.status.reconnects == 0
+            time.sleep(4.0 - (time.monotonic() - started))
+            assert sound.overruns >= 10  # 100 ms blocks beyond the 2 s kept
+            first = sound.read(1.0)
+            assert time.monotonic() - first.t < 2.5  # the newest 2 s, not the oldest
+            assert seen[-1].t - seen[0].t < 3.5
+            sound.close()
+
+
+@pytest.mark.timeout(60)
+def test_an_http_camera_that_stalls_is_reopened_and_its_picture_comes_back(tmp_path):
+    """A camera whose encoder hangs with the connection open: no frame for stall_seconds, a new session."""
+    from streams import MjpegServer
+
+    pictures = [np.full((120, 160, 3), 40 * n, np.uint8) for n in range(3)]
+    with MjpegServer(pictures, fps=15) as server:
+        camera = FfmpegStreamSource(server.url, timeout_seconds=1.0)
+        with SupervisedSource(lambda: camera, stall_seconds=1.0, backoff_first=0.2, backoff_limit=0.5) as source:
+            frames = source.frames()
+            next(frames)
+            served = server.served
+            server.stall()
+            stalled = time.monotonic()
+            threading.Timer(3.0, server.resume).start()
+            frame = next(frames)
+            while frame.t < stalled + 0.5:  # what was on its way when the camera hung
+                frame = next(frames)
+            assert frame.t - stalled >= 2.5 and frame.image.shape == (120, 160, 3)  # after the stall and a reopen
+            assert source.status.reconnects >= 1 and server.served > served
+            assert "no frame for 1 s" in source.status.last_error or "stopped delivering" in source.status.last_error
