@@ -385,6 +385,15 @@ class Hearing:
         video, sound = self.video_origin(), self.monitor.status.first_frame_t
         return t if video is None or sound is None else t - sound + video
 
+    def health(self) -> dict:
+        """For /health and /stats: the sound source, its state, and what it hears (``ok`` or why not)."""
+        monitor = self.monitor
+        status = self.last.audio.status if self.last is not None and self.last.audio is not None else monitor.reason
+        if monitor.status.state != "open" and status == "ok":  # gone since the last score
+            status = monitor.reason
+        return {"source": monitor.status.name, "state": monitor.status.state, "status": status,
+                "reconnects": monitor.status.reconnects, "overruns": monitor.overruns}
+
     def stats(self) -> dict:
         monitor = self.monitor
         return {"audio_overruns": monitor.overruns, "audio_reconnects": monitor.status.reconnects,
@@ -450,8 +459,10 @@ def hearing_enabled(config) -> bool:
             and has_sound_track(source.path))
 
 
-def open_hearing(config, alarm_threshold: float) -> Hearing:
-    """The audio path ``[audio]`` and ``[fusion]`` describe, started; ModelError or ConfigError when it cannot be."""
+def open_hearing(config, alarm_threshold: float | None, listener: Callable[[AudioScore], None] | None = None) -> Hearing:
+    """The audio path ``[audio]`` and ``[fusion]`` describe, started; ModelError or ConfigError when it cannot be.
+
+    ``alarm_threshold`` None: the audio model's own. ``listener`` gets every score on the audio thread."""
     from edge.fusion import Fusion
     from edge.model import TFLiteModel
 
@@ -468,8 +479,10 @@ def open_hearing(config, alarm_threshold: float) -> Hearing:
     monitor = AudioMonitor(lambda: make(rate), pipeline, stall_seconds=sound.stall_seconds,
                            backoff_first=sound.reopen_min_seconds, backoff_limit=sound.reopen_max_seconds,
                            follow_frames=follows_frames)
-    fusion = Fusion(config.fusion.mode, config.fusion.audio_weight, alarm_threshold=alarm_threshold,
-                    audio_threshold=model.card.threshold)
+    fusion = Fusion(config.fusion.mode, config.fusion.audio_weight, audio_threshold=model.card.threshold,
+                    alarm_threshold=model.card.threshold if alarm_threshold is None else alarm_threshold)
+    if listener is not None:
+        monitor.on_score(listener)
     hearing = Hearing(monitor, fusion)
     hearing.start()
     return hearing

@@ -8,7 +8,9 @@ Numbers: every one is finite and has a range that means something (a timeout of 
 hold of ``inf`` would silently turn alerting off); a value outside it is an error, never clamped.
 
 Sources are described one way, as Frigate describes detectors: ``[source] type = "picamera2" | "v4l2" |
-"rtsp" | "http" | "file"`` with that type's own options (``SourceConfig``, a discriminated union).
+"rtsp" | "http" | "file"`` with that type's own options (``SourceConfig``, a discriminated union), or
+``"none"``: no camera, a monitor that only listens (``[audio]`` on, with a microphone or a sound track
+of its own).
 ``uri = "..."`` (and ``cryedge run --source ...``) is a shorthand that ``parse_source_uri`` turns into
 the typed table; the old flat ``[source]`` keys keep working through it.
 
@@ -295,9 +297,19 @@ class FileSourceConfig(SourceOptions):
         return f"file:{self.path.name}"
 
 
+class NoSourceConfig(Section):
+    """No camera: the monitor only listens (``[audio] enabled`` with an ``[audio.source]`` of its own)."""
+
+    type: Literal["none"] = "none"
+
+    def display(self) -> str:
+        return "none"
+
+
 # The frame sources, one config class a type. An audio source (a later issue) is another such union of
 # classes with ``type`` literals, parsed by the same shorthand; edge.source maps each type to its backend.
-VIDEO_SOURCES = (Picamera2SourceConfig, V4l2SourceConfig, RtspSourceConfig, HttpSourceConfig, FileSourceConfig)
+VIDEO_SOURCES = (Picamera2SourceConfig, V4l2SourceConfig, RtspSourceConfig, HttpSourceConfig, FileSourceConfig,
+                 NoSourceConfig)
 SourceConfig = Annotated[Union[VIDEO_SOURCES], Field(discriminator="type")]  # noqa: UP007 - a tuple of classes
 # the flat [source] keys of the URI form; any of them that does not apply to the URI's type is dropped
 # when it holds the old default (what `config show` printed), so a saved old file keeps loading
@@ -311,12 +323,14 @@ def parse_source_uri(uri: str) -> dict[str, Any]:
     """The typed ``[source]`` table a shorthand URI names: the one place a URI is classified.
 
     ``picamera2[:N][:main|lores]``, ``/dev/videoN`` or a camera index (v4l2), ``rtsp[s]://...``,
-    ``http[s]://...``, ``file://PATH`` or any other text (a video file). A password in a URL is split
+    ``http[s]://...``, ``none`` (no camera), ``file://PATH`` or any other text (a video file). A password in a URL is split
     off into ``password``, so that nothing holds it but a ``SecretStr``.
     """
     text = str(uri).strip()
     if not text:
         raise ValueError("uri is empty")
+    if text.lower() == "none":  # no camera (a file of that name: ./none)
+        return {"type": "none"}
     head, _, tail = text.partition(":")
     if head == "picamera2":
         table: dict[str, Any] = {"type": "picamera2"}
@@ -860,6 +874,8 @@ def load_config(path: Path | str | None = None, overrides: dict | None = None, e
             data["source"]["path"] = str(Path.cwd() / Path(data["source"]["path"]).expanduser())
     if source:
         overrides["source"] = source
+    if "source" in (overrides.get("audio") or {}) and isinstance(data.get("audio"), dict):
+        data["audio"] = {k: v for k, v in data["audio"].items() if k != "source"}  # --audio-source: another sound
     if overrides:
         data = _merge(data, overrides)
     _drop_ignored_keys(data, where)
@@ -874,6 +890,7 @@ def load_config(path: Path | str | None = None, overrides: dict | None = None, e
     if isinstance(config.source, NetworkSourceOptions) and config.source.username is not None:
         _resolve_password(config.source, "source", where, environ, CAMERA_PASSWORD_ENV, CAMERA_CREDENTIAL_NAME)
     _check_tls_files(config, where)
+    _check_no_camera(config, where)
     if config.live.enabled:
         _resolve_live_token(config, where, environ)
     return config
@@ -886,6 +903,33 @@ def _drop_ignored_keys(data: dict, where: str) -> None:
         if isinstance(section, dict) and key in section:
             del section[key]
             log.warning("%s: %s.%s is ignored: %s", where, table, key, why)
+
+
+def no_camera_problem(config: Config) -> str | None:
+    """Why ``[source] type = "none"`` (no camera) cannot run as configured, or None; ``auto`` hearing turns on.
+
+    Without a camera the sound is all there is: hearing must be on, from a source of its own.
+    """
+    if config.source.type != "none":
+        return None
+    if config.audio.enabled is False:
+        return 'source.type "none" (no camera) needs [audio] enabled = true: there would be nothing to watch or hear'
+    if config.audio.source.type == "video":
+        return ('source.type "none" (no camera) has no sound track: set [audio.source] type = "alsa" (a microphone), '
+                '"file" or "stream" (or run --audio-source)')
+    if config.fusion.mode == "vision":
+        return 'fusion.mode "vision" with source.type "none" (no camera): use "audio" or "either"'
+    for section in ("snapshot", "live"):
+        if getattr(config, section).enabled:
+            return f'{section}.enabled: there is no picture with source.type "none" (no camera)'
+    config.audio.enabled = True  # "auto" with no camera: listening is the whole job
+    return None
+
+
+def _check_no_camera(config: Config, where: str) -> None:
+    problem = no_camera_problem(config)
+    if problem is not None:
+        raise ConfigError(f"{where}: {problem}")
 
 
 def _resolve_live_token(config: Config, where: str, environ) -> None:
@@ -970,8 +1014,24 @@ def parse_broker_url(url: str) -> dict:
     return table
 
 
-def cli_overrides(source: str | None = None, broker: str | None = None) -> dict:
-    """The override dict for ``cryedge run --source SRC --broker URL``.
+def parse_audio_source(text: str) -> dict[str, Any]:
+    """``--audio-source``: ``alsa[:DEVICE]`` (a card index or an ALSA name), ``video`` (the camera's own sound),
+    an ``rtsp://`` or ``http://`` URL, or a sound or video file, as an ``[audio.source]`` table."""
+    text = str(text).strip()
+    if not text:
+        raise ConfigError("--audio-source is empty")
+    head, colon, device = text.partition(":")
+    if head == "alsa":
+        return {"type": "alsa", **({"device": int(device) if device.isdigit() else device} if colon and device else {})}
+    if text == "video":
+        return {"type": "video"}
+    if text.split("://", 1)[0].lower() in ("rtsp", "rtsps", "http", "https"):
+        return {"type": "stream", "url": text}
+    return {"type": "file", "path": str(Path.cwd() / Path(text).expanduser())}
+
+
+def cli_overrides(source: str | None = None, broker: str | None = None, audio_source: str | None = None) -> dict:
+    """The override dict for ``cryedge run --source SRC --broker URL --audio-source SRC``.
 
     A camera password in ``--source`` still works (an old command line must not stop a monitor), with
     one warning: every local user reads it in ``ps`` and /proc/PID/cmdline for as long as the run lasts.
@@ -984,6 +1044,8 @@ def cli_overrides(source: str | None = None, broker: str | None = None) -> dict:
                         "(rtsp://USER@HOST/...) and the password in $%s or [source] password_file",
                         CAMERA_PASSWORD_ENV)
         overrides["source"] = {"uri": source}
+    if audio_source is not None:  # naming a sound to hear turns hearing on
+        overrides["audio"] = {"enabled": True, "source": parse_audio_source(audio_source)}
     if broker is not None:
         overrides["mqtt"] = parse_broker_url(broker)
     return overrides

@@ -5,6 +5,10 @@ the publisher, the health server and the systemd notifications, and runs the loo
 source ends or a signal stops it. Every episode that starts also ends: on a clean stop the alarm's
 end event and the OFF state are published before the broker connection closes.
 
+With no camera (``[source] type = "none"``) there is no pipeline: the loop follows the sound alone,
+score by score (``Daemon._listen``), and the microphone stands where the camera stood in the stats,
+/health and the watchdog.
+
 ``cryedge run`` with no arguments plays the bundled demo clip through the default model and prints
 the alarm events as JSON lines.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -200,8 +205,9 @@ class Daemon:
         from edge.notify import Notifier, Watchdog
 
         self.config = config
+        self.camera = config.source.type != "none"
         self.notifier = notifier or Notifier.from_environment()
-        self.watchdog = Watchdog(self.notifier, stall_after=max(2.0, config.source.stall_seconds))
+        self.watchdog = Watchdog(self.notifier, stall_after=self._stall_after())
         self.started = time.monotonic()
         self.stats = RollingStats()
         self.state = "starting"
@@ -214,6 +220,7 @@ class Daemon:
         self._closing = []  # resources to close, in the order they were opened
         self.model = self.extractor = self.source = self.publisher = self.alarm = self.pipeline = None
         self.hearing = None  # edge.audio.Hearing when [audio] is enabled
+        self._heard: queue.SimpleQueue = queue.SimpleQueue()  # with no camera: every audio score, from its thread
         self._vision: tuple | None = None  # (latest vision Score, that frame's brightness 0-255)
         self.health = None
         self.snapshots = None  # edge.pictures.SnapshotWorker when [snapshot] is enabled
@@ -229,6 +236,9 @@ class Daemon:
         from edge.source import SupervisedSource
 
         cfg = self.config
+        if not self.camera:
+            self._open_without_camera()
+            return
         try:
             self.model = self._own(TFLiteModel(cfg.model.path, num_threads=cfg.model.num_threads, edgetpu=cfg.model.edgetpu))
             self.pipeline = self._own(build_pipeline(cfg, self.model))
@@ -272,6 +282,54 @@ class Daemon:
         log.info("running: %s through %s (%s), alarm ON >= %.2f, OFF < %.2f", self.source.status.name, self.model.card.name,
                  self.model.delegate_name, self.alarm.on_threshold, self.alarm.off_threshold)
 
+    def _open_without_camera(self) -> None:
+        """No camera: the audio path, the alarm on the audio model's threshold, the publisher and the health
+        server; no vision model, no landmarkers (their memory is not spent)."""
+        from edge.alarm import Alarm
+        from edge.audio import open_hearing
+        from edge.config import no_camera_problem
+        from edge.errors import ConfigError
+        from edge.health import start_health_server
+        from edge.publish import make_publisher
+
+        cfg = self.config
+        problem = no_camera_problem(cfg)  # load_config said it already; a Config built in code is checked here
+        if problem is not None:
+            raise ConfigError(problem)
+        try:
+            self.hearing = self._own(open_hearing(cfg, None, listener=self._heard.put))
+            self.alarm = Alarm(cfg.alarm, model_threshold=self.hearing.card.threshold)
+            self.hearing.fusion.alarm_threshold = self.alarm.on_threshold
+            self.publisher = make_publisher(cfg, self.hearing.card.name, on_output_closed=self.stop)
+            self.publisher.start()
+            self._closing.append(self.publisher)
+            self.health = start_health_server(self.health_stats, enabled=cfg.health.enabled, host=cfg.health.host,
+                                              port=cfg.health.port, stale_after=self._stall_after())
+            if self.health is not None:
+                self._closing.append(self.health)
+        except BaseException:
+            self.close()
+            raise
+        log.info("running: no camera, listening to %s through %s, alarm ON >= %.2f, OFF < %.2f",
+                 self.hearing.monitor.status.name, self.hearing.card.name, self.alarm.on_threshold,
+                 self.alarm.off_threshold)
+
+    def _stall_after(self) -> float:
+        """No sign of progress for this long is a stall (the watchdog's and /health's limit)."""
+        if self.camera:
+            return max(2.0, self.config.source.stall_seconds)
+        from edge.audio import STREAM_PROBE_SECONDS
+
+        # the sound path reopens by itself after stall_seconds (and a stream's probe) without sound
+        return max(2.0, self.config.audio.source.stall_seconds + STREAM_PROBE_SECONDS)
+
+    @property
+    def model_name(self) -> str:
+        """The model the alarm follows: the vision model's, or with no camera the audio model's."""
+        if self.model is not None:
+            return self.model.card.name
+        return self.hearing.card.name if self.hearing is not None else ""
+
     def _own(self, resource):
         self._closing.append(resource)
         return resource
@@ -287,11 +345,11 @@ class Daemon:
     def run(self) -> int:
         """Process frames until the source ends or ``stop()``; then end any episode and close."""
         self.state = "running"
-        self.notifier.ready(f"{self._source_state()}: {self.source.status.name}")
+        self.notifier.ready(f"{self._source_state()}: {self._status().name}")
         self.watchdog.start()
         self._idle.clear()
         try:
-            return self._loop()
+            return self._loop() if self.camera else self._listen()
         finally:
             self._idle.set()
 
@@ -328,6 +386,56 @@ class Daemon:
         self._finish()
         return 0
 
+    def _listen(self) -> int:
+        """No camera: every audio score, in time order, through the alarm on this thread; health and the
+        watchdog follow the sound. With no sound for a while, a score saying why (the alarm's blind rule
+        ends an episode on it) while the microphone is reopened with back-off."""
+        from edge.audio import SOUND_STALE_SECONDS
+
+        monitor = self.hearing.monitor
+        next_report = time.monotonic() + 5.0
+        last_heard = time.monotonic()
+        reported = None  # the microphone's state at the last report: a change is reported at once
+        self.watchdog.alive_until(last_heard + self.watchdog.stall_after)  # its first sound is due by then
+        while not self._stop.is_set():
+            fresh = self._drain_heard(timeout=0.5)
+            now = time.monotonic()
+            if fresh:
+                last_heard = now
+                self.watchdog.frame_processed(now)
+            elif monitor.status.state == "reopening":  # alive, waiting out its back-off
+                self.watchdog.alive_until(now + self.watchdog.stall_after)
+                self.last_frame = None  # /health: "starting" once reopened, until it is heard again
+                self.hearing.last = None  # nor "ok": what it heard last is not what it hears now
+            scores = self.hearing.hear(fresh, now) if fresh or now - last_heard >= SOUND_STALE_SECONDS else []
+            for score in scores:
+                for event in self.alarm.update(score):
+                    self._publish_event(event)
+            if scores:
+                self.publisher.publish_state(self._alarm_state())
+            if fresh:
+                self.last_frame = now  # after the state: /health's "ok" and its "audio" agree
+            if now >= next_report or monitor.status.state != reported:
+                next_report, reported = now + 5.0, monitor.status.state
+                self._report()
+            if monitor.ended and self._heard.empty():  # a sound file played to its end
+                break
+        self.state = "stopping"
+        self._finish()
+        return 0
+
+    def _drain_heard(self, timeout: float) -> list:
+        """The audio scores heard since the last call, oldest first; waits up to ``timeout`` for the first."""
+        try:
+            fresh = [self._heard.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                fresh.append(self._heard.get_nowait())
+            except queue.Empty:
+                return fresh
+
     def _without_frames(self) -> None:
         """No frame lately (called by the source's wait, on the loop's thread): the alarm follows the sound.
 
@@ -348,20 +456,23 @@ class Daemon:
         from edge.publish import event_payload
 
         self.publisher.publish_event(event)
-        self.last_event = event_payload(event, self.config.device.id, self.model.card.name)
+        self.last_event = event_payload(event, self.config.device.id, self.model_name)
         self.last_event_unix = event.wall_time
         log.info("cry %s (p=%.2f%s)", event.kind, event.probability, f", {event.reason}" if event.reason else "")
 
     def _report(self) -> None:
-        source = self.source.status
+        source = self._status()
         crying = "ON" if self.alarm.crying else "OFF"
         fps = self.stats.fps if source.state == "open" else 0.0
         if source.state == "reconnecting":
             self.notifier.status(f"reconnecting {source.name} (attempt {source.reconnects}), crying {crying}")
+        elif not self.camera:
+            self.notifier.status(f"listening: crying {crying}, p={self.alarm.state.probability:.2f}")
         else:
             self.notifier.status(f"running: {fps:.1f} fps, crying {crying}, p={self.alarm.state.probability:.2f}")
-        self.publisher.publish_stats({**(self.hearing.stats() if self.hearing else {}), "fps": fps, "inference_ms": self.stats.inference_ms,
-                                      "face_share": self.stats.face_share, "brightness": self.stats.brightness, "source_state": source.state,
+        seen = {"fps": fps, "inference_ms": self.stats.inference_ms, "face_share": self.stats.face_share,
+                "brightness": self.stats.brightness} if self.camera else {}
+        self.publisher.publish_stats({**(self.hearing.stats() if self.hearing else {}), **seen, "source_state": source.state,
                                       "source_reconnects": source.reconnects})
 
     def _source_progress(self, deadline: float) -> None:
@@ -370,7 +481,14 @@ class Daemon:
         self._report()
 
     def _source_state(self) -> str:
-        return "reconnecting" if self.source.status.state == "reconnecting" else "running"
+        return "reconnecting" if self._status().state == "reconnecting" else "running"
+
+    def _status(self):
+        """The camera's ``SourceStatus``; with no camera the microphone's, its "reopening" said "reconnecting"."""
+        if self.source is not None:
+            return self.source.status
+        status = self.hearing.monitor.status
+        return dataclasses.replace(status, state="reconnecting" if status.state == "reopening" else status.state)
 
     def _alarm_state(self):
         """The alarm's state, with what each modality says when the daemon also listens."""
@@ -396,7 +514,7 @@ class Daemon:
         from edge.health import HealthStats
 
         state = self.alarm.state if self.alarm is not None else None
-        source = self.source.status if self.source is not None else None
+        source = self._status() if self.source is not None or self.hearing is not None else None
         publisher = self.publisher
         return HealthStats(
             started=self.started, last_frame=self.last_frame,
@@ -410,7 +528,7 @@ class Daemon:
             broker_connected=getattr(publisher, "connected", None) if self.config.mqtt.enabled else None,
             crying=state.crying if state else None, probability=state.probability if state else None,
             last_event=self.last_event, last_event_unix=self.last_event_unix,
-            model=self.model.card.name if self.model else "",
+            model=self.model_name, audio=self.hearing.health() if self.hearing is not None else None,
         )
 
     def close(self) -> None:
@@ -468,12 +586,14 @@ def _run_command(args) -> int:
 
     limit_malloc_arenas()
 
-    overrides = cli_overrides(source=args.source, broker=args.broker)
+    overrides = cli_overrides(source=args.source, broker=args.broker, audio_source=args.audio_source)
     if args.no_health:
         overrides["health"] = {"enabled": False}
     config = load_config(args.config, overrides)
     if args.fast and config.source.type == "file":  # a camera has no "as fast as possible"
         config.source.realtime = False
+    if args.fast and config.source.type == "none" and config.audio.source.type == "file":
+        config.audio.source.realtime = False
     daemon = Daemon(config)
     # SIGHUP (a closed terminal, a reload request) stops cleanly too: its default would kill mid-cry
     previous = {sig: signal.signal(sig, daemon.stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
@@ -491,8 +611,13 @@ def add_commands(subparsers) -> None:
         description="Run the pipeline from a camera, stream or file to MQTT (or stdout without a broker).")
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config (default: built-in defaults)")
     parser.add_argument("--source", metavar="SRC",
-                        help="file, /dev/videoN, camera index, rtsp:// or http:// URL, or picamera2[:lores]")
+                        help="file, /dev/videoN, camera index, rtsp:// or http:// URL, picamera2[:lores], "
+                             "or none (no camera: listen only, with --audio-source or [audio.source])")
+    parser.add_argument("--audio-source", metavar="SRC",
+                        help="listen to alsa[:CARD or NAME] (a microphone), a sound or video file, an rtsp:// or "
+                             "http:// URL, or video (the camera's own sound); turns hearing on")
     parser.add_argument("--broker", metavar="URL", help="mqtt://[user@]host[:port] (mqtts:// for TLS)")
-    parser.add_argument("--fast", action="store_true", help="process a file as fast as possible, not in real time")
+    parser.add_argument("--fast", action="store_true",
+                        help="process a file (or, with no camera, a sound file) as fast as possible, not in real time")
     parser.add_argument("--no-health", action="store_true", help="do not serve the health endpoints")
     parser.set_defaults(handler=_run_command)

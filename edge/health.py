@@ -15,7 +15,9 @@ keep one that the frame loop replaces whole). Endpoints:
 - ``GET /health``: 200 ``{"status": "ok", ...}`` while frames flow (last one within ``stale_after``
   seconds), else 503 with ``"starting"`` (no frame yet), ``"reconnecting"`` (the camera or stream is
   gone and being reopened: the service is alive but sees nothing, so a load balancer or monitor must
-  not count it as serving) or ``"stalled"``.
+  not count it as serving) or ``"stalled"``. With hearing on, ``"audio"`` says what the microphone
+  hears (``ok``, ``no_sound_device``, ``no_sound``). With no camera (``[source] type = "none"``) the
+  microphone is the source: its scores are the "frames", its reopening is ``"reconnecting"``.
 - ``GET /stats``: everything in :class:`HealthStats` as JSON.
 - ``GET /metrics``: Prometheus exposition by ``prometheus_client`` (text 0.0.4, or OpenMetrics when
   the scraper asks for it), names prefixed ``cryedge_`` and ending in their unit.
@@ -88,6 +90,8 @@ class HealthStats:
     last_event: Mapping[str, Any] | None = None  # the last AlarmEvent as published (JSON-ready)
     last_event_unix: float | None = None
     model: str = ""
+    # with hearing: {"source", "state", "status", "reconnects", "overruns"} of the microphone or sound track
+    audio: Mapping[str, Any] | None = None
 
 
 STATES = ("starting", "running", "reconnecting", "stopping")
@@ -98,6 +102,8 @@ def health_document(stats: HealthStats, now: float, stale_after: float) -> tuple
     body: dict[str, Any] = {"state": stats.state, "uptime_s": round(now - stats.started, 3)}
     age = None if stats.last_frame is None else now - stats.last_frame
     body["last_frame_age_s"] = None if age is None else round(age, 3)
+    if stats.audio is not None:
+        body["audio"] = stats.audio["status"]
     if stats.state == "reconnecting":
         return HTTPStatus.SERVICE_UNAVAILABLE, {
             "status": "reconnecting", **body, "source_reconnects": stats.source_reconnects}
@@ -158,6 +164,9 @@ def metric_families(stats: HealthStats, now: float) -> list[Metric]:
     gauge("outbox_fault", "1 while the outbox cannot write to disk (events are kept in memory).",
           stats.outbox_fault is not None)
     gauge("broker_connected", "1 while connected to the MQTT broker.", stats.broker_connected)
+    if stats.audio is not None:
+        gauge("audio_up", "1 while the microphone or sound track is heard.", stats.audio["status"] == "ok")
+        counter("audio_reconnects", "Times the sound source was reopened.", stats.audio["reconnects"])
     gauge("crying", "1 while the alarm is ON.", stats.crying)
     gauge("cry_probability_ratio", "The smoothed cry probability, 0..1.", stats.probability)
     gauge("last_event_timestamp_seconds", "Unix time of the last cry start or end event.", stats.last_event_unix)

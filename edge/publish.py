@@ -133,6 +133,7 @@ def unmeasured_state(since_wall: float | None = None) -> AlarmState:
 
 # Score.status values of the camera (edge.records), as Home Assistant's enum sensor lists them.
 VISION_STATUSES = ("ok", "no_face", "no_body", "too_dark")
+HEARING_STATUSES = ("ok", "no_sound_device", "no_sound")
 
 # The diagnostics on the stats topic, each a Home Assistant sensor: key -> its discovery options. ``scale``
 # multiplies the value for display (a share 0-1 shown in %). A new diagnostic is one line here.
@@ -201,11 +202,13 @@ HEARING = {
 
 
 def discovery_document(topics: Topics, device: DeviceConfig, model: str, hearing: bool = False,
-                       snapshot: bool = False) -> dict[str, Any]:
+                       snapshot: bool = False, camera: bool = True) -> dict[str, Any]:
     """Home Assistant's device-based discovery payload: the device, its origin, and its entities.
 
-    ``hearing`` adds the audio path's entities (the cry heard, the sound level); ``snapshot`` the image
-    entity of the cry's picture (HA's MQTT image platform: raw bytes on ``image_topic``)."""
+    ``hearing`` adds the audio path's entities (the cry heard, the sound level, what the microphone hears);
+    ``snapshot`` the image entity of the cry's picture (HA's MQTT image platform: raw bytes on ``image_topic``).
+    Without a ``camera`` the picture's entities, which would stay unknown forever, are sent as
+    ``{"p": platform}`` alone: Home Assistant removes such a component (one a camera run created)."""
     uid = f"cryedge_{device.id}"
     components: dict[str, dict[str, Any]] = {
         # Fused from what the camera sees and the microphone hears: no device class, since "sound" would say
@@ -252,6 +255,11 @@ def discovery_document(topics: Topics, device: DeviceConfig, model: str, hearing
                                   "image_topic": topics.snapshot, "content_type": "image/jpeg"}
     for key, options in (HEARING if hearing else {}).items():
         components[key] = {"p": "sensor", "state_topic": topics.state, "state_class": "measurement", **options}
+    if hearing:  # a microphone gone is said, not shown as a quiet room
+        components["hearing"] = {
+            "p": "sensor", "name": "Microphone hears", "icon": "mdi:microphone-outline", "entity_category": "diagnostic",
+            "device_class": "enum", "options": list(HEARING_STATUSES), "state_topic": topics.state,
+            "value_template": "{{ value_json.audio.status if value_json.audio is defined else none }}"}
     for key, options in DIAGNOSTICS.items():
         options = dict(options)
         scale = options.pop("scale", 1)
@@ -268,8 +276,12 @@ def discovery_document(topics: Topics, device: DeviceConfig, model: str, hearing
         "payload_on": "ON",
         "payload_off": "OFF",
     }
+    if not camera:
+        for key in ("vision", *DIAGNOSTICS):
+            components[key] = {"p": components[key]["p"]}
     for key, component in components.items():
-        component["unique_id"] = f"{uid}_{key}"
+        if len(component) > 1:  # not a removal
+            component["unique_id"] = f"{uid}_{key}"
     return {
         "dev": {"ids": [uid], "name": device.name, "mf": "cryedge", "mdl": f"cryedge ({model})", "sw": __version__},
         "o": origin(),
@@ -461,7 +473,7 @@ class MqttPublisher:
     """
 
     def __init__(self, mqtt: MqttConfig, device: DeviceConfig, outbox: OutboxConfig, model: str,
-                 hearing: bool = False, snapshot: bool = False):
+                 hearing: bool = False, snapshot: bool = False, camera: bool = True):
         if not mqtt.enabled:
             raise ValueError("MqttPublisher needs mqtt.host; use StdoutPublisher without a broker")
         self.mqtt = mqtt
@@ -469,6 +481,7 @@ class MqttPublisher:
         self.model = model
         self.hearing = hearing  # the audio path runs: its entities are discovered too
         self.snapshot = snapshot  # [snapshot] on: the image entity is discovered
+        self.camera = camera  # False: [source] type "none", no picture entities
         self._snapshot_waiting: bytes | None = None  # the newest picture, while the broker is away
         self.snapshots_sent = self.snapshots_dropped = 0
         self.topics = Topics.from_config(mqtt, device)
@@ -754,7 +767,8 @@ class MqttPublisher:
     def _send_discovery(self) -> None:
         self._discovery_due = None
         if self.mqtt.discovery:
-            document = discovery_document(self.topics, self.device, self.model, self.hearing, self.snapshot)
+            document = discovery_document(self.topics, self.device, self.model, self.hearing, self.snapshot,
+                                          self.camera)
             self._publish(self.topics.discovery, _json(document), qos=1, retain=True)
             self._discovery_sent_at = time.monotonic()
 
@@ -860,5 +874,5 @@ def make_publisher(config: Config, model: str, on_output_closed=None) -> MqttPub
     """
     if config.mqtt.enabled:
         return MqttPublisher(config.mqtt, config.device, config.outbox, model, hearing=config.audio.enabled is True,
-                             snapshot=config.snapshot.enabled)
+                             snapshot=config.snapshot.enabled, camera=config.source.type != "none")
     return StdoutPublisher(config.device.id, model, on_output_closed=on_output_closed)

@@ -368,7 +368,7 @@ def test_each_source_type_takes_its_own_options(tmp_path, toml, expected):
 
 @pytest.mark.parametrize(("toml", "message"), [
     ('type = "rtps"\nurl = "rtsp://cam/live"\n',
-     "source.type: 'rtps' is not one of picamera2, v4l2, rtsp, http, file (did you mean rtsp?)"),
+     "source.type: 'rtps' is not one of picamera2, v4l2, rtsp, http, file, none (did you mean rtsp?)"),
     ('type = "rtsp"\nurl = "rtsp://cam/live"\ntrasport = "udp"\n',
      "source.trasport: not an option of type rtsp (did you mean source.transport?)"),
     ('type = "rtsp"\nurl = "rtsp://cam/live"\nstream = "lores"\n', "source.stream: not an option of type rtsp"),

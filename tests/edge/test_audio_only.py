@@ -1,0 +1,142 @@
+"""A monitor with no camera (``[source] type = "none"``): a parent with only a microphone.
+
+The sound comes from real files (the bundled demo clip's SYNTHETIC sound track: a cry at 5-14 s) and from
+a real RTSP server on loopback (tests/streams.py) that goes away mid-run, as a network microphone would;
+the events, states and discovery are what a subscriber of a real mosquitto receives.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from itertools import pairwise
+
+import pytest
+from test_daemon import REPO, run_cli
+
+from edge.config import load_config
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+DEMO = REPO / "edge" / "data" / "demo.mp4"
+PICTURE_ENTITIES = ("vision", "fps", "inference_ms", "face_share", "brightness")
+
+
+def test_cryedge_run_with_no_camera_hears_the_demo_cry_once_and_leaves_a_retained_off(mosquitto, tmp_path):
+    """`cryedge run --source none --audio-source FILE`: one cry_start, one cry_end, a retained OFF, and in Home
+    Assistant the sound's entities without the picture's (removed, not left unknown forever)."""
+    from mqtt import Subscriber
+
+    config = tmp_path / "listen.toml"
+    config.write_text(f'[device]\nid = "nursery"\n[health]\nenabled = false\n[outbox]\npath = "{tmp_path / "o.sqlite3"}"\n')
+    with Subscriber(mosquitto) as everything:
+        done = run_cli("run", "--config", str(config), "--source", "none", "--audio-source", str(DEMO), "--fast",
+                       "--broker", f"mqtt://127.0.0.1:{mosquitto.port}")
+        assert done.returncode == 0, done.stderr
+        everything.wait_for("cryedge/nursery/availability", lambda m: m.payload == b"offline")
+    assert "no camera" in done.stderr and "landmark" not in done.stderr.lower()
+    events = everything.json("cryedge/nursery/event")
+    assert [e["event_type"] for e in events] == ["cry_start", "cry_end"], events
+    start, end = events
+    assert start["id"] == end["id"] and end["reason"] == "scores" and start["model"] == "cry-audio-default"
+    assert 7.0 <= end["timestamp"] - start["timestamp"] <= 11.0  # the sound track's cry lasts 9 s (5-14 s)
+
+    states = everything.json("cryedge/nursery/state")
+    assert all("vision" not in state for state in states)  # no camera: no picture part, not a blind one
+    heard = [state["audio"] for state in states if "audio" in state]
+    assert {h["status"] for h in heard} == {"ok"} and max(h["probability"] for h in heard) > 0.9
+    assert states[-1]["crying"] == "OFF"
+    stats = everything.json("cryedge/nursery/stats")[-1]
+    assert stats["source_state"] in ("open", "ended") and stats["fps"] is None and stats["sound_level_dbfs"] < 0
+
+    discovery = json.loads(everything.on("homeassistant/device/nursery/config")[0].payload)
+    cmps = discovery["cmps"]
+    for key in ("crying", "probability", "cry", "heard", "sound_level", "hearing", "outbox"):
+        assert cmps[key]["unique_id"] == f"cryedge_nursery_{key}", key
+    for key in PICTURE_ENTITIES:
+        assert cmps[key] == {"p": "sensor"}, key  # Home Assistant removes a component given only its platform
+    assert "snapshot" not in cmps and cmps["hearing"]["options"] == ["ok", "no_sound_device", "no_sound"]
+    assert discovery["dev"]["mdl"] == "cryedge (cry-audio-default)"
+    with Subscriber(mosquitto, topics=("cryedge/nursery/state",)) as late:
+        assert json.loads(late.wait_for("cryedge/nursery/state").payload)["crying"] == "OFF"
+
+
+@pytest.mark.parametrize(("args", "toml", "message"), [
+    (["--source", "none"], "", 'source.type "none" (no camera) has no sound track'),
+    (["--source", "none"], '[audio]\nenabled = false\n', "needs [audio] enabled = true"),
+    ([], '[source]\ntype = "none"\n[audio.source]\ntype = "alsa"\n[fusion]\nmode = "vision"\n', 'fusion.mode "vision"'),
+    (["--source", "none", "--audio-source", "alsa:1"], '[snapshot]\nenabled = true\n', "snapshot.enabled: there is no picture"),
+])
+def test_a_camera_less_config_that_cannot_work_is_one_line_and_the_config_exit_code(tmp_path, args, toml, message):
+    config = tmp_path / "bad.toml"
+    config.write_text(toml)
+    done = run_cli("run", "--config", str(config), *args, timeout=60)
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in done.stderr, done.stderr
+
+
+def test_the_audio_source_flag_reads_as_the_readme_says(tmp_path):
+    from edge.config import cli_overrides
+
+    def sound(text):
+        return load_config(None, cli_overrides(source="none", audio_source=text)).audio
+
+    assert sound("alsa").source.type == "alsa" and sound("alsa").enabled is True
+    assert sound("alsa:1").source.device == 1
+    assert sound("alsa:plughw:CARD=Mic,DEV=0").source.device == "plughw:CARD=Mic,DEV=0"
+    assert sound("rtsp://cam.local/live").source.url == "rtsp://cam.local/live"
+    assert sound(str(DEMO)).source.path == DEMO
+    # a file's [audio.source] is replaced by the flag, not merged with it
+    config = tmp_path / "mic.toml"
+    config.write_text('[audio.source]\ntype = "alsa"\ndevice = 2\n')
+    assert load_config(config, cli_overrides(source="none", audio_source=str(DEMO))).audio.source.type == "file"
+
+
+def test_a_network_microphone_that_goes_away_shows_in_health_and_is_reopened_while_the_watchdog_is_fed(tmp_path):
+    """No camera, the sound from a real RTSP server, `cryedge run` as systemd runs it (tests/edge/test_notify.py):
+    while the microphone is gone /health says so (503, reconnecting, audio no_sound_device), it is retried with
+    back-off, and the watchdog pings go on; once it is back, /health is ok again in the same process."""
+    from streams import RtspCamera
+    from test_notify import Service
+
+    clip = tmp_path / "mic.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=4",
+                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000:duration=4", "-c:v", "libx264",
+                    "-c:a", "aac", "-shortest", str(clip)], check=True)
+    microphone = RtspCamera(clip, tmp_path, sound=True).start()
+    service = Service(tmp_path, f'[source]\ntype = "none"\n[audio]\nenabled = true\n[audio.source]\ntype = "stream"\n'
+                                f'url = "{microphone.url}"\ntransport = "udp"\nstall_seconds = 3.0\n'
+                                'reopen_min_seconds = 0.5\nreopen_max_seconds = 1.0', 4_000_000)
+    try:
+        body = service.wait_for_health(200, timeout=60)
+        assert body["audio"] == "ok", body
+        gone = time.monotonic()
+        microphone.stop()  # the microphone is gone
+
+        def until(predicate, seconds=30.0) -> tuple[int | None, dict]:
+            deadline = time.monotonic() + seconds
+            answer = service.health()
+            while not predicate(*answer) and time.monotonic() < deadline:
+                time.sleep(0.1)
+                answer = service.health()
+            return answer
+
+        code, body = until(lambda code, body: body.get("status") == "reconnecting")
+        assert (code, body["audio"]) == (503, "no_sound_device"), body
+        reconnects = body["source_reconnects"]
+        until(lambda code, body: body.get("source_reconnects", 0) > reconnects)
+        assert {service.health()[0] for _ in range(10)} == {503}  # gone, or reopened but not heard yet: never ok
+        stats = service.stats()
+        assert stats["source_reconnects"] > reconnects and stats["audio"]["state"] == "reopening", stats
+        assert stats["source"].startswith("stream:") and stats["model"] == "cry-audio-default"
+        microphone.start()
+        body = service.wait_for_health(200, timeout=60)
+        assert body["audio"] == "ok", body
+        pings = service.pings(since=gone)
+        assert len(pings) >= 3 and max(b - a for a, b in pairwise([gone, *pings])) < 4.0, pings  # never starved
+    finally:
+        stderr = service.terminate()
+        microphone.stop()
+    assert "no camera" in stderr and "Traceback" not in stderr
