@@ -10,7 +10,9 @@ Rules, in the order they apply to each score:
   (``"no_face"``, ``"no_body"``, ...) and the smoothing starts afresh.
 - The probability is smoothed (running median of the last k scores, or an EMA).
 - Off: once the smoothed score has stayed at or above the ON threshold for ``min_on_seconds``, and the
-  last episode ended at least ``cooldown_seconds`` ago, an episode starts.
+  last episode ended at least ``cooldown_seconds`` ago, an episode starts. A score that carries its own
+  ``min_on_seconds`` (the sound deciding: ``[fusion] audio_min_on_seconds``) asks for the shorter of
+  the two.
 - On: once the smoothed score has stayed below the (lower) OFF threshold for ``hold_seconds``, the
   episode ends with reason ``"scores"``. A dip shorter than that does not end it.
 - ``finish(t)`` ends a running episode with reason ``"shutdown"``.
@@ -136,7 +138,7 @@ class Alarm:
                 if self._above_since is None:
                     self._above_since = t
                 cooled = self._last_end_decided is None or t - self._last_end_decided >= self.config.cooldown_seconds
-                if t - self._above_since >= self.config.min_on_seconds and cooled:
+                if t - self._above_since >= self._min_on(score) and cooled:
                     return [self._start(self._above_since)]
             else:
                 self._above_since = None
@@ -150,6 +152,11 @@ class Alarm:
         else:
             self._below_since = None
         return []
+
+    def _min_on(self, score: Score) -> float:
+        if score.min_on_seconds is None:
+            return self.config.min_on_seconds
+        return min(self.config.min_on_seconds, score.min_on_seconds)
 
     def finish(self, t: float | None = None) -> list[AlarmEvent]:
         """End a running episode (reason ``"shutdown"``) at ``t`` (default: the last score's time)."""

@@ -479,8 +479,10 @@ def open_hearing(config, alarm_threshold: float | None, listener: Callable[[Audi
     monitor = AudioMonitor(lambda: make(rate), pipeline, stall_seconds=sound.stall_seconds,
                            backoff_first=sound.reopen_min_seconds, backoff_limit=sound.reopen_max_seconds,
                            follow_frames=follows_frames)
+    min_on = config.fusion.audio_min_on_seconds
     fusion = Fusion(config.fusion.mode, config.fusion.audio_weight, audio_threshold=model.card.threshold,
-                    alarm_threshold=model.card.threshold if alarm_threshold is None else alarm_threshold)
+                    alarm_threshold=model.card.threshold if alarm_threshold is None else alarm_threshold,
+                    audio_min_on_seconds=min_on if min_on is not None else model.card.audio.min_on_seconds)
     if listener is not None:
         monitor.on_score(listener)
     hearing = Hearing(monitor, fusion)

@@ -66,6 +66,9 @@ class AudioSpec(BaseModel):
     rate: int = Field(default=16000, gt=0)  # samples a second, mono
     window_samples: int = Field(default=15600, gt=0)  # what one score sees: 0.975 s at 16 kHz
     hop_seconds: float = Field(default=0.5, gt=0)  # a score this often
+    # the alarm's debounce when this model's score decides ([fusion] audio_min_on_seconds overrides it);
+    # chosen with the threshold, on the same held-out clips. None: [alarm] min_on_seconds
+    min_on_seconds: float | None = Field(default=None, ge=0, le=600)
     # front end (audio-window); win/hop in samples: 25 ms frames every 10 ms at 16 kHz
     win_length: int = Field(default=400, gt=0)
     hop_length: int = Field(default=160, gt=0)

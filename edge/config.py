@@ -690,6 +690,9 @@ class FusionConfig(Section):
 
     mode: Literal["either", "mean", "vision", "audio"] = "either"
     audio_weight: float = Field(default=0.5, ge=0, le=1)
+    # when the sound decides, an episode starts after this long above the threshold instead of
+    # [alarm] min_on_seconds (the shorter wins); None: the audio model card's (audio.min_on_seconds)
+    audio_min_on_seconds: float | None = Field(default=None, ge=0, le=600)
 
 
 class Config(Section):

@@ -12,6 +12,10 @@ Modes (``[fusion] mode``):
 In ``either`` and ``mean``, a modality whose status is not ``ok`` (no face, no sound device) leaves the
 decision to the other; when neither can perceive, the fused score carries the vision status (or the
 audio one without a camera), and the alarm holds its state.
+
+When the sound decides (its probability is the fused one), the fused score asks the alarm for
+``audio_min_on_seconds`` of evidence instead of ``[alarm] min_on_seconds``: one audio window already
+integrates about a second of sound, so a second debounce on top of it would spend the alert's budget.
 """
 
 from __future__ import annotations
@@ -62,10 +66,11 @@ def rescale(p: float, from_threshold: float, to_threshold: float) -> float:
 
 class Fusion:
     def __init__(self, mode: str = "either", audio_weight: float = 0.5, alarm_threshold: float = 0.5,
-                 audio_threshold: float = 0.5):
+                 audio_threshold: float = 0.5, audio_min_on_seconds: float | None = None):
         if mode not in MODES:
             raise ValueError(f"fusion mode must be one of {', '.join(MODES)}; got {mode!r}")
         self.mode, self.audio_weight = mode, audio_weight
+        self.audio_min_on_seconds = audio_min_on_seconds
         self.alarm_threshold, self.audio_threshold = alarm_threshold, audio_threshold
 
     def fuse(self, t: float, vision: Score | None, audio: Score | None, level_dbfs: float | None = None,
@@ -97,7 +102,10 @@ class Fusion:
             p = self.audio_weight * heard + (1.0 - self.audio_weight) * seen
         else:
             p = max(present)
-        return Fused(Score(t=t, probability=float(p), probabilities=probabilities, status=OK), vision_sense, audio_sense)
+        heard_decides = heard is not None and p == heard and not (self.mode == "mean" and len(present) == 2)
+        min_on = self.audio_min_on_seconds if heard_decides else None
+        return Fused(Score(t=t, probability=float(p), probabilities=probabilities, status=OK, min_on_seconds=min_on),
+                     vision_sense, audio_sense)
 
     def _blind_status(self, vision: Sense | None, audio: Sense | None) -> str:
         if self.mode == "audio":

@@ -76,6 +76,9 @@ class Score:
     face_seen: bool = True  # the newest frame of the window had a face
     probabilities: tuple[float, ...] = field(default=())  # all classes, in the card's label order
     status: str = OK
+    # how long this evidence must hold before an episode starts; None: the alarm's min_on_seconds (the
+    # fusion sets it when the sound decides: an audio window already integrates about a second of sound)
+    min_on_seconds: float | None = None
 
     def __post_init__(self):
         if not self.face_seen and self.status == OK:

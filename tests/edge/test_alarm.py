@@ -82,6 +82,19 @@ def test_flicker_shorter_than_min_on_does_not_trigger():
     assert run(alarm, scores(*flicker)) == []
 
 
+def test_a_score_that_asks_for_a_shorter_debounce_starts_sooner_never_later():
+    from dataclasses import replace
+
+    heard = [replace(s, min_on_seconds=0.3) for s in scores((2, 0.1), (0.5, 0.95), (2, 0.1))]
+    events = run(make_alarm(smoothing="none"), heard)
+    assert [e.kind for e in events] == ["start"] and events[0].t == pytest.approx(2.0)
+    # without it, the alarm's own min_on_seconds (1 s) holds: half a second above is a flicker
+    assert run(make_alarm(smoothing="none"), scores((2, 0.1), (0.5, 0.95), (2, 0.1))) == []
+    # a longer one than the alarm's is not waited for
+    slow = [replace(s, min_on_seconds=5.0) for s in scores((2, 0.1), (1.5, 0.95))]
+    assert [e.kind for e in run(make_alarm(smoothing="none"), slow)] == ["start"]
+
+
 def test_isolated_spikes_are_removed_by_the_median():
     alarm = make_alarm(min_on_seconds=0.0)
     spikes = [(0.1, 0.99) if i % 2 else (0.2, 0.05) for i in range(40)]

@@ -59,6 +59,8 @@ def test_a_sound_file_is_relative_to_the_config_file(tmp_path):
     ('[audio.source]\ntype = "stream"\nurl = "rtsp://me:secret@cam/a"\n', r"audio.source.url: .*no password in the URL"),
     ('[fusion]\nmode = "loudest"\n', r"fusion.mode: Input should be 'either', 'mean', 'vision' or 'audio'"),
     ('[fusion]\naudio_weight = 1.5\n', r"fusion.audio_weight: Input should be less than or equal to 1"),
+    ('[fusion]\naudio_min_on_seconds = -0.5\n', r"fusion.audio_min_on_seconds: Input should be greater than or equal to 0"),
+    ('[fusion]\naudio_min_on_seconds = "soon"\n', r"fusion.audio_min_on_seconds: Input should be a valid number"),
 ])
 def test_a_bad_audio_setting_is_one_line_naming_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
