@@ -66,12 +66,15 @@ def test_without_a_camera_the_status_says_so():
         Fusion("loudest")
 
 
-def test_when_the_sound_decides_the_alarm_is_asked_for_the_sounds_debounce():
+def test_when_the_sound_says_crying_the_alarm_is_asked_for_the_sounds_debounce():
     fusion = Fusion("either", audio_min_on_seconds=0.25)
     assert fusion.fuse(1.0, seen(0.0, "no_face"), heard(0.8)).score.min_on_seconds == 0.25
     assert fusion.fuse(1.0, seen(0.2), heard(0.8)).score.min_on_seconds == 0.25
-    # the picture decides, or both are weighed: the alarm's own debounce
-    assert fusion.fuse(1.0, seen(0.9), heard(0.8)).score.min_on_seconds is None
+    assert fusion.fuse(1.0, seen(0.9), heard(0.8)).score.min_on_seconds == 0.25  # seen and heard: as quick
+    assert Fusion("audio", audio_min_on_seconds=0.25).fuse(1.0, None, heard(0.8)).score.min_on_seconds == 0.25
+    # only the picture says crying, or both are weighed: the alarm's own debounce
+    assert fusion.fuse(1.0, seen(0.9), heard(0.3)).score.min_on_seconds is None
+    assert fusion.fuse(1.0, seen(0.0, "no_face"), heard(0.3)).score.min_on_seconds is None
     assert Fusion("mean", audio_min_on_seconds=0.25).fuse(1.0, seen(0.9), heard(0.8)).score.min_on_seconds is None
     assert Fusion("vision", audio_min_on_seconds=0.25).fuse(1.0, seen(0.1), heard(0.8)).score.min_on_seconds is None
     assert Fusion("either").fuse(1.0, seen(0.0, "no_face"), heard(0.8)).score.min_on_seconds is None
