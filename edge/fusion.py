@@ -13,8 +13,8 @@ In ``either`` and ``mean``, a modality whose status is not ``ok`` (no face, no s
 decision to the other; when neither can perceive, the fused score carries the vision status (or the
 audio one without a camera), and the alarm holds its state.
 
-When the sound alone says crying (its mapped probability at or above the alarm's threshold) in
-``either`` or ``audio`` mode, or is the only sense in ``mean``, the fused score asks the alarm for
+When the sound decides (``audio`` mode, or the only sense in ``mean``) or, in ``either``, the sound
+alone says crying (its mapped probability at or above the alarm's threshold), the fused score asks the alarm for
 ``audio_min_on_seconds`` of evidence instead of ``[alarm] min_on_seconds``: one audio window already
 integrates about a second of sound, so a second debounce on top of it would spend the alert's budget.
 A cry seen and heard is then as quick as one only heard; what only the picture says keeps the alarm's.
@@ -104,8 +104,11 @@ class Fusion:
             p = self.audio_weight * heard + (1.0 - self.audio_weight) * seen
         else:
             p = max(present)
-        heard_says_crying = heard is not None and heard >= self.alarm_threshold and self.mode != "vision"
-        min_on = self.audio_min_on_seconds if heard_says_crying and not (self.mode == "mean" and len(present) == 2) else None
+        if self.mode == "audio" or (self.mode == "mean" and seen is None):
+            heard_decides = heard is not None
+        else:  # either: the sound alone says crying
+            heard_decides = self.mode == "either" and heard is not None and heard >= self.alarm_threshold
+        min_on = self.audio_min_on_seconds if heard_decides else None
         return Fused(Score(t=t, probability=float(p), probabilities=probabilities, status=OK, min_on_seconds=min_on),
                      vision_sense, audio_sense)
 
