@@ -909,9 +909,9 @@ def _drop_ignored_keys(data: dict, where: str) -> None:
 
 
 def no_camera_problem(config: Config) -> str | None:
-    """Why ``[source] type = "none"`` (no camera) cannot run as configured, or None; ``auto`` hearing turns on.
+    """Why ``[source] type = "none"`` (no camera) cannot run as configured, or None.
 
-    Without a camera the sound is all there is: hearing must be on, from a source of its own.
+    Without a camera the sound is all there is: hearing must be on (``auto`` counts), from a source of its own.
     """
     if config.source.type != "none":
         return None
@@ -925,7 +925,6 @@ def no_camera_problem(config: Config) -> str | None:
     for section in ("snapshot", "live"):
         if getattr(config, section).enabled:
             return f'{section}.enabled: there is no picture with source.type "none" (no camera)'
-    config.audio.enabled = True  # "auto" with no camera: listening is the whole job
     return None
 
 
@@ -933,6 +932,8 @@ def _check_no_camera(config: Config, where: str) -> None:
     problem = no_camera_problem(config)
     if problem is not None:
         raise ConfigError(f"{where}: {problem}")
+    if config.source.type == "none":
+        config.audio.enabled = True  # "auto" with no camera: listening is the whole job (config show says so)
 
 
 def _resolve_live_token(config: Config, where: str, environ) -> None:

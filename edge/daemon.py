@@ -296,6 +296,7 @@ class Daemon:
         problem = no_camera_problem(cfg)  # load_config said it already; a Config built in code is checked here
         if problem is not None:
             raise ConfigError(problem)
+        cfg.audio.enabled = True  # "auto" resolved: the publisher discovers what runs
         try:
             self.hearing = self._own(open_hearing(cfg, None, listener=self._heard.put))
             self.alarm = Alarm(cfg.alarm, model_threshold=self.hearing.card.threshold)
