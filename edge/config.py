@@ -1102,7 +1102,8 @@ def summary(config: Config) -> str:
         if config.mqtt.enabled
         else "no broker (events to stdout)"
     )
-    return f"device {config.device.id}; source {config.source.display()}; model {config.model.path}; {broker}"
+    model = config.audio.model if config.source.type == "none" else config.model.path  # no camera: the ear alone
+    return f"device {config.device.id}; source {config.source.display()}; model {model}; {broker}"
 
 
 # ----------------------------------------------------------------------------- commands

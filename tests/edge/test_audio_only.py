@@ -97,6 +97,16 @@ def test_the_audio_source_flag_reads_as_the_readme_says(tmp_path):
     assert load_config(config, cli_overrides(source="none", audio_source=str(DEMO))).audio.source.type == "file"
 
 
+def test_config_check_of_a_camera_less_file_names_the_model_it_will_run(tmp_path):
+    config = tmp_path / "mic.toml"
+    config.write_text('[source]\ntype = "none"\n[audio.source]\ntype = "alsa"\ndevice = 1\n')
+    done = run_cli("config", "check", str(config), timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "source none" in done.stdout and "cry-audio-default.tflite" in done.stdout  # not the unused vision model
+    shown = run_cli("config", "show", "--config", str(config), timeout=60).stdout
+    assert '[source]\ntype = "none"\n' in shown and "[audio]\nenabled = true\n" in shown  # "auto" resolved
+
+
 class HttpMicrophone:
     """A network microphone on loopback: ``http://127.0.0.1:PORT/mic.wav``, a 440 Hz tone as an endless 16 kHz mono
     WAV sent in real time. ``stop()`` hangs up and refuses connections, as a microphone unplugged or rebooting;
