@@ -246,10 +246,45 @@ class TrainOptions:
     augment: int = 0  # noisy copies of each training window (see ``augment``)
     body_from: int | None = None  # first body feature, from the dataset's spec (set by ``train``)
     body_window_drop: float = 0.0  # share of augmented windows whose body is gone altogether
+    reshape: float = 0.0  # per-window face-shape change of augmented copies (see ``reshape_faces``); iBUG-68 faces only
+
+
+# The iBUG-68 face's parts (the first 68 face points of the openpose-face70 specs; 68-69 are the pupils,
+# which move with the eyes): each is moved as a whole by ``reshape_faces``.
+FACE_PARTS = {"jaw": tuple(range(0, 17)), "brows": tuple(range(17, 27)), "nose": tuple(range(27, 36)),
+              "eyes": tuple(range(36, 48)) + (68, 69), "mouth": tuple(range(48, 68))}
+
+
+def reshape_faces(x: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    """Windows (N, T, F) of face-box features with each window's face reshaped: another person, same expression.
+
+    Per window (a face does not change shape within one), each part of the face is scaled about its
+    centre by up to ``amount`` in x and y, and moved by up to ``amount / 2`` of the face box; then the
+    face is normalized to its box again, as ``edge.features.normalize`` does on the device (the box is
+    the min and max over the face points). Frames without a face (all zeros) stay zero. The first 140
+    features must be the openpose-face70 face, face-box normalized. Pure but for ``rng``.
+    """
+    n = len(x)
+    pairs = x[..., :140].reshape(n, x.shape[1], 70, 2).copy()
+    seen = np.any(pairs != 0, axis=(2, 3))  # (N, T): frames with a face
+    for part in FACE_PARTS.values():
+        idx = list(part)
+        centre = pairs[:, :, idx].mean(axis=2, keepdims=True)
+        scale = 1 + rng.uniform(-amount, amount, (n, 1, 1, 2)).astype(np.float32)
+        shift = rng.uniform(-amount / 2, amount / 2, (n, 1, 1, 2)).astype(np.float32)
+        pairs[:, :, idx] = centre + (pairs[:, :, idx] - centre) * scale + shift
+    low = pairs.min(axis=2, keepdims=True)
+    span = pairs.max(axis=2, keepdims=True) - low
+    span[span == 0] = 1.0
+    pairs = np.where(seen[:, :, None, None], (pairs - low) / span, 0.0).astype(np.float32)
+    out = x.copy()
+    out[..., :140] = pairs.reshape(n, x.shape[1], 140)
+    return out
 
 
 def augment(x: np.ndarray, copies: int, seed: int, jitter: float = 0.01, stretch: float = 0.06,
-            body_from: int | None = None, body_drop: float = 0.3, body_window_drop: float = 0.0) -> np.ndarray:
+            body_from: int | None = None, body_drop: float = 0.3, body_window_drop: float = 0.0,
+            reshape: float = 0.0) -> np.ndarray:
     """``copies`` noisy copies of windows (N, T, F) stacked after the originals: (N * (1 + copies), T, F).
 
     Each copy stretches a window's x and y values about 0.5 by up to ``stretch`` (another face shape,
@@ -257,13 +292,15 @@ def augment(x: np.ndarray, copies: int, seed: int, jitter: float = 0.01, stretch
     With ``body_from`` (index of the first body feature), each frame's body points are also dropped
     (zeroed, as an unseen pose is) with probability ``body_drop``: pose visibility flickers, and a
     model should not hang on it; and with probability ``body_window_drop`` a whole window's body is
-    gone (hidden under a blanket, or out of a close head crop). Pure but for the seeded generator.
+    gone (hidden under a blanket, or out of a close head crop). With ``reshape``, each copy's faces are
+    first reshaped (``reshape_faces``). Pure but for the seeded generator.
     """
     rng = np.random.default_rng(seed)
     out = [x]
     for _ in range(copies):
+        source = reshape_faces(x, reshape, rng) if reshape else x
         scale = 1 + rng.uniform(-stretch, stretch, (len(x), 1, 2)).astype(np.float32)
-        pairs = x.reshape(len(x), x.shape[1], -1, 2)
+        pairs = source.reshape(len(x), x.shape[1], -1, 2)
         moved = 0.5 + (pairs - 0.5) * scale[:, :, None, :] + rng.normal(0, jitter, pairs.shape).astype(np.float32)
         copy = np.where(pairs == 0, 0, moved).reshape(x.shape).astype(np.float32)
         if body_from is not None and body_from < x.shape[2]:
@@ -288,7 +325,7 @@ def _fit(arch: str, x_train, y_train, x_val, y_val, options: TrainOptions):
     verbose = options.verbose if options.verbose is not None else (1 if sys.stdout.isatty() else 2)
     if options.augment:
         x_train = augment(x_train, options.augment, options.seed, body_from=options.body_from,
-                          body_window_drop=options.body_window_drop)
+                          body_window_drop=options.body_window_drop, reshape=options.reshape)
         y_train = np.tile(y_train, options.augment + 1)
     x_train, x_val = _as_input_of(model, x_train), _as_input_of(model, x_val)
     history = model.fit(
@@ -342,6 +379,11 @@ def train(options: TrainOptions) -> dict:
         from edge.features import get_spec
 
         options = replace(options, body_from=2 * len(get_spec(str(data["spec"])).face_points))
+    if options.reshape and (not str(data.get("spec", "")).startswith("openpose-face70")
+                            or str(data.get("normalization", "")) != "face-box"):
+        raise DataError(f"dataset {options.data}: reshaping faces needs openpose-face70 features (iBUG-68 points first) "
+                        f"with face-box normalization, not {str(data.get('spec', 'unnamed features'))!r} "
+                        f"with {str(data.get('normalization', 'unnamed'))!r}")
     output = Path(options.output)
     if output.suffix != ".keras":
         raise DataError(f"--output {output}: give a .keras path")
@@ -350,7 +392,7 @@ def train(options: TrainOptions) -> dict:
 
     metrics: dict = {
         "data": str(options.data), "arch": options.arch, "windows": len(y), "labels": list(labels),
-        "window": int(x.shape[1]), "features": int(x.shape[2]), "augment": options.augment,
+        "window": int(x.shape[1]), "features": int(x.shape[2]), "augment": options.augment, "reshape": options.reshape,
         "spec": str(data["spec"]) if "spec" in data else None,
         "normalization": str(data["normalization"]) if "normalization" in data else None, "seed": options.seed,
     }

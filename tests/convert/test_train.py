@@ -86,6 +86,38 @@ def test_augmented_copies_move_present_points_only():
     assert (dropped[:, :, :140] != 0).all()  # face points are never dropped
 
 
+def _face_window(mouth_open: float, frames: int = 10) -> np.ndarray:
+    """A window of one face-box-normalized openpose-face70 face (x then y a point), the mouth ``mouth_open`` apart."""
+    rng = np.random.default_rng(5)
+    points = rng.uniform(0.2, 0.8, (70, 2)).astype(np.float32)
+    points[0], points[16], points[8], points[24] = (0, 0.3), (1, 0.3), (0.5, 1), (0.6, 0)  # the box's edges
+    points[62], points[66] = (0.5, 0.7), (0.5, 0.7 + mouth_open)
+    return np.repeat(points.reshape(1, 1, 140), frames, axis=1)
+
+
+def test_reshaped_faces_are_other_faces_with_the_same_expression():
+    x = np.concatenate([_face_window(0.0), _face_window(0.15), np.zeros((1, 10, 140), np.float32)])
+    out = train.reshape_faces(np.repeat(x, 50, axis=0), 0.1, np.random.default_rng(0))
+    closed, wide, empty = out[:50], out[50:100], out[100:]
+    assert not empty.any()  # no face stays no face
+    assert (out[:100].min(axis=2) >= 0).all() and (out[:100].max(axis=2) <= 1).all()
+    pairs = out[:100].reshape(100, 10, 70, 2)
+    assert np.allclose(pairs.min(axis=2), 0, atol=1e-6) and np.allclose(pairs.max(axis=2), 1, atol=1e-6)  # the face box again
+    np.testing.assert_allclose(out[:, 1:], out[:, :1].repeat(9, axis=1))  # one shape for the whole window
+    assert np.abs(closed - x[:1]).mean() > 0.01  # another face shape each window
+    assert np.unique(closed[:, 0].round(4), axis=0).shape[0] == 50
+    def opening(windows):
+        return windows[:, 0, 133] - windows[:, 0, 125]  # y of point 66 minus y of point 62
+
+    assert (opening(wide) > opening(closed) + 0.05).all()  # the mouth stays open
+
+
+def test_reshaping_refuses_features_that_are_not_an_ibug_face(tmp_path):
+    data = _dataset(tmp_path / "data.npz")
+    with pytest.raises(DataError, match="face-box"):
+        train.train(train.TrainOptions(arch="conv1d", data=data, output=tmp_path / "m.keras", epochs=1, augment=1, reshape=0.1))
+
+
 @pytest.mark.slow
 def test_train_holds_out_whole_groups_and_writes_plots_and_metrics(tmp_path):
     data = _dataset(tmp_path / "data.npz")
