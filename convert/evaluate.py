@@ -340,11 +340,32 @@ def clips_of(videos: Path, labels_path: Path | None, default_label: str) -> tupl
     return files, labels
 
 
+def run_clip(video: Path, config, model, labels=None, positive: str = "crying", tolerance: float = TOLERANCE_S,
+             default_label: str = "not_crying", progress=None) -> ClipResult:
+    """One clip through a fresh copy of the daemon's pipeline (``build_pipeline``) for the open ``model``, as ``config`` sets it."""
+    from edge.daemon import build_pipeline
+
+    pipeline = build_pipeline(config, model, wall_clock=lambda t: t)
+    hearing = None
+    try:
+        if config.audio.enabled is True:
+            from edge.audio import open_hearing
+            from edge.config import FileSourceConfig
+
+            clip_config = config.model_copy(deep=True)  # the clip's own sound track, in step with its frames
+            clip_config.source = FileSourceConfig(path=video, realtime=False)
+            hearing = open_hearing(clip_config, pipeline.alarm.on_threshold)
+        return evaluate_clip(video, pipeline, labels, positive, tolerance, default_label, progress, hearing)
+    finally:
+        pipeline.close()
+        if hearing is not None:
+            hearing.close()
+
+
 def evaluate(videos: Path, labels_path: Path | None, config, positive: str = "crying", tolerance: float = TOLERANCE_S,
              default_label: str = "not_crying", show_progress: bool = False) -> tuple[list[ClipResult], dict, object]:
     """Every clip through a fresh copy of the daemon's pipeline; (per-clip results, totals, model card)."""
     from convert.dataset import Progress
-    from edge.daemon import build_pipeline
     from edge.model import TFLiteModel
 
     files, labels = clips_of(videos, labels_path, default_label)
@@ -355,22 +376,7 @@ def evaluate(videos: Path, labels_path: Path | None, config, positive: str = "cr
         for number, video in enumerate(files):
             bar = Progress(1, f"[{number + 1}/{len(files)}] {video.name}") if show_progress else None
             progress = (lambda done, total, bar=bar: (setattr(bar, "total", max(1, total)), bar.update(done))) if bar else None
-            pipeline = build_pipeline(config, model, wall_clock=lambda t: t)
-            hearing = None
-            if config.audio.enabled is True:
-                from edge.audio import open_hearing
-                from edge.config import FileSourceConfig
-
-                clip_config = config.model_copy(deep=True)  # the clip's own sound track, in step with its frames
-                clip_config.source = FileSourceConfig(path=video, realtime=False)
-                hearing = open_hearing(clip_config, pipeline.alarm.on_threshold)
-            try:
-                results.append(evaluate_clip(video, pipeline, labels.get(video.name), positive, tolerance, default_label,
-                                             progress, hearing))
-            finally:
-                pipeline.close()
-                if hearing is not None:
-                    hearing.close()
+            results.append(run_clip(video, config, model, labels.get(video.name), positive, tolerance, default_label, progress))
         card = model.card
     return results, totals(results), card
 

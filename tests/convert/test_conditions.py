@@ -23,6 +23,18 @@ def test_the_suite_never_uses_a_face_the_default_model_trained_on(tmp_path):
         conditions.build_suite(tmp_path, ("astronaut",))
 
 
+def test_the_suite_faces_are_in_no_clip_of_the_demo_build_not_even_to_choose_the_model():
+    """The suite judged a model whose architecture its face (Grace Hopper, then held out as "test") had chosen."""
+    faces = {name: {plan.photo for plan in plans} for name, plans in demo.clip_sets(1, 2.0).items()}
+    training = set().union(*(photos for name, photos in faces.items() if name != "validation"))
+    assert training == set(demo.TRAIN_PHOTOS) and faces["validation"] == set(demo.VALIDATION_PHOTOS)
+    assert not training & faces["validation"]
+    assert not set(demo.SUITE_PHOTOS) & (training | faces["validation"])
+    assert all(pattern.rstrip("*").rstrip("-") in faces["validation"] for pattern in demo.HOLDOUT)
+    # LFW repeats people: faces whose dlib descriptors lie near a suite or validation face train on nothing
+    assert not {"lfw-00", "lfw-36", "lfw-68", "lfw-21", "lfw-61"} & training
+
+
 def test_the_plan_is_the_same_every_time_and_covers_every_condition_and_hard_negative():
     plans = conditions.plan_suite(("grace-hopper", "lfw-90"))
     assert plans == conditions.plan_suite(("grace-hopper", "lfw-90"))
