@@ -224,14 +224,16 @@ class Event:
     kind: str
     start: float
     end: float
+    dbfs: float | None = None  # its RMS level; None: a random one (render)
 
 
 def render(events: list[Event], seconds: float, rng: np.random.Generator, room_dbfs: float | None = None) -> np.ndarray:
-    """Events mixed over room tone; each at its own level (-38 to -12 dBFS), clipped to [-1, 1]."""
+    """Events mixed over room tone; each at its own level (``dbfs``, else -38 to -12 dBFS), clipped to [-1, 1]."""
     room = room_dbfs if room_dbfs is not None else rng.uniform(-62, -45)
     out = _normalize(pink_noise(int(seconds * RATE), rng), room)
     for event in events:
-        piece = sound(event.kind, event.end - event.start, rng) * _db(rng.uniform(-18, 8))
+        piece = sound(event.kind, event.end - event.start, rng)  # at -20 dBFS; drawn before the level, as always
+        piece = piece * _db(event.dbfs + 20.0 if event.dbfs is not None else rng.uniform(-18, 8))
         a = int(event.start * RATE)
         out[a:a + len(piece)] += piece[: len(out) - a]
     return np.clip(out, -1.0, 1.0)

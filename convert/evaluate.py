@@ -145,7 +145,7 @@ def evaluate_clip(video: Path, pipeline, labels=None, positive: str = "crying", 
         hearing.video_origin = lambda: t0
         pipeline.fuse = hearing.fuse
     times, probabilities, statuses, crying = [], [], [], []
-    events = []
+    events, decided = [], []  # decided: the frame time each event was raised at (an alert goes out then)
     try:
         while (frame := source.read()) is not None:
             t0 = frame.t if t0 is None else t0
@@ -155,6 +155,7 @@ def evaluate_clip(video: Path, pipeline, labels=None, positive: str = "crying", 
             faces += result.face_seen
             bodies += result.body_seen
             events += result.events
+            decided += [frame.t] * len(result.events)
             if result.score is not None:
                 times.append(result.score.t - t0)
                 probabilities.append(result.score.probability)
@@ -166,10 +167,13 @@ def evaluate_clip(video: Path, pipeline, labels=None, positive: str = "crying", 
         source.close()
     if not frames:
         raise DataError(f"video {video} has no frames")
-    events += pipeline.alarm.finish(last_t)
+    finished = pipeline.alarm.finish(last_t)
+    events += finished
+    decided += [last_t] * len(finished)
     duration = frames / source.file_fps
-    episodes = [{"start_s": round(s.t - t0, 3), "end_s": round(e.t - t0, 3), "end_reason": e.reason}
-                for s, e in zip(events[::2], events[1::2], strict=True)]
+    episodes = [{"start_s": round(s.t - t0, 3), "end_s": round(e.t - t0, 3), "end_reason": e.reason,
+                 "start_decided_s": round(ds - t0, 3), "end_decided_s": round(de - t0, 3)}
+                for s, e, ds, de in zip(events[::2], events[1::2], decided[::2], decided[1::2], strict=True)]
     truth = clip_truth(labels, positive)
     match = match_episodes(truth, [(e["start_s"], e["end_s"]) for e in episodes], tolerance)
 

@@ -76,3 +76,63 @@ def test_new_hard_negatives_are_rendered_with_their_labels():
     frames = list(synth.render_clip(photo, [("sleeping", 0.4), ("pacifier", 0.4), ("coughing", 0.4), ("sneezing", 0.4)],
                                     seed=2, fps=10))
     assert [label for _, label in frames] == ["sleeping"] * 4 + ["pacifier"] * 4 + ["coughing"] * 4 + ["sneezing"] * 4
+
+
+def test_the_fused_section_hides_the_face_for_the_whole_cry_and_gives_every_clip_a_sound_plan(frame_and_points):
+    image, points = frame_and_points
+    rng = np.random.default_rng(0)
+    plans = conditions.plan_suite(("grace-hopper", "lfw-90"), vision=False, sound=True)
+    assert plans == conditions.plan_suite(("grace-hopper", "lfw-90"), vision=False, sound=True)
+    assert all(p.sound for p in plans)
+    cries = [p for p in plans if p.kind == "cry"]
+    assert {p.condition for p in cries} == set(conditions.SOUND_CRY_CONDITIONS)
+    assert all(any(e.kind == "crying" and (e.start, e.end) == conditions.CRY_SPAN_S for e in p.sound) for p in cries)
+    negatives = [p for p in plans if p.kind == "hard-negative"]
+    assert {e.kind for p in negatives for e in p.sound} >= {"speech", "music", "white_noise", "tv"}
+    assert not any(e.kind == "crying" for p in negatives for e in p.sound)
+    # the face is out of frame, or under a blanket, for the whole cry: MediaPipe finds no face
+    from edge.landmarks import LandmarkExtractor
+    from edge.records import Frame
+
+    with LandmarkExtractor(pose=False, mode="image") as extractor:
+        assert extractor.extract(Frame(image, 0.0, 0)).has_face
+        for hide in (conditions.face_turned, conditions.face_covered_night):
+            for t in (conditions.CRY_SPAN_S[0], sum(conditions.CRY_SPAN_S) / 2, conditions.CRY_SPAN_S[1] - 0.01):
+                assert not extractor.extract(Frame(hide(image, points, t, rng), t, 0)).has_face, (hide.__name__, t)
+    assert conditions.face_turned(image, points, conditions.CRY_SPAN_S[1], rng) is image
+
+
+@pytest.mark.slow
+def test_a_cry_heard_with_the_face_turned_away_is_decided_within_a_second_and_a_half(tmp_path):
+    """The daemon's own path (default vision and audio models, real TFLite graphs) on two fused suite clips."""
+    import shutil
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs ffmpeg")
+    from edge.config import load_config
+    from edge.daemon import Daemon
+
+    cry, talk = "grace-hopper-cry-heard-face-turned", "grace-hopper-talking-sound-speech"
+    conditions.build_suite(tmp_path, ("grace-hopper",), vision=False, sound=True, only={cry, talk})
+    seen = {}
+    for name in (cry, talk):
+        config = load_config(None, {"source": {"uri": str(tmp_path / f"{name}.mp4"), "realtime": False},
+                                    "health": {"enabled": False}, "outbox": {"path": str(tmp_path / "outbox.sqlite3")}})
+        daemon = Daemon(config)
+        events, visions = [], []
+        with daemon:
+            publish_event, publish_state = daemon.publisher.publish_event, daemon.publisher.publish_state
+            # decided: the newest fused score's time when the event goes out
+            daemon.publisher.publish_event = lambda e: (events.append((e, daemon.hearing.last.score.t)), publish_event(e))
+            daemon.publisher.publish_state = lambda s: (visions.append(s.senses and s.senses["vision"]["status"]),
+                                                        publish_state(s))
+            assert daemon.run() == 0
+            origin = daemon.source.status.first_frame_t
+        seen[name] = [(e.kind, round(e.t - origin, 2), round(decided - origin, 2), e.reason) for e, decided in events]
+        if name == cry:
+            assert "no_face" in visions
+    assert seen[talk] == []  # a face that talks over speech: no alarm
+    (kind, start, decided, _), (end_kind, end, _, reason) = seen[cry]
+    a, b = conditions.CRY_SPAN_S
+    assert kind == "start" and a - 0.5 <= start and decided <= a + 1.5
+    assert end_kind == "end" and reason == "scores" and b <= end <= b + 1.5
