@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/training.py [--arch conv1d conv2d ...] [--runs 3] [--epochs 5]
 
-``cryedge train`` runs with ``TF_ENABLE_ONEDNN_OPTS=0`` unless the user set it (convert/train.py says
-why); here each architecture trains ``--runs`` times with it 0 and 1 in turn, on SYNTHETIC windows
+``cryedge train`` runs with TensorFlow's default (oneDNN on, on x86) unless the user sets
+``TF_ENABLE_ONEDNN_OPTS``; the README says when to turn it off and why. Here each architecture trains ``--runs`` times with it 0 and 1 in turn, on SYNTHETIC windows
 (``convert.zoo.synthetic_windows``; sound-window shapes for audio-cnn), a fixed number of epochs (no
 early stopping). On a shared machine compare the ratio, not the seconds.
 """

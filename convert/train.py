@@ -17,7 +17,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,21 +26,6 @@ import numpy as np
 from edge.errors import DataError
 
 log = logging.getLogger(__name__)
-
-# TensorFlow reads this once, when it is imported. With its oneDNN kernels on (the x86 default), fitting
-# the zoo's mini_xception in TF 2.21 corrupted the heap (glibc abort or SIGSEGV) in 8 runs of 8, with its
-# SeparableConv2D layers or plain Conv2D in their place; without its residual branch (a strided 1x1 Conv2D
-# added back in) 2 of 2 trained. With oneDNN off it trains. What it costs: README, "Training".
-ONEDNN_SWITCH = "TF_ENABLE_ONEDNN_OPTS"
-
-
-def onednn_off_unless_chosen(environ=os.environ) -> None:
-    """Turn TensorFlow's oneDNN kernels off for training, before TensorFlow is imported; a value the user set stays."""
-    if ONEDNN_SWITCH in environ:
-        return
-    environ[ONEDNN_SWITCH] = "0"
-    if "tensorflow" in sys.modules:
-        log.debug("TensorFlow was imported before training: %s=0 applies to child processes only", ONEDNN_SWITCH)
 
 # --- splits (pure numpy) -----------------------------------------------------------------------
 
@@ -359,8 +343,6 @@ def _train_val(train: np.ndarray, groups: np.ndarray, y: np.ndarray, seed: int) 
 def train(options: TrainOptions) -> dict:
     """Train, test on held-out groups, save the model, plots and metrics; returns the metrics dict."""
     from convert.dataset import load
-
-    onednn_off_unless_chosen()
 
     data = load(options.data)
     x, y, groups = data["x"].astype(np.float32), data["y"].astype(np.int64), data["groups"].astype(str)

@@ -157,29 +157,6 @@ def test_train_refuses_bad_data_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("user_chose", [None, "1"])
-def test_cryedge_train_runs_with_onednn_off_unless_the_user_chose(tmp_path, monkeypatch, user_chose):
-    """With oneDNN on, TF 2.21 aborted fitting the zoo's SeparableConv2D model ("Fatal glibc error: malloc
-    assertion failure", every run tried): ``cryedge train`` turns it off before TensorFlow is imported, as
-    TensorFlow itself reports in the training process; a TF_ENABLE_ONEDNN_OPTS the user set is kept."""
-    from isolated import run_python
-
-    data = _dataset(tmp_path / "data.npz", groups=4, per_group=20)
-    code = (
-        "from edge.cli import main\n"
-        f"code = main(['train', '--arch', 'conv1d', '--data', {str(data)!r}, '--output', "
-        f"{str(tmp_path / 'model.keras')!r}, '--epochs', '1'])\n"
-        "from tensorflow.python.util import _pywrap_util_port\n"
-        "print('exit', code, 'onednn', _pywrap_util_port.IsMklEnabled())\n"
-    )
-    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
-    env = {"CUDA_VISIBLE_DEVICES": ""} | ({"TF_ENABLE_ONEDNN_OPTS": user_chose} if user_chose else {})
-    out = run_python(code, env=env, timeout=300)
-    assert out.splitlines()[-1] == f"exit 0 onednn {user_chose == '1'}"
-
-
-
-@pytest.mark.slow
 def test_cryedge_train_of_the_conv2d_architecture_trains_on_windows_seen_as_images(tmp_path):
     """conv2d takes each 10 x 156 window as a 40 x 39 image; the old fit fed the windows as they were and
     died with a ValueError traceback ("expected axis -1 of input shape to have value 2560")."""
