@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import http.server
+import os
+import random
 import shutil
 import socket
 import subprocess
@@ -96,6 +98,51 @@ class MjpegServer:
 
 
 RTSP_SERVER = shutil.which("rtsp-server-perl") or "/usr/bin/rtsp-server-perl"
+# rtsp-server-perl takes its RTP/RTCP UDP ports from a fixed 20000 up (2 per stream of the feed, then 2 per
+# stream of each client's SETUP) and does not check that it got them: a second server on the machine (another
+# test run, a leftover) silently loses its feed to the first. Each RtspCamera gets a range of its own instead.
+RTP_PORTS = 200
+# the server resets its next port to this package variable whenever it has no stream: set it too
+RTSP_SERVER_WITH_START_PORT = ("use RTSP::Server; $RTSP::Server::RTP_START_PORT = shift @ARGV; my $script = shift @ARGV; "
+                               "do $script; die $@ if $@;")
+
+
+def free_rtp_ports(count: int = RTP_PORTS) -> int:
+    """An even UDP port on loopback from which ``count`` ports are free now, below the ephemeral range and
+    away from 20000 (rtsp-server-perl's own default, which other servers on the machine may hold)."""
+    for _ in range(100):
+        start = random.randrange(21000, 32000 - count, 2)
+        sockets = []
+        try:
+            for port in range(start, start + count):
+                sockets.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                sockets[-1].bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for held in sockets:
+                held.close()
+        return start
+    raise RuntimeError(f"no {count} free UDP ports on loopback for an RTSP server")
+
+
+def udp_ports_of(pid: int) -> set[int]:
+    """The local ports of the UDP sockets process ``pid`` holds."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
 
 
@@ -111,6 +158,7 @@ class RtspCamera:
         self.clip, self.workdir = Path(clip), Path(workdir)
         self.sound = sound  # also send the clip's sound track (AAC), as a camera with a microphone does
         self.client_port, self.source_port = free_port(), free_port()
+        self.rtp_port = free_rtp_ports()  # the feed's RTP/RTCP ports: rtp_port .. +3 with sound, then the clients'
         self.url = f"rtsp://127.0.0.1:{self.client_port}/live"
         self._server: subprocess.Popen | None = None
         self._feed: subprocess.Popen | None = None
@@ -118,7 +166,8 @@ class RtspCamera:
     def start(self) -> RtspCamera:
         with open(self.workdir / "rtsp-server.log", "ab") as log:
             self._server = subprocess.Popen(
-                [RTSP_SERVER, "--clientport", str(self.client_port), "--serverport", str(self.source_port),
+                ["perl", "-e", RTSP_SERVER_WITH_START_PORT, str(self.rtp_port), RTSP_SERVER,
+                 "--rtp_start_port", str(self.rtp_port), "--clientport", str(self.client_port), "--serverport", str(self.source_port),
                  "--client_listen_address", "127.0.0.1", "--source_listen_address", "127.0.0.1", "--loglevel", "2"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         # the source port first: the encoder connects there
@@ -137,19 +186,26 @@ class RtspCamera:
         return self
 
     def wait_until_live(self, timeout: float = 20.0) -> None:
-        """Until the server answers DESCRIBE with 200: the encoder has announced the stream."""
+        """Until the server answers DESCRIBE with 200 (the encoder has announced the stream) and holds the UDP
+        ports its feed's RTP comes to (the encoder has set up every stream, on ports the server got)."""
         deadline = time.monotonic() + timeout
         request = f"DESCRIBE {self.url} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n\r\n".encode()
+        feed_ports = set(range(self.rtp_port, self.rtp_port + (4 if self.sound else 2)))
+        held: set[int] = set()
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.client_port), timeout=1) as connection:
                     connection.sendall(request)
                     if b" 200 " in connection.recv(4096).split(b"\r\n", 1)[0] + b" ":
-                        return
+                        held = udp_ports_of(self._server.pid)
+                        if feed_ports <= held:
+                            return
             except OSError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"the RTSP stream did not come up: {(self.workdir / 'ffmpeg.log').read_text()}")
+        raise RuntimeError(f"the RTSP stream did not come up (the server holds UDP ports {sorted(held)}, its feed "
+                           f"needs {sorted(feed_ports)}): {(self.workdir / 'ffmpeg.log').read_text()}"
+                           f"{(self.workdir / 'rtsp-server.log').read_text()[-2000:]}")
 
     def sessions(self) -> int:
         """RTSP clients connected now: established TCP connections to the client port (each session keeps one

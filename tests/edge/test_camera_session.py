@@ -7,6 +7,7 @@ camera's password in no command line and no log. Real servers on loopback (tests
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import threading
@@ -171,6 +172,41 @@ def test_the_service_hearing_a_camera_keeps_its_watchdog_fed_while_the_camera_is
     assert "listening: stream:" in stderr and stderr.count("listening: stream:") >= 2  # the sound came back too
     gaps = [b - a for a, b in itertools.pairwise([gone - 5, *service.pings(since=gone - 5), back])]
     assert max(gaps) < 10.0, gaps
+
+
+@needs_rtsp
+@pytest.mark.timeout(90)
+def test_a_test_camera_is_seen_and_heard_while_another_rtsp_server_holds_the_default_rtp_ports(tmp_path):
+    """rtsp-server-perl takes UDP 20000 up unchecked: with another server on the machine (another test run)
+    holding them, a test camera's feed went to that one and no frame ever came (a CI failure, 120 s at
+    503 "starting"). Each test camera now has ports of its own."""
+    import socket
+
+    from streams import RtspCamera
+
+    held = []
+    for port in range(20000, 20008):  # as another rtsp-server-perl holds them
+        held.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        with contextlib.suppress(OSError):  # already held by one: as good
+            held[-1].bind(("127.0.0.1", port))
+    try:
+        with RtspCamera(DEMO_CLIP, tmp_path, sound=True) as server:
+            camera = FfmpegStreamSource(server.url, rtsp_transport="udp", timeout_seconds=3.0)
+            sound = CameraSound(camera)
+            with SupervisedSource(lambda: camera, stall_seconds=3.0) as source:
+                frames = source.frames()
+                started = time.monotonic()
+                assert next(frames) is not None and time.monotonic() - started < 15
+                assert source.status.reconnects == 0 and sound.wait_ready(5.0)
+                sound.open()
+                deadline = time.monotonic() + 15
+                while (chunk := sound.read(0.5)) is None and time.monotonic() < deadline:
+                    pass
+                assert chunk is not None
+                sound.close()
+    finally:
+        for socket_ in held:
+            socket_.close()
 
 
 @needs_rtsp

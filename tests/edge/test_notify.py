@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -251,8 +252,20 @@ class Service:
         broker_args = ["--broker", f"mqtt://127.0.0.1:{broker.port}"] if broker else []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edge.cli", "run", "--config", str(config), *broker_args], cwd=REPO,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,  # see terminate
             env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": str(watchdog_usec)})
+        # its stderr drained at all times: a full pipe would block the daemon's logging, and a timeout below
+        # can say what the daemon said without waiting for it to exit
+        self._stderr: list[str] = []
+        self._stderr_reader = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._stderr_reader.start()
+
+    def _drain_stderr(self) -> None:
+        for line in self.process.stderr:
+            self._stderr.append(line)
+
+    def stderr_so_far(self) -> str:
+        return "".join(self._stderr)
 
     def _read(self) -> None:
         while not self._stop.is_set():
@@ -278,12 +291,15 @@ class Service:
     def wait_for_health(self, status: int, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.process.stderr.read()[-3000:]
+            if self.process.poll() is not None:
+                self._stderr_reader.join(timeout=5)
+                raise AssertionError(f"cryedge run exited {self.process.returncode}: {self.stderr_so_far()[-3000:]}")
             code, body = self.health()
             if code == status:
                 return body
             time.sleep(0.5)
-        raise AssertionError(f"/health did not become {status} in {timeout} s: {self.health()}")
+        raise AssertionError(f"/health did not become {status} in {timeout} s: {self.health()}; "
+                             f"its stderr: {self.stderr_so_far()[-3000:]}")
 
     def pings(self, since: float = 0.0) -> list[float]:
         return [t for t, fields in self.messages if fields.get("WATCHDOG") == "1" and t >= since]
@@ -291,13 +307,17 @@ class Service:
     def terminate(self) -> str:
         self.process.send_signal(signal.SIGTERM)
         try:
-            _, stderr = self.process.communicate(timeout=30)
+            self.process.wait(timeout=30)
         finally:
-            self.process.kill()
+            with contextlib.suppress(ProcessLookupError):  # the daemon and any child it left (its ffmpeg)
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            self._stderr_reader.join(timeout=10)
+            self.process.stderr.close()
             self._stop.set()
             self._reader.join()
             self.notify.close()
-        return stderr
+        return self.stderr_so_far()
 
 
 @pytest.mark.timeout(180)
