@@ -55,6 +55,15 @@ def mask_password(text: str) -> str:
     return re.sub(r"(://[^:/@\s]*):[^@/\s]*@", r"\1:********@", text)
 
 
+def stream_input_options(url: str, rtsp_transport: str, timeout_seconds: float) -> list[tuple[str, str]]:
+    """``ffmpeg``'s input options for a network stream: its RTSP transport, and a stream that sends nothing
+    for ``timeout_seconds`` failing (so it can be reopened) instead of waiting forever."""
+    microseconds = str(int(timeout_seconds * 1_000_000))
+    if url.lower().startswith("rtsp"):
+        return [("rtsp_transport", rtsp_transport), ("timeout", microseconds)]
+    return [("rw_timeout", microseconds)]
+
+
 def alsa_device_name(device: str | int) -> str:
     """A card index (``1``) as ``plughw:1,0``; a name (``default``, ``plughw:CARD=Mic,DEV=0``) as it is."""
     text = str(device).strip()
@@ -276,11 +285,8 @@ class FfmpegAudioSource(PipeAudioSource):
         self.live = stream
         options: list[str] = []
         if stream:
-            microseconds = str(int(timeout_seconds * 1_000_000))
-            if self.uri.lower().startswith("rtsp"):
-                options = ["-rtsp_transport", rtsp_transport, "-timeout", microseconds]
-            else:
-                options = ["-rw_timeout", microseconds]
+            options = [word for key, value in stream_input_options(self.uri, rtsp_transport, timeout_seconds)
+                       for word in (f"-{key}", value)]
         elif realtime:
             options = ["-re"]
         command = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *options, "-i", self.uri,

@@ -115,6 +115,7 @@ class NewestFrame:
         self._new_frame = threading.Condition()
         self._latest: tuple[np.ndarray, float] | None = None
         self._failed: str | None = None
+        self._index = 0  # frames handed over, across reopens
 
     def reset(self) -> None:
         with self._new_frame:
@@ -142,6 +143,17 @@ class NewestFrame:
             latest, self._latest = self._latest, None
             return latest
 
+    def frame(self, timeout: float, convert: Callable[[np.ndarray], np.ndarray] | None = None) -> Frame | None:
+        """The newest frame not yet handed over, numbered, its image through ``convert`` (on the reading
+        thread: frames dropped unread cost nothing); None if none came within ``timeout``."""
+        newest = self.take(timeout)
+        if newest is None:
+            return None
+        image, t = newest
+        frame = Frame(image=convert(image) if convert is not None else image, t=t, index=self._index)
+        self._index += 1
+        return frame
+
 
 class OpenCVSource:
     """A V4L2 camera or a network stream through OpenCV, always giving the newest frame.
@@ -164,7 +176,6 @@ class OpenCVSource:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._newest = NewestFrame()
-        self._index = 0
 
     @classmethod
     def from_config(cls, config: V4l2SourceConfig | RtspSourceConfig | HttpSourceConfig) -> OpenCVSource:
@@ -215,13 +226,7 @@ class OpenCVSource:
 
     def read(self, timeout: float = 1.0) -> Frame | None:
         """The newest frame not yet returned; None if none came within ``timeout`` seconds."""
-        newest = self._newest.take(timeout)
-        if newest is None:
-            return None
-        bgr, t = newest
-        frame = Frame(image=bgr[:, :, ::-1].copy(), t=t, index=self._index)
-        self._index += 1
-        return frame
+        return self._newest.frame(timeout, convert=lambda bgr: bgr[:, :, ::-1].copy())
 
     def close(self) -> None:
         """Stop the reader, then release the device.
@@ -277,7 +282,6 @@ class FfmpegStreamSource:
         self._errors: deque[str] = deque(maxlen=5)
         self._newest = NewestFrame()
         self._session = threading.Condition()
-        self._index = 0
 
     @classmethod
     def from_config(cls, config: RtspSourceConfig | HttpSourceConfig, sound_rate: int = 16000) -> FfmpegStreamSource:
@@ -287,11 +291,9 @@ class FfmpegStreamSource:
 
     def _playlist(self) -> bytes:
         """The URL and its demuxer options as an ``ffconcat`` list: what ``ffmpeg`` reads instead of ``-i URL``."""
-        microseconds = int(self.timeout_seconds * 1_000_000)
-        if self.url.lower().startswith("rtsp"):
-            options = [("rtsp_transport", self.rtsp_transport), ("timeout", microseconds)]
-        else:
-            options = [("rw_timeout", microseconds)]
+        from edge.audio_source import stream_input_options
+
+        options = stream_input_options(self.url, self.rtsp_transport, self.timeout_seconds)
         quoted = self.url.replace("'", "'\\''")
         lines = ["ffconcat version 1.0", f"file '{quoted}'", *(f"option {key} {value}" for key, value in options)]
         return ("\n".join(lines) + "\n").encode()
@@ -385,13 +387,7 @@ class FfmpegStreamSource:
 
     def read(self, timeout: float = 1.0) -> Frame | None:
         """The newest frame not yet returned; None if none came within ``timeout`` seconds."""
-        newest = self._newest.take(timeout)
-        if newest is None:
-            return None
-        image, t = newest
-        frame = Frame(image=image, t=t, index=self._index)
-        self._index += 1
-        return frame
+        return self._newest.frame(timeout)
 
     def sound(self):
         """The running session: (its ``generation``, its ``SoundPipe``); SourceError without one or without sound."""
