@@ -230,9 +230,7 @@ class Daemon:
 
     def open(self) -> None:
         """Open the model, landmarkers, publisher, source and health server; any failure is one CryedgeError."""
-        from edge.health import start_health_server
         from edge.model import TFLiteModel
-        from edge.publish import make_publisher
         from edge.source import SupervisedSource
 
         cfg = self.config
@@ -251,9 +249,7 @@ class Daemon:
 
                 self.hearing = self._own(open_hearing(cfg, self.alarm.on_threshold))
                 self.pipeline.fuse = self.hearing.fuse
-            self.publisher = make_publisher(cfg, self.model.card.name, on_output_closed=self.stop)
-            self.publisher.start()
-            self._closing.append(self.publisher)
+            self._start_publisher(self.model.card.name)
             if cfg.snapshot.enabled:  # closed before the publisher: a picture being encoded still goes out
                 from edge.pictures import SnapshotWorker
 
@@ -269,11 +265,7 @@ class Daemon:
             if self.hearing is not None:
                 self.hearing.video_origin = lambda: self.source.status.first_frame_t
             self._closing.append(self.source)
-            self.health = start_health_server(self.health_stats, enabled=cfg.health.enabled, host=cfg.health.host,
-                                              port=cfg.health.port, stale_after=max(2.0, cfg.source.stall_seconds),
-                                              live=self.live)
-            if self.health is not None:
-                self._closing.append(self.health)
+            self._start_health(live=self.live)
             if self.live is not None:  # closed before the server: its streams end, the server's threads are free
                 self._closing.append(self.live)
         except BaseException:
@@ -289,8 +281,6 @@ class Daemon:
         from edge.audio import open_hearing
         from edge.config import no_camera_problem
         from edge.errors import ConfigError
-        from edge.health import start_health_server
-        from edge.publish import make_publisher
 
         cfg = self.config
         problem = no_camera_problem(cfg)  # load_config said it already; a Config built in code is checked here
@@ -301,19 +291,31 @@ class Daemon:
             self.hearing = self._own(open_hearing(cfg, None, listener=self._heard.put))
             self.alarm = Alarm(cfg.alarm, model_threshold=self.hearing.card.threshold)
             self.hearing.fusion.alarm_threshold = self.alarm.on_threshold
-            self.publisher = make_publisher(cfg, self.hearing.card.name, on_output_closed=self.stop)
-            self.publisher.start()
-            self._closing.append(self.publisher)
-            self.health = start_health_server(self.health_stats, enabled=cfg.health.enabled, host=cfg.health.host,
-                                              port=cfg.health.port, stale_after=self._stall_after())
-            if self.health is not None:
-                self._closing.append(self.health)
+            self._start_publisher(self.hearing.card.name)
+            self._start_health()
         except BaseException:
             self.close()
             raise
         log.info("running: no camera, listening to %s through %s, alarm ON >= %.2f, OFF < %.2f",
                  self.hearing.monitor.status.name, self.hearing.card.name, self.alarm.on_threshold,
                  self.alarm.off_threshold)
+
+    def _start_publisher(self, model_name: str) -> None:
+        from edge.publish import make_publisher
+
+        self.publisher = make_publisher(self.config, model_name, on_output_closed=self.stop)
+        self.publisher.start()
+        self._closing.append(self.publisher)
+
+    def _start_health(self, live=None) -> None:
+        """The health server (when enabled), stale after the same silence the watchdog allows."""
+        from edge.health import start_health_server
+
+        health = self.config.health
+        self.health = start_health_server(self.health_stats, enabled=health.enabled, host=health.host, port=health.port,
+                                          stale_after=self._stall_after(), live=live)
+        if self.health is not None:
+            self._closing.append(self.health)
 
     def _stall_after(self) -> float:
         """No sign of progress for this long is a stall (the watchdog's and /health's limit)."""
