@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from taps import record_published
 
 from edge.audio_source import CameraSound
 from edge.config import load_config
@@ -75,8 +76,7 @@ def test_a_camera_with_a_microphone_is_one_rtsp_client_for_picture_and_sound_als
     states = []
     try:
         with daemon:
-            publish_state = daemon.publisher.publish_state
-            daemon.publisher.publish_state = lambda state: (states.append(state), publish_state(state))
+            record_published(daemon.publisher, states=states)
             runner = threading.Thread(target=daemon.run)
             runner.start()
             hearing, source = daemon.hearing, daemon.source

@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from taps import record_published
 
 from edge.card import ModelCard
 from edge.config import load_config
@@ -98,8 +99,7 @@ def test_a_file_gives_one_start_and_one_end_at_the_right_moments(assets):
     daemon = Daemon(config)
     events = []
     with daemon:
-        publish = daemon.publisher.publish_event
-        daemon.publisher.publish_event = lambda event: (events.append(event), publish(event))
+        record_published(daemon.publisher, events)
         assert daemon.run() == 0
         origin = daemon.source.status.first_frame_t
     assert [e.kind for e in events] == ["start", "end"]
@@ -234,8 +234,7 @@ def test_cryedge_run_without_arguments_finds_the_demo_clips_one_cry_on_time(tmp_
     daemon = Daemon(config)
     events = []
     with daemon:
-        publish = daemon.publisher.publish_event
-        daemon.publisher.publish_event = lambda event: (events.append(event), publish(event))
+        record_published(daemon.publisher, events)
         daemon.run()
         origin = daemon.source.status.first_frame_t
     assert [e.kind for e in events] == ["start", "end"]

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 from audio_models import tone, write_wav, yamnet_card, yamnet_signature_model
+from taps import record_published
 from test_daemon import FPS, config_file, write_clip, write_position_model
 
 from edge.config import load_config
@@ -63,9 +64,7 @@ def run_daemon(config) -> tuple[list, list, float]:
     daemon = Daemon(config)
     events, states = [], []
     with daemon:
-        publish_event, publish_state = daemon.publisher.publish_event, daemon.publisher.publish_state
-        daemon.publisher.publish_event = lambda event: (events.append(event), publish_event(event))
-        daemon.publisher.publish_state = lambda state: (states.append(state), publish_state(state))
+        record_published(daemon.publisher, events, states)
         assert daemon.run() == 0
         origin = daemon.source.status.first_frame_t
     return events, states, origin
