@@ -14,6 +14,7 @@ are dropped and counted as overruns, as are the overruns ``arecord`` reports. ``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -22,7 +23,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from edge.errors import SourceError
 log = logging.getLogger(__name__)
 
 SAMPLE_BYTES = 2  # s16le
+FFMPEG_QUIET = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error"]
 FULL_SCALE = 32768.0
 
 
@@ -62,6 +64,49 @@ def stream_input_options(url: str, rtsp_transport: str, timeout_seconds: float) 
     if url.lower().startswith("rtsp"):
         return [("rtsp_transport", rtsp_transport), ("timeout", microseconds)]
     return [("rw_timeout", microseconds)]
+
+
+# what a URL read through ffmpeg's concat demuxer may use: the pipe that carries the list, and the streams
+STREAM_PROTOCOLS = "pipe,rtsp,rtsps,rtp,srtp,udp,tcp,tls,http,https,httpproxy,crypto"
+
+
+def ffconcat_list(url: str, options: list[tuple[str, str]]) -> bytes:
+    """``url`` and its demuxer ``options`` as an ``ffconcat`` list of one file."""
+    quoted = url.replace("'", "'\\''")
+    lines = ["ffconcat version 1.0", f"file '{quoted}'", *(f"option {key} {value}" for key, value in options)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+@contextlib.contextmanager
+def url_on_pipe(url: str, rtsp_transport: str, timeout_seconds: float) -> Iterator[tuple[list[str], int]]:
+    """``ffmpeg``'s input arguments that read a network stream's ``url`` from a pipe, and the pipe's end to pass.
+
+    The URL, password and all, goes in an ``ffconcat`` list written to the pipe, never on the command line,
+    which ``ps`` and /proc/PID/cmdline show to every user. Start ``ffmpeg`` inside the ``with``, passing the
+    fd; the parent's end is closed when it ends.
+    """
+    read_end, write_end = os.pipe()
+    try:
+        with os.fdopen(write_end, "wb") as playlist:  # a few hundred bytes: the pipe holds them
+            playlist.write(ffconcat_list(url, stream_input_options(url, rtsp_transport, timeout_seconds)))
+        yield ["-f", "concat", "-safe", "0", "-protocol_whitelist", STREAM_PROTOCOLS, "-i", f"pipe:{read_end}"], read_end
+    finally:
+        os.close(read_end)
+
+
+def start_tool(command: list[str], name: str, package: str, pass_fds: tuple[int, ...] = (),
+               bufsize: int = 0) -> subprocess.Popen:
+    """A helper process (``command[0]`` found on PATH) with its stdout and stderr on pipes; SourceError if it cannot start.
+
+    ``bufsize`` of its stdout: unbuffered (0) for sound read in blocks of a known size."""
+    executable = shutil.which(command[0])
+    if executable is None:
+        raise SourceError(f"{name}: '{command[0]}' is not installed (apt install {package})")
+    try:
+        return subprocess.Popen([executable, *command[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, bufsize=bufsize, pass_fds=pass_fds)
+    except OSError as error:
+        raise SourceError(f"{name}: cannot start {command[0]}: {error.strerror}") from None
 
 
 def alsa_device_name(device: str | int) -> str:
@@ -174,26 +219,20 @@ class PipeAudioSource:
         self._errors: deque[str] = deque(maxlen=5)
         self._log_thread: threading.Thread | None = None
 
+    def _start(self) -> subprocess.Popen:
+        """The helper process, started."""
+        return start_tool(self.command, self.name, "alsa-utils" if self.command[0] == "arecord" else "ffmpeg")
+
     def open(self) -> None:
-        executable = shutil.which(self.command[0])
-        if executable is None:
-            raise SourceError(f"{self.name}: '{self.command[0]}' is not installed ({self._package_hint()})")
-        try:
-            self._process = subprocess.Popen([executable, *self.command[1:]], stdin=subprocess.DEVNULL,
-                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
-        except OSError as error:
-            raise SourceError(f"{self.name}: cannot start {self.command[0]}: {error.strerror}") from None
-        self._errors.clear()
+        self._process = self._start()
         self._sound = SoundPipe(self._process.stdout, self.rate, live=self.live, block=self.block,
                                 buffer_blocks=self.buffer_blocks, start=time.monotonic(), on_overrun=self._overrun)
+        self._errors.clear()
         self._log_thread = threading.Thread(target=self._watch_stderr, name="cryedge-audio-log", daemon=True)
         self._log_thread.start()
 
     def _overrun(self) -> None:
         self.overruns += 1
-
-    def _package_hint(self) -> str:
-        return "apt install alsa-utils" if self.command[0] == "arecord" else "apt install ffmpeg"
 
     def _watch_stderr(self) -> None:
         for raw in self._process.stderr:
@@ -281,16 +320,13 @@ class FfmpegAudioSource(PipeAudioSource):
                  rtsp_transport: str = "tcp", buffer_seconds: float = 2.0, name: str | None = None):
         self.uri = str(uri)
         self.realtime = realtime
+        self.rtsp_transport, self.timeout_seconds = rtsp_transport, timeout_seconds
         stream = "://" in self.uri
         self.live = stream
-        options: list[str] = []
-        if stream:
-            options = [word for key, value in stream_input_options(self.uri, rtsp_transport, timeout_seconds)
-                       for word in (f"-{key}", value)]
-        elif realtime:
-            options = ["-re"]
-        command = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *options, "-i", self.uri,
-                   "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(rate), "-f", "s16le", "pipe:1"]
+        self.output = ["-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(rate), "-f", "s16le", "pipe:1"]
+        # a stream's URL is given on a pipe when it starts (_start); a file's path is no secret
+        source = [] if stream else [*(["-re"] if realtime else []), "-i", self.uri]
+        command = [*FFMPEG_QUIET, *source, *self.output]
         name = name or (f"stream:{mask_password(self.uri)}" if stream else f"file:{Path(self.uri).name}")
         super().__init__(command, name, rate, buffer_seconds=buffer_seconds)
 
@@ -298,6 +334,12 @@ class FfmpegAudioSource(PipeAudioSource):
         if not self.live and not os.path.isfile(self.uri):
             raise SourceError(f"audio file not found: {self.uri}")
         super().open()
+
+    def _start(self) -> subprocess.Popen:
+        if not self.live:
+            return super()._start()
+        with url_on_pipe(self.uri, self.rtsp_transport, self.timeout_seconds) as (arguments, fd):
+            return start_tool([*FFMPEG_QUIET, *arguments, *self.output], self.name, "ffmpeg", pass_fds=(fd,))
 
 
 class CameraSound:

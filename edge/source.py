@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -29,6 +28,7 @@ from typing import Self
 
 import numpy as np
 
+from edge.audio_source import FFMPEG_QUIET, SoundPipe, mask_password, start_tool, stop_process, url_on_pipe
 from edge.config import (
     FileSourceConfig,
     HttpSourceConfig,
@@ -289,41 +289,20 @@ class FfmpegStreamSource:
         return cls(config.open_url(), rtsp_transport=transport, timeout_seconds=config.stall_seconds,
                    sound_rate=sound_rate)
 
-    def _playlist(self) -> bytes:
-        """The URL and its demuxer options as an ``ffconcat`` list: what ``ffmpeg`` reads instead of ``-i URL``."""
-        from edge.audio_source import stream_input_options
-
-        options = stream_input_options(self.url, self.rtsp_transport, self.timeout_seconds)
-        quoted = self.url.replace("'", "'\\''")
-        lines = ["ffconcat version 1.0", f"file '{quoted}'", *(f"option {key} {value}" for key, value in options)]
-        return ("\n".join(lines) + "\n").encode()
-
     def open(self) -> None:
-        from edge.audio_source import SoundPipe
-
-        executable = shutil.which("ffmpeg")
-        if executable is None:
-            raise SourceError(f"{self.name}: 'ffmpeg' is not installed (apt install ffmpeg)")
-        playlist_read, playlist_write = os.pipe()
         sound_read, sound_write = os.pipe() if self.has_sound else (None, None)
-        command = [executable, "-nostdin", "-hide_banner", "-loglevel", "error", "-f", "concat", "-safe", "0",
-                   "-protocol_whitelist", "pipe,rtsp,rtsps,rtp,srtp,udp,tcp,tls,http,https,httpproxy,crypto",
-                   "-i", f"pipe:{playlist_read}",
-                   "-map", "0:v:0", "-f", "image2pipe", "-c:v", "ppm", "-pix_fmt", "rgb24", "pipe:1"]
+        output = ["-map", "0:v:0", "-f", "image2pipe", "-c:v", "ppm", "-pix_fmt", "rgb24", "pipe:1"]
         if sound_write is not None:
-            command += ["-map", "0:a:0", "-ac", "1", "-ar", str(self.sound_rate), "-f", "s16le", f"pipe:{sound_write}"]
+            output += ["-map", "0:a:0", "-ac", "1", "-ar", str(self.sound_rate), "-f", "s16le", f"pipe:{sound_write}"]
         try:
-            with os.fdopen(playlist_write, "wb") as playlist:  # a few hundred bytes: the pipe holds them
-                playlist.write(self._playlist())
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, pass_fds=(playlist_read,) + ((sound_write,) if sound_write else ()))
-        except OSError as error:
-            for fd in (sound_read, sound_write):
-                if fd is not None:
-                    os.close(fd)
-            raise SourceError(f"{self.name}: cannot start ffmpeg: {error.strerror}") from None
+            with url_on_pipe(self.url, self.rtsp_transport, self.timeout_seconds) as (arguments, playlist):
+                process = start_tool([*FFMPEG_QUIET, *arguments, *output], self.name, "ffmpeg",
+                                     pass_fds=(playlist,) + ((sound_write,) if sound_write is not None else ()), bufsize=-1)
+        except SourceError:
+            if sound_read is not None:
+                os.close(sound_read)
+            raise
         finally:
-            os.close(playlist_read)
             if sound_write is not None:
                 os.close(sound_write)  # ffmpeg holds the write end now: its exit ends the sound
         self._errors.clear()
@@ -376,8 +355,6 @@ class FfmpegStreamSource:
         return f": {errors[-1]}" if errors else ""
 
     def _watch_stderr(self) -> None:
-        from edge.audio_source import mask_password
-
         for raw in self._process.stderr:
             line = raw.decode(errors="replace").strip()
             if line:
@@ -406,8 +383,6 @@ class FfmpegStreamSource:
             return self.generation > after and self._sound is not None
 
     def close(self) -> None:
-        from edge.audio_source import stop_process
-
         process, self._process = self._process, None
         if process is None:
             return

@@ -205,3 +205,37 @@ def test_a_cameras_rtsp_sound_track_is_heard_and_reconnected_after_a_reboot(tmp_
             assert monitor.status.reconnects >= 1
         finally:
             monitor.close()
+
+
+@needs_ffmpeg
+@pytest.mark.skipif(shutil.which("rtsp-server-perl") is None, reason="needs rtsp-server-perl")
+@pytest.mark.timeout(90)
+def test_a_stream_microphones_password_is_in_no_command_line_and_its_sound_is_heard(tmp_path, caplog):
+    """The stream's URL, password and all, reaches ffmpeg on a pipe (as the camera session's does): before, it
+    stood on ffmpeg's command line, which ps and /proc/PID/cmdline show to every local user."""
+    import logging
+
+    from streams import RtspCamera, command_lines
+
+    caplog.set_level(logging.DEBUG)
+    clip = tmp_path / "mic.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=4",
+                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000:duration=4", "-c:v", "libx264",
+                    "-c:a", "aac", "-shortest", str(clip)], check=True)
+    with RtspCamera(clip, tmp_path, sound=True) as camera:
+        url = camera.url.replace("rtsp://", "rtsp://viewer:hunter2@")
+        source = FfmpegAudioSource(url, rtsp_transport="udp", timeout_seconds=3.0)
+        source.open()
+        try:
+            chunks, deadline = [], time.monotonic() + 30
+            while sum(c.samples.size for c in chunks) < 32000 and time.monotonic() < deadline:
+                chunk = source.read(timeout=1.0)
+                if chunk is not None:
+                    chunks.append(chunk)
+            assert not [line for line in command_lines() if "hunter2" in line]
+        finally:
+            source.close()
+    heard = np.concatenate([c.samples for c in chunks])
+    assert heard.size >= 32000 and abs(dominant_hz(heard[-16000:]) - 440) <= 3
+    assert source.name == f"stream:{camera.url.replace('rtsp://', 'rtsp://viewer:********@')}"
+    assert "hunter2" not in caplog.text

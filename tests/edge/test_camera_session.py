@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from streams import command_lines
 from taps import record_published
 
 from edge.audio_source import CameraSound
@@ -27,17 +28,6 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO_CLIP = REPO / "edge" / "data" / "demo.mp4"  # 640x480, 15 fps, with a sound track
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
 needs_rtsp = pytest.mark.skipif(shutil.which("rtsp-server-perl") is None, reason="needs rtsp-server-perl")
-
-
-def command_lines() -> list[str]:
-    """The command lines of this process's descendants, as ``ps`` shows them to every user."""
-    lines = []
-    for entry in Path("/proc").iterdir():
-        try:
-            lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-        except (OSError, ValueError):
-            continue
-    return lines
 
 
 def wait_for(condition, timeout: float, step: float = 0.1) -> bool:
