@@ -109,6 +109,44 @@ def start_tool(command: list[str], name: str, package: str, pass_fds: tuple[int,
         raise SourceError(f"{name}: cannot start {command[0]}: {error.strerror}") from None
 
 
+class ToolErrors:
+    """The last lines a helper process writes to stderr, passwords masked, read by a thread of their own.
+
+    ``counted(line)`` True: the line is counted by the caller (an overrun), not kept as an error.
+    """
+
+    def __init__(self, name: str, keep: int = 5, counted: Callable[[str], bool] | None = None):
+        self.name = name
+        self._counted = counted
+        self._lines: deque[str] = deque(maxlen=keep)
+        self._thread: threading.Thread | None = None
+
+    def watch(self, stderr) -> None:
+        """Read ``stderr`` until it ends (the process exits), from now on; earlier lines are forgotten."""
+        self._lines.clear()
+        self._thread = threading.Thread(target=self._read, args=(stderr,), name="cryedge-tool-log", daemon=True)
+        self._thread.start()
+
+    def _read(self, stderr) -> None:
+        for raw in stderr:
+            line = raw.decode(errors="replace").strip()
+            if not line:
+                continue
+            line = mask_password(line)  # ffmpeg names the URL it failed on, password and all
+            if self._counted is None or not self._counted(line):
+                self._lines.append(line)
+                log.debug("%s: %s", self.name, line)
+
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the process's last words."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def lines(self) -> list[str]:
+        return list(self._lines)
+
+
 def alsa_device_name(device: str | int) -> str:
     """A card index (``1``) as ``plughw:1,0``; a name (``default``, ``plughw:CARD=Mic,DEV=0``) as it is."""
     text = str(device).strip()
@@ -216,8 +254,7 @@ class PipeAudioSource:
         self.overruns = 0  # times samples were lost: the device's overruns plus blocks dropped here
         self._process: subprocess.Popen | None = None
         self._sound: SoundPipe | None = None
-        self._errors: deque[str] = deque(maxlen=5)
-        self._log_thread: threading.Thread | None = None
+        self._errors = ToolErrors(name, counted=self._overrun_reported)
 
     def _start(self) -> subprocess.Popen:
         """The helper process, started."""
@@ -227,24 +264,16 @@ class PipeAudioSource:
         self._process = self._start()
         self._sound = SoundPipe(self._process.stdout, self.rate, live=self.live, block=self.block,
                                 buffer_blocks=self.buffer_blocks, start=time.monotonic(), on_overrun=self._overrun)
-        self._errors.clear()
-        self._log_thread = threading.Thread(target=self._watch_stderr, name="cryedge-audio-log", daemon=True)
-        self._log_thread.start()
+        self._errors.watch(self._process.stderr)
 
     def _overrun(self) -> None:
         self.overruns += 1
 
-    def _watch_stderr(self) -> None:
-        for raw in self._process.stderr:
-            line = raw.decode(errors="replace").strip()
-            if not line:
-                continue
-            line = mask_password(line)  # ffmpeg names the URL it failed on, password and all
-            if "overrun" in line:
-                self.overruns += 1
-            else:
-                self._errors.append(line)
-                log.debug("%s: %s", self.name, line)
+    def _overrun_reported(self, line: str) -> bool:
+        if "overrun" in line:  # arecord's
+            self.overruns += 1
+            return True
+        return False
 
     @property
     def finished(self) -> bool:
@@ -261,8 +290,8 @@ class PipeAudioSource:
         code = self._process.wait()
         if code == 0 and not self.live:
             return None
-        self._log_thread.join(timeout=1.0)  # the tool's last words
-        reason = "the stream ended" if code == 0 else explain_capture_errors(list(self._errors)) or f"exit code {code}"
+        self._errors.join(timeout=1.0)  # the tool's last words
+        reason = "the stream ended" if code == 0 else explain_capture_errors(self._errors.lines) or f"exit code {code}"
         raise SourceError(f"{self.name}: capture stopped: {reason}")
 
     def close(self) -> None:
@@ -271,7 +300,7 @@ class PipeAudioSource:
             return
         stop_process(process)
         self._sound.stop()
-        self._log_thread.join(timeout=2)
+        self._errors.join(timeout=2)
         for stream in (process.stdout, process.stderr):
             stream.close()
 

@@ -20,7 +20,6 @@ import os
 import subprocess
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Self
 
 import numpy as np
 
-from edge.audio_source import FFMPEG_QUIET, SoundPipe, mask_password, start_tool, stop_process, url_on_pipe
+from edge.audio_source import FFMPEG_QUIET, SoundPipe, ToolErrors, start_tool, stop_process, url_on_pipe
 from edge.config import (
     FileSourceConfig,
     HttpSourceConfig,
@@ -278,8 +277,8 @@ class FfmpegStreamSource:
         self._process: subprocess.Popen | None = None
         self._sound = None  # edge.audio_source.SoundPipe of the running session
         self._sound_fd: int | None = None
-        self._threads: list[threading.Thread] = []
-        self._errors: deque[str] = deque(maxlen=5)
+        self._reader: threading.Thread | None = None
+        self._errors = ToolErrors(self.name)
         self._newest = NewestFrame()
         self._session = threading.Condition()
 
@@ -305,13 +304,11 @@ class FfmpegStreamSource:
         finally:
             if sound_write is not None:
                 os.close(sound_write)  # ffmpeg holds the write end now: its exit ends the sound
-        self._errors.clear()
         self._newest.reset()
         self._process = process
-        self._threads = [threading.Thread(target=self._pump, name="cryedge-source", daemon=True),
-                         threading.Thread(target=self._watch_stderr, name="cryedge-source-log", daemon=True)]
-        for thread in self._threads:
-            thread.start()
+        self._errors.watch(process.stderr)
+        self._reader = threading.Thread(target=self._pump, name="cryedge-source", daemon=True)
+        self._reader.start()
         with self._session:
             if sound_read is not None:
                 block = max(1, self.sound_rate // 10)
@@ -346,21 +343,13 @@ class FfmpegStreamSource:
             process.wait(2)
         except subprocess.TimeoutExpired:
             return ""
-        self._threads[1].join(timeout=1.0)
-        errors = list(self._errors)
+        self._errors.join(timeout=1.0)
+        errors = self._errors.lines
         if any("matches no streams" in line and "0:a:0" in line for line in errors):
             self.has_sound = False
             log.warning("%s has no sound track: reading its picture alone from now on", self.name)
             return ": it has no sound track (its picture is read alone from the next open)"
         return f": {errors[-1]}" if errors else ""
-
-    def _watch_stderr(self) -> None:
-        for raw in self._process.stderr:
-            line = raw.decode(errors="replace").strip()
-            if line:
-                line = mask_password(line)  # ffmpeg names the URL it failed on, password and all
-                self._errors.append(line)
-                log.debug("%s: %s", self.name, line)
 
     def read(self, timeout: float = 1.0) -> Frame | None:
         """The newest frame not yet returned; None if none came within ``timeout`` seconds."""
@@ -387,8 +376,8 @@ class FfmpegStreamSource:
         if process is None:
             return
         stop_process(process)
-        for thread in self._threads:
-            thread.join(timeout=2)
+        self._reader.join(timeout=2)
+        self._errors.join(timeout=2)
         with self._session:
             sound, self._sound = self._sound, None
             self._session.notify_all()
