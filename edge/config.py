@@ -114,6 +114,15 @@ def split_userinfo(url: str) -> tuple[str, str | None, str]:
     return (scheme, userinfo, host + rest[end:]) if at else (scheme, None, rest)
 
 
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """``url`` without its user info, and the user name and password that held (unquoted; None: not there)."""
+    scheme, userinfo, rest = split_userinfo(url)
+    if userinfo is None:
+        return str(url), None, None
+    user, colon, password = userinfo.partition(":")
+    return f"{scheme}://{rest}", unquote(user) if user else None, unquote(password) if colon else None
+
+
 def mask_url(url: str) -> str:
     """``url`` with the password in its user info replaced by ``********``: the one way a URL is shown."""
     scheme, userinfo, rest = split_userinfo(url)
@@ -237,6 +246,27 @@ class NetworkSourceOptions(SourceOptions):
     password: SecretStr | None = None
     password_file: Path | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_out_of_url(cls, data: Any) -> Any:
+        """A password written in ``url`` is held as the secret ``password``, as ``uri = ...`` holds it: a URL
+        is a plain string, which `config show` and a repr print as they are."""
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        url, user, password = split_credentials(data["url"])
+        if user is None and password is None:
+            return data
+        data = {**data, "url": url}
+        for key, value in (("username", user), ("password", password)):
+            given = data.get(key)
+            if isinstance(given, SecretStr):
+                given = given.get_secret_value()
+            if value is not None and given is not None and given != value:
+                raise ValueError(f"url and {key} disagree; give it once")  # no values: one may be a password
+            if value is not None:
+                data[key] = value
+        return data
+
     @model_validator(mode="after")
     def _user_for_password(self) -> NetworkSourceOptions:
         if (self.password is not None or self.password_file is not None) and self.username is None:
@@ -353,15 +383,12 @@ def parse_source_uri(uri: str) -> dict[str, Any]:
     if scheme not in kinds:
         raise ValueError(f"uri {mask_url(text)}: no source type reads {scheme}:// (rtsp://, http://, "
                          "/dev/videoN, picamera2 or a file)")
-    table = {"type": kinds[scheme], "url": text}
-    _, userinfo, rest = split_userinfo(text)
-    if userinfo is not None:
-        user, colon, password = userinfo.partition(":")
-        table["url"] = f"{text.split('://', 1)[0]}://{rest}"
-        if user:
-            table["username"] = unquote(user)
-        if colon:
-            table["password"] = unquote(password)
+    url, user, password = split_credentials(text)
+    table = {"type": kinds[scheme], "url": url}
+    if user is not None:
+        table["username"] = user
+    if password is not None:
+        table["password"] = password
     return table
 
 

@@ -447,6 +447,26 @@ def test_a_camera_password_in_the_url_is_masked_by_config_show_and_check(tmp_pat
     assert source.open_url() == "rtsp://viewer:hunter2@cam.lan:554/live" and "hunter2" not in repr(source)
 
 
+@pytest.mark.parametrize("kind", ["rtsp", "http"])
+def test_a_camera_password_in_a_typed_url_is_masked_by_config_show_too(tmp_path, capsys, kind):
+    """``type = "rtsp"`` with ``url = "rtsp://viewer:pw@..."`` (the form `config show` itself prints) holds the
+    password as a secret, as ``uri = ...`` does: `config show` once printed this URL as it was written."""
+    path = write(tmp_path, f'[source]\ntype = "{kind}"\nurl = "{kind}://viewer:hunter2@cam.lan:554/live"\n')
+    assert main(["config", "show", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out
+    shown = tomllib.loads(out)["source"]
+    assert (shown["url"], shown["username"], shown["password"]) == (f"{kind}://cam.lan:554/live", "viewer", "********")
+    source = load_config(path, environ={}).source
+    assert source.open_url() == f"{kind}://viewer:hunter2@cam.lan:554/live" and "hunter2" not in repr(source)
+    assert source.display() == f"stream:{kind}://viewer:********@cam.lan:554/live"
+    # given twice, the two must agree (no values in the message: one of them is a password)
+    twice = write(tmp_path, f'[source]\ntype = "{kind}"\nurl = "{kind}://viewer:hunter2@cam/x"\nusername = "other"\n', "b.toml")
+    with pytest.raises(ConfigError, match="source: url and username disagree; give it once") as error:
+        load_config(twice, environ={})
+    assert "hunter2" not in str(error.value)
+
+
 @pytest.mark.parametrize(("uri", "warned"), [
     ("rtsp://viewer:hunter2@cam.lan:554/live", True),
     ("http://viewer:hunter2@cam.lan/stream.mjpg", True),
