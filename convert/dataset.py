@@ -23,6 +23,7 @@ each window ends at), and the metadata ``labels``, ``spec``, ``normalization``, 
 from __future__ import annotations
 
 import csv
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -99,10 +100,15 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def _number(value: str, where: str) -> float:
+    """A time in seconds. ``nan`` and ``inf`` parse as floats but are no time: ``nan`` passes every order check
+    (a cry from nan to 3 s was kept, matched nothing, and ``cryedge eval`` counted it missed)."""
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise DataError(f"{where}: {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise DataError(f"{where}: {value!r} is not a finite number of seconds")
+    return number
 
 
 def read_interval_labels(path: Path, default: str, label_column: str = "label", group_by: str = "subject") -> dict[str, VideoLabels]:

@@ -105,6 +105,9 @@ def test_cli_builds_and_reports(clips, tmp_path):
     ("video,start_s,end_s,label\nmissing.mp4,0,1,crying\n", "missing.mp4 named in"),
     ("video,start_s,end_s,emotion\na.mp4,0,1,crying\n", "no column label"),
     ("video,start_s,end_s,label\na.mp4,2,1,crying\n", "end_s 1.0 is not after start_s 2.0"),
+    # nan passed every order check: the cry was kept with no time, and cryedge eval counted it missed
+    ("video,start_s,end_s,label\na.mp4,nan,3,crying\n", "line 2: 'nan' is not a finite number of seconds"),
+    ("video,start_s,end_s,label\na.mp4,1,inf,crying\n", "line 2: 'inf' is not a finite number of seconds"),
 ])
 def test_bad_labels_are_one_line_errors(clips, tmp_path, labels_text, words):
     (tmp_path / "labels.csv").write_text(labels_text)
