@@ -12,7 +12,9 @@ compared with the crying intervals of the truth (the intervals CSV ``cryedge dat
   the tolerance) is *false-alarm time*; both are also given per hour of footage;
 - per clip: the share of frames with a face and with a body, of windows the model could see
   (status ``ok``) and of windows scored as crying (ok and at or above the ON threshold), also by the
-  truth's label at the window's end (how often a yawn is scored as crying).
+  truth's label at the window's end (how often a yawn is scored as crying). With ``--fusion`` other
+  than ``vision`` these are the fused scores the alarm followed (the sound's among them), not the
+  picture's alone.
 
 Outputs: ``eval.json`` (everything), ``eval.md`` (the table, also printed) and ``eval.png`` (score,
 alarm state and truth over time, one row per clip) in ``--output-dir``.
@@ -128,7 +130,8 @@ def evaluate_clip(video: Path, pipeline, labels=None, positive: str = "crying", 
                   default_label: str = "not_crying", progress=None, hearing=None) -> ClipResult:
     """Run ``video`` through ``pipeline`` (fresh: its window and alarm start empty) and judge its episodes.
 
-    With ``hearing`` (``edge.audio.Hearing`` of the clip's own sound track) the alarm follows the fused score.
+    With ``hearing`` (``edge.audio.Hearing`` of the clip's own sound track) the alarm follows the fused scores,
+    and the per-window figures and the plot are theirs.
     """
     from edge.errors import SourceError
     from edge.source import FileSource
@@ -141,9 +144,16 @@ def evaluate_clip(video: Path, pipeline, labels=None, positive: str = "crying", 
     total_frames = _frame_count(video)
     faces = bodies = frames = 0
     t0 = last_t = None
+    fused = []  # with hearing: the scores the alarm followed at the latest frame (what the table judges)
     if hearing is not None:
         hearing.video_origin = lambda: t0
-        pipeline.fuse = hearing.fuse
+
+        def fuse(vision, t):
+            scores = hearing.fuse(vision, t)
+            fused.extend(scores)
+            return scores
+
+        pipeline.fuse = fuse
     times, probabilities, statuses, crying = [], [], [], []
     events, decided = [], []  # decided: the frame time each event was raised at (an alert goes out then)
     try:
@@ -156,10 +166,12 @@ def evaluate_clip(video: Path, pipeline, labels=None, positive: str = "crying", 
             bodies += result.body_seen
             events += result.events
             decided += [frame.t] * len(result.events)
-            if result.score is not None:
-                times.append(result.score.t - t0)
-                probabilities.append(result.score.probability)
-                statuses.append(result.score.status)
+            followed = list(fused) if hearing is not None else [result.score] if result.score is not None else []
+            fused.clear()
+            for score in followed:
+                times.append(score.t - t0)
+                probabilities.append(score.probability)
+                statuses.append(score.status)
                 crying.append(pipeline.alarm.crying)
             if progress is not None and (frames % 25 == 0 or frames == total_frames):
                 progress(frames, total_frames)

@@ -188,6 +188,13 @@ def test_cryedge_eval_scores_vision_audio_and_their_fusion_on_the_same_clips(ass
         found[mode] = total
         by_clip = {r.video: r for r in results}
         assert by_clip["quiet.avi"].episodes == []  # no false alarm on the quiet room in any mode
+        # the per-window figures are those of the scores the alarm followed: in audio and either modes the
+        # sound's (the picture sees no face at all); they once stayed the picture's whatever the mode
+        hidden = by_clip["hidden-cry.avi"]
+        heard = mode != "vision"
+        assert hidden.face_share == 0.0 and (hidden.seen_share > 0.9) == heard, (mode, hidden.statuses)
+        assert (hidden.by_label["right"]["scored_crying"] > 0.5) == heard, (mode, hidden.by_label)
+        assert hidden.by_label["left"]["scored_crying"] < 0.2
     assert found["vision"]["found"] == 0
     for mode in ("audio", "either"):
         assert found[mode]["found"] == 1 and found[mode]["false_alarms"] == 0
