@@ -170,7 +170,9 @@ class AudioMonitor:
             try:
                 self._backend.open()
             except SourceError as error:
-                self._failed(str(error), NO_SOUND_DEVICE)
+                self._failed(str(error), NO_SOUND_DEVICE, retried=self.live)
+                if not self.live:  # a file that cannot be opened (not there, unreadable) will not open later
+                    break
                 if wait_ready is None and self._stop.wait(next(delays)):
                     break
                 self.status.reconnects += 1
@@ -181,7 +183,7 @@ class AudioMonitor:
             try:
                 finished = self._listen()
             except SourceError as error:
-                self._failed(str(error), NO_SOUND_DEVICE)
+                self._failed(str(error), NO_SOUND_DEVICE, retried=self.live)
                 finished = not self.live  # a file without sound will not grow one: stop trying
             finally:
                 self._backend.close()
@@ -202,10 +204,11 @@ class AudioMonitor:
                 return True
         return False
 
-    def _failed(self, error: str, reason: str) -> None:
+    def _failed(self, error: str, reason: str, retried: bool = True) -> None:
         if self.status.last_error != error:
             retry = ("back with the camera's next session" if hasattr(self._backend, "wait_ready")
-                     else f"retrying with back-off up to {self.backoff_limit:g} s")
+                     else f"retrying with back-off up to {self.backoff_limit:g} s" if retried
+                     else "a file is not retried")
             log.warning("sound: %s; %s", error, retry)
         self.status.state, self.status.last_error, self.reason = "reopening", error, reason
 

@@ -425,6 +425,8 @@ class Daemon:
                 break
         self.state = "stopping"
         self._finish()
+        if monitor.ended and not monitor.chunks and monitor.status.last_error:  # a file never heard: not done
+            raise SourceError(monitor.status.last_error)
         return 0
 
     def _drain_heard(self, timeout: float) -> list:

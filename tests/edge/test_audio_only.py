@@ -80,6 +80,27 @@ def test_a_camera_less_config_that_cannot_work_is_one_line_and_the_config_exit_c
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize(("name", "message"), [
+    ("missing.wav", "audio file not found"),
+    ("silent.mp4", "it has no sound track"),  # a video with a picture and no sound
+])
+def test_a_sound_file_that_cannot_be_heard_is_one_line_and_the_source_exit_code(tmp_path, name, message):
+    """`--source none --audio-source FILE` with a file that is not there, or has no sound: one line, exit code 5,
+    as `--source MISSING.mp4` is. It once retried a missing file forever, and exited 0 after saying it was
+    retrying a file without sound: a parent's monitor that never listened and said it did."""
+    import subprocess
+
+    clip = tmp_path / name
+    if name == "silent.mp4":
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=d=2:s=160x120:r=10",
+                        "-pix_fmt", "yuv420p", str(clip)], check=True)
+    done = run_cli("run", "--no-health", "--source", "none", "--audio-source", str(clip), "--fast", timeout=60)
+    assert done.returncode == 5, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("cryedge: ") and message in last and "Traceback" not in done.stderr, done.stderr
+    assert "retrying" not in done.stderr, done.stderr  # a file is not retried, and nothing says it is
+
+
 def test_the_audio_source_flag_reads_as_the_readme_says(tmp_path):
     from edge.config import cli_overrides
 
