@@ -1025,10 +1025,10 @@ def parse_broker_url(url: str) -> dict:
     A password in the URL is refused: it would show in ``ps`` and shell history.
     """
     parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    if parts.password is not None:  # first: every other message shows the URL
+        raise ConfigError(f"--broker: no password in the URL; use ${PASSWORD_ENV} or mqtt.password_file")
     if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
         raise ConfigError(f"--broker {url}: scheme must be mqtt:// or mqtts://")
-    if parts.password is not None:
-        raise ConfigError(f"--broker: no password in the URL; use ${PASSWORD_ENV} or mqtt.password_file")
     if not parts.hostname:
         raise ConfigError(f"--broker {url}: no host name")
     try:

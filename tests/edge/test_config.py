@@ -202,6 +202,7 @@ def test_broker_url_overrides_the_file(tmp_path):
     ("mqtt://cry:hunter2@broker.lan", "no password in the URL"),
     ("http://broker.lan", "scheme must be"),
     ("mqtt://broker.lan:99999", "port must be a number"),
+    ("https://cry:hunter2@broker.lan", "no password in the URL"),  # the scheme's message showed the URL whole
 ])
 def test_bad_broker_urls_are_refused(url, problem):
     with pytest.raises(ConfigError, match=problem) as raised:
