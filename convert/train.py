@@ -350,6 +350,8 @@ def train(options: TrainOptions) -> dict:
     if x.ndim != 3:
         raise DataError(f"dataset {options.data}: x has shape {x.shape}; window training needs (N, T, F) "
                         "(landmark windows, or sound windows of frames x bands)")
+    if not len(x):
+        raise DataError(f"dataset {options.data} has no windows")
     if len(labels) != 2 or not set(np.unique(y)) <= {0, 1}:
         raise DataError(f"dataset {options.data} has classes {list(labels)}; the zoo's sigmoid models need 2 "
                         "(build the data with --positive)")

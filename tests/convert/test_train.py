@@ -147,8 +147,12 @@ def test_train_holds_out_whole_groups_and_writes_plots_and_metrics(tmp_path):
 def test_train_refuses_bad_data_in_one_line(tmp_path):
     np.savez(tmp_path / "three.npz", x=np.zeros((30, 10, 156), np.float32), y=np.arange(30) % 3,
              groups=np.repeat(["a", "b", "c"], 10), labels=np.array(["a", "b", "c"]))
+    # an empty sound dataset (96x64 log-mel windows): a traceback (IndexError) while naming its one class
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 96, 64), np.float32), y=np.zeros(0, np.int64),
+             groups=np.array([], "<U2"), labels=np.array(["not_crying", "crying"]))
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    for data, words in ((tmp_path / "missing.npz", "does not exist"), (tmp_path / "three.npz", "need 2")):
+    for data, words in ((tmp_path / "missing.npz", "does not exist"), (tmp_path / "three.npz", "need 2"),
+                        (tmp_path / "empty.npz", "has no windows")):
         result = subprocess.run([str(CRYEDGE), "train", "--arch", "conv1d", "--data", str(data), "--output",
                                  str(tmp_path / "m.keras")], capture_output=True, text=True, timeout=300, env=env, check=False)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
