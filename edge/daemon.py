@@ -184,10 +184,14 @@ def build_pipeline(config, model, **alarm_options) -> Pipeline:
     ``Alarm`` (a test or an evaluation injects its clock).
     """
     from edge.alarm import Alarm
+    from edge.errors import ModelError
     from edge.exposure import ExposureStage
     from edge.landmarks import LandmarkExtractor
     from edge.model import WindowScorer
 
+    if model.card.kind not in ("landmark-window", "face-crop"):  # a sound model: an easy mix-up of two paths
+        raise ModelError(f"model {model.path.name} is an {model.card.kind} model, for [audio] model (cryedge eval "
+                         "--audio-model); [model] path takes a vision model (landmark-window or face-crop)")
     landmarks_cfg = config.landmarks
     if landmarks_cfg.pose and not uses_body_points(model.card):
         log.info("pose landmarks off: model %s (%s) uses no body points", model.card.name, model.card.kind)

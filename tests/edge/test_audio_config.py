@@ -90,3 +90,25 @@ def test_a_missing_or_wrong_audio_model_is_one_line_saying_so(model, message):
     model = str(paths.default_model()) if model == "VISION" else model
     with pytest.raises(ModelError, match=message):
         open_hearing(load_config(overrides={"audio": {"enabled": True, "model": model}}), 0.5)
+
+
+@pytest.mark.parametrize("command", ["run", "eval"])
+def test_the_audio_model_given_where_a_vision_model_goes_is_one_line_and_the_model_exit_code(tmp_path, command):
+    """``[model] path`` (or ``cryedge eval --model``) naming the bundled audio model, an easy mix-up: it was an
+    AttributeError traceback, exit code 1, which systemd restarts for ever; a model error (4) is not restarted."""
+    import subprocess
+    import sys
+
+    from edge import paths
+
+    audio = paths.bundled("models", "cry-audio-default.tflite")
+    config = write(tmp_path, f'[model]\npath = "{audio}"\n[health]\nenabled = false\n')
+    (tmp_path / "labels.csv").write_text("video,start_s,end_s,label\ndemo.mp4,5,14,crying\n")
+    args = (["run", "--config", str(config), "--fast"] if command == "run" else
+            ["eval", str(paths.data_file("demo.mp4")), "--labels", str(tmp_path / "labels.csv"), "--model", str(audio),
+             "--output-dir", str(tmp_path / "out")])
+    done = subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 4 and "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == ("cryedge: model cry-audio-default.tflite is an audio-window model, for [audio] model "
+                    "(cryedge eval --audio-model); [model] path takes a vision model (landmark-window or face-crop)")
