@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         except CryedgeError as error:
             print(f"cryedge: {error}", file=sys.stderr)
             return error.exit_code
+        except OSError as error:  # an output that cannot be written (a folder that is a file, read-only, disk full)
+            log.debug("%s", error, exc_info=True)
+            where = f": {error.filename}" if error.filename is not None else ""
+            print(f"cryedge: {error.strerror or error}{where}", file=sys.stderr)
+            return CryedgeError.exit_code
         except KeyboardInterrupt:
             return 130
 
