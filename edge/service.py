@@ -5,8 +5,10 @@
 - ``cryedge service import-boot-config [--boot-file F] [--config-dir D]`` is what the image's
   ``cryedge-firstboot.service`` runs: a ``cryedge.toml`` the user dropped on the boot partition (FAT,
   readable on any computer) becomes ``/etc/cryedge/cryedge.toml``; its ``[mqtt] password`` is moved
-  into ``/etc/cryedge/mqtt_password`` (0600, handed to the service with ``LoadCredential=``), and the
-  file is removed from the boot partition, so the password does not stay on a card anyone can read.
+  into ``/etc/cryedge/mqtt_password`` (0600, handed to the service with ``LoadCredential=``), a camera's
+  password (``[source] password``, or in its ``uri``/``url``) into ``/etc/cryedge/camera_password`` likewise,
+  and the file is removed from the boot partition, so no password stays on a card anyone can read, nor in
+  ``/etc/cryedge/cryedge.toml``, which every user of the device can read.
 """
 
 from __future__ import annotations
@@ -25,43 +27,86 @@ log = logging.getLogger(__name__)
 BOOT_CONFIG = Path("/boot/firmware/cryedge.toml")
 CONFIG_DIR = Path("/etc/cryedge")
 PASSWORD_FILE_NAME = "mqtt_password"  # as LoadCredential=mqtt_password:... in systemd/cryedge.service
+CAMERA_PASSWORD_FILE_NAME = "camera_password"  # LoadCredential=-camera_password:...
 
 _TABLE_HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
 _PASSWORD_KEY = re.compile(r"^\s*password\s*=")
 
 
-def split_password(text: str, where: str = "boot config") -> tuple[str, str | None]:
-    """(the TOML text without ``[mqtt] password``, the password or None).
+def split_password(text: str, where: str = "boot config", table_name: str = "mqtt") -> tuple[str, str | None]:
+    """(the TOML text without ``[table_name] password``, the password or None).
 
     Works on lines so that the user's comments survive; the result is parsed again and must
     equal the original minus the password, or a ConfigError says why.
     """
-    try:
-        original = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{where}: not valid TOML ({error})") from error
-    password = original.get("mqtt", {}).get("password")
+    original = _parse(text, where)
+    section = original.get(table_name, {})
+    password = section.get("password") if isinstance(section, dict) else None
     if password is None:
         return text, None
     if not isinstance(password, str):
-        raise ConfigError(f"{where}: mqtt.password must be a string")
+        raise ConfigError(f"{where}: {table_name}.password must be a string")
     kept, table = [], None
     for line in text.splitlines(keepends=True):
         header = _TABLE_HEADER.match(line)
         if header:
             table = header.group(1)
-        if table == "mqtt" and _PASSWORD_KEY.match(line):
+        if table == table_name and _PASSWORD_KEY.match(line):
             continue
         kept.append(line)
     stripped = "".join(kept)
-    expected = {**original, "mqtt": {k: v for k, v in original["mqtt"].items() if k != "password"}}
-    try:
-        again = tomllib.loads(stripped)
-    except tomllib.TOMLDecodeError:
-        again = None
-    if again != expected:
-        raise ConfigError(f'{where}: write mqtt.password as one line, password = "...", in the [mqtt] table')
+    expected = {**original, table_name: {k: v for k, v in section.items() if k != "password"}}
+    if _parse_or_none(stripped) != expected:
+        raise ConfigError(f'{where}: write {table_name}.password as one line, password = "...", in the [{table_name}] table')
     return stripped, password
+
+
+def split_url_password(text: str, where: str = "boot config") -> tuple[str, str | None]:
+    """(the TOML text with the password taken out of ``[source] uri`` or ``url``, that password or None).
+
+    ``rtsp://viewer:pw@cam/live`` becomes ``rtsp://viewer@cam/live``, on its own line, comments kept.
+    """
+    from edge.config import split_credentials, split_userinfo
+
+    original = _parse(text, where)
+    source = original.get("source")
+    for key in ("uri", "url") if isinstance(source, dict) else ():
+        value = source.get(key)
+        userinfo = split_userinfo(value)[1] if isinstance(value, str) else None
+        if userinfo is None or ":" not in userinfo:
+            continue
+        password = split_credentials(value)[2]
+        user = userinfo.partition(":")[0]
+        kept_user = f"{user}@" if user else ""
+        bare = value.replace(f"{userinfo}@", kept_user, 1)
+        kept, table = [], None
+        for line in text.splitlines(keepends=True):
+            header = _TABLE_HEADER.match(line)
+            if header:
+                table = header.group(1)
+            if table == "source" and re.match(rf"^\s*{key}\s*=", line):
+                line = line.replace(f"{userinfo}@", kept_user, 1)
+            kept.append(line)
+        stripped = "".join(kept)
+        if _parse_or_none(stripped) != {**original, "source": {**source, key: bare}}:
+            raise ConfigError(f'{where}: write source.{key} as one line, {key} = "...", in the [source] table, '
+                              f'or the URL without its password and the password as password = "..."')
+        return stripped, password
+    return text, None
+
+
+def _parse(text: str, where: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{where}: not valid TOML ({error})") from error
+
+
+def _parse_or_none(text: str) -> dict | None:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return None
 
 
 def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_DIR) -> bool:
@@ -73,7 +118,14 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
     if not boot_file.exists():
         return False
     text = boot_file.read_text(encoding="utf-8")
-    config_text, password = split_password(text, str(boot_file))
+    where = str(boot_file)
+    config_text, password = split_password(text, where)
+    # the camera's password too: cryedge.toml is readable by every user of the device (0644)
+    config_text, camera_password = split_password(config_text, where, "source")
+    config_text, in_url = split_url_password(config_text, where)
+    if camera_password is not None and in_url is not None and camera_password != in_url:
+        raise ConfigError(f"{where}: source.password and the password in the camera's URL disagree; give it once")
+    camera_password = camera_password if camera_password is not None else in_url
     config_dir.mkdir(parents=True, exist_ok=True)
     target = config_dir / "cryedge.toml"
     if target.exists():
@@ -81,14 +133,13 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
     _write(target, config_text, 0o644)
     if password is not None:
         _write(config_dir / PASSWORD_FILE_NAME, password + "\n", 0o600)
+    if camera_password is not None:
+        _write(config_dir / CAMERA_PASSWORD_FILE_NAME, camera_password + "\n", 0o600)
     boot_file.unlink()
     _sync_directory(boot_file.parent)
-    log.info(
-        "installed %s%s; removed %s",
-        target,
-        " and the MQTT password" if password is not None else "",
-        boot_file,
-    )
+    moved = [name for name, secret in (("the MQTT password", password), ("the camera password", camera_password))
+             if secret is not None]
+    log.info("installed %s%s; removed %s", target, "".join(f" and {name}" for name in moved), boot_file)
     return True
 
 

@@ -154,6 +154,28 @@ def test_boot_file_becomes_the_config_and_the_password_a_root_only_credential(tm
     assert loaded.mqtt.password.get_secret_value() == "pa ss#word"
 
 
+@pytest.mark.parametrize("source", [
+    '[source]\nuri = "rtsp://viewer:s3cret%40cam@192.168.1.20:554/live"   # the nursery camera\n',
+    '[source]\ntype = "rtsp"\nurl = "rtsp://viewer:s3cret%40cam@192.168.1.20:554/live"\n',
+    '[source]\ntype = "rtsp"\nurl = "rtsp://192.168.1.20:554/live"\nusername = "viewer"\npassword = "s3cret@cam"\n',
+])
+def test_a_camera_password_on_the_boot_file_becomes_a_root_only_credential_too(tmp_path, source):
+    """The README's RTSP camera, its password in the URL or on its own line: it stayed in cryedge.toml, which the
+    import writes 0644 for the service to read, so every user of the device could read the camera's password."""
+    boot, etc = tmp_path / "boot" / "cryedge.toml", tmp_path / "etc" / "cryedge"
+    boot.parent.mkdir()
+    boot.write_text(BOOT_TOML + source)
+    assert import_boot_config(boot, etc)
+    installed = (etc / "cryedge.toml").read_text()
+    assert "s3cret" not in installed and "# Home Assistant" in installed
+    camera = etc / "camera_password"
+    assert camera.read_text() == "s3cret@cam\n" and stat.S_IMODE(camera.stat().st_mode) == 0o600
+    # what the service sees: the camera's URL with its user, the password from the credential systemd copies
+    loaded = config.load_config(etc / "cryedge.toml", environ={"CREDENTIALS_DIRECTORY": str(etc)})
+    assert loaded.source.open_url() == "rtsp://viewer:s3cret%40cam@192.168.1.20:554/live"
+    assert loaded.mqtt.password.get_secret_value() == "pa ss#word"
+
+
 def test_an_existing_config_is_kept_as_bak(tmp_path):
     boot, etc = tmp_path / "cryedge.toml", tmp_path / "etc"
     etc.mkdir()
@@ -176,6 +198,8 @@ def test_no_boot_file_changes_nothing(tmp_path):
         ("[mqtt\nhost = 1\n", "not valid TOML"),
         ('mqtt = { host = "b", password = "x" }\n', "write mqtt.password as one line"),
         ("[mqtt]\npassword = 5\n", "mqtt.password must be a string"),
+        ('source = { uri = "rtsp://v:pw@cam/live" }\n', "write source.uri as one line"),
+        ('[source]\nuri = "rtsp://v:pw@cam/live"\npassword = "other"\n', "disagree; give it once"),
     ],
 )
 def test_a_boot_file_that_cannot_be_split_stays_where_it_is(tmp_path, text, message):
@@ -184,7 +208,7 @@ def test_a_boot_file_that_cannot_be_split_stays_where_it_is(tmp_path, text, mess
     with pytest.raises(ConfigError, match=message):
         import_boot_config(boot, etc)
     assert boot.read_text() == text
-    assert not (etc / "mqtt_password").exists()
+    assert not (etc / "mqtt_password").exists() and not (etc / "camera_password").exists()
 
 
 def test_password_outside_mqtt_is_left_alone():
