@@ -248,6 +248,11 @@ class Daemon:
             from edge.audio import hearing_enabled
 
             cfg.audio.enabled = hearing_enabled(cfg)  # "auto" resolved: the publisher discovers what runs
+            if not cfg.audio.enabled and cfg.fusion.mode == "audio":  # else the picture alone would decide, unsaid
+                from edge.errors import ConfigError
+
+                raise ConfigError('fusion.mode "audio" with nothing to hear: set [audio] enabled = true and its '
+                                  '[audio.source] ("auto" hears only a video file\'s sound track)')
             if cfg.audio.enabled:
                 from edge.audio import open_hearing
 

@@ -101,6 +101,20 @@ def test_a_sound_file_that_cannot_be_heard_is_one_line_and_the_source_exit_code(
     assert "retrying" not in done.stderr, done.stderr  # a file is not retried, and nothing says it is
 
 
+@pytest.mark.parametrize("toml", [
+    '[audio]\nenabled = false\n[fusion]\nmode = "audio"\n',
+    '[source]\ntype = "http"\nurl = "http://127.0.0.1:9/cam.mjpg"\n[fusion]\nmode = "audio"\n',  # "auto": a camera is not heard
+])
+def test_fusion_audio_with_nothing_to_hear_is_one_line_and_the_config_exit_code(tmp_path, toml):
+    """The alarm was to follow the sound alone; with hearing off it followed the picture, and nothing said so."""
+    config = tmp_path / "deaf.toml"
+    config.write_text(toml + "[health]\nenabled = false\n")
+    done = run_cli("run", "--config", str(config), "--fast", timeout=60)
+    assert done.returncode == 3 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith('cryedge: fusion.mode "audio" with nothing to hear'), done.stderr
+    assert "cry_start" not in done.stdout
+
+
 def test_the_audio_source_flag_reads_as_the_readme_says(tmp_path):
     from edge.config import cli_overrides
 
