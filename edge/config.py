@@ -123,12 +123,25 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
     return f"{scheme}://{rest}", unquote(user) if user else None, unquote(password) if colon else None
 
 
+# query parameters that carry a camera's password or token (many MJPEG cameras take ?user=admin&pwd=...)
+SECRET_QUERY_KEY = re.compile(r"(?i)^(pass(word|wd)?|pwd|pw|psw|token|access_token|auth|key|api_?key|secret|sig(nature)?)$")
+
+
 def mask_url(url: str) -> str:
-    """``url`` with the password in its user info replaced by ``********``: the one way a URL is shown."""
+    """``url`` with the password in its user info, and the values of query parameters named like a password
+    or a token, replaced by ``********``: the one way a URL is shown."""
     scheme, userinfo, rest = split_userinfo(url)
-    if userinfo is None or ":" not in userinfo:
+    if userinfo is not None and ":" in userinfo:
+        url = f"{scheme}://{userinfo.split(':', 1)[0]}:{MASK}@{rest}"
+    head, question, tail = str(url).partition("?")
+    if not question:
         return str(url)
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:{MASK}@{rest}"
+    query, hash_, fragment = tail.partition("#")
+    masked = []
+    for item in query.split("&"):
+        key, equals, value = item.partition("=")
+        masked.append(f"{key}={MASK}" if equals and value and SECRET_QUERY_KEY.match(unquote(key)) else item)
+    return f"{head}?{'&'.join(masked)}{hash_}{fragment}"
 
 
 def with_credentials(url: str, username: str | None, password: str | None) -> str:
@@ -1111,6 +1124,8 @@ def to_toml(config: Config) -> str:
                 nested.append((f"{name}.{key}", value))
             elif value is None:
                 lines.append(f"# {key} = (not set)")
+            elif key == "url" and isinstance(value, str):  # a camera's or a microphone's: its query may hold a password
+                lines.append(f"{key} = {_toml_value(mask_url(value))}")
             else:
                 lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")

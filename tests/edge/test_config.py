@@ -534,3 +534,46 @@ def test_the_shorthand_and_an_option_that_disagree_are_an_error_without_the_valu
     with pytest.raises(ConfigError, match=message) as raised:
         load_config(write(tmp_path, f"[source]\n{toml}"), environ={})
     assert "one" not in str(raised.value) and "two" not in str(raised.value)
+
+
+def test_a_camera_password_in_the_urls_query_never_shows(tmp_path, capsys):
+    """Many MJPEG cameras take the password in the query (``?usr=admin&pwd=...``): the log, /stats and
+    `config show` printed it whole, since only a URL's user info was masked."""
+    import json
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from mqtt import free_port
+
+    url = "http://127.0.0.1:{port}/cgi-bin/CGIStream.cgi?cmd=GetMJStream&usr=admin&pwd=s3cret-Pa55&token=t0ken-77"
+    closed, health = free_port(), free_port()
+    path = write(tmp_path, f'[source]\ntype = "http"\nurl = "{url.format(port=closed)}"\nstall_seconds = 1\n'
+                           f'[health]\nport = {health}\n')
+    assert main(["config", "show", "--config", str(path)]) == 0
+    shown = tomllib.loads(capsys.readouterr().out)["source"]["url"]
+    assert shown == url.format(port=closed).replace("s3cret-Pa55", "********").replace("t0ken-77", "********")
+    assert main(["config", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "cmd=GetMJStream&usr=admin&pwd=********&token=********" in out and "s3cret" not in out
+    assert load_config(path, environ={}).source.open_url() == url.format(port=closed)  # the camera still gets it
+
+    daemon = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(path)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stats, deadline = None, time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health}/stats", timeout=2) as response:
+                    stats = json.loads(response.read())
+                if stats["source_reconnects"] >= 1:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.3)
+    finally:
+        daemon.terminate()
+        err = daemon.communicate(timeout=30)[1]
+    assert stats is not None and "pwd=********" in stats["source"] and "s3cret" not in json.dumps(stats)
+    assert "pwd=********" in err and "s3cret" not in err and "t0ken" not in err, err
