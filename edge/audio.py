@@ -370,6 +370,7 @@ class Hearing:
             self.level_dbfs = heard.level_dbfs
             fused = self.fusion.fuse(t, vision, heard.score, heard.level_dbfs)
         else:
+            self.level_dbfs = None  # nothing heard now: /stats must not go on showing the last level
             fused = self.fusion.fuse(t, vision, None, None, audio_status=self.monitor.blind_score(t).status)
         self.last = fused
         return fused.score

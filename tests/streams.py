@@ -189,7 +189,7 @@ class RtspCamera:
             self._feed = subprocess.Popen(
                 [FFMPEG, "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(self.clip),
                  *(["-c:a", "aac", "-ar", "16000", "-ac", "1"] if self.sound else ["-an"]), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "15",
-                 "-f", "rtsp", f"rtsp://127.0.0.1:{self.source_port}/live"],
+                 "-max_interleave_delta", "100000", "-f", "rtsp", f"rtsp://127.0.0.1:{self.source_port}/live"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         try:
             self.wait_until_live()

@@ -248,3 +248,63 @@ def test_an_http_camera_that_stalls_is_reopened_and_its_picture_comes_back(tmp_p
             assert frame.t - stalled >= 2.5 and frame.image.shape == (120, 160, 3)  # after the stall and a reopen
             assert source.status.reconnects >= 1 and server.served > served
             assert "no frame for 1 s" in source.status.last_error or "stopped delivering" in source.status.last_error
+
+
+@needs_rtsp
+@pytest.mark.timeout(180)
+def test_a_camera_whose_sound_stops_while_its_picture_goes_on_says_so_keeps_picture_and_alarm_and_hears_again(tmp_path):
+    """The camera's microphone goes silent (no sound packets at all, as when it is switched off in the camera's
+    app) for 11.5 s of the demo clip, the whole cry among them, while the picture goes on: within seconds the
+    sound says no_sound (no stale "ok", no stale level in /stats), the picture is not reopened, the cry is
+    seen and its episode starts and ends, and the sound is heard again in the same session."""
+    import subprocess
+
+    from streams import RtspCamera
+
+    from edge.audio import SOUND_STALE_SECONDS
+
+    clip = tmp_path / "silent-mic.mkv"  # the demo's sound track with no packets from 4.5 s to 16 s (cry: 5-14 s)
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(DEMO_CLIP), "-af", "aselect='not(between(t,4.5,16))'",
+                    "-c:v", "copy", "-c:a", "aac", str(clip)], check=True)
+    camera = RtspCamera(clip, tmp_path, sound=True).start()
+    toml = tmp_path / "cryedge.toml"
+    toml.write_text(
+        f'[source]\ntype = "rtsp"\nurl = "{camera.url}"\ntransport = "udp"\nstall_seconds = 3.0\n'
+        '[landmarks]\npose = false\n[audio]\nenabled = true\n[audio.source]\nstall_seconds = 3.0\n'
+        f'[health]\nenabled = false\n[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\n')
+    daemon = Daemon(load_config(toml))
+    events, states = [], []
+    try:
+        with daemon:
+            record_published(daemon.publisher, events=events, states=states)
+            runner = threading.Thread(target=daemon.run)
+            runner.start()
+            hearing, source = daemon.hearing, daemon.source
+            heard = lambda: bool(states) and (states[-1].senses or {}).get("audio", {}).get("status") == "ok"  # noqa: E731
+            try:
+                assert wait_for(heard, 60), (daemon.stats.frames, hearing.monitor.status)
+                assert wait_for(lambda: not heard(), 30)  # the microphone goes silent
+                went_silent, last_sound = time.monotonic(), hearing.monitor.status.last_frame_t
+                frames = daemon.stats.frames
+                assert went_silent - last_sound <= SOUND_STALE_SECONDS + 1.0
+                assert states[-1].senses["audio"]["status"] == "no_sound" and "level_dbfs" not in states[-1].senses["audio"]
+                assert hearing.health()["status"] == "no_sound"
+                assert "sound_level_dbfs" not in hearing.stats()  # before: the last level heard, 10 s on
+                silent_states = len(states)
+                assert wait_for(heard, 30), hearing.monitor.status  # it speaks again
+                assert time.monotonic() - went_silent >= 8.0
+                after = states[silent_states:]
+                during = after[:next(i for i, s in enumerate(after) if s.senses["audio"]["status"] == "ok")]
+                assert daemon.stats.frames - frames >= 60, daemon.stats.frames - frames  # the picture went on: 15 fps
+                assert during and all(s.senses["audio"]["status"] == "no_sound" for s in during)
+                assert all(s.senses["vision"]["status"] == "ok" for s in during)
+                assert source.status.reconnects == 0 and camera.sessions() == 1
+                # the cry (5-14 s), seen alone: one episode, ended by the scores (not by the silence)
+                assert wait_for(lambda: len(events) >= 2, 15), events
+                assert [(e.kind, e.reason) for e in events[:2]] == [("start", ""), ("end", "scores")], events
+                assert last_sound < events[0].t
+            finally:
+                daemon.stop()
+                runner.join(30)
+    finally:
+        camera.stop()
