@@ -21,14 +21,14 @@ CARD_FORMAT = "cryedge-model-card/1"
 
 
 class TensorQuantization(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     dtype: Literal["float32", "float16", "int8", "uint8", "int16"]
     scale: float = 0.0
     zero_point: int = 0
 
 
 class Quantization(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     scheme: Literal["float32", "float16", "dynamic", "int8", "int16x8"]
     input: TensorQuantization
     output: TensorQuantization
@@ -38,14 +38,14 @@ class Quantization(BaseModel):
 
 
 class FeatureSpecRef(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     spec: str = "openpose-face70-body8"
     normalization: Literal["minmax", "pixels", "face-box"] = "minmax"
     version: int = 1
 
 
 class FaceCropSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     height: int = Field(gt=0)
     width: int = Field(gt=0)
     channels: Literal[1, 3]
@@ -62,7 +62,7 @@ class AudioSpec(BaseModel):
     of which the ``cry_classes`` (indices) count as crying: the cry probability is their maximum.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     rate: int = Field(default=16000, gt=0)  # samples a second, mono
     window_samples: int = Field(default=15600, gt=0)  # what one score sees: 0.975 s at 16 kHz
     hop_seconds: float = Field(default=0.5, gt=0)  # a score this often
@@ -121,7 +121,7 @@ AUDIO_KINDS = ("audio-window", "audio-waveform")
 
 
 class SourceModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     path: str
     sha256: str
 
@@ -129,7 +129,7 @@ class SourceModel(BaseModel):
 class ModelCard(BaseModel):
     """Validated card; ``extra="forbid"`` so a misspelt field is an error, not a silent default."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     format: Literal["cryedge-model-card/1"] = CARD_FORMAT
     name: str

@@ -84,3 +84,19 @@ def test_cryedge_run_refuses_the_lying_card_in_one_line_with_exit_code_4(tmp_pat
     assert out.returncode == 4, out.stderr
     assert errors == ["cryedge: model lying.tflite: the graph outputs 1 value, but its card's softmax over 3 labels needs 3"]
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(("field", "value"), [("mean", float("nan")), ("std", float("inf"))])
+def test_an_audio_card_with_a_number_that_is_not_one_is_refused_at_load(tmp_path, field, value):
+    """JSON written by Python spells NaN and Infinity, and a card took them: with its mean NaN the bundled audio
+    model turned every sound into NaN features and scored 0.13 whatever it heard (the demo's cry too), deaf
+    without a word."""
+    audio = paths.bundled("models", "cry-audio-default.tflite")
+    card = json.loads(load_card(audio).to_json())
+    card["audio"][field] = value
+    model = tmp_path / "lying-audio.tflite"
+    model.write_bytes(audio.read_bytes())
+    model.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(ModelError) as refused:
+        TFLiteModel(model)
+    assert str(refused.value) == f"model card {model.with_suffix('.json')}: audio.{field}: Input should be a finite number"
