@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.config import mask_url
 from edge.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -112,12 +113,14 @@ def start_tool(command: list[str], name: str, package: str, pass_fds: tuple[int,
 class ToolErrors:
     """The last lines a helper process writes to stderr, passwords masked, read by a thread of their own.
 
-    ``counted(line)`` True: the line is counted by the caller (an overrun), not kept as an error.
+    ``url``: the stream it reads, shown as ``mask_url`` shows it (ffmpeg names the URL it failed on, query
+    tokens and all). ``counted(line)`` True: the line is counted by the caller (an overrun), not kept as an error.
     """
 
-    def __init__(self, name: str, keep: int = 5, counted: Callable[[str], bool] | None = None):
+    def __init__(self, name: str, keep: int = 5, counted: Callable[[str], bool] | None = None, url: str | None = None):
         self.name = name
         self._counted = counted
+        self._url = url
         self._lines: deque[str] = deque(maxlen=keep)
         self._thread: threading.Thread | None = None
 
@@ -132,7 +135,9 @@ class ToolErrors:
             line = raw.decode(errors="replace").strip()
             if not line:
                 continue
-            line = mask_password(line)  # ffmpeg names the URL it failed on, password and all
+            if self._url:
+                line = line.replace(self._url, mask_url(self._url))
+            line = mask_password(line)  # any other URL with a password in it
             if self._counted is None or not self._counted(line):
                 self._lines.append(line)
                 log.debug("%s: %s", self.name, line)
@@ -247,14 +252,14 @@ class PipeAudioSource:
     live = True
 
     def __init__(self, command: list[str], name: str, rate: int, block_seconds: float = 0.1,
-                 buffer_seconds: float = 2.0):
+                 buffer_seconds: float = 2.0, url: str | None = None):
         self.command, self.name, self.rate = command, name, rate
         self.block = max(1, int(rate * block_seconds))
         self.buffer_blocks = max(2, int(buffer_seconds / block_seconds))
         self.overruns = 0  # times samples were lost: the device's overruns plus blocks dropped here
         self._process: subprocess.Popen | None = None
         self._sound: SoundPipe | None = None
-        self._errors = ToolErrors(name, counted=self._overrun_reported)
+        self._errors = ToolErrors(name, counted=self._overrun_reported, url=url)
 
     def _start(self) -> subprocess.Popen:
         """The helper process, started."""
@@ -356,8 +361,8 @@ class FfmpegAudioSource(PipeAudioSource):
         # a stream's URL is given on a pipe when it starts (_start); a file's path is no secret
         source = [] if stream else [*(["-re"] if realtime else []), "-i", self.uri]
         command = [*FFMPEG_QUIET, *source, *self.output]
-        name = name or (f"stream:{mask_password(self.uri)}" if stream else f"file:{Path(self.uri).name}")
-        super().__init__(command, name, rate, buffer_seconds=buffer_seconds)
+        name = name or (f"stream:{mask_url(self.uri)}" if stream else f"file:{Path(self.uri).name}")
+        super().__init__(command, name, rate, buffer_seconds=buffer_seconds, url=self.uri if stream else None)
 
     def open(self) -> None:
         if not self.live and not os.path.isfile(self.uri):

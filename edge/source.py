@@ -278,7 +278,7 @@ class FfmpegStreamSource:
         self._sound = None  # edge.audio_source.SoundPipe of the running session
         self._sound_fd: int | None = None
         self._reader: threading.Thread | None = None
-        self._errors = ToolErrors(self.name)
+        self._errors = ToolErrors(self.name, url=url)
         self._newest = NewestFrame()
         self._session = threading.Condition()
 

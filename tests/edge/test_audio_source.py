@@ -239,3 +239,25 @@ def test_a_stream_microphones_password_is_in_no_command_line_and_its_sound_is_he
     assert heard.size >= 32000 and abs(dominant_hz(heard[-16000:]) - 440) <= 3
     assert source.name == f"stream:{camera.url.replace('rtsp://', 'rtsp://viewer:********@')}"
     assert "hunter2" not in caplog.text
+
+
+@needs_ffmpeg
+def test_a_stream_microphones_token_is_masked_in_its_name_and_in_what_ffmpeg_says_when_it_fails(caplog):
+    """A token in the URL's query (many cameras take ?user=...&pwd=...): the name, the logs and the error show
+    it as mask_url does; before, the name and ffmpeg's error line (which names the URL) showed it whole."""
+    import logging
+
+    from mqtt import free_port
+
+    caplog.set_level(logging.DEBUG)
+    url = f"http://127.0.0.1:{free_port()}/audio.aac?user=admin&pwd=hunter2"  # nothing listens there
+    source = FfmpegAudioSource(url, timeout_seconds=2.0)
+    source.open()
+    try:
+        with pytest.raises(SourceError) as failed:
+            read_all(source, limit=10)
+    finally:
+        source.close()
+    assert source.name == "stream:http://127.0.0.1:" + url.split(":", 2)[2].replace("hunter2", "********")
+    assert "hunter2" not in str(failed.value) and "hunter2" not in caplog.text
+    assert "Impossible to open 'http://127.0.0.1:" in caplog.text and "pwd=********'" in caplog.text  # ffmpeg's line
