@@ -88,7 +88,9 @@ def infer_kind(shape: tuple, *, kind: str | None = None, spec: str | None = None
                 if window and window != dims[0]:
                     raise DataError(f"model input {list(dims)} has a window of {dims[0]} frames, not --window {window}")
                 return Kind("landmark-window", dims[0], features=FeatureSpecRef(spec=name))
-        raise DataError(f"model input {list(dims)}: {dims[1]} features a frame fits no feature spec ({sizes})")
+        raise DataError(f"model input {list(dims)}: {dims[1]} features a frame fits no feature spec ({sizes}); "
+                        "a sound model's front end comes from the data it was trained on: give it as --calibration "
+                        "DATA.npz (cryedge dataset build --audio)")
     if len(dims) == 3:
         values = int(np.prod(dims))
         if kind in (None, "landmark-window"):

@@ -224,6 +224,11 @@ def test_inferred_kinds():
         infer_kind((None, 8, 8, 5))
     with pytest.raises(DataError, match="fits no feature spec"):
         infer_kind((None, 10, 57))
+    # the zoo's audio-cnn (96 frames x 64 mel bands) converted without its dataset: the message spoke of
+    # landmark specs only, and not of what a sound model needs
+    with pytest.raises(DataError, match=r"a sound model's front end comes from the data it was trained on: give it "
+                                        r"as --calibration DATA.npz \(cryedge dataset build --audio\)"):
+        infer_kind((None, 96, 64))
 
 
 def test_legacy_sequential_config_gets_an_explicit_input_layer():
