@@ -420,17 +420,6 @@ class CameraSound:
         self._pipe = None  # the session is the camera's to close
 
 
-def open_audio_backend(kind: str, *, device: str | int = "default", uri: str = "", rate: int = 16000,
-                       realtime: bool = True, timeout_seconds: float = 5.0, rtsp_transport: str = "tcp"):
-    """The backend for an ``[audio.source]`` of type ``alsa``, ``file`` or ``stream``, not yet opened."""
-    if kind == "alsa":
-        return AlsaAudioSource(device, rate)
-    if kind in ("file", "stream"):
-        return FfmpegAudioSource(uri, rate, realtime=realtime, timeout_seconds=timeout_seconds,
-                                 rtsp_transport=rtsp_transport)
-    raise SourceError(f"unknown audio source type {kind!r}: alsa, file or stream")
-
-
 def level_dbfs(samples: np.ndarray, floor: float = -120.0) -> float:
     """RMS level relative to full scale: a full-scale square wave is 0 dBFS, a full-scale sine -3 dBFS."""
     if samples.size == 0:
