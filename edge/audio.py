@@ -427,14 +427,40 @@ def sound_backend_factory(config) -> tuple[Callable[[int], object], bool]:
     if sound.type == "file":  # it keeps to the picture's timeline only when that is a file too
         return ffmpeg(str(sound.path), paced if sound.realtime is None else sound.realtime), video.type == "file"
     if sound.type == "stream":
-        return ffmpeg(sound.url, True, sound.transport), False
-    if video.type == "file":
+        if not (video.type in ("rtsp", "http") and same_stream(sound.url, video.url)):
+            return ffmpeg(sound.url, True, sound.transport), False
+        # the camera's own URL: a second session would double the camera's traffic and take another of its clients
+        log.info("[audio.source] url is the camera's stream: its sound is read from the camera's own session "
+                 "([source]'s settings), as [audio.source] type = \"video\" says")
+    elif video.type == "file":
         return ffmpeg(str(video.path), paced), True
     if video.type in ("rtsp", "http"):
         # one session gives the picture and the sound: many cameras take only one or two clients
         return (lambda rate: CameraSound(FfmpegStreamSource.from_config(video, sound_rate=rate))), False
     raise ConfigError(f"[audio.source] type \"video\": the camera ({video.type}) has no sound track cryedge can "
                       "read; set [audio.source] type = \"alsa\" for a microphone")
+
+
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+
+
+def same_stream(url: str, other: str) -> bool:
+    """Whether two stream URLs name the same stream, whatever their user info, the letter case of scheme and
+    host, a default port said or not, or a trailing slash."""
+    from urllib.parse import urlsplit
+
+    from edge.config import split_userinfo
+
+    def identity(text: str) -> tuple:
+        scheme, _, rest = split_userinfo(text)
+        parts = urlsplit(f"{scheme.lower()}://{rest}")
+        try:
+            port = parts.port or DEFAULT_PORTS.get(parts.scheme)
+        except ValueError:  # not a port: compared as written
+            port = parts.netloc
+        return parts.scheme, (parts.hostname or "").lower(), port, parts.path.rstrip("/"), parts.query
+
+    return identity(url) == identity(other)
 
 
 def has_sound_track(path) -> bool:

@@ -308,3 +308,43 @@ def test_a_camera_whose_sound_stops_while_its_picture_goes_on_says_so_keeps_pict
                 runner.join(30)
     finally:
         camera.stop()
+
+
+def test_stream_urls_are_the_same_stream_whatever_their_user_info_case_or_default_port():
+    from edge.audio import same_stream
+
+    assert same_stream("rtsp://viewer@CAM.local/live", "RTSP://viewer:pw@cam.local:554/live/")
+    assert same_stream("http://cam/mjpg?ch=1", "http://admin@cam:80/mjpg?ch=1")
+    assert not same_stream("rtsp://cam/live", "rtsp://cam/audio")
+    assert not same_stream("rtsp://cam/live", "rtsp://cam:8554/live")
+    assert not same_stream("http://cam/mjpg?ch=1", "http://cam/mjpg?ch=2")
+
+
+@needs_rtsp
+@pytest.mark.timeout(120)
+def test_a_stream_microphone_on_the_cameras_own_url_shares_the_cameras_session(tmp_path, caplog):
+    """[audio.source] type = "stream" naming the camera's own URL: the sound is read from the camera's one
+    session (before: a second RTSP client, twice the camera's traffic on the Pi's Wi-Fi), and a line says so."""
+    from streams import RtspCamera
+
+    caplog.set_level(logging.INFO)
+    with RtspCamera(DEMO_CLIP, tmp_path, sound=True) as camera:
+        toml = tmp_path / "cryedge.toml"
+        toml.write_text(
+            f'[source]\ntype = "rtsp"\nurl = "{camera.url}"\ntransport = "udp"\nusername = "viewer"\npassword = "hunter2"\n'
+            '[landmarks]\npose = false\n[audio]\nenabled = true\n'
+            f'[audio.source]\ntype = "stream"\nurl = "{camera.url.replace("rtsp://", "rtsp://viewer@")}"\n'
+            f'[health]\nenabled = false\n[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\n')
+        daemon = Daemon(load_config(toml))
+        with daemon:
+            runner = threading.Thread(target=daemon.run)
+            runner.start()
+            try:
+                assert wait_for(lambda: daemon.stats.frames >= 15 and daemon.hearing.monitor.chunks >= 20, 60), \
+                    (daemon.stats.frames, daemon.hearing.monitor.status)
+                assert camera.sessions() == 1  # before: 2
+                assert daemon.hearing.camera is not None and daemon.hearing.monitor.status.name == daemon.source.status.name
+            finally:
+                daemon.stop()
+                runner.join(30)
+    assert "[audio.source] url is the camera's stream" in caplog.text and "hunter2" not in caplog.text
