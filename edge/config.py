@@ -301,6 +301,12 @@ def _url_scheme(url: str, schemes: tuple[str, ...]) -> str:
         raise ValueError(f"must be a {' or '.join(f'{s}://' for s in schemes)} URL")
     if not urlsplit(url).hostname:
         raise ValueError("has no host name")
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:  # else reopened with back-off for ever, a timeout at a time
+        raise ValueError("its port must be a number from 1 to 65535")
     return url
 
 
@@ -695,7 +701,7 @@ class StreamSoundConfig(AudioSourceOptions):
         if ":" in (split_userinfo(url)[1] or ""):
             raise ValueError("no password in the URL: for the camera's own microphone use type = \"video\", "
                              "which uses [source]'s credentials")
-        return url
+        return _url_scheme(url, ("rtsp", "rtsps", "http", "https"))
 
 
 AudioSourceConfig = Annotated[VideoSoundConfig | AlsaSoundConfig | FileSoundConfig | StreamSoundConfig,

@@ -57,6 +57,10 @@ def test_a_sound_file_is_relative_to_the_config_file(tmp_path):
     ('[audio.source]\ntype = "alsa"\npath = "x"\n', r"audio.source.path: not an option of type alsa"),
     ('[audio.source]\ntype = "stream"\nurl = "ftp://cam/a"\n', r"audio.source.url: String should match"),
     ('[audio.source]\ntype = "stream"\nurl = "rtsp://me:secret@cam/a"\n', r"audio.source.url: .*no password in the URL"),
+    # a stream microphone with no host or a port that is none: reopened with back-off for ever, as the camera was
+    ('[audio.source]\ntype = "stream"\nurl = "rtsp://"\n', r"audio.source.url: has no host name"),
+    ('[audio.source]\ntype = "stream"\nurl = "http://:80/mic.wav"\n', r"audio.source.url: has no host name"),
+    ('[audio.source]\ntype = "stream"\nurl = "https://mic.lan:99999/a"\n', r"audio.source.url: its port must be a number from 1"),
     ('[fusion]\nmode = "loudest"\n', r"fusion.mode: Input should be 'either', 'mean', 'vision' or 'audio'"),
     ('[fusion]\naudio_weight = 1.5\n', r"fusion.audio_weight: Input should be less than or equal to 1"),
     ('[fusion]\naudio_min_on_seconds = -0.5\n', r"fusion.audio_min_on_seconds: Input should be greater than or equal to 0"),

@@ -536,6 +536,15 @@ def test_the_shorthand_and_an_option_that_disagree_are_an_error_without_the_valu
     assert "one" not in str(raised.value) and "two" not in str(raised.value)
 
 
+@pytest.mark.parametrize("url", ["rtsp://viewer:hunter2@cam.lan:99999/live", "rtsps://viewer:hunter2@cam.lan:abc/live",
+                                 "http://cam.lan:0/video.mjpg"])
+def test_a_camera_port_that_is_no_port_is_a_config_error(tmp_path, url):
+    """It was reopened with back-off for ever (`cannot open stream ...; next try in at most 30 s`)."""
+    with pytest.raises(ConfigError, match="source.url: its port must be a number from 1 to 65535") as refused:
+        load_config(write(tmp_path, f'[source]\nuri = "{url}"\n'), environ={})
+    assert "hunter2" not in str(refused.value)
+
+
 def test_a_camera_password_in_the_urls_query_never_shows(tmp_path, capsys):
     """Many MJPEG cameras take the password in the query (``?usr=admin&pwd=...``): the log, /stats and
     `config show` printed it whole, since only a URL's user info was masked."""
