@@ -356,6 +356,24 @@ def clips_of(videos: Path, labels_path: Path | None, default_label: str) -> tupl
     return files, labels
 
 
+def check_readable(files: list[Path]) -> None:
+    """Every video opens and gives a frame, before any is judged: a broken one found an hour into a folder
+    cost everything judged until then."""
+    import cv2
+
+    broken = []
+    for video in files:
+        capture = cv2.VideoCapture(str(video))
+        try:
+            if not (capture.isOpened() and capture.read()[0]):
+                broken.append(video.name)
+        finally:
+            capture.release()
+    if broken:
+        more = f" (and {len(broken) - 1} more: {', '.join(broken[1:4])}{' ...' if len(broken) > 4 else ''})" if len(broken) > 1 else ""
+        raise DataError(f"cannot decode video file {broken[0]}{more}; nothing was judged")
+
+
 def run_clip(video: Path, config, model, labels=None, positive: str = "crying", tolerance: float = TOLERANCE_S,
              default_label: str = "not_crying", progress=None) -> ClipResult:
     """One clip through a fresh copy of the daemon's pipeline (``build_pipeline``) for the open ``model``, as ``config`` sets it."""
@@ -385,6 +403,7 @@ def evaluate(videos: Path, labels_path: Path | None, config, positive: str = "cr
     from edge.model import TFLiteModel
 
     files, labels = clips_of(videos, labels_path, default_label)
+    check_readable(files)
     results = []
     with TFLiteModel(config.model.path, num_threads=config.model.num_threads, edgetpu=config.model.edgetpu) as model:
         if positive not in model.card.labels:

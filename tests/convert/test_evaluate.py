@@ -99,3 +99,16 @@ def test_eval_without_truth_says_what_it_needs(tmp_path):
     (tmp_path / "labels.csv").write_text("video,start_s,end_s,label\nb.mp4,0,1,crying\n")
     result = cryedge("eval", tmp_path)
     assert "cryedge: video b.mp4 named in" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_broken_video_in_the_folder_is_found_before_any_clip_is_judged(tmp_path):
+    """A broken clip late in a folder was found only when its turn came: everything judged before it was lost."""
+    cut(DEMO, tmp_path / "a.mp4", 0, 60)
+    (tmp_path / "z-broken.mp4").write_bytes(b"not a video")
+    (tmp_path / "z-empty.mp4").write_bytes(b"")
+    (tmp_path / "labels.csv").write_text("video,start_s,end_s,label\na.mp4,1,2,crying\n")
+    result = cryedge("eval", tmp_path, "--progress", "--output-dir", tmp_path / "out")
+    assert result.returncode == 7 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "cryedge: cannot decode video file z-broken.mp4 (and 1 more: z-empty.mp4); nothing was judged")
+    assert "[1/3] a.mp4" not in result.stderr  # refused before the first clip, not after it
