@@ -43,4 +43,4 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, command):
         args, expected = ["eval", clip, "--labels", tmp_path / "labels.csv", "--output-dir", taken], f"cryedge: File exists: {taken}"
     done = cryedge(*args)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
-    assert done.stderr.strip().splitlines()[-1] == expected, done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("cryedge: ")] == [expected], done.stderr
