@@ -179,7 +179,7 @@ class AudioMonitor:
                 continue
             self.status.state, self.reason = "open", NO_SOUND
             log.info("listening: %s", self.status.name)
-            delays = backoff_delays(self.backoff_first, self.backoff_limit)
+            chunks = self.chunks
             try:
                 finished = self._listen()
             except SourceError as error:
@@ -189,6 +189,8 @@ class AudioMonitor:
                 self._backend.close()
             if finished:
                 break
+            if self.chunks > chunks:  # it was heard: a new failure starts the back-off afresh (an open alone does not)
+                delays = backoff_delays(self.backoff_first, self.backoff_limit)
             self.pipeline.reset()
             if wait_ready is None and self._stop.wait(next(delays)):
                 break

@@ -34,6 +34,21 @@ def read_all(source, limit: float = 30.0) -> list:
     return chunks
 
 
+class Counting:
+    """Stands in for the audio pipeline: keeps what it is given (the monitor's own logic is under test)."""
+
+    def __init__(self):
+        self.samples = []
+        self.scorer = type("S", (), {"spec": type("A", (), {"hop_seconds": 0.5})()})()
+
+    def process(self, chunk):
+        self.samples.append(chunk.samples)
+        return []
+
+    def reset(self):
+        pass
+
+
 def dominant_hz(samples: np.ndarray, rate: int = 16000) -> float:
     spectrum = np.abs(np.fft.rfft(samples))
     return float(np.argmax(spectrum) * rate / samples.size)
@@ -165,20 +180,6 @@ def test_a_cameras_rtsp_sound_track_is_heard_and_reconnected_after_a_reboot(tmp_
                     "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000:duration=4", "-c:v", "libx264",
                     "-c:a", "aac", "-shortest", str(clip)], check=True)
 
-    class Counting:
-        """Stands in for the audio pipeline: keeps what it is given (the monitor's own logic is under test)."""
-
-        def __init__(self):
-            self.samples = []
-            self.scorer = type("S", (), {"spec": type("A", (), {"hop_seconds": 0.5})()})()
-
-        def process(self, chunk):
-            self.samples.append(chunk.samples)
-            return []
-
-        def reset(self):
-            pass
-
     with RtspCamera(clip, tmp_path, sound=True) as camera:
         sink = Counting()
         monitor = AudioMonitor(lambda: FfmpegAudioSource(camera.url, 16000, rtsp_transport="udp", timeout_seconds=3),
@@ -261,3 +262,27 @@ def test_a_stream_microphones_token_is_masked_in_its_name_and_in_what_ffmpeg_say
     assert source.name == "stream:http://127.0.0.1:" + url.split(":", 2)[2].replace("hunter2", "********")
     assert "hunter2" not in str(failed.value) and "hunter2" not in caplog.text
     assert "Impossible to open 'http://127.0.0.1:" in caplog.text and "pwd=********'" in caplog.text  # ffmpeg's line
+
+
+@needs_ffmpeg
+@pytest.mark.timeout(60)
+def test_a_stream_microphone_that_opens_but_is_refused_is_retried_with_back_off(tmp_path):
+    """ffmpeg starts (the open succeeds) and the server refuses it (401, no password given): each retry waits
+    longer, 0.5, 1, 2, 4 s. Before, the back-off began afresh at every open, so a refused stream was asked
+    again every half second for as long as the daemon ran (an ffmpeg started each time, on a Pi's CPU)."""
+    from streams import MjpegServer
+
+    from edge.audio import AudioMonitor
+
+    with MjpegServer([np.zeros((16, 16, 3), np.uint8)], credentials=("viewer", "hunter2")) as server:
+        monitor = AudioMonitor(lambda: FfmpegAudioSource(server.url, 16000, timeout_seconds=2), Counting(),
+                               stall_seconds=2, backoff_first=0.5, backoff_limit=4.0)
+        monitor.start()
+        try:
+            time.sleep(8.0)
+        finally:
+            monitor.close()
+        assert "401 Unauthorized" in monitor.status.last_error
+        # retried at about 0.5, 1.5, 3.5 and 7.5 s (before: every 0.5 s or so, 12 times)
+        assert 2 <= monitor.status.reconnects <= 4, monitor.status.reconnects
+        assert server.refused >= monitor.status.reconnects
