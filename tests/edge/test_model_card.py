@@ -26,9 +26,9 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = paths.default_model()
 
 
-def lying_model(folder: Path, **changes) -> Path:
-    """A copy of the default model with its card beside it, ``changes`` applied to the card's JSON."""
-    card = json.loads(load_card(DEFAULT_MODEL).to_json())
+def lying_model(folder: Path, base: Path = DEFAULT_MODEL, **changes) -> Path:
+    """A copy of the ``base`` model with its card beside it, ``changes`` applied to the card's JSON."""
+    card = json.loads(load_card(base).to_json())
     for key, value in changes.items():
         if "__" in key:
             outer, inner = key.split("__", 1)
@@ -36,7 +36,7 @@ def lying_model(folder: Path, **changes) -> Path:
         else:
             card[key] = value
     model = folder / "lying.tflite"
-    model.write_bytes(DEFAULT_MODEL.read_bytes())
+    model.write_bytes(base.read_bytes())
     model.with_suffix(".json").write_text(json.dumps(card))
     return model
 
@@ -91,12 +91,7 @@ def test_an_audio_card_with_a_number_that_is_not_one_is_refused_at_load(tmp_path
     """JSON written by Python spells NaN and Infinity, and a card took them: with its mean NaN the bundled audio
     model turned every sound into NaN features and scored 0.13 whatever it heard (the demo's cry too), deaf
     without a word."""
-    audio = paths.bundled("models", "cry-audio-default.tflite")
-    card = json.loads(load_card(audio).to_json())
-    card["audio"][field] = value
-    model = tmp_path / "lying-audio.tflite"
-    model.write_bytes(audio.read_bytes())
-    model.with_suffix(".json").write_text(json.dumps(card))
+    model = lying_model(tmp_path, paths.bundled("models", "cry-audio-default.tflite"), **{f"audio__{field}": value})
     with pytest.raises(ModelError) as refused:
         TFLiteModel(model)
     assert str(refused.value) == f"model card {model.with_suffix('.json')}: audio.{field}: Input should be a finite number"
