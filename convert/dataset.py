@@ -376,7 +376,7 @@ def build_sound(files_dir: Path, labels_path: Path, audio=None, kind: str = "aud
     A window's label is the label at its last sample, as the device attributes a score to the window's end.
     """
     from edge.audio import AudioWindow
-    from edge.audio_features import audio_features
+    from edge.audio_features import AudioFrontEnd
     from edge.card import AudioSpec
 
     audio = audio or AudioSpec()
@@ -386,8 +386,9 @@ def build_sound(files_dir: Path, labels_path: Path, audio=None, kind: str = "aud
     for number, (name, truth) in enumerate(sorted(by_file.items())):
         samples = sound_track(Path(files_dir) / name, audio.rate)
         window = AudioWindow(audio.window_samples, audio.rate, audio.hop_seconds)
+        front_end = AudioFrontEnd(audio)  # each file a sound of its own, its windows in order, as the device hears it
         for end, waveform in window.push(samples):
-            xs.append(waveform if kind == "audio-waveform" else audio_features(waveform, audio))
+            xs.append(waveform if kind == "audio-waveform" else front_end(waveform))
             t = end / audio.rate
             names.append(truth.label_at(t - 1e-3))
             groups.append(truth.group)
@@ -438,12 +439,17 @@ def load(path: Path) -> dict:
 
 def _build_command(args) -> int:
     if args.audio:
+        from pydantic import ValidationError
+
         from edge.card import AudioSpec
 
-        spec = AudioSpec(features=args.audio_features, mel_bands=args.mel_bands, hop_seconds=args.hop_seconds)
         kind = "audio-waveform" if args.audio_features == "waveform" else "audio-window"
-        if kind == "audio-waveform":
-            spec = AudioSpec(hop_seconds=args.hop_seconds)
+        try:
+            spec = (AudioSpec(hop_seconds=args.hop_seconds) if kind == "audio-waveform" else
+                    AudioSpec(features=args.audio_features, mel_bands=args.mel_bands, hop_seconds=args.hop_seconds,
+                              background=args.audio_background))
+        except ValidationError as error:
+            raise DataError(f"audio front end: {error.errors()[0]['msg']}") from None
         sound = build_sound(args.videos_dir, args.labels, spec, kind, args.positive, args.default_label,
                             args.label_column, args.group_by)
         sound.save(args.output)
@@ -492,5 +498,8 @@ def add_commands(subparsers) -> None:
                         help="with --audio: what a window holds (waveform: the samples, for a YAMNet-style model)")
     parser.add_argument("--mel-bands", type=int, default=64, help="with --audio: mel bands (default 64)")
     parser.add_argument("--hop-seconds", type=float, default=0.5, help="with --audio: a window this often (default 0.5)")
+    parser.add_argument("--audio-background", choices=("none", "floor"), default="none",
+                        help="with --audio: subtract a per-band background floor followed through each file (the "
+                             "default model's front end), or not (default none)")
     parser.add_argument("--output", "-o", type=Path, required=True, metavar="DATA.npz")
     parser.set_defaults(handler=_build_command)

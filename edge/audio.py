@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.audio_features import audio_features
+from edge.audio_features import AudioFrontEnd
 from edge.audio_source import AudioChunk, level_dbfs
 from edge.errors import ModelError, SourceError
 from edge.records import Score
@@ -77,11 +77,12 @@ class AudioScorer:
         if not self.card.is_audio:
             raise ValueError(f"{self.card.name} is a {self.card.kind} model, not an audio one")
         self.spec = self.card.audio
+        self.front_end = AudioFrontEnd(self.spec)  # the windows of one sound, in order
         self.last_inference_ms = 0.0
 
     def probabilities(self, window: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
-        x = window if self.card.kind == "audio-waveform" else audio_features(window, self.spec)
+        x = window if self.card.kind == "audio-waveform" else self.front_end(window)
         probabilities = self.model.probabilities(x)
         self.last_inference_ms = (time.perf_counter() - start) * 1000
         return probabilities
@@ -111,8 +112,9 @@ class AudioPipeline:
         return results
 
     def reset(self) -> None:
-        """After a gap in the sound: the next score waits for a fresh full window."""
+        """After a gap in the sound: the next score waits for a fresh full window, and the front end starts afresh."""
         self.window.reset()
+        self.scorer.front_end.reset()
 
 
 class AudioMonitor:

@@ -3,7 +3,9 @@
 One function, ``audio_features``, used by the training toolchain (convert.dataset) and by the device
 (edge.audio), with every parameter taken from the model card's ``audio`` section: the same numbers in,
 the same features out. Pure numpy (no librosa, no numba on the device); the test suite checks agreement
-with librosa where it is installed.
+with librosa where it is installed. A front end with a background floor (``background = "floor"``) keeps
+state from one window to the next: ``AudioFrontEnd`` holds it, and both the dataset builder and the
+device feed it the windows of a sound in order.
 
 Conventions, chosen to match librosa with ``center=False``: frames of ``win_length`` samples every
 ``hop_length`` (none padded), a periodic Hann window zero-padded to ``n_fft``, the power spectrum, a mel
@@ -124,9 +126,47 @@ def log_mel(waveform: np.ndarray, spec: AudioSpec) -> np.ndarray:
     return np.log(mel + spec.log_offset).astype(np.float32)
 
 
-def audio_features(waveform: np.ndarray, spec: AudioSpec) -> np.ndarray:
-    """(frames, mel_bands or n_mfcc) float32 features of one window, normalized as the card says."""
+class BackgroundFloor:
+    """The background under the log-mel, band by band, followed causally one frame at a time.
+
+    The floor moves towards each new frame: by ``1 - exp(-frame / floor_fall_seconds)`` of the gap when the
+    frame is below it, by ``1 - exp(-frame / floor_rise_seconds)`` when above. A quiet moment (a breath
+    between two cries, a pause in the TV's speech) pulls it down within a tenth of a second; a cry lifts it
+    only over seconds. Subtracted from the log-mel, it leaves what stands above a steady fan, hiss or hum,
+    at any microphone gain. The first frame after a reset starts it.
+    """
+
+    def __init__(self, spec: AudioSpec):
+        frame_seconds = spec.hop_length / spec.rate
+        self.rise = 1.0 - np.exp(-frame_seconds / spec.floor_rise_seconds)
+        self.fall = 1.0 - np.exp(-frame_seconds / spec.floor_fall_seconds)
+        self.level: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self.level = None
+
+    def follow(self, frames: np.ndarray) -> np.ndarray:
+        """Move through ``frames`` (frames, bands) in time order; the floor after the last of them."""
+        level = np.array(frames[0], dtype=np.float64) if self.level is None else self.level
+        for frame in np.asarray(frames, dtype=np.float64):
+            gap = frame - level
+            level = level + gap * np.where(gap > 0.0, self.rise, self.fall)
+        self.level = level
+        return level.astype(np.float32)
+
+
+def audio_features(waveform: np.ndarray, spec: AudioSpec, floor: BackgroundFloor | None = None) -> np.ndarray:
+    """(frames, mel_bands or n_mfcc) float32 features of one window, normalized as the card says.
+
+    With ``background = "floor"`` the log-mel minus ``floor`` as it stands at the window's last frame, after
+    following the frames new since the previous window (every frame of the first one). ``floor`` None: a
+    fresh one, which is the first window after a reset; windows in a row need one ``floor`` (``AudioFrontEnd``).
+    """
     features = log_mel(waveform, spec)
+    if spec.background == "floor":
+        floor = floor if floor is not None else BackgroundFloor(spec)
+        fresh = features if floor.level is None else features[-spec.hop_frames:]
+        features = features - floor.follow(fresh)
     if spec.features == "mfcc":
         features = np.einsum("fm,km->fk", features, dct_matrix(spec.n_mfcc, spec.mel_bands))  # no BLAS, as above
     if spec.normalization == "fixed":
@@ -134,3 +174,22 @@ def audio_features(waveform: np.ndarray, spec: AudioSpec) -> np.ndarray:
     elif spec.normalization == "patch":
         features = (features - features.mean()) / max(float(features.std()), 1e-6)
     return features.astype(np.float32)
+
+
+class AudioFrontEnd:
+    """The card's front end over the windows of one sound, in order: what the model sees for each.
+
+    Keeps the state a front end carries between windows (the background floor); ``reset`` after a gap in
+    the sound. The dataset builder and the device both go through it, window by window.
+    """
+
+    def __init__(self, spec: AudioSpec):
+        self.spec = spec
+        self.floor = BackgroundFloor(spec) if spec.background == "floor" else None
+
+    def reset(self) -> None:
+        if self.floor is not None:
+            self.floor.reset()
+
+    def __call__(self, waveform: np.ndarray) -> np.ndarray:
+        return audio_features(waveform, self.spec, self.floor)

@@ -83,6 +83,12 @@ class AudioSpec(BaseModel):
     log_offset: float = Field(default=0.001, gt=0)
     features: Literal["log-mel", "mfcc"] = "log-mel"
     n_mfcc: int = Field(default=20, gt=0)
+    # a per-band background floor subtracted from the log-mel (edge.audio_features.BackgroundFloor): tracked
+    # causally frame by frame, it falls to a quieter frame within about floor_fall_seconds and rises to a louder
+    # one only over floor_rise_seconds, so it follows a steady noise, TV or fan but not a cry with breaths in it
+    background: Literal["none", "floor"] = "none"
+    floor_rise_seconds: float = Field(default=4.0, gt=0)
+    floor_fall_seconds: float = Field(default=0.1, gt=0)
     normalization: Literal["none", "fixed", "patch"] = "none"  # fixed: (x - mean) / std from training
     mean: float = 0.0
     std: float = Field(default=1.0, gt=0)
@@ -103,6 +109,11 @@ class AudioSpec(BaseModel):
             raise ValueError("window_samples must hold at least one frame (win_length)")
         if self.features == "mfcc" and self.n_mfcc > self.mel_bands:
             raise ValueError("n_mfcc must not exceed mel_bands")
+        if self.background == "floor" and abs(self.hop_seconds * self.rate / self.hop_length
+                                              - round(self.hop_seconds * self.rate / self.hop_length)) > 1e-6:
+            # the floor follows every frame once: a score's frames must continue the previous score's
+            raise ValueError(f"background 'floor' needs hop_seconds ({self.hop_seconds:g}) to span a whole number "
+                             f"of frames of hop_length {self.hop_length}")
         if self.classes is not None and any(not 0 <= i < self.classes for i in self.cry_classes):
             raise ValueError(f"cry_classes must be indices below classes ({self.classes})")
         return self
@@ -111,6 +122,11 @@ class AudioSpec(BaseModel):
     def frames(self) -> int:
         """Feature frames in one window."""
         return 1 + (self.window_samples - self.win_length) // self.hop_length
+
+    @property
+    def hop_frames(self) -> int:
+        """Feature frames new in each score's window (the frames of ``hop_seconds``)."""
+        return round(self.hop_seconds * self.rate / self.hop_length)
 
     @property
     def feature_size(self) -> int:

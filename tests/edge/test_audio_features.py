@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from audio_models import tone
 
-from edge.audio_features import audio_features, hz_to_mel, log_mel, mel_to_hz
+from edge.audio import AudioWindow
+from edge.audio_features import AudioFrontEnd, audio_features, hz_to_mel, log_mel, mel_to_hz
 from edge.card import AudioSpec, card_from_dict
 from edge.errors import ModelError
 
@@ -93,3 +94,127 @@ def test_features_agree_with_librosa(spec):
     ours = audio_features(x, spec)
     assert ours.shape == expected.T.shape
     np.testing.assert_allclose(ours, expected.T, atol=1e-3)
+
+
+# --- the background floor: a front end with state from one window to the next ------------------------
+
+FLOOR = AudioSpec(hop_seconds=0.25, background="floor")
+
+
+def windows_of(samples: np.ndarray, spec: AudioSpec, chunks: list[int]):
+    """The windows a device hears of ``samples`` delivered in ``chunks`` (sizes), as AudioPipeline cuts them."""
+    window, out, start = AudioWindow(spec.window_samples, spec.rate, spec.hop_seconds), [], 0
+    for size in chunks:
+        out += [w for _, w in window.push(samples[start:start + size])]
+        start += size
+    return out
+
+
+def test_streamed_windows_get_the_features_of_the_whole_sound_at_once():
+    """Any chunking of a sound gives the features of one pass over all its frames: the floor follows each
+    frame once, in order, and each window subtracts the floor of its last frame."""
+    rng = np.random.default_rng(3)
+    samples = (0.05 * rng.standard_normal(16000 * 5)).astype(np.float32)
+    samples[30000:52000] += tone(22000 / 16000, 450.0)[:22000] * 0.3
+    frames = log_mel(samples, FLOOR).astype(np.float64)  # the whole sound's frames in one go
+    level, floors = frames[0].copy(), []
+    for frame in frames:  # the floor, written out once more, frame by frame
+        rate = np.where(frame > level, 1 - np.exp(-0.01 / FLOOR.floor_rise_seconds),
+                        1 - np.exp(-0.01 / FLOOR.floor_fall_seconds))
+        level = level + (frame - level) * rate
+        floors.append(level.copy())
+    expected = [frames[25 * k:25 * k + 96] - floors[25 * k + 95] for k in range(1 + (len(frames) - 96) // 25)]
+    assert len(expected) == 17
+    for chunks in ([samples.size], [1600] * 50, list(rng.integers(1, 7000, 40))):
+        front_end = AudioFrontEnd(FLOOR)
+        streamed = [front_end(w) for w in windows_of(samples, FLOOR, chunks)]
+        assert len(streamed) == len(expected)
+        np.testing.assert_allclose(np.array(streamed), np.array(expected), atol=2e-3)
+
+
+def test_the_floor_takes_away_a_steady_noise_at_any_gain_and_leaves_a_cry_standing():
+    rng = np.random.default_rng(5)
+    noise = rng.standard_normal(16000 * 6).astype(np.float32)
+    heard = {}
+    for gain in (0.01, 0.3):
+        front_end = AudioFrontEnd(FLOOR)
+        heard[gain] = [front_end(w) for w in windows_of(gain * noise, FLOOR, [16000] * 6)][-1]
+    # the same noise 30 dB louder looks the same above its floor (without the floor: 30 dB apart)
+    assert abs(heard[0.3].mean() - heard[0.01].mean()) < 0.5
+    assert log_mel(0.3 * noise[:15600], FLOOR).mean() - log_mel(0.01 * noise[:15600], FLOOR).mean() > 29
+    # a cry-band tone 10 dB under the noise's power: a second after it began, its band stands out of what the
+    # noise alone shows there, and the other bands show what they showed
+    front_end = AudioFrontEnd(FLOOR)
+    alone = [front_end(w) for w in windows_of(0.3 * noise, FLOOR, [16000] * 6)]
+    with_tone = 0.3 * noise
+    with_tone[16000 * 4:] += tone(2.0, 500.0, level=0.3 * np.sqrt(2) * 10 ** (-10 / 20))
+    front_end = AudioFrontEnd(FLOOR)
+    heard_tone = [front_end(w) for w in windows_of(with_tone, FLOOR, [16000] * 6)]
+    second_in = 16  # the window ending at 4.975 s
+    lift = heard_tone[second_in].mean(axis=0) - alone[second_in].mean(axis=0)
+    assert lift.max() > 6 and abs(np.median(lift)) < 0.1
+
+
+def test_a_cry_with_breaths_does_not_lift_the_floor_to_itself():
+    """Bursts of a cry with short inhalations between them, 6 s over room tone: the last window still
+    shows the cry well above the floor, because each breath pulls the floor back down."""
+    rng = np.random.default_rng(9)
+    sound = (0.002 * rng.standard_normal(16000 * 8)).astype(np.float32)
+    position = 16000 * 2
+    while position < sound.size - 12000:  # the last burst ends 0.25 s before the sound
+        sound[position:position + 12000] += 0.3 * tone(0.75, 480.0)
+        position += 12000 + 4000  # 0.75 s of voice, a 0.25 s breath
+    room = AudioFrontEnd(FLOOR)
+    for w in windows_of(sound[:32000], FLOOR, [4000] * 8):
+        room(w)
+    front_end = AudioFrontEnd(FLOOR)
+    last = [front_end(w) for w in windows_of(sound, FLOOR, [4000] * 32)][-1]
+    band = int(np.argmax(last.max(axis=0)))
+    assert last[:, band].max() > 30  # dB above the floor, after 5.75 s of crying
+    assert front_end.floor.level[band] - room.floor.level[band] < 10  # the floor stayed near the room's
+
+
+def test_a_gap_in_the_sound_starts_the_floor_afresh(tmp_path):
+    """The bundled model's graph with a card whose front end has a floor: after a gap (the device reopened),
+    the first window is scored as the first window of a new sound, not over the floor of the old one."""
+    import json
+    import shutil
+
+    from edge import paths
+    from edge.audio import AudioPipeline, AudioScorer
+    from edge.audio_source import AudioChunk
+    from edge.model import TFLiteModel
+
+    bundled = paths.data_file("models/cry-audio-default.tflite")
+    model = shutil.copyfile(bundled, tmp_path / "floor.tflite")
+    card = json.loads(bundled.with_suffix(".json").read_text())
+    card["audio"].update(background="floor", hop_seconds=0.25)
+    (tmp_path / "floor.json").write_text(json.dumps(card))
+    pipeline = AudioPipeline(AudioScorer(TFLiteModel(model)))
+    front_end = pipeline.scorer.front_end
+    loud = (0.5 * RNG.standard_normal(16000 * 3)).astype(np.float32)
+    assert len(pipeline.process(AudioChunk(loud, 0.0, 16000, 0))) == 9
+    assert front_end.floor.level is not None
+    pipeline.reset()
+    assert front_end.floor.level is None
+    assert pipeline.process(AudioChunk(NOISE[:15599], 10.0, 16000, 0)) == []  # a fresh window to fill first
+    np.testing.assert_allclose(front_end(NOISE), audio_features(NOISE, front_end.spec))  # as a first window
+
+
+def test_cards_from_before_the_floor_load_and_compute_what_they_always_did():
+    card = {"name": "a", "kind": "audio-window", "input_shape": [1, 96, 64], "labels": ["no", "yes"],
+            "positive_label": "yes", "output": "sigmoid",
+            "audio": {"hop_seconds": 0.25, "normalization": "fixed", "mean": -34.6, "std": 17.4}}
+    spec = card_from_dict(card).audio
+    assert spec.background == "none"
+    front_end = AudioFrontEnd(spec)
+    for _ in range(3):  # no state: every window on its own, as before
+        np.testing.assert_allclose(front_end(NOISE), (log_mel(NOISE, spec) + 34.6) / 17.4, rtol=1e-5, atol=1e-5)
+
+
+def test_a_floor_needs_windows_a_whole_number_of_frames_apart():
+    card = {"name": "a", "kind": "audio-window", "input_shape": [1, 96, 64], "labels": ["no", "yes"],
+            "positive_label": "yes", "output": "sigmoid", "audio": {"hop_seconds": 0.3333, "background": "floor"}}
+    with pytest.raises(ModelError, match="whole number of frames"):
+        card_from_dict(card)
+    assert card_from_dict({**card, "audio": {"hop_seconds": 0.5, "background": "floor"}}).audio.hop_frames == 50
