@@ -124,3 +124,14 @@ def test_a_video_without_frames_is_a_one_line_error(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 7, result.stderr
     assert len(lines) == 1 and "empty.mp4" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("options, words", [
+    (("--hop-seconds", "0"), "greater than 0"),
+    (("--hop-seconds", "0.3333", "--audio-background", "floor"), "whole number of frames"),
+])
+def test_an_impossible_audio_front_end_is_a_one_line_error(clips, tmp_path, options, words):
+    result = _cli(clips, clips / "labels.csv", "--audio", *options, "--output", tmp_path / "d.npz")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 7, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("cryedge: ") and words in lines[0], result.stderr
