@@ -533,7 +533,8 @@ class Daemon:
         return HealthStats(
             started=self.started, last_frame=self.last_frame,
             state="reconnecting" if source is not None and source.state == "reconnecting" else self.state,
-            frames=self.stats.frames, fps=self.stats.fps, stage_ms=self.stats.stage_medians(),
+            # no camera: no frame rate at all, not a rate of 0 (a camera that stopped)
+            frames=self.stats.frames, fps=self.stats.fps if self.camera else None, stage_ms=self.stats.stage_medians(),
             inference_ms=self.stats.inference_ms,  # the median, as /metrics and the MQTT stats say
             face_share=self.stats.face_share, source=source.name if source else "",
             source_state=source.state if source else "", source_reconnects=source.reconnects if source else 0,

@@ -75,7 +75,7 @@ class HealthStats:
     last_frame: float | None = None  # when the last frame went through the whole pipeline
     state: str = "starting"  # starting, running, reconnecting, stopping
     frames: int = 0
-    fps: float = 0.0
+    fps: float | None = 0.0  # None: no camera
     stage_ms: Mapping[str, float] = field(default_factory=dict)  # median ms per stage, e.g. "landmarks"
     inference_ms: float | None = None
     face_share: float | None = None  # share of recent frames with a face, 0..1

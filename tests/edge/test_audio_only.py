@@ -234,3 +234,21 @@ def test_a_network_microphone_that_goes_away_shows_in_health_and_is_reopened_whi
         stderr = service.terminate()
         microphone.stop()
     assert "no camera" in stderr and "Traceback" not in stderr
+
+
+def test_the_health_stats_of_a_monitor_with_no_camera_have_no_frame_rate_and_no_face_share(tmp_path):
+    """/stats and /metrics say what is true with no camera: no frame rate (null, left out of /metrics; it was
+    0, which reads as a camera that stopped), no share of frames with a face; the microphone is the source."""
+    from edge.daemon import Daemon
+    from edge.health import metric_families, stats_document
+
+    toml = tmp_path / "listen.toml"
+    toml.write_text(f'[source]\ntype = "none"\n[audio]\nenabled = true\n[audio.source]\ntype = "file"\npath = "{DEMO}"\n'
+                    f'[health]\nenabled = false\n[outbox]\npath = "{tmp_path / "o.sqlite3"}"\n')
+    with Daemon(load_config(toml)) as daemon:
+        now = time.monotonic()
+        stats = stats_document(daemon.health_stats(), now)
+        names = {family.name for family in metric_families(daemon.health_stats(), now)}
+    assert stats["fps"] is None and stats["face_share"] is None and stats["source"].startswith("file:demo.mp4")
+    assert "cryedge_frames_per_second" not in names and "cryedge_face_ratio" not in names
+    assert "cryedge_audio_up" in names
