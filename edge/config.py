@@ -525,8 +525,10 @@ class AlarmConfig(Section):
     smoothing: Literal["median", "ema", "none"] = "median"
     median_window: int = Field(default=5, ge=1, le=1000)  # scores in the running median
     ema_alpha: float = Field(default=0.3, gt=0, le=1)  # weight of the newest score
-    on_threshold: float | None = Field(default=None, ge=0, le=1)  # None: the model card's threshold
-    off_threshold: float | None = Field(default=None, ge=0, le=1)  # None: on_threshold - 0.2
+    # 0 and 1 are not thresholds: every score is at or above 0 (an alarm from the first window on), none is
+    # below 0 (an alarm that never ends) and an int8 model's top score is 0.996 (an alarm that never starts)
+    on_threshold: float | None = Field(default=None, gt=0, lt=1)  # None: the model card's threshold
+    off_threshold: float | None = Field(default=None, gt=0, lt=1)  # None: on_threshold - 0.2, at least half of it
     # Longer than these, an alert would come too late to be one (and inf turned alerting off)
     min_on_seconds: float = Field(default=1.0, ge=0, le=600)  # smoothed score above ON this long: start
     hold_seconds: float = Field(default=3.0, ge=0, le=600)  # below OFF this long: end
@@ -546,7 +548,8 @@ class AlarmConfig(Section):
     def thresholds(self, model_threshold: float) -> tuple[float, float]:
         """(on, off) thresholds, filling the unset ones from the model card's threshold."""
         on = self.on_threshold if self.on_threshold is not None else model_threshold
-        off = self.off_threshold if self.off_threshold is not None else max(0.0, on - 0.2)
+        # not max(0, on - 0.2): with ON at 0.2 or below, OFF was 0, which no score is below
+        off = self.off_threshold if self.off_threshold is not None else max(on / 2, on - 0.2)
         return on, min(off, on)
 
 

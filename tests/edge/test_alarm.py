@@ -195,6 +195,17 @@ def test_default_thresholds_come_from_the_model_card():
     assert (alarm.on_threshold, alarm.off_threshold) == pytest.approx((0.7, 0.5))
 
 
+@pytest.mark.parametrize(("on", "card"), [(0.15, 0.5), (None, 0.1)])
+def test_a_low_on_threshold_still_has_an_off_that_scores_fall_below(on, card):
+    """OFF was max(0, ON - 0.2): 0 for ON at 0.2 or below (set to be more sensitive, or a card's), and no score is
+    below 0, so the first cry's alarm never ended (on the demo clip: at shutdown, 16 s after the cry)."""
+    alarm = Alarm(AlarmConfig(smoothing="none", on_threshold=on, min_on_seconds=0.5, hold_seconds=1.0),
+                  model_threshold=card, wall_clock=lambda t: WALL_EPOCH + t, new_id=lambda: "ep")
+    assert 0 < alarm.off_threshold < alarm.on_threshold
+    events = run(alarm, scores((2, 0.0), (3, 0.9), (8, 0.0)))
+    assert [(e.kind, e.reason) for e in events] == [("start", ""), ("end", "scores")]
+
+
 def test_scores_out_of_time_order_are_refused():
     alarm = make_alarm()
     alarm.update(Score(t=2.0, probability=0.1, face_seen=True))

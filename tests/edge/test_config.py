@@ -66,6 +66,9 @@ def test_bad_value_names_the_key(tmp_path):
 def test_out_of_range_and_inconsistent_values_are_errors(tmp_path):
     with pytest.raises(ConfigError, match="mqtt.port: Input should be less than or equal to 65535"):
         load_config(write(tmp_path, "[mqtt]\nport = 70000\n"), environ={})
+    for text in ("on_threshold = 0", "on_threshold = 1.0", "off_threshold = 0"):  # an alarm always on, never on, never off
+        with pytest.raises(ConfigError, match=r"alarm\.(on|off)_threshold: Input should be (greater|less) than"):
+            load_config(write(tmp_path, f"[alarm]\n{text}\n", "edge.toml"), environ={})
     with pytest.raises(ConfigError, match="alarm: .*off_threshold must not be above on_threshold"):
         load_config(write(tmp_path, "[alarm]\non_threshold = 0.5\noff_threshold = 0.6\n"), environ={})
     with pytest.raises(ConfigError, match="mqtt.protocol"):
