@@ -208,7 +208,8 @@ def discovery_document(topics: Topics, device: DeviceConfig, model: str, hearing
     ``hearing`` adds the audio path's entities (the cry heard, the sound level, what the microphone hears);
     ``snapshot`` the image entity of the cry's picture (HA's MQTT image platform: raw bytes on ``image_topic``).
     Without a ``camera`` the picture's entities, which would stay unknown forever, are sent as
-    ``{"p": platform}`` alone: Home Assistant removes such a component (one a camera run created)."""
+    ``{"p": platform}`` alone, and so are those of hearing or the snapshot when off: Home Assistant removes
+    such a component (one an earlier run created); one left out of the document would stay, stale, for ever."""
     uid = f"cryedge_{device.id}"
     components: dict[str, dict[str, Any]] = {
         # Fused from what the camera sees and the microphone hears: no device class, since "sound" would say
@@ -250,16 +251,14 @@ def discovery_document(topics: Topics, device: DeviceConfig, model: str, hearing
             "value_template": "{{ value_json.vision.status if value_json.vision is defined else none }}",
         },
     }
-    if snapshot:
-        components["snapshot"] = {"p": "image", "name": "Cry snapshot", "icon": "mdi:cctv",
-                                  "image_topic": topics.snapshot, "content_type": "image/jpeg"}
-    for key, options in (HEARING if hearing else {}).items():
+    components["snapshot"] = {"p": "image", "name": "Cry snapshot", "icon": "mdi:cctv",
+                              "image_topic": topics.snapshot, "content_type": "image/jpeg"}
+    for key, options in HEARING.items():
         components[key] = {"p": "sensor", "state_topic": topics.state, "state_class": "measurement", **options}
-    if hearing:  # a microphone gone is said, not shown as a quiet room
-        components["hearing"] = {
-            "p": "sensor", "name": "Microphone hears", "icon": "mdi:microphone-outline", "entity_category": "diagnostic",
-            "device_class": "enum", "options": list(HEARING_STATUSES), "state_topic": topics.state,
-            "value_template": "{{ value_json.audio.status if value_json.audio is defined else none }}"}
+    components["hearing"] = {  # a microphone gone is said, not shown as a quiet room
+        "p": "sensor", "name": "Microphone hears", "icon": "mdi:microphone-outline", "entity_category": "diagnostic",
+        "device_class": "enum", "options": list(HEARING_STATUSES), "state_topic": topics.state,
+        "value_template": "{{ value_json.audio.status if value_json.audio is defined else none }}"}
     for key, options in DIAGNOSTICS.items():
         options = dict(options)
         scale = options.pop("scale", 1)
@@ -276,9 +275,10 @@ def discovery_document(topics: Topics, device: DeviceConfig, model: str, hearing
         "payload_on": "ON",
         "payload_off": "OFF",
     }
-    if not camera:
-        for key in ("vision", *DIAGNOSTICS):
-            components[key] = {"p": components[key]["p"]}
+    off = [*(() if camera else ("vision", *DIAGNOSTICS)), *(() if snapshot else ("snapshot",)),
+           *(() if hearing else (*HEARING, "hearing"))]
+    for key in off:
+        components[key] = {"p": components[key]["p"]}
     for key, component in components.items():
         if len(component) > 1:  # not a removal
             component["unique_id"] = f"{uid}_{key}"

@@ -177,7 +177,7 @@ def test_the_schema_mirror_refuses_what_home_assistant_refuses():
 def test_the_image_entity_is_discovered_only_with_snapshots_on():
     topics = Topics("cryedge/nursery", "homeassistant", DEVICE)
     device = load_config(None, {"device": {"id": DEVICE}}, environ={}).device
-    assert "snapshot" not in discovery_document(topics, device, "m")["cmps"]
+    assert discovery_document(topics, device, "m")["cmps"]["snapshot"] == {"p": "image"}  # off: removed
     image = discovery_document(topics, device, "m", snapshot=True)["cmps"]["snapshot"]
     assert mqtt_image_schema_errors(image) == []
     assert image["image_topic"] == f"{PREFIX}/snapshot" and image["content_type"] == "image/jpeg"
