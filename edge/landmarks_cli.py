@@ -5,6 +5,7 @@ A tool for people checking what the landmark stage sees; the stage itself is ``e
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edge import paths
-from edge.errors import DataError
+from edge.errors import ConfigError, DataError
 from edge.landmarks import SUBJECTS, LandmarkExtractor, landmarks_of_photo
 from edge.records import Frame, Landmarks
 
@@ -100,11 +101,28 @@ def _video_frames(path: Path) -> Iterator[Frame]:
         source.close()
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction of the frame (0 to 1)")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:  # MediaPipe's graph refuses 0 with a message about its calculators, read as a broken bundle
+        raise argparse.ArgumentTypeError(f"{text}: at least 1")
+    return value
+
+
 def _landmarks_command(args) -> int:
     import cv2
 
     from edge.features import get_spec
 
+    if args.roi and not (args.roi[0] < args.roi[2] and args.roi[1] < args.roi[3]):
+        raise ConfigError("--roi X0 Y0 X1 Y1: the crop's left must be left of its right (x0 < x1) and its top "
+                          "above its bottom (y0 < y1)")
     spec = get_spec(args.spec, args.normalization)
     path = Path(args.source) if args.source else paths.data_file(DEMO_PHOTO)
     options = {
@@ -155,8 +173,8 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--spec", default="openpose-face70-body8", choices=sorted(SPECS))
     parser.add_argument("--normalization", default="minmax", choices=NORMALIZATIONS)
     parser.add_argument("--subject", default="largest", choices=SUBJECTS, help="which face is the subject")
-    parser.add_argument("--num-faces", type=int, default=4, metavar="N",
+    parser.add_argument("--num-faces", type=_count, default=4, metavar="N",
                         help="faces (and poses) to find and choose the subject among (default: %(default)s)")
-    parser.add_argument("--roi", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"), help="crop (fractions) before detection")
+    parser.add_argument("--roi", nargs=4, type=_fraction, metavar=("X0", "Y0", "X1", "Y1"), help="crop (fractions) before detection")
     parser.add_argument("--no-pose", action="store_true", help="face only")
     parser.set_defaults(handler=_landmarks_command)

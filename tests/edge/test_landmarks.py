@@ -274,6 +274,22 @@ def test_cli_prints_points_and_features_of_the_bundled_photo(use_models, capsys,
     assert "face: 70/70 points" in summary and "features: 156 values" in summary
 
 
+@pytest.mark.parametrize(("args", "code", "words"), [
+    (["--roi", "0.5", "0.5", "0.1", "0.1"], 3, "cryedge: --roi X0 Y0 X1 Y1: the crop's left must be left of its right"),
+    (["--roi", "2", "2", "3", "3"], 2, "argument --roi: 2 is not a fraction of the frame (0 to 1)"),
+    (["--num-faces", "0"], 2, "argument --num-faces: 0: at least 1"),
+])
+def test_cli_refuses_a_crop_or_a_face_count_that_cannot_be_in_one_line(use_models, capsys, args, code, words):
+    """A crop upside down or outside the frame was a ValueError traceback; --num-faces 0 said MediaPipe could not
+    load the landmark models (exit 4), as if the bundles were broken."""
+    try:
+        returned = cli.main(["landmarks", *args])
+    except SystemExit as exit_:  # argparse's usage error
+        returned = exit_.code
+    err = capsys.readouterr().err
+    assert returned == code and "Traceback" not in err and words in err.strip().splitlines()[-1], err
+
+
 def test_cli_prints_one_json_line_a_video_frame(use_models, capsys, tmp_path):
     clip = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (512, 512))
