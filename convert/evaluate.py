@@ -446,6 +446,17 @@ def _eval_command(args) -> int:
     return 0
 
 
+def _tolerance(text: str) -> float:
+    """Seconds of slack: nan matched no episode to any cry (every cry missed, every episode a false alarm)."""
+    import argparse
+    import math
+
+    value = float(text)
+    if not (math.isfinite(value) and 0 <= value <= 3600):
+        raise argparse.ArgumentTypeError(f"{text}: seconds from 0 to 3600")
+    return value
+
+
 def add_commands(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval", help="judge a model on labelled videos with the daemon's own pipeline (events, false alarms)",
@@ -457,7 +468,7 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config whose landmarks and alarm settings to use")
     parser.add_argument("--positive", default="crying", help="the label the alarm is for (default crying)")
     parser.add_argument("--default-label", default="not_crying", help="label of time outside every interval")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE_S,
+    parser.add_argument("--tolerance", type=_tolerance, default=TOLERANCE_S,
                         help=f"seconds of slack when matching episodes to cries (default {TOLERANCE_S})")
     parser.add_argument("--output-dir", "-o", type=Path, default=Path("cryedge-eval"), help="where eval.{json,md,png} go")
     parser.add_argument("--progress", action="store_true", help="show progress on stderr even when it is not a terminal")

@@ -112,3 +112,13 @@ def test_a_broken_video_in_the_folder_is_found_before_any_clip_is_judged(tmp_pat
     errors = [line for line in result.stderr.splitlines() if line.startswith("cryedge: ")]  # FFmpeg's own may follow
     assert errors == ["cryedge: cannot decode video file z-broken.mp4 (and 1 more: z-empty.mp4); nothing was judged"]
     assert "[1/3] a.mp4" not in result.stderr  # refused before the first clip, not after it
+
+
+@pytest.mark.parametrize("tolerance", ["nan", "-5", "inf"])
+def test_a_tolerance_that_is_no_number_of_seconds_is_a_usage_error(tmp_path, tolerance):
+    """--tolerance nan matched no episode to any cry: the demo's cry reported missed and its episode a false alarm."""
+    (tmp_path / "labels.csv").write_text("video,start_s,end_s,label\ndemo.mp4,5,14,crying\n")
+    result = cryedge("eval", DEMO, "--labels", tmp_path / "labels.csv", f"--tolerance={tolerance}",
+                     "--output-dir", tmp_path / "out")
+    assert result.returncode == 2, result.stderr
+    assert f"argument --tolerance: {tolerance}: seconds from 0 to 3600" in result.stderr
