@@ -217,20 +217,33 @@ class AudioMonitor:
         self.status.state, self.status.last_error, self.reason = "reopening", error, reason
 
     def _listen(self) -> bool:
-        """Read until the stream fails (SourceError), stalls (False) or a file ends or stop() (True)."""
+        """Read until the stream fails (SourceError), stalls (False) or a file ends or stop() (True).
+
+        The sound of the camera's own session that stalls is read on, not reopened: the session (the picture's)
+        goes on, and its sound comes back in it or ends with it. Said once each way."""
         last = time.monotonic()
         # ffmpeg probes a stream for up to 5 s before its first sample: the first one gets that much more time
         grace = STREAM_PROBE_SECONDS
+        in_session = hasattr(self._backend, "wait_ready")
+        silent = False
         while not self._stop.is_set():
             chunk = self._backend.read(timeout=0.5)
             if chunk is None:
                 if getattr(self._backend, "finished", False):
                     self.status.state = "ended"
                     return True
-                if time.monotonic() - last >= self.stall_seconds + grace:
-                    self._failed(f"{self.status.name}: no sound for {self.stall_seconds:g} s", NO_SOUND)
-                    return False
+                if time.monotonic() - last >= self.stall_seconds + grace and not silent:
+                    if not in_session:
+                        self._failed(f"{self.status.name}: no sound for {self.stall_seconds:g} s", NO_SOUND)
+                        return False
+                    log.warning("sound: %s: no sound for %g s while its picture goes on; listening on",
+                                self.status.name, self.stall_seconds)
+                    silent = True
+                    self.pipeline.reset()  # what comes next is not the continuation of what came before
                 continue
+            if silent:
+                log.info("sound: %s: heard again", self.status.name)
+                silent = False
             last, grace = time.monotonic(), 0.0
             self.chunks += 1
             if self.status.first_frame_t is None:

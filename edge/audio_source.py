@@ -382,8 +382,8 @@ class CameraSound:
     It opens nothing of its own: ``open`` joins the camera's running session and ``read`` gives its sound,
     until that session ends (the camera gone, stalled or reopened); ``wait_ready`` then waits for the
     next one, which the picture's supervisor opens with its back-off. Sound that stops while the session
-    goes on is joined again as it is (reported ``no_sound``): reopening it would cost the picture its
-    session. Overruns are the session's.
+    goes on is read on (reported ``no_sound``; ``edge.audio.AudioMonitor``): reopening it would cost the
+    picture its session. Overruns are the session's.
     """
 
     live = True

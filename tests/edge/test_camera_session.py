@@ -299,6 +299,8 @@ def test_a_camera_whose_sound_stops_while_its_picture_goes_on_says_so_keeps_pict
                 assert during and all(s.senses["audio"]["status"] == "no_sound" for s in during)
                 assert all(s.senses["vision"]["status"] == "ok" for s in during)
                 assert source.status.reconnects == 0 and camera.sessions() == 1
+                # the sound read on in the session, not rejoined again and again (before: "listening" every 9 s)
+                assert hearing.monitor.status.reconnects == 0 and hearing.stats()["audio_reconnects"] == 0
                 # the cry (5-14 s), seen alone: one episode, ended by the scores (not by the silence)
                 assert wait_for(lambda: len(events) >= 2, 15), events
                 assert [(e.kind, e.reason) for e in events[:2]] == [("start", ""), ("end", "scores")], events
