@@ -767,8 +767,8 @@ def add_commands(subparsers) -> None:
 def run(args) -> int:
     if args.output.suffix != ".tflite":
         raise DataError(f"--output {args.output}: give a .tflite path")
-    if not 0.0 <= args.threshold <= 1.0:
-        raise DataError(f"--threshold {args.threshold}: must be between 0 and 1")
+    if not 0.0 < args.threshold < 1.0:
+        raise DataError(f"--threshold {args.threshold}: must be above 0 and below 1")
     report = convert(ConvertOptions(
         model=args.model, output=args.output, quantize=args.quantize, calibration=args.calibration,
         io_type=args.io_type, edgetpu=args.edgetpu, report=args.report, kind=args.kind, spec=args.spec,

@@ -159,7 +159,8 @@ class ModelCard(BaseModel):
     labels: tuple[str, ...]
     positive_label: str
     output: Literal["sigmoid", "softmax", "multilabel"]  # multilabel: audio.classes independent scores
-    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    # not 0 nor 1: every score is at or above 0 (an alarm that never ends), an int8 model's top is 0.996 (one that never starts)
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     quantization: Quantization | None = None
     stateful: bool = False  # a fused LSTM keeps state between invokes: reset before each window
     # The parts of the subject the model cannot do without. When one is missing in most frames of a

@@ -95,3 +95,11 @@ def test_an_audio_card_with_a_number_that_is_not_one_is_refused_at_load(tmp_path
     with pytest.raises(ModelError) as refused:
         TFLiteModel(model)
     assert str(refused.value) == f"model card {model.with_suffix('.json')}: audio.{field}: Input should be a finite number"
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0])
+def test_a_card_threshold_of_0_or_1_is_refused_at_load(tmp_path, threshold):
+    """At 0 every score is at or above ON and none below OFF: an alarm from the first window that never ended; at
+    1 the int8 model's top score (0.996) never reaches ON. [alarm] on_threshold refuses both; a card took them."""
+    with pytest.raises(ModelError, match=r"threshold: Input should be (greater|less) than"):
+        TFLiteModel(lying_model(tmp_path, threshold=threshold))
