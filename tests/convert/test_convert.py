@@ -19,7 +19,7 @@ pytest.importorskip("tensorflow")
 
 from isolated import run_python  # tests/ is on sys.path (rootdir conftest)
 
-from convert.convert import ConvertOptions, Samples, check_graph, convert, infer_kind, split_samples
+from convert.convert import ConvertOptions, Samples, check_graph, convert, heldout_labels, infer_kind, split_samples
 from convert.keras_io import legacy_h5_config
 from convert.report import LiteRTRunner, float_islands, inspect_graph
 from edge import tflite_file
@@ -278,6 +278,25 @@ def test_groups_are_held_out_whole():
     calibration, heldout, how = split_samples(Samples(x, None, groups, "data.npz"))
     assert len(heldout) == 20 and len(calibration) == 60
     assert "1 of 4 groups" in how
+
+
+def test_calibration_and_fidelity_samples_span_the_whole_dataset_not_its_first_videos():
+    """A dataset lists its windows video by video: the first 300 are one quiet clip's opening seconds.
+
+    Calibrated on those alone, int8 ranges cut off what later clips reach (the default model lost a
+    held-out face's cries to a saturated convolution); both samples must reach the last videos too.
+    """
+    videos = 20
+    x = np.repeat(np.arange(videos, dtype=np.float32), 100)[:, None, None] * np.ones((1, 10, 140), np.float32) / videos
+    groups = np.repeat(np.array([f"video{i:02d}" for i in range(videos)]), 100)
+    y = np.repeat(np.arange(videos) % 2, 100)
+    calibration, heldout, _ = split_samples(Samples(x, y, groups, "data.npz"))
+    calibrated_videos = {round(float(v) * videos) for v in calibration[:, 0, 0]}
+    assert len(calibration) == 300 and len(calibrated_videos) == 15  # every video not held out, not 3 of them
+    held_videos = {round(float(v) * videos) for v in heldout[:, 0, 0]}
+    assert len(held_videos) == 5  # 500 held-out windows: all of them, from all 5 held-out videos
+    labels = heldout_labels(Samples(x, y, groups, "data.npz"))
+    assert np.array_equal(labels, np.array([int(round(float(v) * videos)) % 2 for v in heldout[:, 0, 0]]))
 
 
 @pytest.mark.slow
