@@ -14,7 +14,10 @@ Rules, in the order they apply to each score:
   ``min_on_seconds`` (the sound deciding: ``[fusion] audio_min_on_seconds``) asks for the shorter of
   the two.
 - On: once the smoothed score has stayed below the (lower) OFF threshold for ``hold_seconds``, the
-  episode ends with reason ``"scores"``. A dip shorter than that does not end it.
+  episode ends with reason ``"scores"``. A dip shorter than that does not end it. What cuts a dip
+  short is crying again: a score at or above ON at once, or one back between OFF and ON that stays
+  there for ``min_on_seconds`` (the evidence a start needs). A blip of a fraction of a second into
+  that uncertain band does not restart the hold: it would date the end at the next dip, seconds late.
 - ``finish(t)`` ends a running episode with reason ``"shutdown"``.
 
 An event's ``t`` is when the change happened according to the scores (the smoothed score first
@@ -103,6 +106,7 @@ class Alarm:
         self._last_ok_t: float | None = None
         self._above_since: float | None = None  # smoothed >= ON, while off
         self._below_since: float | None = None  # smoothed < OFF, while on
+        self._back_since: float | None = None  # OFF <= smoothed < ON after a dip below OFF, while on
         self._last_end_decided: float | None = None  # when the last end event was raised
 
     @property
@@ -127,6 +131,7 @@ class Alarm:
                 self._smoother.reset()
                 self._above_since = None
                 self._below_since = None
+                self._back_since = None
                 if self._crying:
                     return [self._end(self._last_ok_t, score.status, decided=t)]
             return []
@@ -147,10 +152,16 @@ class Alarm:
         if self._probability < self.off_threshold:
             if self._below_since is None:
                 self._below_since = t
-            if t - self._below_since >= self.config.hold_seconds:
-                return [self._end(self._below_since, "scores", decided=t)]
-        else:
-            self._below_since = None
+            self._back_since = None
+        elif self._probability >= self.on_threshold or self._below_since is None:
+            self._below_since = self._back_since = None
+        else:  # back between the thresholds after a dip: uncertain, so it must last to cancel the dip
+            if self._back_since is None:
+                self._back_since = t
+            if t - self._back_since >= self._min_on(score):
+                self._below_since = self._back_since = None
+        if self._below_since is not None and t - self._below_since >= self.config.hold_seconds:
+            return [self._end(self._below_since, "scores", decided=t)]
         return []
 
     def _min_on(self, score: Score) -> float:
@@ -188,5 +199,6 @@ class Alarm:
         self._since = t
         self._since_wall = event.wall_time
         self._below_since = None
+        self._back_since = None
         self._last_end_decided = decided
         return event

@@ -107,6 +107,25 @@ def test_dropout_below_off_shorter_than_hold_keeps_the_episode():
     assert [e.kind for e in events] == ["start", "end"]
 
 
+def test_a_blip_back_between_the_thresholds_during_a_dip_does_not_restart_the_hold():
+    """After the cry, talking scored 0.1 with one half-second blip to 0.5: the end is when the cry stopped.
+
+    (The demo clip's end was dated 3.5 s late this way: the blip came just before the hold ran out.)
+    """
+    alarm = make_alarm()
+    events = run(alarm, scores((2, 0.1), (4, 0.9), (1.5, 0.1), (0.5, 0.5), (4, 0.1)))
+    assert [e.kind for e in events] == ["start", "end"]
+    assert events[1].t == pytest.approx(6.1, abs=0.15)  # the cry stopped at 6.0 (median of 3 at 10 per s)
+
+
+def test_back_between_the_thresholds_for_min_on_seconds_cancels_the_dip():
+    alarm = make_alarm()
+    events = run(alarm, scores((2, 0.1), (4, 0.9), (0.5, 0.1), (1.5, 0.5)))
+    assert [e.kind for e in events] == ["start"] and alarm.crying  # 1.5 s of 0.5 after the dip: not a blip
+    events = run(alarm, scores((3, 0.1), start=8.0))
+    assert [e.kind for e in events] == ["end"] and events[0].t == pytest.approx(8.1, abs=0.15)  # not 6.1
+
+
 def test_scores_between_the_thresholds_neither_start_nor_end():
     alarm = make_alarm()
     assert run(alarm, scores((10, 0.5))) == []
