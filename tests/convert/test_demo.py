@@ -131,7 +131,10 @@ def test_demo_build_scores_a_clip_as_the_daemon_does_even_in_the_dark(tmp_path):
 
     scored = score_clip(MODEL, dark)
     assert len(device) == 51
-    np.testing.assert_allclose(scored.trace["p"], device)
+    # Not bit for bit: MediaPipe's landmarks differ between two runs of one clip by up to ~4e-4, now and then
+    # across one of the int8 input's 1/255 steps; four runs of the daemon's own pipeline here gave scores up
+    # to 0.012 apart with the default model. Without the exposure stage the scores differ by 0.07.
+    np.testing.assert_allclose(scored.trace["p"], device, atol=0.025)
 
 
 def test_a_rebuilt_demo_clip_gets_its_sound_track_back(tmp_path):
