@@ -23,6 +23,7 @@ alarm state and truth over time, one row per clip) in ``--output-dir``.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ import numpy as np
 from edge.errors import DataError
 
 TOLERANCE_S = 1.5
+log = logging.getLogger(__name__)
 PLOT_NAME, JSON_NAME, TABLE_NAME = "eval.png", "eval.json", "eval.md"
 
 
@@ -109,6 +111,7 @@ class ClipResult:
     by_label: dict  # truth label at the window's end -> {windows, scored_crying}
     statuses: dict  # Score.status -> windows
     trace: dict = field(default_factory=dict, repr=False)
+    sound_heard: bool | None = None  # with --fusion other than vision: whether any of the clip's sound was heard
 
     def summary(self) -> dict:
         data = asdict(self)
@@ -389,7 +392,13 @@ def run_clip(video: Path, config, model, labels=None, positive: str = "crying", 
             clip_config = config.model_copy(deep=True)  # the clip's own sound track, in step with its frames
             clip_config.source = FileSourceConfig(path=video, realtime=False)
             hearing = open_hearing(clip_config, pipeline.alarm.on_threshold)
-        return evaluate_clip(video, pipeline, labels, positive, tolerance, default_label, progress, hearing)
+        result = evaluate_clip(video, pipeline, labels, positive, tolerance, default_label, progress, hearing)
+        if hearing is not None:
+            result.sound_heard = hearing.monitor.chunks > 0
+            if not result.sound_heard:  # else a table said "fused" of a clip judged on its picture alone
+                log.warning("%s: no sound heard (%s): judged on the picture alone", video.name,
+                            hearing.monitor.status.last_error or "nothing came")
+        return result
     finally:
         pipeline.close()
         if hearing is not None:
