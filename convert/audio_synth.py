@@ -229,14 +229,27 @@ class Event:
 
 def render(events: list[Event], seconds: float, rng: np.random.Generator, room_dbfs: float | None = None) -> np.ndarray:
     """Events mixed over room tone; each at its own level (``dbfs``, else -38 to -12 dBFS), clipped to [-1, 1]."""
+    out, parts = render_parts(events, seconds, rng, room_dbfs)
+    for part in parts:  # in the order they were always added, so every clip made before stays the same
+        out += part
+    return np.clip(out, -1.0, 1.0)
+
+
+def render_parts(events: list[Event], seconds: float, rng: np.random.Generator,
+                 room_dbfs: float | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """What ``render`` mixes, apart: the room tone and each event's sound in place, the clip's length each,
+    so how much of a cry stands above everything else can be measured."""
     room = room_dbfs if room_dbfs is not None else rng.uniform(-62, -45)
-    out = _normalize(pink_noise(int(seconds * RATE), rng), room)
+    tone = _normalize(pink_noise(int(seconds * RATE), rng), room)
+    parts = []
     for event in events:
         piece = sound(event.kind, event.end - event.start, rng)  # at -20 dBFS; drawn before the level, as always
         piece = piece * _db(event.dbfs + 20.0 if event.dbfs is not None else rng.uniform(-18, 8))
         a = int(event.start * RATE)
-        out[a:a + len(piece)] += piece[: len(out) - a]
-    return np.clip(out, -1.0, 1.0)
+        part = np.zeros_like(tone)
+        part[a:a + len(piece)] += piece[: len(tone) - a]
+        parts.append(part)
+    return tone, parts
 
 
 def random_events(rng: np.random.Generator, seconds: float, cry_share: float = 0.5) -> list[Event]:
@@ -254,6 +267,22 @@ def random_events(rng: np.random.Generator, seconds: float, cry_share: float = 0
     return events
 
 
+def masked_events(rng: np.random.Generator, seconds: float, cry_share: float = 0.5,
+                  under_db: tuple[float, float] = (0.0, 20.0)) -> list[Event]:
+    """A clip's plan of a cry under a louder sound: one sound of any kind the whole clip long at -32 to -12 dBFS
+    and, with probability ``cry_share``, a cry 0 to 20 dB below it; otherwise that sound alone at the same
+    levels, so a loud background on its own stays a hard negative. ``random_events`` rarely buries a cry
+    this deep (two independent levels), where a monitor beside a TV, a fan or music needs to hear it."""
+    kind = str(rng.choice([k for k in NEGATIVES if k != "quiet"]))  # every sound is levelled, quiet too
+    level = rng.uniform(-32, -12)
+    events = [Event(kind, 0.0, seconds, level)]
+    if rng.random() < cry_share:
+        length = rng.uniform(2.0, min(seconds - 1.0, 6.0))
+        start = rng.uniform(0.5, seconds - length)
+        events.insert(0, Event("crying", start, start + length, level - rng.uniform(*under_db)))
+    return events
+
+
 def write_wav(path: Path, samples: np.ndarray, rate: int = RATE) -> Path:
     with wave.open(str(path), "wb") as handle:
         handle.setnchannels(1)
@@ -264,18 +293,19 @@ def write_wav(path: Path, samples: np.ndarray, rate: int = RATE) -> Path:
 
 
 def generate(out_dir: Path, clips: int, seconds: float = 8.0, seed: int = 0, cry_share: float = 0.5,
-             prefix: str = "clip") -> Path:
-    """``clips`` WAV files and ``labels.csv`` (video,start_s,end_s,label,subject) in ``out_dir``.
+             prefix: str = "clip", plan=random_events, labels_name: str = "labels.csv") -> Path:
+    """``clips`` WAV files and ``labels_name`` (video,start_s,end_s,label,subject) in ``out_dir``.
 
     Only crying is labelled (``crying``); every other second is ``not_crying`` by default. The subject
-    of a clip is its index, so a group split never shares a clip across sides.
+    of a clip is its index, so a group split never shares a clip across sides. ``plan`` draws each clip's
+    events (``random_events``, or ``masked_events`` for cries under a louder sound).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for index in range(clips):
         rng = np.random.default_rng([seed, index])
-        events = random_events(rng, seconds, cry_share)
+        events = plan(rng, seconds, cry_share)
         name = f"{prefix}{index:04d}.wav"
         write_wav(out_dir / name, render(events, seconds, rng))
         kinds = "+".join(sorted({e.kind for e in events if e.kind != "crying"}))
@@ -286,8 +316,8 @@ def generate(out_dir: Path, clips: int, seconds: float = 8.0, seed: int = 0, cry
             # a row that labels nothing as crying keeps the clip in the dataset, with its sounds named
             rows.append((name, 0.0, round(seconds, 3), "not_crying", f"{prefix}{index:04d}"))
         (out_dir / f"{prefix}{index:04d}.txt").write_text(kinds + "\n")
-    with open(out_dir / "labels.csv", "w", newline="") as handle:
+    with open(out_dir / labels_name, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["video", "start_s", "end_s", "label", "subject"])
         writer.writerows(rows)
-    return out_dir / "labels.csv"
+    return out_dir / labels_name

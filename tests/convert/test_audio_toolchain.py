@@ -38,6 +38,44 @@ def test_synthetic_sounds_are_reproducible_and_cries_sit_in_the_cry_band():
         assert audio_synth.sound(kind, 1.0, np.random.default_rng(2)).shape == (16000,)
 
 
+def test_a_clips_parts_apart_add_up_to_the_clip():
+    """benchmarks/audio_masking.py measures a cry against the rest from the parts: they must be the clip's."""
+    events = audio_synth.random_events(np.random.default_rng([7, 1]), 4.0, cry_share=1.0)
+    mixed = audio_synth.render(events, 4.0, np.random.default_rng([7, 2]))
+    room, parts = audio_synth.render_parts(events, 4.0, np.random.default_rng([7, 2]))
+    np.testing.assert_allclose(mixed, np.clip(room + sum(parts), -1, 1), atol=1e-6)
+    cry = parts[[e.kind for e in events].index("crying")]
+    start, end = (round(t * audio_synth.RATE) for t in (events[0].start, events[0].end))
+    assert not cry[:start - 1].any() and not cry[end + 1:].any() and np.abs(cry[start:end]).max() > 0
+
+
+def test_masked_clips_bury_a_cry_0_to_20_db_under_a_louder_sound_or_play_that_sound_alone():
+    rng = np.random.default_rng(1)
+    plans = [audio_synth.masked_events(rng, 8.0) for _ in range(300)]
+    backgrounds = [plan[-1] for plan in plans]
+    assert all((b.start, b.end) == (0.0, 8.0) and -32 <= b.dbfs <= -12 for b in backgrounds)
+    assert {b.kind for b in backgrounds} == set(audio_synth.NEGATIVES) - {"quiet"}  # every sound, levelled
+    cries = [(plan[0], plan[1]) for plan in plans if plan[0].kind == "crying"]
+    assert 110 < len(cries) < 190 and all(len(plan) == 1 for plan in plans if plan[0].kind != "crying")
+    under = np.array([background.dbfs - cry.dbfs for cry, background in cries])
+    assert under.min() >= 0 and under.max() <= 20 and under.min() < 2 and under.max() > 18
+
+
+@needs_tools
+def test_the_training_set_joins_the_random_and_the_masked_clips_in_one_labels_file(tmp_path):
+    from convert.audio_demo import clips, truth_of
+
+    labels = clips(tmp_path, 3, 5, "train", masked=3)
+    truth = truth_of(labels)
+    assert sorted(truth) == [f"{p}{i:04d}.wav" for p in ("masked", "train") for i in range(3)]
+    assert labels.read_text().count("video,start_s") == 1
+    assert all((tmp_path / name).is_file() for name in truth)
+    # the held-out set, made without masked clips, is what it always was: the random plans alone
+    again = clips(tmp_path / "again", 3, 5, "train")
+    assert truth_of(again) == {k: v for k, v in truth.items() if k.startswith("train")}
+    assert (tmp_path / "again" / "train0002.wav").read_bytes() == (tmp_path / "train0002.wav").read_bytes()
+
+
 @needs_tools
 def test_sound_files_and_video_sound_tracks_become_labelled_windows_of_the_device_features(tmp_path):
     labels = audio_synth.generate(tmp_path / "clips", 6, seconds=4.0, seed=3, cry_share=0.7)
@@ -64,13 +102,13 @@ def test_sound_files_and_video_sound_tracks_become_labelled_windows_of_the_devic
 def test_trained_converted_model_sees_on_the_device_the_features_it_was_trained_on(tmp_path):
     from convert.convert import ConvertOptions, convert
     from convert.train import TrainOptions, train
-    from edge.audio import AudioScorer
+    from edge.audio import AudioScorer, AudioWindow
     from edge.audio_features import audio_features
     from edge.model import TFLiteModel
 
     labels = audio_synth.generate(tmp_path / "clips", 16, seconds=4.0, seed=4, cry_share=0.6)
-    data = build_sound(tmp_path / "clips", labels, AudioSpec(features="mfcc", n_mfcc=20), positive="crying",
-                       progress=False)
+    data = build_sound(tmp_path / "clips", labels, AudioSpec(features="mfcc", n_mfcc=20, background="floor"),
+                       positive="crying", progress=False)
     data.save(tmp_path / "sound.npz")
     metrics = train(TrainOptions(arch="audio-cnn", data=tmp_path / "sound.npz", output=tmp_path / "a.keras",
                                  epochs=2, verbose=0))
@@ -81,14 +119,21 @@ def test_trained_converted_model_sees_on_the_device_the_features_it_was_trained_
     card = load_card(tmp_path / "a.tflite")
     assert card.kind == "audio-window" and card.quantization.scheme == "int8"
     assert card.audio == data.audio  # the dataset's front end, normalization statistics and all
-    assert json.loads((tmp_path / "a.json").read_text())["audio"]["n_mfcc"] == 20
-    # the device's features of a window are the training row of that window
+    sidecar = json.loads((tmp_path / "a.json").read_text())["audio"]
+    assert sidecar["n_mfcc"] == 20 and sidecar["background"] == "floor" and sidecar["floor_rise_seconds"] == 4.0
+    # the device's features of each window, heard in chunks as a microphone gives them and carrying the
+    # background floor from window to window, are the training rows of that clip
     samples = sound_track(tmp_path / "clips" / "clip0001.wav", 16000)
-    window = samples[:card.audio.window_samples]
-    row = np.flatnonzero(data.videos == "clip0001.wav")[0]
-    np.testing.assert_allclose(audio_features(window, card.audio), data.x[row], atol=1e-4)
+    rows = data.x[data.videos == "clip0001.wav"]
+    window = AudioWindow(card.audio.window_samples, card.audio.rate, card.audio.hop_seconds)
     scorer = AudioScorer(TFLiteModel(tmp_path / "a.tflite"))
-    assert 0.0 <= scorer.score(window, 1.0).probability <= 1.0
+    heard = [scorer.front_end(w) for start in range(0, samples.size, 1234) for _, w in window.push(samples[start:start + 1234])]
+    np.testing.assert_allclose(np.array(heard), rows, atol=1e-3)
+    # one window on its own (no floor followed before it) is not what the model saw of a later window
+    end = card.audio.window_samples + round(card.audio.hop_seconds * 16000) * (len(rows) - 1)
+    alone = audio_features(samples[end - card.audio.window_samples:end], card.audio)
+    assert not np.allclose(alone, rows[-1], atol=1e-3)
+    assert 0.0 <= scorer.score(samples[:card.audio.window_samples], 1.0).probability <= 1.0
 
 
 def test_training_leaves_out_windows_whose_end_label_misdescribes_them(tmp_path):
