@@ -57,8 +57,8 @@ def clips(folder: Path, count: int, seed: int, prefix: str, masked: int = 0) -> 
         if masked:
             parts.append(audio_synth.generate(folder, masked, CLIP_SECONDS, seed + MASKED_SEED_OFFSET, prefix="masked",
                                               plan=audio_synth.masked_events, labels_name="masked.csv"))
-        rows = [part.read_text().splitlines(keepends=True) for part in parts]
-        labels.write_text("".join(rows[0] + [row for more in rows[1:] for row in more[1:]]))
+        rows = [part.read_bytes().splitlines(keepends=True) for part in parts]  # bytes: csv's \r\n kept
+        labels.write_bytes(b"".join(rows[0] + [row for more in rows[1:] for row in more[1:]]))
     return labels
 
 

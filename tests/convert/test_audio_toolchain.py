@@ -68,7 +68,8 @@ def test_the_training_set_joins_the_random_and_the_masked_clips_in_one_labels_fi
     labels = clips(tmp_path, 3, 5, "train", masked=3)
     truth = truth_of(labels)
     assert sorted(truth) == [f"{p}{i:04d}.wav" for p in ("masked", "train") for i in range(3)]
-    assert labels.read_text().count("video,start_s") == 1
+    assert labels.read_bytes().count(b"video,start_s") == 1
+    assert labels.read_bytes().startswith((tmp_path / "train.csv").read_bytes())  # as generate() writes it
     assert all((tmp_path / name).is_file() for name in truth)
     # the held-out set, made without masked clips, is what it always was: the random plans alone
     again = clips(tmp_path / "again", 3, 5, "train")
