@@ -419,6 +419,8 @@ def _build_command(args) -> int:
 
 
 def add_commands(subparsers) -> None:
+    from convert.arguments import whole
+
     demo = subparsers.add_parser("demo-audio", help="rebuild the default audio model and the demo's sound track (synthetic)")
     commands = demo.add_subparsers(dest="demo_audio_command", metavar="COMMAND", required=True)
     parser = commands.add_parser("build", help="synthetic sounds -> dataset -> audio-cnn -> int8 -> "
@@ -428,11 +430,11 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--demo-video", type=Path, default=paths.data_file("demo.mp4"), help="gets the sound track")
     parser.add_argument("--no-demo", action="store_true", help="leave the demo clip alone")
     parser.add_argument("--work-dir", type=Path, help="keep the clips and the dataset here (reused when present)")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--train-clips", type=int, default=TRAIN_CLIPS)
-    parser.add_argument("--heldout-clips", type=int, default=HELDOUT_CLIPS)
-    parser.add_argument("--masked-clips", type=int, default=MASKED_CLIPS,
+    parser.add_argument("--epochs", type=whole(1), default=30)
+    parser.add_argument("--seed", type=whole(0), default=SEED)
+    parser.add_argument("--train-clips", type=whole(1), default=TRAIN_CLIPS)
+    parser.add_argument("--heldout-clips", type=whole(1), default=HELDOUT_CLIPS)
+    parser.add_argument("--masked-clips", type=whole(0), default=MASKED_CLIPS,
                         help="training clips of a cry 0-20 dB under a louder sound, or that sound alone (default 0)")
     parser.add_argument("--background", choices=("none", "floor"), default="none",
                         help="the front end's background floor (docs/audio.md; default none)")

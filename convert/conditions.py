@@ -343,13 +343,15 @@ def _default_photos() -> tuple[str, ...]:
 
 
 def add_commands(subparsers) -> None:
+    from convert.arguments import whole
+
     suite = subparsers.add_parser("suite", help="build the SYNTHETIC held-out condition suite (night, hidden body, hard negatives)")
     commands = suite.add_subparsers(dest="suite_command", metavar="COMMAND", required=True)
     parser = commands.add_parser("build", help="render the condition suite for 'cryedge eval'",
                                  description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     parser.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR")
     parser.add_argument("--photo", action="append", help="held-out photo (repeatable; default: convert.demo.SUITE_PHOTOS)")
-    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--seed", type=whole(0), default=SEED)
     parser.add_argument("--sound", action="store_true",
                         help="add the fused section: clips with SYNTHETIC sound tracks, cries heard with the face hidden, "
                              "hard negatives with speech, music and noise (judge with 'cryedge eval --fusion either')")

@@ -745,6 +745,8 @@ def _fused_lstm_model(loaded):
 # --- command line ---------------------------------------------------------------------------------
 
 def add_commands(subparsers) -> None:
+    from convert.arguments import fraction, share, whole
+
     parser = subparsers.add_parser(
         "convert", help="convert a Keras model (.h5, .keras, SavedModel) to a .tflite with its model card",
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -757,7 +759,7 @@ def add_commands(subparsers) -> None:
                         help="int8 below --agreement-target on held-out data: try int16 activations (16x8) and/or the "
                              "worst layers in float, keep the fastest that reaches it (auto; with --edgetpu plain int8 "
                              "stays), or keep plain int8 (off)")
-    parser.add_argument("--agreement-target", type=float, default=0.99,
+    parser.add_argument("--agreement-target", type=share, default=0.99,
                         help="held-out label agreement with Keras that int8 must keep (default 0.99)")
     parser.add_argument("--edgetpu", action="store_true", help="EdgeTPU compatibility report (and compile if edgetpu_compiler is installed)")
     parser.add_argument("--lstm", choices=("unroll", "fused"), default="unroll",
@@ -767,10 +769,10 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--kind", choices=("landmark-window", "face-crop", "audio-window"),
                         help="override the inferred model kind")
     parser.add_argument("--spec", choices=tuple(SPECS), help="feature spec of a landmark-window model")
-    parser.add_argument("--window", type=int, help="frames a window (for an image-shaped window model)")
+    parser.add_argument("--window", type=whole(1), help="frames a window (for an image-shaped window model)")
     parser.add_argument("--labels", type=lambda s: tuple(x.strip() for x in s.split(",")), help="class labels, comma separated")
     parser.add_argument("--positive", help="the label that raises the alarm (default: the last)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="default alarm threshold in the card")
+    parser.add_argument("--threshold", type=fraction, default=0.5, help="default alarm threshold in the card")
     parser.add_argument("--name", help="model name in the card (default: the output file's stem)")
     parser.add_argument("--normalization", choices=NORMALIZATIONS,
                         help="feature normalization the model was trained with (default: the dataset's, else minmax)")
@@ -781,8 +783,6 @@ def add_commands(subparsers) -> None:
 def run(args) -> int:
     if args.output.suffix != ".tflite":
         raise DataError(f"--output {args.output}: give a .tflite path")
-    if not 0.0 < args.threshold < 1.0:
-        raise DataError(f"--threshold {args.threshold}: must be above 0 and below 1")
     report = convert(ConvertOptions(
         model=args.model, output=args.output, quantize=args.quantize, calibration=args.calibration,
         io_type=args.io_type, edgetpu=args.edgetpu, report=args.report, kind=args.kind, spec=args.spec,

@@ -471,6 +471,7 @@ def _build_command(args) -> int:
 
 
 def add_commands(subparsers) -> None:
+    from convert.arguments import positive, whole
     from edge.features import NORMALIZATIONS, SPECS
 
     dataset = subparsers.add_parser("dataset", help="build training data from labelled videos")
@@ -484,8 +485,8 @@ def add_commands(subparsers) -> None:
                         help="intervals CSV (video,start_s,end_s,label[,subject]) or a folder of per-video CSVs (time,label)")
     parser.add_argument("--spec", default="openpose-face70-body8", choices=sorted(SPECS))
     parser.add_argument("--normalization", default="minmax", choices=NORMALIZATIONS)
-    parser.add_argument("--window", type=int, default=10, help="frames a window (default 10)")
-    parser.add_argument("--stride", type=int, default=1, help="frames between window starts (default 1)")
+    parser.add_argument("--window", type=whole(1), default=10, help="frames a window (default 10)")
+    parser.add_argument("--stride", type=whole(1), default=1, help="frames between window starts (default 1)")
     parser.add_argument("--positive", default=None, help="make it binary: this label against all others (e.g. crying)")
     parser.add_argument("--default-label", default="not_crying", help="label of frames outside every interval")
     parser.add_argument("--label-column", default="label")
@@ -496,8 +497,8 @@ def add_commands(subparsers) -> None:
                              "audio front end, not of the pictures")
     parser.add_argument("--audio-features", choices=("log-mel", "mfcc", "waveform"), default="log-mel",
                         help="with --audio: what a window holds (waveform: the samples, for a YAMNet-style model)")
-    parser.add_argument("--mel-bands", type=int, default=64, help="with --audio: mel bands (default 64)")
-    parser.add_argument("--hop-seconds", type=float, default=0.5, help="with --audio: a window this often (default 0.5)")
+    parser.add_argument("--mel-bands", type=whole(1), default=64, help="with --audio: mel bands (default 64)")
+    parser.add_argument("--hop-seconds", type=positive, default=0.5, help="with --audio: a window this often (default 0.5)")
     parser.add_argument("--audio-background", choices=("none", "floor"), default="none",
                         help="with --audio: subtract a per-band background floor followed through each file (the "
                              "default model's front end), or not (default none)")

@@ -462,6 +462,8 @@ def _build_command(args) -> int:
 
 
 def add_commands(subparsers) -> None:
+    from convert.arguments import positive, whole
+
     demo = subparsers.add_parser("demo", help="rebuild the default model and the demo clip (synthetic data)")
     commands = demo.add_subparsers(dest="demo_command", metavar="COMMAND", required=True)
     parser = commands.add_parser("build", help="synthetic clips -> dataset -> train -> int8 -> edge/data/models/cry-default.*, edge/data/demo.mp4",
@@ -470,10 +472,10 @@ def add_commands(subparsers) -> None:
                         help="where cry-default.* go (default: the package's edge/data/models, the default model)")
     parser.add_argument("--demo-video", type=Path, default=paths.data_file("demo.mp4"), help="where the demo clip goes")
     parser.add_argument("--work-dir", type=Path, help="keep the clips, dataset and candidates here (reused when present)")
-    parser.add_argument("--clips-per-subject", type=int, default=8)
-    parser.add_argument("--clip-seconds", type=float, default=14.0)
+    parser.add_argument("--clips-per-subject", type=whole(1), default=8)
+    parser.add_argument("--clip-seconds", type=positive, default=14.0)
     parser.add_argument("--arch", action="append", help=f"candidate architectures (repeatable; default {', '.join(CANDIDATES)})")
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--seeds", type=int, default=2, help="training seeds tried per architecture (lowest validation loss kept)")
+    parser.add_argument("--epochs", type=whole(1), default=60)
+    parser.add_argument("--seed", type=whole(0), default=SEED)
+    parser.add_argument("--seeds", type=whole(1), default=2, help="training seeds tried per architecture (lowest validation loss kept)")
     parser.set_defaults(handler=_build_command)

@@ -431,10 +431,6 @@ def train(options: TrainOptions) -> dict:
 
 
 def _run(args) -> int:
-    if args.epochs < 1:
-        raise DataError("--epochs must be at least 1")
-    if not 0 < args.test_fraction < 1:
-        raise DataError("--test-fraction must be between 0 and 1")
     metrics = train(TrainOptions(arch=args.arch, data=args.data, output=args.output, epochs=args.epochs,
                                  batch_size=args.batch_size, patience=args.patience, folds=args.folds,
                                  test_fraction=args.test_fraction, holdout=tuple(args.holdout or ()), seed=args.seed,
@@ -452,6 +448,7 @@ def _run(args) -> int:
 
 
 def add_commands(subparsers) -> None:
+    from convert.arguments import fraction, whole
     from convert.zoo import AUDIO_WINDOW, LANDMARK_WINDOW
 
     parser = subparsers.add_parser(
@@ -460,13 +457,13 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--arch", required=True, choices=tuple(LANDMARK_WINDOW) + tuple(AUDIO_WINDOW))
     parser.add_argument("--data", type=Path, required=True, metavar="DATA.npz", help="from 'cryedge dataset build'")
     parser.add_argument("--output", "-o", type=Path, required=True, metavar="MODEL.keras")
-    parser.add_argument("--epochs", type=int, default=40, help="at most this many (early stopping; default 40)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--patience", type=int, default=6, help="epochs without a better validation loss before stopping")
-    parser.add_argument("--folds", type=int, default=0, metavar="K", help="also run a stratified group K-fold cross-validation")
-    parser.add_argument("--test-fraction", type=float, default=0.25, help="share of windows in held-out groups (default 0.25)")
+    parser.add_argument("--epochs", type=whole(1), default=40, help="at most this many (early stopping; default 40)")
+    parser.add_argument("--batch-size", type=whole(1), default=64)
+    parser.add_argument("--patience", type=whole(0), default=6, help="epochs without a better validation loss before stopping")
+    parser.add_argument("--folds", type=whole(0), default=0, metavar="K", help="also run a stratified group K-fold cross-validation")
+    parser.add_argument("--test-fraction", type=fraction, default=0.25, help="share of windows in held-out groups (default 0.25)")
     parser.add_argument("--holdout", action="append", metavar="GROUP", help="hold out these groups (fnmatch pattern; repeatable)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--augment", type=int, default=0, metavar="N",
+    parser.add_argument("--seed", type=whole(0), default=0)
+    parser.add_argument("--augment", type=whole(0), default=0, metavar="N",
                         help="add N noisy copies of each training window (stretched and jittered points)")
     parser.set_defaults(handler=_run)

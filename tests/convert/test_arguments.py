@@ -1,0 +1,74 @@
+"""A toolchain number out of range is a usage error (exit 2) naming the option, read before any work starts.
+
+``cryedge train --batch-size 0`` trained with Keras' default batch, ``--batch-size -3`` and ``--augment -2``
+ended in tracebacks minutes in; ``--epochs 0`` was exit 7 after the imports. Parsed by cryedge's own parser
+(nothing runs: a build that accepted a bad value would otherwise write the package's default model).
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge.cli import build_parser
+
+CRYEDGE = Path(sys.executable).with_name("cryedge")
+
+TRAIN = ["train", "--arch", "conv1d", "--data", "d.npz", "-o", "m.keras"]
+CONVERT = ["convert", "m.keras", "-o", "m.tflite"]
+DATASET = ["dataset", "build", "videos", "labels.csv", "-o", "d.npz"]
+
+
+@pytest.mark.parametrize(("command", "option", "value", "reason"), [
+    (TRAIN, "--batch-size", "0", "must be at least 1"),
+    (TRAIN, "--batch-size", "-3", "must be at least 1"),
+    (TRAIN, "--epochs", "0", "must be at least 1"),
+    (TRAIN, "--patience", "-1", "must be at least 0"),
+    (TRAIN, "--folds", "-2", "must be at least 0"),
+    (TRAIN, "--augment", "-2", "must be at least 0"),
+    (TRAIN, "--seed", "-1", "must be at least 0"),
+    (TRAIN, "--test-fraction", "1.5", "must be above 0 and below 1"),
+    (TRAIN, "--test-fraction", "nan", "not a finite number"),
+    (TRAIN, "--epochs", "ten", "not a whole number"),
+    (CONVERT, "--window", "0", "must be at least 1"),
+    (CONVERT, "--threshold", "1", "must be above 0 and below 1"),
+    (CONVERT, "--agreement-target", "0", "must be above 0 and at most 1"),
+    (DATASET, "--window", "0", "must be at least 1"),
+    (DATASET, "--stride", "0", "must be at least 1"),
+    (DATASET, "--mel-bands", "0", "must be at least 1"),
+    (DATASET, "--hop-seconds", "0", "must be above 0"),
+    (["demo", "build"], "--clips-per-subject", "0", "must be at least 1"),
+    (["demo", "build"], "--clip-seconds", "-1", "must be above 0"),
+    (["demo", "build"], "--epochs", "0", "must be at least 1"),
+    (["demo", "build"], "--seeds", "0", "must be at least 1"),
+    (["demo-audio", "build"], "--epochs", "0", "must be at least 1"),
+    (["demo-audio", "build"], "--train-clips", "0", "must be at least 1"),
+    (["demo-audio", "build"], "--heldout-clips", "0", "must be at least 1"),
+    (["demo-audio", "build"], "--masked-clips", "-1", "must be at least 0"),
+    (["suite", "build", "out"], "--seed", "-1", "must be at least 0"),
+])
+def test_a_number_out_of_range_is_a_usage_error_naming_the_option(capsys, command, option, value, reason):
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args([*command, option, value])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert f"argument {option}: {value}: {reason}" in error
+
+
+def test_the_defaults_and_values_in_range_still_parse():
+    args = build_parser().parse_args([*TRAIN, "--batch-size", "1", "--patience", "0", "--test-fraction", "0.5"])
+    assert (args.batch_size, args.epochs, args.patience, args.test_fraction) == (1, 40, 0, 0.5)
+    args = build_parser().parse_args([*CONVERT, "--agreement-target", "1"])
+    assert (args.agreement_target, args.threshold) == (1.0, 0.5)
+
+
+def test_cryedge_train_batch_size_0_is_exit_2_before_the_data_is_read(tmp_path):
+    # the data file does not exist: the option is refused first, in one error line
+    out = subprocess.run([str(CRYEDGE), "train", "--arch", "conv1d", "--data", str(tmp_path / "none.npz"),
+                          "--output", str(tmp_path / "m.keras"), "--batch-size", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if "error:" in line]
+    assert errors == ["cryedge train: error: argument --batch-size: 0: must be at least 1"]
+    assert not (tmp_path / "m.keras").exists()
