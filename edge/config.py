@@ -432,11 +432,14 @@ def source_table(value: Any, sources: tuple[type[SourceOptions], ...] = VIDEO_SO
     not apply to the type are dropped when they hold their old default (see LEGACY_SOURCE_DEFAULTS).
     ``sources`` and ``parse`` are the video sources' by default; another kind of source (audio) passes its own.
     """
-    if not isinstance(value, dict) or "type" in value:
+    if not isinstance(value, dict) or ("type" in value and "uri" not in value):
         return value
     table = dict(value)
     uri = table.pop("uri", None)
     typed = parse(uri) if uri is not None else {"type": default_type}
+    if table.get("type", typed["type"]) != typed["type"]:  # uri and type both say what kind of source it is
+        raise ValueError(f"uri is a {typed['type']} source but type = {table['type']!r}: uri and type say the "
+                         "same thing, give one")
     model = _source_model(typed["type"], sources)
     for key, item in table.items():
         name = _accepts(model, key) if model is not None else None

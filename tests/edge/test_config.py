@@ -539,6 +539,19 @@ def test_the_shorthand_and_an_option_that_disagree_are_an_error_without_the_valu
     assert "one" not in str(raised.value) and "two" not in str(raised.value)
 
 
+def test_uri_with_the_type_it_names_is_the_same_source_and_another_type_is_one_line(tmp_path):
+    """``uri`` and ``type`` both say what kind of source it is: together they read as "source.url: Field
+    required" (the uri was ignored once a type was given). Agreeing, they are the uri alone; else one line."""
+    alone = load_config(write(tmp_path, '[source]\nuri = "rtsp://v:pw1@cam/live"\n', "a.toml"), environ={}).source
+    both = load_config(write(tmp_path, '[source]\nuri = "rtsp://v:pw1@cam/live"\ntype = "rtsp"\n', "b.toml"),
+                       environ={}).source
+    assert both == alone and both.open_url() == "rtsp://v:pw1@cam/live"
+    with pytest.raises(ConfigError) as raised:
+        load_config(write(tmp_path, '[source]\nuri = "rtsp://v:pw1@cam/live"\ntype = "file"\n', "d.toml"), environ={})
+    assert str(raised.value) == (f"{tmp_path / 'd.toml'}: source: uri is a rtsp source but type = 'file': uri and type say the same "
+                                 "thing, give one")
+
+
 @pytest.mark.parametrize("url", ["rtsp://viewer:hunter2@cam.lan:99999/live", "rtsps://viewer:hunter2@cam.lan:abc/live",
                                  "http://cam.lan:0/video.mjpg"])
 def test_a_camera_port_that_is_no_port_is_a_config_error(tmp_path, url):
