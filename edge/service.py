@@ -126,6 +126,7 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
     if camera_password is not None and in_url is not None and camera_password != in_url:
         raise ConfigError(f"{where}: source.password and the password in the camera's URL disagree; give it once")
     camera_password = camera_password if camera_password is not None else in_url
+    _check(boot_file, config_dir / "cryedge.toml")
     config_dir.mkdir(parents=True, exist_ok=True)
     target = config_dir / "cryedge.toml"
     if target.exists():
@@ -141,6 +142,20 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
              if secret is not None]
     log.info("installed %s%s; removed %s", target, "".join(f" and {name}" for name in moved), boot_file)
     return True
+
+
+def _check(boot_file: Path, installed: Path) -> None:
+    """Refuses a boot file the service could not start with, before anything is installed.
+
+    Installed, a bad key or value would stop the service at every start (a restart loop) in place
+    of the config that worked; refused, the file stays on the boot partition to be corrected.
+    """
+    from edge.config import load_config
+
+    try:
+        load_config(boot_file, environ={})  # as the service reads it, passwords still inline
+    except ConfigError as error:
+        raise ConfigError(f"{error}; not installed ({installed} left as it was)") from None
 
 
 def _write(path: Path, text: str, mode: int) -> None:

@@ -211,6 +211,33 @@ def test_a_boot_file_that_cannot_be_split_stays_where_it_is(tmp_path, text, mess
     assert not (etc / "mqtt_password").exists() and not (etc / "camera_password").exists()
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    ('[alarm]\nhold_secs = 3\n', "alarm.hold_secs: unknown key (did you mean alarm.hold_seconds?)"),
+    ('[alarm]\non_threshold = 1.5\n', "alarm.on_threshold:"),
+    ('[source]\nuri = "ftp://cam/live"\n', "source: uri ftp://cam/live: no source type reads ftp://"),
+])
+def test_a_boot_file_the_service_could_not_start_with_is_refused_and_the_config_kept(tmp_path, text, message):
+    """A bad key or value was installed as /etc/cryedge/cryedge.toml (the old one moved to .bak) and the boot
+    file removed: the service then stopped at every start on the config error, a restart loop, the working
+    config gone. Refused, in one line naming the key; the installed config and the boot file stay as they were."""
+    boot, etc = tmp_path / "boot" / "cryedge.toml", tmp_path / "etc"
+    boot.parent.mkdir()
+    etc.mkdir()
+    (etc / "cryedge.toml").write_text('[mqtt]\nhost = "broker"\n')
+    boot.write_text(f'[mqtt]\nhost = "new"\npassword = "pw"\n{text}')
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("cryedge")), "service", "import-boot-config", "--boot-file", str(boot),
+         "--config-dir", str(etc)], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3 and "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"cryedge: {boot}: {message}")
+    assert line.endswith(f"; not installed ({etc / 'cryedge.toml'} left as it was)")
+    assert "pw" not in result.stderr
+    assert sorted(p.name for p in etc.iterdir()) == ["cryedge.toml"]  # no .bak, no password, no temporary file
+    assert (etc / "cryedge.toml").read_text() == '[mqtt]\nhost = "broker"\n'
+    assert boot.read_text().endswith(text)
+
+
 def test_password_outside_mqtt_is_left_alone():
     text = '[other]\npassword = "a"\n[mqtt]\nhost = "b"\n'
     assert split_password(text) == (text, None)
