@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -160,9 +161,13 @@ os.abort()
 """
 
 
-def test_native_info_and_warning_lines_are_dropped_and_last_words_survive_an_abort(tmp_path):
+@pytest.mark.parametrize("grep", [True, False])
+def test_native_info_and_warning_lines_are_dropped_and_last_words_survive_an_abort(tmp_path, grep):
+    """Without grep on PATH (a slim container) every native line came through: the filter was grep."""
+    path = os.environ["PATH"] if grep else str(tmp_path)  # an empty folder: no grep, no other program
+    assert (shutil.which("grep", path=path) is not None) == grep
     result = subprocess.run([sys.executable, "-c", NOISE_AND_NEWS], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": str(REPO), "PATH": path})
     assert result.returncode == -6  # SIGABRT, as a native CHECK failure ends a process
     lines = sorted(result.stderr.splitlines())
     assert lines == sorted([
