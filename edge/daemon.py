@@ -419,11 +419,12 @@ class Daemon:
                 self.watchdog.alive_until(now + self.watchdog.stall_after)
                 self.last_frame = None  # /health: "starting" once reopened, until it is heard again
                 self.hearing.last = None  # nor "ok": what it heard last is not what it hears now
-            scores = self.hearing.hear(fresh, now) if fresh or now - last_heard >= SOUND_STALE_SECONDS else []
-            for score in scores:
-                for event in self.alarm.update(score):
-                    self._publish_event(event)
-            if scores:
+            # one score at a time: the state at a change of crying carries the sound that changed it
+            heard = [[h] for h in fresh] if fresh else [[]] if now - last_heard >= SOUND_STALE_SECONDS else []
+            for one in heard:
+                for score in self.hearing.hear(one, now):
+                    self._alarm_update(score)
+            if heard:
                 self.publisher.publish_state(self._alarm_state())
             if fresh:
                 self.last_frame = now  # after the state: /health's "ok" and its "audio" agree
@@ -460,10 +461,20 @@ class Daemon:
             return
         scores = self.hearing.heard_alone(now)
         for score in scores:
-            for event in self.alarm.update(score):
-                self._publish_event(event)
+            self._alarm_update(score)
         if scores:
             self._vision = None  # the state says "no_camera" (from the fusion), not the last frame's view
+            self.publisher.publish_state(self._alarm_state())
+
+    def _alarm_update(self, score) -> None:
+        """One score through the alarm, its events published, and a change of crying on the state topic at once.
+
+        A loaded machine hands the loop many scores at a time: a cry heard start to end among them was published
+        as one OFF state after them, so the retained state never went ON."""
+        events = self.alarm.update(score)
+        for event in events:
+            self._publish_event(event)
+        if events:
             self.publisher.publish_state(self._alarm_state())
 
     def _publish_event(self, event) -> None:
