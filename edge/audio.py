@@ -435,9 +435,9 @@ def sound_backend_factory(config) -> tuple[Callable[[int], object], bool]:
     sound, video = config.audio.source, config.source
     paced = getattr(video, "realtime", True)
 
-    def ffmpeg(uri: str, realtime: bool, transport: str = "tcp"):
+    def ffmpeg(uri: str, realtime: bool, transport: str = "tcp", name: str | None = None):
         return lambda rate: FfmpegAudioSource(uri, rate, realtime=realtime, timeout_seconds=sound.stall_seconds,
-                                              rtsp_transport=transport)
+                                              rtsp_transport=transport, name=name)
 
     if sound.type == "alsa":
         return (lambda rate: AlsaAudioSource(sound.device, rate)), False
@@ -445,7 +445,7 @@ def sound_backend_factory(config) -> tuple[Callable[[int], object], bool]:
         return ffmpeg(str(sound.path), paced if sound.realtime is None else sound.realtime), video.type == "file"
     if sound.type == "stream":
         if not (video.type in ("rtsp", "http") and same_stream(sound.url, video.url)):
-            return ffmpeg(sound.url, True, sound.transport), False
+            return ffmpeg(sound.open_url(), True, sound.transport, sound.display()), False  # password on a pipe only
         # the camera's own URL: a second session would double the camera's traffic and take another of its clients
         log.info("[audio.source] url is the camera's stream: its sound is read from the camera's own session "
                  "([source]'s settings), as [audio.source] type = \"video\" says")

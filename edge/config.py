@@ -18,7 +18,9 @@ Secrets: the MQTT password comes, first found wins, from ``$CRYEDGE_MQTT_PASSWOR
 ``mqtt.password_file``, ``$CREDENTIALS_DIRECTORY/mqtt_password`` (systemd ``LoadCredential=``), or
 ``mqtt.password``. A camera's password likewise from ``$CRYEDGE_CAMERA_PASSWORD``,
 ``source.password_file``, ``$CREDENTIALS_DIRECTORY/camera_password``, or ``source.password`` (or the
-URL). Both are held as ``SecretStr``: never logged, masked by ``cryedge config show``; a URL is shown
+URL); a stream microphone's (``[audio.source] type = "stream"``) from ``$CRYEDGE_MICROPHONE_PASSWORD``,
+``audio.source.password_file``, ``$CREDENTIALS_DIRECTORY/microphone_password``, or ``password`` (or the URL).
+All are held as ``SecretStr``: never logged, masked by ``cryedge config show``; a URL is shown
 through ``mask_url`` everywhere.
 """
 
@@ -58,6 +60,8 @@ PASSWORD_ENV = "CRYEDGE_MQTT_PASSWORD"
 CREDENTIAL_NAME = "mqtt_password"
 CAMERA_PASSWORD_ENV = "CRYEDGE_CAMERA_PASSWORD"
 CAMERA_CREDENTIAL_NAME = "camera_password"
+MICROPHONE_PASSWORD_ENV = "CRYEDGE_MICROPHONE_PASSWORD"  # [audio.source] type = "stream"
+MICROPHONE_CREDENTIAL_NAME = "microphone_password"
 LIVE_TOKEN_ENV = "CRYEDGE_LIVE_TOKEN"
 LIVE_TOKEN_CREDENTIAL = "live_token"
 MIN_LIVE_TOKEN = 16  # characters: a token a neighbour on the network cannot guess
@@ -247,11 +251,11 @@ class V4l2SourceConfig(SourceOptions):
         return f"device:{self.device}"
 
 
-class NetworkSourceOptions(SourceOptions):
-    """A network camera through OpenCV's FFmpeg; ``stall_seconds`` is also its open and read timeout.
+class StreamCredentials(Section):
+    """A stream's ``url`` and who may read it: a user name, and a password held only as a ``SecretStr``.
 
-    Credentials: in the URL (shown masked), or ``username`` here and the password from
-    ``$CRYEDGE_CAMERA_PASSWORD``, ``password_file``, ``$CREDENTIALS_DIRECTORY/camera_password`` or ``password``.
+    Credentials: in the URL (split off, shown masked), or ``username`` here and the password from an
+    environment variable, ``password_file``, a systemd credential or ``password`` (``_resolve_password``).
     """
 
     url: str
@@ -281,9 +285,9 @@ class NetworkSourceOptions(SourceOptions):
         return data
 
     @model_validator(mode="after")
-    def _user_for_password(self) -> NetworkSourceOptions:
+    def _user_for_password(self) -> StreamCredentials:
         if (self.password is not None or self.password_file is not None) and self.username is None:
-            raise ValueError("a camera password needs a username (in the url or as username)")
+            raise ValueError("a password needs a username (in the url or as username)")
         return self
 
     def display(self) -> str:
@@ -293,6 +297,16 @@ class NetworkSourceOptions(SourceOptions):
         """The URL to open, credentials included; never to be shown."""
         password = self.password.get_secret_value() if self.password is not None else None
         return with_credentials(self.url, self.username, password)
+
+
+class NetworkSourceOptions(SourceOptions, StreamCredentials):
+    """A network camera through OpenCV's FFmpeg; ``stall_seconds`` is also its open and read timeout.
+
+    Its password from ``$CRYEDGE_CAMERA_PASSWORD``, ``password_file``, ``$CREDENTIALS_DIRECTORY/camera_password``,
+    ``password`` or the URL.
+    """
+
+    display = StreamCredentials.display  # not SourceOptions' abstract one, first in the order of bases
 
 
 def _url_scheme(url: str, schemes: tuple[str, ...]) -> str:
@@ -694,8 +708,12 @@ class FileSoundConfig(AudioSourceOptions):
     realtime: bool | None = None  # at its own pace; None: as [source] (a video file's ``realtime``), else True
 
 
-class StreamSoundConfig(AudioSourceOptions):
-    """The sound track of an RTSP or HTTP stream."""
+class StreamSoundConfig(AudioSourceOptions, StreamCredentials):
+    """The sound track of an RTSP or HTTP stream (a microphone of its own, or a camera's audio-only URL).
+
+    Its password as a camera's (``StreamCredentials``), from ``$CRYEDGE_MICROPHONE_PASSWORD``, ``password_file``,
+    ``$CREDENTIALS_DIRECTORY/microphone_password``, ``password`` or the URL; ffmpeg gets it on a pipe only.
+    """
 
     type: Literal["stream"] = "stream"
     url: str = Field(pattern=r"^(rtsps?|https?)://")
@@ -703,10 +721,7 @@ class StreamSoundConfig(AudioSourceOptions):
 
     @field_validator("url")
     @classmethod
-    def _no_password(cls, url: str) -> str:
-        if ":" in (split_userinfo(url)[1] or ""):
-            raise ValueError("no password in the URL: for the camera's own microphone use type = \"video\", "
-                             "which uses [source]'s credentials")
+    def _stream(cls, url: str) -> str:
         return _url_scheme(url, ("rtsp", "rtsps", "http", "https"))
 
 
@@ -885,8 +900,9 @@ def _resolve_paths(config: Config, base: Path) -> None:
             setattr(config.mqtt.tls, name, fix(getattr(config.mqtt.tls, name)))
     if isinstance(config.source, FileSourceConfig):
         config.source.path = fix(config.source.path)
-    if isinstance(config.source, NetworkSourceOptions):
-        config.source.password_file = fix(config.source.password_file)
+    for stream in (config.source, config.audio.source):
+        if isinstance(stream, StreamCredentials):
+            stream.password_file = fix(stream.password_file)
 
 
 def _resolve_password(section: BaseModel, key: str, where: str, environ, variable: str, credential: str) -> None:
@@ -944,6 +960,9 @@ def load_config(path: Path | str | None = None, overrides: dict | None = None, e
     _resolve_password(config.mqtt, "mqtt", where, environ, PASSWORD_ENV, CREDENTIAL_NAME)
     if isinstance(config.source, NetworkSourceOptions) and config.source.username is not None:
         _resolve_password(config.source, "source", where, environ, CAMERA_PASSWORD_ENV, CAMERA_CREDENTIAL_NAME)
+    if isinstance(config.audio.source, StreamSoundConfig) and config.audio.source.username is not None:
+        _resolve_password(config.audio.source, "audio.source", where, environ, MICROPHONE_PASSWORD_ENV,
+                          MICROPHONE_CREDENTIAL_NAME)
     _check_tls_files(config, where)
     _check_no_camera(config, where)
     if config.live.enabled:
@@ -1082,6 +1101,10 @@ def parse_audio_source(text: str) -> dict[str, Any]:
     if text == "video":
         return {"type": "video"}
     if text.split("://", 1)[0].lower() in ("rtsp", "rtsps", "http", "https"):
+        if ":" in (split_userinfo(text)[1] or ""):  # a new option: no old command line to keep working
+            raise ConfigError("--audio-source: no password in the URL (every local user reads it in ps); give "
+                              f"rtsp://USER@HOST/... and the password in ${MICROPHONE_PASSWORD_ENV} or "
+                              "[audio.source] password_file")
         return {"type": "stream", "url": text}
     return {"type": "file", "path": str(Path.cwd() / Path(text).expanduser())}
 

@@ -7,6 +7,7 @@ the events, states and discovery are what a subscriber of a real mosquitto recei
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import shutil
@@ -145,12 +146,15 @@ def test_config_check_of_a_camera_less_file_names_the_model_it_will_run(tmp_path
 class HttpMicrophone:
     """A network microphone on loopback: ``http://127.0.0.1:PORT/mic.wav``, a 440 Hz tone as an endless 16 kHz mono
     WAV sent in real time. ``stop()`` hangs up and refuses connections, as a microphone unplugged or rebooting;
-    ``start()`` brings it back on the same port."""
+    ``start()`` brings it back on the same port. With ``credentials=(user, password)`` it asks for HTTP basic
+    authentication (401 until the listener sends them), as a microphone with a password does."""
 
-    def __init__(self):
+    def __init__(self, credentials: tuple[str, str] | None = None):
         from mqtt import free_port
 
         self.port = free_port()
+        self.credentials = credentials
+        self.refused = self.admitted = 0
         self.url = f"http://127.0.0.1:{self.port}/mic.wav"
         self._server = self._thread = None
         self._stopping = threading.Event()
@@ -160,9 +164,19 @@ class HttpMicrophone:
         header = (b"RIFF" + (0xFFFFFFFF).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little")
                   + struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16) + b"data" + (0xFFFFFFFF).to_bytes(4, "little"))
         block = (tone(0.1, 440.0, level=0.25) * 32767).astype("<i2").tobytes()
+        wanted = "Basic " + base64.b64encode(":".join(self.credentials).encode()).decode() if self.credentials else None
+        microphone = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server's name
+                if wanted is not None and self.headers.get("Authorization") != wanted:
+                    microphone.refused += 1
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="microphone"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                microphone.admitted += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "audio/wav")
                 self.end_headers()
@@ -280,3 +294,31 @@ def test_a_cry_heard_start_to_end_before_the_loop_ran_is_still_on_and_off_on_the
     assert "ON" in crying and crying[-1] == "OFF", crying
     on = states[crying.index("ON")]
     assert on["audio"]["probability"] > 0.9 and on["event_id"] == seen.json("cryedge/nursery/event")[0]["id"], on
+
+
+def test_a_password_protected_stream_microphone_is_heard_and_its_password_shows_nowhere(tmp_path):
+    """[audio.source] type = "stream" with a user in the URL and the password in a file (as the service's
+    LoadCredential hands it over): the microphone (HTTP basic authentication on loopback) is heard, and the
+    password is in no command line (ps, /proc/PID/cmdline), log line, /stats or /health. It could not be
+    configured before: the password was refused and there was no password field. (tests/streams.py's RTSP
+    server, rtsp-server-perl, has no authentication: the RTSP URL goes the same way, url_on_pipe.)"""
+    from streams import command_lines
+    from test_notify import Service
+
+    password = "hunter2-microphone"
+    microphone = HttpMicrophone(credentials=("listener", password)).start()
+    (tmp_path / "microphone_password").write_text(password + "\n")
+    url = microphone.url.replace("http://", "http://listener@")
+    service = Service(tmp_path, f'[source]\ntype = "none"\n[audio]\nenabled = true\n[audio.source]\ntype = "stream"\n'
+                                f'url = "{url}"\npassword_file = "{tmp_path / "microphone_password"}"\n', 4_000_000)
+    try:
+        body = service.wait_for_health(200, timeout=60)
+        assert body["audio"] == "ok" and microphone.admitted >= 1, body
+        assert not [line for line in command_lines() if password in line]
+        stats = service.stats()
+        assert stats["source"] == f"stream:http://listener:********@127.0.0.1:{microphone.port}/mic.wav", stats
+        assert password not in json.dumps(stats) and password not in json.dumps(body)
+    finally:
+        stderr = service.terminate()
+        microphone.stop()
+    assert password not in stderr and "Traceback" not in stderr

@@ -522,7 +522,7 @@ def test_an_unreadable_camera_password_file_names_the_key(tmp_path):
 
 def test_a_camera_password_without_a_user_is_an_error_and_an_ambient_one_is_left_alone(tmp_path):
     path = write(tmp_path, '[source]\ntype = "rtsp"\nurl = "rtsp://cam/live"\npassword_file = "pw"\n')
-    with pytest.raises(ConfigError, match="source: a camera password needs a username"):
+    with pytest.raises(ConfigError, match="source: a password needs a username"):
         load_config(path, environ={})
     open_camera = load_config(write(tmp_path, '[source]\nuri = "rtsp://cam/live"\n'),
                               environ={"CRYEDGE_CAMERA_PASSWORD": "for-another-camera"}).source
@@ -602,3 +602,45 @@ def test_a_camera_password_in_the_urls_query_never_shows(tmp_path, capsys):
         err = daemon.communicate(timeout=30)[1]
     assert stats is not None and "pwd=********" in stats["source"] and "s3cret" not in json.dumps(stats)
     assert "pwd=********" in err and "s3cret" not in err and "t0ken" not in err, err
+
+
+def test_a_stream_microphones_password_is_a_secret_from_where_a_cameras_comes_and_config_show_masks_it(tmp_path, capsys):
+    """[audio.source] type = "stream" with a password (a separate authenticated microphone): it was refused,
+    so such a microphone could not be heard at all. Now as a camera's: split out of the URL, or from
+    $CRYEDGE_MICROPHONE_PASSWORD, password_file, the systemd credential microphone_password; shown masked."""
+    stream = '[audio]\nenabled = true\n[audio.source]\ntype = "stream"\n'
+    path = write(tmp_path, stream + 'url = "rtsp://listener:hunter2@mic.lan:8554/audio"\n')
+    assert main(["config", "show", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out
+    shown = tomllib.loads(out)["audio"]["source"]
+    assert (shown["url"], shown["username"], shown["password"]) == ("rtsp://mic.lan:8554/audio", "listener", "********")
+    sound = load_config(path, environ={}).audio.source
+    assert sound.open_url() == "rtsp://listener:hunter2@mic.lan:8554/audio" and "hunter2" not in repr(sound)
+    assert sound.display() == "stream:rtsp://listener:********@mic.lan:8554/audio"
+
+    (tmp_path / "pw").write_text("from-file\n")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "microphone_password").write_text("from-credentials")
+    with_file = write(tmp_path, stream + 'url = "http://mic/a.wav"\nusername = "v"\npassword_file = "pw"\n', "a.toml")
+    user_only = write(tmp_path, stream + 'url = "http://v@mic/a.wav"\n', "b.toml")
+
+    def password(path, environ):
+        return load_config(path, environ=environ).audio.source.password.get_secret_value()
+
+    environ = {"CRYEDGE_MICROPHONE_PASSWORD": "from-env", "CREDENTIALS_DIRECTORY": str(creds)}
+    assert password(with_file, environ) == "from-env"
+    assert password(with_file, {"CREDENTIALS_DIRECTORY": str(creds)}) == "from-file"
+    assert password(user_only, {"CREDENTIALS_DIRECTORY": str(creds)}) == "from-credentials"
+    # the camera's password is the camera's: a microphone elsewhere does not get it
+    assert load_config(user_only, environ={"CRYEDGE_CAMERA_PASSWORD": "camera"}).audio.source.password is None
+    with pytest.raises(ConfigError, match="audio.source: a password needs a username"):
+        load_config(write(tmp_path, stream + 'url = "http://mic/a.wav"\npassword = "x"\n', "c.toml"), environ={})
+
+
+def test_a_password_in_the_audio_source_flag_is_refused_without_showing_it():
+    with pytest.raises(ConfigError, match=r"--audio-source: no password in the URL .*CRYEDGE_MICROPHONE_PASSWORD") as error:
+        cli_overrides(audio_source="rtsp://listener:hunter2@mic.lan/audio")
+    assert "hunter2" not in str(error.value)
+    assert cli_overrides(audio_source="rtsp://listener@mic.lan/audio")["audio"]["source"]["url"] == "rtsp://listener@mic.lan/audio"
