@@ -83,6 +83,7 @@ def test_a_camera_less_config_that_cannot_work_is_one_line_and_the_config_exit_c
 
 @pytest.mark.parametrize(("name", "message"), [
     ("missing.wav", "audio file not found"),
+    ("folder", "folder is a directory, not a sound: an audio source is a sound or video file, alsa"),
     ("silent.mp4", "it has no sound track"),  # a video with a picture and no sound
 ])
 def test_a_sound_file_that_cannot_be_heard_is_one_line_and_the_source_exit_code(tmp_path, name, message):
@@ -92,6 +93,8 @@ def test_a_sound_file_that_cannot_be_heard_is_one_line_and_the_source_exit_code(
     import subprocess
 
     clip = tmp_path / name
+    if name == "folder":
+        clip.mkdir()
     if name == "silent.mp4":
         subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=d=2:s=160x120:r=10",
                         "-pix_fmt", "yuv420p", str(clip)], check=True)
