@@ -251,12 +251,16 @@ def build_suite(out_dir: Path, photos: tuple[str, ...] | None = None, seed: int 
     ``only``: just the clips of these names (each the same as in the whole suite)."""
     from convert import demo, synth
 
-    photos = tuple(photos or demo.SUITE_PHOTOS)
+    photos = tuple(dict.fromkeys(photos or demo.SUITE_PHOTOS))  # a face given twice is one subject, not two
     trained = set(demo.TRAIN_PHOTOS)
     leaked = [p for p in photos if p in trained]
     if leaked:
         raise DataError(f"{', '.join(leaked)}: the default model trained on this face; the suite holds held-out faces only")
+    for name in photos:  # all of them before the first clip: an unknown last one stopped a half-rendered suite
+        synth.check_photo(name)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir} is a file: OUTPUT_DIR is the folder the suite goes into")
     out_dir.mkdir(parents=True, exist_ok=True)
     plans = plan_suite(photos, seed, vision, sound)
     rows, manifest = [], []
@@ -328,7 +332,8 @@ def _build_command(args) -> int:
     from convert.dataset import Progress
 
     vision, sound = not args.sound_only, args.sound or args.sound_only
-    bar = Progress(len(plan_suite(tuple(args.photo or ()) or _default_photos(), args.seed, vision, sound)), "suite clips")
+    bar = Progress(len(plan_suite(tuple(dict.fromkeys(args.photo or ())) or _default_photos(), args.seed, vision, sound)),
+                   "suite clips")
     labels = build_suite(args.output_dir, tuple(args.photo or ()) or None, args.seed, lambda done, total: bar.update(done),
                          vision, sound)
     print(f"{labels.parent}: {sum(1 for _ in labels.parent.glob('*.mp4'))} SYNTHETIC clips; judge a model with: "

@@ -55,7 +55,15 @@ class FacePhoto:
         return float(np.linalg.norm(self.points[36:42].mean(axis=0) - self.points[42:48].mean(axis=0)))
 
 
+def check_photo(name: str) -> None:
+    """DataError unless ``name`` is one of PHOTOS; nothing is loaded (a build checks every name before it starts)."""
+    if name not in ("astronaut", "grace-hopper") and not (
+            name.startswith("lfw-") and name[4:].isdigit() and int(name[4:]) < LFW_FACES):
+        raise DataError(f"unknown photo {name!r}; known: {', '.join(PHOTOS)} (NN below {LFW_FACES})")
+
+
 def _photo_image(name: str) -> np.ndarray:
+    check_photo(name)
     if name == "astronaut":
         import skimage.data
 
@@ -65,14 +73,12 @@ def _photo_image(name: str) -> np.ndarray:
         import matplotlib.image
 
         return np.ascontiguousarray(matplotlib.image.imread(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))[:, :, :3])
-    if name.startswith("lfw-") and name[4:].isdigit() and int(name[4:]) < LFW_FACES:
-        import cv2
-        import skimage.data
+    import cv2
+    import skimage.data
 
-        grey = np.round(skimage.data.lfw_subset()[int(name[4:])] * 255).astype(np.uint8)
-        big = cv2.resize(grey, None, fx=LFW_SCALE, fy=LFW_SCALE, interpolation=cv2.INTER_CUBIC)
-        return np.ascontiguousarray(np.dstack([big] * 3))
-    raise DataError(f"unknown photo {name!r}; known: {', '.join(PHOTOS)}")
+    grey = np.round(skimage.data.lfw_subset()[int(name[4:])] * 255).astype(np.uint8)
+    big = cv2.resize(grey, None, fx=LFW_SCALE, fy=LFW_SCALE, interpolation=cv2.INTER_CUBIC)
+    return np.ascontiguousarray(np.dstack([big] * 3))
 
 
 def face_points(image: np.ndarray) -> np.ndarray:

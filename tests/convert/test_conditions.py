@@ -136,3 +136,35 @@ def test_a_cry_heard_with_the_face_turned_away_is_decided_within_a_second_and_a_
     a, b = conditions.CRY_SPAN_S
     assert kind == "start" and a - 0.5 <= start and decided <= a + 1.5
     assert end_kind == "end" and reason == "scores" and b <= end <= b + 1.5
+
+
+def test_suite_build_checks_every_photo_and_the_output_before_the_first_clip(tmp_path):
+    """``--photo lfw-90 --photo nope`` rendered lfw-90's 23 clips (minutes) and then stopped on 'nope', a suite
+    without labels.csv left behind; an OUTPUT_DIR that is a file said only "File exists"."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cryedge = Path(sys.executable).with_name("cryedge")
+    out = tmp_path / "suite"
+    done = subprocess.run([str(cryedge), "suite", "build", str(out), "--photo", "lfw-90", "--photo", "lfw-100"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == DataError.exit_code and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == ["cryedge: unknown photo 'lfw-100'; known: astronaut, grace-hopper, lfw-NN "
+                                        "(NN below 100)"]
+    assert not out.exists()
+    a_file = tmp_path / "suite.txt"
+    a_file.write_text("notes\n")
+    done = subprocess.run([str(cryedge), "suite", "build", str(a_file), "--photo", "lfw-90"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == DataError.exit_code
+    assert done.stderr.splitlines() == [f"cryedge: {a_file} is a file: OUTPUT_DIR is the folder the suite goes into"]
+    assert a_file.read_text() == "notes\n"
+
+
+def test_a_photo_given_twice_is_one_subject(tmp_path):
+    """Its clips were rendered twice under the same names and listed twice in labels.csv: each cry counted twice."""
+    clip = "lfw-90-cry-blur"
+    once = conditions.build_suite(tmp_path / "once", ("lfw-90",), only={clip})
+    twice = conditions.build_suite(tmp_path / "twice", ("lfw-90", "lfw-90"), only={clip})
+    assert twice.read_text() == once.read_text() and once.read_text().count(",crying,") == 1
