@@ -330,6 +330,8 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
     from convert.convert import ConvertOptions, convert
 
     started = time.monotonic()
+    if demo_video is not None and not Path(demo_video).is_file():  # it gets the sound track at the very end
+        raise DataError(f"--demo-video {demo_video}: no such video to give the sound track (--no-demo leaves it)")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     own_work = work_dir is None

@@ -463,6 +463,7 @@ def _build_command(args) -> int:
 
 def add_commands(subparsers) -> None:
     from convert.arguments import positive, whole
+    from convert.zoo import LANDMARK_WINDOW
 
     demo = subparsers.add_parser("demo", help="rebuild the default model and the demo clip (synthetic data)")
     commands = demo.add_subparsers(dest="demo_command", metavar="COMMAND", required=True)
@@ -474,7 +475,7 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--work-dir", type=Path, help="keep the clips, dataset and candidates here (reused when present)")
     parser.add_argument("--clips-per-subject", type=whole(1), default=8)
     parser.add_argument("--clip-seconds", type=positive, default=14.0)
-    parser.add_argument("--arch", action="append", help=f"candidate architectures (repeatable; default {', '.join(CANDIDATES)})")
+    parser.add_argument("--arch", action="append", choices=tuple(LANDMARK_WINDOW), help=f"candidate architectures (repeatable; default {', '.join(CANDIDATES)})")
     parser.add_argument("--epochs", type=whole(1), default=60)
     parser.add_argument("--seed", type=whole(0), default=SEED)
     parser.add_argument("--seeds", type=whole(1), default=2, help="training seeds tried per architecture (lowest validation loss kept)")

@@ -72,3 +72,24 @@ def test_cryedge_train_batch_size_0_is_exit_2_before_the_data_is_read(tmp_path):
     errors = [line for line in out.stderr.splitlines() if "error:" in line]
     assert errors == ["cryedge train: error: argument --batch-size: 0: must be at least 1"]
     assert not (tmp_path / "m.keras").exists()
+
+
+def test_demo_build_names_an_unknown_architecture_before_it_renders_clips(capsys):
+    """``--arch conv3d`` rendered the clips and built the dataset (minutes) before train said it was unknown."""
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(["demo", "build", "--arch", "conv3d"])
+    assert stopped.value.code == 2
+    assert "argument --arch: invalid choice: 'conv3d'" in capsys.readouterr().err.splitlines()[-1]
+    assert build_parser().parse_args(["demo", "build", "--arch", "lstm2"]).arch == ["lstm2"]
+
+
+def test_demo_audio_build_with_no_demo_video_stops_before_it_replaces_the_model(tmp_path):
+    """It trained and wrote the new default audio model into --output-dir, then stopped on the missing clip."""
+    out = tmp_path / "models"
+    done = subprocess.run([str(CRYEDGE), "demo-audio", "build", "--output-dir", str(out), "--work-dir",
+                           str(tmp_path / "work"), "--demo-video", str(tmp_path / "none.mp4"), "--epochs", "1",
+                           "--train-clips", "2", "--heldout-clips", "1"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 7 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == (f"cryedge: --demo-video {tmp_path / 'none.mp4'}: no such video to give "
+                                            "the sound track (--no-demo leaves it)")
+    assert not out.exists() and not (tmp_path / "work").exists()
