@@ -11,6 +11,8 @@ from edge.errors import CryedgeError
 
 def _fetch_command(args) -> int:
     output = Path(args.output) if args.output else paths.landmarks_dir()
+    if output.exists() and not output.is_dir():  # mkdir would say only "File exists"
+        raise CryedgeError(f"cannot write into {output}: it is a file; pass --output DIR, the bundles' folder")
     try:
         written = fetch(output, Path(args.cache), args.face_bundle, args.pose_bundle)
     except PermissionError as error:

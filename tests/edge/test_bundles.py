@@ -261,6 +261,19 @@ def test_a_given_bundle_that_is_not_a_face_landmarker_is_a_data_error(tmp_path, 
     assert cli.main(["models", "fetch", "--output", str(tmp_path / "out"), "--face-bundle", str(tmp_path / "nope")]) == 7
 
 
+def test_an_output_that_is_a_file_is_said_to_be_one(tmp_path, capsys):
+    """It read "cryedge: File exists: PATH", the file left alone but the reason unsaid."""
+    a_file = tmp_path / "landmarks"
+    a_file.write_text("notes\n")
+    given = tmp_path / "given.task"
+    given.write_bytes(b"x")
+    assert cli.main(["models", "fetch", "--output", str(a_file), "--face-bundle", str(given),
+                     "--pose-bundle", str(given)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"cryedge: cannot write into {a_file}: it is a file; pass --output DIR, the bundles' folder"]
+    assert a_file.read_text() == "notes\n"
+
+
 def decoded_boxes(raw: np.ndarray, scale: float, centres: np.ndarray) -> np.ndarray:
     """Box values (x, y, w, h, 6 keypoints) in frame fractions, as MediaPipe decodes fixed-size anchors."""
     boxes = raw / scale
