@@ -7,6 +7,7 @@
   readable on any computer) becomes ``/etc/cryedge/cryedge.toml``; its ``[mqtt] password`` is moved
   into ``/etc/cryedge/mqtt_password`` (0600, handed to the service with ``LoadCredential=``), a camera's
   password (``[source] password``, or in its ``uri``/``url``) into ``/etc/cryedge/camera_password`` likewise,
+  a stream microphone's (``[audio.source]``) into ``/etc/cryedge/microphone_password``,
   and the file is removed from the boot partition, so no password stays on a card anyone can read, nor in
   ``/etc/cryedge/cryedge.toml``, which every user of the device can read.
 """
@@ -28,6 +29,7 @@ BOOT_CONFIG = Path("/boot/firmware/cryedge.toml")
 CONFIG_DIR = Path("/etc/cryedge")
 PASSWORD_FILE_NAME = "mqtt_password"  # as LoadCredential=mqtt_password:... in systemd/cryedge.service
 CAMERA_PASSWORD_FILE_NAME = "camera_password"  # LoadCredential=-camera_password:...
+MICROPHONE_PASSWORD_FILE_NAME = "microphone_password"  # LoadCredential=-microphone_password:...
 
 _TABLE_HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
 _PASSWORD_KEY = re.compile(r"^\s*password\s*=")
@@ -40,7 +42,7 @@ def split_password(text: str, where: str = "boot config", table_name: str = "mqt
     equal the original minus the password, or a ConfigError says why.
     """
     original = _parse(text, where)
-    section = original.get(table_name, {})
+    section = _table(original, table_name)
     password = section.get("password") if isinstance(section, dict) else None
     if password is None:
         return text, None
@@ -55,21 +57,21 @@ def split_password(text: str, where: str = "boot config", table_name: str = "mqt
             continue
         kept.append(line)
     stripped = "".join(kept)
-    expected = {**original, table_name: {k: v for k, v in section.items() if k != "password"}}
+    expected = _with_table(original, table_name, {k: v for k, v in section.items() if k != "password"})
     if _parse_or_none(stripped) != expected:
         raise ConfigError(f'{where}: write {table_name}.password as one line, password = "...", in the [{table_name}] table')
     return stripped, password
 
 
-def split_url_password(text: str, where: str = "boot config") -> tuple[str, str | None]:
-    """(the TOML text with the password taken out of ``[source] uri`` or ``url``, that password or None).
+def split_url_password(text: str, where: str = "boot config", table_name: str = "source") -> tuple[str, str | None]:
+    """(the TOML text with the password taken out of ``[table_name] uri`` or ``url``, that password or None).
 
     ``rtsp://viewer:pw@cam/live`` becomes ``rtsp://viewer@cam/live``, on its own line, comments kept.
     """
     from edge.config import split_credentials, split_userinfo
 
     original = _parse(text, where)
-    source = original.get("source")
+    source = _table(original, table_name)
     for key in ("uri", "url") if isinstance(source, dict) else ():
         value = source.get(key)
         userinfo = split_userinfo(value)[1] if isinstance(value, str) else None
@@ -84,15 +86,38 @@ def split_url_password(text: str, where: str = "boot config") -> tuple[str, str 
             header = _TABLE_HEADER.match(line)
             if header:
                 table = header.group(1)
-            if table == "source" and re.match(rf"^\s*{key}\s*=", line):
+            if table == table_name and re.match(rf"^\s*{key}\s*=", line):
                 line = line.replace(f"{userinfo}@", kept_user, 1)
             kept.append(line)
         stripped = "".join(kept)
-        if _parse_or_none(stripped) != {**original, "source": {**source, key: bare}}:
-            raise ConfigError(f'{where}: write source.{key} as one line, {key} = "...", in the [source] table, '
+        if _parse_or_none(stripped) != _with_table(original, table_name, {**source, key: bare}):
+            raise ConfigError(f'{where}: write {table_name}.{key} as one line, {key} = "...", in the [{table_name}] table, '
                               f'or the URL without its password and the password as password = "..."')
         return stripped, password
     return text, None
+
+
+def _table(data: dict, name: str):
+    """The table ``name`` (dotted: ``audio.source``) of parsed TOML ``data``; None when it is not there."""
+    for part in name.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _with_table(data: dict, name: str, table: dict) -> dict:
+    """``data`` with its table ``name`` (dotted) replaced by ``table``."""
+    head, _, rest = name.partition(".")
+    return {**data, head: _with_table(data.get(head, {}), rest, table) if rest else table}
+
+
+def split_stream_password(text: str, where: str, table_name: str, what: str) -> tuple[str, str | None]:
+    """(the TOML text without the password of the stream in ``[table_name]``, that password or None): given
+    as ``password``, in its URL, or both, agreeing. ``what`` names it in the error."""
+    text, password = split_password(text, where, table_name)
+    text, in_url = split_url_password(text, where, table_name)
+    if password is not None and in_url is not None and password != in_url:
+        raise ConfigError(f"{where}: {table_name}.password and the password in the {what}'s URL disagree; give it once")
+    return text, password if password is not None else in_url
 
 
 def _parse(text: str, where: str) -> dict:
@@ -120,12 +145,9 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
     text = boot_file.read_text(encoding="utf-8")
     where = str(boot_file)
     config_text, password = split_password(text, where)
-    # the camera's password too: cryedge.toml is readable by every user of the device (0644)
-    config_text, camera_password = split_password(config_text, where, "source")
-    config_text, in_url = split_url_password(config_text, where)
-    if camera_password is not None and in_url is not None and camera_password != in_url:
-        raise ConfigError(f"{where}: source.password and the password in the camera's URL disagree; give it once")
-    camera_password = camera_password if camera_password is not None else in_url
+    # the camera's and a stream microphone's too: cryedge.toml is readable by every user of the device (0644)
+    config_text, camera_password = split_stream_password(config_text, where, "source", "camera")
+    config_text, microphone_password = split_stream_password(config_text, where, "audio.source", "microphone")
     _check(boot_file, config_dir / "cryedge.toml")
     config_dir.mkdir(parents=True, exist_ok=True)
     target = config_dir / "cryedge.toml"
@@ -136,10 +158,12 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
         _write(config_dir / PASSWORD_FILE_NAME, password + "\n", 0o600)
     if camera_password is not None:
         _write(config_dir / CAMERA_PASSWORD_FILE_NAME, camera_password + "\n", 0o600)
+    if microphone_password is not None:
+        _write(config_dir / MICROPHONE_PASSWORD_FILE_NAME, microphone_password + "\n", 0o600)
     boot_file.unlink()
     _sync_directory(boot_file.parent)
-    moved = [name for name, secret in (("the MQTT password", password), ("the camera password", camera_password))
-             if secret is not None]
+    moved = [name for name, secret in (("the MQTT password", password), ("the camera password", camera_password),
+                                       ("the microphone password", microphone_password)) if secret is not None]
     log.info("installed %s%s; removed %s", target, "".join(f" and {name}" for name in moved), boot_file)
     return True
 

@@ -325,3 +325,20 @@ def test_a_password_protected_stream_microphone_is_heard_and_its_password_shows_
         stderr = service.terminate()
         microphone.stop()
     assert password not in stderr and "Traceback" not in stderr
+
+
+def test_an_rtsp_microphones_password_from_its_file_is_in_the_url_ffmpeg_gets_on_its_pipe_only(tmp_path):
+    """The RTSP test server has no authentication: what can be tested is the URL the backend opens (the
+    password from password_file in it), the name it is shown by, and the ffmpeg command line (without it).
+    tests/edge/test_audio_source.py hears such a URL through the pipe on the real RTSP server."""
+    from edge.audio import sound_backend_factory
+
+    (tmp_path / "pw").write_text("s3cret mic\n")
+    toml = tmp_path / "listen.toml"
+    toml.write_text('[source]\ntype = "none"\n[audio]\nenabled = true\n[audio.source]\ntype = "stream"\n'
+                    f'url = "rtsp://listener@mic.lan:8554/audio"\ntransport = "udp"\npassword_file = "{tmp_path / "pw"}"\n')
+    make, follows_frames = sound_backend_factory(load_config(toml, environ={}))
+    backend = make(16000)
+    assert backend.uri == "rtsp://listener:s3cret%20mic@mic.lan:8554/audio" and not follows_frames
+    assert backend.name == "stream:rtsp://listener:********@mic.lan:8554/audio"
+    assert "s3cret" not in " ".join(backend.command) and "mic.lan" not in " ".join(backend.command)

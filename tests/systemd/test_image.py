@@ -176,6 +176,29 @@ def test_a_camera_password_on_the_boot_file_becomes_a_root_only_credential_too(t
     assert loaded.mqtt.password.get_secret_value() == "pa ss#word"
 
 
+@pytest.mark.parametrize("microphone", [
+    'url = "rtsp://listener:m1c%40pw@192.168.1.30:8554/audio"   # the crib microphone\n',
+    'url = "rtsp://192.168.1.30:8554/audio"\nusername = "listener"\npassword = "m1c@pw"\n',
+])
+def test_a_stream_microphones_password_on_the_boot_file_becomes_a_root_only_credential(tmp_path, microphone):
+    """[audio.source] type = "stream" with a password, as a camera's: into microphone_password (0600, the
+    service's LoadCredential), not left in the 0644 cryedge.toml; the camera's password stays the camera's."""
+    boot, etc = tmp_path / "boot" / "cryedge.toml", tmp_path / "etc" / "cryedge"
+    boot.parent.mkdir()
+    boot.write_text(BOOT_TOML + '[source]\nuri = "rtsp://viewer:cam-pw@192.168.1.20/live"\n'
+                    '[audio]\nenabled = true\n[audio.source]\ntype = "stream"\n' + microphone)
+    assert import_boot_config(boot, etc)
+    installed = (etc / "cryedge.toml").read_text()
+    assert "m1c" not in installed and "cam-pw" not in installed
+    assert ("# the crib microphone" in installed) == ("#" in microphone)  # the user's comments kept
+    credential = etc / "microphone_password"
+    assert credential.read_text() == "m1c@pw\n" and stat.S_IMODE(credential.stat().st_mode) == 0o600
+    assert (etc / "camera_password").read_text() == "cam-pw\n"
+    loaded = config.load_config(etc / "cryedge.toml", environ={"CREDENTIALS_DIRECTORY": str(etc)})
+    assert loaded.audio.source.open_url() == "rtsp://listener:m1c%40pw@192.168.1.30:8554/audio"
+    assert loaded.source.open_url() == "rtsp://viewer:cam-pw@192.168.1.20/live"
+
+
 def test_an_existing_config_is_kept_as_bak(tmp_path):
     boot, etc = tmp_path / "cryedge.toml", tmp_path / "etc"
     etc.mkdir()
@@ -200,6 +223,8 @@ def test_no_boot_file_changes_nothing(tmp_path):
         ("[mqtt]\npassword = 5\n", "mqtt.password must be a string"),
         ('source = { uri = "rtsp://v:pw@cam/live" }\n', "write source.uri as one line"),
         ('[source]\nuri = "rtsp://v:pw@cam/live"\npassword = "other"\n', "disagree; give it once"),
+        ('[audio.source]\ntype = "stream"\nurl = "rtsp://v:pw@mic/a"\npassword = "other"\n',
+         "audio.source.password and the password in the microphone's URL disagree"),
     ],
 )
 def test_a_boot_file_that_cannot_be_split_stays_where_it_is(tmp_path, text, message):
