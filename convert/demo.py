@@ -372,6 +372,9 @@ def build(output_dir: Path, demo_video: Path, work_dir: Path | None = None, clip
     from convert.report import embed_card
     from edge.card import load_card
 
+    demo_video = Path(demo_video)
+    if demo_video.is_dir() or any(folder.is_file() for folder in demo_video.parents):  # found after the new model
+        raise DataError(f"--demo-video {demo_video}: a video cannot be written there (a folder, or under a file)")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     own_work = work_dir is None

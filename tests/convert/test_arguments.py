@@ -93,3 +93,19 @@ def test_demo_audio_build_with_no_demo_video_stops_before_it_replaces_the_model(
     assert done.stderr.splitlines()[-1] == (f"cryedge: --demo-video {tmp_path / 'none.mp4'}: no such video to give "
                                             "the sound track (--no-demo leaves it)")
     assert not out.exists() and not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("where", ["folder", "a-file/demo.mp4"])
+def test_demo_build_with_a_demo_video_it_cannot_write_stops_before_it_replaces_the_model(tmp_path, where):
+    """The clip was written last: the new default model was already copied into --output-dir (without its
+    card's update), then the build stopped on the clip it could not write."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a-file").write_text("notes\n")
+    out = tmp_path / "models"
+    done = subprocess.run([str(CRYEDGE), "demo", "build", "--output-dir", str(out), "--work-dir", str(tmp_path / "work"),
+                           "--demo-video", str(tmp_path / where), "--clips-per-subject", "1", "--clip-seconds", "2",
+                           "--arch", "conv1d", "--epochs", "1", "--seeds", "1"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 7 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == (f"cryedge: --demo-video {tmp_path / where}: a video cannot be written "
+                                            "there (a folder, or under a file)")
+    assert not out.exists() and not (tmp_path / "work").exists()
