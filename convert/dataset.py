@@ -471,7 +471,7 @@ def _build_command(args) -> int:
 
 
 def add_commands(subparsers) -> None:
-    from convert.arguments import positive, whole
+    from convert.arguments import whole
     from edge.features import NORMALIZATIONS, SPECS
 
     dataset = subparsers.add_parser("dataset", help="build training data from labelled videos")
@@ -498,7 +498,7 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--audio-features", choices=("log-mel", "mfcc", "waveform"), default="log-mel",
                         help="with --audio: what a window holds (waveform: the samples, for a YAMNet-style model)")
     parser.add_argument("--mel-bands", type=whole(1), default=64, help="with --audio: mel bands (default 64)")
-    parser.add_argument("--hop-seconds", type=positive, default=0.5, help="with --audio: a window this often (default 0.5)")
+    parser.add_argument("--hop-seconds", type=float, default=0.5, help="with --audio: a window this often (default 0.5)")
     parser.add_argument("--audio-background", choices=("none", "floor"), default="none",
                         help="with --audio: subtract a per-band background floor followed through each file (the "
                              "default model's front end), or not (default none)")

@@ -37,7 +37,6 @@ DATASET = ["dataset", "build", "videos", "labels.csv", "-o", "d.npz"]
     (DATASET, "--window", "0", "must be at least 1"),
     (DATASET, "--stride", "0", "must be at least 1"),
     (DATASET, "--mel-bands", "0", "must be at least 1"),
-    (DATASET, "--hop-seconds", "0", "must be above 0"),
     (["demo", "build"], "--clips-per-subject", "0", "must be at least 1"),
     (["demo", "build"], "--clip-seconds", "-1", "must be above 0"),
     (["demo", "build"], "--epochs", "0", "must be at least 1"),
