@@ -304,7 +304,11 @@ def test_a_camera_whose_sound_stops_while_its_picture_goes_on_says_so_keeps_pict
                 # the cry (5-14 s), seen alone: one episode, ended by the scores (not by the silence)
                 assert wait_for(lambda: len(events) >= 2, 15), events
                 assert [(e.kind, e.reason) for e in events[:2]] == [("start", ""), ("end", "scores")], events
-                assert last_sound < events[0].t
+                # seen alone: when the alarm went on, the sound did not say crying (comparing the last sound
+                # frame's arrival with the start's time left under 1 s once the default model started at 5.4 s,
+                # not 6.2 s, and a loaded machine delivered the sound late enough to fail it)
+                first_on = next(s for s in states if s.crying)
+                assert first_on.senses["audio"]["probability"] < 0.5 <= first_on.senses["vision"]["probability"], first_on.senses
             finally:
                 daemon.stop()
                 runner.join(30)
