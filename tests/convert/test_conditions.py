@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from taps import record_published
 
 from convert import conditions, demo, synth
 from edge.errors import DataError
@@ -102,6 +103,12 @@ def test_the_fused_section_hides_the_face_for_the_whole_cry_and_gives_every_clip
     assert conditions.face_turned(image, points, conditions.CRY_SPAN_S[1], rng) is image
 
 
+def record_decided(daemon, events: list) -> None:
+    """Every event ``daemon`` publishes, kept with when it was decided: the newest fused score's time then."""
+    publish_event = daemon.publisher.publish_event
+    daemon.publisher.publish_event = lambda e: (events.append((e, daemon.hearing.last.score.t)), publish_event(e))
+
+
 @pytest.mark.slow
 def test_a_cry_heard_with_the_face_turned_away_is_decided_within_a_second_and_a_half(tmp_path):
     """The daemon's own path (default vision and audio models, real TFLite graphs) on two fused suite clips."""
@@ -119,18 +126,15 @@ def test_a_cry_heard_with_the_face_turned_away_is_decided_within_a_second_and_a_
         config = load_config(None, {"source": {"uri": str(tmp_path / f"{name}.mp4"), "realtime": False},
                                     "health": {"enabled": False}, "outbox": {"path": str(tmp_path / "outbox.sqlite3")}})
         daemon = Daemon(config)
-        events, visions = [], []
+        events, states = [], []
         with daemon:
-            publish_event, publish_state = daemon.publisher.publish_event, daemon.publisher.publish_state
-            # decided: the newest fused score's time when the event goes out
-            daemon.publisher.publish_event = lambda e: (events.append((e, daemon.hearing.last.score.t)), publish_event(e))
-            daemon.publisher.publish_state = lambda s: (visions.append(s.senses and s.senses["vision"]["status"]),
-                                                        publish_state(s))
+            record_decided(daemon, events)
+            record_published(daemon.publisher, states=states)
             assert daemon.run() == 0
             origin = daemon.source.status.first_frame_t
         seen[name] = [(e.kind, round(e.t - origin, 2), round(decided - origin, 2), e.reason) for e, decided in events]
         if name == cry:
-            assert "no_face" in visions
+            assert "no_face" in [s.senses and s.senses["vision"]["status"] for s in states]
     assert seen[talk] == []  # a face that talks over speech: no alarm
     (kind, start, decided, _), (end_kind, end, _, reason) = seen[cry]
     a, b = conditions.CRY_SPAN_S

@@ -19,7 +19,15 @@ pytest.importorskip("tensorflow")
 
 from isolated import run_python  # tests/ is on sys.path (rootdir conftest)
 
-from convert.convert import ConvertOptions, Samples, check_graph, convert, heldout_labels, infer_kind, split_samples
+from convert.convert import (
+    ConvertOptions,
+    Samples,
+    check_graph,
+    convert,
+    heldout_labels,
+    infer_kind,
+    split_samples,
+)
 from convert.keras_io import legacy_h5_config
 from convert.report import LiteRTRunner, float_islands, inspect_graph
 from edge import tflite_file
