@@ -56,7 +56,6 @@ def test_a_sound_file_is_relative_to_the_config_file(tmp_path):
     ('[audio.source]\ntype = "pulse"\n', r"audio.source.type: 'pulse' is not one of video, alsa, file, stream"),
     ('[audio.source]\ntype = "alsa"\npath = "x"\n', r"audio.source.path: not an option of type alsa"),
     ('[audio.source]\ntype = "stream"\nurl = "ftp://cam/a"\n', r"audio.source.url: String should match"),
-    ('[audio.source]\ntype = "stream"\nurl = "rtsp://me:secret@cam/a"\n', r"audio.source.url: .*no password in the URL"),
     # a stream microphone with no host or a port that is none: reopened with back-off for ever, as the camera was
     ('[audio.source]\ntype = "stream"\nurl = "rtsp://"\n', r"audio.source.url: has no host name"),
     ('[audio.source]\ntype = "stream"\nurl = "http://:80/mic.wav"\n', r"audio.source.url: has no host name"),
@@ -76,9 +75,13 @@ def test_config_show_prints_the_audio_sections(tmp_path):
     assert '[audio.source]\n' in shown and 'type = "alsa"' in shown and '[fusion]\nmode = "either"' in shown
 
 
-def test_a_refused_stream_url_does_not_echo_its_password(tmp_path):
+@pytest.mark.parametrize("url", ['ftp://me:secret@cam/a"', 'rtsp://me:secret@cam:99999/a"', 'rtsp://me:secret@/a"',
+                                 'rtsp://me:secret@cam/a"\nusername = "other"'])
+def test_a_refused_stream_url_does_not_echo_its_password(tmp_path, url):
+    """A password in a stream microphone's URL is split off as a secret (test_config); a URL refused for
+    another reason (its scheme, port or host, a username that disagrees) is named without it."""
     with pytest.raises(ConfigError) as caught:
-        load_config(write(tmp_path, '[audio.source]\ntype = "stream"\nurl = "rtsp://me:secret@cam/a"\n'))
+        load_config(write(tmp_path, f'[audio.source]\ntype = "stream"\nurl = "{url}\n'), environ={})
     assert "secret" not in str(caught.value)
 
 
