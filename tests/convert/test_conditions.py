@@ -161,8 +161,9 @@ def test_suite_build_checks_every_photo_and_the_output_before_the_first_clip(tmp
     a_file.write_text("notes\n")
     done = subprocess.run([str(cryedge), "suite", "build", str(a_file), "--photo", "lfw-90"],
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == DataError.exit_code
-    assert done.stderr.splitlines() == [f"cryedge: {a_file} is a file: OUTPUT_DIR is the folder the suite goes into"]
+    assert done.returncode == 1  # as every output that cannot be written (models fetch --output FILE too)
+    assert done.stderr.splitlines() == [
+        f"cryedge: cannot write into {a_file}: it is a file; OUTPUT_DIR is the folder the suite goes into"]
     assert a_file.read_text() == "notes\n"
 
 
