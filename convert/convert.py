@@ -783,6 +783,7 @@ def add_commands(subparsers) -> None:
 def run(args) -> int:
     if args.output.suffix != ".tflite":
         raise DataError(f"--output {args.output}: give a .tflite path")
+    args.output.parent.mkdir(parents=True, exist_ok=True)  # fails now, not after the conversion
     report = convert(ConvertOptions(
         model=args.model, output=args.output, quantize=args.quantize, calibration=args.calibration,
         io_type=args.io_type, edgetpu=args.edgetpu, report=args.report, kind=args.kind, spec=args.spec,

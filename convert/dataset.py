@@ -438,6 +438,7 @@ def load(path: Path) -> dict:
 # --- CLI ---------------------------------------------------------------------------------------
 
 def _build_command(args) -> int:
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)  # fails now, not after every video is read
     if args.audio:
         from pydantic import ValidationError
 

@@ -428,6 +428,9 @@ def evaluate(videos: Path, labels_path: Path | None, config, positive: str = "cr
 def _eval_command(args) -> int:
     from edge.config import load_config
 
+    # made before the clips are run, so an output that cannot be written fails now, not after them
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+
     overrides = {"model": {"path": str(args.model)}} if args.model else {}
     if args.fusion != "vision":  # the clips' own sound tracks through the audio model, fused as the daemon fuses
         overrides["audio"] = {"enabled": True, "source": {"type": "video"},

@@ -431,6 +431,7 @@ def train(options: TrainOptions) -> dict:
 
 
 def _run(args) -> int:
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)  # fails now, not after the training
     metrics = train(TrainOptions(arch=args.arch, data=args.data, output=args.output, epochs=args.epochs,
                                  batch_size=args.batch_size, patience=args.patience, folds=args.folds,
                                  test_fraction=args.test_fraction, holdout=tuple(args.holdout or ()), seed=args.seed,

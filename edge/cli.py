@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from edge import __version__, logs, native
 from edge.errors import CryedgeError
@@ -61,6 +62,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def file_in_the_way(path: Path) -> Path | None:
+    """The file at or above ``path`` that stands where a folder must be, or None if none does."""
+    for candidate in (path, *path.parents):
+        if candidate.is_dir():
+            return None
+        if candidate.exists() or candidate.is_symlink():
+            return candidate
+    return None
+
+
+def os_error_line(error: OSError) -> str:
+    """One line for an OSError that reached the command line, naming the path.
+
+    mkdir on a file says only "File exists", and any path through a file "Not a directory": both
+    are an output folder that is a file, said as such whichever command met it.
+    """
+    if isinstance(error, (FileExistsError, NotADirectoryError)) and isinstance(error.filename, (str, bytes, os.PathLike)):
+        wanted = Path(os.fsdecode(error.filename))
+        blocking = file_in_the_way(wanted)
+        if blocking == wanted:
+            return f"cannot write into {wanted}: it is a file"
+        if blocking is not None:
+            return f"cannot write into {wanted}: {blocking} is a file"
+    where = f": {error.filename}" if error.filename is not None else ""
+    return f"{error.strerror or error}{where}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -75,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             return error.exit_code
         except OSError as error:  # an output that cannot be written (a folder that is a file, read-only, disk full)
             log.debug("%s", error, exc_info=True)
-            where = f": {error.filename}" if error.filename is not None else ""
-            print(f"cryedge: {error.strerror or error}{where}", file=sys.stderr)
+            print(f"cryedge: {os_error_line(error)}", file=sys.stderr)
             return CryedgeError.exit_code
         except KeyboardInterrupt:
             return 130

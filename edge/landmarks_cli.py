@@ -154,8 +154,16 @@ def _landmarks_command(args) -> int:
     points = subject_points(landmarks, spec)
     print(json.dumps(points) if args.json else _summary(str(path), landmarks, points))
     drawn = np.ascontiguousarray(draw_points(image, points)[:, :, ::-1]) if args.draw else None
-    if drawn is not None and not cv2.imwrite(str(args.draw), drawn):
-        raise DataError(f"cannot write {args.draw}")
+    if drawn is not None:
+        # encoded here and written by Python, so a folder that is a file, a read-only or full disk
+        # is an OSError that names the path and the reason (imwrite only returns False)
+        try:
+            encoded, picture = cv2.imencode(Path(args.draw).suffix or ".png", drawn)
+        except cv2.error:
+            encoded = False
+        if not encoded:
+            raise DataError(f"cannot write {args.draw}: no picture format for its suffix (give .png or .jpg)")
+        Path(args.draw).write_bytes(picture.tobytes())
     return 0
 
 

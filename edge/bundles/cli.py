@@ -11,9 +11,8 @@ from edge.errors import CryedgeError
 
 def _fetch_command(args) -> int:
     output = Path(args.output) if args.output else paths.landmarks_dir()
-    if output.exists() and not output.is_dir():  # mkdir would say only "File exists"
-        raise CryedgeError(f"cannot write into {output}: it is a file; pass --output DIR, the bundles' folder")
     try:
+        output.mkdir(parents=True, exist_ok=True)  # before a bundle is built: a folder that cannot be made fails now
         written = fetch(output, Path(args.cache), args.face_bundle, args.pose_bundle)
     except PermissionError as error:
         raise CryedgeError(f"cannot write into {output}: {error.strerror}; pass --output DIR") from None

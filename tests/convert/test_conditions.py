@@ -163,7 +163,7 @@ def test_suite_build_checks_every_photo_and_the_output_before_the_first_clip(tmp
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1  # as every output that cannot be written (models fetch --output FILE too)
     assert done.stderr.splitlines() == [
-        f"cryedge: cannot write into {a_file}: it is a file; OUTPUT_DIR is the folder the suite goes into"]
+        f"cryedge: cannot write into {a_file}: it is a file"]
     assert a_file.read_text() == "notes\n"
 
 

@@ -270,7 +270,7 @@ def test_an_output_that_is_a_file_is_said_to_be_one(tmp_path, capsys):
     assert cli.main(["models", "fetch", "--output", str(a_file), "--face-bundle", str(given),
                      "--pose-bundle", str(given)]) == 1
     assert capsys.readouterr().err.splitlines() == [
-        f"cryedge: cannot write into {a_file}: it is a file; pass --output DIR, the bundles' folder"]
+        f"cryedge: cannot write into {a_file}: it is a file"]
     assert a_file.read_text() == "notes\n"
 
 
