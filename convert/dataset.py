@@ -450,7 +450,10 @@ def _build_command(args) -> int:
                     AudioSpec(features=args.audio_features, mel_bands=args.mel_bands, hop_seconds=args.hop_seconds,
                               background=args.audio_background))
         except ValidationError as error:
-            raise DataError(f"audio front end: {error.errors()[0]['msg']}") from None
+            first = error.errors()[0]
+            option = {"hop_seconds": "--hop-seconds", "mel_bands": "--mel-bands"}.get(first["loc"][0] if first["loc"] else "")
+            what = f"{option} {first['input']}" if option else "audio front end"
+            raise DataError(f"{what}: {first['msg'].removeprefix('Value error, ')}") from None
         sound = build_sound(args.videos_dir, args.labels, spec, kind, args.positive, args.default_label,
                             args.label_column, args.group_by)
         sound.save(args.output)

@@ -11,7 +11,15 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from edge import tflite_file
 from edge.errors import ModelError
@@ -96,6 +104,16 @@ class AudioSpec(BaseModel):
     classes: int | None = Field(default=None, gt=0)  # output scores (AudioSet: 521 for YAMNet)
     cry_classes: tuple[int, ...] = ()  # indices of the output that mean crying
     cry_class_names: tuple[str, ...] = ()  # their names, for people (YAMNet: 20 "Baby cry, infant cry")
+
+    @field_validator("hop_seconds")
+    @classmethod
+    def _no_gaps(cls, hop_seconds: float, info: ValidationInfo) -> float:
+        # windows further apart than they are long leave the sound between them unheard
+        rate, window_samples = info.data.get("rate"), info.data.get("window_samples")
+        if rate and window_samples and hop_seconds > window_samples / rate:
+            raise ValueError(f"{hop_seconds:g} s is longer than the window ({window_samples} samples at {rate} Hz, "
+                             f"{window_samples / rate:g} s): the sound between windows would not be heard")
+        return hop_seconds
 
     @model_validator(mode="after")
     def _consistent(self) -> AudioSpec:

@@ -129,6 +129,7 @@ def test_a_video_without_frames_is_a_one_line_error(tmp_path):
 @pytest.mark.parametrize("options, words", [
     (("--hop-seconds", "0"), "greater than 0"),
     (("--hop-seconds", "0.3333", "--audio-background", "floor"), "whole number of frames"),
+    (("--hop-seconds", "1.5"), "--hop-seconds 1.5: 1.5 s is longer than the window (15600 samples at 16000 Hz, 0.975 s)"),
 ])
 def test_an_impossible_audio_front_end_is_a_one_line_error(clips, tmp_path, options, words):
     result = _cli(clips, clips / "labels.csv", "--audio", *options, "--output", tmp_path / "d.npz")

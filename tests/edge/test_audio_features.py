@@ -218,3 +218,26 @@ def test_a_floor_needs_windows_a_whole_number_of_frames_apart():
     with pytest.raises(ModelError, match="whole number of frames"):
         card_from_dict(card)
     assert card_from_dict({**card, "audio": {"hop_seconds": 0.5, "background": "floor"}}).audio.hop_frames == 50
+
+
+def test_a_card_whose_windows_are_further_apart_than_they_are_long_is_refused_at_load(tmp_path):
+    """A hop of 1.5 s over 0.975 s windows loaded, and half a second in every 1.5 s went unheard."""
+    import json
+    import shutil
+
+    from edge import paths
+    from edge.card import load_card
+
+    bundled = paths.data_file("models/cry-audio-default.tflite")
+    model = shutil.copyfile(bundled, tmp_path / "gappy.tflite")
+    card = json.loads(bundled.with_suffix(".json").read_text())
+    card["audio"]["hop_seconds"] = 1.5
+    (tmp_path / "gappy.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError) as refused:
+        load_card(model)
+    assert str(refused.value) == (f"model card {tmp_path / 'gappy.json'}: audio.hop_seconds: Value error, 1.5 s is longer "
+                                  "than the window (15600 samples at 16000 Hz, 0.975 s): the sound between windows "
+                                  "would not be heard")
+    card["audio"]["hop_seconds"] = 0.975  # windows end to end: nothing missed
+    (tmp_path / "gappy.json").write_text(json.dumps(card))
+    assert load_card(model).audio.hop_seconds == 0.975
