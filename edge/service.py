@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import re
@@ -137,8 +139,10 @@ def _parse_or_none(text: str) -> dict | None:
 def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_DIR) -> bool:
     """Moves ``boot_file`` into ``config_dir`` (password apart); False when there is no such file.
 
-    An existing ``cryedge.toml`` is kept as ``cryedge.toml.bak``. The boot file is removed only
-    after the new files are on disk.
+    All or nothing: every file is written beside its place before any is put in place, so a full disk,
+    a read-only ``/etc`` or a folder in the way leaves the installed config and its passwords as they
+    were, and the boot file where it is. An existing ``cryedge.toml`` is kept as ``cryedge.toml.bak``.
+    The boot file is removed only after the new files are on disk.
     """
     if not boot_file.exists():
         return False
@@ -148,18 +152,21 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
     # the camera's and a stream microphone's too: cryedge.toml is readable by every user of the device (0644)
     config_text, camera_password = split_stream_password(config_text, where, "source", "camera")
     config_text, microphone_password = split_stream_password(config_text, where, "audio.source", "microphone")
-    _check(boot_file, config_dir / "cryedge.toml")
-    config_dir.mkdir(parents=True, exist_ok=True)
     target = config_dir / "cryedge.toml"
-    if target.exists():
-        os.replace(target, target.with_name("cryedge.toml.bak"))
-    _write(target, config_text, 0o644)
-    if password is not None:
-        _write(config_dir / PASSWORD_FILE_NAME, password + "\n", 0o600)
-    if camera_password is not None:
-        _write(config_dir / CAMERA_PASSWORD_FILE_NAME, camera_password + "\n", 0o600)
-    if microphone_password is not None:
-        _write(config_dir / MICROPHONE_PASSWORD_FILE_NAME, microphone_password + "\n", 0o600)
+    _check(boot_file, target)
+    files = {PASSWORD_FILE_NAME: password, CAMERA_PASSWORD_FILE_NAME: camera_password,
+             MICROPHONE_PASSWORD_FILE_NAME: microphone_password}
+    files = {name: (secret + "\n").encode("utf-8") for name, secret in files.items() if secret is not None}
+    # the passwords before the config that names them; the old config last, as its .bak
+    files = {**{name: (content, 0o600) for name, content in files.items()}, target.name: (config_text.encode("utf-8"), 0o644)}
+    try:
+        if target.is_file():
+            files[target.name + ".bak"] = (target.read_bytes(), 0o644)
+        _install_all(config_dir, files)
+    except OSError as error:
+        log.debug("%s", error, exc_info=True)
+        raise CryedgeError(f"cannot write {error.filename}: {error.strerror or error}; nothing imported "
+                           f"({config_dir} left as it was, {boot_file} kept)") from None
     boot_file.unlink()
     _sync_directory(boot_file.parent)
     moved = [name for name, secret in (("the MQTT password", password), ("the camera password", camera_password),
@@ -182,18 +189,79 @@ def _check(boot_file: Path, installed: Path) -> None:
         raise ConfigError(f"{error}; not installed ({installed} left as it was)") from None
 
 
-def _write(path: Path, text: str, mode: int) -> None:
-    """Writes atomically with ``mode`` from the start (the password is never readable by others)."""
+def _install_all(directory: Path, files: dict[str, tuple[bytes, int]]) -> None:
+    """Puts every file (name: (content, mode)) into ``directory``, or, on an OSError naming the file, none.
+
+    Each is first written whole as a temporary beside its place (where a full or read-only disk fails);
+    only then are they renamed into place, the step that cannot run out of space. A rename that still
+    fails puts back what the earlier ones replaced.
+    """
+    made_directory = not directory.is_dir()
+    staged: dict[Path, Path] = {}  # place: its new content, written beside it
+    kept: dict[Path, Path] = {}  # place: a hard link to what it held, to put back
+    try:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            error.filename = str(directory)
+            raise
+        for name, (content, mode) in files.items():
+            place = directory / name
+            try:
+                if place.is_dir():
+                    raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(place))
+                staged[place] = _write_beside(place, content, mode)
+                if place.exists():
+                    kept[place] = place.with_name(f".{name}.old")
+                    kept[place].unlink(missing_ok=True)
+                    os.link(place, kept[place])
+            except OSError as error:
+                error.filename = str(place)  # not the temporary's name: the file the user will look for
+                raise
+        replaced: list[Path] = []
+        try:
+            for place, temporary in staged.items():
+                os.replace(temporary, place)
+                replaced.append(place)
+        except OSError as error:
+            error.filename = str(place)
+            for done in reversed(replaced):
+                if done in kept:
+                    os.replace(kept.pop(done), done)
+                else:
+                    done.unlink(missing_ok=True)
+            raise
+    except OSError:
+        for leftover in (*staged.values(), *kept.values()):
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
+        if made_directory:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+    for link in kept.values():
+        with contextlib.suppress(OSError):
+            link.unlink()
+    _sync_directory(directory)
+
+
+def _write_beside(path: Path, content: bytes, mode: int) -> Path:
+    """``content`` written and synced to a temporary beside ``path``, with ``mode`` from the start (a password
+    is never readable by others); the temporary's path."""
     temporary = path.with_name(f".{path.name}.new")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.fchmod(fd, mode)
-        os.write(fd, text.encode("utf-8"))
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
-    finally:
+    except OSError:
         os.close(fd)
-    os.replace(temporary, path)
-    _sync_directory(path.parent)
+        temporary.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return temporary
 
 
 def _sync_directory(directory: Path) -> None:

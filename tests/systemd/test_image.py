@@ -281,3 +281,57 @@ def test_the_command_the_firstboot_unit_runs(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert (etc / "mqtt_password").read_text() == "pa ss#word\n" and not boot.exists()
+
+
+def _files_of(folder: Path) -> dict[str, tuple[str, int]]:
+    return {p.name: (p.read_text() if p.is_file() else "<folder>", stat.S_IMODE(p.stat().st_mode))
+            for p in sorted(folder.iterdir())}
+
+
+NEW_BOOT_TOML = ('[mqtt]\nhost = "new-broker"\npassword = "new-mqtt-pw"\n'
+                 '[source]\nuri = "rtsp://viewer:new-cam-pw@192.168.1.20/live"\n')
+
+
+@pytest.mark.parametrize("fault", ["full after one file", "read-only", "a folder in the way"])
+def test_an_import_that_cannot_write_a_password_changes_nothing(tmp_path, fault):
+    """The config was installed (the old one moved to .bak) before the passwords were written: a full disk, a
+    read-only /etc or a folder where camera_password goes left the new cryedge.toml without the passwords it
+    names (and a temporary file), the old one gone. Now nothing changes, one line names the file, exit 1."""
+    from filesystems import Tmpfs
+
+    boot = tmp_path / "boot" / "cryedge.toml"
+    boot.parent.mkdir()
+    boot.write_text(NEW_BOOT_TOML)
+    with Tmpfs(tmp_path / "etc", size="256k") as disk:
+        etc = disk.path
+        (etc / "cryedge.toml").write_text('[mqtt]\nhost = "broker"\n')
+        (etc / "mqtt_password").write_text("old-mqtt-pw\n")
+        os.chmod(etc / "mqtt_password", 0o600)
+        if fault == "a folder in the way":
+            (etc / "camera_password").mkdir()
+        before = _files_of(etc)
+        if fault == "full after one file":
+            disk.fill()
+            filler = etc / "filler"
+            os.truncate(filler, filler.stat().st_size - 4096)  # room for one small file, a tmpfs page
+            before = _files_of(etc)
+        elif fault == "read-only":
+            disk.read_only()
+        result = subprocess.run(
+            [str(Path(sys.executable).with_name("cryedge")), "service", "import-boot-config", "--boot-file", str(boot),
+             "--config-dir", str(etc)], check=False, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        [line] = result.stderr.splitlines()
+        reason = {"full after one file": "No space left on device", "read-only": "Read-only file system",
+                  "a folder in the way": "a folder is in the way"}[fault]
+        named = etc / ("mqtt_password" if fault == "read-only" else "camera_password")
+        assert line == f"cryedge: cannot write {named}: {reason}; nothing imported ({etc} left as it was, {boot} kept)"
+        assert "pw" not in result.stderr
+        assert _files_of(etc) == before  # no new config, no .bak, no temporary, the old password where it was
+        assert boot.read_text() == NEW_BOOT_TOML
+    # with room, the same boot file goes in whole
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("cryedge")), "service", "import-boot-config", "--boot-file", str(boot),
+         "--config-dir", str(tmp_path / "etc2")], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "etc2" / "camera_password").read_text() == "new-cam-pw\n" and not boot.exists()
