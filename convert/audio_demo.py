@@ -248,7 +248,11 @@ def model_card_markdown(card, metrics: dict, heldout: dict, fidelity: dict, vali
         "of a baby was used or exists here: this model demonstrates the audio path and is **not a cry detector**.",
         "",
         f"- kind `{card.kind}`, input {list(card.input_shape)}: {card.audio.frames} frames x {card.audio.mel_bands} "
-        f"log-mel bands of {card.audio.window_samples / card.audio.rate:.3f} s, a score every {card.audio.hop_seconds:g} s",
+        f"log-mel bands"
+        + (f" and {card.audio.pitch_bands * card.audio.pitch_bins} pitch channels ({card.audio.pitch_bins} bins of f0 "
+           f"{card.audio.pitch_fmin:g}-{card.audio.pitch_fmax:g} Hz in {card.audio.pitch_bands} band(s): the harmonic "
+           f"ripple's depth, `pitch_bins`)" if card.audio.pitch_bins else "")
+        + f" of {card.audio.window_samples / card.audio.rate:.3f} s, a score every {card.audio.hop_seconds:g} s",
         f"- front end: {card.audio.rate} Hz, {card.audio.win_length}-sample Hann frames every {card.audio.hop_length}, "
         f"FFT {card.audio.n_fft}, {card.audio.mel_scale} mel {card.audio.fmin:g}-{card.audio.fmax:g} Hz, dB floor "
         f"{10 * np.log10(card.audio.amin):.0f}"
@@ -314,13 +318,13 @@ def finish_card(model: Path, metrics: dict, fidelity: dict, heldout_dir: Path, h
     return heldout
 
 
-def front_end():
+def front_end(**changes):
     """The default model's front end: windows every 0.25 s, as the device scores (twice the windows of the
     same clips). No background floor: trained on these clips with one, the model missed more cries and raised
-    more false alarms on the training seed's held-out clips (docs/audio.md)."""
+    more false alarms on the training seed's held-out clips (docs/audio.md). ``changes``: other card fields."""
     from edge.card import AudioSpec
 
-    return AudioSpec(hop_seconds=HOP_SECONDS)
+    return AudioSpec(hop_seconds=HOP_SECONDS, **changes)
 
 
 def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = None, epochs: int = 30,
@@ -406,9 +410,15 @@ def _note_sound_in_demo_json(video: Path) -> None:
 
 
 def _build_command(args) -> int:
+    from pydantic import ValidationError
+
+    try:
+        audio = front_end(background=args.background, pitch_bins=args.pitch_bins, pitch_bands=args.pitch_bands)
+    except ValidationError as error:  # before any clip is made
+        raise DataError(f"audio front end: {error.errors()[0]['msg']}") from None
     summary = build(args.output_dir, None if args.no_demo else args.demo_video, args.work_dir, args.epochs, args.seed,
                     args.train_clips, args.heldout_clips, masked_clips=args.masked_clips,
-                    audio=front_end().model_copy(update={"background": args.background}))
+                    audio=audio)
     held, other = summary["held_out"], summary["held_out_set"]
     print(f"default audio model -> {summary['model']}; held-out windows (synthetic): F1 {held['f1']:.3f}, "
           f"ROC AUC {held['roc_auc']}")
@@ -440,4 +450,9 @@ def add_commands(subparsers) -> None:
                         help="training clips of a cry 0-20 dB under a louder sound, or that sound alone (default 0)")
     parser.add_argument("--background", choices=("none", "floor"), default="none",
                         help="the front end's background floor (docs/audio.md; default none)")
+    parser.add_argument("--pitch-bins", type=whole(0), default=0,
+                        help="pitch channels a band appended to the log-mel: how pitched each frame is at a cry's f0 "
+                             "(250-700 Hz in this many bins; docs/audio.md; default 0, none)")
+    parser.add_argument("--pitch-bands", type=whole(1), default=1,
+                        help="parts of the spectrum whose pitch is measured apart (default 1)")
     parser.set_defaults(handler=_build_command)

@@ -448,7 +448,8 @@ def _build_command(args) -> int:
         try:
             spec = (AudioSpec(hop_seconds=args.hop_seconds) if kind == "audio-waveform" else
                     AudioSpec(features=args.audio_features, mel_bands=args.mel_bands, hop_seconds=args.hop_seconds,
-                              background=args.audio_background))
+                              background=args.audio_background, pitch_bins=args.audio_pitch_bins,
+                              pitch_bands=args.audio_pitch_bands))
         except ValidationError as error:
             first = error.errors()[0]
             option = {"hop_seconds": "--hop-seconds", "mel_bands": "--mel-bands"}.get(first["loc"][0] if first["loc"] else "")
@@ -506,5 +507,10 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--audio-background", choices=("none", "floor"), default="none",
                         help="with --audio: subtract a per-band background floor followed through each file (the "
                              "default model's front end), or not (default none)")
+    parser.add_argument("--audio-pitch-bins", type=whole(0), default=0,
+                        help="with --audio: append to each frame how pitched it is at a cry's f0 (250-700 Hz) in this "
+                             "many bins (docs/audio.md; default 0, none)")
+    parser.add_argument("--audio-pitch-bands", type=whole(1), default=1,
+                        help="with --audio-pitch-bins: parts of the spectrum whose pitch is measured apart (default 1)")
     parser.add_argument("--output", "-o", type=Path, required=True, metavar="DATA.npz")
     parser.set_defaults(handler=_build_command)

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -97,6 +98,14 @@ class AudioSpec(BaseModel):
     background: Literal["none", "floor"] = "none"
     floor_rise_seconds: float = Field(default=4.0, gt=0)
     floor_fall_seconds: float = Field(default=0.1, gt=0)
+    # pitch channels appended to each frame's features (edge.audio_features.pitch_salience): the frame's harmonic
+    # ripple, in dB peak to valley, for pitch_bins fundamentals log-spaced over pitch_fmin-pitch_fmax (a cry's
+    # f0), from the cepstrum of the log power spectrum of each of pitch_bands equal parts of fmin-fmax.
+    # 0 bins: none (cards from before the field)
+    pitch_bins: int = Field(default=0, ge=0, le=64)
+    pitch_fmin: float = Field(default=250.0, gt=0)
+    pitch_fmax: float = Field(default=700.0, gt=0)
+    pitch_bands: int = Field(default=1, ge=1, le=8)
     normalization: Literal["none", "fixed", "patch"] = "none"  # fixed: (x - mean) / std from training
     mean: float = 0.0
     std: float = Field(default=1.0, gt=0)
@@ -132,9 +141,27 @@ class AudioSpec(BaseModel):
             # the floor follows every frame once: a score's frames must continue the previous score's
             raise ValueError(f"background 'floor' needs hop_seconds ({self.hop_seconds:g}) to span a whole number "
                              f"of frames of hop_length {self.hop_length}")
+        if self.pitch_bins:
+            self._check_pitch()
         if self.classes is not None and any(not 0 <= i < self.classes for i in self.cry_classes):
             raise ValueError(f"cry_classes must be indices below classes ({self.classes})")
         return self
+
+    def _check_pitch(self) -> None:
+        if self.pitch_fmin >= self.pitch_fmax:
+            raise ValueError("pitch_fmin must be below pitch_fmax")
+        if 2 * self.rate / self.pitch_fmin > self.win_length:
+            raise ValueError(f"pitch_fmin {self.pitch_fmin:g} Hz: two of its periods must fit in a frame of "
+                             f"win_length {self.win_length}")
+        if 3 * self.pitch_fmax > (self.fmax - self.fmin) / self.pitch_bands:
+            raise ValueError(f"pitch_bands {self.pitch_bands}: each band of {self.fmin:g}-{self.fmax:g} Hz must hold "
+                             f"3 harmonics of pitch_fmax {self.pitch_fmax:g} Hz")
+        quefrencies = np.arange(np.ceil(self.rate / self.pitch_fmax), np.floor(self.rate / self.pitch_fmin) + 1)
+        edges = np.geomspace(self.pitch_fmin, self.pitch_fmax, self.pitch_bins + 1)
+        held = np.histogram(self.rate / quefrencies, edges)[0]
+        if (held == 0).any():
+            raise ValueError(f"pitch_bins {self.pitch_bins}: more than the {self.pitch_fmin:g}-{self.pitch_fmax:g} Hz "
+                             f"pitch range can tell apart at {self.rate} Hz (a bin without a whole period in samples)")
 
     @property
     def frames(self) -> int:
@@ -148,7 +175,7 @@ class AudioSpec(BaseModel):
 
     @property
     def feature_size(self) -> int:
-        return self.n_mfcc if self.features == "mfcc" else self.mel_bands
+        return (self.n_mfcc if self.features == "mfcc" else self.mel_bands) + self.pitch_bands * self.pitch_bins
 
 
 AUDIO_KINDS = ("audio-window", "audio-waveform")

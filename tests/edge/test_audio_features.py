@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from audio_models import tone
 
+from edge import paths
 from edge.audio import AudioWindow
 from edge.audio_features import AudioFrontEnd, audio_features, hz_to_mel, log_mel, mel_to_hz
-from edge.card import AudioSpec, card_from_dict
+from edge.card import AudioSpec, card_from_dict, load_card
 from edge.errors import ModelError
 
 RNG = np.random.default_rng(7)
@@ -241,3 +242,93 @@ def test_a_card_whose_windows_are_further_apart_than_they_are_long_is_refused_at
     card["audio"]["hop_seconds"] = 0.975  # windows end to end: nothing missed
     (tmp_path / "gappy.json").write_text(json.dumps(card))
     assert load_card(model).audio.hop_seconds == 0.975
+
+
+# --- pitch channels: how pitched each frame is at a cry's fundamental ------------------------------------
+
+PITCH = AudioSpec(pitch_bins=12, pitch_bands=3)
+
+
+def voiced(f0: float, seconds: float = 0.975, level: float = 0.3, tilt_db: float = -6.0) -> np.ndarray:
+    """A voice held on ``f0``: every harmonic below 7.8 kHz, falling ``tilt_db`` an octave."""
+    t = np.arange(int(seconds * 16000)) / 16000
+    x = sum(10 ** (tilt_db * np.log2(k) / 20) * np.sin(2 * np.pi * k * f0 * t + k) for k in range(1, int(7800 / f0) + 1))
+    return (level * x / np.abs(x).max()).astype(np.float32)
+
+
+def pitch_part(features: np.ndarray, spec: AudioSpec = PITCH) -> np.ndarray:
+    """(frames, bands, bins): the pitch channels after the log-mel bands."""
+    return features[:, spec.mel_bands:].reshape(len(features), spec.pitch_bands, spec.pitch_bins)
+
+
+def test_pitch_channels_follow_the_log_mel_bands_and_the_card_counts_them():
+    assert PITCH.feature_size == 64 + 36
+    features = audio_features(NOISE, PITCH)
+    assert features.shape == (96, 100)
+    np.testing.assert_allclose(features[:, :64], audio_features(NOISE, AudioSpec()))  # the log-mel unchanged
+    assert audio_features(NOISE, AudioSpec(features="mfcc", n_mfcc=13, pitch_bins=8)).shape == (96, 21)
+
+
+@pytest.mark.parametrize("f0", [270.0, 330.0, 450.0, 520.0, 640.0])
+def test_a_voice_at_a_cry_pitch_lights_the_bin_that_holds_its_f0_in_every_band(f0):
+    edges = np.geomspace(PITCH.pitch_fmin, PITCH.pitch_fmax, PITCH.pitch_bins + 1)
+    expected = int(np.searchsorted(edges, f0) - 1)
+    pitch = np.median(pitch_part(audio_features(voiced(f0), PITCH)), axis=0)  # (bands, bins)
+    for band in pitch:
+        assert abs(int(np.argmax(band)) - expected) <= 1, (f0, np.round(band, 1))
+        assert band.max() > 15.0  # dB of harmonic ripple, where noise gives a few
+
+
+def test_noise_a_fan_and_a_mans_voice_leave_the_pitch_channels_low():
+    rng = np.random.default_rng(11)
+    white = (0.2 * rng.standard_normal(15600)).astype(np.float32)
+    spectrum = np.fft.rfft(rng.standard_normal(15600))
+    spectrum[np.fft.rfftfreq(15600, 1 / 16000) > 800] *= 0.05
+    fan = (0.05 * np.fft.irfft(spectrum, 15600) + tone(0.975, 100.0, 0.05)).astype(np.float32)
+    cry_like = np.median(pitch_part(audio_features(voiced(450.0), PITCH)), axis=0).max()
+    for name, sound in {"white noise": white, "fan": fan, "a man's voice at 120 Hz": voiced(120.0)}.items():
+        pitch = np.median(pitch_part(audio_features(sound, PITCH)), axis=0)
+        assert pitch.max() < 8.0 and pitch.max() < cry_like / 4, (name, cry_like, np.round(pitch, 1))
+
+
+def test_pitch_channels_do_not_change_with_the_microphones_gain():
+    quiet, loud = (audio_features(voiced(400.0, level=g) + g * NOISE, PITCH) for g in (0.003, 0.6))
+    np.testing.assert_allclose(pitch_part(quiet), pitch_part(loud), atol=0.05)
+
+
+def test_a_cry_under_a_louder_sound_that_leaves_its_top_harmonics_shows_in_the_top_band():
+    """A TV's small speaker plays 200-5000 Hz: a cry 20 dB under it is buried there but stands alone above."""
+    rng = np.random.default_rng(12)
+    spectrum = np.fft.rfft(rng.standard_normal(15600))
+    spectrum[(np.fft.rfftfreq(15600, 1 / 16000) < 200) | (np.fft.rfftfreq(15600, 1 / 16000) > 5000)] = 0
+    tv = np.fft.irfft(spectrum, 15600).astype(np.float32)
+    cry = voiced(500.0, tilt_db=-2.0)
+    tv *= 10 * np.sqrt(np.mean(cry ** 2) / np.mean(tv ** 2))  # 20 dB over the cry
+    with_cry = np.median(pitch_part(audio_features(tv + cry, PITCH)), axis=0)
+    alone = np.median(pitch_part(audio_features(tv, PITCH)), axis=0)
+    assert with_cry[2].max() > alone[2].max() + 10.0  # the band above the TV's
+    assert with_cry[0].max() < alone[0].max() + 3.0  # the band the TV fills
+
+
+@pytest.mark.parametrize("audio, message", [
+    ({"pitch_bins": 40}, "more than the 250-700 Hz pitch range can tell apart"),
+    ({"pitch_bins": 8, "pitch_fmin": 700.0, "pitch_fmax": 250.0}, "pitch_fmin must be below pitch_fmax"),
+    ({"pitch_bins": 8, "pitch_fmin": 60.0}, "two of its periods must fit in a frame"),
+    ({"pitch_bins": 8, "pitch_bands": 5}, "each band of 125-7500 Hz must hold 3 harmonics"),
+])
+def test_a_pitch_front_end_that_cannot_work_is_refused_with_the_reason(audio, message):
+    card = {"name": "a", "kind": "audio-window", "input_shape": [1, 96, 72], "labels": ["no", "yes"],
+            "positive_label": "yes", "output": "sigmoid", "audio": audio}
+    with pytest.raises(ModelError, match=message):
+        card_from_dict(card)
+
+
+def test_cards_from_before_the_pitch_channels_compute_what_they_always_did():
+    card = {"name": "a", "kind": "audio-window", "input_shape": [1, 96, 64], "labels": ["no", "yes"],
+            "positive_label": "yes", "output": "sigmoid",
+            "audio": {"hop_seconds": 0.25, "normalization": "fixed", "mean": -34.6, "std": 17.4}}
+    spec = card_from_dict(card).audio
+    assert spec.pitch_bins == 0 and spec.feature_size == 64
+    np.testing.assert_allclose(AudioFrontEnd(spec)(NOISE), (log_mel(NOISE, spec) + 34.6) / 17.4, rtol=1e-5, atol=1e-5)
+    bundled = load_card(paths.default_model().parent / "cry-audio-default.tflite")  # the default audio model as shipped
+    assert bundled.input_shape[-1] == bundled.audio.feature_size
