@@ -151,7 +151,7 @@ def pitch_bases(spec: AudioSpec) -> tuple[tuple[int, int, np.ndarray], ...]:
     fft_hz = np.linspace(0.0, spec.rate / 2.0, spec.n_fft // 2 + 1)
     edges = np.linspace(spec.fmin, spec.fmax, spec.pitch_bands + 1)
     bases = []
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
         inside = np.flatnonzero((fft_hz > low) & (fft_hz < high))
         first, stop = int(inside[0]), int(inside[-1]) + 1
         k = np.arange(first, stop)
