@@ -45,6 +45,8 @@ DATASET = ["dataset", "build", "videos", "labels.csv", "-o", "d.npz"]
     (["demo-audio", "build"], "--train-clips", "0", "must be at least 1"),
     (["demo-audio", "build"], "--heldout-clips", "0", "must be at least 1"),
     (["demo-audio", "build"], "--masked-clips", "-1", "must be at least 0"),
+    (["demo-audio", "build"], "--pitch-bins", "-1", "must be at least 0"),
+    (["demo-audio", "build"], "--pitch-bands", "0", "must be at least 1"),
     (["suite", "build", "out"], "--seed", "-1", "must be at least 0"),
 ])
 def test_a_number_out_of_range_is_a_usage_error_naming_the_option(capsys, command, option, value, reason):
@@ -92,6 +94,16 @@ def test_demo_audio_build_with_no_demo_video_stops_before_it_replaces_the_model(
     assert done.stderr.splitlines()[-1] == (f"cryedge: --demo-video {tmp_path / 'none.mp4'}: no such video to give "
                                             "the sound track (--no-demo leaves it)")
     assert not out.exists() and not (tmp_path / "work").exists()
+
+
+def test_demo_audio_build_with_pitch_channels_it_cannot_compute_stops_before_the_first_clip(tmp_path):
+    done = subprocess.run([str(CRYEDGE), "demo-audio", "build", "--output-dir", str(tmp_path / "models"), "--work-dir",
+                           str(tmp_path / "work"), "--no-demo", "--pitch-bins", "40"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 7 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1].startswith("cryedge: audio front end: ")
+    assert "pitch_bins 40: more than the 250-700 Hz pitch range can tell apart" in done.stderr
+    assert not (tmp_path / "work").exists() and not (tmp_path / "models").exists()
 
 
 @pytest.mark.parametrize("where", ["folder", "a-file/demo.mp4"])

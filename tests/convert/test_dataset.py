@@ -130,6 +130,8 @@ def test_a_video_without_frames_is_a_one_line_error(tmp_path):
     (("--hop-seconds", "0"), "greater than 0"),
     (("--hop-seconds", "0.3333", "--audio-background", "floor"), "whole number of frames"),
     (("--hop-seconds", "1.5"), "--hop-seconds 1.5: 1.5 s is longer than the window (15600 samples at 16000 Hz, 0.975 s)"),
+    (("--audio-pitch-bins", "40"), "more than the 250-700 Hz pitch range can tell apart"),
+    (("--audio-pitch-bins", "12", "--audio-pitch-bands", "5"), "must hold 3 harmonics of pitch_fmax 700 Hz"),
 ])
 def test_an_impossible_audio_front_end_is_a_one_line_error(clips, tmp_path, options, words):
     result = _cli(clips, clips / "labels.csv", "--audio", *options, "--output", tmp_path / "d.npz")
