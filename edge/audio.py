@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.audio_features import AudioFrontEnd
-from edge.audio_source import AudioChunk, level_dbfs
+from edge.audio_source import AudioChunk, SoundBackend, level_dbfs
 from edge.errors import ModelError, SourceError
 from edge.records import Score
 from edge.source import SourceStatus, backoff_delays
@@ -126,7 +126,7 @@ class AudioMonitor:
     not fatal: it is retried with back-off while the scores say ``no_sound_device``.
     """
 
-    def __init__(self, make_backend: Callable[[], object], pipeline: AudioPipeline, *, stall_seconds: float = 5.0,
+    def __init__(self, make_backend: Callable[[], SoundBackend], pipeline: AudioPipeline, *, stall_seconds: float = 5.0,
                  backoff_first: float = 1.0, backoff_limit: float = 30.0, history_seconds: float = 10.0,
                  follow_frames: bool = False):
         self._make_backend = make_backend
@@ -160,14 +160,14 @@ class AudioMonitor:
         self._thread.start()
 
     @property
-    def backend(self):
+    def backend(self) -> SoundBackend:
         """What the sound is read from (``edge.audio_source``), the same object across reopens."""
         return self._backend
 
     def _run(self) -> None:
         delays = backoff_delays(self.backoff_first, self.backoff_limit)
         # the sound of the camera's own session waits for that session, which the picture reopens with back-off
-        wait_ready = getattr(self._backend, "wait_ready", None)
+        wait_ready = self._backend.wait_ready if self._backend.in_camera_session else None
         while self._ready(wait_ready):
             try:
                 self._backend.open()
@@ -210,7 +210,7 @@ class AudioMonitor:
 
     def _failed(self, error: str, reason: str, retried: bool = True) -> None:
         if self.status.last_error != error:
-            retry = ("back with the camera's next session" if hasattr(self._backend, "wait_ready")
+            retry = ("back with the camera's next session" if self._backend.in_camera_session
                      else f"retrying with back-off up to {self.backoff_limit:g} s" if retried
                      else "a file is not retried")
             log.warning("sound: %s; %s", error, retry)
@@ -224,7 +224,7 @@ class AudioMonitor:
         last = time.monotonic()
         # ffmpeg probes a stream for up to 5 s before its first sample: the first one gets that much more time
         grace = STREAM_PROBE_SECONDS
-        in_session = hasattr(self._backend, "wait_ready")
+        in_session = self._backend.in_camera_session
         silent = False
         while not self._stop.is_set():
             chunk = self._backend.read(timeout=0.5)

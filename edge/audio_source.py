@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -241,6 +242,25 @@ class SoundPipe:
         self._thread.join(timeout)
 
 
+class SoundBackend(Protocol):
+    """What ``edge.audio.AudioMonitor`` reads sound from: a microphone, a stream's or file's sound track, or
+    the sound of the camera's own session."""
+
+    name: str
+    rate: int
+    live: bool  # a device or stream (stamped on arrival), not a file on its own timeline
+    # the sound of the camera session the picture reads (CameraSound): it is not reopened with a back-off of its
+    # own but waits (wait_ready) for the session the picture's supervisor opens, and sound that stops while the
+    # picture goes on is read on. False: a microphone, stream or file with its own back-off.
+    in_camera_session: bool
+
+    def open(self) -> None: ...
+
+    def read(self, timeout: float = 1.0) -> AudioChunk | None: ...
+
+    def close(self) -> None: ...
+
+
 class PipeAudioSource:
     """Samples a helper process writes to its stdout; the shared part of the backends.
 
@@ -250,6 +270,7 @@ class PipeAudioSource:
     """
 
     live = True
+    in_camera_session = False  # its own process: reopened with its own back-off
 
     def __init__(self, command: list[str], name: str, rate: int, block_seconds: float = 0.1,
                  buffer_seconds: float = 2.0, url: str | None = None):
@@ -390,6 +411,7 @@ class CameraSound:
     """
 
     live = True
+    in_camera_session = True  # waits for the picture's session (wait_ready), never reopens one itself
 
     def __init__(self, camera):
         self.camera = camera

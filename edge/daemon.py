@@ -419,8 +419,16 @@ class Daemon:
                 self.watchdog.alive_until(now + self.watchdog.stall_after)
                 self.last_frame = None  # /health: "starting" once reopened, until it is heard again
                 self.hearing.last = None  # nor "ok": what it heard last is not what it hears now
-            # one score at a time: the state at a change of crying carries the sound that changed it
-            heard = [[h] for h in fresh] if fresh else [[]] if now - last_heard >= SOUND_STALE_SECONDS else []
+            if fresh:
+                # one score at a time: the state at a change of crying carries the sound that changed it
+                heard = [[h] for h in fresh]
+            elif now - last_heard >= SOUND_STALE_SECONDS:
+                # silent too long: one score saying why there is no sound, so the alarm's blind rule can end
+                # an episode that nothing will end otherwise
+                heard = [[]]
+            else:
+                # a short wait between windows is not silence: no score, and the state is not republished
+                heard = []
             for one in heard:
                 for score in self.hearing.hear(one, now):
                     self._alarm_update(score)
