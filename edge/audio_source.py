@@ -386,9 +386,10 @@ class FfmpegAudioSource(PipeAudioSource):
         super().__init__(command, name, rate, buffer_seconds=buffer_seconds, url=self.uri if stream else None)
 
     def open(self) -> None:
-        if not self.live and os.path.isdir(self.uri):  # as a video source's: say what a source is
-            raise SourceError(f"{self.uri} is a directory, not a sound: an audio source is a sound or video file, "
-                              "alsa[:DEVICE], video (the camera's sound) or a stream URL (rtsp://..., http://...)")
+        if not self.live and os.path.isdir(self.uri):  # the same sentence as a video source's: say what a source is
+            raise SourceError(f"{self.uri} is a directory, not an audio file: an audio source is an audio or video file, "
+                              "a microphone (alsa[:DEVICE]), the camera's sound (video) or a stream URL "
+                              "(rtsp://..., http://...)")
         if not self.live and not os.path.isfile(self.uri):
             raise SourceError(f"audio file not found: {self.uri}")
         super().open()

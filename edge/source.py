@@ -69,7 +69,7 @@ class FileSource:
         import cv2
 
         if self.path.is_dir():  # a folder of clips is not a source: say what one is
-            raise SourceError(f"{self.path} is a directory, not a video: a source is a video file, a camera "
+            raise SourceError(f"{self.path} is a directory, not a video file: a video source is a video file, a camera "
                               "(/dev/video0, 0, picamera2) or a stream URL (rtsp://..., http://...)")
         if not self.path.is_file():
             raise SourceError(f"video file not found: {self.path}")

@@ -83,7 +83,8 @@ def test_a_camera_less_config_that_cannot_work_is_one_line_and_the_config_exit_c
 
 @pytest.mark.parametrize(("name", "message"), [
     ("missing.wav", "audio file not found"),
-    ("folder", "folder is a directory, not a sound: an audio source is a sound or video file, alsa"),
+    ("folder", "folder is a directory, not an audio file: an audio source is an audio or video file, a microphone "
+               "(alsa[:DEVICE]), the camera's sound (video) or a stream URL (rtsp://..., http://...)"),
     ("silent.mp4", "it has no sound track"),  # a video with a picture and no sound
 ])
 def test_a_sound_file_that_cannot_be_heard_is_one_line_and_the_source_exit_code(tmp_path, name, message):

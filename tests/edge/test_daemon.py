@@ -131,7 +131,8 @@ def test_cryedge_run_prints_events_as_json_lines(assets):
     [
         ("[model]\npath = 1\n", [], 3, "TOML"),  # a duplicate table: the file does not parse
         ("", ["--source", "/nonexistent/clip.mp4"], 5, "video file not found: /nonexistent/clip.mp4"),
-        ("", ["--source", "/tmp"], 5, "/tmp is a directory, not a video: a source is a video file, a camera"),
+        ("", ["--source", "/tmp"], 5, "/tmp is a directory, not a video file: a video source is a video file, a camera "
+                                      "(/dev/video0, 0, picamera2) or a stream URL (rtsp://..., http://...)"),
         # (a camera or stream that is not there is reconnected instead: tests/edge/test_notify.py)
         ("", ["--broker", "mqtt://nobody@127.0.0.1:1"], 0, None),  # unreachable broker: keeps going, outbox
     ],
