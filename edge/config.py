@@ -919,7 +919,12 @@ def _resolve_password(section: BaseModel, key: str, where: str, environ, variabl
         return
     credentials = environ.get("CREDENTIALS_DIRECTORY")
     if credentials and (Path(credentials) / credential).is_file():
-        section.password = SecretStr((Path(credentials) / credential).read_text().rstrip("\r\n"))
+        path = Path(credentials) / credential
+        try:
+            section.password = SecretStr(path.read_text().rstrip("\r\n"))
+        except (OSError, UnicodeDecodeError) as error:  # under systemd: exit 3, not a restart loop on a traceback
+            reason = getattr(error, "strerror", None) or "not UTF-8 text"
+            raise ConfigError(f"{where}: {key}.password: cannot read the systemd credential {path}: {reason}") from None
 
 
 def load_config(path: Path | str | None = None, overrides: dict | None = None, environ=os.environ) -> Config:
@@ -949,6 +954,9 @@ def load_config(path: Path | str | None = None, overrides: dict | None = None, e
         data["audio"] = {k: v for k, v in data["audio"].items() if k != "source"}  # --audio-source: another sound
     if overrides:
         data = _merge(data, overrides)
+    holder = _holds_nul(data)
+    if holder is not None:  # TOML spells it \u0000; every path, host and device name then raised ValueError
+        raise ConfigError(f"{where}: {holder}: holds a NUL character (\\u0000), which no path, name or host can")
     _drop_ignored_keys(data, where)
     try:
         config = Config.model_validate(data)
@@ -968,6 +976,21 @@ def load_config(path: Path | str | None = None, overrides: dict | None = None, e
     if config.live.enabled:
         _resolve_live_token(config, where, environ)
     return config
+
+
+def _holds_nul(data: Any, keys: tuple[str, ...] = ()) -> str | None:
+    """The key path of the first key or string value in ``data`` with a NUL character in it, or None."""
+    if isinstance(data, str):
+        return ".".join(keys) or "(top level)" if "\0" in data else None
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        path = (*keys, str(key).replace("\0", "\\u0000"))
+        if "\0" in str(key):
+            return ".".join(path)
+        found = _holds_nul(value, path)
+        if found is not None:
+            return found
+    return None
 
 
 def _drop_ignored_keys(data: dict, where: str) -> None:
@@ -1051,6 +1074,8 @@ def _read_toml(config_path: Path, where: str) -> dict:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{where}: TOML syntax error: {error}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError(f"{where}: arrays or tables nested too deeply to read") from None
 
 
 def _check_tls_files(config: Config, where: str) -> None:
@@ -1068,7 +1093,10 @@ def parse_broker_url(url: str) -> dict:
 
     A password in the URL is refused: it would show in ``ps`` and shell history.
     """
-    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    try:
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    except ValueError as error:  # "Invalid IPv6 URL": a bracket not closed
+        raise ConfigError(f"--broker: {error} (mqtt://[user@]host[:port])") from None
     if parts.password is not None:  # first: every other message shows the URL
         raise ConfigError(f"--broker: no password in the URL; use ${PASSWORD_ENV} or mqtt.password_file")
     if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):

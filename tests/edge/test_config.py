@@ -334,7 +334,7 @@ def test_the_values_that_crashed_or_silently_disabled_alerting_are_one_line_and_
     ("topic_prefix", "cryedge/+/nursery", "must not contain + or #"),
     ("topic_prefix", "cryedge/nursery/", "must not start or end with /"),
     ("discovery_prefix", "/homeassistant", "must not start or end with /"),
-    ("topic_prefix", "cry\\u0000edge", "must not contain NUL"),
+    ("topic_prefix", "cry\\u0000edge", "holds a NUL character"),
     ("topic_prefix", "$SYS/cryedge", "must not start with $"),
     ("discovery_prefix", "", "must not be empty"),
     ("topic_prefix", "é" * 40000, "is 80000 bytes of UTF-8"),
@@ -644,3 +644,53 @@ def test_a_password_in_the_audio_source_flag_is_refused_without_showing_it():
         cli_overrides(audio_source="rtsp://listener:hunter2@mic.lan/audio")
     assert "hunter2" not in str(error.value)
     assert cli_overrides(audio_source="rtsp://listener@mic.lan/audio")["audio"]["source"]["url"] == "rtsp://listener@mic.lan/audio"
+
+
+# ----------------------------------------------------------------------------- an adversarial file
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('[mqtt]\nhost = "b"\ntls = { ca_file = "ca\\u0000.pem" }\n', "mqtt.tls.ca_file"),
+    ('[mqtt]\nhost = "b"\nusername = "u"\npassword_file = "pw\\u0000"\n', "mqtt.password_file"),
+    ('[live]\nenabled = true\ntoken_file = "t\\u0000"\n', "live.token_file"),
+    ('[model]\npath = "cry\\u0000.tflite"\n', "model.path"),
+    ('[mqtt]\nhost = "b"\npassword = "s3cret\\u0000"\n', "mqtt.password"),
+])
+def test_a_nul_character_in_a_value_is_one_line_naming_the_key(tmp_path, capsys, text, key):
+    """TOML spells NUL "\\u0000": a file, certificate or token path with one raised "ValueError: embedded null
+    byte" as a traceback (config check, and run: a restart loop under systemd); a model path passed the check
+    and ran into the same at start. Now the config's exit code 3, the key named, the value not."""
+    path = write(tmp_path, text)
+    assert main(["config", "check", str(path)]) == 3
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"cryedge: {path}: {key}: holds a NUL character (\\u0000), which no path, name or "
+                                "host can"]
+    assert "s3cret" not in err
+
+
+def test_a_systemd_credential_that_is_not_text_is_a_config_error_not_a_restart_loop(tmp_path, capsys, monkeypatch):
+    """$CREDENTIALS_DIRECTORY/mqtt_password (or camera_password) not UTF-8 raised UnicodeDecodeError: exit 1
+    with a traceback, which systemd restarts for ever; the config's exit 3 is in RestartPreventExitStatus."""
+    mqtt = write(tmp_path, '[mqtt]\nhost = "b"\nusername = "u"\n', "mqtt.toml")
+    camera = write(tmp_path, '[source]\ntype = "rtsp"\nurl = "rtsp://cam/live"\nusername = "u"\n', "camera.toml")
+    for path, key, name in ((mqtt, "mqtt", "mqtt_password"), (camera, "source", "camera_password")):
+        creds = tmp_path / f"creds-{key}"
+        creds.mkdir()
+        (creds / name).write_bytes(b"\xffs3cret\n")
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+        assert main(["config", "check", str(path)]) == 3
+        assert capsys.readouterr().err.splitlines() == [
+            f"cryedge: {path}: {key}.password: cannot read the systemd credential {creds / name}: not UTF-8 text"]
+
+
+def test_a_file_nested_too_deeply_to_read_is_one_line(tmp_path, capsys):
+    """tomllib reads nested arrays recursively: 100000 of them raised RecursionError, a traceback."""
+    path = write(tmp_path, "a = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert main(["config", "check", str(path)]) == 3
+    assert capsys.readouterr().err.splitlines() == [f"cryedge: {path}: arrays or tables nested too deeply to read"]
+
+
+def test_a_broker_url_with_an_unclosed_bracket_is_one_line(capsys):
+    """urlsplit raised "ValueError: Invalid IPv6 URL" through `cryedge run --broker mqtt://[::1`: a traceback."""
+    assert main(["run", "--no-health", "--broker", "mqtt://[::1"]) == 3
+    assert capsys.readouterr().err.splitlines()[-1:] == ["cryedge: --broker: Invalid IPv6 URL (mqtt://[user@]host[:port])"]
