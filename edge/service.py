@@ -127,6 +127,8 @@ def _parse(text: str, where: str) -> dict:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{where}: not valid TOML ({error})") from error
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid TOML (arrays or tables nested too deeply to read)") from None
 
 
 def _parse_or_none(text: str) -> dict | None:
@@ -146,8 +148,15 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
     """
     if not boot_file.exists():
         return False
-    text = boot_file.read_text(encoding="utf-8")
     where = str(boot_file)
+    raw = boot_file.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:  # a laptop's editor saved it in another encoding
+        line = raw[:error.start].count(b"\n") + 1
+        raise ConfigError(f"{where}: not UTF-8 text: byte 0x{raw[error.start]:02x} on line {line} (TOML files are "
+                          f"UTF-8; re-save it as UTF-8); not installed ({config_dir / 'cryedge.toml'} left as it was)"
+                          ) from None
     config_text, password = split_password(text, where)
     # the camera's and a stream microphone's too: cryedge.toml is readable by every user of the device (0644)
     config_text, camera_password = split_stream_password(config_text, where, "source", "camera")

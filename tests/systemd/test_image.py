@@ -335,3 +335,21 @@ def test_an_import_that_cannot_write_a_password_changes_nothing(tmp_path, fault)
          "--config-dir", str(tmp_path / "etc2")], check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "etc2" / "camera_password").read_text() == "new-cam-pw\n" and not boot.exists()
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b'[mqtt]\nhost = "caf\xe9"\npassword = "pw"\n', "not UTF-8 text: byte 0xe9 on line 2 (TOML files are UTF-8; "
+                                                     "re-save it as UTF-8)"),
+    (b"a = " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "not valid TOML (arrays or tables nested too deeply to read)"),
+])
+def test_a_boot_file_that_cannot_be_read_as_toml_is_one_line_and_stays(tmp_path, content, message):
+    """A boot file saved in Latin-1 (or nested past Python's recursion limit) raised a traceback from read_text
+    (tomllib) at first boot. Now the config's exit code, one line, nothing installed, the file left to correct."""
+    boot, etc = tmp_path / "cryedge.toml", tmp_path / "etc"
+    boot.write_bytes(content)
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("cryedge")), "service", "import-boot-config", "--boot-file", str(boot),
+         "--config-dir", str(etc)], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.splitlines()[0].startswith(f"cryedge: {boot}: {message}")
+    assert not etc.exists() and boot.read_bytes() == content
