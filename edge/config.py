@@ -178,6 +178,17 @@ def _topic_prefix(text: str) -> str:
 
 
 TopicPrefix = Annotated[str, AfterValidator(_topic_prefix)]
+
+
+def _mqtt_string(text: str) -> str:
+    """A string MQTT can carry: its length goes in 2 bytes (MQTT 3.1.1 section 1.5.3)."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_TOPIC_BYTES:  # paho raised struct.error at connect: a traceback, and systemd restarted it for ever
+        raise ValueError(f"is {size} bytes of UTF-8; MQTT allows at most {MAX_TOPIC_BYTES}")
+    return text
+
+
+MqttString = Annotated[str, AfterValidator(_mqtt_string)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
@@ -591,10 +602,10 @@ class MqttConfig(Section):
     host: str = ""
     port: int | None = Field(default=None, ge=1, le=65535)  # None: 1883, or 8883 with TLS
     tls: TlsConfig | None = None
-    username: str | None = None
+    username: MqttString | None = None
     password: SecretStr | None = None
     password_file: Path | None = None
-    client_id: str | None = None  # None: cryedge-<device id>
+    client_id: MqttString | None = None  # None: cryedge-<device id>
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     topic_prefix: TopicPrefix | None = None  # None: cryedge/<device id>
     discovery: bool = True
@@ -966,6 +977,10 @@ def load_config(path: Path | str | None = None, overrides: dict | None = None, e
         raise ConfigError(f"{where}: {_describe(problems[0], data, Config)}{more}") from None
     _resolve_paths(config, config_path.resolve().parent if config_path is not None else Path.cwd())
     _resolve_password(config.mqtt, "mqtt", where, environ, PASSWORD_ENV, CREDENTIAL_NAME)
+    if config.mqtt.password is not None:  # from a file or the environment, after validation: checked here
+        size = len(config.mqtt.password.get_secret_value().encode("utf-8", "surrogatepass"))
+        if size > MAX_TOPIC_BYTES:
+            raise ConfigError(f"{where}: mqtt.password: is {size} bytes of UTF-8; MQTT allows at most {MAX_TOPIC_BYTES}")
     if isinstance(config.source, NetworkSourceOptions) and config.source.username is not None:
         _resolve_password(config.source, "source", where, environ, CAMERA_PASSWORD_ENV, CAMERA_CREDENTIAL_NAME)
     if isinstance(config.audio.source, StreamSoundConfig) and config.audio.source.username is not None:

@@ -694,3 +694,17 @@ def test_a_broker_url_with_an_unclosed_bracket_is_one_line(capsys):
     """urlsplit raised "ValueError: Invalid IPv6 URL" through `cryedge run --broker mqtt://[::1`: a traceback."""
     assert main(["run", "--no-health", "--broker", "mqtt://[::1"]) == 3
     assert capsys.readouterr().err.splitlines()[-1:] == ["cryedge: --broker: Invalid IPv6 URL (mqtt://[user@]host[:port])"]
+
+
+@pytest.mark.parametrize("key", ["client_id", "username", "password_file"])
+def test_an_mqtt_string_longer_than_mqtt_can_carry_is_a_config_error(tmp_path, capsys, key):
+    """MQTT gives a client id, user name and password 2 bytes of length: 70000 characters passed config check,
+    then paho raised struct.error at connect, a traceback with exit 1 that systemd restarted for ever."""
+    (tmp_path / "pw").write_text("s" * 70_000 + "\n")
+    value = '"pw"' if key == "password_file" else f'"{"x" * 70_000}"'
+    path = write(tmp_path, f'[mqtt]\nhost = "broker"\nusername = "u"\n{key} = {value}\n' if key != "username"
+                 else f'[mqtt]\nhost = "broker"\n{key} = {value}\n')
+    assert main(["config", "check", str(path)]) == 3
+    shown = "password" if key == "password_file" else key
+    assert capsys.readouterr().err.splitlines() == [
+        f"cryedge: {path}: mqtt.{shown}: is 70000 bytes of UTF-8; MQTT allows at most 65535"]
