@@ -1080,7 +1080,7 @@ def _read_toml(config_path: Path, where: str) -> dict:
     except OSError as error:
         raise ConfigError(f"{where}: cannot read: {error.strerror}") from None
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # Notepad's "UTF-8" starts with a byte order mark, which TOML does not read
     except UnicodeDecodeError as error:
         line = raw[:error.start].count(b"\n") + 1
         raise ConfigError(f"{where}: not UTF-8 text: byte 0x{raw[error.start]:02x} on line {line} "

@@ -151,7 +151,7 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
     where = str(boot_file)
     raw = boot_file.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # Notepad's "UTF-8" starts with a byte order mark, which TOML does not read
     except UnicodeDecodeError as error:  # a laptop's editor saved it in another encoding
         line = raw[:error.start].count(b"\n") + 1
         raise ConfigError(f"{where}: not UTF-8 text: byte 0x{raw[error.start]:02x} on line {line} (TOML files are "

@@ -708,3 +708,12 @@ def test_an_mqtt_string_longer_than_mqtt_can_carry_is_a_config_error(tmp_path, c
     shown = "password" if key == "password_file" else key
     assert capsys.readouterr().err.splitlines() == [
         f"cryedge: {path}: mqtt.{shown}: is 70000 bytes of UTF-8; MQTT allows at most 65535"]
+
+
+def test_a_file_with_a_byte_order_mark_reads(tmp_path, capsys):
+    """Notepad saves "UTF-8" with a byte order mark: config check said "TOML syntax error: Invalid statement
+    (at line 1, column 1)" of a file that looks right."""
+    path = tmp_path / "cryedge.toml"
+    path.write_bytes(b'\xef\xbb\xbf[mqtt]\r\nhost = "broker"\r\n')
+    assert main(["config", "check", str(path)]) == 0
+    assert "mqtt broker:1883" in capsys.readouterr().out

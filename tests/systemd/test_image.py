@@ -353,3 +353,17 @@ def test_a_boot_file_that_cannot_be_read_as_toml_is_one_line_and_stays(tmp_path,
     assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.splitlines()[0].startswith(f"cryedge: {boot}: {message}")
     assert not etc.exists() and boot.read_bytes() == content
+
+
+def test_a_boot_file_saved_by_notepad_is_imported(tmp_path):
+    """Notepad's "UTF-8" begins with a byte order mark and ends lines with CRLF: the import refused it as
+    "not valid TOML (Invalid statement (at line 1, column 1))", a file that looks right to whoever wrote it."""
+    boot, etc = tmp_path / "cryedge.toml", tmp_path / "etc"
+    boot.write_bytes(b'\xef\xbb\xbf[mqtt]\r\nhost = "192.168.1.10"\r\nusername = "cryedge"\r\npassword = "pa ss"\r\n')
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("cryedge")), "service", "import-boot-config", "--boot-file", str(boot),
+         "--config-dir", str(etc)], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (etc / "mqtt_password").read_text() == "pa ss\n" and not boot.exists()
+    loaded = config.load_config(etc / "cryedge.toml", environ={"CREDENTIALS_DIRECTORY": str(etc)})
+    assert loaded.mqtt.host == "192.168.1.10" and loaded.mqtt.password.get_secret_value() == "pa ss"
