@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 NO_SOUND_DEVICE = "no_sound_device"  # the microphone or stream cannot be opened (or is not configured)
 NO_SOUND = "no_sound"  # it is open but no sound came for a while
+MODEL_ERROR = "model_error"  # sound came, but the audio model failed on it (an invoke error, NaN scores)
 STREAM_PROBE_SECONDS = 6.0  # more time for the first sound after an open: ffmpeg probes a stream up to 5 s
 SOUND_STALE_SECONDS = 2.0  # an audio score older than this at a frame means the sound stopped
 
@@ -68,11 +69,29 @@ class AudioWindow:
         self._next = self.size  # sample count at which the next window ends
 
 
-class AudioScorer:
-    """A loaded audio model and its card: a waveform window in, a ``Score`` out."""
+# LiteRT's Python error reporter never clears its text: each failed invoke's error is appended to all before it
+# (measured: 66 bytes a failure; 1.3 MB, and 1.65 ms to copy, after 20,000). A model failing for a night would
+# grow it without end, so past this much the interpreter is loaded afresh.
+INVOKE_ERRORS_KEPT = 64 * 1024
 
-    def __init__(self, model):
+
+def newest_invoke_error(text: str) -> str:
+    """The newest error in LiteRT's text of all the invoke errors so far ("...Node number 5 (GATHER) failed to invoke.")."""
+    failures = [part for part in text.strip().split("failed to invoke.") if part.strip()]
+    if "failed to invoke." not in text or not failures:
+        return text.strip().splitlines()[0] if text.strip() else ""
+    return failures[-1].strip() + " failed to invoke."
+
+
+class AudioScorer:
+    """A loaded audio model and its card: a waveform window in, a ``Score`` out.
+
+    ``reload`` makes the model afresh (the same file and options): how a model whose invokes keep failing is
+    given a new interpreter (see ``INVOKE_ERRORS_KEPT``)."""
+
+    def __init__(self, model, reload: Callable[[], object] | None = None):
         self.model = model
+        self._reload = reload
         self.card = model.card
         if not self.card.is_audio:
             raise ValueError(f"{self.card.name} is a {self.card.kind} model, not an audio one")
@@ -88,7 +107,17 @@ class AudioScorer:
         return probabilities
 
     def score(self, window: np.ndarray, t: float) -> Score:
-        probabilities = self.probabilities(window)
+        """ModelError when the model fails on this window: an invoke error, or scores that are not numbers."""
+        try:
+            probabilities = self.probabilities(window)
+        except (RuntimeError, ValueError) as error:  # LiteRT's invoke errors; a delegate that went away
+            text = str(error)
+            if len(text) > INVOKE_ERRORS_KEPT and self._reload is not None:
+                self.model.close()
+                self.model = self._reload()
+            raise ModelError(f"audio model {self.card.name} failed: {newest_invoke_error(text) or type(error).__name__}") from None
+        if not np.all(np.isfinite(probabilities)):  # NaN compares as neither crying nor calm: never a score
+            raise ModelError(f"audio model {self.card.name} gave scores that are not numbers (NaN or infinite)")
         return Score(t=t, probability=float(probabilities[self.card.positive_index]),
                      probabilities=tuple(float(p) for p in probabilities))
 
@@ -100,6 +129,7 @@ class AudioPipeline:
         self.scorer = scorer
         spec = scorer.spec
         self.window = AudioWindow(spec.window_samples, spec.rate, spec.hop_seconds)
+        self.error: str | None = None  # why the model failed on the last window it failed on
 
     def process(self, chunk: AudioChunk) -> list[AudioScore]:
         if chunk.rate != self.window.rate:
@@ -107,8 +137,13 @@ class AudioPipeline:
         results = []
         for end, window in self.window.push(chunk.samples):
             t = chunk.t + end / chunk.rate
+            try:
+                score = self.scorer.score(window, t)
+            except ModelError as error:  # this window is not judged, and says so; the next may be
+                self.error = str(error)
+                score = Score(t=t, probability=0.0, status=MODEL_ERROR)
             # the level of the newest hop, so a short loud sound shows at its size
-            results.append(AudioScore(self.scorer.score(window, t), level_dbfs(window[-self.window.hop:])))
+            results.append(AudioScore(score, level_dbfs(window[-self.window.hop:])))
         return results
 
     def reset(self) -> None:
@@ -139,6 +174,8 @@ class AudioMonitor:
         self.reason = NO_SOUND_DEVICE  # why there is no score yet
         self.ended = False
         self.chunks = 0
+        self.model_error: str | None = None  # why the audio model fails, while it does
+        self.model_errors = 0  # windows the model failed on
         self._scores: deque[AudioScore] = deque(maxlen=max(4, int(history_seconds / pipeline.scorer.spec.hop_seconds)))
         self._changed = threading.Condition()
         self.follow_frames = follow_frames and not self.live  # a file next to a video waits for its frames
@@ -165,6 +202,14 @@ class AudioMonitor:
         return self._backend
 
     def _run(self) -> None:
+        try:
+            self._hear()
+        finally:  # however the thread ends, the frame loop must learn it (a file's end ends the run)
+            with self._changed:
+                self.ended = True
+                self._changed.notify_all()
+
+    def _hear(self) -> None:
         delays = backoff_delays(self.backoff_first, self.backoff_limit)
         # the sound of the camera's own session waits for that session, which the picture reopens with back-off
         wait_ready = self._backend.wait_ready if self._backend.in_camera_session else None
@@ -187,6 +232,11 @@ class AudioMonitor:
             except SourceError as error:
                 self._failed(str(error), NO_SOUND_DEVICE, retried=self.live)
                 finished = not self.live  # a file without sound will not grow one: stop trying
+            except Exception as error:  # noqa: BLE001 - a fault in the audio path must not end hearing for the night
+                log.debug("the audio path failed", exc_info=True)
+                self._failed(f"{self.status.name}: the audio path failed ({type(error).__name__}: {error})",
+                             NO_SOUND_DEVICE, retried=self.live)
+                finished = not self.live
             finally:
                 self._backend.close()
             if finished:
@@ -197,9 +247,6 @@ class AudioMonitor:
             if wait_ready is None and self._stop.wait(next(delays)):
                 break
             self.status.reconnects += 1
-        with self._changed:
-            self.ended = True
-            self._changed.notify_all()
 
     def _ready(self, wait_ready: Callable[[float], bool] | None) -> bool:
         """Whether to open (again): False once stopped; with ``wait_ready``, once it says so."""
@@ -252,6 +299,7 @@ class AudioMonitor:
             if self.follow_frames:
                 self._wait_for_frames(chunk.t)
             results = self.pipeline.process(chunk)
+            self._judged(results)
             with self._changed:
                 self._scores.extend(results)
                 self._changed.notify_all()
@@ -259,6 +307,19 @@ class AudioMonitor:
                 for listener in self._listeners:
                     listener(result)
         return True
+
+    def _judged(self, results: list[AudioScore]) -> None:
+        """Say once when the model starts failing on the sound (each new reason), and when it answers again."""
+        if not results:
+            return
+        failing = results[-1].score.status == MODEL_ERROR
+        if failing and self.model_error != self.pipeline.error:
+            log.warning("sound: %s; the sound is not judged (status %s) until it answers again",
+                        self.pipeline.error, MODEL_ERROR)
+        elif not failing and self.model_error is not None:
+            log.info("sound: the audio model answers again")
+        self.model_error = self.pipeline.error if failing else None
+        self.model_errors += sum(result.score.status == MODEL_ERROR for result in results)
 
     def _wait_for_frames(self, t: float) -> None:
         with self._changed:
@@ -520,7 +581,8 @@ def open_hearing(config, alarm_threshold: float | None, listener: Callable[[Audi
     if not model.card.is_audio:
         model.close()
         raise ModelError(f"[audio] model {config.audio.model.name} is a {model.card.kind} model, not an audio one")
-    pipeline = AudioPipeline(AudioScorer(model))
+    pipeline = AudioPipeline(AudioScorer(model, reload=lambda: TFLiteModel(config.audio.model,
+                                                                           num_threads=config.audio.num_threads)))
     rate = model.card.audio.rate
     sound = config.audio.source
     monitor = AudioMonitor(lambda: make(rate), pipeline, stall_seconds=sound.stall_seconds,

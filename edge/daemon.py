@@ -434,7 +434,7 @@ class Daemon:
                     self._alarm_update(score)
             if heard:
                 self.publisher.publish_state(self._alarm_state())
-            if fresh:
+            if any(h.score.ok for h in fresh):  # judged sound: a model failing on it is not "ok" (/health stalls)
                 self.last_frame = now  # after the state: /health's "ok" and its "audio" agree
             if now >= next_report or monitor.status.state != reported:
                 next_report, reported = now + 5.0, monitor.status.state

@@ -16,7 +16,7 @@ keep one that the frame loop replaces whole). Endpoints:
   seconds), else 503 with ``"starting"`` (no frame yet), ``"reconnecting"`` (the camera or stream is
   gone and being reopened: the service is alive but sees nothing, so a load balancer or monitor must
   not count it as serving) or ``"stalled"``. With hearing on, ``"audio"`` says what the microphone
-  hears (``ok``, ``no_sound_device``, ``no_sound``). With no camera (``[source] type = "none"``) the
+  hears (``ok``, ``no_sound_device``, ``no_sound``, ``model_error``). With no camera (``[source] type = "none"``) the
   microphone is the source: its scores are the "frames", its reopening is ``"reconnecting"``.
 - ``GET /stats``: everything in :class:`HealthStats` as JSON.
 - ``GET /metrics``: Prometheus exposition by ``prometheus_client`` (text 0.0.4, or OpenMetrics when

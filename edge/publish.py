@@ -133,7 +133,7 @@ def unmeasured_state(since_wall: float | None = None) -> AlarmState:
 
 # Score.status values of the camera (edge.records), as Home Assistant's enum sensor lists them.
 VISION_STATUSES = ("ok", "no_face", "no_body", "too_dark")
-HEARING_STATUSES = ("ok", "no_sound_device", "no_sound")
+HEARING_STATUSES = ("ok", "no_sound_device", "no_sound", "model_error")  # edge.audio: why the sound is not judged
 
 # The diagnostics on the stats topic, each a Home Assistant sensor: key -> its discovery options. ``scale``
 # multiplies the value for display (a share 0-1 shown in %). A new diagnostic is one line here.

@@ -118,3 +118,35 @@ pcm.mic {{ type plug; slave {{ pcm "micfile"; rate 48000; channels 2; format S16
 """)
     monkeypatch.setenv("ALSA_CONFIG_PATH", str(conf))
     return raw
+
+
+def faulty_model(path: Path, fault: str, card: dict | None = None) -> Path:
+    """``yamnet_signature_model`` that fails at run time on a loud window (its peak above 0.5), as a model can on
+    the device: ``fault="raise"``: the interpreter's invoke fails (a GATHER index out of bounds, LiteRT's
+    RuntimeError); ``fault="nan"``: it returns NaN scores (0/0). Quieter windows score as the working model does."""
+    import tensorflow as tf
+
+    freqs = np.arange(300, 701, 25, dtype=np.float32)
+    t = np.arange(YAMNET_SAMPLES, dtype=np.float32) / 16000.0
+    basis = np.concatenate([np.cos(2 * np.pi * freqs[None, :] * t[:, None]),
+                            np.sin(2 * np.pi * freqs[None, :] * t[:, None])], axis=1) / YAMNET_SAMPLES
+    one_hot = np.zeros((1, YAMNET_CLASSES), np.float32)
+    one_hot[0, BABY_CRY] = 1.0
+    rows = tf.constant(np.ones((1, YAMNET_CLASSES), np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([YAMNET_SAMPLES], tf.float32, name="waveform")])
+    def model(waveform):
+        x = tf.reshape(waveform, [1, YAMNET_SAMPLES])
+        power = tf.reduce_sum(tf.square(tf.matmul(x, basis)), axis=1, keepdims=True)
+        cry = tf.sigmoid((10.0 * tf.math.log(power + 1e-12) / tf.math.log(10.0) + 40.0) / 3.0)
+        scores = cry * one_hot + (1.0 - one_hot) * 0.01
+        peak = tf.reduce_max(tf.abs(waveform))
+        if fault == "nan":
+            return scores * tf.sqrt(0.5 - peak) / tf.sqrt(0.5 - peak)  # NaN above 0.5
+        return scores * tf.gather(rows, tf.reshape(tf.cast(peak * 2.0, tf.int32), [1]))  # row 1 of one: out of bounds above 0.5
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
+    Path(path).write_bytes(converter.convert())
+    if card is not None:
+        Path(path).with_suffix(".json").write_text(json.dumps(card))
+    return Path(path)

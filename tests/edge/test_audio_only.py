@@ -60,7 +60,7 @@ def test_cryedge_run_with_no_camera_hears_the_demo_cry_once_and_leaves_a_retaine
         assert cmps[key]["unique_id"] == f"cryedge_nursery_{key}", key
     for key in PICTURE_ENTITIES:
         assert cmps[key] == {"p": "sensor"}, key  # Home Assistant removes a component given only its platform
-    assert cmps["snapshot"] == {"p": "image"} and cmps["hearing"]["options"] == ["ok", "no_sound_device", "no_sound"]
+    assert cmps["snapshot"] == {"p": "image"} and cmps["hearing"]["options"] == ["ok", "no_sound_device", "no_sound", "model_error"]
     assert discovery["dev"]["mdl"] == "cryedge (cry-audio-default)"
     with Subscriber(mosquitto, topics=("cryedge/nursery/state",)) as late:
         assert json.loads(late.wait_for("cryedge/nursery/state").payload)["crying"] == "OFF"
