@@ -389,7 +389,9 @@ def add_demo_sound(video: Path, seed: int = SEED) -> float:
 def _duration(video: Path) -> float:
     import cv2
 
-    capture = cv2.VideoCapture(str(video))
+    from edge.source import opencv_name
+
+    capture = cv2.VideoCapture(opencv_name(video))  # a name that is not UTF-8 crashed OpenCV: a SourceError
     try:
         return capture.get(cv2.CAP_PROP_FRAME_COUNT) / (capture.get(cv2.CAP_PROP_FPS) or 15.0)
     finally:

@@ -169,7 +169,8 @@ def _load_images(folder: Path, sample_shape: tuple) -> Samples:
     for file in sorted(folder.iterdir()):
         if file.suffix.lower() not in IMAGE_SUFFIXES:
             continue
-        image = cv2.imread(str(file), cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR)
+        # read by Python, decoded by OpenCV: imread crashed the process on a name that is not UTF-8
+        image = cv2.imdecode(np.fromfile(file, np.uint8), cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR)
         if image is None:
             continue
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)

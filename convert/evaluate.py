@@ -364,9 +364,15 @@ def check_readable(files: list[Path]) -> None:
     cost everything judged until then."""
     import cv2
 
+    from edge.errors import SourceError
+    from edge.source import opencv_name
+
     broken = []
     for video in files:
-        capture = cv2.VideoCapture(str(video))
+        try:
+            capture = cv2.VideoCapture(opencv_name(video))
+        except SourceError as error:
+            raise DataError(f"{error}; nothing was judged") from None
         try:
             if not (capture.isOpened() and capture.read()[0]):
                 broken.append(video.name)

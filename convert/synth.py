@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import DataError
+from edge.errors import DataError, SourceError
+from edge.source import opencv_name
 
 EXPRESSIONS = ("neutral", "talking", "laughing", "yawning", "crying")
 # More hard negatives: things a baby's face does that are not crying.
@@ -536,7 +537,11 @@ def write_video(path: Path, frames: Iterator[np.ndarray], fps: float = FPS) -> i
     try:
         for frame in frames:
             if writer is None:
-                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0]))
+                try:
+                    name = opencv_name(path)
+                except SourceError as error:
+                    raise DataError(str(error)) from None
+                writer = cv2.VideoWriter(name, cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0]))
                 if not writer.isOpened():
                     raise DataError(f"OpenCV cannot write {path}")
             writer.write(np.ascontiguousarray(frame[:, :, ::-1]))

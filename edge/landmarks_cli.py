@@ -27,7 +27,8 @@ def read_image(path: Path) -> np.ndarray:
 
     if not path.is_file():
         raise DataError(f"no such image or video: {path}")
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    # read by Python, decoded by OpenCV: imread crashed the process on a name that is not UTF-8
+    bgr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise DataError(f"cannot read {path} as an image")
     return np.ascontiguousarray(bgr[:, :, ::-1])

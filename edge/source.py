@@ -45,6 +45,18 @@ log = logging.getLogger(__name__)
 FFMPEG_OPTIONS_VARIABLE = "OPENCV_FFMPEG_CAPTURE_OPTIONS"  # set for rtsp:// sources from [source] transport
 
 
+
+def opencv_name(path: Path | str) -> str:
+    """``path`` as OpenCV takes a file name; a SourceError for a name that is not UTF-8 text (a file copied
+    from an old Windows or Samba share), on which OpenCV crashes the whole process (a segmentation fault)."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+        raise SourceError(f"{shown}: its name is not UTF-8 text, which OpenCV cannot open; rename the file") from None
+    return text
+
 class FileSource:
     """A video file; ``realtime`` paces frames at the file's rate, else as fast as they decode.
 
@@ -73,7 +85,7 @@ class FileSource:
                               "(/dev/video0, 0, picamera2) or a stream URL (rtsp://..., http://...)")
         if not self.path.is_file():
             raise SourceError(f"video file not found: {self.path}")
-        capture = cv2.VideoCapture(str(self.path))
+        capture = cv2.VideoCapture(opencv_name(self.path))
         if not capture.isOpened():
             raise SourceError(f"cannot decode video file {self.path}")
         self._capture = capture

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +89,50 @@ def test_a_drawing_in_a_format_there_is_none_for_is_one_line(tmp_path):
     assert done.returncode == 7 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.splitlines()[-1] == f"cryedge: cannot write {tmp_path / 'points.xyz'}: no picture format " \
                                            "for its suffix (give .png or .jpg)"
+
+
+LATIN1 = b"berceuse-\xe9t\xe9"  # "berceuse-été" as an old Windows or Samba share names it: not UTF-8
+
+
+def cryedge_bytes(*args: bytes | str | Path, timeout=300) -> subprocess.CompletedProcess:
+    """The command line with file names as bytes, as a shell passes them."""
+    return subprocess.run([sys.executable, "-m", "edge.cli", *(a if isinstance(a, bytes) else os.fsencode(a) for a in args)],
+                          capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO)
+
+
+def test_a_file_name_that_is_not_utf8_is_read_or_refused_in_one_line(tmp_path):
+    """OpenCV crashed the whole process (SIGSEGV, no message) on such a name: `run --source`, `landmarks`, an eval
+    folder holding one, a suite built into one. A photo is now read; a video is refused in one line, naming it."""
+    from edge import paths
+
+    folder = os.fsencode(tmp_path)
+    video = folder + b"/" + LATIN1 + b".mp4"
+    shutil.copyfile(paths.data_file("demo.mp4"), video)
+    shown = f"{tmp_path}/berceuse-\\xe9t\\xe9.mp4"
+    done = cryedge_bytes("run", "--no-health", "--fast", "--source", video)
+    assert done.returncode == 5 and "Traceback" not in done.stderr, (done.returncode, done.stderr[-2000:])
+    assert done.stderr.splitlines()[-1] == f"cryedge: {shown}: its name is not UTF-8 text, which OpenCV cannot open; " \
+                                           "rename the file"
+    photo = folder + b"/" + LATIN1 + b".jpg"
+    shutil.copyfile(paths.data_file("astronaut.jpg"), photo)
+    done = cryedge_bytes("landmarks", "--json", photo)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert len(json.loads(done.stdout)["features"]) == 156
+
+
+def test_an_eval_folder_or_a_suite_folder_whose_name_is_not_utf8_is_one_line(tmp_path):
+    """The same crash, from a folder eval was given and from the clips suite build writes."""
+    pytest.importorskip("tensorflow")  # the converter extra these commands come with
+    from edge import paths
+
+    folder = os.fsencode(tmp_path)
+    shutil.copyfile(paths.data_file("demo.mp4"), folder + b"/" + LATIN1 + b".mp4")
+    shutil.copyfile(paths.data_file("demo.mp4"), tmp_path / "demo.mp4")
+    (tmp_path / "labels.csv").write_text("video,start_s,end_s,label\ndemo.mp4,5,14,crying\n")
+    done = cryedge_bytes("eval", folder, "--output-dir", tmp_path / "report")
+    assert done.returncode == 7 and "Traceback" not in done.stderr, (done.returncode, done.stderr[-2000:])
+    assert done.stderr.splitlines()[-1] == (f"cryedge: {tmp_path}/berceuse-\\xe9t\\xe9.mp4: its name is not UTF-8 text, "
+                                            "which OpenCV cannot open; rename the file; nothing was judged")
+    done = cryedge_bytes("suite", "build", folder + b"/" + LATIN1, "--photo", "lfw-90", timeout=600)
+    assert done.returncode == 7 and "Traceback" not in done.stderr, (done.returncode, done.stderr[-2000:])
+    assert done.stderr.splitlines()[-1].endswith("its name is not UTF-8 text, which OpenCV cannot open; rename the file")
