@@ -193,7 +193,10 @@ class Alarm:
 
     def _end(self, t: float, reason: str, decided: float) -> AlarmEvent:
         t = max(t, self._since)
-        event = AlarmEvent("end", self._event_id, t, self._wall_clock(t), self._probability, reason)
+        # the wall clock set back during the cry (NTP on a Pi without a real-time clock) would date the end before
+        # the start: it is dated no earlier than its start plus the episode's monotonic length
+        wall = max(self._wall_clock(t), self._since_wall + (t - self._since))
+        event = AlarmEvent("end", self._event_id, t, wall, self._probability, reason)
         self._crying = False
         self._event_id = None
         self._since = t

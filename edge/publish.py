@@ -595,7 +595,9 @@ class MqttPublisher:
         """An ON must be followed by an OFF: end the episodes a previous run started and never ended."""
         for event_id, start_payload in self._outbox.open_episodes():
             log.warning("ending cry episode %s, left open by a previous run that stopped without ending it", event_id)
-            end = restart_end_payload(json.loads(start_payload), time.time())
+            start = json.loads(start_payload)
+            # a Pi without a real-time clock boots at the time fake-hwclock saved, maybe before the start's
+            end = restart_end_payload(start, max(time.time(), start.get("timestamp") or 0.0))
             self._outbox.add(event_id, "end", _json(end))
 
     def _refusal_hint(self) -> str:
