@@ -1097,10 +1097,26 @@ def _check_tls_files(config: Config, where: str) -> None:
     """Missing certificate files are a configuration error now, not a TLS failure at the first connect."""
     if config.mqtt.tls is None:
         return
+    tls = config.mqtt.tls
     for name in ("ca_file", "certfile", "keyfile"):
-        path = getattr(config.mqtt.tls, name)
+        path = getattr(tls, name)
         if path is not None and not os.access(path, os.R_OK):
             raise ConfigError(f"{where}: mqtt.tls.{name}: cannot read {path}")
+    # loaded as paho will load them: a file that is no certificate or key failed only at the first connect,
+    # as a broker error that systemd restarted every 10 s; it is the config's, and `config check` says so now
+    import ssl
+
+    name = "ca_file"
+    try:
+        context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+        if tls.certfile is not None:
+            name = "certfile and keyfile"
+            # a key with a passphrase: refused here, as the service cannot type one (OpenSSL would ask the terminal)
+            context.load_cert_chain(tls.certfile, tls.keyfile, password=lambda: b"")
+    except (ssl.SSLError, OSError) as error:
+        reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or str(error)
+        raise ConfigError(f"{where}: mqtt.tls.{name}: not a PEM certificate{'' if name == 'ca_file' else ' and key'} "
+                          f"OpenSSL can load ({reason})") from None
 
 
 def parse_broker_url(url: str) -> dict:

@@ -224,8 +224,35 @@ def test_missing_tls_files_are_config_errors(tmp_path):
     path = write(tmp_path, '[mqtt]\nhost = "b"\n[mqtt.tls]\nca_file = "ca.crt"\n')
     with pytest.raises(ConfigError, match=rf"cryedge.toml: mqtt.tls.ca_file: cannot read {tmp_path}/ca.crt"):
         load_config(path, environ={})
-    (tmp_path / "ca.crt").write_text("")
-    assert load_config(path, environ={}).mqtt.tls.ca_file == tmp_path / "ca.crt"
+    from mqtt import make_certificates
+
+    ca, _, _ = make_certificates(tmp_path)
+    assert load_config(path, environ={}).mqtt.tls.ca_file == ca == tmp_path / "ca.crt"
+
+
+@pytest.mark.parametrize("tls", ['ca_file = "notes.txt"', 'ca_file = "certs"', 'ca_file = "certs/ca.crt"\n'
+                                 'certfile = "notes.txt"\nkeyfile = "certs/server.key"',
+                                 'certfile = "certs/server.crt"\nkeyfile = "certs/ca.key"',
+                                 'certfile = "certs/server.crt"\nkeyfile = "locked.key"'])
+def test_tls_files_that_are_no_certificate_or_key_are_config_errors(tmp_path, capsys, tls):
+    """They passed config check (readable was all it asked), then failed at the first connect as a broker error,
+    exit 6, which systemd restarts every 10 s for ever. A key with a passphrase is one: the service cannot type it."""
+    import subprocess
+
+    from mqtt import make_certificates
+
+    make_certificates(tmp_path / "certs")
+    (tmp_path / "notes.txt").write_text("the broker's address is 192.168.1.10\n")
+    subprocess.run(["openssl", "pkey", "-in", str(tmp_path / "certs" / "server.key"), "-aes256", "-passout", "pass:pw",
+                    "-out", str(tmp_path / "locked.key")], check=True, capture_output=True)
+    path = write(tmp_path, f'[mqtt]\nhost = "b"\n[mqtt.tls]\n{tls}\n')
+    assert main(["config", "check", str(path)]) == 3
+    [line] = capsys.readouterr().err.splitlines()
+    key = "mqtt.tls.ca_file" if "certfile" not in tls else "mqtt.tls.certfile and keyfile"
+    assert line.startswith(f"cryedge: {path}: {key}: not a PEM certificate"), line
+    good = write(tmp_path, '[mqtt]\nhost = "b"\n[mqtt.tls]\nca_file = "certs/ca.crt"\ncertfile = "certs/server.crt"\n'
+                           'keyfile = "certs/server.key"\n', "good.toml")
+    assert main(["config", "check", str(good)]) == 0
 
 
 # ----------------------------------------------------------------------------- numbers and topics
