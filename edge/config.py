@@ -1201,8 +1201,9 @@ def _toml_value(value: Any) -> str:
         return _toml_value(MASK)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    text = str(value)
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    # TOML's basic strings hold no control character but tab: escaped, so that what is shown reads back
+    return '"' + "".join(c if c == "\t" or not (ord(c) < 0x20 or c == "\x7f") else f"\\u{ord(c):04x}" for c in text) + '"'
 
 
 def to_toml(config: Config) -> str:

@@ -744,3 +744,12 @@ def test_a_file_with_a_byte_order_mark_reads(tmp_path, capsys):
     path.write_bytes(b'\xef\xbb\xbf[mqtt]\r\nhost = "broker"\r\n')
     assert main(["config", "check", str(path)]) == 0
     assert "mqtt broker:1883" in capsys.readouterr().out
+
+
+def test_config_show_of_a_control_character_reads_back(tmp_path, capsys):
+    """TOML escapes "\\u0001" in a string; config show wrote the character itself, which no TOML reader takes
+    ("Illegal character"): the shown configuration, saved as a file, did not load."""
+    path = write(tmp_path, '[device]\nname = "Nursery\\u0001\\u007f\\tcot"\n')
+    assert main(["config", "show", "--config", str(path)]) == 0
+    shown = write(tmp_path, capsys.readouterr().out, "shown.toml")
+    assert load_config(shown, environ={}).device.name == "Nursery\x01\x7f\tcot"
