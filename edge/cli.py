@@ -15,10 +15,9 @@ import logging
 import os
 import sys
 from importlib.metadata import entry_points
-from pathlib import Path
 
 from edge import __version__, logs, native
-from edge.errors import CryedgeError
+from edge.errors import CryedgeError, os_error_line
 
 COMMAND_MODULES = (
     "edge.landmarks_cli",
@@ -60,33 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError:
             log.debug("commands from %s are not installed", entry.value)
     return parser
-
-
-def file_in_the_way(path: Path) -> Path | None:
-    """The file at or above ``path`` that stands where a folder must be, or None if none does."""
-    for candidate in (path, *path.parents):
-        if candidate.is_dir():
-            return None
-        if candidate.exists() or candidate.is_symlink():
-            return candidate
-    return None
-
-
-def os_error_line(error: OSError) -> str:
-    """One line for an OSError that reached the command line, naming the path.
-
-    mkdir on a file says only "File exists", and any path through a file "Not a directory": both
-    are an output folder that is a file, said as such whichever command met it.
-    """
-    if isinstance(error, (FileExistsError, NotADirectoryError)) and isinstance(error.filename, (str, bytes, os.PathLike)):
-        wanted = Path(os.fsdecode(error.filename))
-        blocking = file_in_the_way(wanted)
-        if blocking == wanted:
-            return f"cannot write into {wanted}: it is a file"
-        if blocking is not None:
-            return f"cannot write into {wanted}: {blocking} is a file"
-    where = f": {error.filename}" if error.filename is not None else ""
-    return f"{error.strerror or error}{where}"
 
 
 def main(argv: list[str] | None = None) -> int:

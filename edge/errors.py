@@ -4,6 +4,9 @@ The CLI prints ``str(error)`` as one line and exits with ``error.exit_code``. sy
 ``RestartPreventExitStatus=`` lists the codes of errors that a restart cannot fix.
 """
 
+import os
+from pathlib import Path
+
 
 class CryedgeError(Exception):
     """Something the user can act on; the message says what and where."""
@@ -52,3 +55,32 @@ EXIT_CODES = {
     cls.__name__: cls.exit_code
     for cls in (CryedgeError, ConfigError, ModelError, SourceError, BrokerError, DataError, InstallError)
 }
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """The file at or above ``path`` that stands where a folder must be, or None if none does."""
+    for candidate in (path, *path.parents):
+        if candidate.is_dir():
+            return None
+        if candidate.exists() or candidate.is_symlink():
+            return candidate
+    return None
+
+
+def output_through_a_file(error: OSError) -> str | None:
+    """"cannot write into X: it is a file" (or "Y is a file") when ``error`` is an output path through a file;
+    else None. mkdir on a file says only "File exists", and any path through a file "Not a directory"."""
+    if isinstance(error, (FileExistsError, NotADirectoryError)) and isinstance(error.filename, (str, bytes, os.PathLike)):
+        wanted = Path(os.fsdecode(error.filename))
+        blocking = file_in_the_way(wanted)
+        if blocking == wanted:
+            return f"cannot write into {wanted}: it is a file"
+        if blocking is not None:
+            return f"cannot write into {wanted}: {blocking} is a file"
+    return None
+
+
+def os_error_line(error: OSError) -> str:
+    """One line for an OSError that reached the command line, naming the path."""
+    where = f": {error.filename}" if error.filename is not None else ""
+    return output_through_a_file(error) or f"{error.strerror or error}{where}"

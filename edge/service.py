@@ -23,7 +23,7 @@ import subprocess
 import tomllib
 from pathlib import Path
 
-from edge.errors import ConfigError, CryedgeError
+from edge.errors import ConfigError, CryedgeError, output_through_a_file
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,8 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
         _install_all(config_dir, files)
     except OSError as error:
         log.debug("%s", error, exc_info=True)
-        raise CryedgeError(f"cannot write {error.filename}: {error.strerror or error}; nothing imported "
-                           f"({config_dir} left as it was, {boot_file} kept)") from None
+        reason = output_through_a_file(error) or f"cannot write {error.filename}: {error.strerror or error}"
+        raise CryedgeError(f"{reason}; nothing imported ({config_dir} left as it was, {boot_file} kept)") from None
     boot_file.unlink()
     _sync_directory(boot_file.parent)
     moved = [name for name, secret in (("the MQTT password", password), ("the camera password", camera_password),
