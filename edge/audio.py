@@ -34,6 +34,36 @@ STREAM_PROBE_SECONDS = 6.0  # more time for the first sound after an open: ffmpe
 SOUND_STALE_SECONDS = 2.0  # an audio score older than this at a frame means the sound stopped
 
 
+class Pace:
+    """Whether a live source delivers its sound in real time, judged over ``over`` seconds after ``settle``.
+
+    A capture device opened at another rate than asked (``hw:1,0`` at 48 kHz, where ``plughw`` converts) delivers
+    3 s of "16 kHz" sound a second: pitched down, and most of it dropped as overruns, the model is deaf while
+    every status says ok. ``settle`` leaves out what a stream's probe buffered before its first sample."""
+
+    def __init__(self, rate: int, settle: float = STREAM_PROBE_SECONDS, over: float = 10.0, limit: float = 1.5):
+        self.rate, self.settle, self.over, self.limit = rate, settle, over, limit
+        self._first: float | None = None  # when the first sample came
+        self._from: tuple[float, int] | None = None  # (when, samples so far) as counting began
+
+    def add(self, position: int, now: float) -> float | None:
+        """``position`` samples have come since the source opened (those dropped as overruns too), the newest at
+        ``now``; how many seconds of sound came a second over the last period, when that is over ``limit``."""
+        if self._first is None:
+            self._first = now
+        if now - self._first < self.settle:
+            return None
+        if self._from is None:
+            self._from = (now, position)
+            return None
+        elapsed = now - self._from[0]
+        if elapsed < self.over:
+            return None
+        ratio = (position - self._from[1]) / self.rate / elapsed
+        self._from = (now, position)  # judged afresh over the next period
+        return ratio if ratio > self.limit else None
+
+
 @dataclass(frozen=True)
 class AudioScore:
     """An audio ``Score`` and the sound level of the same window."""
@@ -176,6 +206,7 @@ class AudioMonitor:
         self.chunks = 0
         self.model_error: str | None = None  # why the audio model fails, while it does
         self.model_errors = 0  # windows the model failed on
+        self._too_fast = False  # the source last opened delivered sound faster than real time
         self._scores: deque[AudioScore] = deque(maxlen=max(4, int(history_seconds / pipeline.scorer.spec.hop_seconds)))
         self._changed = threading.Condition()
         self.follow_frames = follow_frames and not self.live  # a file next to a video waits for its frames
@@ -225,6 +256,7 @@ class AudioMonitor:
                 self.status.reconnects += 1
                 continue
             self.status.state, self.reason = "open", NO_SOUND
+            self._too_fast = False
             log.info("listening: %s", self.status.name)
             chunks = self.chunks
             try:
@@ -241,7 +273,8 @@ class AudioMonitor:
                 self._backend.close()
             if finished:
                 break
-            if self.chunks > chunks:  # it was heard: a new failure starts the back-off afresh (an open alone does not)
+            if self.chunks > chunks and not self._too_fast:  # it was heard: a new failure starts the back-off afresh
+                # (an open alone does not, nor sound that came too fast to be a microphone)
                 delays = backoff_delays(self.backoff_first, self.backoff_limit)
             self.pipeline.reset()
             if wait_ready is None and self._stop.wait(next(delays)):
@@ -273,6 +306,7 @@ class AudioMonitor:
         grace = STREAM_PROBE_SECONDS
         in_session = self._backend.in_camera_session
         silent = False
+        pace = Pace(self._backend.rate) if self.live else None
         while not self._stop.is_set():
             chunk = self._backend.read(timeout=0.5)
             if chunk is None:
@@ -292,6 +326,11 @@ class AudioMonitor:
                 log.info("sound: %s: heard again", self.status.name)
                 silent = False
             last, grace = time.monotonic(), 0.0
+            fast = pace.add(chunk.index + chunk.samples.size, last) if pace is not None else None
+            if fast is not None:
+                self._too_fast = True  # not fixed by reopening at once: its back-off grows
+                raise SourceError(f"{self.status.name} delivers about {round(fast)} s of sound a second: it does not "
+                                  f"capture at {pace.rate} Hz (an ALSA hw: device keeps its own rate; plughw: converts)")
             self.chunks += 1
             if self.status.first_frame_t is None:
                 self.status.first_frame_t = chunk.t - chunk.index / chunk.rate  # a file's time 0

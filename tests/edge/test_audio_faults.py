@@ -185,3 +185,61 @@ def test_with_a_camera_an_audio_model_that_failed_on_a_knock_still_hears_the_cry
     assert 5.0 <= events[0][1] <= 6.5 and events[1][2] == "scores", events
     statuses = [state.senses["audio"]["status"] for state in states if state.senses and "audio" in state.senses]
     assert "model_error" in statuses and statuses[-2] == "ok", statuses
+
+
+def alsa_flood(tmp_path, monkeypatch) -> str:
+    """An ALSA capture PCM ``flood`` that delivers sound as fast as it is read, never in real time: a device
+    opened at a rate it does not have (``hw:1,0`` at 48 kHz asked for 16 kHz) delivers three times too much. ALSA's
+    ``file`` PCM over ``null`` (tests/audio_models.alsa_stand_in) reading ``/dev/urandom``: endless white noise."""
+    conf = tmp_path / "alsa.conf"
+    conf.write_text(open("/usr/share/alsa/alsa.conf").read()
+                    + '\npcm.flood { type file; slave.pcm "null"; file "/dev/null"; infile "/dev/urandom"; format "raw" }\n')
+    monkeypatch.setenv("ALSA_CONFIG_PATH", str(conf))
+    return "flood"
+
+
+def hear_for(tmp_path, source_toml: str, seconds: float, until=lambda monitor: False):
+    """A monitor with no camera on ``[audio.source]`` ``source_toml`` for up to ``seconds`` (or ``until``); its
+    monitor's status and the /health answer at the end."""
+    import time
+
+    from edge.health import health_document
+
+    toml = tmp_path / f"listen-{time.monotonic_ns()}.toml"
+    toml.write_text(f'[source]\ntype = "none"\n[audio]\nenabled = true\n[audio.source]\n{source_toml}\n'
+                    f'[health]\nenabled = false\n[outbox]\npath = "{tmp_path / "o.sqlite3"}"\n')
+    with Daemon(load_config(toml)) as daemon:
+        runner = threading.Thread(target=daemon.run)
+        runner.start()
+        monitor = daemon.hearing.monitor
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not until(monitor):
+            time.sleep(0.2)
+        answer = health_document(daemon.health_stats(), time.monotonic(), stale_after=daemon._stall_after())
+        daemon.stop()
+        runner.join(30)
+    return monitor, answer
+
+
+@pytest.mark.skipif(shutil.which("arecord") is None, reason="needs arecord (alsa-utils)")
+def test_a_microphone_that_delivers_more_sound_than_real_time_is_said_not_heard_as_ok(tmp_path, monkeypatch):
+    """A capture device that delivers sound faster than real time (a hw: device at its own rate) was "ok" for ever
+    while most of its sound was dropped as overruns and the rest heard pitched down: a deaf monitor. It is said
+    in one line naming the rate, the sound is no_sound_device (/health 503) and the device is reopened with a
+    growing back-off. A network microphone that keeps real time (tests/edge/test_audio_only.py's) is not."""
+    from test_audio_only import HttpMicrophone
+
+    device = alsa_flood(tmp_path, monkeypatch)
+    monitor, (code, body) = hear_for(tmp_path, f'type = "alsa"\ndevice = "{device}"\nreopen_min_seconds = 0.5', 40.0,
+                                     until=lambda monitor: bool(monitor.status.last_error))
+    assert "alsa:flood delivers about" in (monitor.status.last_error or ""), (monitor.status, monitor.overruns)
+    assert "does not capture at 16000 Hz" in monitor.status.last_error
+    assert code == 503 and body["audio"] == "no_sound_device", body
+
+    microphone = HttpMicrophone().start()
+    try:
+        monitor, (code, body) = hear_for(tmp_path, f'type = "stream"\nurl = "{microphone.url}"', 20.0)
+    finally:
+        microphone.stop()
+    assert not monitor.status.last_error and monitor.status.reconnects == 0, monitor.status
+    assert code == 200 and body["audio"] == "ok", body
