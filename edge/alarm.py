@@ -27,6 +27,8 @@ subscribers learn when the baby started and stopped crying.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import statistics
 import time
 import uuid
@@ -35,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edge.config import AlarmConfig
-from edge.records import AlarmEvent, Score
+from edge.records import MODEL_ERROR, AlarmEvent, Score
 
 
 def wall_clock_now(t: float) -> float:
@@ -125,6 +127,8 @@ class Alarm:
         self._last_t = t
         if self._last_ok_t is None:
             self._last_ok_t = t  # the blind clock starts with the first score
+        if score.ok and not math.isfinite(score.probability):  # neither above nor below a threshold: held ON for ever
+            score = dataclasses.replace(score, status=MODEL_ERROR)
 
         if not score.ok:
             if t - self._last_ok_t >= self.config.blind_seconds:

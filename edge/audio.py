@@ -22,14 +22,13 @@ import numpy as np
 from edge.audio_features import AudioFrontEnd
 from edge.audio_source import AudioChunk, SoundBackend, level_dbfs
 from edge.errors import ModelError, SourceError
-from edge.records import Score
+from edge.records import MODEL_ERROR, Score
 from edge.source import SourceStatus, backoff_delays
 
 log = logging.getLogger(__name__)
 
 NO_SOUND_DEVICE = "no_sound_device"  # the microphone or stream cannot be opened (or is not configured)
 NO_SOUND = "no_sound"  # it is open but no sound came for a while
-MODEL_ERROR = "model_error"  # sound came, but the audio model failed on it (an invoke error, NaN scores)
 STREAM_PROBE_SECONDS = 6.0  # more time for the first sound after an open: ffmpeg probes a stream up to 5 s
 SOUND_STALE_SECONDS = 2.0  # an audio score older than this at a frame means the sound stopped
 
@@ -99,29 +98,11 @@ class AudioWindow:
         self._next = self.size  # sample count at which the next window ends
 
 
-# LiteRT's Python error reporter never clears its text: each failed invoke's error is appended to all before it
-# (measured: 66 bytes a failure; 1.3 MB, and 1.65 ms to copy, after 20,000). A model failing for a night would
-# grow it without end, so past this much the interpreter is loaded afresh.
-INVOKE_ERRORS_KEPT = 64 * 1024
-
-
-def newest_invoke_error(text: str) -> str:
-    """The newest error in LiteRT's text of all the invoke errors so far ("...Node number 5 (GATHER) failed to invoke.")."""
-    failures = [part for part in text.strip().split("failed to invoke.") if part.strip()]
-    if "failed to invoke." not in text or not failures:
-        return text.strip().splitlines()[0] if text.strip() else ""
-    return failures[-1].strip() + " failed to invoke."
-
-
 class AudioScorer:
-    """A loaded audio model and its card: a waveform window in, a ``Score`` out.
+    """A loaded audio model and its card: a waveform window in, a ``Score`` out."""
 
-    ``reload`` makes the model afresh (the same file and options): how a model whose invokes keep failing is
-    given a new interpreter (see ``INVOKE_ERRORS_KEPT``)."""
-
-    def __init__(self, model, reload: Callable[[], object] | None = None):
+    def __init__(self, model):
         self.model = model
-        self._reload = reload
         self.card = model.card
         if not self.card.is_audio:
             raise ValueError(f"{self.card.name} is a {self.card.kind} model, not an audio one")
@@ -138,16 +119,7 @@ class AudioScorer:
 
     def score(self, window: np.ndarray, t: float) -> Score:
         """ModelError when the model fails on this window: an invoke error, or scores that are not numbers."""
-        try:
-            probabilities = self.probabilities(window)
-        except (RuntimeError, ValueError) as error:  # LiteRT's invoke errors; a delegate that went away
-            text = str(error)
-            if len(text) > INVOKE_ERRORS_KEPT and self._reload is not None:
-                self.model.close()
-                self.model = self._reload()
-            raise ModelError(f"audio model {self.card.name} failed: {newest_invoke_error(text) or type(error).__name__}") from None
-        if not np.all(np.isfinite(probabilities)):  # NaN compares as neither crying nor calm: never a score
-            raise ModelError(f"audio model {self.card.name} gave scores that are not numbers (NaN or infinite)")
+        probabilities = self.probabilities(window)
         return Score(t=t, probability=float(probabilities[self.card.positive_index]),
                      probabilities=tuple(float(p) for p in probabilities))
 
@@ -620,8 +592,7 @@ def open_hearing(config, alarm_threshold: float | None, listener: Callable[[Audi
     if not model.card.is_audio:
         model.close()
         raise ModelError(f"[audio] model {config.audio.model.name} is a {model.card.kind} model, not an audio one")
-    pipeline = AudioPipeline(AudioScorer(model, reload=lambda: TFLiteModel(config.audio.model,
-                                                                           num_threads=config.audio.num_threads)))
+    pipeline = AudioPipeline(AudioScorer(model))
     rate = model.card.audio.rate
     sound = config.audio.source
     monitor = AudioMonitor(lambda: make(rate), pipeline, stall_seconds=sound.stall_seconds,

@@ -26,6 +26,10 @@ from edge.records import Score
 log = logging.getLogger(__name__)
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
+# LiteRT's Python error reporter never clears its text: each failed invoke's error is appended to all before it
+# (measured: 66 bytes a failure; 1.3 MB, and 1.65 ms to copy, after 20,000). A model failing for a night would
+# grow it without end, so past this much the interpreter is made afresh.
+INVOKE_ERRORS_KEPT = 64 * 1024
 EDGETPU_DEVICES = {"usb": "usb", "pci": "pci"}
 
 
@@ -158,17 +162,9 @@ class TFLiteModel:
         self.card = card or load_card(self.path)
         self.runtime = runtime or find_runtime()
         self.delegate_name = "cpu"
-        delegates = self._edgetpu_delegates(edgetpu)
-        try:
-            self._interpreter = self.runtime.interpreter_class(
-                model_path=str(self.path), num_threads=num_threads, experimental_delegates=delegates or None
-            )
-            if self.card.kind == "audio-waveform" and len(self._interpreter.get_input_details()) == 1:
-                self._fit_waveform_input(self._interpreter.get_input_details()[0])  # before the first allocation
-            self._interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ModelError(f"cannot load model {self.path} with {self.runtime.name}: {first_line}") from None
+        self._options = (num_threads, edgetpu)
+        self.reloads = 0  # times the interpreter was made afresh after failing invokes (INVOKE_ERRORS_KEPT)
+        self._interpreter = self._load()
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
         if self.card.kind == "audio-waveform" and len(inputs) == 1:
@@ -185,11 +181,27 @@ class TFLiteModel:
         log.info("model %s (%s, %s) on %s via %s", self.card.name, self.card.kind,
                  np.dtype(self._input["dtype"]).name, self.delegate_name, self.runtime.name)
 
-    def _fit_waveform_input(self, detail: dict) -> None:
+    def _load(self):
+        """A new interpreter of the file, tensors allocated; ModelError if it cannot be made."""
+        num_threads, edgetpu = self._options
+        delegates = self._edgetpu_delegates(edgetpu)
+        try:
+            interpreter = self.runtime.interpreter_class(
+                model_path=str(self.path), num_threads=num_threads, experimental_delegates=delegates or None
+            )
+            if self.card.kind == "audio-waveform" and len(interpreter.get_input_details()) == 1:
+                self._fit_waveform_input(interpreter, interpreter.get_input_details()[0])  # before allocating
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelError(f"cannot load model {self.path} with {self.runtime.name}: {first_line}") from None
+        return interpreter
+
+    def _fit_waveform_input(self, interpreter, detail: dict) -> None:
         """YAMNet's full graph takes a waveform of any length ([-1]): give it the card's window."""
         signature = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))
         if len(signature) == 1 and signature[0] == -1:
-            self._interpreter.resize_tensor_input(detail["index"], [self.card.audio.window_samples])
+            interpreter.resize_tensor_input(detail["index"], [self.card.audio.window_samples])
 
     def _edgetpu_delegates(self, edgetpu: str) -> list:
         if edgetpu == "off":
@@ -224,7 +236,14 @@ class TFLiteModel:
         if self.card.stateful:
             self._interpreter.reset_all_variables()
         self._interpreter.set_tensor(self._input["index"], x)
-        self._interpreter.invoke()
+        try:
+            self._interpreter.invoke()
+        except (RuntimeError, ValueError) as error:  # a kernel that fails on this input; a delegate gone
+            text = str(error)
+            if len(text) > INVOKE_ERRORS_KEPT:
+                self._interpreter = self._load()
+                self.reloads += 1
+            raise ModelError(f"model {self.card.name} failed: {newest_invoke_error(text) or type(error).__name__}") from None
         y = self._interpreter.get_tensor(self._output["index"])
         if np.dtype(self._output["dtype"]) in (np.int8, np.uint8, np.int16):
             scale, zero_point = self._output["quantization"]
@@ -232,8 +251,11 @@ class TFLiteModel:
         return y.astype(np.float32).reshape(-1)
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities in the card's label order."""
+        """Class probabilities in the card's label order; ModelError when the model fails on ``x`` (``invoke``) or
+        gives scores that are not numbers (NaN compares as neither crying nor calm)."""
         y = self.invoke(x)
+        if not np.all(np.isfinite(y)):
+            raise ModelError(f"model {self.card.name} gave scores that are not numbers (NaN or infinite)")
         if self.card.output == "sigmoid":
             p = float(np.clip(y[0], 0.0, 1.0))
             return np.array([1.0 - p, p], dtype=np.float32)
@@ -254,6 +276,14 @@ class TFLiteModel:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def newest_invoke_error(text: str) -> str:
+    """The newest error in LiteRT's text of all the invoke errors so far ("...Node number 5 (GATHER) failed to invoke.")."""
+    failures = [part for part in text.strip().split("failed to invoke.") if part.strip()]
+    if "failed to invoke." not in text or not failures:
+        return text.strip().splitlines()[0] if text.strip() else ""
+    return failures[-1].strip() + " failed to invoke."
 
 
 def vision_status(frames_with_face: np.ndarray, frames_with_body: np.ndarray | None, newest_brightness: float | None,
@@ -286,14 +316,27 @@ class WindowScorer:
         self.model = model
         self.card = model.card
         self.last_inference_ms = 0.0
+        self.error: str | None = None  # why the model fails, while it does
 
     def score(self, window: np.ndarray, t: float, face_seen: bool, frames_with_face: np.ndarray | None = None,
               status: str = "ok") -> Score:
+        """The window's ``Score``; when the model fails on it, one with the status ``model_error`` (said once)."""
+        from edge.records import MODEL_ERROR
+
         start = time.perf_counter()
-        if self.card.kind == "landmark-window":
-            probabilities = self.model.probabilities(window)
-        else:
-            probabilities = self._aggregate_crops(window, frames_with_face)
+        try:
+            if self.card.kind == "landmark-window":
+                probabilities = self.model.probabilities(window)
+            else:
+                probabilities = self._aggregate_crops(window, frames_with_face)
+        except ModelError as error:  # the frame loop goes on; the alarm treats it as blind (edge.alarm)
+            if self.error != str(error):
+                log.warning("%s; the picture is not judged (status %s) until it answers again", error, MODEL_ERROR)
+            self.error = str(error)
+            return Score(t=t, probability=0.0, face_seen=face_seen, status=MODEL_ERROR)
+        if self.error is not None:
+            log.info("model %s answers again", self.card.name)
+            self.error = None
         self.last_inference_ms = (time.perf_counter() - start) * 1000
         return Score(t=t, probability=float(probabilities[self.card.positive_index]), face_seen=face_seen,
                      probabilities=tuple(float(p) for p in probabilities), status=status)

@@ -132,7 +132,7 @@ def unmeasured_state(since_wall: float | None = None) -> AlarmState:
 
 
 # Score.status values of the camera (edge.records), as Home Assistant's enum sensor lists them.
-VISION_STATUSES = ("ok", "no_face", "no_body", "too_dark")
+VISION_STATUSES = ("ok", "no_face", "no_body", "too_dark", "model_error")
 HEARING_STATUSES = ("ok", "no_sound_device", "no_sound", "model_error")  # edge.audio: why the sound is not judged
 
 # The diagnostics on the stats topic, each a Home Assistant sensor: key -> its discovery options. ``scale``

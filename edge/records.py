@@ -62,6 +62,7 @@ OK = "ok"
 NO_FACE = "no_face"
 NO_BODY = "no_body"
 TOO_DARK = "too_dark"
+MODEL_ERROR = "model_error"  # the model failed on this input (an invoke error, scores that are not numbers)
 
 
 @dataclass(frozen=True)

@@ -116,21 +116,20 @@ def test_an_audio_model_failing_all_night_keeps_one_short_error_and_its_memory(m
     """LiteRT appends every failed invoke's error to the text of all the earlier ones (66 bytes each: 1.3 MB after
     20,000 failures, about 80 minutes of windows). The error said is the newest one alone, and the interpreter is
     loaded afresh before that text passes INVOKE_ERRORS_KEPT; the model then still judges a quiet window."""
-    from edge.audio import INVOKE_ERRORS_KEPT, AudioScorer
+    from edge.audio import AudioScorer
     from edge.errors import ModelError
-    from edge.model import TFLiteModel
+    from edge.model import INVOKE_ERRORS_KEPT, TFLiteModel
 
-    scorer = AudioScorer(TFLiteModel(models["raise"]), reload=lambda: TFLiteModel(models["raise"]))
+    scorer = AudioScorer(TFLiteModel(models["raise"]))
     loud, quiet = tone(0.975, 90.0, level=0.9), tone(0.975, 450.0, level=0.15)
-    first = scorer.model
     messages = set()
     for _ in range(2 * INVOKE_ERRORS_KEPT // 66):
         with pytest.raises(ModelError) as failed:
             scorer.score(loud, 0.0)
         messages.add(str(failed.value))
-    assert messages == {"audio model faulty-raise failed: gather index out of bounds"
+    assert messages == {"model faulty-raise failed: gather index out of bounds"
                         "Node number 5 (GATHER) failed to invoke."}, messages
-    assert scorer.model is not first  # loaded afresh
+    assert scorer.model.reloads == 1  # its interpreter made afresh
     assert scorer.score(quiet, 1.0).probability > 0.9
 
 
