@@ -837,8 +837,19 @@ def _describe(error: dict, data: Any, model: type[BaseModel]) -> str:
         close = difflib.get_close_matches(tag, tags, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         return f"{key}.{discriminator}: {tag!r} is not one of {', '.join(tags)}{hint}"
+    if error["type"] in ("model_type", "model_attributes_type", "dict_type"):  # not "a valid ... MqttConfig"
+        return f"{key}: must be a table ([{key}] or {keys[-1] if keys else key} = {{ ... }}), not {_toml_kind(error['input'])}"
+    if error["type"] in ("tuple_type", "list_type"):
+        return f"{key}: must be an array ([...]), not {_toml_kind(error['input'])}"
     message = error["msg"].removeprefix("Value error, ")
     return f"{key}: {message}"
+
+
+def _toml_kind(value: Any) -> str:
+    """What TOML calls the kind of ``value`` (not the value: it may be a password)."""
+    kinds = ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"), (list, "an array"),
+             (dict, "a table"))
+    return next((name for kind, name in kinds if isinstance(value, kind)), "a date or time")
 
 
 def _walk(model: type[BaseModel], loc: list[str]) -> tuple[list[str], type[BaseModel] | None]:

@@ -753,3 +753,18 @@ def test_config_show_of_a_control_character_reads_back(tmp_path, capsys):
     assert main(["config", "show", "--config", str(path)]) == 0
     shown = write(tmp_path, capsys.readouterr().out, "shown.toml")
     assert load_config(shown, environ={}).device.name == "Nursery\x01\x7f\tcot"
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ("mqtt = 5\n", "mqtt: must be a table ([mqtt] or mqtt = { ... }), not an integer"),
+    ('source = ["rtsp://cam/live"]\n', "source: must be a table ([source] or source = { ... }), not an array"),
+    ('[audio]\nsource = "alsa"\n', "audio.source: must be a table ([audio.source] or source = { ... }), not a string"),
+    ("[mqtt]\ntls = true\n", "mqtt.tls: must be a table ([mqtt.tls] or tls = { ... }), not a boolean"),
+    ("[landmarks]\nroi = 5\n", "landmarks.roi: must be an array ([...]), not an integer"),
+])
+def test_a_value_where_a_table_or_array_goes_is_said_in_tomls_words(tmp_path, capsys, text, line):
+    """It said "Input should be a valid dictionary or instance of MqttConfig" (or "object to extract fields
+    from"): a class name of the code and a word TOML does not use."""
+    path = write(tmp_path, text)
+    assert main(["config", "check", str(path)]) == 3
+    assert capsys.readouterr().err.splitlines() == [f"cryedge: {path}: {line}"]
