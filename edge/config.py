@@ -899,32 +899,37 @@ def _merge(base: dict, overrides: dict) -> dict:
     return merged
 
 
-def _resolve_paths(config: Config, base: Path) -> None:
+def expand_user(path: Path | str, key: str) -> Path:
+    """``path`` with ``~`` or ``~name`` expanded; a ConfigError naming ``key`` when there is no such user."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # ~pi in a config from an older guide: Raspberry Pi OS has no user pi since Bookworm
+        raise ConfigError(f"{key}: {path}: there is no user {Path(path).parts[0][1:] or '(home)'} on this "
+                          "machine for ~ to name") from None
+
+
+def _resolve_paths(config: Config, base: Path, where: str) -> None:
     """Relative paths in a config file mean relative to that file's folder; ``~`` is expanded."""
-
-    def fix(path: Path | None) -> Path | None:
-        if path is None:
-            return None
-        path = path.expanduser()
-        return path if path.is_absolute() else base / path
-
-    config.landmarks.face_model = fix(config.landmarks.face_model)
-    config.landmarks.pose_model = fix(config.landmarks.pose_model)
-    config.model.path = fix(config.model.path)
-    config.audio.model = fix(config.audio.model)
-    if isinstance(config.audio.source, FileSoundConfig):
-        config.audio.source.path = fix(config.audio.source.path)
-    config.outbox.path = fix(config.outbox.path)
-    config.live.token_file = fix(config.live.token_file)
-    config.mqtt.password_file = fix(config.mqtt.password_file)
+    places = [(config.landmarks, "face_model", "landmarks"), (config.landmarks, "pose_model", "landmarks"),
+              (config.model, "path", "model"), (config.audio, "model", "audio"), (config.outbox, "path", "outbox"),
+              (config.live, "token_file", "live"), (config.mqtt, "password_file", "mqtt")]
     if config.mqtt.tls is not None:
-        for name in ("ca_file", "certfile", "keyfile"):
-            setattr(config.mqtt.tls, name, fix(getattr(config.mqtt.tls, name)))
+        places += [(config.mqtt.tls, name, "mqtt.tls") for name in ("ca_file", "certfile", "keyfile")]
+    if isinstance(config.audio.source, FileSoundConfig):
+        places.append((config.audio.source, "path", "audio.source"))
     if isinstance(config.source, FileSourceConfig):
-        config.source.path = fix(config.source.path)
-    for stream in (config.source, config.audio.source):
+        places.append((config.source, "path", "source"))
+    for table, stream in (("source", config.source), ("audio.source", config.audio.source)):
         if isinstance(stream, StreamCredentials):
-            stream.password_file = fix(stream.password_file)
+            places.append((stream, "password_file", table))
+    for section, name, table in places:
+        path = getattr(section, name)
+        if path is not None:
+            try:
+                path = expand_user(path, f"{table}.{name}")
+            except ConfigError as error:
+                raise ConfigError(f"{where}: {error}") from None
+            setattr(section, name, path if path.is_absolute() else base / path)
 
 
 def _resolve_password(section: BaseModel, key: str, where: str, environ, variable: str, credential: str) -> None:
@@ -969,7 +974,7 @@ def load_config(path: Path | str | None = None, overrides: dict | None = None, e
         except ValueError as error:
             raise ConfigError(f"{where}: source: {error}") from None
         if data["source"]["type"] == "file":  # a path on the command line is relative to where it was typed
-            data["source"]["path"] = str(Path.cwd() / Path(data["source"]["path"]).expanduser())
+            data["source"]["path"] = str(Path.cwd() / expand_user(data["source"]["path"], "--source"))
     if source:
         overrides["source"] = source
     if "source" in (overrides.get("audio") or {}) and isinstance(data.get("audio"), dict):
@@ -986,7 +991,7 @@ def load_config(path: Path | str | None = None, overrides: dict | None = None, e
         problems = error.errors()
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ConfigError(f"{where}: {_describe(problems[0], data, Config)}{more}") from None
-    _resolve_paths(config, config_path.resolve().parent if config_path is not None else Path.cwd())
+    _resolve_paths(config, config_path.resolve().parent if config_path is not None else Path.cwd(), where)
     _resolve_password(config.mqtt, "mqtt", where, environ, PASSWORD_ENV, CREDENTIAL_NAME)
     if config.mqtt.password is not None:  # from a file or the environment, after validation: checked here
         size = len(config.mqtt.password.get_secret_value().encode("utf-8", "surrogatepass"))
@@ -1176,7 +1181,7 @@ def parse_audio_source(text: str) -> dict[str, Any]:
                               f"rtsp://USER@HOST/... and the password in ${MICROPHONE_PASSWORD_ENV} or "
                               "[audio.source] password_file")
         return {"type": "stream", "url": text}
-    return {"type": "file", "path": str(Path.cwd() / Path(text).expanduser())}
+    return {"type": "file", "path": str(Path.cwd() / expand_user(text, "--audio-source"))}
 
 
 def cli_overrides(source: str | None = None, broker: str | None = None, audio_source: str | None = None) -> dict:

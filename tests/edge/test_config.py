@@ -768,3 +768,27 @@ def test_a_value_where_a_table_or_array_goes_is_said_in_tomls_words(tmp_path, ca
     path = write(tmp_path, text)
     assert main(["config", "check", str(path)]) == 3
     assert capsys.readouterr().err.splitlines() == [f"cryedge: {path}: {line}"]
+
+
+@pytest.mark.parametrize(("text", "args", "line"), [
+    ('[model]\npath = "~pi/models/cry.tflite"\n', [], "{path}: model.path: ~pi/models/cry.tflite: there is no user pi "
+                                                      "on this machine for ~ to name"),
+    ('[mqtt]\nhost = "b"\nusername = "u"\npassword_file = "~pi/pw"\n', [],
+     "{path}: mqtt.password_file: ~pi/pw: there is no user pi on this machine for ~ to name"),
+    ("", ["--source", "~pi/clip.mp4"], "--source: ~pi/clip.mp4: there is no user pi on this machine for ~ to name"),
+    ("", ["--audio-source", "~pi/cry.wav"], "--audio-source: ~pi/cry.wav: there is no user pi on this machine for ~ to "
+                                            "name"),
+])
+def test_a_tilde_naming_a_user_that_is_not_here_is_a_config_error(tmp_path, capsys, text, args, line):
+    """~pi/... (older guides; Raspberry Pi OS has no user pi since Bookworm) raised RuntimeError "Could not determine
+    home directory": a traceback with exit 1, which systemd restarted for ever. Now exit 3, the key named."""
+    import pwd
+
+    try:
+        pwd.getpwnam("pi")
+        pytest.skip("this machine has a user pi")
+    except KeyError:
+        pass
+    path = write(tmp_path, text)
+    assert main(["run", "--no-health", "--config", str(path), *args]) == 3
+    assert capsys.readouterr().err.splitlines()[-1] == f"cryedge: {line.format(path=path)}"
