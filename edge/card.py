@@ -258,7 +258,7 @@ def parse_card(text: str | bytes, where: str) -> ModelCard:
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "card"
-        raise ModelError(f"model card {where}: {field}: {first['msg']}") from None
+        raise ModelError(f"model card {where}: {field}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def sidecar_path(model_path: Path) -> Path:

@@ -236,7 +236,7 @@ def test_a_card_whose_windows_are_further_apart_than_they_are_long_is_refused_at
     (tmp_path / "gappy.json").write_text(json.dumps(card))
     with pytest.raises(ModelError) as refused:
         load_card(model)
-    assert str(refused.value) == (f"model card {tmp_path / 'gappy.json'}: audio.hop_seconds: Value error, 1.5 s is longer "
+    assert str(refused.value) == (f"model card {tmp_path / 'gappy.json'}: audio.hop_seconds: 1.5 s is longer "
                                   "than the window (15600 samples at 16000 Hz, 0.975 s): the sound between windows "
                                   "would not be heard")
     card["audio"]["hop_seconds"] = 0.975  # windows end to end: nothing missed
