@@ -899,6 +899,10 @@ def _merge(base: dict, overrides: dict) -> dict:
     return merged
 
 
+# keys naming a model file, which may be fetched later but is never a folder
+MODEL_FILES = {("model", "path"), ("audio", "model"), ("landmarks", "face_model"), ("landmarks", "pose_model")}
+
+
 def expand_user(path: Path | str, key: str) -> Path:
     """``path`` with ``~`` or ``~name`` expanded; a ConfigError naming ``key`` when there is no such user."""
     try:
@@ -929,7 +933,10 @@ def _resolve_paths(config: Config, base: Path, where: str) -> None:
                 path = expand_user(path, f"{table}.{name}")
             except ConfigError as error:
                 raise ConfigError(f"{where}: {error}") from None
-            setattr(section, name, path if path.is_absolute() else base / path)
+            path = path if path.is_absolute() else base / path
+            if (table, name) in MODEL_FILES and path.is_dir():  # it said "model file not found" (or "missing") at start
+                raise ConfigError(f"{where}: {table}.{name}: {path} is a directory, not a model file")
+            setattr(section, name, path)
 
 
 def _resolve_password(section: BaseModel, key: str, where: str, environ, variable: str, credential: str) -> None:

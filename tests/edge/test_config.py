@@ -792,3 +792,15 @@ def test_a_tilde_naming_a_user_that_is_not_here_is_a_config_error(tmp_path, caps
     path = write(tmp_path, text)
     assert main(["run", "--no-health", "--config", str(path), *args]) == 3
     assert capsys.readouterr().err.splitlines()[-1] == f"cryedge: {line.format(path=path)}"
+
+
+@pytest.mark.parametrize("key", ["[model]\npath", "[audio]\nmodel", "[landmarks]\nface_model", "[landmarks]\npose_model"])
+def test_a_model_path_that_is_a_folder_is_said_to_be_one(tmp_path, capsys, key):
+    """config check passed it, and the start said "model file not found: FOLDER" (or "landmark model FOLDER is
+    missing; run cryedge models fetch"), of a path that is there."""
+    (tmp_path / "models").mkdir()
+    path = write(tmp_path, f'{key} = "models"\n')
+    assert main(["config", "check", str(path)]) == 3
+    table, name = key.strip("[").replace("]\n", ".").split(".")
+    assert capsys.readouterr().err.splitlines() == [
+        f"cryedge: {path}: {table}.{name}: {tmp_path / 'models'} is a directory, not a model file"]
