@@ -231,6 +231,7 @@ class TrainOptions:
     body_from: int | None = None  # first body feature, from the dataset's spec (set by ``train``)
     body_window_drop: float = 0.0  # share of augmented windows whose body is gone altogether
     reshape: float = 0.0  # per-window face-shape change of augmented copies (see ``reshape_faces``); iBUG-68 faces only
+    pitch_channels: int = 0  # the sound windows' last features that are pitch channels (set by ``train``)
 
 
 # The iBUG-68 face's parts (the first 68 face points of the openpose-face70 specs; 68-69 are the pupils,
@@ -304,7 +305,8 @@ def _fit(arch: str, x_train, y_train, x_val, y_val, options: TrainOptions):
     import keras
 
     keras.utils.set_random_seed(options.seed)
-    model = zoo.build(arch, window=x_train.shape[1], features=x_train.shape[2])
+    pitch = {"pitch": options.pitch_channels} if options.pitch_channels and arch in zoo.AUDIO_WINDOW else {}
+    model = zoo.build(arch, window=x_train.shape[1], features=x_train.shape[2], **pitch)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"])
     verbose = options.verbose if options.verbose is not None else (1 if sys.stdout.isatty() else 2)
     if options.augment:
@@ -382,6 +384,11 @@ def train(options: TrainOptions) -> dict:
     }
     if "audio" in data:  # a sound dataset: its front end goes to the card through convert
         metrics["audio"] = json.loads(str(data["audio"]))
+        pitch = metrics["audio"].get("pitch_bins", 0) * metrics["audio"].get("pitch_bands", 1)
+        if pitch:  # a branch of their own in audio-cnn
+            from dataclasses import replace
+
+            options = replace(options, pitch_channels=pitch)
     if options.folds:
         folds = stratified_group_folds(groups, y, options.folds, options.seed)
         per_fold = []

@@ -176,16 +176,22 @@ def smile_cnn(height: int = 64, width: int = 64, channels: int = 1, keras=None, 
     return _face_cnn(height, width, channels, 1, "sigmoid", "smile_cnn", keras, filters, dense)
 
 
-def audio_cnn(frames: int = 96, bands: int = 64, keras=None, filters: int = 16, dense: int = 32):
+def audio_cnn(frames: int = 96, bands: int = 64, keras=None, filters: int = 16, dense: int = 32, pitch: int = 0):
     """A log-mel (or MFCC) patch, ``frames`` x ``bands``, to crying or not: the related work's sound CNN.
 
     Three 3x3 convolution blocks with pooling over time and frequency, global average pooling (so the
     model does not learn where in the patch a cry sits) and a small dense head; sigmoid. The input is
     the front end's (frames, bands) matrix; the channel axis is added inside, so the card's input shape is
     (1, frames, bands).
+
+    ``pitch``: the last ``pitch`` of the bands are the front end's pitch channels (card ``audio.pitch_bins``).
+    They are not a continuation of the spectrum: a branch of their own reads their time course (a cry's
+    rising and falling f0 against a note held or a bark), and the two meet before the dense head.
     """
     keras = _keras(keras)
     layers = keras.layers
+    if pitch:
+        return _audio_cnn_with_pitch(frames, bands, pitch, keras, filters, dense)
     stack = [*_input_layer(keras, (frames, bands)),
              layers.Reshape((frames, bands, 1), **_first(keras, (frames, bands)))]
     for block in range(3):
@@ -194,6 +200,24 @@ def audio_cnn(frames: int = 96, bands: int = 64, keras=None, filters: int = 16, 
     stack += [layers.GlobalAveragePooling2D(), layers.Dense(dense, activation="relu"), layers.Dropout(0.3),
               layers.Dense(1, activation="sigmoid")]
     return keras.Sequential(stack, name="audio_cnn")
+
+
+def _audio_cnn_with_pitch(frames: int, bands: int, pitch: int, keras, filters: int, dense: int):
+    layers = keras.layers
+    inputs = keras.Input(shape=(frames, bands))
+    image = layers.Reshape((frames, bands, 1))(inputs)
+    mel = layers.Cropping2D(((0, 0), (0, pitch)))(image)
+    for block in range(3):
+        mel = layers.Conv2D(filters * 2 ** min(block, 1), 3, padding="same", activation="relu")(mel)
+        mel = layers.MaxPooling2D(2)(mel)
+    contour = layers.Cropping2D(((0, 0), (bands - pitch, 0)))(image)
+    for _ in range(2):
+        contour = layers.Conv2D(filters, (5, 3), padding="same", activation="relu")(contour)
+        contour = layers.MaxPooling2D((2, 1))(contour)
+    joined = layers.Concatenate()([layers.GlobalAveragePooling2D()(mel), layers.GlobalAveragePooling2D()(contour)])
+    x = layers.Dense(dense, activation="relu")(joined)
+    x = layers.Dropout(0.3)(x)
+    return keras.Model(inputs, layers.Dense(1, activation="sigmoid")(x), name="audio_cnn")
 
 
 def mini_xception(height: int = 64, width: int = 64, channels: int = 1, keras=None, classes: int = 7):
