@@ -104,3 +104,20 @@ def test_synthetic_data_is_deterministic_and_labelled_balanced():
     assert y1.sum() == 50 and x1.min() >= 0 and x1.max() <= 1
     faces, labels = zoo.synthetic_faces(70, 48, 48, 1, classes=7)
     assert faces.shape == (70, 48, 48, 1) and np.bincount(labels).tolist() == [10] * 7
+
+
+def test_audio_cnn_reads_pitch_channels_in_a_branch_of_their_own_and_the_log_mel_as_before():
+    """Appended to the log-mel image, the pitch channels were read by the spectrum's own 3x3 filters and
+    pooled with it; with ``pitch`` they are cut off into convolutions of their own."""
+    import keras
+
+    plain = zoo.build("audio-cnn", window=96, features=64)
+    assert isinstance(plain, keras.Sequential) and plain.count_params() == 15137  # the default model's, unchanged
+    model = zoo.build("audio-cnn", window=96, features=100, pitch=36)
+    assert model.input_shape == (None, 96, 100)
+    widths = sorted(layer.output.shape[2] for layer in model.layers if isinstance(layer, keras.layers.Cropping2D))
+    assert widths == [36, 64]
+    x = np.random.default_rng(0).standard_normal((2, 96, 100)).astype(np.float32)
+    changed = x.copy()
+    changed[:, :, 64:] += 3.0  # the pitch channels alone
+    assert not np.allclose(model.predict(x, verbose=0), model.predict(changed, verbose=0))
