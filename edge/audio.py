@@ -278,7 +278,9 @@ class AudioMonitor:
         grace = STREAM_PROBE_SECONDS
         in_session = self._backend.in_camera_session
         silent = False
-        pace = Pace(self._backend.rate) if self.live else None
+        # the camera session's sound is resampled by ffmpeg from the stream's own clock, and a false alarm would
+        # silence it until the picture's next session: only a device or stream of its own is judged
+        pace = Pace(self._backend.rate) if self.live and not in_session else None
         while not self._stop.is_set():
             chunk = self._backend.read(timeout=0.5)
             if chunk is None:
