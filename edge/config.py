@@ -295,6 +295,17 @@ class StreamCredentials(Section):
                 data[key] = value
         return data
 
+    @field_validator("url")
+    @classmethod
+    def _no_masked_query(cls, url: str) -> str:
+        """A query password that is ``config show``'s mask: the camera answered 401, with no hint why."""
+        for item in url.partition("?")[2].partition("#")[0].split("&"):
+            key, _, value = item.partition("=")
+            if SECRET_QUERY_KEY.match(unquote(key)) and unquote(value) == MASK:
+                raise ValueError(f"its {unquote(key)} is {MASK}, the mask `cryedge config show` prints in place of a "
+                                 "password; write the real one")
+        return url
+
     @model_validator(mode="after")
     def _user_for_password(self) -> StreamCredentials:
         if (self.password is not None or self.password_file is not None) and self.username is None:
@@ -940,7 +951,18 @@ def _resolve_paths(config: Config, base: Path, where: str) -> None:
 
 
 def _resolve_password(section: BaseModel, key: str, where: str, environ, variable: str, credential: str) -> None:
-    """Fill ``section.password``: ``$variable``, then ``password_file``, then the systemd credential, then as given."""
+    """Fill ``section.password``: ``$variable``, then ``password_file``, then the systemd credential, then as given.
+
+    As given, it must not be ``config show``'s mask: a shown config saved as the config sent ``********`` to the
+    broker or camera, refused with no hint why. Where another origin wins, the mask in the file is not used.
+    """
+    _fill_password(section, key, where, environ, variable, credential)
+    if section.password is not None and section.password.get_secret_value() == MASK:
+        raise ConfigError(f"{where}: {key}.password: is {MASK}, the mask `cryedge config show` prints in place of a "
+                          "password; write the real one (or set password_file)")
+
+
+def _fill_password(section: BaseModel, key: str, where: str, environ, variable: str, credential: str) -> None:
     if environ.get(variable):
         section.password = SecretStr(environ[variable])
         return

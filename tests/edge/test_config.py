@@ -804,3 +804,39 @@ def test_a_model_path_that_is_a_folder_is_said_to_be_one(tmp_path, capsys, key):
     table, name = key.strip("[").replace("]\n", ".").split(".")
     assert capsys.readouterr().err.splitlines() == [
         f"cryedge: {path}: {table}.{name}: {tmp_path / 'models'} is a directory, not a model file"]
+
+
+MASK_LINE = "the mask `cryedge config show` prints in place of a password; write the real one"
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ('[mqtt]\nhost = "broker"\nusername = "u"\npassword = "mqtt-pw"\n',
+     f"mqtt.password: is ********, {MASK_LINE} (or set password_file)"),
+    ('[source]\nuri = "rtsp://viewer:cam-pw@192.168.1.20/live"\n',
+     f"source.password: is ********, {MASK_LINE} (or set password_file)"),
+    ('[source]\nuri = "http://192.168.1.20/video.cgi?user=admin&pwd=cam-pw"\n', f"source.url: its pwd is ********, {MASK_LINE}"),
+    ('[source]\ntype = "none"\n[audio]\nenabled = true\n[audio.source]\ntype = "stream"\n'
+     'url = "rtsp://listener:mic-pw@192.168.1.30/audio"\n',
+     f"audio.source.password: is ********, {MASK_LINE} (or set password_file)"),
+    ('[source]\ntype = "none"\n[audio]\nenabled = true\n[audio.source]\ntype = "stream"\n'
+     'url = "http://192.168.1.30/audio?token=mic-pw"\n', f"audio.source.url: its token is ********, {MASK_LINE}"),
+])
+def test_config_show_saved_as_the_config_is_refused_where_it_holds_the_mask(tmp_path, capsys, monkeypatch, text, line):
+    """`config show > cryedge.toml` is a common start: each masked password read back as ******** and went to the
+    broker or camera, which refused it (401) with no hint why. Now `config check` names the key, exit 3."""
+    for name in ("CRYEDGE_MQTT_PASSWORD", "CRYEDGE_CAMERA_PASSWORD", "CRYEDGE_MICROPHONE_PASSWORD", "CREDENTIALS_DIRECTORY"):
+        monkeypatch.delenv(name, raising=False)
+    original = write(tmp_path, text)
+    assert main(["config", "show", "--config", str(original)]) == 0
+    shown = write(tmp_path, capsys.readouterr().out, "shown.toml")
+    assert "-pw" not in shown.read_text()
+    assert main(["config", "check", str(shown)]) == 3
+    assert capsys.readouterr().err.splitlines() == [f"cryedge: {shown}: {line}"]
+
+
+def test_a_masked_password_the_service_does_not_use_is_no_error(tmp_path):
+    """Where systemd's credential gives the password, the mask in a saved `config show` is not sent: it still loads."""
+    (tmp_path / "mqtt_password").write_text("real-pw\n")
+    path = write(tmp_path, '[mqtt]\nhost = "broker"\nusername = "u"\npassword = "********"\n')
+    config = load_config(path, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert config.mqtt.password.get_secret_value() == "real-pw"
