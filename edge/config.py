@@ -409,9 +409,15 @@ def parse_source_uri(uri: str) -> dict[str, Any]:
 
     ``picamera2[:N][:main|lores]``, ``/dev/videoN`` or a camera index (v4l2), ``rtsp[s]://...``,
     ``http[s]://...``, ``none`` (no camera), ``file://PATH`` or any other text (a video file). A password in a URL is split
-    off into ``password``, so that nothing holds it but a ``SecretStr``.
+    off into ``password``, so that nothing holds it but a ``SecretStr``. An integer is a camera index, as
+    ``device = 0`` is (``uri = 0``); any other TOML value (``uri = ["x"]``) was read as a file of that name.
     """
-    text = str(uri).strip()
+    if isinstance(uri, int) and not isinstance(uri, bool):
+        return {"type": "v4l2", "device": uri}
+    if not isinstance(uri, str):
+        kind = _toml_kind(uri)  # not the value: it may hold a password
+        raise ValueError(f'uri must be a string ("/dev/video0", "rtsp://...", a file) or a camera index, not {kind}')
+    text = uri.strip()
     if not text:
         raise ValueError("uri is empty")
     if text.lower() == "none":  # no camera (a file of that name: ./none)

@@ -840,3 +840,22 @@ def test_a_masked_password_the_service_does_not_use_is_no_error(tmp_path):
     path = write(tmp_path, '[mqtt]\nhost = "broker"\nusername = "u"\npassword = "********"\n')
     config = load_config(path, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert config.mqtt.password.get_secret_value() == "real-pw"
+
+
+@pytest.mark.parametrize(("value", "kind"), [('["x"]', "an array"), ("{ path = \"x\" }", "a table"), ("true", "a boolean"),
+                                             ("5.0", "a float")])
+def test_a_source_uri_that_is_no_string_nor_camera_index_is_a_config_error(tmp_path, capsys, value, kind):
+    """uri = ["x"] ran a video file named "['x']" (uri = true one named True): missing, reopened for ever."""
+    path = write(tmp_path, f"[source]\nuri = {value}\n")
+    assert main(["config", "check", str(path)]) == 3
+    assert capsys.readouterr().err.splitlines() == [
+        f'cryedge: {path}: source: uri must be a string ("/dev/video0", "rtsp://...", a file) or a camera index, '
+        f"not {kind}"]
+
+
+def test_an_integer_source_uri_is_a_camera_index_as_the_string_is(tmp_path):
+    """The README's shorthand "0" (a camera index), written as a TOML integer, means the same camera."""
+    assert load_config(write(tmp_path, "[source]\nuri = 5\n"), environ={}).source.device == 5
+    assert load_config(write(tmp_path, '[source]\nuri = "5"\n'), environ={}).source.device == 5
+    with pytest.raises(ConfigError, match=r"source\.device: a camera index is 0 to 63$"):
+        load_config(write(tmp_path, "[source]\nuri = -1\n"), environ={})  # not a video file named -1
