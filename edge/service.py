@@ -149,7 +149,11 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
     if not boot_file.exists():
         return False
     where = str(boot_file)
-    raw = boot_file.read_bytes()
+    try:
+        raw = boot_file.read_bytes()
+    except IsADirectoryError:  # it said "Is a directory: PATH", not what was expected there
+        raise ConfigError(f"{where}: is a folder, not the TOML file of settings expected there; "
+                          f"nothing imported ({config_dir / 'cryedge.toml'} left as it was)") from None
     try:
         text = raw.decode("utf-8-sig")  # Notepad's "UTF-8" starts with a byte order mark, which TOML does not read
     except UnicodeDecodeError as error:  # a laptop's editor saved it in another encoding

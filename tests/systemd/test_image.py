@@ -367,3 +367,16 @@ def test_a_boot_file_saved_by_notepad_is_imported(tmp_path):
     assert (etc / "mqtt_password").read_text() == "pa ss\n" and not boot.exists()
     loaded = config.load_config(etc / "cryedge.toml", environ={"CREDENTIALS_DIRECTORY": str(etc)})
     assert loaded.mqtt.host == "192.168.1.10" and loaded.mqtt.password.get_secret_value() == "pa ss"
+
+
+def test_a_boot_file_that_is_a_folder_is_one_sentence_and_nothing_changes(tmp_path):
+    """A folder named cryedge.toml on the boot partition (a laptop's unzip) printed a bare "Is a directory: PATH"."""
+    boot, etc = tmp_path / "cryedge.toml", tmp_path / "etc"
+    boot.mkdir()
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("cryedge")), "service", "import-boot-config", "--boot-file", str(boot),
+         "--config-dir", str(etc)], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert result.stderr.splitlines() == [f"cryedge: {boot}: is a folder, not the TOML file of settings expected "
+                                          f"there; nothing imported ({etc / 'cryedge.toml'} left as it was)"]
+    assert not etc.exists() and boot.is_dir()
