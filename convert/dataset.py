@@ -409,9 +409,11 @@ def build_sound(files_dir: Path, labels_path: Path, audio=None, kind: str = "aud
     x = np.stack(xs).astype(np.float32)
     if kind == "audio-window" and audio.normalization == "none":
         # one mean and scale for every value, from this data, on the card: the device applies the same two numbers
-        mean, std = float(x.mean()), max(float(x.std()), 1e-6)
+        # of the spectrum's values: pitch channels (0 dB: not pitched) are scaled with them, not moved
+        spectrum = x[..., :audio.spectrum_size]
+        mean, std = float(spectrum.mean()), max(float(spectrum.std()), 1e-6)
         audio = audio.model_copy(update={"normalization": "fixed", "mean": round(mean, 4), "std": round(std, 4)})
-        x = (x - audio.mean) / audio.std
+        x = (x - audio.mean * (np.arange(x.shape[-1]) < audio.spectrum_size)) / audio.std
     return SoundDataset(x, y, np.array(groups), np.array(files), np.array(ends, np.float32), labels, audio, kind)
 
 

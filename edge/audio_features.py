@@ -230,7 +230,8 @@ def audio_features(waveform: np.ndarray, spec: AudioSpec, floor: BackgroundFloor
     if spec.pitch_bins:
         features = np.concatenate([features, pitch_salience(power, spec)], axis=1)
     if spec.normalization == "fixed":
-        features = (features - spec.mean) / spec.std
+        # the spectrum's training mean and scale; the pitch channels (0: not pitched) are only scaled with it
+        features = (features - spec.mean * (np.arange(features.shape[1]) < spec.spectrum_size)) / spec.std
     elif spec.normalization == "patch":
         features = (features - features.mean()) / max(float(features.std()), 1e-6)
     return features.astype(np.float32)

@@ -106,7 +106,7 @@ class AudioSpec(BaseModel):
     pitch_fmin: float = Field(default=250.0, gt=0)
     pitch_fmax: float = Field(default=700.0, gt=0)
     pitch_bands: int = Field(default=1, ge=1, le=8)
-    normalization: Literal["none", "fixed", "patch"] = "none"  # fixed: (x - mean) / std from training
+    normalization: Literal["none", "fixed", "patch"] = "none"  # fixed: (x - mean) / std from training (pitch channels: x / std)
     mean: float = 0.0
     std: float = Field(default=1.0, gt=0)
     # audio-waveform models
@@ -174,8 +174,13 @@ class AudioSpec(BaseModel):
         return round(self.hop_seconds * self.rate / self.hop_length)
 
     @property
+    def spectrum_size(self) -> int:
+        """Features a frame of the spectrum (log-mel bands or MFCCs), before any pitch channels."""
+        return self.n_mfcc if self.features == "mfcc" else self.mel_bands
+
+    @property
     def feature_size(self) -> int:
-        return (self.n_mfcc if self.features == "mfcc" else self.mel_bands) + self.pitch_bands * self.pitch_bins
+        return self.spectrum_size + self.pitch_bands * self.pitch_bins
 
 
 AUDIO_KINDS = ("audio-window", "audio-waveform")

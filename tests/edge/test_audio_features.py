@@ -291,6 +291,15 @@ def test_noise_a_fan_and_a_mans_voice_leave_the_pitch_channels_low():
         assert pitch.max() < 8.0 and pitch.max() < cry_like / 4, (name, cry_like, np.round(pitch, 1))
 
 
+def test_fixed_normalization_moves_the_spectrum_and_only_scales_the_pitch_channels():
+    """The training mean is the spectrum's; 0 dB of ripple (not pitched) stays 0, so the spectrum is
+    normalized as it is without pitch channels."""
+    raw = audio_features(voiced(400.0), PITCH)
+    fixed = audio_features(voiced(400.0), PITCH.model_copy(update={"normalization": "fixed", "mean": -30.0, "std": 20.0}))
+    np.testing.assert_allclose(fixed[:, :64], (raw[:, :64] + 30.0) / 20.0, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fixed[:, 64:], raw[:, 64:] / 20.0, rtol=1e-5, atol=1e-5)
+
+
 def test_pitch_channels_do_not_change_with_the_microphones_gain():
     quiet, loud = (audio_features(voiced(400.0, level=g) + g * NOISE, PITCH) for g in (0.003, 0.6))
     np.testing.assert_allclose(pitch_part(quiet), pitch_part(loud), atol=0.05)
