@@ -169,9 +169,15 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
     _check(boot_file, target)
     files = {PASSWORD_FILE_NAME: password, CAMERA_PASSWORD_FILE_NAME: camera_password,
              MICROPHONE_PASSWORD_FILE_NAME: microphone_password}
+    # the boot file describes the whole setup: a camera's or microphone's password from an earlier import that
+    # it does not give is another camera's, sent (LoadCredential) to this one, which refused it: removed (None).
+    # The MQTT password stays: `install.sh --mqtt-password-file` puts it there too, for the same broker.
+    stale = {name for name in (CAMERA_PASSWORD_FILE_NAME, MICROPHONE_PASSWORD_FILE_NAME)
+             if files[name] is None and (config_dir / name).is_file()}
     files = {name: (secret + "\n").encode("utf-8") for name, secret in files.items() if secret is not None}
     # the passwords before the config that names them; the old config last, as its .bak
-    files = {**{name: (content, 0o600) for name, content in files.items()}, target.name: (config_text.encode("utf-8"), 0o644)}
+    files = {**{name: (content, 0o600) for name, content in files.items()}, **dict.fromkeys(stale),
+             target.name: (config_text.encode("utf-8"), 0o644)}
     try:
         if target.is_file():
             files[target.name + ".bak"] = (target.read_bytes(), 0o644)
@@ -185,6 +191,8 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
     moved = [name for name, secret in (("the MQTT password", password), ("the camera password", camera_password),
                                        ("the microphone password", microphone_password)) if secret is not None]
     log.info("installed %s%s; removed %s", target, "".join(f" and {name}" for name in moved), boot_file)
+    for name in sorted(stale):
+        log.info("removed %s: the new boot file gives no such password", config_dir / name)
     return True
 
 
@@ -202,15 +210,16 @@ def _check(boot_file: Path, installed: Path) -> None:
         raise ConfigError(f"{error}; not installed ({installed} left as it was)") from None
 
 
-def _install_all(directory: Path, files: dict[str, tuple[bytes, int]]) -> None:
+def _install_all(directory: Path, files: dict[str, tuple[bytes, int] | None]) -> None:
     """Puts every file (name: (content, mode)) into ``directory``, or, on an OSError naming the file, none.
+    A file given as None is removed, as part of the same all or nothing.
 
     Each is first written whole as a temporary beside its place (where a full or read-only disk fails);
     only then are they renamed into place, the step that cannot run out of space. A rename that still
     fails puts back what the earlier ones replaced.
     """
     made_directory = not directory.is_dir()
-    staged: dict[Path, Path] = {}  # place: its new content, written beside it
+    staged: dict[Path, Path | None] = {}  # place: its new content, written beside it (None: to be removed)
     kept: dict[Path, Path] = {}  # place: a hard link to what it held, to put back
     try:
         try:
@@ -218,12 +227,12 @@ def _install_all(directory: Path, files: dict[str, tuple[bytes, int]]) -> None:
         except OSError as error:
             error.filename = str(directory)
             raise
-        for name, (content, mode) in files.items():
+        for name, given in files.items():
             place = directory / name
             try:
                 if place.is_dir():
                     raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(place))
-                staged[place] = _write_beside(place, content, mode)
+                staged[place] = _write_beside(place, *given) if given is not None else None
                 if place.exists():
                     kept[place] = place.with_name(f".{name}.old")
                     kept[place].unlink(missing_ok=True)
@@ -234,7 +243,10 @@ def _install_all(directory: Path, files: dict[str, tuple[bytes, int]]) -> None:
         replaced: list[Path] = []
         try:
             for place, temporary in staged.items():
-                os.replace(temporary, place)
+                if temporary is None:
+                    place.unlink()
+                else:
+                    os.replace(temporary, place)
                 replaced.append(place)
         except OSError as error:
             error.filename = str(place)
@@ -247,7 +259,8 @@ def _install_all(directory: Path, files: dict[str, tuple[bytes, int]]) -> None:
     except OSError:
         for leftover in (*staged.values(), *kept.values()):
             with contextlib.suppress(OSError):
-                leftover.unlink(missing_ok=True)
+                if leftover is not None:
+                    leftover.unlink(missing_ok=True)
         if made_directory:
             with contextlib.suppress(OSError):
                 directory.rmdir()

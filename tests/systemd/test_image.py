@@ -380,3 +380,25 @@ def test_a_boot_file_that_is_a_folder_is_one_sentence_and_nothing_changes(tmp_pa
     assert result.stderr.splitlines() == [f"cryedge: {boot}: is a folder, not the TOML file of settings expected "
                                           f"there; nothing imported ({etc / 'cryedge.toml'} left as it was)"]
     assert not etc.exists() and boot.is_dir()
+
+
+def test_a_new_boot_file_without_a_camera_or_microphone_password_removes_the_old_ones(tmp_path):
+    """A second import for another camera left the first camera's password in /etc/cryedge, which systemd's
+    LoadCredential still handed over: the new camera got the old password and refused it (401), no hint why.
+    The boot file describes the whole setup; the MQTT password (install.sh --mqtt-password-file) stays."""
+    boot, etc = tmp_path / "boot" / "cryedge.toml", tmp_path / "etc" / "cryedge"
+    boot.parent.mkdir()
+    boot.write_text(BOOT_TOML + '[source]\nuri = "rtsp://viewer:old-cam-pw@192.168.1.20/live"\n'
+                    '[audio]\nenabled = true\n[audio.source]\ntype = "stream"\n'
+                    'url = "rtsp://listener:old-mic-pw@192.168.1.30/audio"\n')
+    assert import_boot_config(boot, etc)
+    assert {"camera_password", "microphone_password"} <= set(os.listdir(etc))
+    boot.write_text('[mqtt]\nhost = "192.168.1.10"\nusername = "cryedge"\n'
+                    '[source]\nuri = "rtsp://viewer@192.168.1.21/live"\n[audio]\nenabled = true\n'
+                    '[audio.source]\ntype = "stream"\nurl = "rtsp://listener@192.168.1.31/audio"\n')
+    assert import_boot_config(boot, etc)
+    assert not (etc / "camera_password").exists() and not (etc / "microphone_password").exists()
+    loaded = config.load_config(etc / "cryedge.toml", environ={"CREDENTIALS_DIRECTORY": str(etc)})
+    assert loaded.source.open_url() == "rtsp://viewer@192.168.1.21/live"
+    assert loaded.audio.source.open_url() == "rtsp://listener@192.168.1.31/audio"
+    assert loaded.mqtt.password.get_secret_value() == "pa ss#word"
