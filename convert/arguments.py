@@ -50,6 +50,17 @@ def share(text: str) -> float:
     return value
 
 
+def k_of_n(text: str) -> tuple[int, int]:
+    """An evidence rule ``K/N``: K of the last N scores (1 <= K <= N <= 20)."""
+    k, slash, n = text.partition("/")
+    if not slash or not k.strip().isdigit() or not n.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text}: give K/N, e.g. 2/3 (K of the last N scores)")
+    rule = (int(k), int(n))
+    if not 1 <= rule[0] <= rule[1] <= 20:
+        raise argparse.ArgumentTypeError(f"{text}: needs 1 <= K <= N <= 20")
+    return rule
+
+
 def _number(text: str) -> float:
     try:
         value = float(text)

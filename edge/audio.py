@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +65,40 @@ class Pace:
 
 @dataclass(frozen=True)
 class AudioScore:
-    """An audio ``Score`` and the sound level of the same window."""
+    """An audio ``Score`` (the card's evidence over the last windows) and the sound level of the same window."""
 
     score: Score
     level_dbfs: float
+    window_probability: float | None = None  # the model's score of this window alone, before the evidence rule
+
+
+class Evidence:
+    """The card's evidence rule (``audio.evidence`` = [k, n]) over one sound's window scores, in order.
+
+    The score the alarm follows is the k-th highest of the last n window scores, so it is at or above the
+    threshold exactly when k of the last n windows were: one window that flickers below the threshold in a
+    cry does not restart the debounce, and one that flickers above it in a song does not start it. Windows
+    not heard yet (the start, after a gap) count as 0. None (or [1, 1]) is each window's own score.
+    """
+
+    def __init__(self, rule: tuple[int, int] | None):
+        self.k, self.n = rule or (1, 1)
+        self._recent: deque[float] = deque(maxlen=self.n)
+
+    def add(self, probability: float) -> float:
+        self._recent.append(probability)
+        if len(self._recent) < self.k:
+            return 0.0
+        return sorted(self._recent, reverse=True)[self.k - 1]
+
+    def reset(self) -> None:
+        self._recent.clear()
+
+
+def evidence_trace(probabilities: np.ndarray, rule: tuple[int, int] | None) -> np.ndarray:
+    """``Evidence`` over one sound's window scores in order: what the alarm follows (for choosing a rule offline)."""
+    evidence = Evidence(rule)
+    return np.array([evidence.add(float(p)) for p in probabilities], dtype=np.float64)
 
 
 class AudioWindow:
@@ -132,6 +162,7 @@ class AudioPipeline:
         spec = scorer.spec
         self.window = AudioWindow(spec.window_samples, spec.rate, spec.hop_seconds)
         self.error: str | None = None  # why the model failed on the last window it failed on
+        self.evidence = Evidence(spec.evidence)
 
     def process(self, chunk: AudioChunk) -> list[AudioScore]:
         if chunk.rate != self.window.rate:
@@ -144,14 +175,18 @@ class AudioPipeline:
             except ModelError as error:  # this window is not judged, and says so; the next may be
                 self.error = str(error)
                 score = Score(t=t, probability=0.0, status=MODEL_ERROR)
+            # a window the model failed on is no evidence either way: it passes as it is, and the rule skips it
+            heard = replace(score, probability=self.evidence.add(score.probability)) if score.ok else score
             # the level of the newest hop, so a short loud sound shows at its size
-            results.append(AudioScore(score, level_dbfs(window[-self.window.hop:])))
+            results.append(AudioScore(heard, level_dbfs(window[-self.window.hop:]),
+                                      score.probability if score.ok else None))
         return results
 
     def reset(self) -> None:
         """After a gap in the sound: the next score waits for a fresh full window, and the front end starts afresh."""
         self.window.reset()
         self.scorer.front_end.reset()
+        self.evidence.reset()
 
 
 class AudioMonitor:

@@ -78,6 +78,10 @@ class AudioSpec(BaseModel):
     # the alarm's debounce when this model's score decides ([fusion] audio_min_on_seconds overrides it);
     # chosen with the threshold, on the same held-out clips. None: [alarm] min_on_seconds
     min_on_seconds: float | None = Field(default=None, ge=0, le=600)
+    # the evidence the alarm follows, [k, n]: the k-th highest of the model's last n scores, at or above the
+    # threshold when k of the last n windows were (edge.audio.Evidence); chosen with the threshold and the
+    # debounce. None: each window's own score, as before the field
+    evidence: tuple[int, int] | None = None
     # front end (audio-window); win/hop in samples: 25 ms frames every 10 ms at 16 kHz
     win_length: int = Field(default=400, gt=0)
     hop_length: int = Field(default=160, gt=0)
@@ -143,6 +147,8 @@ class AudioSpec(BaseModel):
                              f"of frames of hop_length {self.hop_length}")
         if self.pitch_bins:
             self._check_pitch()
+        if self.evidence is not None and not 1 <= self.evidence[0] <= self.evidence[1] <= 20:
+            raise ValueError(f"evidence [k, n] needs 1 <= k <= n <= 20 (k of the last n scores); got {list(self.evidence)}")
         if self.classes is not None and any(not 0 <= i < self.classes for i in self.cry_classes):
             raise ValueError(f"cry_classes must be indices below classes ({self.classes})")
         return self

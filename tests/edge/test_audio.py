@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 from audio_models import YAMNET_SAMPLES, alsa_stand_in, tone, write_wav, yamnet_card, yamnet_signature_model
 
-from edge.audio import NO_SOUND_DEVICE, AudioMonitor, AudioPipeline, AudioScorer, AudioWindow
+from edge.audio import (
+    NO_SOUND_DEVICE,
+    AudioMonitor,
+    AudioPipeline,
+    AudioScorer,
+    AudioWindow,
+    Evidence,
+    evidence_trace,
+)
 from edge.audio_source import AlsaAudioSource, AudioChunk, FfmpegAudioSource
 from edge.errors import ModelError
 from edge.model import TFLiteModel
@@ -89,6 +97,50 @@ def test_the_pipeline_scores_every_half_second_with_time_and_level(yamnet_like):
     assert all(level == pytest.approx(-13.5, abs=0.5) for level in loud)  # 0.3 sine: 20 log10(0.3 / sqrt 2)
     assert all(level == -120.0 for level in quiet)
     assert all(r.score.ok for r in results)
+
+
+def test_evidence_k_of_n_is_the_kth_highest_of_the_last_n_window_scores():
+    flicker = [0.83, 0.96, 0.80, 0.20, 0.90, 0.10, 0.10]
+    assert evidence_trace(flicker, None).tolist() == flicker  # no rule: each window's own score
+    assert evidence_trace(flicker, (1, 1)).tolist() == flicker
+    # 2 of the last 3: a cry flickering around 0.85 stays above 0.8 throughout; one window of 0.9 in a song
+    # between two low ones never lifts it; windows not heard yet count as nothing
+    assert evidence_trace(flicker, (2, 3)).tolist() == [0.0, 0.83, 0.83, 0.80, 0.80, 0.20, 0.10]
+    assert evidence_trace(flicker, (2, 2)).tolist() == [0.0, 0.83, 0.80, 0.20, 0.20, 0.10, 0.10]
+    evidence = Evidence((2, 3))
+    assert [evidence.add(p) for p in (0.9, 0.9)] == [0.0, 0.9]
+    evidence.reset()  # a gap in the sound: the windows before it are no evidence
+    assert evidence.add(0.9) == 0.0
+
+
+def test_a_card_without_evidence_keeps_each_windows_score_and_one_with_it_needs_k_of_n(tmp_path):
+    sound = np.concatenate([np.zeros(32000, np.float32), tone(0.3, 450.0), np.zeros(24000, np.float32),
+                            tone(3.0, 450.0), np.zeros(16000, np.float32)])  # a blip at 2 s, a cry at 3.8-6.8 s
+
+    def heard(**audio):
+        path = yamnet_signature_model(tmp_path / f"m{len(audio)}.tflite", card=yamnet_card(**audio))
+        pipeline = AudioPipeline(AudioScorer(TFLiteModel(path)))
+        return [r for chunk in chunks_of(sound, t0=0.0) for r in pipeline.process(chunk)]
+
+    before, after = heard(), heard(evidence=[3, 3])
+    windows = [r.score.probability for r in before]
+    assert [r.window_probability for r in before] == windows  # no rule: the alarm sees each window's score
+    assert [r.window_probability for r in after] == pytest.approx(windows)
+    assert [r.score.probability for r in after] == pytest.approx(evidence_trace(windows, (3, 3)).tolist())
+    blip = [round(r.score.t, 2) for r in before if r.score.probability > 0.5 and r.score.t < 3.5]
+    assert blip  # one window alone hears the blip ...
+    assert not [r for r in after if r.score.probability > 0.5 and r.score.t < 3.5]  # ... 3 of 3 do not
+    cry = [r.score.t for r in after if r.score.probability > 0.5]
+    first = min(r.score.t for r in before if r.score.probability > 0.5 and r.score.t > 3.5)
+    assert cry and min(cry) == pytest.approx(first + 1.0)  # the cry is heard, two hops later
+
+
+def test_a_card_with_an_evidence_rule_that_cannot_be_met_is_refused_in_one_line(tmp_path):
+    path = yamnet_signature_model(tmp_path / "m.tflite", card=yamnet_card())
+    (tmp_path / "m.json").write_text(json.dumps(yamnet_card(evidence=[3, 2])))
+    with pytest.raises(ModelError, match=r"evidence \[k, n\] needs 1 <= k <= n <= 20") as caught:
+        TFLiteModel(path)
+    assert "\n" not in str(caught.value)
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
