@@ -38,25 +38,38 @@ TRAIN_CLIPS, HELDOUT_CLIPS, CLIP_SECONDS = 320, 80, 8.0
 # None in the default build: with 160 of them (a cry 0-20 or 0-12 dB under) the model decided more held-out
 # cries but raised false alarms on singing, speech, a door or a fan (docs/audio.md)
 MASKED_CLIPS, MASKED_SEED_OFFSET = 0, 1000
+# training clips of the hard negatives loud, half of them with a cry AUDIBLE over them (audio_synth.crib_events,
+# every cry on top in at least AUDIBLE_SHARE of its cells), from a seed of their own; never validation clips
+CRIB_CLIPS, CRIB_SEED_OFFSET = 0, 2000
 HOP_SECONDS = 0.25  # the default model scores this often on the device
 FRAME_RATE = 15.0  # the demo clip's: the alarm sees the newest audio score at every frame
 DEMO_SOUND = (("crying", 5.0, 14.0), ("speech", 14.0, 17.0))
 
 
-def clips(folder: Path, count: int, seed: int, prefix: str, masked: int = 0) -> Path:
+def clips(folder: Path, count: int, seed: int, prefix: str, masked: int = 0, crib: int = 0) -> Path:
     """The labelled clips in ``folder``, made unless already there; their labels CSV (``labels.csv``).
 
     ``count`` clips of ``random_events`` and, for training, ``masked`` more of ``masked_events`` (cries under
-    a louder sound, and that sound alone) from a seed of their own."""
+    a louder sound, and that sound alone) and ``crib`` more of ``crib_events`` (hard negatives, with a cry
+    audible over them), each from a seed of its own. A part whose CSV is there already is not made again."""
     from convert import audio_synth
 
     folder = Path(folder)
     labels = folder / "labels.csv"
     if not labels.is_file():
-        parts = [audio_synth.generate(folder, count, CLIP_SECONDS, seed, prefix=prefix, labels_name=f"{prefix}.csv")]
+        def made(name: str, make) -> Path:
+            return folder / name if (folder / name).is_file() else make()
+
+        parts = [made(f"{prefix}.csv", lambda: audio_synth.generate(folder, count, CLIP_SECONDS, seed, prefix=prefix,
+                                                                    labels_name=f"{prefix}.csv"))]
         if masked:
-            parts.append(audio_synth.generate(folder, masked, CLIP_SECONDS, seed + MASKED_SEED_OFFSET, prefix="masked",
-                                              plan=audio_synth.masked_events, labels_name="masked.csv"))
+            parts.append(made("masked.csv", lambda: audio_synth.generate(
+                folder, masked, CLIP_SECONDS, seed + MASKED_SEED_OFFSET, prefix="masked", plan=audio_synth.masked_events,
+                labels_name="masked.csv")))
+        if crib:
+            parts.append(made("crib.csv", lambda: audio_synth.generate(
+                folder, crib, CLIP_SECONDS, seed + CRIB_SEED_OFFSET, prefix="crib", plan=audio_synth.crib_events,
+                labels_name="crib.csv", audible=audio_synth.AUDIBLE_SHARE)))
         rows = [part.read_bytes().splitlines(keepends=True) for part in parts]  # bytes: csv's \r\n kept
         labels.write_bytes(b"".join(rows[0] + [row for more in rows[1:] for row in more[1:]]))
     return labels
@@ -72,8 +85,9 @@ def truth_of(labels: Path) -> dict[str, list[tuple[float, float]]]:
     return crying
 
 
-def clip_scores(model_path: Path, wav: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The device's audio path over a file: score times (s from the start) and probabilities."""
+def clip_scores(model_path: Path, wav: Path, windows: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The device's audio path over a file: score times (s from the start) and the probabilities the alarm
+    follows (the card's evidence rule applied); ``windows``: each window's own score, before the rule."""
     from convert.dataset import sound_track
     from edge.audio import AudioPipeline, AudioScorer
     from edge.audio_source import AudioChunk
@@ -88,7 +102,8 @@ def clip_scores(model_path: Path, wav: Path) -> tuple[np.ndarray, np.ndarray]:
         results += pipeline.process(AudioChunk(samples[start:start + block], start / model.card.audio.rate,
                                                model.card.audio.rate, start))
     model.close()
-    return np.array([r.score.t for r in results]), np.array([r.score.probability for r in results])
+    return (np.array([r.score.t for r in results]),
+            np.array([r.window_probability if windows else r.score.probability for r in results]))
 
 
 def alarm_events(times: np.ndarray, probabilities: np.ndarray, seconds: float, threshold: float,
@@ -174,27 +189,50 @@ def evaluate(model_path: Path, folder: Path, labels: Path, threshold: float, tra
 
 
 MIN_ON_CHOICES = (0.25, 0.5, 0.75, 1.0)  # the alarm's debounce when the sound decides; 1.0 is [alarm]'s default
+# the card's evidence rules ([k, n]: k of the last n window scores, edge.audio.Evidence) the build may choose
+# from; None, each window's own score, is always one. The default build offers no other (docs/audio.md)
+EVIDENCE_CHOICES: tuple[tuple[int, int], ...] = ()
 
 
-def choose_threshold(model_path: Path, folder: Path, labels: Path, clips_: list[str]) -> tuple[float, float, dict]:
-    """The card's threshold and debounce (``audio.min_on_seconds``), chosen together by events on the
-    training seed's clips held out of training (never the test set).
+def choose_threshold(model_path: Path, folder: Path, labels: Path, clips_: list[str],
+                     evidence_choices: tuple[tuple[int, int], ...] = EVIDENCE_CHOICES,
+                     ) -> tuple[float, float, dict, tuple[int, int] | None]:
+    """The card's threshold, debounce (``audio.min_on_seconds``) and evidence rule (``audio.evidence``),
+    chosen together by events on the training seed's clips held out of training (never the test set).
 
     Fewest cries missed (not decided within 1.5 s) plus false alarms; then fewer false alarms (a monitor
-    that cries wolf is switched off); then the smaller median decision delay; then the longer debounce,
-    and the threshold nearest 0.5. (No false alarm first chose a threshold that decided 9 of 41 cries.)
+    that cries wolf is switched off); then the smaller median decision delay; then the simpler rule, the
+    longer debounce, and the threshold nearest 0.5. (No false alarm first chose a threshold that decided 9
+    of 41 cries.) Each window is scored once; each rule is applied to those scores as the device applies it.
     """
+    from edge.audio import evidence_trace
+
     names = {Path(name).stem: name for name in truth_of(labels)}
-    traces = {names[c]: clip_scores(model_path, Path(folder) / names[c]) for c in clips_ if c in names}
-    best, figures = (0.5, 1.0), None
-    for threshold in np.round(np.arange(0.3, 0.91, 0.05), 2):
-        for min_on in MIN_ON_CHOICES:
-            result = evaluate(model_path, folder, labels, float(threshold), traces, set(clips_), min_on)
-            key = (result["missed"] + result["false_alarms"], result["false_alarms"],
-                   result["decision_delay_s_median"] or 9.0, -min_on, abs(threshold - 0.5))
-            if figures is None or key < figures[0]:
-                best, figures = (float(threshold), min_on), (key, result)
-    return best[0], best[1], figures[1]
+    windows = {names[c]: clip_scores(model_path, Path(folder) / names[c], windows=True) for c in clips_ if c in names}
+    best, figures = (0.5, 1.0, None), None
+    for rule in (None, *evidence_choices):
+        traces = {name: (t, evidence_trace(p, rule)) for name, (t, p) in windows.items()}
+        for threshold in np.round(np.arange(0.3, 0.91, 0.05), 2):
+            for min_on in MIN_ON_CHOICES:
+                result = evaluate(model_path, folder, labels, float(threshold), traces, set(clips_), min_on)
+                key = (result["missed"] + result["false_alarms"], result["false_alarms"],
+                       result["decision_delay_s_median"] or 9.0, rule[0] if rule else 1, -min_on, abs(threshold - 0.5))
+                if figures is None or key < figures[0]:
+                    best, figures = (float(threshold), min_on, rule), (key, result)
+    return best[0], best[1], figures[1], best[2]
+
+
+def validation_groups(data: Path, seed: int, prefix: str = "train") -> tuple[str, ...]:
+    """The clips held out of training to choose the threshold on: the seeded split of the ``prefix`` clips alone,
+    so that added masked or crib clips neither join them nor move them (a model trained with more clips is
+    judged on the same clips as one trained without)."""
+    from convert.train import group_split
+
+    loaded = np.load(data, allow_pickle=False)
+    groups, y = loaded["groups"].astype(str), loaded["y"]
+    own = np.char.startswith(groups, prefix)
+    _, test = group_split(groups[own], 0.25, seed, y=y[own])
+    return tuple(sorted(set(groups[own][test])))
 
 
 def drop_ambiguous_windows(path: Path, labels: Path, after_start: float = 0.25, after_end: float = 0.5) -> int:
@@ -268,6 +306,11 @@ def model_card_markdown(card, metrics: dict, heldout: dict, fidelity: dict, vali
         f"on the test clips below"
         + (f" ({validation['decided_within_1_5_s']}/{validation['cries']} cries decided within 1.5 s, "
            f"{validation['false_alarms']} false alarms there)" if validation else ""),
+        *([f"- evidence `audio.evidence` {list(card.audio.evidence)}: the alarm follows the {card.audio.evidence[0]}"
+           f"{'nd' if card.audio.evidence[0] == 2 else 'rd' if card.audio.evidence[0] == 3 else 'th'} highest of the "
+           f"last {card.audio.evidence[1]} window scores ({card.audio.evidence[0]} of the last {card.audio.evidence[1]} "
+           f"windows at or above the threshold), chosen with the threshold and the debounce"]
+          if card.audio.evidence and card.audio.evidence[0] > 1 else []),
         "- training windows every 0.25 s; windows ending within 0.25 s after a cry began or 0.5 s after it stopped "
         "are left out of training (their end-of-window label misdescribes what they hold)",
         "",
@@ -295,7 +338,8 @@ def model_card_markdown(card, metrics: dict, heldout: dict, fidelity: dict, vali
 
 
 def finish_card(model: Path, metrics: dict, fidelity: dict, heldout_dir: Path, heldout_labels: Path, data: str,
-                threshold: float = 0.5, validation: dict | None = None, min_on_seconds: float | None = None) -> dict:
+                threshold: float = 0.5, validation: dict | None = None, min_on_seconds: float | None = None,
+                evidence: tuple[int, int] | None = None) -> dict:
     """The card's device settings and figures: the score rate, the threshold, the held-out set's figures, the ``.md``."""
     from convert.report import embed_card
     from edge.card import load_card
@@ -304,7 +348,8 @@ def finish_card(model: Path, metrics: dict, fidelity: dict, heldout_dir: Path, h
     # the device scores every 0.25 s (as the windows were cut for training), which brings the decision
     # sooner after a cry's start; the threshold was chosen on the training seed's held-out clips
     card = card.model_copy(update={"audio": card.audio.model_copy(update={"hop_seconds": HOP_SECONDS,
-                                                                          "min_on_seconds": min_on_seconds}),
+                                                                          "min_on_seconds": min_on_seconds,
+                                                                          "evidence": evidence}),
                                    "threshold": threshold})
     model.with_suffix(".json").write_text(card.to_json() + "\n")
     heldout = evaluate(model, heldout_dir, heldout_labels, card.threshold, min_on_seconds=card.audio.min_on_seconds)
@@ -329,7 +374,8 @@ def front_end(**changes):
 
 def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = None, epochs: int = 30,
           seed: int = SEED, train_clips: int = TRAIN_CLIPS, heldout_clips: int = HELDOUT_CLIPS, audio=None,
-          masked_clips: int = MASKED_CLIPS) -> dict:
+          masked_clips: int = MASKED_CLIPS, evidence_choices: tuple[tuple[int, int], ...] = EVIDENCE_CHOICES,
+          crib_clips: int = CRIB_CLIPS) -> dict:
     from convert import dataset, train
     from convert.convert import ConvertOptions, convert
 
@@ -341,7 +387,7 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
     own_work = work_dir is None
     work = Path(tempfile.mkdtemp(prefix="cryedge-audio-")) if own_work else Path(work_dir)
     try:
-        train_labels = clips(work / "train", train_clips, seed, "train", masked=masked_clips)
+        train_labels = clips(work / "train", train_clips, seed, "train", masked=masked_clips, crib=crib_clips)
         heldout_labels = clips(work / "heldout", heldout_clips, seed + 1, "heldout")
         data = work / "train.npz"
         if not data.is_file():
@@ -349,14 +395,15 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
             drop_ambiguous_windows(data, train_labels)
         keras_model = work / f"{MODEL_NAME}.keras"
         metrics = train.train(train.TrainOptions(arch="audio-cnn", data=data, output=keras_model, epochs=epochs,
-                                                 patience=6, seed=seed))
+                                                 patience=6, seed=seed, holdout=validation_groups(data, seed)))
         model = output_dir / f"{MODEL_NAME}.tflite"
         report = convert(ConvertOptions(model=keras_model, output=model, calibration=str(data), name=MODEL_NAME))
-        threshold, min_on, validation = choose_threshold(model, work / "train", train_labels, metrics["test_groups"])
+        threshold, min_on, validation, rule = choose_threshold(model, work / "train", train_labels,
+                                                               metrics["test_groups"], evidence_choices)
         heldout = finish_card(model, metrics, report.fidelity, work / "heldout", heldout_labels,
                               f"seed {seed}: {train_clips} clips of {CLIP_SECONDS:g} s"
                               + (f" and {masked_clips} of a cry under a louder sound or that sound alone"
-                                 if masked_clips else ""), threshold, validation, min_on)
+                                 if masked_clips else ""), threshold, validation, min_on, rule)
         shutil.copyfile(keras_model, output_dir / keras_model.name)
         (output_dir / f"{MODEL_NAME}.report.png").unlink(missing_ok=True)
         summary = {"model": str(model), "held_out": metrics["held_out"], "held_out_set": heldout}
@@ -419,7 +466,8 @@ def _build_command(args) -> int:
     except ValidationError as error:  # before any clip is made
         raise DataError(f"audio front end: {error.errors()[0]['msg']}") from None
     summary = build(args.output_dir, None if args.no_demo else args.demo_video, args.work_dir, args.epochs, args.seed,
-                    args.train_clips, args.heldout_clips, masked_clips=args.masked_clips,
+                    args.train_clips, args.heldout_clips, masked_clips=args.masked_clips, crib_clips=args.crib_clips,
+                    evidence_choices=tuple(args.evidence) if args.evidence is not None else EVIDENCE_CHOICES,
                     audio=audio)
     held, other = summary["held_out"], summary["held_out_set"]
     print(f"default audio model -> {summary['model']}; held-out windows (synthetic): F1 {held['f1']:.3f}, "
@@ -433,7 +481,7 @@ def _build_command(args) -> int:
 
 
 def add_commands(subparsers) -> None:
-    from convert.arguments import whole
+    from convert.arguments import k_of_n, whole
 
     demo = subparsers.add_parser("demo-audio", help="rebuild the default audio model and the demo's sound track (synthetic)")
     commands = demo.add_subparsers(dest="demo_audio_command", metavar="COMMAND", required=True)
@@ -450,6 +498,14 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--heldout-clips", type=whole(1), default=HELDOUT_CLIPS)
     parser.add_argument("--masked-clips", type=whole(0), default=MASKED_CLIPS,
                         help="training clips of a cry 0-20 dB under a louder sound, or that sound alone (default 0)")
+    parser.add_argument("--crib-clips", type=whole(0), default=CRIB_CLIPS,
+                        help="training clips of loud speech, singing, music, a TV, noise, a fan, a door or a dog, 3 in 10 "
+                             f"with a cry audible over them (default {CRIB_CLIPS})")
+    parser.add_argument("--evidence", type=k_of_n, nargs="*", metavar="K/N",
+                        help="evidence rules the card may choose (K of the last N window scores at or above the "
+                             "threshold), with the threshold and debounce, on the validation clips; each window's own "
+                             "score is always one (default: "
+                             + (" ".join(f"{k}/{n}" for k, n in EVIDENCE_CHOICES) or "no other") + ")")
     parser.add_argument("--background", choices=("none", "floor"), default="none",
                         help="the front end's background floor (docs/audio.md; default none)")
     parser.add_argument("--pitch-bins", type=whole(0), default=0,

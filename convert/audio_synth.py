@@ -283,6 +283,61 @@ def masked_events(rng: np.random.Generator, seconds: float, cry_share: float = 0
     return events
 
 
+# the sounds earlier models raised false alarms on, and the ones that hid the cries they missed
+HARD_NEGATIVES = ("speech", "singing", "music", "tv", "white_noise", "fan", "door", "dog")
+# how often each is drawn: singing held the most false alarms of a model trained with crib clips drawn evenly
+HARD_NEGATIVE_SHARES = (0.15, 0.3, 0.08, 0.1, 0.1, 0.09, 0.09, 0.09)
+AUDIBLE_SHARE = 0.15  # a cry on top in fewer of its cells than this is not heard: it is not trained on as crying
+
+
+def crib_events(rng: np.random.Generator, seconds: float, cry_share: float = 0.3) -> list[Event]:
+    """A clip's plan of the hard negatives a crib hears (singing most often), loud (-32 to -10 dBFS), one the
+    whole clip long and sometimes a second over part of it; with probability ``cry_share`` a cry 24 dB under to 12 dB over them.
+    ``generate`` keeps a cry only where it is audible (``audible_share``): a cry buried under singing or a dog
+    and labelled crying teaches a model that singing or a dog is crying, which is how the masked clips of
+    ``masked_events`` raised false alarms."""
+    kinds = [str(k) for k in rng.choice(HARD_NEGATIVES, size=int(rng.integers(1, 3)), replace=False,
+                                        p=HARD_NEGATIVE_SHARES)]
+    level = rng.uniform(-32, -10)
+    events = [Event(kinds[0], 0.0, seconds, level)]
+    for kind in kinds[1:]:
+        length = rng.uniform(1.5, seconds - 0.5)
+        start = rng.uniform(0, seconds - length)
+        events.append(Event(kind, start, start + length, level + rng.uniform(-6, 3)))
+    if rng.random() < cry_share:
+        length = rng.uniform(2.0, min(seconds - 1.0, 6.0))
+        start = rng.uniform(0.5, seconds - length)
+        events.insert(0, Event("crying", start, start + length, level + rng.uniform(-24, 12)))
+    return events
+
+
+def audible_share(cry: np.ndarray, rest: np.ndarray, start: float, end: float) -> float:
+    """The share of the front end's mel cells (64 bands x 25 ms frames) from ``start`` to ``end`` s where
+    ``cry`` holds more power than ``rest``: what of a cry a mix shows (benchmarks/audio_masking.py)."""
+    from edge.audio_features import apply_filterbank, power_spectrogram
+    from edge.card import AudioSpec
+
+    spec = AudioSpec()
+    mel_cry, mel_rest = (apply_filterbank(power_spectrogram(x, spec), spec) for x in (cry, rest))
+    starts = np.arange(len(mel_cry)) * spec.hop_length / spec.rate
+    inside = (starts >= start) & (starts < end)
+    return float((mel_cry[inside] > mel_rest[inside]).mean()) if inside.any() else 0.0
+
+
+def _audible_plan(plan, seed: int, index: int, seconds: float, cry_share: float, share: float):
+    """The events and samples of clip ``index``: drawn again (another generator of the same seed and index)
+    while a cry in it is not audible over the rest (under ``share`` of its cells on top)."""
+    for attempt in range(50):
+        rng = np.random.default_rng([seed, index] + ([attempt] if attempt else []))
+        events = plan(rng, seconds, cry_share)
+        room, parts = render_parts(events, seconds, rng)
+        rest = room + sum((p for e, p in zip(events, parts, strict=True) if e.kind != "crying"), np.zeros_like(room))
+        if all(audible_share(p, rest, e.start, e.end) >= share for e, p in zip(events, parts, strict=True)
+               if e.kind == "crying"):
+            return events, np.clip(room + sum(parts, np.zeros_like(room)), -1.0, 1.0)
+    raise DataError(f"clip {index} of seed {seed}: no audible cry in 50 draws")
+
+
 def write_wav(path: Path, samples: np.ndarray, rate: int = RATE) -> Path:
     with wave.open(str(path), "wb") as handle:
         handle.setnchannels(1)
@@ -293,21 +348,26 @@ def write_wav(path: Path, samples: np.ndarray, rate: int = RATE) -> Path:
 
 
 def generate(out_dir: Path, clips: int, seconds: float = 8.0, seed: int = 0, cry_share: float = 0.5,
-             prefix: str = "clip", plan=random_events, labels_name: str = "labels.csv") -> Path:
+             prefix: str = "clip", plan=random_events, labels_name: str = "labels.csv", audible: float = 0.0) -> Path:
     """``clips`` WAV files and ``labels_name`` (video,start_s,end_s,label,subject) in ``out_dir``.
 
     Only crying is labelled (``crying``); every other second is ``not_crying`` by default. The subject
     of a clip is its index, so a group split never shares a clip across sides. ``plan`` draws each clip's
-    events (``random_events``, or ``masked_events`` for cries under a louder sound).
+    events (``random_events``, ``masked_events`` for cries under a louder sound, ``crib_events``); with
+    ``audible``, a clip whose cry is on top in fewer than that share of its cells is drawn again.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for index in range(clips):
-        rng = np.random.default_rng([seed, index])
-        events = plan(rng, seconds, cry_share)
         name = f"{prefix}{index:04d}.wav"
-        write_wav(out_dir / name, render(events, seconds, rng))
+        if audible:
+            events, samples = _audible_plan(plan, seed, index, seconds, cry_share, audible)
+        else:
+            rng = np.random.default_rng([seed, index])
+            events = plan(rng, seconds, cry_share)
+            samples = render(events, seconds, rng)
+        write_wav(out_dir / name, samples)
         kinds = "+".join(sorted({e.kind for e in events if e.kind != "crying"}))
         for event in events:
             if event.kind == "crying":

@@ -62,6 +62,49 @@ def test_masked_clips_bury_a_cry_0_to_20_db_under_a_louder_sound_or_play_that_so
 
 
 @needs_tools
+def test_crib_clips_play_the_hard_negatives_loud_and_a_cry_in_them_is_always_audible():
+    def share(events, room, parts):
+        rest = room + sum((p for e, p in zip(events, parts, strict=True) if e.kind != "crying"), np.zeros_like(room))
+        return [audio_synth.audible_share(p, rest, e.start, e.end)
+                for e, p in zip(events, parts, strict=True) if e.kind == "crying"]
+
+    drawn = []
+    for index in range(12):  # as drawn, without the audibility check: some cries are buried
+        rng = np.random.default_rng([9, index])
+        events = audio_synth.crib_events(rng, 8.0, cry_share=1.0)
+        drawn += share(events, *audio_synth.render_parts(events, 8.0, rng))
+        assert {e.kind for e in events} - {"crying"} <= set(audio_synth.HARD_NEGATIVES)
+        assert all(-38 <= e.dbfs <= -7 for e in events if e.kind != "crying")
+    assert min(drawn) < audio_synth.AUDIBLE_SHARE < max(drawn)
+    for index in range(6):  # as generate(audible=...) makes them: every cry on top in enough of its cells
+        events, samples = audio_synth._audible_plan(audio_synth.crib_events, 9, index, 8.0, 1.0, audio_synth.AUDIBLE_SHARE)
+        attempt = next(a for a in range(50) if audio_synth.crib_events(
+            np.random.default_rng([9, index] + ([a] if a else [])), 8.0, 1.0) == events)
+        rng = np.random.default_rng([9, index] + ([attempt] if attempt else []))
+        audio_synth.crib_events(rng, 8.0, 1.0)
+        room, parts = audio_synth.render_parts(events, 8.0, rng)
+        assert np.array_equal(np.clip(room + sum(parts), -1, 1), samples)  # the clip is the plan's
+        assert min(share(events, room, parts)) >= audio_synth.AUDIBLE_SHARE
+
+
+def test_added_clips_neither_join_nor_move_the_validation_clips(tmp_path):
+    from convert.audio_demo import validation_groups
+    from convert.train import group_split
+
+    rng = np.random.default_rng(3)
+    own = np.repeat([f"train{i:04d}" for i in range(40)], 30)
+    y = (rng.random(own.size) < 0.4).astype(np.int64)
+    np.savez(tmp_path / "own.npz", groups=own, y=y)
+    crib = np.repeat([f"crib{i:04d}" for i in range(30)], 30)
+    np.savez(tmp_path / "more.npz", groups=np.concatenate([crib[:450], own, crib[450:]]),
+             y=np.concatenate([y[:450], y, y[:450]]))
+    _, test = group_split(own, 0.25, 2026, y=y)
+    alone = validation_groups(tmp_path / "own.npz", 2026)
+    assert alone == tuple(sorted(set(own[test])))  # what the build held out before crib clips existed
+    assert validation_groups(tmp_path / "more.npz", 2026) == alone
+
+
+@needs_tools
 def test_the_training_set_joins_the_random_and_the_masked_clips_in_one_labels_file(tmp_path):
     from convert.audio_demo import clips, truth_of
 
@@ -75,6 +118,20 @@ def test_the_training_set_joins_the_random_and_the_masked_clips_in_one_labels_fi
     again = clips(tmp_path / "again", 3, 5, "train")
     assert truth_of(again) == {k: v for k, v in truth.items() if k.startswith("train")}
     assert (tmp_path / "again" / "train0002.wav").read_bytes() == (tmp_path / "train0002.wav").read_bytes()
+
+
+@needs_tools
+def test_crib_clips_join_the_training_set_and_clips_already_made_are_not_made_again(tmp_path):
+    from convert.audio_demo import clips, truth_of
+
+    first = clips(tmp_path / "a", 2, 5, "train")
+    (tmp_path / "b").mkdir()
+    for name in ("train.csv", "train0000.wav", "train0001.wav", "train0000.txt", "train0001.txt"):
+        (tmp_path / "b" / name).symlink_to(tmp_path / "a" / name)  # read-only clips shared with another build
+    labels = clips(tmp_path / "b", 2, 5, "train", crib=2)
+    assert sorted(truth_of(labels)) == ["crib0000.wav", "crib0001.wav", "train0000.wav", "train0001.wav"]
+    assert labels.read_bytes().startswith(first.read_bytes())
+    assert (tmp_path / "b" / "train0000.wav").is_symlink()  # reused, not written again
 
 
 @needs_tools
@@ -166,3 +223,47 @@ def test_training_leaves_out_windows_whose_end_label_misdescribes_them(tmp_path)
     assert kept["t_end"].tolist() == pytest.approx([1.75, 2.25, 3.0, 4.5, 5.0, 2.1, 4.25])  # b.wav: no cry, all kept
     assert kept["x"].ravel().tolist() == [0, 3, 4, 7, 8, 9, 10] and kept["y"].tolist() == [0, 1, 1, 0, 0, 0, 0]
     assert kept["labels"].tolist() == ["not_crying", "crying"] and str(kept["kind"]) == "audio-window"
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+def test_the_card_evidence_rule_is_applied_alike_by_the_device_path_and_by_the_choice_of_threshold(tmp_path):
+    from audio_models import tone, write_wav, yamnet_card, yamnet_signature_model
+
+    from convert.audio_demo import choose_threshold, clip_scores, evaluate, truth_of
+    from edge.audio import evidence_trace
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    # a cry from 2 s to 7 s, and a clip with one short blip: a 0.975 s window scored every 0.25 s holds
+    # the 0.2 s blip in 4 windows, which 5 of the last 6 never are
+    cry = np.concatenate([np.zeros(32000, np.float32), tone(5.0, 450.0), np.zeros(16000, np.float32)])
+    blip = np.concatenate([np.zeros(40000, np.float32), tone(0.2, 450.0), np.zeros(84800, np.float32)])
+    write_wav(clips / "cry.wav", cry)
+    write_wav(clips / "blip.wav", blip)
+    (clips / "cry.txt").write_text("quiet\n")
+    (clips / "blip.txt").write_text("dog\n")
+    labels = clips / "labels.csv"
+    labels.write_text("video,start_s,end_s,label,subject\ncry.wav,2.0,7.0,crying,cry\nblip.wav,0.0,8.0,not_crying,blip\n")
+    plain = yamnet_signature_model(tmp_path / "plain.tflite", card=yamnet_card(hop_seconds=0.25))
+    ruled = yamnet_signature_model(tmp_path / "ruled.tflite", card=yamnet_card(hop_seconds=0.25, evidence=[5, 6]))
+
+    windows = {}
+    for wav in truth_of(labels):
+        times, windows[wav] = clip_scores(plain, clips / wav)
+        assert np.allclose(clip_scores(plain, clips / wav, windows=True)[1], windows[wav])  # no rule: the same
+        ruled_times, heard = clip_scores(ruled, clips / wav)
+        assert np.allclose(ruled_times, times)
+        assert np.allclose(clip_scores(ruled, clips / wav, windows=True)[1], windows[wav])
+        assert np.allclose(heard, evidence_trace(windows[wav], (5, 6)))  # the device's rule, as the choice applies it
+
+    plain_figures = evaluate(plain, clips, labels, 0.5, min_on_seconds=0.0)
+    ruled_figures = evaluate(ruled, clips, labels, 0.5, min_on_seconds=0.0)
+    assert plain_figures["false_alarms"] == 1 and ruled_figures["false_alarms"] == 0  # the blip
+    assert plain_figures["decided_within_1_5_s"] == ruled_figures["decided_within_1_5_s"] == 1
+    # what choose_threshold computes for a rule is what the device with that rule on its card does
+    traces = {wav: (clip_scores(plain, clips / wav)[0], evidence_trace(p, (5, 6))) for wav, p in windows.items()}
+    assert evaluate(plain, clips, labels, 0.5, traces, min_on_seconds=0.0) == ruled_figures
+    threshold, min_on, figures, rule = choose_threshold(plain, clips, labels, ["cry", "blip"])
+    assert rule is None  # offered no rule, it keeps each window's own score
+    threshold, min_on, figures, rule = choose_threshold(plain, clips, labels, ["cry", "blip"], ((5, 6),))
+    assert figures["false_alarms"] == 0 and figures["decided_within_1_5_s"] == 1
