@@ -499,8 +499,8 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--masked-clips", type=whole(0), default=MASKED_CLIPS,
                         help="training clips of a cry 0-20 dB under a louder sound, or that sound alone (default 0)")
     parser.add_argument("--crib-clips", type=whole(0), default=CRIB_CLIPS,
-                        help="training clips of loud speech, singing, music, a TV, noise, a fan, a door or a dog, 3 in 10 "
-                             f"with a cry audible over them (default {CRIB_CLIPS})")
+                        help="training clips of loud speech, singing, music, a TV, noise, a fan, a door or a dog, about "
+                             f"4 in 10 with a cry audible over them (default {CRIB_CLIPS})")
     parser.add_argument("--evidence", type=k_of_n, nargs="*", metavar="K/N",
                         help="evidence rules the card may choose (K of the last N window scores at or above the "
                              "threshold), with the threshold and debounce, on the validation clips; each window's own "

@@ -290,7 +290,7 @@ HARD_NEGATIVE_SHARES = (0.15, 0.3, 0.08, 0.1, 0.1, 0.09, 0.09, 0.09)
 AUDIBLE_SHARE = 0.15  # a cry on top in fewer of its cells than this is not heard: it is not trained on as crying
 
 
-def crib_events(rng: np.random.Generator, seconds: float, cry_share: float = 0.3) -> list[Event]:
+def crib_events(rng: np.random.Generator, seconds: float, cry_share: float = 0.5) -> list[Event]:
     """A clip's plan of the hard negatives a crib hears (singing most often), loud (-32 to -10 dBFS), one the
     whole clip long and sometimes a second over part of it; with probability ``cry_share`` a cry 24 dB under to 12 dB over them.
     ``generate`` keeps a cry only where it is audible (``audible_share``): a cry buried under singing or a dog
