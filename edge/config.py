@@ -95,8 +95,10 @@ def default_state_dir(environ=os.environ) -> Path:
     if environ.get("STATE_DIRECTORY"):
         # systemd may pass several, colon-separated; the first is ours
         return Path(environ["STATE_DIRECTORY"].split(":")[0])
-    base = Path(environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return base / "cryedge"
+    if environ.get("XDG_STATE_HOME"):
+        return Path(environ["XDG_STATE_HOME"]) / "cryedge"
+    instead = "set [outbox] path (or $STATE_DIRECTORY, $XDG_STATE_HOME) for the outbox"
+    return paths.home(instead, environ) / ".local" / "state" / "cryedge"
 
 
 class Section(BaseModel):

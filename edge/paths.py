@@ -17,6 +17,8 @@ import os
 from importlib.resources import files
 from pathlib import Path
 
+from edge.errors import ConfigError
+
 INSTALLED_MODELS = Path("/opt/cryedge/models")
 DEFAULT_MODEL_NAME = "cry-default.tflite"
 
@@ -46,9 +48,24 @@ def source_checkout() -> Path | None:
     return root if (root / "pyproject.toml").is_file() and (root / "models").is_dir() else None
 
 
+def home(instead: str, environ=os.environ) -> Path:
+    """``$HOME``, else this user's home in the passwd database; else a ConfigError ending with ``instead``.
+
+    Looked up where a path is needed, never at import: a user id with neither (systemd's DynamicUser, a
+    container) made every cryedge command a traceback ("Could not determine home directory").
+    """
+    if environ.get("HOME"):
+        return Path(environ["HOME"])
+    try:
+        return Path.home()
+    except RuntimeError:
+        raise ConfigError(f"$HOME is not set and user id {os.getuid()} has no home directory; {instead}") from None
+
+
 def user_data_dir(environ=os.environ) -> Path:
-    base = environ.get("XDG_DATA_HOME") or str(Path(environ.get("HOME") or Path.home()) / ".local" / "share")
-    return Path(base) / "cryedge"
+    if environ.get("XDG_DATA_HOME"):
+        return Path(environ["XDG_DATA_HOME"]) / "cryedge"
+    return home("set $CRYEDGE_MODELS or $XDG_DATA_HOME for the models folder", environ) / ".local" / "share" / "cryedge"
 
 
 def models_dir(environ=os.environ) -> Path:

@@ -60,7 +60,6 @@ BUNDLE_MEMBERS = {
 }
 # Shipped inside the package: an installed cryedge (systemd/install.sh) builds bundles without a checkout.
 SOURCES_FILE = paths.data_file("landmark_sources.json")
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cryedge"
 # Zip entries carry this date so a rebuild is byte-identical (the earliest a zip can say).
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 ZIP_ALIGN_EXTRA_ID = 0xD935  # the extra-field id Android's zipalign pads with
@@ -108,6 +107,16 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def default_cache(environ=os.environ) -> Path:
+    """Where the wheel is kept by default: ``$XDG_CACHE_HOME/cryedge``, else ``~/.cache/cryedge``.
+
+    Looked up when a wheel is needed, not at import (see ``paths.home``): only the command that needs it says so.
+    """
+    if environ.get("XDG_CACHE_HOME"):
+        return Path(environ["XDG_CACHE_HOME"]) / "cryedge"
+    return paths.home("pass --cache DIR (or set $XDG_CACHE_HOME) for the mediapipe wheel", environ) / ".cache" / "cryedge"
 
 
 def fetch_wheel(pins: Pins, cache: Path) -> Path:
@@ -237,11 +246,12 @@ def build_bundles(tflites: dict[str, bytes], layout: str = "full-range") -> dict
 
 
 def fetch(
-    output: Path, cache: Path = DEFAULT_CACHE, face_bundle: str | None = None, pose_bundle: str | None = None,
+    output: Path, cache: Path | None = None, face_bundle: str | None = None, pose_bundle: str | None = None,
     machine: str | None = None, layout: str | None = None,
 ) -> dict[str, str]:
     """Write both bundles into ``output``; returns {bundle path: sha256}.
 
+    ``cache``: where the wheel is kept (None: ``default_cache()``, looked up only when a bundle is built).
     ``layout``: the face detector layout (default: what the installed mediapipe decodes).
     """
     given = {FACE_BUNDLE: face_bundle, POSE_BUNDLE: pose_bundle}
@@ -258,7 +268,7 @@ def fetch(
             continue
         if built is None:
             pins = load_pins(machine)
-            wheel = fetch_wheel(pins, cache)
+            wheel = fetch_wheel(pins, cache if cache is not None else default_cache())
             built = build_bundles(wheel_members(wheel, pins), layout or detector_layout())
         written[str(target)] = write_bundle(target, built[kind])
     return written

@@ -26,7 +26,7 @@ FACE, POSE = build.FACE_BUNDLE, build.POSE_BUNDLE
 @pytest.fixture(scope="session")
 def wheel_tflites() -> dict[str, bytes]:
     pins = build.load_pins()
-    return build.wheel_members(build.fetch_wheel(pins, build.DEFAULT_CACHE), pins)
+    return build.wheel_members(build.fetch_wheel(pins, build.default_cache()), pins)
 
 
 @pytest.fixture(scope="session")
@@ -197,7 +197,7 @@ def test_zeroing_an_output_the_model_lacks_names_the_outputs_it_has(wheel_tflite
 
 def test_a_wheel_whose_sha256_differs_from_the_pin_is_refused(tmp_path):
     pins = build.load_pins()
-    good = build.fetch_wheel(pins, build.DEFAULT_CACHE)
+    good = build.fetch_wheel(pins, build.default_cache())
     tampered = tmp_path / pins.wheel
     shutil.copyfile(good, tampered)
     with open(tampered, "r+b") as f:
@@ -212,7 +212,7 @@ def test_a_wheel_whose_sha256_differs_from_the_pin_is_refused(tmp_path):
 
 def test_a_tflite_whose_sha256_differs_from_the_pin_is_refused(tmp_path):
     pins = build.load_pins()
-    wheel = build.fetch_wheel(pins, build.DEFAULT_CACHE)
+    wheel = build.fetch_wheel(pins, build.default_cache())
     name = "pose_detection.tflite"
     wrong = build.Pins(pins.requirement, pins.wheel, pins.platform_tag, pins.wheel_sha256,
                            {name: {**pins.members[name], "sha256": "0" * 64}})

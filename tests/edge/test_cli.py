@@ -138,3 +138,38 @@ def test_an_eval_folder_or_a_suite_folder_whose_name_is_not_utf8_is_one_line(tmp
     done = cryedge_bytes("suite", "build", folder + b"/" + LATIN1, "--photo", "lfw-90", timeout=600)
     assert done.returncode == 7 and "Traceback" not in done.stderr, (done.returncode, done.stderr[-2000:])
     assert done.stderr.splitlines()[-1].endswith("its name is not UTF-8 text, which OpenCV cannot open; rename the file")
+
+
+# A user id with no passwd entry (systemd's DynamicUser, a container's --user 12345): pwd.getpwuid raises KeyError
+# for it, as this stand-in does (the tests run as root, whose entry exists, and another uid cannot run this venv)
+NO_PASSWD_ENTRY = ("import pwd, sys\n"
+                   "def no_entry(uid):\n    raise KeyError(f'getpwuid(): uid not found: {uid}')\n"
+                   "pwd.getpwuid = no_entry\nfrom edge.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+
+
+def cryedge_without_a_home(*args) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if key not in ("HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME",
+                                                                         "XDG_DATA_HOME", "STATE_DIRECTORY")}
+    return subprocess.run([sys.executable, "-c", NO_PASSWD_ENTRY, *map(str, args)], capture_output=True, text=True,
+                          timeout=300, check=False, cwd=REPO, env=env)
+
+
+def test_without_a_home_only_the_command_that_needs_one_says_so(tmp_path):
+    """The bundle builder looked up ~/.cache when imported: with no $HOME and no passwd entry every cryedge command,
+    --help included, was a RuntimeError traceback. Now the others run, and those that need a home say so in a line."""
+    assert cryedge_without_a_home("--help").returncode == 0
+    copied = cryedge_without_a_home("models", "fetch", "--output", tmp_path / "bundles",
+                                    "--face-bundle", LANDMARKS / "face_landmarker.task",
+                                    "--pose-bundle", LANDMARKS / "pose_landmarker.task")
+    assert copied.returncode == 0, copied.stderr[-2000:]
+    assert (tmp_path / "bundles" / "pose_landmarker.task").is_file()
+    config = tmp_path / "cryedge.toml"
+    config.write_text(f'[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\n')
+    assert cryedge_without_a_home("config", "check", config).returncode == 0
+    for args, instead in ((["models", "fetch", "--output", tmp_path / "built"],
+                           "pass --cache DIR (or set $XDG_CACHE_HOME) for the mediapipe wheel"),
+                          (["config", "show"], "set [outbox] path (or $STATE_DIRECTORY, $XDG_STATE_HOME) for the outbox")):
+        result = cryedge_without_a_home(*args)
+        assert result.returncode == 3, result.stderr[-2000:]
+        assert result.stderr.splitlines() == [f"cryedge: $HOME is not set and user id {os.getuid()} has no home "
+                                              f"directory; {instead}"]
