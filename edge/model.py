@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 # LiteRT's Python error reporter never clears its text: each failed invoke's error is appended to all before it
-# (measured: 66 bytes a failure; 1.3 MB, and 1.65 ms to copy, after 20,000). A model failing for a night would
-# grow it without end, so past this much the interpreter is made afresh.
+# (benchmarks/invoke_errors.py: 66 characters a failure, 1.3 million after 20,000). A model failing for a night
+# would grow it without end, so past this much the interpreter is made afresh.
 INVOKE_ERRORS_KEPT = 64 * 1024
 EDGETPU_DEVICES = {"usb": "usb", "pci": "pci"}
 

@@ -113,7 +113,7 @@ def test_an_audio_model_that_keeps_failing_ends_the_episode_as_blind_and_health_
 
 
 def test_an_audio_model_failing_all_night_keeps_one_short_error_and_its_memory(models):
-    """LiteRT appends every failed invoke's error to the text of all the earlier ones (66 bytes each: 1.3 MB after
+    """LiteRT appends every failed invoke's error to the text of all the earlier ones (66 characters each: 1.3 million after
     20,000 failures, about 80 minutes of windows). The error said is the newest one alone, and the interpreter is
     loaded afresh before that text passes INVOKE_ERRORS_KEPT; the model then still judges a quiet window."""
     from edge.audio import AudioScorer
