@@ -36,15 +36,16 @@ def main() -> None:
     path = faulty_model(Path(tempfile.mkdtemp()) / "raise.tflite", "raise", card=yamnet_card(name="faulty-raise"))
     loud = tone(0.975, 90.0, level=0.9)
     checkpoints = {1, 10, 100, 1000, 5000, args.failures}
-    model = TFLiteModel(path)
     print(f"INVOKE_ERRORS_KEPT = {INVOKE_ERRORS_KEPT} characters")
-    for label, call in (("LiteRT interpreter", lambda: raw_invoke(model, loud)),
-                        ("TFLiteModel", lambda: model.probabilities(loud))):
-        model = TFLiteModel(path)
+    for label in ("LiteRT interpreter", "TFLiteModel"):
+        model = TFLiteModel(path)  # each way from a fresh interpreter
         for n in range(1, args.failures + 1):
             start = time.perf_counter()
             try:
-                call()
+                if label == "TFLiteModel":
+                    model.probabilities(loud)
+                else:
+                    raw_invoke(model, loud)
             except (RuntimeError, ModelError) as error:
                 length = len(str(error))
             ms = (time.perf_counter() - start) * 1000
