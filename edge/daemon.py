@@ -226,6 +226,7 @@ class Daemon:
         self.hearing = None  # edge.audio.Hearing when [audio] is enabled
         self._heard: queue.SimpleQueue = queue.SimpleQueue()  # with no camera: every audio score, from its thread
         self._vision: tuple | None = None  # (latest vision Score, that frame's brightness 0-255)
+        self.model_faults: dict = {}  # edge.health.ModelFault by sense, replaced whole (read by /health's threads)
         self.health = None
         self.snapshots = None  # edge.pictures.SnapshotWorker when [snapshot] is enabled
         self.live = None  # edge.live.LiveView when [live] is enabled
@@ -384,6 +385,7 @@ class Daemon:
                 now = time.monotonic()
                 self.stats.add(result, now)
                 self.last_frame = now
+                self._note_model_faults(now)
                 self.watchdog.frame_processed(now)
                 if now >= next_report:
                     next_report = now + 5.0
@@ -436,6 +438,7 @@ class Daemon:
                 self.publisher.publish_state(self._alarm_state())
             if any(h.score.ok for h in fresh):  # judged sound: a model failing on it is not "ok" (/health stalls)
                 self.last_frame = now  # after the state: /health's "ok" and its "audio" agree
+            self._note_model_faults(now)
             if now >= next_report or monitor.status.state != reported:
                 next_report, reported = now + 5.0, monitor.status.state
                 self._report()
@@ -458,6 +461,29 @@ class Daemon:
                 fresh.append(self._heard.get_nowait())
             except queue.Empty:
                 return fresh
+
+    def _note_model_faults(self, now: float) -> None:
+        """Which model fails, since when (its first failure since it last answered): /health says so after a while."""
+        from edge.health import ModelFault
+
+        errors = {"vision": (self.model, self.pipeline.scorer.error if self.pipeline is not None else None),
+                  "audio": (self.hearing.card if self.hearing is not None else None,
+                            self.hearing.monitor.model_error if self.hearing is not None else None)}
+        faults = {}
+        for sense, (model, error) in errors.items():
+            if error is not None:
+                known = self.model_faults.get(sense)
+                name = model.card.name if sense == "vision" else model.name
+                faults[sense] = ModelFault(name, error, known.since if known is not None else now)
+        if faults != self.model_faults:
+            self.model_faults = faults
+
+    def _alarm_follows(self) -> tuple[str, ...]:
+        """The senses the fused alarm decides on (``[fusion] mode``)."""
+        if not self.camera:
+            return ("audio",)
+        mode = self.config.fusion.mode if self.hearing is not None else "vision"
+        return ("vision", "audio") if mode in ("either", "mean") else (mode,)
 
     def _without_frames(self) -> None:
         """No frame lately (called by the source's wait, on the loop's thread): the alarm follows the sound.
@@ -563,6 +589,7 @@ class Daemon:
             crying=state.crying if state else None, probability=state.probability if state else None,
             last_event=self.last_event, last_event_unix=self.last_event_unix,
             model=self.model_name, audio=self.hearing.health() if self.hearing is not None else None,
+            model_faults=self.model_faults, alarm_follows=self._alarm_follows(),
         )
 
     def close(self) -> None:

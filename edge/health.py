@@ -18,6 +18,9 @@ keep one that the frame loop replaces whole). Endpoints:
   not count it as serving) or ``"stalled"``. With hearing on, ``"audio"`` says what the microphone
   hears (``ok``, ``no_sound_device``, ``no_sound``, ``model_error``). With no camera (``[source] type = "none"``) the
   microphone is the source: its scores are the "frames", its reopening is ``"reconnecting"``.
+  A model failing at run time for longer than ``stale_after`` is 503 ``"model_error"`` (the camera's,
+  or with no camera the sound's), or 200 ``"degraded"`` (the audio model while the camera sees):
+  :func:`model_fault_document`.
 - ``GET /stats``: everything in :class:`HealthStats` as JSON.
 - ``GET /metrics``: Prometheus exposition by ``prometheus_client`` (text 0.0.4, or OpenMetrics when
   the scraper asks for it), names prefixed ``cryedge_`` and ending in their unit.
@@ -68,6 +71,15 @@ WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 
 
 @dataclass(frozen=True)
+class ModelFault:
+    """A model that fails at run time (LiteRT's invoke errors, scores that are not numbers), while it does."""
+
+    model: str  # the model card's name
+    error: str  # what it said last
+    since: float  # time.monotonic() of its first failure since it last answered
+
+
+@dataclass(frozen=True)
 class HealthStats:
     """A snapshot of the daemon's state; times are ``time.monotonic()`` seconds unless named ``_unix``."""
 
@@ -92,6 +104,8 @@ class HealthStats:
     model: str = ""
     # with hearing: {"source", "state", "status", "reconnects", "overruns"} of the microphone or sound track
     audio: Mapping[str, Any] | None = None
+    model_faults: Mapping[str, ModelFault] = field(default_factory=dict)  # "vision", "audio": the failing models
+    alarm_follows: tuple[str, ...] = ()  # the senses the fused alarm decides on ("vision", "audio")
 
 
 STATES = ("starting", "running", "reconnecting", "stopping")
@@ -107,11 +121,40 @@ def health_document(stats: HealthStats, now: float, stale_after: float) -> tuple
     if stats.state == "reconnecting":
         return HTTPStatus.SERVICE_UNAVAILABLE, {
             "status": "reconnecting", **body, "source_reconnects": stats.source_reconnects}
+    fault = model_fault_document(stats, now, stale_after)
+    if fault is not None and fault[0]:
+        return HTTPStatus.SERVICE_UNAVAILABLE, {"status": "model_error", **body, **fault[1]}
     if age is None:
         return HTTPStatus.SERVICE_UNAVAILABLE, {"status": "starting", **body}
     if age > stale_after:
         return HTTPStatus.SERVICE_UNAVAILABLE, {"status": "stalled", **body}
+    if fault is not None:
+        return HTTPStatus.OK, {"status": "degraded", **body, **fault[1]}
     return HTTPStatus.OK, {"status": "ok", **body}
+
+
+def model_fault_document(stats: HealthStats, now: float, stale_after: float) -> tuple[bool, dict[str, Any]] | None:
+    """A model failing for longer than ``stale_after`` (as long as /health waits for a frame): (blind, what to say).
+
+    Blind (503) when it is the main sense's model (the camera's; with no camera the sound's): frames or sound
+    that still flow are not judged. The other sense's model failing leaves a degraded monitor (200) unless the
+    alarm follows that sense alone (``[fusion] mode``). ``alarm_follows`` names the senses that can still
+    raise the alarm."""
+    failing = {sense: fault for sense, fault in stats.model_faults.items() if now - fault.since > stale_after}
+    if not failing:
+        return None
+    main = "vision" if stats.fps is not None else "audio"
+    sense, fault = next(iter(sorted(failing.items(), key=lambda item: item[0] != main)))
+    working = {"vision": stats.fps is not None and "vision" not in failing,
+               "audio": stats.audio is not None and stats.audio["status"] == "ok" and "audio" not in failing}
+    follows = [other for other in stats.alarm_follows if working[other]]
+    blind = sense == main or not follows
+    said = {"vision": "picture", "audio": "sound"}
+    also = f"; the {' and the '.join(said[other] for other in follows)} can still raise the alarm" if follows \
+        else "; nothing can raise the alarm"
+    reason = (f"the {sense} model {fault.model} has failed for {now - fault.since:.0f} s ({fault.error}): "
+              f"its {'pictures are' if sense == 'vision' else 'sound is'} not judged{also}")
+    return blind, {"model_error": sense, "reason": reason, "alarm_follows": follows}
 
 
 def stats_document(stats: HealthStats, now: float) -> dict[str, Any]:
