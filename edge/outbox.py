@@ -123,8 +123,10 @@ class Outbox:
                 f"but cannot be written ({_reason(error, self.path)}): free space or make it writable") from None
 
     def _fail(self, error: Exception) -> None:
-        self.fault = f"cannot write {self.path} ({_reason(error, self.path)}): events are kept in memory"
-        log.error("outbox: %s until cryedge restarts; they still go to the broker", self.fault)
+        self.fault = (f"cannot write {self.path} ({_reason(error, self.path)}): cry events are kept in memory and "
+                      "still delivered")
+        log.error("outbox: %s to the broker until cryedge restarts (undelivered ones would not outlive a restart)",
+                  self.fault)
 
     def _fail_over(self, error: Exception) -> None:
         """Move what the disk holds into memory, so that the rest of this run goes on as before."""
@@ -159,7 +161,10 @@ class Outbox:
         try:
             yield
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # SQLite ends the transaction itself on some errors (a full disk: SQLITE_FULL); a ROLLBACK then fails
+            # with "no transaction is active" and would stand in for the error that says what happened
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
 
@@ -276,7 +281,7 @@ def _make_parent(path: Path) -> None:
 def _reason(error: Exception, path: Path | None = None) -> str:
     """The error in words; for SQLite's own vague ones ("unable to open database file"), what the OS says."""
     if isinstance(error, OSError):
-        return error.strerror or str(error)
+        return _full(error) or error.strerror or str(error)
     if path is not None:
         try:
             with tempfile.TemporaryFile(dir=path.parent) as scratch:
@@ -284,8 +289,13 @@ def _reason(error: Exception, path: Path | None = None) -> str:
                 scratch.flush()
                 os.fsync(scratch.fileno())
         except OSError as os_error:
-            return f"{error}: {os_error.strerror or os_error}"
+            return _full(os_error) or f"{error}: {os_error.strerror or os_error}"
     return str(error)
+
+
+def _full(error: OSError) -> str | None:
+    """A full disk said as such, with the OS's words (SQLite's "database or disk is full" does not say which)."""
+    return f"the disk is full: {error.strerror}" if error.errno == errno.ENOSPC else None
 
 
 def _lock_beside(path: Path) -> int | None:

@@ -453,6 +453,12 @@ def test_an_outbox_that_cannot_be_written_does_not_stop_an_event(mosquitto, subs
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "outbox" in errors[0].getMessage()  # said once, no traceback
     assert not any(r.exc_info for r in caplog.records)
+    # what happened to the alerts, in words: it said "cannot rollback - no transaction is active: No space left on
+    # device" (SQLite's failed ROLLBACK of a transaction the full disk had already ended)
+    said = errors[0].getMessage()
+    assert "cry events are kept in memory and still delivered" in said and "rollback" not in said, said
+    if fault == "disk full":
+        assert "the disk is full" in said, said
 
 
 def test_an_outbox_unusable_from_the_start_keeps_events_in_memory_while_the_broker_is_away(tmp_path):
