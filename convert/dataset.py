@@ -376,7 +376,7 @@ def build_sound(files_dir: Path, labels_path: Path, audio=None, kind: str = "aud
     A window's label is the label at its last sample, as the device attributes a score to the window's end.
     """
     from edge.audio import AudioWindow
-    from edge.audio_features import AudioFrontEnd
+    from edge.audio_features import AudioFrontEnd, normalize_fixed
     from edge.card import AudioSpec
 
     audio = audio or AudioSpec()
@@ -413,7 +413,7 @@ def build_sound(files_dir: Path, labels_path: Path, audio=None, kind: str = "aud
         spectrum = x[..., :audio.spectrum_size]
         mean, std = float(spectrum.mean()), max(float(spectrum.std()), 1e-6)
         audio = audio.model_copy(update={"normalization": "fixed", "mean": round(mean, 4), "std": round(std, 4)})
-        x = (x - audio.mean * (np.arange(x.shape[-1]) < audio.spectrum_size)) / audio.std
+        x = normalize_fixed(x, audio)
     return SoundDataset(x, y, np.array(groups), np.array(files), np.array(ends, np.float32), labels, audio, kind)
 
 

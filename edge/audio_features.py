@@ -183,6 +183,17 @@ def pitch_salience(power: np.ndarray, spec: AudioSpec) -> np.ndarray:
     return np.concatenate([np.maximum.reduceat(ripple, starts, axis=1) for ripple in ripples], axis=1)
 
 
+def normalize_fixed(features: np.ndarray, spec: AudioSpec) -> np.ndarray:
+    """``features`` (..., feature_size) less the card's training mean and over its scale: the device's windows
+    and ``cryedge dataset build``'s, through this one function.
+
+    The mean is the spectrum's; the pitch channels (0: not pitched) are only scaled. In float32, as the models
+    were trained: float64 arithmetic moved the features by up to 3e-7, enough for ``demo-audio build`` to
+    train other weights than the bundled model's."""
+    mean = np.where(np.arange(features.shape[-1]) < spec.spectrum_size, spec.mean, 0.0).astype(np.float32)
+    return (features.astype(np.float32, copy=False) - mean) / np.float32(spec.std)
+
+
 class BackgroundFloor:
     """The background under the log-mel, band by band, followed causally one frame at a time.
 
@@ -230,8 +241,7 @@ def audio_features(waveform: np.ndarray, spec: AudioSpec, floor: BackgroundFloor
     if spec.pitch_bins:
         features = np.concatenate([features, pitch_salience(power, spec)], axis=1)
     if spec.normalization == "fixed":
-        # the spectrum's training mean and scale; the pitch channels (0: not pitched) are only scaled with it
-        features = (features - spec.mean * (np.arange(features.shape[1]) < spec.spectrum_size)) / spec.std
+        features = normalize_fixed(features, spec)
     elif spec.normalization == "patch":
         features = (features - features.mean()) / max(float(features.std()), 1e-6)
     return features.astype(np.float32)
