@@ -18,18 +18,35 @@ YAMNET_CLASSES = 521
 BABY_CRY = 20  # yamnet_class_map.csv: 20 "Baby cry, infant cry" (19 "Crying, sobbing")
 
 
+def cry_band_basis(samples: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A bank of quadrature tones over 300-700 Hz (the energy in the band whatever the phase), and the one-hot
+    row of "Baby cry, infant cry" among ``classes``."""
+    freqs = np.arange(300, 701, 25, dtype=np.float32)
+    t = np.arange(samples, dtype=np.float32) / 16000.0
+    basis = np.concatenate([np.cos(2 * np.pi * freqs[None, :] * t[:, None]),
+                            np.sin(2 * np.pi * freqs[None, :] * t[:, None])], axis=1) / samples
+    one_hot = np.zeros((1, classes), np.float32)
+    one_hot[0, BABY_CRY] = 1.0
+    return basis, one_hot
+
+
+def write_model(path: Path, model, card: dict | None) -> Path:
+    """The tf.function ``model`` converted to TFLite at ``path``, with ``card`` beside it; returns ``path``."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
+    Path(path).write_bytes(converter.convert())
+    if card is not None:
+        Path(path).with_suffix(".json").write_text(json.dumps(card))
+    return Path(path)
+
+
 def yamnet_signature_model(path: Path, samples: int = YAMNET_SAMPLES, classes: int = YAMNET_CLASSES,
                            batchless: bool = True, card: dict | None = None) -> Path:
     """Write the model to ``path`` and, with ``card``, its card beside it; returns ``path``."""
     import tensorflow as tf
 
-    freqs = np.arange(300, 701, 25, dtype=np.float32)
-    t = np.arange(samples, dtype=np.float32) / 16000.0
-    # a bank of quadrature tones: the energy in 300-700 Hz whatever the phase
-    basis = np.concatenate([np.cos(2 * np.pi * freqs[None, :] * t[:, None]),
-                            np.sin(2 * np.pi * freqs[None, :] * t[:, None])], axis=1) / samples
-    one_hot = np.zeros((1, classes), np.float32)
-    one_hot[0, BABY_CRY] = 1.0
+    basis, one_hot = cry_band_basis(samples, classes)
 
     shape = [samples] if batchless else [1, samples]
 
@@ -41,11 +58,7 @@ def yamnet_signature_model(path: Path, samples: int = YAMNET_SAMPLES, classes: i
         cry = tf.sigmoid((db + 40.0) / 3.0)  # a tone above about -40 dB in the band
         return cry * one_hot + (1.0 - one_hot) * 0.01
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
-    Path(path).write_bytes(converter.convert())
-    if card is not None:
-        Path(path).with_suffix(".json").write_text(json.dumps(card))
-    return Path(path)
+    return write_model(path, model, card)
 
 
 def yamnet_full_graph_model(path: Path, card: dict | None = None) -> Path:
@@ -53,12 +66,7 @@ def yamnet_full_graph_model(path: Path, card: dict | None = None) -> Path:
     1024 embeddings, and a 64-band spectrogram out. Class 20 answers as ``yamnet_signature_model``'s does."""
     import tensorflow as tf
 
-    freqs = np.arange(300, 701, 25, dtype=np.float32)
-    t = np.arange(YAMNET_SAMPLES, dtype=np.float32) / 16000.0
-    basis = np.concatenate([np.cos(2 * np.pi * freqs[None, :] * t[:, None]),
-                            np.sin(2 * np.pi * freqs[None, :] * t[:, None])], axis=1) / YAMNET_SAMPLES
-    one_hot = np.zeros((1, YAMNET_CLASSES), np.float32)
-    one_hot[0, BABY_CRY] = 1.0
+    basis, one_hot = cry_band_basis(YAMNET_SAMPLES, YAMNET_CLASSES)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
     def model(waveform):
@@ -68,11 +76,7 @@ def yamnet_full_graph_model(path: Path, card: dict | None = None) -> Path:
         scores = cry * one_hot + (1.0 - one_hot) * 0.01
         return scores, tf.zeros([1, 1024]) + power, tf.zeros([96, 64]) + power
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
-    Path(path).write_bytes(converter.convert())
-    if card is not None:
-        Path(path).with_suffix(".json").write_text(json.dumps(card))
-    return Path(path)
+    return write_model(path, model, card)
 
 
 def yamnet_card(name: str = "yamnet-test", **audio) -> dict:
@@ -126,12 +130,7 @@ def faulty_model(path: Path, fault: str, card: dict | None = None) -> Path:
     RuntimeError); ``fault="nan"``: it returns NaN scores (0/0). Quieter windows score as the working model does."""
     import tensorflow as tf
 
-    freqs = np.arange(300, 701, 25, dtype=np.float32)
-    t = np.arange(YAMNET_SAMPLES, dtype=np.float32) / 16000.0
-    basis = np.concatenate([np.cos(2 * np.pi * freqs[None, :] * t[:, None]),
-                            np.sin(2 * np.pi * freqs[None, :] * t[:, None])], axis=1) / YAMNET_SAMPLES
-    one_hot = np.zeros((1, YAMNET_CLASSES), np.float32)
-    one_hot[0, BABY_CRY] = 1.0
+    basis, one_hot = cry_band_basis(YAMNET_SAMPLES, YAMNET_CLASSES)
     rows = tf.constant(np.ones((1, YAMNET_CLASSES), np.float32))
 
     @tf.function(input_signature=[tf.TensorSpec([YAMNET_SAMPLES], tf.float32, name="waveform")])
@@ -145,8 +144,4 @@ def faulty_model(path: Path, fault: str, card: dict | None = None) -> Path:
             return scores * tf.sqrt(0.5 - peak) / tf.sqrt(0.5 - peak)  # NaN above 0.5
         return scores * tf.gather(rows, tf.reshape(tf.cast(peak * 2.0, tf.int32), [1]))  # row 1 of one: out of bounds above 0.5
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
-    Path(path).write_bytes(converter.convert())
-    if card is not None:
-        Path(path).with_suffix(".json").write_text(json.dumps(card))
-    return Path(path)
+    return write_model(path, model, card)
