@@ -1031,9 +1031,10 @@ def load_config(path: Path | str | None = None, overrides: dict | None = None, e
     _resolve_paths(config, config_path.resolve().parent if config_path is not None else Path.cwd(), where)
     _resolve_password(config.mqtt, "mqtt", where, environ, PASSWORD_ENV, CREDENTIAL_NAME)
     if config.mqtt.password is not None:  # from a file or the environment, after validation: checked here
-        size = len(config.mqtt.password.get_secret_value().encode("utf-8", "surrogatepass"))
-        if size > MAX_TOPIC_BYTES:
-            raise ConfigError(f"{where}: mqtt.password: is {size} bytes of UTF-8; MQTT allows at most {MAX_TOPIC_BYTES}")
+        try:
+            _mqtt_string(config.mqtt.password.get_secret_value())
+        except ValueError as error:
+            raise ConfigError(f"{where}: mqtt.password: {error}") from None
     if isinstance(config.source, NetworkSourceOptions) and config.source.username is not None:
         _resolve_password(config.source, "source", where, environ, CAMERA_PASSWORD_ENV, CAMERA_CREDENTIAL_NAME)
     if isinstance(config.audio.source, StreamSoundConfig) and config.audio.source.username is not None:
@@ -1125,6 +1126,16 @@ def _resolve_live_token(config: Config, where: str, environ) -> None:
     live._token = SecretStr(token)
 
 
+def toml_text(raw: bytes, where: str) -> str:
+    """A TOML file's bytes as text; a ConfigError naming the first byte that is not UTF-8, and its line."""
+    try:
+        return raw.decode("utf-8-sig")  # Notepad's "UTF-8" starts with a byte order mark, which TOML does not read
+    except UnicodeDecodeError as error:  # a laptop's editor saved it in another encoding
+        line = raw[:error.start].count(b"\n") + 1
+        raise ConfigError(f"{where}: not UTF-8 text: byte 0x{raw[error.start]:02x} on line {line} "
+                          "(TOML files are UTF-8; re-save it as UTF-8)") from None
+
+
 def _read_toml(config_path: Path, where: str) -> dict:
     try:
         raw = config_path.read_bytes()
@@ -1132,12 +1143,7 @@ def _read_toml(config_path: Path, where: str) -> dict:
         raise ConfigError(f"{where}: no such file") from None
     except OSError as error:
         raise ConfigError(f"{where}: cannot read: {error.strerror}") from None
-    try:
-        text = raw.decode("utf-8-sig")  # Notepad's "UTF-8" starts with a byte order mark, which TOML does not read
-    except UnicodeDecodeError as error:
-        line = raw[:error.start].count(b"\n") + 1
-        raise ConfigError(f"{where}: not UTF-8 text: byte 0x{raw[error.start]:02x} on line {line} "
-                          "(TOML files are UTF-8; re-save it as UTF-8)") from None
+    text = toml_text(raw, where)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:

@@ -154,13 +154,12 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
     except IsADirectoryError:  # it said "Is a directory: PATH", not what was expected there
         raise ConfigError(f"{where}: is a folder, not the TOML file of settings expected there; "
                           f"nothing imported ({config_dir / 'cryedge.toml'} left as it was)") from None
+    from edge.config import toml_text
+
     try:
-        text = raw.decode("utf-8-sig")  # Notepad's "UTF-8" starts with a byte order mark, which TOML does not read
-    except UnicodeDecodeError as error:  # a laptop's editor saved it in another encoding
-        line = raw[:error.start].count(b"\n") + 1
-        raise ConfigError(f"{where}: not UTF-8 text: byte 0x{raw[error.start]:02x} on line {line} (TOML files are "
-                          f"UTF-8; re-save it as UTF-8); not installed ({config_dir / 'cryedge.toml'} left as it was)"
-                          ) from None
+        text = toml_text(raw, where)
+    except ConfigError as error:
+        raise ConfigError(f"{error}; not installed ({config_dir / 'cryedge.toml'} left as it was)") from None
     config_text, password = split_password(text, where)
     # the camera's and a stream microphone's too: cryedge.toml is readable by every user of the device (0644)
     config_text, camera_password = split_stream_password(config_text, where, "source", "camera")
