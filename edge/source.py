@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 FFMPEG_OPTIONS_VARIABLE = "OPENCV_FFMPEG_CAPTURE_OPTIONS"  # set for rtsp:// sources from [source] transport
 
 
-
 def opencv_name(path: Path | str) -> str:
     """``path`` as OpenCV takes a file name; a SourceError for a name that is not UTF-8 text (a file copied
     from an old Windows or Samba share), on which OpenCV crashes the whole process (a segmentation fault)."""
@@ -56,6 +55,7 @@ def opencv_name(path: Path | str) -> str:
         shown = os.fsencode(text).decode("utf-8", "backslashreplace")
         raise SourceError(f"{shown}: its name is not UTF-8 text, which OpenCV cannot open; rename the file") from None
     return text
+
 
 class FileSource:
     """A video file; ``realtime`` paces frames at the file's rate, else as fast as they decode.
