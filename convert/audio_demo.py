@@ -41,17 +41,21 @@ MASKED_CLIPS, MASKED_SEED_OFFSET = 0, 1000
 # training clips of the hard negatives loud, half of them with a cry AUDIBLE over them (audio_synth.crib_events,
 # every cry on top in at least AUDIBLE_SHARE of its cells), from a seed of their own; never validation clips
 CRIB_CLIPS, CRIB_SEED_OFFSET = 0, 2000
+# more training clips of random_events itself (the test sets' plan), from a seed of their own: does the model
+# raise its false alarms over singing for want of ordinary data? Never validation clips (validation_groups)
+MORE_CLIPS, MORE_SEED_OFFSET = 0, 3000
 HOP_SECONDS = 0.25  # the default model scores this often on the device
 FRAME_RATE = 15.0  # the demo clip's: the alarm sees the newest audio score at every frame
 DEMO_SOUND = (("crying", 5.0, 14.0), ("speech", 14.0, 17.0))
 
 
-def clips(folder: Path, count: int, seed: int, prefix: str, masked: int = 0, crib: int = 0) -> Path:
+def clips(folder: Path, count: int, seed: int, prefix: str, masked: int = 0, crib: int = 0, more: int = 0) -> Path:
     """The labelled clips in ``folder``, made unless already there; their labels CSV (``labels.csv``).
 
     ``count`` clips of ``random_events`` and, for training, ``masked`` more of ``masked_events`` (cries under
-    a louder sound, and that sound alone) and ``crib`` more of ``crib_events`` (hard negatives, with a cry
-    audible over them), each from a seed of its own. A part whose CSV is there already is not made again."""
+    a louder sound, and that sound alone), ``crib`` more of ``crib_events`` (hard negatives, with a cry
+    audible over them) and ``more`` more of ``random_events`` (named ``more``, so never validation clips), each
+    from a seed of its own. A part whose CSV is there already is not made again."""
     from convert import audio_synth
 
     folder = Path(folder)
@@ -70,6 +74,9 @@ def clips(folder: Path, count: int, seed: int, prefix: str, masked: int = 0, cri
             parts.append(made("crib.csv", lambda: audio_synth.generate(
                 folder, crib, CLIP_SECONDS, seed + CRIB_SEED_OFFSET, prefix="crib", plan=audio_synth.crib_events,
                 labels_name="crib.csv", audible=audio_synth.AUDIBLE_SHARE)))
+        if more:
+            parts.append(made("more.csv", lambda: audio_synth.generate(
+                folder, more, CLIP_SECONDS, seed + MORE_SEED_OFFSET, prefix="more", labels_name="more.csv")))
         rows = [part.read_bytes().splitlines(keepends=True) for part in parts]  # bytes: csv's \r\n kept
         labels.write_bytes(b"".join(rows[0] + [row for more in rows[1:] for row in more[1:]]))
     return labels
@@ -375,7 +382,7 @@ def front_end(**changes):
 def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = None, epochs: int = 30,
           seed: int = SEED, train_clips: int = TRAIN_CLIPS, heldout_clips: int = HELDOUT_CLIPS, audio=None,
           masked_clips: int = MASKED_CLIPS, evidence_choices: tuple[tuple[int, int], ...] = EVIDENCE_CHOICES,
-          crib_clips: int = CRIB_CLIPS) -> dict:
+          crib_clips: int = CRIB_CLIPS, more_clips: int = MORE_CLIPS, patience: int = 6) -> dict:
     from convert import dataset, train
     from convert.convert import ConvertOptions, convert
 
@@ -387,7 +394,8 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
     own_work = work_dir is None
     work = Path(tempfile.mkdtemp(prefix="cryedge-audio-")) if own_work else Path(work_dir)
     try:
-        train_labels = clips(work / "train", train_clips, seed, "train", masked=masked_clips, crib=crib_clips)
+        train_labels = clips(work / "train", train_clips, seed, "train", masked=masked_clips, crib=crib_clips,
+                             more=more_clips)
         heldout_labels = clips(work / "heldout", heldout_clips, seed + 1, "heldout")
         data = work / "train.npz"
         if not data.is_file():
@@ -395,7 +403,7 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
             drop_ambiguous_windows(data, train_labels)
         keras_model = work / f"{MODEL_NAME}.keras"
         metrics = train.train(train.TrainOptions(arch="audio-cnn", data=data, output=keras_model, epochs=epochs,
-                                                 patience=6, seed=seed, holdout=validation_groups(data, seed)))
+                                                 patience=patience, seed=seed, holdout=validation_groups(data, seed)))
         model = output_dir / f"{MODEL_NAME}.tflite"
         report = convert(ConvertOptions(model=keras_model, output=model, calibration=str(data), name=MODEL_NAME))
         threshold, min_on, validation, rule = choose_threshold(model, work / "train", train_labels,
@@ -403,7 +411,10 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
         heldout = finish_card(model, metrics, report.fidelity, work / "heldout", heldout_labels,
                               f"seed {seed}: {train_clips} clips of {CLIP_SECONDS:g} s"
                               + (f" and {masked_clips} of a cry under a louder sound or that sound alone"
-                                 if masked_clips else ""), threshold, validation, min_on, rule)
+                                 if masked_clips else "")
+                              + (f", {crib_clips} of loud hard negatives with a cry audible over some" if crib_clips else "")
+                              + (f", {more_clips} more of the same plan from seed {seed + MORE_SEED_OFFSET}"
+                                 if more_clips else ""), threshold, validation, min_on, rule)
         shutil.copyfile(keras_model, output_dir / keras_model.name)
         (output_dir / f"{MODEL_NAME}.report.png").unlink(missing_ok=True)
         summary = {"model": str(model), "held_out": metrics["held_out"], "held_out_set": heldout}
@@ -467,6 +478,7 @@ def _build_command(args) -> int:
         raise DataError(f"audio front end: {error.errors()[0]['msg']}") from None
     summary = build(args.output_dir, None if args.no_demo else args.demo_video, args.work_dir, args.epochs, args.seed,
                     args.train_clips, args.heldout_clips, masked_clips=args.masked_clips, crib_clips=args.crib_clips,
+                    more_clips=args.more_clips, patience=args.patience,
                     evidence_choices=tuple(args.evidence) if args.evidence is not None else EVIDENCE_CHOICES,
                     audio=audio)
     held, other = summary["held_out"], summary["held_out_set"]
@@ -493,6 +505,8 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--no-demo", action="store_true", help="leave the demo clip alone")
     parser.add_argument("--work-dir", type=Path, help="keep the clips and the dataset here (reused when present)")
     parser.add_argument("--epochs", type=whole(1), default=30)
+    parser.add_argument("--patience", type=whole(0), default=6,
+                        help="epochs without a better early-stopping loss before training stops (default 6)")
     parser.add_argument("--seed", type=whole(0), default=SEED)
     parser.add_argument("--train-clips", type=whole(1), default=TRAIN_CLIPS)
     parser.add_argument("--heldout-clips", type=whole(1), default=HELDOUT_CLIPS)
@@ -501,6 +515,10 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--crib-clips", type=whole(0), default=CRIB_CLIPS,
                         help="training clips of loud speech, singing, music, a TV, noise, a fan, a door or a dog, about "
                              f"4 in 10 with a cry audible over them (default {CRIB_CLIPS})")
+    parser.add_argument("--more-clips", type=whole(0), default=MORE_CLIPS,
+                        help="more training clips of the same plan as the others (speech, singing, music, ... and a "
+                             f"cry in about half), from seed + {MORE_SEED_OFFSET}; never validation clips "
+                             f"(default {MORE_CLIPS})")
     parser.add_argument("--evidence", type=k_of_n, nargs="*", metavar="K/N",
                         help="evidence rules the card may choose (K of the last N window scores at or above the "
                              "threshold), with the threshold and debounce, on the validation clips; each window's own "

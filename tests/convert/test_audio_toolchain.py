@@ -135,6 +135,26 @@ def test_crib_clips_join_the_training_set_and_clips_already_made_are_not_made_ag
 
 
 @needs_tools
+def test_more_clips_are_the_same_plan_from_a_seed_of_their_own_added_to_the_clips_already_made(tmp_path):
+    from convert.audio_demo import MORE_SEED_OFFSET, clips, truth_of
+
+    first = clips(tmp_path / "a", 2, 5, "train")
+    (tmp_path / "b").mkdir()
+    for name in ("train.csv", "train0000.wav", "train0001.wav", "train0000.txt", "train0001.txt"):
+        (tmp_path / "b" / name).symlink_to(tmp_path / "a" / name)
+    labels = clips(tmp_path / "b", 2, 5, "train", more=3)
+    assert sorted(truth_of(labels)) == [f"{p}{i:04d}.wav" for p in ("more", "train") for i in range(3 if p == "more" else 2)]
+    assert labels.read_bytes().startswith(first.read_bytes())  # the old clips, as they were
+    assert (tmp_path / "b" / "train0000.wav").is_symlink()
+    # random_events from seed + MORE_SEED_OFFSET: ordinary clips, not the training seed's again
+    alone = audio_synth.generate(tmp_path / "c", 3, 8.0, 5 + MORE_SEED_OFFSET, prefix="more")
+    assert all((tmp_path / "b" / f"more{i:04d}.wav").read_bytes() == (tmp_path / "c" / f"more{i:04d}.wav").read_bytes()
+               for i in range(3))
+    assert {k: v for k, v in truth_of(labels).items() if k.startswith("more")} == truth_of(alone)
+    assert (tmp_path / "b" / "more0000.wav").read_bytes() != (tmp_path / "b" / "train0000.wav").read_bytes()
+
+
+@needs_tools
 def test_sound_files_and_video_sound_tracks_become_labelled_windows_of_the_device_features(tmp_path):
     labels = audio_synth.generate(tmp_path / "clips", 6, seconds=4.0, seed=3, cry_share=0.7)
     video = tmp_path / "clips" / "film.mp4"  # a video whose sound track is clip0000's
