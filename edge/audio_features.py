@@ -19,7 +19,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from edge.card import AudioSpec
+from edge.card import AudioSpec, pitch_quefrencies
 
 
 def hz_to_mel(hz: np.ndarray | float, scale: str) -> np.ndarray:
@@ -124,19 +124,6 @@ def log_mel(waveform: np.ndarray, spec: AudioSpec, power: np.ndarray | None = No
     if spec.log == "db":
         return (10.0 * np.log10(np.maximum(mel, spec.amin))).astype(np.float32)
     return np.log(mel + spec.log_offset).astype(np.float32)
-
-
-@lru_cache(maxsize=8)
-def pitch_quefrencies(rate: int, fmin: float, fmax: float, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """The whole periods in samples (quefrencies) of fundamentals fmin-fmax, lowest pitch first, grouped into
-    ``bins`` log-spaced bins: (quefrencies, where each bin starts). The card checks that none is empty."""
-    quefrencies = np.arange(np.floor(rate / fmin), np.ceil(rate / fmax) - 1, -1).astype(np.int64)
-    edges = np.geomspace(fmin, fmax, bins + 1)
-    which = np.clip(np.searchsorted(edges, rate / quefrencies, side="right") - 1, 0, bins - 1)
-    starts = np.searchsorted(which, np.arange(bins))
-    for array in (quefrencies, starts):
-        array.setflags(write=False)
-    return quefrencies, starts
 
 
 @lru_cache(maxsize=8)

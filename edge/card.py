@@ -8,6 +8,7 @@ else the embedded copy, and builds the pipeline from it.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -60,6 +61,24 @@ class FaceCropSpec(BaseModel):
     channels: Literal[1, 3]
     aggregate: Literal["mean", "vote"] = "vote"
     scale: Literal["unit", "byte"] = "unit"  # pixels /255 to [0, 1], or raw 0-255
+
+
+@lru_cache(maxsize=8)
+def pitch_quefrencies(rate: int, fmin: float, fmax: float, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """The whole periods in samples (quefrencies) of fundamentals fmin-fmax, lowest pitch first, grouped into
+    ``bins`` log-spaced bins: (quefrencies, where each bin starts).
+
+    The one rule for both sides: the front end (``edge.audio_features.pitch_salience``) takes each bin's
+    channel over the periods from its start to the next bin's, and ``AudioSpec`` refuses a card with a bin
+    that holds none, which would silently take a neighbour's (or fail, the last). Here, not in the front end,
+    because the front end imports the card."""
+    quefrencies = np.arange(np.floor(rate / fmin), np.ceil(rate / fmax) - 1, -1).astype(np.int64)
+    edges = np.geomspace(fmin, fmax, bins + 1)
+    which = np.clip(np.searchsorted(edges, rate / quefrencies, side="right") - 1, 0, bins - 1)
+    starts = np.searchsorted(which, np.arange(bins))
+    for array in (quefrencies, starts):
+        array.setflags(write=False)
+    return quefrencies, starts
 
 
 class AudioSpec(BaseModel):
@@ -162,12 +181,14 @@ class AudioSpec(BaseModel):
         if 3 * self.pitch_fmax > (self.fmax - self.fmin) / self.pitch_bands:
             raise ValueError(f"pitch_bands {self.pitch_bands}: each band of {self.fmin:g}-{self.fmax:g} Hz must hold "
                              f"3 harmonics of pitch_fmax {self.pitch_fmax:g} Hz")
-        quefrencies = np.arange(np.ceil(self.rate / self.pitch_fmax), np.floor(self.rate / self.pitch_fmin) + 1)
-        edges = np.geomspace(self.pitch_fmin, self.pitch_fmax, self.pitch_bins + 1)
-        held = np.histogram(self.rate / quefrencies, edges)[0]
+        quefrencies, starts = pitch_quefrencies(self.rate, self.pitch_fmin, self.pitch_fmax, self.pitch_bins)
+        held = np.diff(starts, append=quefrencies.size)
         if (held == 0).any():
+            empty = int(np.flatnonzero(held == 0)[0])
+            edges = np.geomspace(self.pitch_fmin, self.pitch_fmax, self.pitch_bins + 1)
             raise ValueError(f"pitch_bins {self.pitch_bins}: more than the {self.pitch_fmin:g}-{self.pitch_fmax:g} Hz "
-                             f"pitch range can tell apart at {self.rate} Hz (a bin without a whole period in samples)")
+                             f"pitch range can tell apart at {self.rate} Hz (the bin {edges[empty]:.4g}-"
+                             f"{edges[empty + 1]:.4g} Hz holds no whole period in samples)")
 
     @property
     def frames(self) -> int:

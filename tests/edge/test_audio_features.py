@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from audio_models import tone
+from pydantic import ValidationError
 
 from edge import paths
 from edge.audio import AudioWindow
 from edge.audio_features import AudioFrontEnd, audio_features, hz_to_mel, log_mel, mel_to_hz
-from edge.card import AudioSpec, card_from_dict, load_card
+from edge.card import AudioSpec, card_from_dict, load_card, pitch_quefrencies
 from edge.errors import ModelError
 
 RNG = np.random.default_rng(7)
@@ -330,6 +331,29 @@ def test_a_pitch_front_end_that_cannot_work_is_refused_with_the_reason(audio, me
             "positive_label": "yes", "output": "sigmoid", "audio": audio}
     with pytest.raises(ModelError, match=message):
         card_from_dict(card)
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 48000])
+def test_the_card_refuses_exactly_the_pitch_bins_the_front_end_would_leave_without_a_period_of_their_own(rate):
+    """Counted here the long way, period by period: a bin [edge, next edge) (the last closed) holds the whole
+    periods whose f0 falls in it. The card accepts the bins only when each holds one, and then the front end
+    takes each bin's channel over exactly those periods (an empty bin would take a neighbour's)."""
+    for fmin, fmax in [(250.0, 700.0), (300.0, 1000.0), (123.4, 456.7), (1000.0, 1100.0)]:
+        f0 = {q: rate / q for q in range(1, rate // 40) if fmin <= rate / q <= fmax}
+        for bins in range(1, 65):
+            edges = np.geomspace(fmin, fmax, bins + 1)
+            periods = [[q for q, f in sorted(f0.items(), reverse=True)
+                        if edges[i] <= f < edges[i + 1] or (i == bins - 1 and f == edges[-1])] for i in range(bins)]
+            try:  # frames long enough and bands wide enough that only the bins can be refused
+                AudioSpec(rate=rate, fmin=0.0, fmax=rate / 2, n_fft=2048, win_length=2048, pitch_bins=bins,
+                          pitch_fmin=fmin, pitch_fmax=fmax)
+            except ValidationError as error:
+                assert "pitch_bins" in str(error) and not all(periods), (rate, fmin, fmax, bins)
+                continue
+            assert all(periods), (rate, fmin, fmax, bins)
+            quefrencies, starts = pitch_quefrencies(rate, fmin, fmax, bins)
+            taken = np.split(quefrencies, starts[1:])
+            assert [list(part) for part in taken] == periods, (rate, fmin, fmax, bins)
 
 
 def test_cards_from_before_the_pitch_channels_compute_what_they_always_did():
