@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -32,6 +33,9 @@ CONFIG_DIR = Path("/etc/cryedge")
 PASSWORD_FILE_NAME = "mqtt_password"  # as LoadCredential=mqtt_password:... in systemd/cryedge.service
 CAMERA_PASSWORD_FILE_NAME = "camera_password"  # LoadCredential=-camera_password:...
 MICROPHONE_PASSWORD_FILE_NAME = "microphone_password"  # LoadCredential=-microphone_password:...
+# what the import wrote, as ``sha256sum`` lists files (``sha256sum -c`` there says which still hold it), root-only:
+# a password file that holds what an import wrote is the import's to remove; any other was put there by hand
+IMPORT_RECORD_NAME = "imported.sha256"
 
 _TABLE_HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
 _PASSWORD_KEY = re.compile(r"^\s*password\s*=")
@@ -144,7 +148,9 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
     All or nothing: every file is written beside its place before any is put in place, so a full disk,
     a read-only ``/etc`` or a folder in the way leaves the installed config and its passwords as they
     were, and the boot file where it is. An existing ``cryedge.toml`` is kept as ``cryedge.toml.bak``.
-    The boot file is removed only after the new files are on disk.
+    The boot file is removed only after the new files are on disk. A camera or microphone password the new
+    file does not give is removed only when an earlier import wrote it (``IMPORT_RECORD_NAME``), never one
+    the user put there by hand.
     """
     if not boot_file.exists():
         return False
@@ -166,17 +172,25 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
     config_text, microphone_password = split_stream_password(config_text, where, "audio.source", "microphone")
     target = config_dir / "cryedge.toml"
     _check(boot_file, target)
-    files = {PASSWORD_FILE_NAME: password, CAMERA_PASSWORD_FILE_NAME: camera_password,
+    given = {PASSWORD_FILE_NAME: password, CAMERA_PASSWORD_FILE_NAME: camera_password,
              MICROPHONE_PASSWORD_FILE_NAME: microphone_password}
-    # the boot file describes the whole setup: a camera's or microphone's password from an earlier import that
-    # it does not give is another camera's, sent (LoadCredential) to this one, which refused it: removed (None).
-    # The MQTT password stays: `install.sh --mqtt-password-file` puts it there too, for the same broker.
-    stale = {name for name in (CAMERA_PASSWORD_FILE_NAME, MICROPHONE_PASSWORD_FILE_NAME)
-             if files[name] is None and (config_dir / name).is_file()}
-    files = {name: (secret + "\n").encode("utf-8") for name, secret in files.items() if secret is not None}
+    written = {name: (secret + "\n").encode("utf-8") for name, secret in given.items() if secret is not None}
+    imported = _still_imported(config_dir)
+    # the boot file describes the whole setup: a camera's or microphone's password an earlier import wrote that it
+    # does not give is another camera's, sent (LoadCredential) to this one, which refused it: removed (None). One
+    # the user put there by hand (docs/service.md) stays: the boot file says nothing about it, and the camera may
+    # need it. The MQTT password stays either way: `install.sh --mqtt-password-file` puts it there too.
+    unnamed = [name for name in (CAMERA_PASSWORD_FILE_NAME, MICROPHONE_PASSWORD_FILE_NAME)
+               if name not in written and (config_dir / name).is_file()]
+    stale = [name for name in unnamed if name in imported]
+    record = {**{name: digest for name, digest in imported.items() if name not in stale},
+              **{name: hashlib.sha256(content).hexdigest() for name, content in written.items()}}
+    record_text = "".join(f"{digest}  {name}\n" for name, digest in sorted(record.items())).encode("ascii")
     # the passwords before the config that names them; the old config last, as its .bak
-    files = {**{name: (content, 0o600) for name, content in files.items()}, **dict.fromkeys(stale),
+    files = {**{name: (content, 0o600) for name, content in written.items()}, **dict.fromkeys(stale),
              target.name: (config_text.encode("utf-8"), 0o644)}
+    if record or (config_dir / IMPORT_RECORD_NAME).exists():
+        files[IMPORT_RECORD_NAME] = (record_text, 0o600) if record else None
     try:
         if target.is_file():
             files[target.name + ".bak"] = (target.read_bytes(), 0o644)
@@ -190,9 +204,34 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
     moved = [name for name, secret in (("the MQTT password", password), ("the camera password", camera_password),
                                        ("the microphone password", microphone_password)) if secret is not None]
     log.info("installed %s%s; removed %s", target, "".join(f" and {name}" for name in moved), boot_file)
-    for name in sorted(stale):
-        log.info("removed %s: the new boot file gives no such password", config_dir / name)
+    for name in unnamed:
+        if name in stale:
+            log.info("removed %s: an earlier boot file gave it, the new one gives no such password", config_dir / name)
+        else:
+            log.info("kept %s: put there by hand, not by an import (remove it if the new setup needs none)",
+                     config_dir / name)
     return True
+
+
+def _still_imported(config_dir: Path) -> dict[str, str]:
+    """name: sha256 of the password files an earlier import wrote (``IMPORT_RECORD_NAME``) that still hold it.
+
+    A record that cannot be read counts nothing as imported: a password kept is a line in the journal, one
+    removed that was the user's is a camera that refuses the monitor after the reboot."""
+    try:
+        lines = (config_dir / IMPORT_RECORD_NAME).read_text("ascii").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    imported = {}
+    for line in lines:
+        digest, _, name = line.partition("  ")
+        if name in (PASSWORD_FILE_NAME, CAMERA_PASSWORD_FILE_NAME, MICROPHONE_PASSWORD_FILE_NAME):
+            try:
+                if hashlib.sha256((config_dir / name).read_bytes()).hexdigest() == digest:
+                    imported[name] = digest
+            except OSError:
+                pass  # gone, or a folder: not the import's any more
+    return imported
 
 
 def _check(boot_file: Path, installed: Path) -> None:

@@ -402,3 +402,55 @@ def test_a_new_boot_file_without_a_camera_or_microphone_password_removes_the_old
     assert loaded.source.open_url() == "rtsp://viewer@192.168.1.21/live"
     assert loaded.audio.source.open_url() == "rtsp://listener@192.168.1.31/audio"
     assert loaded.mqtt.password.get_secret_value() == "pa ss#word"
+
+
+def _hand_placed(etc: Path, name: str, secret: str) -> Path:
+    """A password put in place as docs/service.md says: by hand, as root, mode 0600."""
+    etc.mkdir(parents=True, exist_ok=True)
+    path = etc / name
+    path.write_text(secret + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def test_a_password_put_there_by_hand_outlives_a_boot_file_that_does_not_give_one(tmp_path, caplog):
+    """docs/service.md says to put the camera's password in /etc/cryedge/camera_password by hand; a later boot file
+    (a new broker, say) naming the camera's user but not its password removed it, with any microphone's: after the
+    reboot the camera refused the monitor (401). Only what an earlier import wrote is another setup's to remove."""
+    boot, etc = tmp_path / "boot" / "cryedge.toml", tmp_path / "etc" / "cryedge"
+    boot.parent.mkdir()
+    camera = _hand_placed(etc, "camera_password", "by-hand-cam")
+    caplog.set_level("INFO", logger="edge.service")
+    microphone = _hand_placed(etc, "microphone_password", "by-hand-mic")
+    boot.write_text('[mqtt]\nhost = "new-broker"\n[source]\nuri = "rtsp://viewer@192.168.1.20/live"\n'
+                    '[audio]\nenabled = true\n[audio.source]\ntype = "stream"\nurl = "rtsp://listener@192.168.1.30/a"\n')
+    assert import_boot_config(boot, etc)
+    assert camera.read_text() == "by-hand-cam\n" and stat.S_IMODE(camera.stat().st_mode) == 0o600
+    assert microphone.read_text() == "by-hand-mic\n"
+    assert f"kept {camera}: put there by hand, not by an import" in caplog.text and "by-hand" not in caplog.text
+    loaded = config.load_config(etc / "cryedge.toml", environ={"CREDENTIALS_DIRECTORY": str(etc)})
+    assert loaded.source.open_url() == "rtsp://viewer:by-hand-cam@192.168.1.20/live"
+    assert loaded.audio.source.open_url() == "rtsp://listener:by-hand-mic@192.168.1.30/a"
+
+
+def test_an_imported_password_replaced_by_hand_is_the_users_and_stays(tmp_path):
+    """An import wrote the camera's password; the user then put another there by hand (the camera's new one):
+    a later boot file without one keeps it, as it keeps any password the user placed."""
+    boot, etc = tmp_path / "boot" / "cryedge.toml", tmp_path / "etc" / "cryedge"
+    boot.parent.mkdir()
+    boot.write_text('[source]\nuri = "rtsp://viewer:imported-pw@192.168.1.20/live"\n')
+    assert import_boot_config(boot, etc)
+    record = etc / "imported.sha256"  # what the import wrote, root-only, no password in it
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600 and "imported-pw" not in record.read_text()
+    assert subprocess.run(["sha256sum", "--check", "--quiet", record.name], cwd=etc, check=False).returncode == 0
+    _hand_placed(etc, "camera_password", "changed-by-hand")
+    boot.write_text('[mqtt]\nhost = "new-broker"\n[source]\nuri = "rtsp://viewer@192.168.1.20/live"\n')
+    assert import_boot_config(boot, etc)
+    assert (etc / "camera_password").read_text() == "changed-by-hand\n"
+    # and a boot file that gives one replaces it: the file says which password the camera takes now
+    boot.write_text('[source]\nuri = "rtsp://viewer:given-pw@192.168.1.20/live"\n')
+    assert import_boot_config(boot, etc)
+    assert (etc / "camera_password").read_text() == "given-pw\n"
+    boot.write_text('[source]\nuri = "rtsp://viewer@192.168.1.21/live"\n')  # another camera, none given: removed
+    assert import_boot_config(boot, etc)
+    assert not (etc / "camera_password").exists()
