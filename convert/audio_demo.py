@@ -298,6 +298,9 @@ def model_card_markdown(card, metrics: dict, heldout: dict, fidelity: dict, vali
            f"{card.audio.pitch_fmin:g}-{card.audio.pitch_fmax:g} Hz in {card.audio.pitch_bands} band(s): the harmonic "
            f"ripple's depth, `pitch_bins`)" if card.audio.pitch_bins else "")
         + f" of {card.audio.window_samples / card.audio.rate:.3f} s, a score every {card.audio.hop_seconds:g} s",
+        *(["- network: audio-cnn with " + ", ".join(f"{k} {v}" for k, v in card.training["sizes"].items())
+           + " (`--audio-head`, `--audio-filters`; the default network's options otherwise)"]
+          if card.training.get("sizes") else []),
         f"- front end: {card.audio.rate} Hz, {card.audio.win_length}-sample Hann frames every {card.audio.hop_length}, "
         f"FFT {card.audio.n_fft}, {card.audio.mel_scale} mel {card.audio.fmin:g}-{card.audio.fmax:g} Hz, dB floor "
         f"{10 * np.log10(card.audio.amin):.0f}"
@@ -382,7 +385,8 @@ def front_end(**changes):
 def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = None, epochs: int = 30,
           seed: int = SEED, train_clips: int = TRAIN_CLIPS, heldout_clips: int = HELDOUT_CLIPS, audio=None,
           masked_clips: int = MASKED_CLIPS, evidence_choices: tuple[tuple[int, int], ...] = EVIDENCE_CHOICES,
-          crib_clips: int = CRIB_CLIPS, more_clips: int = MORE_CLIPS, patience: int = 6) -> dict:
+          crib_clips: int = CRIB_CLIPS, more_clips: int = MORE_CLIPS, patience: int = 6,
+          sizes: dict | None = None) -> dict:
     from convert import dataset, train
     from convert.convert import ConvertOptions, convert
 
@@ -403,7 +407,8 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
             drop_ambiguous_windows(data, train_labels)
         keras_model = work / f"{MODEL_NAME}.keras"
         metrics = train.train(train.TrainOptions(arch="audio-cnn", data=data, output=keras_model, epochs=epochs,
-                                                 patience=patience, seed=seed, holdout=validation_groups(data, seed)))
+                                                 patience=patience, seed=seed, holdout=validation_groups(data, seed),
+                                                 sizes=dict(sizes or {})))
         model = output_dir / f"{MODEL_NAME}.tflite"
         report = convert(ConvertOptions(model=keras_model, output=model, calibration=str(data), name=MODEL_NAME))
         threshold, min_on, validation, rule = choose_threshold(model, work / "train", train_labels,
@@ -472,6 +477,8 @@ def _note_sound_in_demo_json(video: Path) -> None:
 def _build_command(args) -> int:
     from pydantic import ValidationError
 
+    from convert.train import audio_sizes
+
     try:
         audio = front_end(background=args.background, pitch_bins=args.pitch_bins, pitch_bands=args.pitch_bands)
     except ValidationError as error:  # before any clip is made
@@ -480,7 +487,7 @@ def _build_command(args) -> int:
                     args.train_clips, args.heldout_clips, masked_clips=args.masked_clips, crib_clips=args.crib_clips,
                     more_clips=args.more_clips, patience=args.patience,
                     evidence_choices=tuple(args.evidence) if args.evidence is not None else EVIDENCE_CHOICES,
-                    audio=audio)
+                    audio=audio, sizes=audio_sizes(args))
     held, other = summary["held_out"], summary["held_out_set"]
     print(f"default audio model -> {summary['model']}; held-out windows (synthetic): F1 {held['f1']:.3f}, "
           f"ROC AUC {held['roc_auc']}")
@@ -494,6 +501,7 @@ def _build_command(args) -> int:
 
 def add_commands(subparsers) -> None:
     from convert.arguments import k_of_n, whole
+    from convert.train import add_audio_size_arguments
 
     demo = subparsers.add_parser("demo-audio", help="rebuild the default audio model and the demo's sound track (synthetic)")
     commands = demo.add_subparsers(dest="demo_audio_command", metavar="COMMAND", required=True)
@@ -531,4 +539,5 @@ def add_commands(subparsers) -> None:
                              "(250-700 Hz in this many bins; docs/audio.md; default 0, none)")
     parser.add_argument("--pitch-bands", type=whole(1), default=1,
                         help="parts of the spectrum whose pitch is measured apart (default 1)")
+    add_audio_size_arguments(parser)
     parser.set_defaults(handler=_build_command)

@@ -18,7 +18,7 @@ import fnmatch
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -232,6 +232,7 @@ class TrainOptions:
     body_window_drop: float = 0.0  # share of augmented windows whose body is gone altogether
     reshape: float = 0.0  # per-window face-shape change of augmented copies (see ``reshape_faces``); iBUG-68 faces only
     pitch_channels: int = 0  # the sound windows' last features that are pitch channels (set by ``train``)
+    sizes: dict = field(default_factory=dict)  # the architecture's own options, e.g. audio-cnn's {"head": "time"}
 
 
 # The iBUG-68 face's parts (the first 68 face points of the openpose-face70 specs; 68-69 are the pupils,
@@ -306,7 +307,7 @@ def _fit(arch: str, x_train, y_train, x_val, y_val, options: TrainOptions):
 
     keras.utils.set_random_seed(options.seed)
     pitch = {"pitch": options.pitch_channels} if options.pitch_channels and arch in zoo.AUDIO_WINDOW else {}
-    model = zoo.build(arch, window=x_train.shape[1], features=x_train.shape[2], **pitch)
+    model = zoo.build(arch, window=x_train.shape[1], features=x_train.shape[2], **pitch, **options.sizes)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"])
     verbose = options.verbose if options.verbose is not None else (1 if sys.stdout.isatty() else 2)
     if options.augment:
@@ -345,7 +346,10 @@ def _train_val(train: np.ndarray, groups: np.ndarray, y: np.ndarray, seed: int) 
 def train(options: TrainOptions) -> dict:
     """Train, test on held-out groups, save the model, plots and metrics; returns the metrics dict."""
     from convert.dataset import load
+    from convert.zoo import AUDIO_WINDOW
 
+    if options.sizes and options.arch not in AUDIO_WINDOW:  # before a dataset is read
+        raise DataError(f"--arch {options.arch}: {', '.join(options.sizes)} is an option of the audio models only")
     data = load(options.data)
     x, y, groups = data["x"].astype(np.float32), data["y"].astype(np.int64), data["groups"].astype(str)
     labels = tuple(str(v) for v in data["labels"]) if "labels" in data else ("negative", "positive")
@@ -381,6 +385,7 @@ def train(options: TrainOptions) -> dict:
         "window": int(x.shape[1]), "features": int(x.shape[2]), "augment": options.augment, "reshape": options.reshape,
         "spec": str(data["spec"]) if "spec" in data else None,
         "normalization": str(data["normalization"]) if "normalization" in data else None, "seed": options.seed,
+        **({"sizes": dict(options.sizes)} if options.sizes else {}),
     }
     if "audio" in data:  # a sound dataset: its front end goes to the card through convert
         metrics["audio"] = json.loads(str(data["audio"]))
@@ -442,7 +447,7 @@ def _run(args) -> int:
     metrics = train(TrainOptions(arch=args.arch, data=args.data, output=args.output, epochs=args.epochs,
                                  batch_size=args.batch_size, patience=args.patience, folds=args.folds,
                                  test_fraction=args.test_fraction, holdout=tuple(args.holdout or ()), seed=args.seed,
-                                 augment=args.augment))
+                                 augment=args.augment, sizes=audio_sizes(args)))
     held = metrics["held_out"]
     print(f"{args.output}: held-out groups {', '.join(metrics['test_groups'])}: accuracy {held['accuracy']:.3f}, "
           f"precision {held['precision']:.3f}, recall {held['recall']:.3f}, F1 {held['f1']:.3f}, "
@@ -474,4 +479,23 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--seed", type=whole(0), default=0)
     parser.add_argument("--augment", type=whole(0), default=0, metavar="N",
                         help="add N noisy copies of each training window (stretched and jittered points)")
+    add_audio_size_arguments(parser)
     parser.set_defaults(handler=_run)
+
+
+def add_audio_size_arguments(parser) -> None:
+    """audio-cnn's options, for ``cryedge train`` and ``cryedge demo-audio build``; unset, the defaults' model."""
+    from convert.arguments import whole
+    from convert.zoo import AUDIO_HEADS
+
+    parser.add_argument("--audio-head", choices=AUDIO_HEADS,
+                        help="audio-cnn: average the last feature maps over time and frequency (global, the default "
+                             "model's) or over time only, keeping the frequency bins (time; docs/audio.md)")
+    parser.add_argument("--audio-filters", type=whole(1), metavar="N",
+                        help="audio-cnn: filters of the first conv block, twice that in the next two (default 16)")
+
+
+def audio_sizes(args) -> dict:
+    """The audio-cnn options given on the command line (``add_audio_size_arguments``), none when unset."""
+    given = {"head": args.audio_head, "filters": args.audio_filters}
+    return {name: value for name, value in given.items() if value is not None}

@@ -176,7 +176,8 @@ def smile_cnn(height: int = 64, width: int = 64, channels: int = 1, keras=None, 
     return _face_cnn(height, width, channels, 1, "sigmoid", "smile_cnn", keras, filters, dense)
 
 
-def audio_cnn(frames: int = 96, bands: int = 64, keras=None, filters: int = 16, dense: int = 32, pitch: int = 0):
+def audio_cnn(frames: int = 96, bands: int = 64, keras=None, filters: int = 16, dense: int = 32, pitch: int = 0,
+              head: str = "global"):
     """A log-mel (or MFCC) patch, ``frames`` x ``bands``, to crying or not: the related work's sound CNN.
 
     Three 3x3 convolution blocks with pooling over time and frequency, global average pooling (so the
@@ -187,22 +188,40 @@ def audio_cnn(frames: int = 96, bands: int = 64, keras=None, filters: int = 16, 
     ``pitch``: the last ``pitch`` of the bands are the front end's pitch channels (card ``audio.pitch_bins``).
     They are not a continuation of the spectrum: a branch of their own reads their time course (a cry's
     rising and falling f0 against a note held or a bark), and the two meet before the dense head.
+
+    ``head``: how the last feature maps reach the dense head. "global" (the default model's) averages them
+    over time and frequency. "time" averages over time only and flattens what is left, frequency bins x
+    channels (8 x 32 for 64 bands): still blind to where in the patch a cry sits, but no longer to where in
+    the spectrum its energy does (a cry's formants and breath noise against singing's plain tilt).
     """
     keras = _keras(keras)
     layers = keras.layers
+    if head not in AUDIO_HEADS:
+        raise ConfigError(f"audio-cnn head {head!r}; known: {', '.join(AUDIO_HEADS)}")
     if pitch:
-        return _audio_cnn_with_pitch(frames, bands, pitch, keras, filters, dense)
+        return _audio_cnn_with_pitch(frames, bands, pitch, keras, filters, dense, head)
     stack = [*_input_layer(keras, (frames, bands)),
              layers.Reshape((frames, bands, 1), **_first(keras, (frames, bands)))]
     for block in range(3):
         stack += [layers.Conv2D(filters * 2 ** min(block, 1), 3, padding="same", activation="relu"),
                   layers.MaxPooling2D(2)]
-    stack += [layers.GlobalAveragePooling2D(), layers.Dense(dense, activation="relu"), layers.Dropout(0.3),
+    stack += [*_audio_pooling(layers, frames, head), layers.Dense(dense, activation="relu"), layers.Dropout(0.3),
               layers.Dense(1, activation="sigmoid")]
     return keras.Sequential(stack, name="audio_cnn")
 
 
-def _audio_cnn_with_pitch(frames: int, bands: int, pitch: int, keras, filters: int, dense: int):
+AUDIO_HEADS = ("global", "time")
+
+
+def _audio_pooling(layers, frames: int, head: str) -> list:
+    """The pooling between audio-cnn's three conv blocks and its dense head (see ``audio_cnn``'s ``head``)."""
+    if head == "global":
+        return [layers.GlobalAveragePooling2D()]
+    left = frames // 2 // 2 // 2  # time steps after three 2x2 max poolings ("valid": each floors)
+    return [layers.AveragePooling2D((left, 1)), layers.Flatten()]
+
+
+def _audio_cnn_with_pitch(frames: int, bands: int, pitch: int, keras, filters: int, dense: int, head: str):
     layers = keras.layers
     inputs = keras.Input(shape=(frames, bands))
     image = layers.Reshape((frames, bands, 1))(inputs)
@@ -214,7 +233,9 @@ def _audio_cnn_with_pitch(frames: int, bands: int, pitch: int, keras, filters: i
     for _ in range(2):
         contour = layers.Conv2D(filters, (5, 3), padding="same", activation="relu")(contour)
         contour = layers.MaxPooling2D((2, 1))(contour)
-    joined = layers.Concatenate()([layers.GlobalAveragePooling2D()(mel), layers.GlobalAveragePooling2D()(contour)])
+    for pooling in _audio_pooling(layers, frames, head):
+        mel = pooling(mel)
+    joined = layers.Concatenate()([mel, layers.GlobalAveragePooling2D()(contour)])
     x = layers.Dense(dense, activation="relu")(joined)
     x = layers.Dropout(0.3)(x)
     return keras.Model(inputs, layers.Dense(1, activation="sigmoid")(x), name="audio_cnn")

@@ -124,3 +124,17 @@ def test_demo_build_with_a_demo_video_it_cannot_write_stops_before_it_replaces_t
     assert done.stderr.splitlines()[-1] == (f"cryedge: --demo-video {tmp_path / where}: a video cannot be written "
                                             "there (a folder, or under a file)")
     assert not out.exists() and not (tmp_path / "work").exists()
+
+
+def test_audio_cnn_options_parse_for_train_and_demo_audio_build_and_are_none_unless_given(tmp_path):
+    from convert.train import TrainOptions, audio_sizes, train
+    from edge.errors import DataError
+
+    for command in (["demo-audio", "build"], ["train", "--arch", "audio-cnn", "--data", "d.npz", "-o", "m.keras"]):
+        assert audio_sizes(build_parser().parse_args(command)) == {}  # the default model's network
+        args = build_parser().parse_args([*command, "--audio-head", "time", "--audio-filters", "32"])
+        assert audio_sizes(args) == {"head": "time", "filters": 32}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo-audio", "build", "--audio-head", "frequency"])
+    with pytest.raises(DataError, match="conv1d: head is an option of the audio models only"):  # before the data is read
+        train(TrainOptions(arch="conv1d", data=tmp_path / "none.npz", output=tmp_path / "m.keras", sizes={"head": "time"}))

@@ -288,3 +288,30 @@ def test_the_card_evidence_rule_is_applied_alike_by_the_device_path_and_by_the_c
     assert rule is None  # offered no rule, it keeps each window's own score
     threshold, min_on, figures, rule = choose_threshold(plain, clips, labels, ["cry", "blip"], ((5, 6),))
     assert figures["false_alarms"] == 0 and figures["decided_within_1_5_s"] == 1
+
+
+@needs_tools
+def test_audio_cnn_with_the_time_head_trains_converts_to_int8_and_runs_on_the_device_path(tmp_path):
+    """``cryedge train --audio-head time``: the option reaches the graph (pooled over time only, 8 frequency bins
+    kept), the card records it, int8 conversion reports its fidelity, and edge's audio path scores with it."""
+    from convert.audio_demo import clip_scores
+    from convert.convert import ConvertOptions, convert
+    from edge.cli import build_parser
+
+    labels = audio_synth.generate(tmp_path / "clips", 8, seconds=3.0, seed=5, cry_share=0.6)
+    build_sound(tmp_path / "clips", labels, AudioSpec(), positive="crying", progress=False).save(tmp_path / "sound.npz")
+    args = build_parser().parse_args(["train", "--arch", "audio-cnn", "--data", str(tmp_path / "sound.npz"),
+                                      "-o", str(tmp_path / "a.keras"), "--epochs", "1", "--audio-head", "time"])
+    assert args.handler(args) == 0
+    report = convert(ConvertOptions(model=tmp_path / "a.keras", output=tmp_path / "a.tflite",
+                                    calibration=str(tmp_path / "sound.npz")))
+    assert report.fidelity["samples"] > 0 and 0.0 <= report.fidelity["label_agreement"] <= 1.0
+    card = load_card(tmp_path / "a.tflite")
+    assert card.quantization.scheme == "int8" and card.training["sizes"] == {"head": "time"}
+    import tensorflow as tf
+
+    graph = tf.lite.Interpreter(model_path=str(tmp_path / "a.tflite"))
+    shapes = {tuple(int(d) for d in t["shape"]) for t in graph.get_tensor_details()}
+    assert (1, 1, 8, 32) in shapes and (1, 256) in shapes  # the time-pooled maps, flattened: not a global average
+    times, probabilities = clip_scores(tmp_path / "a.tflite", tmp_path / "clips" / "clip0000.wav")  # every 0.5 s from 0.975 s
+    assert len(times) == 5 and np.all((probabilities >= 0) & (probabilities <= 1))

@@ -121,3 +121,34 @@ def test_audio_cnn_reads_pitch_channels_in_a_branch_of_their_own_and_the_log_mel
     changed = x.copy()
     changed[:, :, 64:] += 3.0  # the pitch channels alone
     assert not np.allclose(model.predict(x, verbose=0), model.predict(changed, verbose=0))
+
+
+def test_audio_cnn_time_head_keeps_the_frequency_bins_and_the_default_head_is_the_default_models():
+    """The default head averages the last maps over time and frequency; ``head="time"`` over time only, so the
+    dense head sees each of the 8 frequency bins (where in the spectrum energy sits) but not where in the patch."""
+    import keras
+
+    plain = zoo.build("audio-cnn", window=96, features=64)
+    assert [type(layer).__name__ for layer in plain.layers][-4:] == ["GlobalAveragePooling2D", "Dense", "Dropout", "Dense"]
+    assert plain.count_params() == zoo.build("audio-cnn", window=96, features=64, head="global").count_params() == 15137
+    model = zoo.build("audio-cnn", window=96, features=64, head="time")
+    assert not any(isinstance(layer, keras.layers.GlobalAveragePooling2D) for layer in model.layers)
+    pooled = next(layer for layer in model.layers if isinstance(layer, keras.layers.AveragePooling2D))
+    assert tuple(pooled.output.shape[1:]) == (1, 8, 32)  # 12 time steps averaged, 8 frequency bins x 32 channels kept
+    assert model.count_params() == 15137 + (8 - 1) * 32 * 32
+    # what reaches the dense head: a change high in the spectrum (bands 48-63) reaches the time head's low
+    # frequency bins (0-3: bands 0-38 with the convolutions' reach) not at all, and every global average
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 96, 64)).astype(np.float32)
+    high = x.copy()
+    high[:, :, 48:] += rng.standard_normal((2, 96, 16)).astype(np.float32) * 3
+    for net, changed_low in ((plain, True), (model, False)):
+        pooled = keras.Model(net.inputs, net.layers[-4].output)
+        before, after = pooled.predict(x, verbose=0).reshape(2, -1), pooled.predict(high, verbose=0).reshape(2, -1)
+        low = slice(0, 4 * 32) if net is model else slice(None)  # (bin, channel) row-major after Flatten
+        assert np.allclose(before[:, low], after[:, low]) != changed_low
+        assert not np.allclose(before, after)
+    with_pitch = zoo.build("audio-cnn", window=96, features=100, pitch=36, head="time")
+    assert with_pitch.count_params() > zoo.build("audio-cnn", window=96, features=100, pitch=36).count_params()
+    with pytest.raises(ConfigError, match="global, time"):
+        zoo.build("audio-cnn", window=96, features=64, head="frequency")
