@@ -28,6 +28,7 @@ from edge.errors import ModelError
 
 CARD_METADATA_NAME = "cryedge_card"
 CARD_FORMAT = "cryedge-model-card/1"
+MAX_WINDOW_SECONDS = 60.0  # of sound one audio score sees (YAMNet's: 0.975 s)
 
 
 class TensorQuantization(BaseModel):
@@ -91,9 +92,12 @@ class AudioSpec(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-    rate: int = Field(default=16000, gt=0)  # samples a second, mono
-    window_samples: int = Field(default=15600, gt=0)  # what one score sees: 0.975 s at 16 kHz
-    hop_seconds: float = Field(default=0.5, gt=0)  # a score this often
+    # The upper bounds (and hop_seconds' lower one) are what a device can afford, far past any real front end: a
+    # card past them loaded, then failed every window on the audio thread (out of memory), waited days for its
+    # first window, or invoked the model on every sample and fell behind the sound. A deaf monitor either way.
+    rate: int = Field(default=16000, gt=0, le=384_000)  # samples a second, mono
+    window_samples: int = Field(default=15600, gt=0)  # what one score sees: 0.975 s at 16 kHz; at most 60 s
+    hop_seconds: float = Field(default=0.5, ge=0.01)  # a score this often
     # the alarm's debounce when this model's score decides ([fusion] audio_min_on_seconds overrides it);
     # chosen with the threshold, on the same held-out clips. None: [alarm] min_on_seconds
     min_on_seconds: float | None = Field(default=None, ge=0, le=600)
@@ -104,9 +108,9 @@ class AudioSpec(BaseModel):
     # front end (audio-window); win/hop in samples: 25 ms frames every 10 ms at 16 kHz
     win_length: int = Field(default=400, gt=0)
     hop_length: int = Field(default=160, gt=0)
-    n_fft: int = Field(default=512, gt=0)
+    n_fft: int = Field(default=512, gt=0, le=65_536)
     window: Literal["hann"] = "hann"
-    mel_bands: int = Field(default=64, gt=0)
+    mel_bands: int = Field(default=64, gt=0, le=1024)
     fmin: float = Field(default=125.0, ge=0)
     fmax: float = Field(default=7500.0, gt=0)
     mel_scale: Literal["slaney", "htk"] = "slaney"
@@ -149,6 +153,9 @@ class AudioSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> AudioSpec:
+        if self.window_samples > MAX_WINDOW_SECONDS * self.rate:
+            raise ValueError(f"window_samples {self.window_samples} at {self.rate} Hz is {self.window_samples / self.rate:g} s; "
+                             f"a score sees at most {MAX_WINDOW_SECONDS:g} s")
         if self.fmax > self.rate / 2:
             raise ValueError(f"fmax {self.fmax:g} is above the Nyquist frequency {self.rate / 2:g}")
         if self.fmin >= self.fmax:

@@ -127,7 +127,7 @@ def test_a_video_without_frames_is_a_one_line_error(tmp_path):
 
 
 @pytest.mark.parametrize("options, words", [
-    (("--hop-seconds", "0"), "greater than 0"),
+    (("--hop-seconds", "0"), "greater than or equal to 0.01"),
     (("--hop-seconds", "0.3333", "--audio-background", "floor"), "whole number of frames"),
     (("--hop-seconds", "1.5"), "--hop-seconds 1.5: 1.5 s is longer than the window (15600 samples at 16000 Hz, 0.975 s)"),
     (("--audio-pitch-bins", "40"), "more than the 250-700 Hz pitch range can tell apart"),

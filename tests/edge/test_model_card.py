@@ -103,3 +103,25 @@ def test_a_card_threshold_of_0_or_1_is_refused_at_load(tmp_path, threshold):
     1 the int8 model's top score (0.996) never reaches ON. [alarm] on_threshold refuses both; a card took them."""
     with pytest.raises(ModelError, match=r"threshold: Input should be (greater|less) than"):
         TFLiteModel(lying_model(tmp_path, threshold=threshold))
+
+
+AUDIO_MODEL = paths.bundled("models", "cry-audio-default.tflite")  # 96 frames x 64 log-mel bands
+
+
+@pytest.mark.parametrize(("audio", "message"), [
+    ({"n_fft": 2 ** 40}, "audio.n_fft: Input should be less than or equal to 65536"),
+    ({"features": "mfcc", "n_mfcc": 64, "mel_bands": 10 ** 7}, "audio.mel_bands: Input should be less than or equal to 1024"),
+    ({"window_samples": 10 ** 10, "hop_length": (10 ** 10 - 400) // 95},
+     "audio: window_samples 10000000000 at 16000 Hz is 625000 s; a score sees at most 60 s"),
+    ({"hop_seconds": 1e-5}, "audio.hop_seconds: Input should be greater than or equal to 0.01"),
+    ({"rate": 10 ** 9, "hop_seconds": 0.01, "window_samples": 10 ** 7, "hop_length": (10 ** 7 - 400) // 95},
+     "audio.rate: Input should be less than or equal to 384000"),
+])
+def test_an_audio_card_whose_numbers_the_device_cannot_afford_is_refused_at_load(tmp_path, audio, message):
+    """Each keeps the graph's 96 x 64 input, so the card loaded; then every window failed on the audio thread (a
+    MemoryError: a 2**40-point FFT, a filterbank of 10 million bands), the monitor waited a week for its first
+    window while its buffer grew, or invoked the model on every sample and fell behind the sound: deaf either way."""
+    with pytest.raises(ModelError) as refused:
+        TFLiteModel(lying_model(tmp_path, AUDIO_MODEL, **{f"audio__{key}": value for key, value in audio.items()}))
+    assert str(refused.value) == f"model card {tmp_path / 'lying.json'}: {message}"
+    assert refused.value.exit_code == 4
