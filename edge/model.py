@@ -20,7 +20,7 @@ import numpy as np
 
 from edge.card import ModelCard, load_card
 from edge.errors import ModelError
-from edge.features import get_spec
+from edge.features import SPECS, get_spec
 from edge.records import Score
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,24 @@ def expected_values_per_window(card: ModelCard) -> int:
     return crop.height * crop.width * crop.channels
 
 
+def check_card_features(card: ModelCard, model_path: Path) -> None:
+    """Refuse a landmark-window card whose features (spec and version) this cryedge does not compute."""
+    if card.kind != "landmark-window":
+        return
+    wanted = card.features
+    spec = SPECS.get(wanted.spec)
+    if spec is None:
+        raise ModelError(f"model {model_path.name}: its card's features are {wanted.spec}, which this cryedge does not "
+                         f"compute (it knows {', '.join(SPECS)})")
+    if wanted.version != spec.version:
+        raise ModelError(f"model {model_path.name}: its card's features are {wanted.spec} version {wanted.version}, this "
+                         f"cryedge computes version {spec.version} (a model made for another cryedge: update cryedge "
+                         f"on the device, or use a model made for this one)")
+
+
 def check_card_against_input(card: ModelCard, input_shape: tuple[int, ...], model_path: Path) -> None:
     """Refuse a model whose graph input disagrees with its card; the message says how."""
+    check_card_features(card, model_path)
     if tuple(card.input_shape) != tuple(input_shape):
         raise ModelError(
             f"model {model_path.name}: input shape {list(input_shape)} disagrees with its card {list(card.input_shape)}"

@@ -125,3 +125,20 @@ def test_an_audio_card_whose_numbers_the_device_cannot_afford_is_refused_at_load
         TFLiteModel(lying_model(tmp_path, AUDIO_MODEL, **{f"audio__{key}": value for key, value in audio.items()}))
     assert str(refused.value) == f"model card {tmp_path / 'lying.json'}: {message}"
     assert refused.value.exit_code == 4
+
+
+@pytest.mark.parametrize(("features", "message"), [
+    ({"version": 2}, "its card's features are openpose-face70 version 2, this cryedge computes version 1 (a model made "
+                     "for another cryedge: update cryedge on the device, or use a model made for this one)"),
+    ({"spec": "openpose-face68"}, "its card's features are openpose-face68, which this cryedge does not compute "
+                                  "(it knows openpose-face70-body8, openpose-face70, openpose-face70-body25)"),
+])
+def test_a_card_whose_landmark_features_this_cryedge_does_not_compute_is_refused_at_load(tmp_path, features, message):
+    """A card's features.version was never read: a model trained on another version of the keypoints loaded and
+    scored what this version computes, nonsense without a word. An unknown spec said 'unknown feature spec'
+    without naming the model, as a config error (exit 3)."""
+    with pytest.raises(ModelError) as refused:
+        TFLiteModel(lying_model(tmp_path, features=features | {"spec": features.get("spec", "openpose-face70"),
+                                                               "normalization": "face-box"}))
+    assert str(refused.value) == f"model lying.tflite: {message}"
+    assert refused.value.exit_code == 4
