@@ -631,6 +631,9 @@ class SupervisedSource:
                 timeout = min(1.0, self.stall_seconds, self.idle_seconds if self.on_idle else 1.0)
                 frame = self._backend.read(timeout=timeout)
                 if frame is None and not self._backend.live:
+                    if self.status.first_frame_t is None:  # it opened, yet nothing in it decodes: not watched, failed
+                        raise SourceError(f"{self.status.name}: not one frame could be decoded (not a video, or an "
+                                          "empty one)")
                     self.status.state = "ended"
                     return
                 if frame is None:

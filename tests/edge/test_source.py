@@ -152,6 +152,17 @@ def test_supervised_file_ends_without_reopening(clip):
     assert supervised.status.reconnects == 0 and supervised.status.state == "closed"
 
 
+def test_a_file_that_opens_but_gives_not_one_frame_is_a_source_error_not_an_empty_run(tmp_path):
+    """Text named .jpg opens (OpenCV's image demuxer) and decodes nothing: `cryedge run --source` said "running",
+    processed nothing and exited 0, as if the video had been watched to its end."""
+    fake = tmp_path / "photo.jpg"
+    fake.write_text("not an image")
+    supervised = SupervisedSource(lambda: FileSource(fake, realtime=False))
+    with supervised, pytest.raises(SourceError) as failed:
+        list(supervised.frames())
+    assert str(failed.value) == "file:photo.jpg: not one frame could be decoded (not a video, or an empty one)"
+    assert failed.value.exit_code == 5
+
 def test_a_live_source_that_stops_is_reopened_with_back_off(tmp_path):
     """A stream that ends (as a camera unplugged) is reopened; frames flow again after it."""
     clip = write_numbered_clip(tmp_path / "short.avi", frames=5)
