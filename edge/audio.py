@@ -213,6 +213,7 @@ class AudioMonitor:
         self.chunks = 0
         self.model_error: str | None = None  # why the audio model fails, while it does
         self.model_errors = 0  # windows the model failed on
+        self.judged_at: float | None = None  # time.monotonic() when the model last judged a window (/health)
         self._too_fast = False  # the source last opened delivered sound faster than real time
         self._scores: deque[AudioScore] = deque(maxlen=max(4, int(history_seconds / pipeline.scorer.spec.hop_seconds)))
         self._changed = threading.Condition()
@@ -367,6 +368,8 @@ class AudioMonitor:
         elif not failing and self.model_error is not None:
             log.info("sound: the audio model answers again")
         self.model_error = self.pipeline.error if failing else None
+        if any(result.score.ok for result in results):
+            self.judged_at = time.monotonic()
         self.model_errors += sum(result.score.status == MODEL_ERROR for result in results)
 
     def _wait_for_frames(self, t: float) -> None:

@@ -590,6 +590,7 @@ class Daemon:
             last_event=self.last_event, last_event_unix=self.last_event_unix,
             model=self.model_name, audio=self.hearing.health() if self.hearing is not None else None,
             model_faults=self.model_faults, alarm_follows=self._alarm_follows(),
+            last_heard=self.hearing.monitor.judged_at if self.hearing is not None else None,
         )
 
     def close(self) -> None:

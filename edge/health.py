@@ -18,9 +18,9 @@ keep one that the frame loop replaces whole). Endpoints:
   not count it as serving) or ``"stalled"``. With hearing on, ``"audio"`` says what the microphone
   hears (``ok``, ``no_sound_device``, ``no_sound``, ``model_error``). With no camera (``[source] type = "none"``) the
   microphone is the source: its scores are the "frames", its reopening is ``"reconnecting"``.
-  A model failing at run time for longer than ``stale_after`` is 503 ``"model_error"`` (the camera's,
-  or with no camera the sound's), or 200 ``"degraded"`` (the audio model while the camera sees):
-  :func:`model_fault_document`.
+  One rule for both senses (:func:`sense_problems`): a configured sense that does not judge (its source
+  gone, stalled, or its model failing for longer than ``stale_after``) is 200 ``"degraded"`` while
+  another sense the alarm follows still judges, else 503 with why the first sense does not.
 - ``GET /stats``: everything in :class:`HealthStats` as JSON.
 - ``GET /metrics``: Prometheus exposition by ``prometheus_client`` (text 0.0.4, or OpenMetrics when
   the scraper asks for it), names prefixed ``cryedge_`` and ending in their unit.
@@ -106,55 +106,91 @@ class HealthStats:
     audio: Mapping[str, Any] | None = None
     model_faults: Mapping[str, ModelFault] = field(default_factory=dict)  # "vision", "audio": the failing models
     alarm_follows: tuple[str, ...] = ()  # the senses the fused alarm decides on ("vision", "audio")
+    last_heard: float | None = None  # with a camera and hearing: when the audio model last judged sound
 
 
 STATES = ("starting", "running", "reconnecting", "stopping")
+HEALTH_STATUSES = ("ok", "degraded", "starting", "reconnecting", "stalled", "model_error")  # /health's "status"
+SAID = {"vision": "picture", "audio": "sound"}
 
 
 def health_document(stats: HealthStats, now: float, stale_after: float) -> tuple[int, dict[str, Any]]:
-    """The ``/health`` answer: (HTTP status, JSON body). Healthy means a frame within ``stale_after``."""
+    """The ``/health`` answer: (HTTP status, JSON body); the rule is :func:`sense_problems`'s, one for both senses.
+
+    200 ``"ok"`` while every configured sense judges; 200 ``"degraded"`` while one does not and another the alarm
+    follows still does; 503 with why the camera (with no camera the sound) does not judge when none the alarm
+    follows does. With two senses a failing one is named in ``"not_judged"``, with ``"reason"`` and
+    ``"alarm_follows"`` (the senses that can still raise the alarm)."""
     body: dict[str, Any] = {"state": stats.state, "uptime_s": round(now - stats.started, 3)}
     age = None if stats.last_frame is None else now - stats.last_frame
     body["last_frame_age_s"] = None if age is None else round(age, 3)
     if stats.audio is not None:
         body["audio"] = stats.audio["status"]
-    if stats.state == "reconnecting":
-        return HTTPStatus.SERVICE_UNAVAILABLE, {
-            "status": "reconnecting", **body, "source_reconnects": stats.source_reconnects}
-    fault = model_fault_document(stats, now, stale_after)
-    if fault is not None and fault[0]:
-        return HTTPStatus.SERVICE_UNAVAILABLE, {"status": "model_error", **body, **fault[1]}
-    if age is None:
-        return HTTPStatus.SERVICE_UNAVAILABLE, {"status": "starting", **body}
-    if age > stale_after:
-        return HTTPStatus.SERVICE_UNAVAILABLE, {"status": "stalled", **body}
-    if fault is not None:
-        return HTTPStatus.OK, {"status": "degraded", **body, **fault[1]}
-    return HTTPStatus.OK, {"status": "ok", **body}
-
-
-def model_fault_document(stats: HealthStats, now: float, stale_after: float) -> tuple[bool, dict[str, Any]] | None:
-    """A model failing for longer than ``stale_after`` (as long as /health waits for a frame): (blind, what to say).
-
-    Blind (503) when it is the main sense's model (the camera's; with no camera the sound's): frames or sound
-    that still flow are not judged. The other sense's model failing leaves a degraded monitor (200) unless the
-    alarm follows that sense alone (``[fusion] mode``). ``alarm_follows`` names the senses that can still
-    raise the alarm."""
-    failing = {sense: fault for sense, fault in stats.model_faults.items() if now - fault.since > stale_after}
+    problems = sense_problems(stats, now, stale_after)
+    failing = {sense: why for sense, why in problems.items() if why is not None}
     if not failing:
-        return None
+        return HTTPStatus.OK, {"status": "ok", **body}
+    follows = [sense for sense in stats.alarm_follows if sense in problems and problems[sense] is None]
+    sense = next(iter(failing))  # the main sense first (sense_problems' order)
+    said = _problem_fields(stats, now, failing, follows) if len(problems) > 1 or "model_error" in failing.values() else {}
+    if failing.get(next(iter(problems))) == "reconnecting":
+        said["source_reconnects"] = stats.source_reconnects
+    if follows:
+        return HTTPStatus.OK, {"status": "degraded", **body, **said}
+    return HTTPStatus.SERVICE_UNAVAILABLE, {"status": failing[sense], **body, **said}
+
+
+def sense_problems(stats: HealthStats, now: float, stale_after: float) -> dict[str, str | None]:
+    """Each configured sense, the main one first (the camera; with no camera the sound): None while it judges,
+    else why not: ``reconnecting`` (its source is gone and reopened), ``model_error`` (its model has failed for
+    longer than ``stale_after``), ``starting`` (nothing judged yet), ``stalled`` (nothing for ``stale_after``).
+
+    The main sense judges while its frames (with no camera, judged sound) come; the sound next to a camera while
+    its model judged sound within ``stale_after`` (``last_heard``), with as long after the start to begin."""
+    faults = {sense for sense, fault in stats.model_faults.items() if now - fault.since > stale_after}
     main = "vision" if stats.fps is not None else "audio"
-    sense, fault = next(iter(sorted(failing.items(), key=lambda item: item[0] != main)))
-    working = {"vision": stats.fps is not None and "vision" not in failing,
-               "audio": stats.audio is not None and stats.audio["status"] == "ok" and "audio" not in failing}
-    follows = [other for other in stats.alarm_follows if working[other]]
-    blind = sense == main or not follows
-    said = {"vision": "picture", "audio": "sound"}
-    also = f"; the {' and the '.join(said[other] for other in follows)} can still raise the alarm" if follows \
-        else "; nothing can raise the alarm"
-    reason = (f"the {sense} model {fault.model} has failed for {now - fault.since:.0f} s ({fault.error}): "
-              f"its {'pictures are' if sense == 'vision' else 'sound is'} not judged{also}")
-    return blind, {"model_error": sense, "reason": reason, "alarm_follows": follows}
+    problems = {main: _problem(stats.state == "reconnecting", main in faults, stats.last_frame, now, stale_after)}
+    if main == "vision" and stats.audio is not None:
+        heard = stats.last_heard
+        if heard is None and now - stats.started <= stale_after:
+            heard = stats.started  # its first window is not due yet
+        problems["audio"] = _problem(stats.audio.get("state") == "reopening", "audio" in faults, heard, now,
+                                     stale_after)
+    return problems
+
+
+def _problem(reopening: bool, failing_model: bool, last: float | None, now: float, stale_after: float) -> str | None:
+    if reopening:
+        return "reconnecting"
+    if failing_model:
+        return "model_error"
+    if last is None:
+        return "starting"
+    return "stalled" if now - last > stale_after else None
+
+
+def _problem_fields(stats: HealthStats, now: float, failing: Mapping[str, str],
+                    follows: list[str]) -> dict[str, Any]:
+    """What /health says of the senses that do not judge: which, why in a sentence, and what can still alarm."""
+    sentences = []
+    for sense, why in failing.items():
+        fault = stats.model_faults.get(sense)
+        if why == "model_error" and fault is not None:
+            sentences.append(f"the {sense} model {fault.model} has failed for {now - fault.since:.0f} s "
+                             f"({fault.error}): its {'pictures are' if sense == 'vision' else 'sound is'} not judged")
+            continue
+        if sense == "vision":
+            what = f"the camera {stats.source} is {why}"
+        else:  # with no camera the microphone is the source
+            heard = stats.audio or {}
+            what = f"the microphone {heard.get('source', stats.source)} is {why} ({heard.get('status', why)})"
+        sentences.append(f"{what}: its {SAID[sense]} is not judged")
+    also = f"the {' and the '.join(SAID[other] for other in follows)} can still raise the alarm" if follows \
+        else "nothing can raise the alarm"
+    said: dict[str, Any] = {"not_judged": dict(failing), "reason": "; ".join([*sentences, also]),
+                            "alarm_follows": follows}
+    model = next((sense for sense, why in failing.items() if why == "model_error"), None)
+    return {"model_error": model, **said} if model is not None else said
 
 
 def stats_document(stats: HealthStats, now: float) -> dict[str, Any]:
@@ -163,12 +199,14 @@ def stats_document(stats: HealthStats, now: float) -> dict[str, Any]:
     document["stage_ms"] = dict(stats.stage_ms)
     document["uptime_s"] = round(now - stats.started, 3)
     document["last_frame_age_s"] = None if stats.last_frame is None else round(now - stats.last_frame, 3)
-    del document["started"], document["last_frame"]  # monotonic clock values mean nothing to a reader
+    del document["started"], document["last_frame"], document["last_heard"]  # monotonic clock values mean nothing
     return document
 
 
-def metric_families(stats: HealthStats, now: float) -> list[Metric]:
-    """The ``/metrics`` families for one snapshot; what is not known yet (None) is left out."""
+def metric_families(stats: HealthStats, now: float, stale_after: float = 5.0) -> list[Metric]:
+    """The ``/metrics`` families for one snapshot; what is not known yet (None) is left out.
+
+    ``cryedge_health_status`` and ``cryedge_sense_judging`` say what ``/health`` says (``stale_after`` is its)."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     families: list[Metric] = []
@@ -190,6 +228,11 @@ def metric_families(stats: HealthStats, now: float) -> list[Metric]:
     gauge("up", "1 while frames flow through the pipeline.", stats.state == "running" and stats.last_frame is not None)
     labelled("state", "The daemon's state, one series per state.", "state",
              ((name, stats.state == name) for name in STATES))
+    status = health_document(stats, now, stale_after)[1]["status"]
+    labelled("health_status", "The /health status, one series per status: 1 for the current one.", "status",
+             ((name, status == name) for name in HEALTH_STATUSES))
+    labelled("sense_judging", "1 while the sense's source delivers and its model judges it, as /health says.",
+             "sense", ((sense, why is None) for sense, why in sense_problems(stats, now, stale_after).items()))
     gauge("uptime_seconds", "Seconds since the daemon started.", now - stats.started)
     counter("frames_processed", "Frames that went through the whole pipeline.", stats.frames)
     gauge("frames_per_second", "Recent end-to-end frame rate.", stats.fps)
@@ -219,11 +262,12 @@ def metric_families(stats: HealthStats, now: float) -> list[Metric]:
 class HealthCollector:
     """A ``prometheus_client`` collector that reads one :class:`HealthStats` snapshot per scrape."""
 
-    def __init__(self, snapshot: Callable[[], HealthStats], clock: Callable[[], float] = time.monotonic):
-        self.snapshot, self.clock = snapshot, clock
+    def __init__(self, snapshot: Callable[[], HealthStats], clock: Callable[[], float] = time.monotonic,
+                 stale_after: float = 5.0):
+        self.snapshot, self.clock, self.stale_after = snapshot, clock, stale_after
 
     def collect(self) -> Iterator[Metric]:
-        yield from metric_families(self.snapshot(), self.clock())
+        yield from metric_families(self.snapshot(), self.clock(), self.stale_after)
 
 
 class HealthApp:
@@ -247,7 +291,7 @@ class HealthApp:
                 from prometheus_client import CollectorRegistry
 
                 registry = CollectorRegistry(auto_describe=False)
-                registry.register(HealthCollector(self.snapshot, self.clock))
+                registry.register(HealthCollector(self.snapshot, self.clock, self.stale_after))
                 self._registry = registry
             return self._registry
 

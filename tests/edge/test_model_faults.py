@@ -95,16 +95,19 @@ def test_with_a_camera_a_vision_model_that_keeps_failing_makes_health_503_and_ke
 
     from test_daemon import write_clip
     from test_notify import Service
+    from test_sense_health import health_in_metrics, scrape
 
     clip = write_clip(tmp_path / "right-then-left.avi", seconds=16.0, truth=(0.0, 9.0))
     model = faulty_position_model(tmp_path / "raise.tflite", "raise")
     service = Service(tmp_path, f'[source]\nuri = "{clip}"\nstall_seconds = 2.0\n[model]\npath = "{model}"',
                       2_000_000)
-    answers = []
+    answers, metrics = [], []
     try:
         start = time.monotonic()
         while service.process.poll() is None and time.monotonic() - start < 150:  # the clip's end ends the run
             answers.append(service.health())
+            if answers[-1][1].get("status") == "model_error" and not metrics:
+                metrics.append(scrape(service.health_port))
             time.sleep(0.25)
     finally:
         stderr = service.terminate()
@@ -116,26 +119,6 @@ def test_with_a_camera_a_vision_model_that_keeps_failing_makes_health_503_and_ke
     assert statuses[-1] == "ok" and statuses.index("model_error") < len(statuses) - 1 - statuses[::-1].index("ok")
     gaps = [b - a for a, b in itertools.pairwise(service.pings())]
     assert gaps and max(gaps) < 2.0, gaps
-
-
-@pytest.mark.parametrize(("failing", "follows", "audio", "code", "status", "still"), [
-    ("vision", ("vision", "audio"), "ok", 503, "model_error", ["audio"]),  # blind, though the sound still alarms
-    ("vision", ("vision",), None, 503, "model_error", []),
-    ("audio", ("vision", "audio"), "model_error", 200, "degraded", ["vision"]),  # the camera still sees
-    ("audio", ("audio",), "model_error", 503, "model_error", []),  # [fusion] mode = "audio": the sound alone decides
-])
-def test_health_after_a_model_has_failed_for_longer_than_it_waits_for_a_frame(failing, follows, audio, code, status,
-                                                                               still):
-    """The decision /health takes with a camera (docs/service.md): the camera's model failing is 503 (its frames are
-    not judged), saying whether the sound can still raise the alarm; the audio model failing while the camera sees is
-    a degraded monitor, 200 "degraded" naming the model, unless the alarm follows the sound alone. Not before the
-    model has failed for stale_after: one failed window is not a failing model."""
-    from edge.health import HealthStats, ModelFault, health_document
-
-    stats = HealthStats(started=0.0, last_frame=99.9, state="running", fps=15.0, alarm_follows=follows,
-                        audio=None if audio is None else {"status": audio},
-                        model_faults={failing: ModelFault("a-model", "invoke failed", since=90.0)})
-    assert health_document(stats, 94.0, stale_after=5.0)[0] == 200
-    answer, body = health_document(stats, 100.0, stale_after=5.0)
-    assert (answer, body["status"], body["model_error"], body["alarm_follows"]) == (code, status, failing, still)
-    assert f"the {failing} model a-model has failed for 10 s (invoke failed)" in body["reason"], body["reason"]
+    # /metrics says it too: cryedge_up stayed 1 (frames flowed) with nothing to alert on
+    assert metrics and health_in_metrics(metrics[0]) == ("model_error", {"vision": 0.0}), metrics
+    assert metrics[0]["cryedge_up"]["samples"] == {"": 1.0}

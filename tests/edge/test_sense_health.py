@@ -1,0 +1,175 @@
+"""What home automation sees when a sense fails: /health and /metrics, one rule for both senses.
+
+A configured sense that does not judge (its camera or microphone gone, or its model failing) is a degraded monitor
+(200 "degraded") while another sense the alarm follows still judges, and 503 when none does; /metrics says the
+same. Real components: ``cryedge run`` on a loopback MJPEG camera and a loopback network microphone
+(tests/streams.py, tests/edge/test_audio_only.py) with the bundled models, the real health port.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from edge.health import HealthStats, ModelFault, health_document
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+
+BOTH = ("vision", "audio")
+
+
+def heard(**changes) -> dict:
+    """A camera at 15 fps and a microphone, both judged a moment ago (now = 100 s, /health waits 5 s)."""
+    base = dict(started=0.0, last_frame=99.9, state="running", fps=15.0, source="rtsp://camera/stream",
+                audio={"source": "alsa:mic", "state": "open", "status": "ok", "reconnects": 0}, last_heard=99.5,
+                alarm_follows=BOTH)
+    return {**base, **changes}
+
+
+GONE_MICROPHONE = {"source": "alsa:mic", "state": "reopening", "status": "no_sound_device", "reconnects": 3}
+FAILING = ModelFault("a-model", "invoke failed", since=90.0)
+
+
+@pytest.mark.parametrize(("stats", "code", "status", "not_judged", "follows"), [
+    (heard(), 200, "ok", None, None),
+    # the microphone gone while the camera sees: was 200 "ok", as if it heard
+    (heard(audio=GONE_MICROPHONE, last_heard=80.0), 200, "degraded", {"audio": "reconnecting"}, ["vision"]),
+    (heard(audio=GONE_MICROPHONE, last_heard=80.0, alarm_follows=("audio",)), 503, "reconnecting",
+     {"audio": "reconnecting"}, []),
+    # open, but no sound judged for longer than /health waits
+    (heard(audio={**GONE_MICROPHONE, "state": "open", "status": "no_sound"}, last_heard=90.0), 200, "degraded",
+     {"audio": "stalled"}, ["vision"]),
+    (heard(model_faults={"audio": FAILING}, audio={**GONE_MICROPHONE, "state": "open", "status": "model_error"},
+           last_heard=88.0), 200, "degraded", {"audio": "model_error"}, ["vision"]),
+    (heard(model_faults={"audio": FAILING}, last_heard=88.0, alarm_follows=("audio",)), 503, "model_error",
+     {"audio": "model_error"}, []),
+    # the camera gone, or its model failing, while the microphone hears: the same rule (was 503 either way)
+    (heard(state="reconnecting", source_reconnects=4, last_frame=60.0), 200, "degraded", {"vision": "reconnecting"},
+     ["audio"]),
+    (heard(model_faults={"vision": FAILING}), 200, "degraded", {"vision": "model_error"}, ["audio"]),
+    (heard(state="reconnecting", last_frame=60.0, alarm_follows=("vision",)), 503, "reconnecting",
+     {"vision": "reconnecting"}, []),
+    (heard(state="reconnecting", last_frame=60.0, audio=GONE_MICROPHONE, last_heard=60.0), 503, "reconnecting",
+     {"vision": "reconnecting", "audio": "reconnecting"}, []),
+    (heard(model_faults={"vision": FAILING}, audio=None, alarm_follows=("vision",)), 503, "model_error",
+     {"vision": "model_error"}, []),
+    (heard(state="reconnecting", last_frame=60.0, audio=None, alarm_follows=("vision",)), 503, "reconnecting", None,
+     None),  # a camera alone: the answer it always gave
+])
+def test_health_says_degraded_while_another_sense_can_still_raise_the_alarm_and_503_when_none_can(
+        stats, code, status, not_judged, follows):
+    """The decision table of docs/service.md: a configured sense that does not judge is 200 "degraded" while a sense
+    the alarm follows ([fusion] mode) still judges, else 503 with why the camera (or the sound) does not."""
+    stats = HealthStats(**stats)
+    answer, body = health_document(stats, 100.0, stale_after=5.0)
+    assert (answer, body["status"]) == (code, status), body
+    assert body.get("not_judged") == not_judged and body.get("alarm_follows") == follows, body
+    if not_judged:
+        assert body["reason"].endswith("can still raise the alarm" if follows else "nothing can raise the alarm")
+    for sense in stats.model_faults:
+        assert f"the {sense} model a-model has failed for 10 s (invoke failed)" in body["reason"], body["reason"]
+    if body.get("not_judged", {}).get("vision") == "reconnecting":
+        assert body["source_reconnects"] == stats.source_reconnects
+
+
+def test_a_sense_not_judged_for_less_than_health_waits_is_not_a_fault():
+    """One failed window, a microphone whose first window is not due yet: ok (not a flapping /health)."""
+    failed_once = HealthStats(**heard(model_faults={"audio": ModelFault("m", "e", since=97.0)}))
+    assert health_document(failed_once, 100.0, 5.0)[0] == 200
+    starting = HealthStats(**heard(started=97.0, last_heard=None,
+                                   audio={**GONE_MICROPHONE, "state": "open", "status": "no_sound"}))
+    assert health_document(starting, 100.0, 5.0)[1]["status"] == "ok"
+    assert health_document(starting, 103.0, 5.0)[1]["not_judged"] == {"audio": "starting"}
+
+
+# ----------------------------------------------------------------------------- through the real daemon
+
+
+def scrape(port: int) -> dict[str, dict]:
+    from test_health import parse_exposition
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        return parse_exposition(answer.read().decode())
+
+
+def health_in_metrics(families: dict) -> tuple[str, dict[str, float]]:
+    """(the status cryedge_health_status says, cryedge_sense_judging by sense)."""
+    statuses = [labels for labels, value in families["cryedge_health_status"]["samples"].items() if value == 1.0]
+    judging = {labels.split('"')[1]: value for labels, value in families["cryedge_sense_judging"]["samples"].items()}
+    assert len(statuses) == 1, families["cryedge_health_status"]
+    return statuses[0].split('"')[1], judging
+
+
+def wait_for_status(service, status: str, timeout: float, audio: str | None = None) -> tuple[int, dict]:
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        code, body = service.health()
+        if body.get("status") == status and audio in (None, body.get("audio")):
+            return code, body
+        seen.append(body.get("status"))
+        time.sleep(0.3)
+    raise AssertionError(f"/health never said {status!r} in {timeout} s: {seen[-20:]}; "
+                         f"stderr: {service.stderr_so_far()[-2000:]}")
+
+
+@pytest.mark.timeout(300)
+def test_a_microphone_or_a_camera_gone_is_degraded_while_the_other_still_alarms_and_metrics_say_so(tmp_path):
+    """``cryedge run`` under a watchdog, seeing a loopback MJPEG camera and hearing a loopback network microphone.
+    The microphone hangs up: /health said 200 "ok" (as if it heard) while it was reopened with back-off; now 200
+    "degraded" naming the sound, and /metrics says it (cryedge_up stayed 1 whatever failed). Back: "ok". The camera
+    goes while the microphone hears: "degraded" too (it was 503 although the sound still raises the alarm); both
+    gone: 503 "reconnecting". The watchdog is pinged throughout."""
+    from streams import MjpegServer
+    from test_audio_only import HttpMicrophone
+    from test_notify import Service
+
+    camera = MjpegServer([np.full((240, 320, 3), 60 + n, np.uint8) for n in range(3)], fps=5)
+    microphone = HttpMicrophone().start()
+    camera.__enter__()
+    reopen = "reopen_min_seconds = 0.5\nreopen_max_seconds = 1.0\n"
+    service = Service(tmp_path, f'[source]\nuri = "{camera.url}"\nstall_seconds = 3.0\n{reopen}'
+                                f'[audio]\nenabled = true\n[audio.source]\ntype = "stream"\nurl = "{microphone.url}"\n'
+                                f'stall_seconds = 3.0\n{reopen}', 2_000_000)
+    scraped = []  # (what /health said, /metrics then): checked at the end, /health's rule first
+    try:
+        wait_for_status(service, "ok", 120, audio="ok")
+        scraped.append(("ok", scrape(service.health_port)))
+
+        microphone.stop()
+        code, body = wait_for_status(service, "degraded", 30)
+        assert code == 200 and body["not_judged"] == {"audio": "reconnecting"}, body
+        assert body["alarm_follows"] == ["vision"] and body["audio"] == "no_sound_device", body
+        scraped.append(("microphone gone", scrape(service.health_port)))
+
+        microphone.start()
+        wait_for_status(service, "ok", 60, audio="ok")
+
+        camera.__exit__()
+        code, body = wait_for_status(service, "degraded", 30)
+        assert code == 200 and body["not_judged"] == {"vision": "reconnecting"}, body
+        assert body["alarm_follows"] == ["audio"] and "source_reconnects" in body, body
+        scraped.append(("camera gone", scrape(service.health_port)))
+
+        microphone.stop()
+        code, body = wait_for_status(service, "reconnecting", 30)
+        assert code == 503 and body["alarm_follows"] == [], body
+        scraped.append(("both gone", scrape(service.health_port)))
+    finally:
+        stderr = service.terminate()
+        microphone.stop()
+        camera.__exit__()
+    assert "Traceback" not in stderr, stderr[-3000:]
+    gaps = [b - a for a, b in itertools.pairwise(service.pings())]
+    assert len(gaps) > 5 and max(gaps) < 2.0, gaps  # within WATCHDOG_USEC: never restarted for a lost sense
+    said = {phase: health_in_metrics(families) for phase, families in scraped}
+    assert said == {"ok": ("ok", {"vision": 1.0, "audio": 1.0}),
+                    "microphone gone": ("degraded", {"vision": 1.0, "audio": 0.0}),
+                    "camera gone": ("degraded", {"vision": 0.0, "audio": 1.0}),
+                    "both gone": ("reconnecting", {"vision": 0.0, "audio": 0.0})}, said
+    assert scraped[1][1]["cryedge_up"]["samples"] == {"": 1.0}  # frames flow: "up" alone could not tell
