@@ -55,6 +55,9 @@ ONLINE, OFFLINE = "online", "offline"
 # Home Assistant asks for discovery by publishing "online" on <discovery prefix>/status: answered at most
 # this often (seconds), the last request always served, so a flood of them costs one document a period
 DISCOVERY_INTERVAL = 5.0
+# a sense's status change (model_error, no_sound_device, and back) goes on the state topic at once, not a
+# state_interval later, but at most this often: a status flapping at every window must not flood the broker
+STATUS_INTERVAL = 1.0
 EVENT_TYPES = {"start": "cry_start", "end": "cry_end"}
 # refusals that a retry may cure; any other refusal at start is fatal
 TRANSIENT_REFUSALS = {"Server unavailable", "Server busy", "Quota exceeded", "Connection rate exceeded"}
@@ -124,6 +127,11 @@ def state_payload(state: AlarmState, model: str) -> dict[str, Any]:
         # with hearing: {"vision": {"probability", "status"}, "audio": {"probability", "status", "level_dbfs"}}
         **(state.senses or {}),
     }
+
+
+def sense_statuses(state: AlarmState) -> dict[str, Any]:
+    """Each sense's ``status`` in the state (``{"audio": "model_error"}``); a change of one is published at once."""
+    return {sense: part.get("status") for sense, part in (state.senses or {}).items() if isinstance(part, Mapping)}
 
 
 def unmeasured_state(since_wall: float | None = None) -> AlarmState:
@@ -502,6 +510,9 @@ class MqttPublisher:
         self._state: AlarmState | None = None
         self._state_sent_at = -math.inf
         self._state_sent_crying: bool | None = None
+        self._state_sent_statuses: dict[str, Any] = {}
+        self._status_sent_at = -math.inf  # when a state with a changed sense status last went out
+        self._state_due: float | None = None  # a status change held back by STATUS_INTERVAL goes out then
         self._last_end_wall: dict[str, float] = {}  # event id -> when its end happened, for the final OFF
         self._stats: dict = {}
         self._stats_sent_at = -math.inf
@@ -678,12 +689,15 @@ class MqttPublisher:
         }
         while True:
             try:
-                kind, value = self._queue.get(timeout=self._until_discovery_due())
+                kind, value = self._queue.get(timeout=self._until_due())
             except queue.Empty:
                 kind, value = "discovery_due", None
             try:
                 if self._discovery_due is not None and time.monotonic() >= self._discovery_due:
                     self._resend_discovery()
+                if self._state_due is not None and time.monotonic() >= self._state_due:
+                    self._state_due = None
+                    self._handle_state(self._state)
                 if kind == "discovery_due":
                     continue
                 if kind == "stop":
@@ -726,14 +740,24 @@ class MqttPublisher:
         # the first measured probability replaces the unmeasured one at once, not a state_interval later
         self._state_sent_at = time.monotonic() if math.isfinite(state.probability) else -math.inf
         self._state_sent_crying = state.crying
+        statuses = sense_statuses(state)
+        if statuses != self._state_sent_statuses:
+            self._state_sent_statuses, self._status_sent_at = statuses, time.monotonic()
+        self._state_due = None
 
     def _handle_state(self, state: AlarmState) -> None:
         self._state = state
         if not self.connected:
             return
+        now = time.monotonic()
         changed = state.crying != self._state_sent_crying
-        if changed or time.monotonic() - self._state_sent_at >= self.mqtt.state_interval:
+        if changed or now - self._state_sent_at >= self.mqtt.state_interval:
             self._send_state(state)
+        elif sense_statuses(state) != self._state_sent_statuses:
+            if now - self._status_sent_at >= STATUS_INTERVAL:
+                self._send_state(state)
+            elif self._state_due is None:  # the newest state then, if its statuses still differ from those sent
+                self._state_due = self._status_sent_at + STATUS_INTERVAL
 
     def _send_stats(self) -> None:
         fault = self.outbox_fault
@@ -774,8 +798,10 @@ class MqttPublisher:
             self._publish(self.topics.discovery, _json(document), qos=1, retain=True)
             self._discovery_sent_at = time.monotonic()
 
-    def _until_discovery_due(self) -> float | None:
-        return None if self._discovery_due is None else max(0.0, self._discovery_due - time.monotonic())
+    def _until_due(self) -> float | None:
+        """Until the next debounced discovery or held-back state is due; None: nothing is."""
+        due = [t for t in (self._discovery_due, self._state_due) if t is not None]
+        return max(0.0, min(due) - time.monotonic()) if due else None
 
     def _resend_discovery(self) -> None:
         if self.connected:

@@ -1,14 +1,17 @@
-"""What home automation sees when a sense fails: /health and /metrics, one rule for both senses.
+"""What home automation sees when a sense fails: /health, /metrics and the retained state, one rule for both senses.
 
 A configured sense that does not judge (its camera or microphone gone, or its model failing) is a degraded monitor
 (200 "degraded") while another sense the alarm follows still judges, and 503 when none does; /metrics says the
-same. Real components: ``cryedge run`` on a loopback MJPEG camera and a loopback network microphone
-(tests/streams.py, tests/edge/test_audio_only.py) with the bundled models, the real health port.
+same; the state topic says a sense's status change at once (at most once a second), never at the cost of a cry
+event. Real components: ``cryedge run`` on a loopback MJPEG camera and a loopback network microphone
+(tests/streams.py, tests/edge/test_audio_only.py) with the bundled models, the real health port, a real mosquitto.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import math
 import shutil
 import time
 import urllib.request
@@ -173,3 +176,78 @@ def test_a_microphone_or_a_camera_gone_is_degraded_while_the_other_still_alarms_
                     "camera gone": ("degraded", {"vision": 0.0, "audio": 1.0}),
                     "both gone": ("reconnecting", {"vision": 0.0, "audio": 0.0})}, said
     assert scraped[1][1]["cryedge_up"]["samples"] == {"": 1.0}  # frames flow: "up" alone could not tell
+
+
+# ----------------------------------------------------------------------------- the state topic
+
+
+def test_a_short_model_error_reaches_the_retained_state_at_once_and_its_end_too(tmp_path, mosquitto):
+    """No camera; the audio model fails on a 0.6 s knock in a quiet room (about 1.5 s of windows), played in real time,
+    with [mqtt] state_interval = 30 s (probability updates rarely). The knock's model_error, and the ok after it,
+    reached only the log: the state was published at most every state_interval. Now each status change is on the
+    retained state topic within a second, and no cry event is raised by it."""
+    from audio_models import faulty_model, yamnet_card
+    from mqtt import Subscriber
+    from test_audio_faults import knocked_cry, listening_config, run_to_the_end
+
+    from edge.daemon import Daemon
+
+    pytest.importorskip("tensorflow")
+    model = faulty_model(tmp_path / "raise.tflite", "raise", card=yamnet_card(name="faulty-raise"))
+    sound = knocked_cry(tmp_path / "knock.wav", cry=None, knock=(4.0, 4.6), seconds=10.0)
+    config = listening_config(tmp_path, model, sound, realtime=True,
+                              extra=f'[mqtt]\nhost = "127.0.0.1"\nport = {mosquitto.port}\nstate_interval = 30\n')
+    with Subscriber(mosquitto, topics=("cryedge/nursery/#",)) as subscriber:
+        daemon = Daemon(config)
+        with daemon:
+            assert run_to_the_end(daemon) == 0
+        states = [(m.timestamp, json.loads(m.payload)) for m in subscriber.on("cryedge/nursery/state")]
+        events = subscriber.on("cryedge/nursery/event")
+    statuses = [state.get("audio", {}).get("status") for _, state in states]
+    assert "model_error" in statuses, statuses
+    assert "ok" in statuses[statuses.index("model_error"):], statuses  # and its end
+    assert events == [], [m.payload for m in events]
+
+
+def test_a_flapping_status_is_published_at_most_once_a_second_and_never_holds_up_a_cry(tmp_path, mosquitto):
+    """A sense's status flapping 100 times a second for 3 s (a model failing on every other window), a cry start
+    published in the middle: the broker gets at most one state a second for it, the last status within a second
+    of the flapping stopping (with no state handed over after it), and the cry start at once."""
+    from mqtt import Subscriber
+
+    from edge.alarm import AlarmState
+    from edge.config import load_config
+    from edge.publish import make_publisher
+    from edge.records import AlarmEvent
+
+    toml = tmp_path / "cryedge.toml"
+    toml.write_text(f'[device]\nid = "nursery"\n[mqtt]\nhost = "127.0.0.1"\nport = {mosquitto.port}\n'
+                    f'state_interval = 30\n[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\n')
+    publisher = make_publisher(load_config(toml), "cry-default")
+
+    def state(status: str) -> AlarmState:
+        return AlarmState(False, None, None, 0.1, senses={"audio": {"probability": None, "status": status}})
+
+    with Subscriber(mosquitto, topics=("cryedge/nursery/state", "cryedge/nursery/event")) as subscriber:
+        publisher.start()
+        try:
+            subscriber.wait_for("cryedge/nursery/state")  # the one on connect
+            begun = time.monotonic()
+            for n in range(300):
+                publisher.publish_state(state("model_error" if n % 2 == 0 else "ok"))
+                if n == 150:
+                    sent = time.monotonic()
+                    publisher.publish_event(AlarmEvent("start", "flap-1", 0.0, time.time(), 0.9))
+                time.sleep(0.01)
+            publisher.publish_state(state("no_sound"))
+            ended = time.monotonic()
+            last = subscriber.wait_for("cryedge/nursery/state", lambda m: b'"no_sound"' in m.payload, timeout=3)
+            arrived = time.monotonic()
+            start = subscriber.wait_for("cryedge/nursery/event")
+        finally:
+            publisher.close()
+        during = [m for m in subscriber.on("cryedge/nursery/state")[1:] if m is not last]
+    flapped = ended - begun
+    assert 1 <= len(during) <= math.ceil(flapped) + 1, (len(during), flapped)
+    assert arrived - ended < 1.5, arrived - ended
+    assert json.loads(start.payload)["id"] == "flap-1" and start.timestamp - sent < 0.5
