@@ -205,7 +205,8 @@ def test_state_is_retained_for_a_subscriber_that_comes_later(mosquitto, tmp_path
     with publisher_for(mosquitto, tmp_path) as publisher:
         publisher.publish_state(crying_state())
         with Subscriber(mosquitto) as watcher:
-            watcher.wait_for(f"{PREFIX}/state")  # published
+            # published (after the unmeasured state of the connect, when the connect came first)
+            watcher.wait_for(f"{PREFIX}/state", lambda m: b'"ON"' in m.payload)
         with Subscriber(mosquitto) as late:
             state = late.wait_for(f"{PREFIX}/state")
             availability = late.wait_for(f"{PREFIX}/availability")
