@@ -11,58 +11,19 @@ published at once, at most once a second: edge.publish.STATUS_INTERVAL), and the
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from edge.alarm import AlarmState
 from edge.config import load_config
 from edge.publish import make_publisher
-from edge.records import AlarmEvent
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
 from mqtt import Broker  # (tests/mqtt.py: the loopback broker the tests use)
-
-
-class Watcher:
-    """Counts the states and records when each cry start arrives."""
-
-    def __init__(self, broker: Broker, device: str):
-        import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        self.states = 0
-        self.events: dict[str, float] = {}
-        state_topic, event_topic = f"cryedge/{device}/state", f"cryedge/{device}/event"
-
-        def on_message(client, userdata, message):
-            if message.topic == event_topic:
-                self.events.setdefault(json.loads(message.payload)["id"], time.perf_counter())
-            else:
-                self.states += 1
-
-        ready = threading.Event()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"flap-watcher-{device}")
-        self.client.on_connect = lambda c, *a: c.subscribe([(state_topic, 1), (event_topic, 1)])
-        self.client.on_subscribe = lambda *a: ready.set()
-        self.client.on_message = on_message
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-        ready.wait(5)
-
-    def arrival(self, event_id: str, timeout: float = 30) -> float:
-        deadline = time.monotonic() + timeout
-        while event_id not in self.events and time.monotonic() < deadline:
-            time.sleep(0.001)
-        return self.events.get(event_id, float("inf"))
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+from mqtt_flood import Watcher  # (benchmarks/mqtt_flood.py: cry start delays, here counting the states)
 
 
 def state(status: str) -> AlarmState:
@@ -74,28 +35,24 @@ def one_run(rate: float, seconds: float, run: int) -> tuple[float, float, float]
         device = f"flap{run}"
         config = load_config(None, {"device": {"id": device}, "mqtt": {"host": broker.host, "port": broker.port},
                                     "outbox": {"path": f"{tmp}/outbox.sqlite3"}}, environ={})
-        watcher = Watcher(broker, device)
+        watcher = Watcher(broker, device, counted="cryedge/{device}/state")
         publisher = make_publisher(config, "bench")
         publisher.start()
         deadline = time.monotonic() + 10
-        while watcher.states < 1 and time.monotonic() < deadline:  # the one on connect
+        while watcher.counted < 1 and time.monotonic() < deadline:  # the one on connect
             time.sleep(0.01)
-        sent = time.perf_counter()
-        publisher.publish_event(AlarmEvent("start", "quiet", 0.0, time.time(), 0.9))
-        quiet = watcher.arrival("quiet") - sent
+        quiet = watcher.delay(publisher, "quiet")
         time.sleep(1.5)
-        before, begun, flips = watcher.states, time.monotonic(), 0
+        before, begun, flips = watcher.counted, time.monotonic(), 0
         while time.monotonic() - begun < seconds:
             publisher.publish_state(state("model_error" if flips % 2 == 0 else "ok"))
             flips += 1
             if flips == int(rate * seconds / 2):
-                sent = time.perf_counter()
-                publisher.publish_event(AlarmEvent("start", "flapping", 0.0, time.time(), 0.9))
+                during = watcher.delay(publisher, "flapping")  # the states flap again once it has arrived
             time.sleep(1 / rate)
         flapped = time.monotonic() - begun
-        during = watcher.arrival("flapping") - sent
         time.sleep(1.5)  # the held-back last status goes out within a second
-        per_second = (watcher.states - before) / flapped
+        per_second = (watcher.counted - before) / flapped
         publisher.close(timeout=30)
         watcher.close()
         return per_second, quiet, during
