@@ -180,8 +180,9 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
     # does not give is another camera's, sent (LoadCredential) to this one, which refused it: removed (None). One
     # the user put there by hand (docs/service.md) stays: the boot file says nothing about it, and the camera may
     # need it. The MQTT password stays either way: `install.sh --mqtt-password-file` puts it there too.
+    named = _password_files_named(text, config_dir)
     unnamed = [name for name in (CAMERA_PASSWORD_FILE_NAME, MICROPHONE_PASSWORD_FILE_NAME)
-               if name not in written and (config_dir / name).is_file()]
+               if name not in written and name not in named and (config_dir / name).is_file()]
     stale = [name for name in unnamed if name in imported]
     record = {**{name: digest for name, digest in imported.items() if name not in stale},
               **{name: hashlib.sha256(content).hexdigest() for name, content in written.items()}}
@@ -211,6 +212,18 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
             log.info("kept %s: put there by hand, not by an import (remove it if the new setup needs none)",
                      config_dir / name)
     return True
+
+
+def _password_files_named(text: str, config_dir: Path) -> set[str]:
+    """The password files of ``config_dir`` that the boot file's ``[source]`` or ``[audio.source]`` names as its
+    ``password_file``: the setup it describes takes its password from there."""
+    named = set()
+    for table in ("source", "audio.source"):
+        section = _table(tomllib.loads(text), table)
+        given = section.get("password_file") if isinstance(section, dict) else None
+        if isinstance(given, str) and Path(given).expanduser().parent.resolve() == config_dir.resolve():
+            named.add(Path(given).name)
+    return named
 
 
 def _still_imported(config_dir: Path) -> dict[str, str]:

@@ -454,3 +454,18 @@ def test_an_imported_password_replaced_by_hand_is_the_users_and_stays(tmp_path):
     boot.write_text('[source]\nuri = "rtsp://viewer@192.168.1.21/live"\n')  # another camera, none given: removed
     assert import_boot_config(boot, etc)
     assert not (etc / "camera_password").exists()
+
+
+def test_a_boot_file_that_names_the_password_file_keeps_it(tmp_path):
+    """A boot file whose [source] password_file is the camera_password an earlier import wrote (it gives no
+    password of its own, it points at the one there): the import removed it, and the service then stopped on
+    'cannot read' at every start. Named, it stays."""
+    boot, etc = tmp_path / "boot" / "cryedge.toml", tmp_path / "etc" / "cryedge"
+    boot.parent.mkdir()
+    boot.write_text('[source]\nuri = "rtsp://viewer:imported-pw@192.168.1.20/live"\n')
+    assert import_boot_config(boot, etc)
+    boot.write_text(f'[mqtt]\nhost = "new-broker"\n[source]\nuri = "rtsp://viewer@192.168.1.20/live"\n'
+                    f'password_file = "{etc / "camera_password"}"\n')
+    assert import_boot_config(boot, etc)
+    loaded = config.load_config(etc / "cryedge.toml", environ={})
+    assert loaded.source.open_url() == "rtsp://viewer:imported-pw@192.168.1.20/live"
