@@ -87,7 +87,7 @@ def infer_kind(shape: tuple, *, kind: str | None = None, spec: str | None = None
             if dims[1] == feature_spec.size:
                 if window and window != dims[0]:
                     raise DataError(f"model input {list(dims)} has a window of {dims[0]} frames, not --window {window}")
-                return Kind("landmark-window", dims[0], features=FeatureSpecRef(spec=name))
+                return Kind("landmark-window", dims[0], features=FeatureSpecRef(spec=name, version=feature_spec.version))
         raise DataError(f"model input {list(dims)}: {dims[1]} features a frame fits no feature spec ({sizes}); "
                         "a sound model's front end comes from the data it was trained on: give it as --calibration "
                         "DATA.npz (cryedge dataset build --audio)")
@@ -97,7 +97,7 @@ def infer_kind(shape: tuple, *, kind: str | None = None, spec: str | None = None
             for name, feature_spec in specs.items():
                 frames = window or 10
                 if values == frames * feature_spec.size:
-                    return Kind("landmark-window", frames, features=FeatureSpecRef(spec=name))
+                    return Kind("landmark-window", frames, features=FeatureSpecRef(spec=name, version=feature_spec.version))
             if kind == "landmark-window":
                 raise DataError(f"model input {list(dims)} holds {values} values, not {window or 10} frames of any spec ({sizes})")
         if dims[2] in (1, 3):
@@ -339,7 +339,7 @@ def load_source(options: ConvertOptions) -> Source:
         kind = infer_kind(shape, kind=options.kind, spec=spec, window=options.window)
     normalization = options.normalization or (samples.normalization if samples is not None else None)
     if kind.features is not None and normalization:
-        kind.features = FeatureSpecRef(spec=kind.features.spec, normalization=normalization)
+        kind.features = FeatureSpecRef(spec=kind.features.spec, normalization=normalization, version=kind.features.version)
     training = _training_metrics(options)
     return Source(loaded, shape, int(loaded.model.outputs[0].shape[-1]), kind, samples, training)
 

@@ -239,6 +239,18 @@ def test_inferred_kinds():
         infer_kind((None, 96, 64))
 
 
+def test_the_card_says_which_version_of_the_features_the_model_was_converted_for(monkeypatch):
+    """The card carried version 1 whatever the spec's version: once a spec changes, the device (which refuses a
+    card of another version than it computes) would refuse every model converted for it."""
+    from dataclasses import replace
+
+    import convert.convert as converting
+
+    newer = {name: replace(spec, version=2) for name, spec in converting.SPECS.items()}
+    monkeypatch.setattr(converting, "SPECS", newer)
+    assert infer_kind((None, 10, 156)).features.version == 2
+    assert infer_kind((None, 40, 39, 1)).features.version == 2
+
 def test_legacy_sequential_config_gets_an_explicit_input_layer():
     config = {"class_name": "Sequential", "config": {"name": "s", "layers": [
         {"class_name": "Dense", "config": {"name": "d", "units": 3, "dtype": "float32", "batch_input_shape": [None, 10, 156]}},
