@@ -199,11 +199,13 @@ MIN_ON_CHOICES = (0.25, 0.5, 0.75, 1.0)  # the alarm's debounce when the sound d
 # the card's evidence rules ([k, n]: k of the last n window scores, edge.audio.Evidence) the build may choose
 # from; None, each window's own score, is always one. The default build offers no other (docs/audio.md)
 EVIDENCE_CHOICES: tuple[tuple[int, int], ...] = ()
+# at most this many false alarms on the validation clips, where a threshold and debounce allow it (None: no cap)
+MAX_FALSE_ALARMS: int | None = None
 
 
 def choose_threshold(model_path: Path, folder: Path, labels: Path, clips_: list[str],
                      evidence_choices: tuple[tuple[int, int], ...] = EVIDENCE_CHOICES,
-                     ) -> tuple[float, float, dict, tuple[int, int] | None]:
+                     max_false_alarms: int | None = None) -> tuple[float, float, dict, tuple[int, int] | None]:
     """The card's threshold, debounce (``audio.min_on_seconds``) and evidence rule (``audio.evidence``),
     chosen together by events on the training seed's clips held out of training (never the test set).
 
@@ -211,6 +213,7 @@ def choose_threshold(model_path: Path, folder: Path, labels: Path, clips_: list[
     that cries wolf is switched off); then the smaller median decision delay; then the simpler rule, the
     longer debounce, and the threshold nearest 0.5. (No false alarm first chose a threshold that decided 9
     of 41 cries.) Each window is scored once; each rule is applied to those scores as the device applies it.
+    ``max_false_alarms``: the same order among the choices with at most that many false alarms there, when any has.
     """
     from edge.audio import evidence_trace
 
@@ -222,7 +225,8 @@ def choose_threshold(model_path: Path, folder: Path, labels: Path, clips_: list[
         for threshold in np.round(np.arange(0.3, 0.91, 0.05), 2):
             for min_on in MIN_ON_CHOICES:
                 result = evaluate(model_path, folder, labels, float(threshold), traces, set(clips_), min_on)
-                key = (result["missed"] + result["false_alarms"], result["false_alarms"],
+                over = max_false_alarms is not None and result["false_alarms"] > max_false_alarms
+                key = (over, result["missed"] + result["false_alarms"], result["false_alarms"],
                        result["decision_delay_s_median"] or 9.0, rule[0] if rule else 1, -min_on, abs(threshold - 0.5))
                 if figures is None or key < figures[0]:
                     best, figures = (float(threshold), min_on, rule), (key, result)
@@ -386,7 +390,7 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
           seed: int = SEED, train_clips: int = TRAIN_CLIPS, heldout_clips: int = HELDOUT_CLIPS, audio=None,
           masked_clips: int = MASKED_CLIPS, evidence_choices: tuple[tuple[int, int], ...] = EVIDENCE_CHOICES,
           crib_clips: int = CRIB_CLIPS, more_clips: int = MORE_CLIPS, patience: int = 6,
-          sizes: dict | None = None) -> dict:
+          sizes: dict | None = None, max_false_alarms: int | None = MAX_FALSE_ALARMS) -> dict:
     from convert import dataset, train
     from convert.convert import ConvertOptions, convert
 
@@ -412,7 +416,7 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
         model = output_dir / f"{MODEL_NAME}.tflite"
         report = convert(ConvertOptions(model=keras_model, output=model, calibration=str(data), name=MODEL_NAME))
         threshold, min_on, validation, rule = choose_threshold(model, work / "train", train_labels,
-                                                               metrics["test_groups"], evidence_choices)
+                                                               metrics["test_groups"], evidence_choices, max_false_alarms)
         heldout = finish_card(model, metrics, report.fidelity, work / "heldout", heldout_labels,
                               f"seed {seed}: {train_clips} clips of {CLIP_SECONDS:g} s"
                               + (f" and {masked_clips} of a cry under a louder sound or that sound alone"
@@ -485,7 +489,7 @@ def _build_command(args) -> int:
         raise DataError(f"audio front end: {error.errors()[0]['msg']}") from None
     summary = build(args.output_dir, None if args.no_demo else args.demo_video, args.work_dir, args.epochs, args.seed,
                     args.train_clips, args.heldout_clips, masked_clips=args.masked_clips, crib_clips=args.crib_clips,
-                    more_clips=args.more_clips, patience=args.patience,
+                    more_clips=args.more_clips, patience=args.patience, max_false_alarms=args.max_false_alarms,
                     evidence_choices=tuple(args.evidence) if args.evidence is not None else EVIDENCE_CHOICES,
                     audio=audio, sizes=audio_sizes(args))
     held, other = summary["held_out"], summary["held_out_set"]
@@ -532,6 +536,9 @@ def add_commands(subparsers) -> None:
                              "threshold), with the threshold and debounce, on the validation clips; each window's own "
                              "score is always one (default: "
                              + (" ".join(f"{k}/{n}" for k, n in EVIDENCE_CHOICES) or "no other") + ")")
+    parser.add_argument("--max-false-alarms", type=whole(0), default=MAX_FALSE_ALARMS, metavar="N",
+                        help="choose the threshold and debounce among those with at most N false alarms on the "
+                             "validation clips, when any has (default: no cap)")
     parser.add_argument("--background", choices=("none", "floor"), default="none",
                         help="the front end's background floor (docs/audio.md; default none)")
     parser.add_argument("--pitch-bins", type=whole(0), default=0,

@@ -47,6 +47,7 @@ DATASET = ["dataset", "build", "videos", "labels.csv", "-o", "d.npz"]
     (["demo-audio", "build"], "--masked-clips", "-1", "must be at least 0"),
     (["demo-audio", "build"], "--more-clips", "-1", "must be at least 0"),
     (["demo-audio", "build"], "--patience", "-1", "must be at least 0"),
+    (["demo-audio", "build"], "--max-false-alarms", "-1", "must be at least 0"),
     (["demo-audio", "build"], "--pitch-bins", "-1", "must be at least 0"),
     (["demo-audio", "build"], "--pitch-bands", "0", "must be at least 1"),
     (["suite", "build", "out"], "--seed", "-1", "must be at least 0"),
@@ -66,6 +67,7 @@ def test_the_defaults_and_values_in_range_still_parse():
     assert (args.agreement_target, args.threshold) == (1.0, 0.5)
     args = build_parser().parse_args(["demo-audio", "build"])  # the bundled model's build: no clip added
     assert (args.more_clips, args.crib_clips, args.masked_clips, args.epochs, args.patience) == (0, 0, 0, 30, 6)
+    assert args.max_false_alarms is None
 
 
 def test_cryedge_train_batch_size_0_is_exit_2_before_the_data_is_read(tmp_path):

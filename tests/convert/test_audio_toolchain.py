@@ -247,6 +247,32 @@ def test_training_leaves_out_windows_whose_end_label_misdescribes_them(tmp_path)
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+def test_a_cap_on_validation_false_alarms_chooses_a_threshold_that_keeps_to_it(tmp_path):
+    from audio_models import tone, write_wav, yamnet_card, yamnet_signature_model
+
+    from convert.audio_demo import choose_threshold
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    silence = np.zeros(32000, np.float32)
+    # two faint cries and a louder sound in the cry band: no threshold decides the cries without an alarm
+    # on the sound, so fewest misses plus false alarms (2 + 0 against 0 + 1) takes the alarm
+    for name, level in (("cry1", 0.02), ("cry2", 0.02), ("hum", 0.035)):
+        write_wav(clips / f"{name}.wav", np.concatenate([silence, tone(4.0, 450.0, level), silence]))
+        (clips / f"{name}.txt").write_text("singing\n" if name == "hum" else "quiet\n")
+    labels = clips / "labels.csv"
+    labels.write_text("video,start_s,end_s,label,subject\ncry1.wav,2.0,6.0,crying,cry1\n"
+                      "cry2.wav,2.0,6.0,crying,cry2\nhum.wav,0.0,8.0,not_crying,hum\n")
+    model = yamnet_signature_model(tmp_path / "m.tflite", card=yamnet_card(hop_seconds=0.25))
+    names = ["cry1", "cry2", "hum"]
+    _, _, free, _ = choose_threshold(model, clips, labels, names)
+    assert (free["decided_within_1_5_s"], free["false_alarms"]) == (2, 1)
+    threshold, _, capped, _ = choose_threshold(model, clips, labels, names, max_false_alarms=0)
+    assert capped["false_alarms"] == 0 and capped["decided_within_1_5_s"] < 2
+    assert choose_threshold(model, clips, labels, names, max_false_alarms=1)[2] == free  # the cap already kept
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
 def test_the_card_evidence_rule_is_applied_alike_by_the_device_path_and_by_the_choice_of_threshold(tmp_path):
     from audio_models import tone, write_wav, yamnet_card, yamnet_signature_model
 
