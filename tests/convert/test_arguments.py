@@ -65,9 +65,29 @@ def test_the_defaults_and_values_in_range_still_parse():
     assert (args.batch_size, args.epochs, args.patience, args.test_fraction) == (1, 40, 0, 0.5)
     args = build_parser().parse_args([*CONVERT, "--agreement-target", "1"])
     assert (args.agreement_target, args.threshold) == (1.0, 0.5)
-    args = build_parser().parse_args(["demo-audio", "build"])  # the bundled model's build: no clip added
-    assert (args.more_clips, args.crib_clips, args.masked_clips, args.epochs, args.patience) == (0, 0, 0, 30, 6)
+    args = build_parser().parse_args(["demo-audio", "build"])  # the bundled model's build: 960 more, 320 crib clips
+    assert (args.more_clips, args.crib_clips, args.masked_clips, args.epochs, args.patience) == (960, 320, 0, 30, 6)
     assert args.max_false_alarms is None
+
+
+def test_the_bundled_audio_model_is_what_demo_audio_build_makes_with_its_defaults():
+    """Its card names the clips the build's defaults add (the model that passed the confirmatory test,
+    docs/audio.md), and its .keras is the one the card's sha256 names: the defaults and the files bundled agree."""
+    import hashlib
+
+    from convert import audio_demo
+    from edge import paths
+    from edge.card import load_card
+
+    model = paths.bundled("models", "cry-audio-default.tflite")
+    card = load_card(model)
+    assert card.training["data"] == (
+        f"SYNTHETIC sounds (convert/audio_synth.py), seed {audio_demo.SEED}: {audio_demo.TRAIN_CLIPS} clips of 8 s, "
+        f"{audio_demo.CRIB_CLIPS} of loud hard negatives with a cry audible over some, {audio_demo.MORE_CLIPS} more of "
+        f"the same plan from seed {audio_demo.SEED + audio_demo.MORE_SEED_OFFSET}")
+    assert (audio_demo.CRIB_CLIPS, audio_demo.MORE_CLIPS, card.threshold, card.audio.min_on_seconds) == (320, 960, 0.75, 0.25)
+    keras = model.with_name(card.source.path)
+    assert hashlib.sha256(keras.read_bytes()).hexdigest() == card.source.sha256
 
 
 def test_cryedge_train_batch_size_0_is_exit_2_before_the_data_is_read(tmp_path):
