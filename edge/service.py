@@ -217,9 +217,9 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
 def _password_files_named(text: str, config_dir: Path) -> set[str]:
     """The password files of ``config_dir`` that the boot file's ``[source]`` or ``[audio.source]`` names as its
     ``password_file``: the setup it describes takes its password from there."""
-    named = set()
+    named, data = set(), tomllib.loads(text)
     for table in ("source", "audio.source"):
-        section = _table(tomllib.loads(text), table)
+        section = _table(data, table)
         given = section.get("password_file") if isinstance(section, dict) else None
         if isinstance(given, str) and Path(given).expanduser().parent.resolve() == config_dir.resolve():
             named.add(Path(given).name)
