@@ -29,6 +29,14 @@ from edge.errors import ModelError
 CARD_METADATA_NAME = "cryedge_card"
 CARD_FORMAT = "cryedge-model-card/1"
 MAX_WINDOW_SECONDS = 60.0  # of sound one audio score sees (YAMNet's: 0.975 s)
+# The front end computes in float32 (edge.audio_features): a card's number finite as a Python float but past
+# float32's range became inf there (mean 1e300), or 0 below its smallest normal number (amin 1e-300: -inf dB
+# at silence), and the model saw inf or NaN features for ever.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+# The largest feature before normalization: dB over float32's normal range (|10 log10| < 390), a background
+# floor's difference of two, through an orthonormal DCT of at most 1024 bands (sqrt(1024) = 32): under 25,000.
+FEATURE_BOUND = 1e5
 
 
 class TensorQuantization(BaseModel):
@@ -141,6 +149,21 @@ class AudioSpec(BaseModel):
     cry_classes: tuple[int, ...] = ()  # indices of the output that mean crying
     cry_class_names: tuple[str, ...] = ()  # their names, for people (YAMNet: 20 "Baby cry, infant cry")
 
+    @field_validator("mean")
+    @classmethod
+    def _float32(cls, value: float) -> float:
+        if abs(value) > FLOAT32_MAX:
+            raise ValueError(f"{value:g} is past float32's range (±{FLOAT32_MAX:.2g}), in which the features are computed")
+        return value
+
+    @field_validator("std", "amin", "log_offset")
+    @classmethod
+    def _positive_float32(cls, value: float) -> float:
+        if not FLOAT32_TINY <= value <= FLOAT32_MAX:
+            raise ValueError(f"{value:g} is outside float32's range ({FLOAT32_TINY:.2g} to {FLOAT32_MAX:.2g}), "
+                             f"in which the features are computed")
+        return value
+
     @field_validator("hop_seconds")
     @classmethod
     def _no_gaps(cls, hop_seconds: float, info: ValidationInfo) -> float:
@@ -173,6 +196,9 @@ class AudioSpec(BaseModel):
                              f"of frames of hop_length {self.hop_length}")
         if self.pitch_bins:
             self._check_pitch()
+        if self.normalization == "fixed" and (FEATURE_BOUND + abs(self.mean)) / self.std > FLOAT32_MAX:
+            raise ValueError(f"normalization 'fixed' with mean {self.mean:g} and std {self.std:g} takes features past "
+                             f"float32's range (±{FLOAT32_MAX:.2g}), in which they are computed")
         if self.evidence is not None and not 1 <= self.evidence[0] <= self.evidence[1] <= 20:
             raise ValueError(f"evidence [k, n] needs 1 <= k <= n <= 20 (k of the last n scores); got {list(self.evidence)}")
         if self.classes is not None and any(not 0 <= i < self.classes for i in self.cry_classes):

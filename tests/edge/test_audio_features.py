@@ -10,7 +10,15 @@ from pydantic import ValidationError
 from edge import paths
 from edge.audio import AudioWindow
 from edge.audio_features import AudioFrontEnd, audio_features, hz_to_mel, log_mel, mel_to_hz
-from edge.card import AudioSpec, card_from_dict, load_card, pitch_quefrencies
+from edge.card import (
+    FEATURE_BOUND,
+    FLOAT32_MAX,
+    FLOAT32_TINY,
+    AudioSpec,
+    card_from_dict,
+    load_card,
+    pitch_quefrencies,
+)
 from edge.errors import ModelError
 
 RNG = np.random.default_rng(7)
@@ -366,3 +374,18 @@ def test_cards_from_before_the_pitch_channels_compute_what_they_always_did():
     np.testing.assert_array_equal(AudioFrontEnd(spec)(NOISE), (log_mel(NOISE, spec) - np.float32(-34.6)) / np.float32(17.4))
     bundled = load_card(paths.default_model().parent / "cry-audio-default.tflite")  # the default audio model as shipped
     assert bundled.input_shape[-1] == bundled.audio.feature_size
+
+
+@pytest.mark.parametrize("front", [{}, {"features": "mfcc", "n_mfcc": 64}, {"background": "floor"}, {"pitch_bins": 4},
+                                   {"log": "ln-offset", "log_offset": FLOAT32_TINY}])
+@pytest.mark.parametrize("mean", [0.0, -FLOAT32_MAX, FLOAT32_MAX / 2])
+def test_the_furthest_numbers_a_card_may_give_keep_the_features_finite(front, mean):
+    """The card refuses what float32 cannot hold (test_model_card); at the edge of what it takes (the smallest
+    dB floor, the smallest std for the mean) silence, a tone and full-scale noise still give finite features."""
+    spec = AudioSpec(amin=FLOAT32_TINY, normalization="fixed", mean=mean,
+                     std=(FEATURE_BOUND + abs(mean)) / FLOAT32_MAX * (1 + 1e-9), **front)
+    with pytest.raises(ValidationError, match="takes features past float32's range"):
+        AudioSpec.model_validate(spec.model_dump() | {"std": spec.std / 2})
+    loud = np.clip(np.random.default_rng(0).standard_normal(15600), -1.0, 1.0).astype(np.float32)
+    for sound in (np.zeros(15600, np.float32), tone(0.975, 440.0), loud):
+        assert np.isfinite(audio_features(sound, spec)).all()

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from edge import paths
-from edge.card import load_card
+from edge.audio_features import audio_features
+from edge.card import AudioSpec, load_card
 from edge.errors import ModelError
 from edge.model import TFLiteModel
 
@@ -142,3 +143,45 @@ def test_a_card_whose_landmark_features_this_cryedge_does_not_compute_is_refused
                                                                "normalization": "face-box"}))
     assert str(refused.value) == f"model lying.tflite: {message}"
     assert refused.value.exit_code == 4
+
+
+@pytest.mark.parametrize(("audio", "message"), [
+    ({"mean": 1e300}, "audio.mean: 1e+300 is past float32's range (±3.4e+38), in which the features are computed"),
+    ({"std": 1e300}, "audio.std: 1e+300 is outside float32's range (1.2e-38 to 3.4e+38), in which the features are computed"),
+    ({"std": 1e-300}, "audio.std: 1e-300 is outside float32's range (1.2e-38 to 3.4e+38), in which the features are computed"),
+    ({"amin": 1e-300}, "audio.amin: 1e-300 is outside float32's range (1.2e-38 to 3.4e+38), in which the features are computed"),
+    ({"log": "ln-offset", "log_offset": 1e300},
+     "audio.log_offset: 1e+300 is outside float32's range (1.2e-38 to 3.4e+38), in which the features are computed"),
+    ({"mean": 1e36, "std": 0.001}, "audio: normalization 'fixed' with mean 1e+36 and std 0.001 takes features past "
+                                   "float32's range (±3.4e+38), in which they are computed"),
+])
+def test_an_audio_card_number_past_float32_is_refused_at_load(tmp_path, audio, message):
+    """Finite as Python floats, these loaded; the front end computes in float32, where each became inf or 0: the
+    bundled audio model then saw inf or NaN features for every sound (amin 1e-300: -inf dB at every silent
+    frame), or 0 for every sound (std 1e300), deaf without a word."""
+    model = lying_model(tmp_path, AUDIO_MODEL, **{f"audio__{key}": value for key, value in audio.items()})
+    card = json.loads(model.with_suffix(".json").read_text())["audio"]
+    spec = AudioSpec.model_construct(**card)  # what the old card check let through, computed as the device does
+    sound = np.r_[np.zeros(8000), 0.5 * np.sin(np.arange(7600) * 0.2)].astype(np.float32)
+    with np.errstate(all="ignore"):
+        features = audio_features(sound, spec)
+    assert not np.isfinite(features).all() or not features.any()
+    with pytest.raises(ModelError) as refused:
+        TFLiteModel(model)
+    assert str(refused.value) == f"model card {model.with_suffix('.json')}: {message}"
+    assert refused.value.exit_code == 4
+
+
+def test_cryedge_run_refuses_an_audio_card_past_float32_in_one_line_with_exit_code_4(tmp_path):
+    model = lying_model(tmp_path, AUDIO_MODEL, audio__mean=1e300)
+    config = tmp_path / "cryedge.toml"
+    config.write_text(f'[audio]\nmodel = "{model}"\n[health]\nenabled = false\n'
+                      f'[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\n')
+    out = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--fast", "--config", str(config), "--source", "none",
+                          "--audio-source", str(paths.data_file("demo.mp4"))],
+                         capture_output=True, text=True, timeout=180, cwd=REPO, env={**os.environ})
+    assert out.returncode == 4, out.stderr
+    assert [line for line in out.stderr.splitlines() if line.startswith("cryedge: ")] == [
+        f"cryedge: model card {model.with_suffix('.json')}: audio.mean: 1e+300 is past float32's range (±3.4e+38), "
+        f"in which the features are computed"]
+    assert "Traceback" not in out.stderr
