@@ -114,19 +114,22 @@ HEALTH_STATUSES = ("ok", "degraded", "starting", "reconnecting", "stalled", "mod
 SAID = {"vision": "picture", "audio": "sound"}
 
 
-def health_document(stats: HealthStats, now: float, stale_after: float) -> tuple[int, dict[str, Any]]:
+def health_document(stats: HealthStats, now: float, stale_after: float,
+                    problems: Mapping[str, str | None] | None = None) -> tuple[int, dict[str, Any]]:
     """The ``/health`` answer: (HTTP status, JSON body); the rule is :func:`sense_problems`'s, one for both senses.
 
     200 ``"ok"`` while every configured sense judges; 200 ``"degraded"`` while one does not and another the alarm
     follows still does; 503 with why the camera (with no camera the sound) does not judge when none the alarm
     follows does. With two senses a failing one is named in ``"not_judged"``, with ``"reason"`` and
-    ``"alarm_follows"`` (the senses that can still raise the alarm)."""
+    ``"alarm_follows"`` (the senses that can still raise the alarm). ``problems``: the snapshot's
+    :func:`sense_problems` when the caller has them already (``/metrics`` says both)."""
     body: dict[str, Any] = {"state": stats.state, "uptime_s": round(now - stats.started, 3)}
     age = None if stats.last_frame is None else now - stats.last_frame
     body["last_frame_age_s"] = None if age is None else round(age, 3)
     if stats.audio is not None:
         body["audio"] = stats.audio["status"]
-    problems = sense_problems(stats, now, stale_after)
+    if problems is None:
+        problems = sense_problems(stats, now, stale_after)
     failing = {sense: why for sense, why in problems.items() if why is not None}
     if not failing:
         return HTTPStatus.OK, {"status": "ok", **body}
@@ -228,11 +231,12 @@ def metric_families(stats: HealthStats, now: float, stale_after: float = 5.0) ->
     gauge("up", "1 while frames flow through the pipeline.", stats.state == "running" and stats.last_frame is not None)
     labelled("state", "The daemon's state, one series per state.", "state",
              ((name, stats.state == name) for name in STATES))
-    status = health_document(stats, now, stale_after)[1]["status"]
+    problems = sense_problems(stats, now, stale_after)
+    status = health_document(stats, now, stale_after, problems)[1]["status"]
     labelled("health_status", "The /health status, one series per status: 1 for the current one.", "status",
              ((name, status == name) for name in HEALTH_STATUSES))
     labelled("sense_judging", "1 while the sense's source delivers and its model judges it, as /health says.",
-             "sense", ((sense, why is None) for sense, why in sense_problems(stats, now, stale_after).items()))
+             "sense", ((sense, why is None) for sense, why in problems.items()))
     gauge("uptime_seconds", "Seconds since the daemon started.", now - stats.started)
     counter("frames_processed", "Frames that went through the whole pipeline.", stats.frames)
     gauge("frames_per_second", "Recent end-to-end frame rate.", stats.fps)
