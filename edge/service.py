@@ -148,9 +148,9 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
     All or nothing: every file is written beside its place before any is put in place, so a full disk,
     a read-only ``/etc`` or a folder in the way leaves the installed config and its passwords as they
     were, and the boot file where it is. An existing ``cryedge.toml`` is kept as ``cryedge.toml.bak``.
-    The boot file is removed only after the new files are on disk. A camera or microphone password the new
-    file does not give is removed only when an earlier import wrote it (``IMPORT_RECORD_NAME``), never one
-    the user put there by hand.
+    The boot file is removed only after the new files are on disk. A password (MQTT, camera or microphone) the
+    new file does not give is removed only when an earlier import wrote it (``IMPORT_RECORD_NAME``), never one
+    the user put there by hand or ``install.sh --mqtt-password-file`` did.
     """
     if not boot_file.exists():
         return False
@@ -176,12 +176,12 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
              MICROPHONE_PASSWORD_FILE_NAME: microphone_password}
     written = {name: (secret + "\n").encode("utf-8") for name, secret in given.items() if secret is not None}
     imported = _still_imported(config_dir)
-    # the boot file describes the whole setup: a camera's or microphone's password an earlier import wrote that it
-    # does not give is another camera's, sent (LoadCredential) to this one, which refused it: removed (None). One
-    # the user put there by hand (docs/service.md) stays: the boot file says nothing about it, and the camera may
-    # need it. The MQTT password stays either way: `install.sh --mqtt-password-file` puts it there too.
+    # the boot file describes the whole setup: a password an earlier import wrote that it does not give is another
+    # camera's or broker's, sent (LoadCredential) to this one (a parent who deleted [mqtt] password kept the old
+    # one on the device for ever): removed (None). One the user put there by hand (docs/service.md), or
+    # `install.sh --mqtt-password-file` did, stays: the boot file says nothing about it, and the setup may need it.
     named = _password_files_named(text, config_dir)
-    unnamed = [name for name in (CAMERA_PASSWORD_FILE_NAME, MICROPHONE_PASSWORD_FILE_NAME)
+    unnamed = [name for name in (PASSWORD_FILE_NAME, CAMERA_PASSWORD_FILE_NAME, MICROPHONE_PASSWORD_FILE_NAME)
                if name not in written and name not in named and (config_dir / name).is_file()]
     stale = [name for name in unnamed if name in imported]
     record = {**{name: digest for name, digest in imported.items() if name not in stale},
@@ -209,16 +209,17 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
         if name in stale:
             log.info("removed %s: an earlier boot file gave it, the new one gives no such password", config_dir / name)
         else:
-            log.info("kept %s: put there by hand, not by an import (remove it if the new setup needs none)",
-                     config_dir / name)
+            by = " or by install.sh --mqtt-password-file" if name == PASSWORD_FILE_NAME else ""
+            log.info("kept %s: put there by hand%s, not by an import (remove it if the new setup needs none)",
+                     config_dir / name, by)
     return True
 
 
 def _password_files_named(text: str, config_dir: Path) -> set[str]:
-    """The password files of ``config_dir`` that the boot file's ``[source]`` or ``[audio.source]`` names as its
-    ``password_file``: the setup it describes takes its password from there."""
+    """The password files of ``config_dir`` that the boot file's ``[mqtt]``, ``[source]`` or ``[audio.source]``
+    names as its ``password_file``: the setup it describes takes its password from there."""
     named, data = set(), tomllib.loads(text)
-    for table in ("source", "audio.source"):
+    for table in ("mqtt", "source", "audio.source"):
         section = _table(data, table)
         given = section.get("password_file") if isinstance(section, dict) else None
         if isinstance(given, str) and Path(given).expanduser().parent.resolve() == config_dir.resolve():

@@ -385,7 +385,7 @@ def test_a_boot_file_that_is_a_folder_is_one_sentence_and_nothing_changes(tmp_pa
 def test_a_new_boot_file_without_a_camera_or_microphone_password_removes_the_old_ones(tmp_path):
     """A second import for another camera left the first camera's password in /etc/cryedge, which systemd's
     LoadCredential still handed over: the new camera got the old password and refused it (401), no hint why.
-    The boot file describes the whole setup; the MQTT password (install.sh --mqtt-password-file) stays."""
+    The boot file describes the whole setup; the MQTT password it no longer gives goes too (test below)."""
     boot, etc = tmp_path / "boot" / "cryedge.toml", tmp_path / "etc" / "cryedge"
     boot.parent.mkdir()
     boot.write_text(BOOT_TOML + '[source]\nuri = "rtsp://viewer:old-cam-pw@192.168.1.20/live"\n'
@@ -401,7 +401,57 @@ def test_a_new_boot_file_without_a_camera_or_microphone_password_removes_the_old
     loaded = config.load_config(etc / "cryedge.toml", environ={"CREDENTIALS_DIRECTORY": str(etc)})
     assert loaded.source.open_url() == "rtsp://viewer@192.168.1.21/live"
     assert loaded.audio.source.open_url() == "rtsp://listener@192.168.1.31/audio"
+
+
+def test_a_new_boot_file_without_the_mqtt_password_removes_the_one_an_import_wrote(tmp_path, caplog):
+    """A parent who deleted [mqtt] password from the boot file (the broker now takes none, or is another one) kept
+    the imported password on the device for ever: LoadCredential handed it on, and the daemon sent it to whichever
+    broker the new file names. The import removes the password it wrote, as it does a camera's; one the boot file
+    names as [mqtt] password_file stays."""
+    boot, etc = tmp_path / "boot" / "cryedge.toml", tmp_path / "etc" / "cryedge"
+    boot.parent.mkdir()
+    boot.write_text(BOOT_TOML)
+    assert import_boot_config(boot, etc)
+    assert (etc / "mqtt_password").read_text() == "pa ss#word\n"
+    caplog.set_level("INFO", logger="edge.service")
+    boot.write_text(BOOT_TOML.replace('password = "pa ss#word"\n', ""))
+    assert import_boot_config(boot, etc)
+    assert not (etc / "mqtt_password").exists()
+    assert f"removed {etc / 'mqtt_password'}: an earlier boot file gave it" in caplog.text and "pa ss" not in caplog.text
+    assert not (etc / "imported.sha256").exists()  # nothing imported is left on the device
+    loaded = config.load_config(etc / "cryedge.toml", environ={"CREDENTIALS_DIRECTORY": str(etc)})
+    assert loaded.mqtt.host == "192.168.1.10" and loaded.mqtt.password is None
+    # named by the new file, the imported one is the setup's password: kept
+    boot.write_text(BOOT_TOML)
+    assert import_boot_config(boot, etc)
+    boot.write_text(f'[mqtt]\nhost = "192.168.1.10"\nusername = "cryedge"\npassword_file = "{etc / "mqtt_password"}"\n')
+    assert import_boot_config(boot, etc)
+    loaded = config.load_config(etc / "cryedge.toml", environ={})
     assert loaded.mqtt.password.get_secret_value() == "pa ss#word"
+
+
+def test_an_mqtt_password_install_sh_put_there_outlives_a_boot_file_that_does_not_give_one(tmp_path, caplog):
+    """systemd/install.sh --mqtt-password-file writes /etc/cryedge/mqtt_password, not an import: a boot file
+    without a password (a new camera, say) keeps it, and the journal says why."""
+    root, given = tmp_path / "root", tmp_path / "broker-password"
+    root.mkdir()
+    given.write_text("from-install-sh\n")
+    install = subprocess.run(["bash", str(REPO / "systemd" / "install.sh"), "--root", str(root), "--no-venv",
+                              "--no-models", "--no-enable", "--mqtt-password-file", str(given)],
+                             check=False, capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr
+    etc, boot = root / "etc" / "cryedge", root / "boot" / "firmware" / "cryedge.toml"
+    boot.parent.mkdir(parents=True)
+    boot.write_text('[mqtt]\nhost = "192.168.1.10"\nusername = "cryedge"\n[source]\nuri = "rtsp://viewer:cam@192.168.1.20/live"\n')
+    caplog.set_level("INFO", logger="edge.service")
+    assert import_boot_config(boot, etc)
+    assert (etc / "mqtt_password").read_text() == "from-install-sh\n"
+    assert f"kept {etc / 'mqtt_password'}: put there by hand or by install.sh --mqtt-password-file" in caplog.text
+    boot.write_text('[mqtt]\nhost = "192.168.1.10"\nusername = "cryedge"\n')  # and again: still not the import's
+    assert import_boot_config(boot, etc)
+    assert (etc / "mqtt_password").read_text() == "from-install-sh\n" and not (etc / "camera_password").exists()
+    loaded = config.load_config(etc / "cryedge.toml", environ={"CREDENTIALS_DIRECTORY": str(etc)})
+    assert loaded.mqtt.password.get_secret_value() == "from-install-sh"
 
 
 def _hand_placed(etc: Path, name: str, secret: str) -> Path:
