@@ -23,9 +23,9 @@ from sandbox import unit_settings
 SETTINGS = unit_settings(UNIT)
 
 
-def install(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess:
+def install(*args: str | Path, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        ["bash", str(INSTALL), *map(str, args)], check=False, capture_output=True, text=True, timeout=600
+        ["bash", str(INSTALL), *map(str, args)], check=False, capture_output=True, text=True, timeout=600, env=env
     )
     if check:
         assert result.returncode == 0, result.stderr
@@ -167,7 +167,11 @@ def test_cryedge_service_install_runs_the_script(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs the system python3")
 def test_venv_install_gives_the_program_the_unit_starts(tmp_path, wheel):
-    """The venv path, offline: the package without its dependencies (those come from PyPI on a Pi)."""
+    """The venv path, offline: the package without its dependencies (those come from PyPI on a Pi).
+
+    Without the caller's PYTHONPATH or PYTHONHOME (helpers run the tests with their checkout on PYTHONPATH): the
+    probe found that checkout's edge, not the venv's, and pip could take the checkout's cryedge as installed."""
+    clean = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME")}
     root = tmp_path / "root"
     root.mkdir()
     args = [
@@ -182,7 +186,7 @@ def test_venv_install_gives_the_program_the_unit_starts(tmp_path, wheel):
         "--no-index",
         "--no-models",
     ]
-    install(*args)
+    install(*args, env=clean)
     program = inside(root, SETTINGS["ExecStart"][-1].split()[0])
     assert os.access(program, os.X_OK)
     assert program.read_text().splitlines()[0] == "#!/opt/cryedge/venv/bin/python"
@@ -206,6 +210,7 @@ def test_venv_install_gives_the_program_the_unit_starts(tmp_path, wheel):
         text=True,
         cwd=tmp_path,
         timeout=60,
+        env=clean,
     )
     module, search_path = probe.stdout.splitlines()
     assert module.startswith(str(venv / "lib"))
@@ -225,5 +230,5 @@ def test_venv_install_gives_the_program_the_unit_starts(tmp_path, wheel):
     assert verify.returncode == 0 and verify.stderr == "", verify.stderr
     # a second run over the venv leaves the tree as it was
     before = snapshot(root)
-    install(*args)
+    install(*args, env=clean)
     assert snapshot(root) == before
