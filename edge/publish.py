@@ -139,8 +139,9 @@ def unmeasured_state(since_wall: float | None = None) -> AlarmState:
     return AlarmState(False, None, since_wall, math.nan)
 
 
-# Score.status values of the camera (edge.records), as Home Assistant's enum sensor lists them.
-VISION_STATUSES = ("ok", "no_face", "no_body", "too_dark", "model_error")
+# Score.status values of the camera (edge.records), and no_camera (edge.fusion) while no frame comes, as Home
+# Assistant's enum sensor lists them: it drops a state that is not among them and goes on showing the last one.
+VISION_STATUSES = ("ok", "no_face", "no_body", "too_dark", "model_error", "no_camera")
 HEARING_STATUSES = ("ok", "no_sound_device", "no_sound", "model_error")  # edge.audio: why the sound is not judged
 
 # The diagnostics on the stats topic, each a Home Assistant sensor: key -> its discovery options. ``scale``

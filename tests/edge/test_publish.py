@@ -862,6 +862,7 @@ def test_home_assistant_shows_what_the_camera_sees_and_how_bright_the_picture_is
     cmps = doc["cmps"]
     vision = cmps["vision"]
     assert render_like_home_assistant(vision["value_template"], state) == "too_dark"
-    assert set(vision["options"]) == {"ok", "no_face", "no_body", "too_dark", "model_error"} and vision["device_class"] == "enum"
+    assert set(vision["options"]) == {"ok", "no_face", "no_body", "too_dark", "model_error", "no_camera"}
+    assert vision["device_class"] == "enum"
     assert render_like_home_assistant(vision["value_template"], b'{"crying": "OFF"}') == "None"  # unknown, no error
     assert float(render_like_home_assistant(cmps["brightness"]["value_template"], stats)) == 42.0
