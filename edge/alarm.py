@@ -119,6 +119,11 @@ class Alarm:
     def crying(self) -> bool:
         return self._crying
 
+    @property
+    def last_t(self) -> float | None:
+        """The time of the newest score taken (None before the first): the next must not be earlier."""
+        return self._last_t
+
     def update(self, score: Score) -> list[AlarmEvent]:
         """Advance to ``score.t``; the start or end events this score raises (usually none)."""
         t = score.t

@@ -165,7 +165,11 @@ class Pipeline:
                                       status=status)
             now = time.perf_counter()
             times["model"], mark = (now - mark) * 1000, now
-            fused = self.fuse(score, frame.t) if self.fuse else (score,)  # with the sounds heard since the last frame
+            if self.fuse is not None:  # with the sounds heard since the last frame
+                fused = self.fuse(score, frame.t)
+            else:  # a frame captured before the "no camera" score the loop gave the alarm while it waited (Daemon)
+                last = self.alarm.last_t
+                fused = (score if last is None or score.t >= last else replace(score, t=last),)
             events = tuple(event for each in fused for event in self.alarm.update(each))
             now = time.perf_counter()
             times["alarm"] = (now - mark) * 1000
@@ -269,7 +273,7 @@ class Daemon:
 
                 self.live = LiveView(cfg.live, too_dark_below=cfg.exposure.too_dark_below)
             self.source = SupervisedSource.from_config(cfg.source, on_progress=self._source_progress,
-                                                       on_idle=self._without_frames if self.hearing is not None else None,
+                                                       on_idle=self._without_frames,
                                                        backend=self.hearing.camera if self.hearing is not None else None)
             self.source.open()
             if self.hearing is not None:
@@ -489,9 +493,20 @@ class Daemon:
         """No frame lately (called by the source's wait, on the loop's thread): the alarm follows the sound.
 
         The camera gone for minutes must not silence a heard cry nor keep an episode ON: the alarm
-        advances on the audio scores, in time order, on this one thread as it does on frames."""
+        advances on the audio scores, in time order, on this one thread as it does on frames. With no
+        microphone, on a score saying there is no camera: the blind rule ends an episode after
+        ``blind_seconds`` (it stayed ON for as long as the camera was away), and the state says why."""
+        from edge.fusion import NO_CAMERA
+        from edge.records import Score
+
         now = time.monotonic()
         if self.source.status.state != "reconnecting" and now - (self.last_frame or self.started) < FRAMES_MISSING_SECONDS:
+            return
+        if self.hearing is None:
+            blind = Score(t=max(now, self.alarm.last_t or now), probability=0.0, face_seen=False, status=NO_CAMERA)
+            self._vision = (blind, None)
+            self._alarm_update(blind)
+            self.publisher.publish_state(self._alarm_state())
             return
         scores = self.hearing.heard_alone(now)
         for score in scores:

@@ -484,3 +484,92 @@ def test_a_black_frame_is_too_dark_not_just_no_face(assets):
         pipeline.close()
     assert all(r.brightness < 1 for r in results)
     assert {r.score.status for r in results if r.score is not None} == {"too_dark"}
+
+
+@pytest.mark.timeout(180)
+def test_a_camera_gone_mid_cry_ends_the_episode_after_blind_seconds_without_a_microphone(assets, mosquitto, tmp_path):
+    """A loopback MJPEG camera shows the face on the right (the model says crying); a cry starts; the camera goes.
+    With no microphone nothing fed the alarm while the camera was reopened, so the retained state stayed ON, with
+    no end event, for as long as the camera was away (hours for an unplugged one). Now the episode ends after
+    alarm.blind_seconds with the reason no_camera, as it does with hearing on, and the state's vision status
+    says no_camera, a value Home Assistant's "Camera sees" accepts (it drops a state not among its options)."""
+    import threading
+
+    from mqtt import Subscriber
+    from streams import MjpegServer
+
+    _, model, _ = assets
+    photo = cv2.imread(str(REPO / "edge" / "data" / "astronaut.jpg"))
+    face = cv2.resize(photo[0:300, 100:400], (220, 220))
+    frames = []
+    for y in (114, 120, 126):  # the face on the right, moving a little
+        frame = np.full((480, 640, 3), 90, np.uint8)
+        frame[y:y + 220, 380:600] = face
+        frames.append(frame[:, :, ::-1])  # MjpegServer takes RGB
+    camera = MjpegServer(frames, fps=10)
+    camera.__enter__()
+    toml = tmp_path / "cryedge.toml"
+    toml.write_text(f'[device]\nid = "nursery"\n[source]\nuri = "{camera.url}"\nstall_seconds = 2.0\n'
+                    f'reopen_min_seconds = 0.5\nreopen_max_seconds = 1.0\n[model]\npath = "{model}"\n'
+                    f'[landmarks]\npose = false\n[alarm]\nmin_on_seconds = 0.5\nhold_seconds = 1.0\nblind_seconds = 2.0\n'
+                    f'[health]\nenabled = false\n[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\n'
+                    f'[mqtt]\nhost = "127.0.0.1"\nport = {mosquitto.port}\n')
+    config = load_config(toml)
+    with Subscriber(mosquitto, topics=("cryedge/nursery/#", "homeassistant/#")) as subscriber:
+        daemon = Daemon(config)
+        daemon.open()
+        runner = threading.Thread(target=daemon.run)
+        runner.start()
+        try:
+            start = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_start" in m.payload, timeout=60)
+            camera.__exit__()
+            gone = time.monotonic()
+            end = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_end" in m.payload, timeout=20)
+            ended = time.monotonic()
+            off = subscriber.wait_for("cryedge/nursery/state", lambda m: json.loads(m.payload)["crying"] == "OFF"
+                                      and json.loads(m.payload)["event_id"] is None, timeout=5)
+            blind = subscriber.wait_for("cryedge/nursery/state", lambda m: json.loads(m.payload).get("vision", {})
+                                        .get("status") not in (None, "ok", "no_face"), timeout=5)
+        finally:
+            daemon.close()
+            runner.join(30)
+            camera.__exit__()
+        discovery = subscriber.json("homeassistant/device/nursery/config")[-1]
+    assert not runner.is_alive()
+    assert json.loads(end.payload)["id"] == json.loads(start.payload)["id"]
+    assert json.loads(end.payload)["reason"] == "no_camera"
+    assert ended - gone < 2.0 + 2.0 + 3.0, ended - gone  # the stall that finds it gone, blind_seconds, a margin
+    assert json.loads(off.payload)["crying"] == "OFF"
+    status = json.loads(blind.payload)["vision"]["status"]
+    assert status == "no_camera" and status in discovery["cmps"]["vision"]["options"], discovery["cmps"]["vision"]
+
+
+def test_a_frame_captured_before_a_no_camera_score_is_dated_after_it(assets, tmp_path):
+    """The frame loop, waiting for the camera, gives the alarm a no_camera score at the time it looked; a frame the
+    camera captured a moment before that, read just after, would go back in time: Alarm.update raises on that
+    (a ValueError out of the frame loop, the service restarted mid-cry). The frame's score is dated at the
+    no_camera score's time instead."""
+    from edge.daemon import build_pipeline
+    from edge.fusion import NO_CAMERA
+    from edge.model import TFLiteModel
+    from edge.records import Frame, Score
+
+    clip, model, _ = assets
+    capture = cv2.VideoCapture(str(clip))
+    images = []
+    while len(images) < 12:
+        ok, bgr = capture.read()
+        assert ok
+        images.append(bgr[:, :, ::-1].copy())
+    capture.release()
+    with TFLiteModel(model) as loaded:
+        pipeline = build_pipeline(load_config(config_file(tmp_path, model, clip)), loaded)
+        try:
+            for n, image in enumerate(images[:10]):
+                pipeline.process(Frame(image, 100.0 + n / FPS, n))
+            pipeline.alarm.update(Score(t=101.0, probability=0.0, face_seen=False, status=NO_CAMERA))
+            late = pipeline.process(Frame(images[10], 100.9, 10))  # captured before 101.0, read after it
+            later = pipeline.process(Frame(images[11], 101.2, 11))
+        finally:
+            pipeline.close()
+    assert late.score is not None and pipeline.alarm.last_t == 101.2 and later.score.t == 101.2
