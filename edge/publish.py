@@ -502,6 +502,8 @@ class MqttPublisher:
         self._outbox: Outbox | None = None
         self._first_answer = threading.Event()
         self._refusal: str | None = None
+        self._refusal_said: str | None = None  # the refusal the log last said (publisher thread)
+        self._retrying = False  # start() returned: a refusal from now on is retried, not fatal (BrokerError)
         self._connected_once = False
         self.connected = False  # as the publisher thread last saw it
         self.outbox_depth = 0
@@ -592,16 +594,19 @@ class MqttPublisher:
             log.warning("%s unreachable (%s); retrying in the background, events go to the outbox",
                         self.where, error.strerror or error)
             client.connect_async(mqtt.host, mqtt.effective_port, keepalive=mqtt.keepalive)
+            self._retrying = True
             client.loop_start()
             return
         client.loop_start()
         if not self._first_answer.wait(mqtt.connect_timeout):
             log.warning("%s has not answered in %.0f s; retrying in the background", self.where, mqtt.connect_timeout)
+            self._retrying = True
             return
         if self._refusal is not None and self._refusal not in TRANSIENT_REFUSALS:
             client.loop_stop()
             self._stop_thread()
             raise BrokerError(f"{self.where} refused the connection: {self._refusal}{self._refusal_hint()}")
+        self._retrying = True
 
     def _end_episodes_left_open(self) -> None:
         """An ON must be followed by an OFF: end the episodes a previous run started and never ended."""
@@ -612,8 +617,8 @@ class MqttPublisher:
             end = restart_end_payload(start, max(time.time(), start.get("timestamp") or 0.0))
             self._outbox.add(event_id, "end", _json(end))
 
-    def _refusal_hint(self) -> str:
-        reason = (self._refusal or "").lower()
+    def _refusal_hint(self, reason: str | None = None) -> str:
+        reason = (reason if reason is not None else self._refusal or "").lower()
         if "user name" not in reason and "authorized" not in reason:
             return ""
         if self.mqtt.username and self.mqtt.password is None:
@@ -813,6 +818,7 @@ class MqttPublisher:
 
     def _handle_connected(self, _) -> None:
         self.connected = True
+        self._refusal_said = None
         log.info("%s to %s", "reconnected" if self._connected_once else "connected", self.where)
         self._connected_once = True
         self._client.subscribe(self.topics.ha_status, qos=1)
@@ -837,9 +843,12 @@ class MqttPublisher:
         self.connected = False
 
     def _handle_refused(self, reason: str) -> None:
+        # said once for a run of the same refusal: also before any connection (a broker up after the Pi, refusing
+        # the password), when it was not said at all while the events piled up in the outbox
         self.connected = False
-        if self._connected_once:
-            log.error("%s refused the connection: %s; retrying", self.where, reason)
+        if self._retrying and reason != self._refusal_said:  # before, start() says it (BrokerError) or retries
+            self._refusal_said = reason
+            log.error("%s refused the connection: %s%s; retrying", self.where, reason, self._refusal_hint(reason))
 
     def _handle_acked(self, mid: int) -> None:
         seq = self._inflight.pop(mid, None)

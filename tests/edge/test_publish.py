@@ -575,6 +575,31 @@ def test_wrong_password_is_a_one_line_broker_error_without_the_password(secured_
     assert "staple" not in message and "\n" not in message
 
 
+def test_a_broker_that_refuses_after_a_late_start_says_so_in_the_log_once(tmp_path, caplog):
+    """A Pi boots before its broker (the publisher then retries in the background); the broker comes up and refuses
+    the password. That refusal was logged only after a first connection, so the journal said nothing at all while
+    events piled up in the outbox, every retry refused. Now one error line says why (no password in it), once for
+    the whole run of refusals, and the line when it connects at last."""
+    broker = Broker(tmp_path / "late", users={"cryedge": "right horse battery"})
+    publisher = publisher_for(broker, tmp_path, environ={"CRYEDGE_MQTT_PASSWORD": "wrong staple"}, username="cryedge")
+    caplog.set_level("INFO", logger="edge.publish")
+    publisher.start()  # unreachable: retried in the background
+    try:
+        broker.start()
+        deadline = time.monotonic() + 10
+        while "refused the connection" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2.0)  # several more refused retries (0.2-0.5 s apart)
+    finally:
+        publisher.close(timeout=1)
+        broker.stop()
+    refusals = [r.getMessage() for r in caplog.records if "refused the connection" in r.getMessage()]
+    assert len(refusals) == 1, refusals
+    assert refusals[0].startswith(f"mqtt 127.0.0.1:{broker.port} refused the connection: Not authorized"), refusals
+    assert "check mqtt.username and the password" in refusals[0] and "staple" not in caplog.text
+    assert [r.levelname for r in caplog.records if "refused the connection" in r.getMessage()] == ["ERROR"]
+
+
 def test_a_user_without_a_password_is_told_where_passwords_come_from(secured_broker, tmp_path):
     publisher = publisher_for(secured_broker, tmp_path, username="cryedge")
     with pytest.raises(BrokerError, match="has no password: set \\$CRYEDGE_MQTT_PASSWORD, mqtt.password_file"):
