@@ -40,7 +40,8 @@ STAGES = ("exposure", "landmarks", "features", "model", "alarm", "publish")
 MALLOC_ARENAS = 2
 M_ARENA_MAX = -8  # mallopt's parameter number in <malloc.h>
 # No frame for this long (or the camera reconnecting): the alarm advances on the sound alone. Longer than a
-# frame interval of any camera cryedge runs (>= 2 fps), so a slow camera's frames are not interleaved.
+# frame interval of any camera cryedge runs (>= 2 fps), so a slow camera's frames are not interleaved; a camera
+# set slower ([source] fps, a picamera2's min_fps) gets two of its frame intervals (Daemon._frames_missing_after).
 FRAMES_MISSING_SECONDS = 1.0
 
 
@@ -500,7 +501,7 @@ class Daemon:
         from edge.records import Score
 
         now = time.monotonic()
-        if self.source.status.state != "reconnecting" and now - (self.last_frame or self.started) < FRAMES_MISSING_SECONDS:
+        if self.source.status.state != "reconnecting" and now - (self.last_frame or self.started) < self._frames_missing:
             return
         if self.hearing is None:
             blind = Score(t=max(now, self.alarm.last_t or now), probability=0.0, face_seen=False, status=NO_CAMERA)
@@ -514,6 +515,15 @@ class Daemon:
         if scores:
             self._vision = None  # the state says "no_camera" (from the fusion), not the last frame's view
             self.publisher.publish_state(self._alarm_state())
+
+    @property
+    def _frames_missing(self) -> float:
+        """No frame for this long, the camera is not delivering: two intervals of the slowest rate ``[source]`` sets
+        (``fps``, a picamera2's ``min_fps``), at least ``FRAMES_MISSING_SECONDS``; a slow camera's gaps are not
+        its absence (at fps 0.7 the state said no_camera between every two frames)."""
+        rates = [rate for rate in (getattr(self.config.source, "fps", None), getattr(self.config.source, "min_fps", None))
+                 if rate]
+        return max(FRAMES_MISSING_SECONDS, 2.0 / min(rates)) if rates else FRAMES_MISSING_SECONDS
 
     def _alarm_update(self, score) -> None:
         """One score through the alarm, its events published, and a change of crying on the state topic at once.

@@ -573,3 +573,36 @@ def test_a_frame_captured_before_a_no_camera_score_is_dated_after_it(assets, tmp
         finally:
             pipeline.close()
     assert late.score is not None and pipeline.alarm.last_t == 101.2 and later.score.t == 101.2
+
+
+@pytest.mark.timeout(120)
+def test_a_camera_slower_than_a_frame_a_second_is_not_said_gone_between_its_frames(assets, tmp_path):
+    """[source] fps = 0.7 (a frame every 1.4 s): the frame loop took each gap of more than a second for the camera's
+    absence and put vision status no_camera on the state between two frames, flapping. The camera counts as gone
+    after two of its own frame intervals."""
+    import threading
+
+    from streams import MjpegServer
+
+    _, model, _ = assets
+    with MjpegServer([np.full((240, 320, 3), 80 + n, np.uint8) for n in range(3)], fps=0.7) as camera:
+        toml = tmp_path / "cryedge.toml"
+        toml.write_text(f'[source]\nuri = "{camera.url}"\nfps = 0.7\nstall_seconds = 5.0\n[model]\npath = "{model}"\n'
+                        f'[landmarks]\npose = false\n[health]\nenabled = false\n'
+                        f'[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\n')
+        daemon = Daemon(load_config(toml))
+        states = []
+        daemon.open()
+        record_published(daemon.publisher, states=states)
+        runner = threading.Thread(target=daemon.run)
+        runner.start()
+        try:
+            deadline = time.monotonic() + 60
+            while daemon.stats.frames < 6 and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            daemon.close()
+            runner.join(30)
+    assert daemon.stats.frames >= 6
+    said = [state.senses["vision"]["status"] for state in states if state.senses and "vision" in state.senses]
+    assert "no_camera" not in said, said
