@@ -91,16 +91,39 @@ class Outbox:
 
     def _open_on_disk(self) -> sqlite3.Connection:
         _make_parent(self.path)
+        db = None
         try:
-            return _open(self.path)
+            db = _open(self.path)
+            # a file whose header is sound but whose pages are not opens without error and fails at the first
+            # read of its events, which was a traceback at every start (a crash loop under systemd)
+            problem = db.execute("PRAGMA quick_check").fetchone()[0]
+            if problem == "ok":
+                return db
         except sqlite3.DatabaseError as error:
             if getattr(error, "sqlite_errorcode", None) not in DAMAGED or not self.path.is_file():
+                if db is not None:
+                    db.close()
                 raise
-        # a damaged outbox must not keep the monitor down: set it aside, start a new one
+            problem = str(error)
+        # a damaged outbox must not keep the monitor down: set it aside, start a new one with what can still be read
+        rows = _salvage(db) if db is not None else {}
+        if db is not None:
+            db.close()
         aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
         self.path.rename(aside)
-        log.error("outbox %s is unreadable: moved to %s, starting an empty one", self.path, aside)
-        return _open(self.path)
+        fresh = _open(self.path)
+        for table, table_rows in rows.items():
+            marks = ", ".join("?" * len(table_rows[0]))
+            fresh.executemany(f"INSERT OR IGNORE INTO {table} VALUES ({marks})", table_rows)  # noqa: S608
+        # a start still waiting whose end is not there is an episode left open, whatever the damaged table said:
+        # an ON must be followed by an OFF (one end too many is harmless, ends carry the episode's id)
+        fresh.execute("INSERT OR IGNORE INTO open_episodes SELECT event_id, payload FROM events AS s WHERE kind = "
+                      "'start' AND NOT EXISTS (SELECT 1 FROM events AS e WHERE e.kind = 'end' AND e.event_id = s.event_id)")
+        events, episodes = (fresh.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # noqa: S608
+                            for t in ("events", "open_episodes"))
+        log.error("outbox %s is unreadable (%s): moved to %s, starting a new one with what could still be read "
+                  "in it: %d undelivered events, %d open cry episodes", self.path, problem, aside, events, episodes)
+        return fresh
 
     def _probe_write(self) -> None:
         """Fail now, not at the first cry, if the file cannot be written (read-only, disk full)."""
@@ -270,6 +293,21 @@ def _open(path: Path | str) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def _salvage(db: sqlite3.Connection) -> dict[str, list[tuple]]:
+    """The rows of each table of a damaged outbox that can still be read, up to the first damaged page."""
+    rows: dict[str, list[tuple]] = {}
+    for table in ("events", "open_episodes", "dropped_episodes"):
+        found: list[tuple] = []
+        try:
+            for row in db.execute(f"SELECT * FROM {table}"):  # noqa: S608 - fixed names
+                found.append(row)
+        except sqlite3.Error:
+            pass
+        if found:
+            rows[table] = found
+    return rows
 
 
 def _make_parent(path: Path) -> None:

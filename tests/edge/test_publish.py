@@ -847,6 +847,40 @@ def test_a_damaged_outbox_is_set_aside_not_fatal(tmp_path, caplog):
     assert "unreadable" in caplog.text
 
 
+def damage_table(path, table):
+    """Zero the root page of ``table`` in the SQLite file at ``path``: the file still opens, its header is sound."""
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+    db.close()
+    with open(path, "r+b") as file:
+        file.seek((root - 1) * page_size)
+        file.write(b"\0" * page_size)
+
+
+def test_an_outbox_damaged_inside_is_set_aside_and_its_waiting_cry_delivered_and_ended(mosquitto, subscriber,
+                                                                                     tmp_path, caplog):
+    """A file whose header is sound but a page is not (an SD card's damage) opened without error and failed at the
+    first read: a traceback at every start, a crash loop. Its start is still delivered, and ended."""
+    away = Broker(tmp_path / "away")  # never started: the start waits in the outbox
+    publisher = publisher_for(away, tmp_path)
+    publisher.start()
+    publisher.publish_event(event("start", "ep-damaged"))
+    publisher.close(timeout=0.5)
+    path = tmp_path / "state" / "outbox.sqlite3"
+    damage_table(path, "open_episodes")
+    with publisher_for(mosquitto, tmp_path) as publisher:
+        start, end = subscriber.wait_for(f"{PREFIX}/event", count=2)
+        wait_until(lambda: publisher.outbox_depth == 0)
+    start, end = json.loads(start.payload), json.loads(end.payload)
+    assert (start["event_type"], end["event_type"], end["reason"]) == ("cry_start", "cry_end", "restart")
+    assert start["id"] == end["id"] == "ep-damaged"
+    assert len(list(path.parent.glob("outbox.sqlite3.damaged-*"))) == 1
+    assert "1 undelivered events, 1 open cry episodes" in caplog.text
+
+
 def test_outbox_in_an_unusable_place_keeps_events_in_memory_and_says_why(tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("")
