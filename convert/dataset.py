@@ -188,6 +188,41 @@ def read_labels(labels: Path, videos_dir: Path, default: str = "not_crying", lab
     return result
 
 
+def media_duration(path: Path) -> float | None:
+    """A video's or sound file's duration in seconds (``ffprobe``); None when it cannot tell."""
+    import shutil
+    import subprocess
+
+    probe = shutil.which("ffprobe")
+    if probe is None:
+        return None
+    try:
+        found = subprocess.run([probe, "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+                               capture_output=True, text=True, timeout=30)
+        duration = float(found.stdout.strip())
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+    return duration if found.returncode == 0 and math.isfinite(duration) and duration > 0 else None
+
+
+def check_within_clips(labels: dict[str, VideoLabels], folder: Path, labels_path: Path) -> None:
+    """``check_within`` for every labelled clip in ``folder``, their durations from ``ffprobe`` (before any is decoded)."""
+    for video, truth in sorted(labels.items()):
+        if (Path(folder) / video).is_file():
+            check_within(truth, media_duration(Path(folder) / video), labels_path)
+
+
+def check_within(truth: VideoLabels, duration: float | None, labels_path: Path) -> None:
+    """DataError for an interval that starts after its clip's ``duration`` ends: it labels nothing, and said nothing
+    (times in milliseconds, or another clip's). None: the duration is not known, nothing to check."""
+    if truth.ends is None or duration is None:
+        return
+    for start, end, name in zip(truth.times, truth.ends, truth.labels, strict=True):
+        if start >= duration:
+            raise DataError(f"labels {labels_path}: {truth.video}'s interval {start:g}-{end:g} s ({name}) starts after "
+                            f"the clip ends ({duration:.3g} s): are its times in seconds, of this clip?")
+
+
 # --- features ----------------------------------------------------------------------------------
 
 @dataclass
@@ -294,6 +329,7 @@ def build(videos_dir: Path, labels_path: Path, spec_name: str = "openpose-face70
     fps_seen = set()
     for number, (video, truth) in enumerate(sorted(by_video.items())):
         result = video_features(Path(videos_dir) / video, spec, extractor_options)
+        check_within(truth, len(result.features) / result.fps if result.fps > 0 else None, labels_path)
         frames += len(result.features)
         faceless_by_video[video] = int((~result.has_face).sum())
         faceless += faceless_by_video[video]
@@ -385,6 +421,7 @@ def build_sound(files_dir: Path, labels_path: Path, audio=None, kind: str = "aud
     xs, names, groups, files, ends = [], [], [], [], []
     for number, (name, truth) in enumerate(sorted(by_file.items())):
         samples = sound_track(Path(files_dir) / name, audio.rate)
+        check_within(truth, samples.size / audio.rate, labels_path)
         window = AudioWindow(audio.window_samples, audio.rate, audio.hop_seconds)
         front_end = AudioFrontEnd(audio)  # each file a sound of its own, its windows in order, as the device hears it
         for end, waveform in window.push(samples):

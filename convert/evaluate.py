@@ -334,7 +334,7 @@ def plot(results: list[ClipResult], path: Path, threshold: float, title: str = "
 
 def clips_of(videos: Path, labels_path: Path | None, default_label: str) -> tuple[list[Path], dict]:
     """The videos to evaluate and their labels: every video of a folder (unlabelled ones hold no cry), or one file."""
-    from convert.dataset import VIDEO_SUFFIXES, read_interval_labels
+    from convert.dataset import VIDEO_SUFFIXES, check_within_clips, read_interval_labels
 
     videos = Path(videos)
     if videos.is_file():
@@ -356,6 +356,7 @@ def clips_of(videos: Path, labels_path: Path | None, default_label: str) -> tupl
     missing = sorted(set(labels) - names) if videos.is_dir() else []
     if missing:
         raise DataError(f"video {missing[0]} named in {labels_path} is not in {folder}")
+    check_within_clips({name: truth for name, truth in labels.items() if name in names}, folder, labels_path)
     return files, labels
 
 

@@ -108,6 +108,9 @@ def test_cli_builds_and_reports(clips, tmp_path):
     # nan passed every order check: the cry was kept with no time, and cryedge eval counted it missed
     ("video,start_s,end_s,label\na.mp4,nan,3,crying\n", "line 2: 'nan' is not a finite number of seconds"),
     ("video,start_s,end_s,label\na.mp4,1,inf,crying\n", "line 2: 'inf' is not a finite number of seconds"),
+    # times in milliseconds: the cry labelled no window and the build said nothing (every window not_crying)
+    ("video,start_s,end_s,label\na.mp4,0,1,neutral\na.mp4,1000,2000,crying\n",
+     "a.mp4's interval 1000-2000 s (crying) starts after the clip ends (2 s)"),
 ])
 def test_bad_labels_are_one_line_errors(clips, tmp_path, labels_text, words):
     (tmp_path / "labels.csv").write_text(labels_text)
@@ -138,3 +141,17 @@ def test_an_impossible_audio_front_end_is_a_one_line_error(clips, tmp_path, opti
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 7, result.stderr
     assert len(lines) == 1 and lines[0].startswith("cryedge: ") and words in lines[0], result.stderr
+
+
+def test_a_cry_labelled_after_its_sound_ends_is_a_one_line_error(tmp_path):
+    """Times in milliseconds: ``--audio`` built every window not_crying and exited 0 (SYNTHETIC tone, real ffmpeg)."""
+    from convert.audio_synth import write_wav
+
+    t = np.arange(3 * 16000) / 16000
+    write_wav(tmp_path / "tone.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32))
+    (tmp_path / "labels.csv").write_text("video,start_s,end_s,label\ntone.wav,1500,2500,crying\n")
+    result = _cli(tmp_path, tmp_path / "labels.csv", "--audio", "--output", tmp_path / "d.npz")
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("sound dataset")]
+    assert result.returncode == 7, result.stderr
+    assert len(lines) == 1 and "tone.wav's interval 1500-2500 s (crying) starts after the clip ends (3 s)" in lines[0]
+    assert not (tmp_path / "d.npz").exists()

@@ -114,6 +114,17 @@ def test_a_broken_video_in_the_folder_is_found_before_any_clip_is_judged(tmp_pat
     assert "[1/3] a.mp4" not in result.stderr  # refused before the first clip, not after it
 
 
+def test_a_cry_labelled_after_its_clip_ends_is_found_before_any_clip_is_judged(tmp_path):
+    """Times in milliseconds: the cry was counted missed, a recall the clip never earned, and nothing said why."""
+    cut(DEMO, tmp_path / "a.mp4", 0, 60)  # 4 s
+    (tmp_path / "labels.csv").write_text("video,start_s,end_s,label\na.mp4,1000,3000,crying\n")
+    result = cryedge("eval", tmp_path, "--progress", "--output-dir", tmp_path / "out")
+    assert result.returncode == 7 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "a.mp4's interval 1000-3000 s (crying) starts after the clip ends (4 s)" in errors[0]
+    assert not (tmp_path / "out" / "eval.json").exists()
+
+
 @pytest.mark.parametrize("tolerance", ["nan", "-5", "inf"])
 def test_a_tolerance_that_is_no_number_of_seconds_is_a_usage_error(tmp_path, tolerance):
     """--tolerance nan matched no episode to any cry: the demo's cry reported missed and its episode a false alarm."""
