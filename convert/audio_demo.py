@@ -485,7 +485,8 @@ def _build_command(args) -> int:
     from convert.train import audio_sizes
 
     try:
-        audio = front_end(background=args.background, pitch_bins=args.pitch_bins, pitch_bands=args.pitch_bands)
+        audio = front_end(background=args.background, pitch_bins=args.pitch_bins, pitch_bands=args.pitch_bands,
+                          mel_bands=args.mel_bands, n_fft=args.n_fft)
     except ValidationError as error:  # before any clip is made
         raise DataError(f"audio front end: {error.errors()[0]['msg']}") from None
     summary = build(args.output_dir, None if args.no_demo else args.demo_video, args.work_dir, args.epochs, args.seed,
@@ -542,6 +543,10 @@ def add_commands(subparsers) -> None:
                              "validation clips, when any has (default: no cap)")
     parser.add_argument("--background", choices=("none", "floor"), default="none",
                         help="the front end's background floor (docs/audio.md; default none)")
+    parser.add_argument("--mel-bands", type=whole(1), default=64,
+                        help="log-mel bands a frame (default 64); past 64 give --n-fft 1024 too, or the lowest bands "
+                             "hold a single FFT bin each and repeat one another")
+    parser.add_argument("--n-fft", type=whole(1), default=512, help="FFT size of a frame (default 512)")
     parser.add_argument("--pitch-bins", type=whole(0), default=0,
                         help="pitch channels a band appended to the log-mel: how pitched each frame is at a cry's f0 "
                              "(250-700 Hz in this many bins; docs/audio.md; default 0, none)")
