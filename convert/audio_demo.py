@@ -46,6 +46,8 @@ CRIB_CLIPS, CRIB_SEED_OFFSET = 320, 2000
 # clips (validation_groups). 960 in the default build: false alarms over singing were a want of ordinary data
 MORE_CLIPS, MORE_SEED_OFFSET = 960, 3000
 HOP_SECONDS = 0.25  # the default model scores this often on the device
+MEL_BANDS = 64  # log-mel bands a frame of the default model, from an FFT of N_FFT samples
+N_FFT = 512
 FRAME_RATE = 15.0  # the demo clip's: the alarm sees the newest audio score at every frame
 DEMO_SOUND = (("crying", 5.0, 14.0), ("speech", 14.0, 17.0))
 
@@ -384,7 +386,7 @@ def front_end(**changes):
     more false alarms on the training seed's held-out clips (docs/audio.md). ``changes``: other card fields."""
     from edge.card import AudioSpec
 
-    return AudioSpec(hop_seconds=HOP_SECONDS, **changes)
+    return AudioSpec(**{"hop_seconds": HOP_SECONDS, "mel_bands": MEL_BANDS, "n_fft": N_FFT, **changes})
 
 
 def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = None, epochs: int = 30,
@@ -479,16 +481,21 @@ def _note_sound_in_demo_json(video: Path) -> None:
     truth.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _build_command(args) -> int:
+def front_end_of(args):
+    """The card's front end the build's options ask for; a bad combination is one line, before any clip is made."""
     from pydantic import ValidationError
 
+    try:
+        return front_end(background=args.background, pitch_bins=args.pitch_bins, pitch_bands=args.pitch_bands,
+                         mel_bands=args.mel_bands, n_fft=args.n_fft)
+    except ValidationError as error:
+        raise DataError(f"audio front end: {error.errors()[0]['msg']}") from None
+
+
+def _build_command(args) -> int:
     from convert.train import audio_sizes
 
-    try:
-        audio = front_end(background=args.background, pitch_bins=args.pitch_bins, pitch_bands=args.pitch_bands,
-                          mel_bands=args.mel_bands, n_fft=args.n_fft)
-    except ValidationError as error:  # before any clip is made
-        raise DataError(f"audio front end: {error.errors()[0]['msg']}") from None
+    audio = front_end_of(args)
     summary = build(args.output_dir, None if args.no_demo else args.demo_video, args.work_dir, args.epochs, args.seed,
                     args.train_clips, args.heldout_clips, masked_clips=args.masked_clips, crib_clips=args.crib_clips,
                     more_clips=args.more_clips, patience=args.patience, max_false_alarms=args.max_false_alarms,
@@ -543,10 +550,10 @@ def add_commands(subparsers) -> None:
                              "validation clips, when any has (default: no cap)")
     parser.add_argument("--background", choices=("none", "floor"), default="none",
                         help="the front end's background floor (docs/audio.md; default none)")
-    parser.add_argument("--mel-bands", type=whole(1), default=64,
-                        help="log-mel bands a frame (default 64); past 64 give --n-fft 1024 too, or the lowest bands "
-                             "hold a single FFT bin each and repeat one another")
-    parser.add_argument("--n-fft", type=whole(1), default=512, help="FFT size of a frame (default 512)")
+    parser.add_argument("--mel-bands", type=whole(1), default=MEL_BANDS,
+                        help=f"log-mel bands a frame (default {MEL_BANDS}); 128 want --n-fft 1024, or at 512 the lowest "
+                             "bands hold a single FFT bin each and repeat one another")
+    parser.add_argument("--n-fft", type=whole(1), default=N_FFT, help=f"FFT size of a frame (default {N_FFT})")
     parser.add_argument("--pitch-bins", type=whole(0), default=0,
                         help="pitch channels a band appended to the log-mel: how pitched each frame is at a cry's f0 "
                              "(250-700 Hz in this many bins; docs/audio.md; default 0, none)")

@@ -50,6 +50,8 @@ DATASET = ["dataset", "build", "videos", "labels.csv", "-o", "d.npz"]
     (["demo-audio", "build"], "--max-false-alarms", "-1", "must be at least 0"),
     (["demo-audio", "build"], "--pitch-bins", "-1", "must be at least 0"),
     (["demo-audio", "build"], "--pitch-bands", "0", "must be at least 1"),
+    (["demo-audio", "build"], "--mel-bands", "0", "must be at least 1"),
+    (["demo-audio", "build"], "--n-fft", "0", "must be at least 1"),
     (["suite", "build", "out"], "--seed", "-1", "must be at least 0"),
 ])
 def test_a_number_out_of_range_is_a_usage_error_naming_the_option(capsys, command, option, value, reason):
@@ -68,6 +70,22 @@ def test_the_defaults_and_values_in_range_still_parse():
     args = build_parser().parse_args(["demo-audio", "build"])  # the bundled model's build: 960 more, 320 crib clips
     assert (args.more_clips, args.crib_clips, args.masked_clips, args.epochs, args.patience) == (960, 320, 0, 30, 6)
     assert args.max_false_alarms is None
+    assert (args.mel_bands, args.n_fft) == (64, 512)
+
+
+def test_demo_audio_build_mel_bands_and_n_fft_reach_the_card_front_end_and_a_bad_pair_is_one_line():
+    from convert.audio_demo import front_end, front_end_of
+    from edge.card import AudioSpec
+    from edge.errors import DataError
+
+    assert front_end_of(build_parser().parse_args(["demo-audio", "build"])) == front_end() == AudioSpec(hop_seconds=0.25)
+    spec = front_end_of(build_parser().parse_args(["demo-audio", "build", "--mel-bands", "128", "--n-fft", "1024"]))
+    assert (spec.mel_bands, spec.n_fft, spec.feature_size) == (128, 1024, 128)
+    assert spec.model_copy(update={"mel_bands": 64, "n_fft": 512}) == front_end()  # nothing else moved
+    with pytest.raises(DataError, match="^audio front end: .*win_length must not exceed n_fft$"):  # 400-sample frames
+        front_end_of(build_parser().parse_args(["demo-audio", "build", "--n-fft", "256"]))
+    with pytest.raises(DataError, match="^audio front end: .*less than or equal to 1024$"):
+        front_end_of(build_parser().parse_args(["demo-audio", "build", "--mel-bands", "2000"]))
 
 
 def test_the_bundled_audio_model_is_what_demo_audio_build_makes_with_its_defaults():

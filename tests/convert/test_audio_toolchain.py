@@ -180,6 +180,7 @@ def test_sound_files_and_video_sound_tracks_become_labelled_windows_of_the_devic
 @pytest.mark.parametrize("front_end", [
     {"features": "mfcc", "n_mfcc": 20, "background": "floor"},
     {"pitch_bins": 12, "pitch_bands": 3},  # 64 log-mel bands and 36 pitch channels a frame
+    {"mel_bands": 128, "n_fft": 1024},  # demo-audio build --mel-bands 128 --n-fft 1024: audio-cnn takes its bands from the data
 ])
 def test_trained_converted_model_sees_on_the_device_the_features_it_was_trained_on(tmp_path, front_end):
     from convert.convert import ConvertOptions, convert
@@ -204,7 +205,8 @@ def test_trained_converted_model_sees_on_the_device_the_features_it_was_trained_
                                     calibration=str(tmp_path / "sound.npz")))
     assert report.fidelity["samples"] > 0
     card = load_card(tmp_path / "a.tflite")
-    assert card.kind == "audio-window" and card.quantization.scheme == "int8"
+    # a 2-epoch model on 128 bands agrees too little with its int8 copy: the converter falls back to int16x8
+    assert card.kind == "audio-window" and card.quantization.scheme in (("int8", "int16x8") if "n_fft" in front_end else ("int8",))
     assert card.audio == data.audio  # the dataset's front end, normalization statistics and all
     sidecar = json.loads((tmp_path / "a.json").read_text())["audio"]
     assert {key: sidecar[key] for key in front_end} == front_end
