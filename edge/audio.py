@@ -215,6 +215,7 @@ class AudioMonitor:
         self.model_errors = 0  # windows the model failed on
         self.judged_at: float | None = None  # time.monotonic() when the model last judged a window (/health)
         self._too_fast = False  # the source last opened delivered sound faster than real time
+        self._silence_said = False  # the log said the source delivers only zeros (muted), and not since that it hears
         self._scores: deque[AudioScore] = deque(maxlen=max(4, int(history_seconds / pipeline.scorer.spec.hop_seconds)))
         self._changed = threading.Condition()
         self.follow_frames = follow_frames and not self.live  # a file next to a video waits for its frames
@@ -317,6 +318,7 @@ class AudioMonitor:
         # the camera session's sound is resampled by ffmpeg from the stream's own clock, and a false alarm would
         # silence it until the picture's next session: only a device or stream of its own is judged
         pace = Pace(self._backend.rate) if self.live and not in_session else None
+        zeros = 0  # samples in a row that were exactly 0 (live sources: a muted microphone)
         while not self._stop.is_set():
             chunk = self._backend.read(timeout=0.5)
             if chunk is None:
@@ -348,6 +350,8 @@ class AudioMonitor:
             if self.follow_frames:
                 self._wait_for_frames(chunk.t)
             results = self.pipeline.process(chunk)
+            if self.live:
+                zeros, results = self._digital_silence(chunk, zeros, results)
             self._judged(results)
             with self._changed:
                 self._scores.extend(results)
@@ -356,6 +360,32 @@ class AudioMonitor:
                 for listener in self._listeners:
                     listener(result)
         return True
+
+    def _digital_silence(self, chunk: AudioChunk, zeros: int, results: list[AudioScore]) -> tuple[int, list[AudioScore]]:
+        """A live source's window whose every sample is exactly 0 is ``no_sound``, not judged ``ok``: a microphone's
+        own noise is never all zeros. Said once when it has lasted ``stall_seconds``, and when sound comes again.
+        ``zeros``: how many samples in a row given to the pipeline before ``chunk`` were 0; returned with ``chunk``'s.
+
+        A USB microphone's capture switch off or its level at 0 (alsamixer), or a camera with its microphone
+        turned off, deliver zeros in real time: the model judged them a silent room, ok all night, while deaf."""
+        if np.any(chunk.samples):
+            if self._silence_said:
+                log.info("sound: %s: heard again", self.status.name)
+                self._silence_said = False
+            return 0, results
+        if not self._silence_said and zeros + chunk.samples.size >= self.stall_seconds * chunk.rate:
+            log.warning("sound: %s: every sample has been 0 for %g s: the microphone is muted (alsamixer: its "
+                        "capture switch and level) or turned off; status %s until it hears", self.status.name,
+                        self.stall_seconds, NO_SOUND)
+            self._silence_said = True
+        size = self.pipeline.window.size
+
+        def silent(result: AudioScore) -> bool:  # the window's samples (t is its last's) are all among the zeros
+            return zeros + round((result.score.t - chunk.t) * chunk.rate) >= size
+
+        return zeros + chunk.samples.size, [replace(result, score=replace(result.score, probability=0.0, status=NO_SOUND),
+                                                    window_probability=None) if silent(result) else result
+                                            for result in results]
 
     def _judged(self, results: list[AudioScore]) -> None:
         """Say once when the model starts failing on the sound (each new reason), and when it answers again."""

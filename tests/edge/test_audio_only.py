@@ -158,6 +158,7 @@ class HttpMicrophone:
 
         self.port = free_port()
         self.credentials = credentials
+        self.level = 0.25  # 0: digital silence, as a muted microphone sends (read at each block: set it any time)
         self.refused = self.admitted = 0
         self.url = f"http://127.0.0.1:{self.port}/mic.wav"
         self._server = self._thread = None
@@ -167,7 +168,7 @@ class HttpMicrophone:
         stopping = self._stopping = threading.Event()
         header = (b"RIFF" + (0xFFFFFFFF).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little")
                   + struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16) + b"data" + (0xFFFFFFFF).to_bytes(4, "little"))
-        block = (tone(0.1, 440.0, level=0.25) * 32767).astype("<i2").tobytes()
+        tones = {}
         wanted = "Basic " + base64.b64encode(":".join(self.credentials).encode()).decode() if self.credentials else None
         microphone = self
 
@@ -187,7 +188,10 @@ class HttpMicrophone:
                 try:
                     self.wfile.write(header)
                     while not stopping.wait(0.1):  # a block of 0.1 s every 0.1 s: real time
-                        self.wfile.write(block)
+                        level = microphone.level
+                        if level not in tones:
+                            tones[level] = (tone(0.1, 440.0, level=level) * 32767).astype("<i2").tobytes()
+                        self.wfile.write(tones[level])
                 except OSError:
                     pass  # the listener hung up
 
@@ -252,6 +256,36 @@ def test_a_network_microphone_that_goes_away_shows_in_health_and_is_reopened_whi
         stderr = service.terminate()
         microphone.stop()
     assert "no camera" in stderr and "Traceback" not in stderr
+
+
+def test_a_muted_network_microphone_is_no_sound_not_ok_and_ok_again_once_it_hears(tmp_path):
+    """A microphone muted (alsamixer's capture switch) or a camera's microphone turned off sends exact zeros in real
+    time: the model judged them a silent room, /health and the state said ok all night while it was deaf."""
+    from test_notify import Service
+
+    microphone = HttpMicrophone()
+    microphone.level = 0.0
+    microphone.start()
+    service = Service(tmp_path, f'[source]\ntype = "none"\n[audio]\nenabled = true\n[audio.source]\ntype = "stream"\n'
+                                f'url = "{microphone.url}"\nstall_seconds = 3.0', 4_000_000)
+    try:
+        deadline = time.monotonic() + 60
+        while "the microphone is muted" not in service.stderr_so_far() and time.monotonic() < deadline:
+            assert service.health()[1].get("audio") != "ok", "a muted microphone was said to hear"
+            time.sleep(0.2)
+        for _ in range(10):  # its windows go on being judged: each one says so
+            code, body = service.health()
+            assert body.get("audio") == "no_sound" and code == 503, (code, body)  # nothing else judges: not healthy
+            time.sleep(0.2)
+        assert service.stats()["audio"]["status"] == "no_sound"
+        microphone.level = 0.25  # unmuted
+        body = service.wait_for_health(200, timeout=30)
+        assert body["audio"] == "ok", body
+    finally:
+        stderr = service.terminate()
+        microphone.stop()
+    assert "every sample has been 0 for 3 s: the microphone is muted" in stderr and "heard again" in stderr
+    assert stderr.count("every sample has been 0") == 1 and "Traceback" not in stderr
 
 
 def test_the_health_stats_of_a_monitor_with_no_camera_have_no_frame_rate_and_no_face_share(tmp_path):
