@@ -89,7 +89,9 @@ class VideoLabels:
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     try:
-        with path.open(newline="") as handle:
+        # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark, which became part of the first
+        # column's name: "no column video (columns: video, ...)"
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             rows = list(reader)
             header = [name.strip() for name in (reader.fieldnames or [])]

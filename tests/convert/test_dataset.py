@@ -120,6 +120,19 @@ def test_bad_labels_are_one_line_errors(clips, tmp_path, labels_text, words):
     assert len(lines) == 1 and lines[0].startswith("cryedge: ") and words in lines[0], result.stderr
 
 
+def test_labels_saved_by_a_spreadsheet_read_as_the_same_labels(clips, tmp_path):
+    """Excel's and LibreOffice's "CSV UTF-8" start with a byte-order mark and end lines with CRLF: the first column
+    was read as "\\ufeffvideo", and the build said "no column video (columns: video, ...)"."""
+    text = (clips / "labels.csv").read_text()
+    (tmp_path / "labels.csv").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    spreadsheet = dataset.read_labels(tmp_path / "labels.csv", clips)
+    plain = dataset.read_labels(clips / "labels.csv", clips)
+    assert spreadsheet.keys() == plain.keys() == {"a.mp4", "b.mp4"}
+    for video, truth in plain.items():
+        assert spreadsheet[video].labels == truth.labels and spreadsheet[video].group == truth.group
+        assert np.array_equal(spreadsheet[video].times, truth.times) and np.array_equal(spreadsheet[video].ends, truth.ends)
+
+
 def test_a_video_without_frames_is_a_one_line_error(tmp_path):
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "labels.csv").write_text("video,start_s,end_s,label\nempty.mp4,0,1,crying\n")
