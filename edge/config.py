@@ -955,6 +955,9 @@ def _resolve_paths(config: Config, base: Path, where: str) -> None:
             path = path if path.is_absolute() else base / path
             if (table, name) in MODEL_FILES and path.is_dir():  # it said "model file not found" (or "missing") at start
                 raise ConfigError(f"{where}: {table}.{name}: {path} is a directory, not a model file")
+            if (table, name) == ("outbox", "path") and path.is_dir():  # the events went to memory only, said vaguely
+                raise ConfigError(f"{where}: outbox.path: {path} is a directory; name the file in it, such as "
+                                  f"{path / 'outbox.sqlite3'}")
             setattr(section, name, path)
 
 

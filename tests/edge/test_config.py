@@ -806,6 +806,17 @@ def test_a_model_path_that_is_a_folder_is_said_to_be_one(tmp_path, capsys, key):
         f"cryedge: {path}: {table}.{name}: {tmp_path / 'models'} is a directory, not a model file"]
 
 
+def test_an_outbox_path_that_is_a_folder_is_said_to_be_one(tmp_path, capsys):
+    """config check passed it, and the run kept every cry event in memory only (undelivered ones lost with the
+    process), with one line saying SQLite's "unable to open database file" of a folder that is there."""
+    (tmp_path / "state").mkdir()
+    path = write(tmp_path, '[outbox]\npath = "state"\n')
+    assert main(["config", "check", str(path)]) == 3
+    assert capsys.readouterr().err.splitlines() == [
+        f"cryedge: {path}: outbox.path: {tmp_path / 'state'} is a directory; name the file in it, such as "
+        f"{tmp_path / 'state' / 'outbox.sqlite3'}"]
+
+
 MASK_LINE = "the mask `cryedge config show` prints in place of a password; write the real one"
 
 
