@@ -389,6 +389,14 @@ def front_end(**changes):
     return AudioSpec(**{"hop_seconds": HOP_SECONDS, "mel_bands": MEL_BANDS, "n_fft": N_FFT, **changes})
 
 
+def window_samples(seconds: float) -> int:
+    """The card's ``window_samples`` for ``--window-seconds``: that much sound at the front end's rate (0.975 s is
+    the default's 15600; the audio-cnn takes its frames from the data, so a longer window is a wider patch)."""
+    from edge.card import AudioSpec
+
+    return round(seconds * AudioSpec.model_fields["rate"].default)
+
+
 def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = None, epochs: int = 30,
           seed: int = SEED, train_clips: int = TRAIN_CLIPS, heldout_clips: int = HELDOUT_CLIPS, audio=None,
           masked_clips: int = MASKED_CLIPS, evidence_choices: tuple[tuple[int, int], ...] = EVIDENCE_CHOICES,
@@ -482,14 +490,16 @@ def _note_sound_in_demo_json(video: Path) -> None:
 
 
 def front_end_of(args):
-    """The card's front end the build's options ask for; a bad combination is one line, before any clip is made."""
+    """The card's front end the build's options ask for (the default model's unless given); a bad combination is one
+    line, before any clip is made."""
     from pydantic import ValidationError
 
+    window = {} if args.window_seconds is None else {"window_samples": window_samples(args.window_seconds)}
     try:
         return front_end(background=args.background, pitch_bins=args.pitch_bins, pitch_bands=args.pitch_bands,
-                         mel_bands=args.mel_bands, n_fft=args.n_fft)
+                         mel_bands=args.mel_bands, n_fft=args.n_fft, **window)
     except ValidationError as error:
-        raise DataError(f"audio front end: {error.errors()[0]['msg']}") from None
+        raise DataError(f"audio front end: {error.errors()[0]['msg'].removeprefix('Value error, ')}") from None
 
 
 def _build_command(args) -> int:
@@ -513,7 +523,7 @@ def _build_command(args) -> int:
 
 
 def add_commands(subparsers) -> None:
-    from convert.arguments import k_of_n, whole
+    from convert.arguments import k_of_n, positive, whole
     from convert.train import add_audio_size_arguments
 
     demo = subparsers.add_parser("demo-audio", help="rebuild the default audio model and the demo's sound track (synthetic)")
@@ -554,6 +564,9 @@ def add_commands(subparsers) -> None:
                         help=f"log-mel bands a frame (default {MEL_BANDS}); 128 want --n-fft 1024, or at 512 the lowest "
                              "bands hold a single FFT bin each and repeat one another")
     parser.add_argument("--n-fft", type=whole(1), default=N_FFT, help=f"FFT size of a frame (default {N_FFT})")
+    parser.add_argument("--window-seconds", type=positive, metavar="S",
+                        help="sound one score sees, in seconds (the card's window_samples at 16 kHz; default 0.975, "
+                             "YAMNet's 15600 samples); a longer window sees a cry's bursts and the gaps between them")
     parser.add_argument("--pitch-bins", type=whole(0), default=0,
                         help="pitch channels a band appended to the log-mel: how pitched each frame is at a cry's f0 "
                              "(250-700 Hz in this many bins; docs/audio.md; default 0, none)")

@@ -52,6 +52,7 @@ DATASET = ["dataset", "build", "videos", "labels.csv", "-o", "d.npz"]
     (["demo-audio", "build"], "--pitch-bands", "0", "must be at least 1"),
     (["demo-audio", "build"], "--mel-bands", "0", "must be at least 1"),
     (["demo-audio", "build"], "--n-fft", "0", "must be at least 1"),
+    (["demo-audio", "build"], "--window-seconds", "0", "must be above 0"),
     (["suite", "build", "out"], "--seed", "-1", "must be at least 0"),
 ])
 def test_a_number_out_of_range_is_a_usage_error_naming_the_option(capsys, command, option, value, reason):

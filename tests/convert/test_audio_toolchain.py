@@ -343,3 +343,42 @@ def test_audio_cnn_with_the_time_head_trains_converts_to_int8_and_runs_on_the_de
     assert (1, 1, 8, 32) in shapes and (1, 256) in shapes  # the time-pooled maps, flattened: not a global average
     times, probabilities = clip_scores(tmp_path / "a.tflite", tmp_path / "clips" / "clip0000.wav")  # every 0.5 s from 0.975 s
     assert len(times) == 5 and np.all((probabilities >= 0) & (probabilities <= 1))
+
+
+def test_a_longer_window_makes_a_wider_audio_cnn_that_converts_and_runs_on_the_device_path(tmp_path):
+    """``demo-audio build --window-seconds 2``: the card's window is 32000 samples, the audio-cnn takes its 198
+    frames from the data, int8 conversion keeps them, and edge's audio path scores every 0.25 s from 2 s on.
+    Without the option the front end is the default model's (0.975 s, 15600 samples)."""
+    from convert.audio_demo import clip_scores, front_end, front_end_of
+    from convert.convert import ConvertOptions, convert
+    from edge.cli import build_parser
+
+    assert front_end_of(build_parser().parse_args(["demo-audio", "build"])) == front_end()
+    assert front_end().window_samples == 15600
+    audio = front_end_of(build_parser().parse_args(["demo-audio", "build", "--window-seconds", "2"]))
+    assert (audio.window_samples, audio.frames, audio.hop_seconds) == (32000, 198, 0.25)
+    labels = audio_synth.generate(tmp_path / "clips", 8, seconds=3.0, seed=5, cry_share=0.6)
+    data = build_sound(tmp_path / "clips", labels, audio, positive="crying", progress=False)
+    assert data.x.shape[1:] == (198, 64)
+    data.save(tmp_path / "sound.npz")
+    args = build_parser().parse_args(["train", "--arch", "audio-cnn", "--data", str(tmp_path / "sound.npz"),
+                                      "-o", str(tmp_path / "a.keras"), "--epochs", "1"])
+    assert args.handler(args) == 0
+    report = convert(ConvertOptions(model=tmp_path / "a.keras", output=tmp_path / "a.tflite",
+                                    calibration=str(tmp_path / "sound.npz")))
+    assert report.fidelity["samples"] > 0
+    card = load_card(tmp_path / "a.tflite")
+    assert card.input_shape == (1, 198, 64) and card.audio.window_samples == 32000
+    times, probabilities = clip_scores(tmp_path / "a.tflite", tmp_path / "clips" / "clip0000.wav")
+    np.testing.assert_allclose(times, [2.0, 2.25, 2.5, 2.75, 3.0])
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
+
+
+@pytest.mark.parametrize("seconds, reason", [("0.1", "longer than the window"), ("61", "at most 60 s")])
+def test_a_window_the_front_end_cannot_have_is_refused_before_any_clip_is_made(seconds, reason):
+    from convert.audio_demo import front_end_of
+    from edge.cli import build_parser
+    from edge.errors import DataError
+
+    with pytest.raises(DataError, match=f"^audio front end: .*{reason}"):
+        front_end_of(build_parser().parse_args(["demo-audio", "build", "--window-seconds", seconds]))
