@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import subprocess
 import threading
@@ -31,7 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from edge.config import mask_url
-from edge.errors import SourceError
+from edge.errors import SourceError, mask_password
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +51,6 @@ class AudioChunk:
     @property
     def duration(self) -> float:
         return self.samples.size / self.rate
-
-
-def mask_password(text: str) -> str:
-    """Every ``scheme://user:password@`` in ``text`` with the password masked."""
-    return re.sub(r"(://[^:/@\s]*):[^@/\s]*@", r"\1:********@", text)
 
 
 def stream_input_options(url: str, rtsp_transport: str, timeout_seconds: float) -> list[tuple[str, str]]:

@@ -17,7 +17,7 @@ import sys
 from importlib.metadata import entry_points
 
 from edge import __version__, logs, native
-from edge.errors import CryedgeError, os_error_line
+from edge.errors import CryedgeError, mask_password, os_error_line
 
 COMMAND_MODULES = (
     "edge.landmarks_cli",
@@ -71,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return int(args.handler(args) or 0)
         except CryedgeError as error:
-            print(f"cryedge: {error}", file=sys.stderr)
+            # a camera's URL given where a file was expected came back with its password in the line
+            print(f"cryedge: {mask_password(str(error))}", file=sys.stderr)
             return error.exit_code
         except OSError as error:  # an output that cannot be written (a folder that is a file, read-only, disk full)
             log.debug("%s", error, exc_info=True)
-            print(f"cryedge: {os_error_line(error)}", file=sys.stderr)
+            print(f"cryedge: {mask_password(os_error_line(error))}", file=sys.stderr)
             return CryedgeError.exit_code
         except KeyboardInterrupt:
             return 130

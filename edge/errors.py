@@ -5,6 +5,7 @@ The CLI prints ``str(error)`` as one line and exits with ``error.exit_code``. sy
 """
 
 import os
+import re
 from pathlib import Path
 
 
@@ -84,3 +85,9 @@ def os_error_line(error: OSError) -> str:
     """One line for an OSError that reached the command line, naming the path."""
     where = f": {error.filename}" if error.filename is not None else ""
     return output_through_a_file(error) or f"{error.strerror or error}{where}"
+
+
+def mask_password(text: str) -> str:
+    """Every ``scheme://user:password@`` in ``text`` with the password masked; ``scheme:/user:password@`` too, as
+    a URL read as a path (``pathlib``) is shown."""
+    return re.sub(r"(:/{1,2}[^:/@\s]*):[^@/\s]*@", r"\1:********@", text)

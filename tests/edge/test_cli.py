@@ -173,3 +173,14 @@ def test_without_a_home_only_the_command_that_needs_one_says_so(tmp_path):
         assert result.returncode == 3, result.stderr[-2000:]
         assert result.stderr.splitlines() == [f"cryedge: $HOME is not set and user id {os.getuid()} has no home "
                                               f"directory; {instead}"]
+
+
+@pytest.mark.parametrize("command", [["landmarks"], ["eval"], ["dataset", "build", "--output", "d.npz"]])
+def test_a_camera_url_given_where_a_file_is_wanted_is_one_line_without_its_password(tmp_path, command):
+    """The line named the URL as a path (rtsp:/admin:PASSWORD@...), the camera's password in a terminal or CI log."""
+    url = "rtsp://admin:Sup3r-secret@127.0.0.1:1/stream1"
+    arguments = [*command, url, *([tmp_path / "labels.csv"] if command[0] == "dataset" else [])]
+    result = cryedge(*arguments, timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("cryedge: "), result.stderr
+    assert "Sup3r-secret" not in result.stderr and "admin:********@127.0.0.1:1/stream1" in lines[0], lines
