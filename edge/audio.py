@@ -378,10 +378,8 @@ class AudioMonitor:
                         "capture switch and level) or turned off; status %s until it hears", self.status.name,
                         self.stall_seconds, NO_SOUND)
             self._silence_said = True
-        size = self.pipeline.window.size
-
         def silent(result: AudioScore) -> bool:  # the window's samples (t is its last's) are all among the zeros
-            return zeros + round((result.score.t - chunk.t) * chunk.rate) >= size
+            return zeros + round((result.score.t - chunk.t) * chunk.rate) >= self.pipeline.window.size
 
         return zeros + chunk.samples.size, [replace(result, score=replace(result.score, probability=0.0, status=NO_SOUND),
                                                     window_probability=None) if silent(result) else result
