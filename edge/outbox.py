@@ -12,6 +12,10 @@ Bounded: over ``max_events`` the oldest episodes are dropped, start and end toge
 subscriber never sees half of one. An end whose start was already delivered is never dropped:
 it is what turns the alert off.
 
+A damaged file (not a database, or pages that fail SQLite's ``quick_check``) is set aside as
+``<outbox>.damaged-<time>`` and a new one started with the events and open episodes still readable in it; a
+start whose end is not among them counts as open, so it gets its end.
+
 A safety net, not a gate. One process at a time: a lock file beside the database (``flock``, held
 until ``close()``) makes a second daemon pointed at the same outbox refuse to start, rather than end
 the first one's running episode as if it had died. An outbox that cannot be written (disk full,
