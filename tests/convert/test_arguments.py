@@ -105,6 +105,8 @@ def test_the_bundled_audio_model_is_what_demo_audio_build_makes_with_its_default
         f"{audio_demo.CRIB_CLIPS} of loud hard negatives with a cry audible over some, {audio_demo.MORE_CLIPS} more of "
         f"the same plan from seed {audio_demo.SEED + audio_demo.MORE_SEED_OFFSET}")
     assert (audio_demo.CRIB_CLIPS, audio_demo.MORE_CLIPS, card.threshold, card.audio.min_on_seconds) == (320, 960, 0.75, 0.25)
+    assert card.audio == audio_demo.front_end(mean=card.audio.mean, std=card.audio.std, normalization=card.audio.normalization,
+                                              min_on_seconds=card.audio.min_on_seconds, evidence=card.audio.evidence)
     keras = model.with_name(card.source.path)
     assert hashlib.sha256(keras.read_bytes()).hexdigest() == card.source.sha256
 
