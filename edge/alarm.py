@@ -124,6 +124,12 @@ class Alarm:
         """The time of the newest score taken (None before the first): the next must not be earlier."""
         return self._last_t
 
+    def in_order(self, score: Score) -> Score:
+        """``score``, dated no earlier than the newest score taken (``update`` refuses an earlier one): a frame
+        captured before a score the daemon gave the alarm while it waited, or that score itself, comes after it."""
+        last = self._last_t
+        return score if last is None or score.t >= last else dataclasses.replace(score, t=last)
+
     def update(self, score: Score) -> list[AlarmEvent]:
         """Advance to ``score.t``; the start or end events this score raises (usually none)."""
         t = score.t

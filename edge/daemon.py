@@ -169,8 +169,7 @@ class Pipeline:
             if self.fuse is not None:  # with the sounds heard since the last frame
                 fused = self.fuse(score, frame.t)
             else:  # a frame captured before the "no camera" score the loop gave the alarm while it waited (Daemon)
-                last = self.alarm.last_t
-                fused = (score if last is None or score.t >= last else replace(score, t=last),)
+                fused = (self.alarm.in_order(score),)
             events = tuple(event for each in fused for event in self.alarm.update(each))
             now = time.perf_counter()
             times["alarm"] = (now - mark) * 1000
@@ -504,7 +503,7 @@ class Daemon:
         if self.source.status.state != "reconnecting" and now - (self.last_frame or self.started) < self._frames_missing:
             return
         if self.hearing is None:
-            blind = Score(t=max(now, self.alarm.last_t or now), probability=0.0, face_seen=False, status=NO_CAMERA)
+            blind = self.alarm.in_order(Score(t=now, probability=0.0, face_seen=False, status=NO_CAMERA))
             self._vision = (blind, None)
             self._alarm_update(blind)
             self.publisher.publish_state(self._alarm_state())
