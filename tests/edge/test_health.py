@@ -333,16 +333,21 @@ def test_a_flood_of_idle_connections_holds_few_sockets_and_health_still_answers(
 @pytest.mark.timeout(60)
 def test_when_every_connection_is_busy_a_newcomer_gets_503_at_once(daemon, clock):
     release = threading.Event()
+    answering = threading.Semaphore(0)
 
     def slow_snapshot():
+        answering.release()
         release.wait(10)
         return daemon.health_stats()
 
-    with HealthServer(slow_snapshot, port=0, clock=clock, max_connections=3, threads=1) as server:
-        busy = [threading.Thread(target=timed_get, args=(server.port,)) for _ in range(3)]
+    # a worker for each: the newcomer comes once all three requests are being answered, not after a
+    # guessed pause (under load a request not yet read counts as idle, is closed for the newcomer, and
+    # the newcomer then waits behind the slow ones)
+    with HealthServer(slow_snapshot, port=0, clock=clock, max_connections=3, threads=3) as server:
+        busy = [threading.Thread(target=timed_get, args=(server.port, "/health", 15.0)) for _ in range(3)]
         for thread in busy:
             thread.start()
-        time.sleep(0.5)
+        assert all(answering.acquire(timeout=10) for _ in busy)
         status, seconds = timed_get(server.port)
         release.set()
         for thread in busy:
