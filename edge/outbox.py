@@ -16,23 +16,27 @@ A damaged file (not a database, or pages that fail SQLite's ``quick_check``) is 
 ``<outbox>.damaged-<time>`` and a new one started with the events and open episodes still readable in it; a
 start whose end is not among them counts as open, so it gets its end.
 
-A safety net, not a gate. One process at a time: a lock file beside the database (``flock``, held
-until ``close()``) makes a second daemon pointed at the same outbox refuse to start, rather than end
+A safety net, not a gate. One process at a time: a lock beside the database (``flock`` on
+``<outbox>.lock``, held until ``close()``; where that cannot be used, say a folder stands there, on the
+database file itself) makes a second daemon pointed at the same outbox refuse to start, rather than end
 the first one's running episode as if it had died. An outbox that cannot be written (disk full,
 read-only file system) does not stop an event: the store moves to memory, ``fault`` says why (the
 health endpoint and the stats show it), and events still reach the broker; only what waits for the
-broker while the process dies is then lost. At start, an outbox that cannot be written but holds
-undelivered events or an open episode is a ``ConfigError``: they could be neither delivered exactly
-once nor ended.
+broker while the process dies is then lost. At start, what an unwritable outbox holds (also one that
+is damaged and cannot be set aside) is read without writing and carried into memory: its events are
+delivered and its open episodes ended. Since the file cannot be told so, a restart while it stays
+unwritable delivers them again (the same ids: at least once, as ever).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
 import os
 import sqlite3
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +51,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # SQLite's result codes for a file that is not (or no longer) a database: only these set a file aside
 DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+TABLES = ("events", "open_episodes", "dropped_episodes")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -82,16 +87,16 @@ class Outbox:
         self.dropped = 0  # events dropped to stay within max_events, since this outbox was opened
         self.fault: str | None = None  # why events are kept in memory only; None while the disk works
         self._db: sqlite3.Connection | None = None
-        self._lock = _lock_beside(self.path)
+        self._salvaged: dict[str, list[tuple]] | None = None  # what a damaged file held, while it is set aside
+        self._lock, self._lock_on_outbox = _lock(self.path)
         try:
             self._db = self._open_on_disk()
             self._probe_write()
         except (OSError, sqlite3.Error) as error:
-            self._refuse_if_it_holds_events(error)
             if self._db is not None:
                 self._db.close()
             self._db = _open(":memory:")
-            self._fail(error)
+            self._fail(error, self._carry_over())
 
     def _open_on_disk(self) -> sqlite3.Connection:
         _make_parent(self.path)
@@ -110,24 +115,31 @@ class Outbox:
                 raise
             problem = str(error)
         # a damaged outbox must not keep the monitor down: set it aside, start a new one with what can still be read
-        rows = _salvage(db) if db is not None else {}
+        self._salvaged = _salvage(db) if db is not None else {}
         if db is not None:
             db.close()
         aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
-        self.path.rename(aside)
-        fresh = _open(self.path)
-        for table, table_rows in rows.items():
-            marks = ", ".join("?" * len(table_rows[0]))
-            fresh.executemany(f"INSERT OR IGNORE INTO {table} VALUES ({marks})", table_rows)  # noqa: S608
-        # a start still waiting whose end is not there is an episode left open, whatever the damaged table said:
-        # an ON must be followed by an OFF (one end too many is harmless, ends carry the episode's id)
-        fresh.execute("INSERT OR IGNORE INTO open_episodes SELECT event_id, payload FROM events AS s WHERE kind = "
-                      "'start' AND NOT EXISTS (SELECT 1 FROM events AS e WHERE e.kind = 'end' AND e.event_id = s.event_id)")
-        events, episodes = (fresh.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # noqa: S608
-                            for t in ("events", "open_episodes"))
+        # the new file is made beside it first: a disk that refuses it (full, read-only) leaves the damaged one
+        # in place, for this run to carry into memory and the next to salvage again
+        new = self.path.with_name(f"{self.path.name}.salvaged")
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                new.unlink()  # a half-made one of an earlier run
+            with contextlib.closing(_open(new)) as fresh:
+                events, episodes = _insert(fresh, self._salvaged, damaged=True)
+            self.path.rename(aside)
+            new.rename(self.path)
+        except (OSError, sqlite3.Error):
+            with contextlib.suppress(OSError):
+                new.unlink()
+            raise
+        if self._lock_on_outbox:  # the lock was on the file now set aside
+            os.close(self._lock)
+            self._lock, self._lock_on_outbox = _lock(self.path, say=False)
+        self._salvaged = None
         log.error("outbox %s is unreadable (%s): moved to %s, starting a new one with what could still be read "
                   "in it: %d undelivered events, %d open cry episodes", self.path, problem, aside, events, episodes)
-        return fresh
+        return _open(self.path)
 
     def _probe_write(self) -> None:
         """Fail now, not at the first cry, if the file cannot be written (read-only, disk full)."""
@@ -135,35 +147,39 @@ class Outbox:
             self._db.execute("INSERT OR REPLACE INTO dropped_episodes VALUES ('')")
             self._db.execute("DELETE FROM dropped_episodes WHERE event_id = ''")
 
-    def _refuse_if_it_holds_events(self, error: Exception) -> None:
-        """An unwritable outbox holding events or an open episode cannot keep the contract: a config error."""
-        try:
-            with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True) as db:
-                events = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-                episodes = db.execute("SELECT COUNT(*) FROM open_episodes").fetchone()[0]
-        except sqlite3.Error:
-            return  # nothing readable there: nothing to keep
-        if events or episodes:
-            self.close()
-            raise ConfigError(
-                f"outbox.path: {self.path} holds {events} undelivered events and {episodes} open cry episodes "
-                f"but cannot be written ({_reason(error, self.path)}): free space or make it writable") from None
+    def _carry_over(self) -> tuple[int, int]:
+        """Into memory, what the outbox that cannot be written holds, read without writing; (events, open episodes).
 
-    def _fail(self, error: Exception) -> None:
-        self.fault = (f"cannot write {self.path} ({_reason(error, self.path)}): cry events are kept in memory and "
-                      "still delivered")
-        log.error("outbox: %s to the broker until cryedge restarts (undelivered ones would not outlive a restart)",
-                  self.fault)
+        Its events are delivered from there and its open episodes ended, as from a working outbox: an unwritable
+        SD card must not keep the monitor down, nor turn an alert that went out into one that never ends.
+        """
+        if self._salvaged is not None:  # damaged, and could not be set aside
+            rows, damaged = self._salvaged, True
+        else:
+            rows, damaged = _read_only(self.path)
+        try:
+            return _insert(self._db, rows, damaged)
+        except sqlite3.Error as error:  # rows of another shape: what went in still goes out
+            log.error("outbox: cannot carry all that %s holds into memory (%s)", self.path, error)
+            return _insert(self._db, {})
+
+    def _fail(self, error: Exception, carried: tuple[int, int] = (0, 0)) -> None:
+        said = (f"cannot write {self.path} ({_reason(error, self.path)}): cry events are kept in memory and still "
+                "delivered")
+        held = ""
+        if any(carried):
+            held = (f"; the {carried[0]} undelivered events and {carried[1]} open cry episodes it holds are read into "
+                    "memory and delivered (again after a restart, while it cannot be written)")
+        self.fault = said + held
+        log.error("outbox: %s to the broker until cryedge restarts (undelivered ones would not outlive a restart)%s",
+                  said, held)
 
     def _fail_over(self, error: Exception) -> None:
         """Move what the disk holds into memory, so that the rest of this run goes on as before."""
         memory = _open(":memory:")
         try:
-            for table in ("events", "open_episodes", "dropped_episodes"):
-                rows = self._db.execute(f"SELECT * FROM {table}").fetchall()  # noqa: S608 - fixed names
-                if rows:
-                    marks = ", ".join("?" * len(rows[0]))
-                    memory.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)  # noqa: S608
+            rows = {table: self._db.execute(f"SELECT * FROM {table}").fetchall() for table in TABLES}  # noqa: S608
+            _insert(memory, rows)
         except sqlite3.Error as read_error:
             log.error("outbox: cannot read %s either (%s): its undelivered events are lost", self.path,
                       _reason(read_error))
@@ -299,10 +315,52 @@ def _open(path: Path | str) -> sqlite3.Connection:
     return db
 
 
+def _insert(db: sqlite3.Connection, rows: dict[str, list[tuple]], damaged: bool = False) -> tuple[int, int]:
+    """Put ``rows`` (table -> rows) into ``db``; (events, open episodes) it then holds.
+
+    ``damaged``: the rows come from a damaged file, whose open episodes may be missing.
+    """
+    for table, table_rows in rows.items():
+        if table_rows:
+            marks = ", ".join("?" * len(table_rows[0]))
+            db.executemany(f"INSERT OR IGNORE INTO {table} VALUES ({marks})", table_rows)  # noqa: S608 - fixed names
+    if damaged:
+        # a start still waiting whose end is not there is an episode left open, whatever the damaged table said:
+        # an ON must be followed by an OFF (one end too many is harmless, ends carry the episode's id)
+        db.execute("INSERT OR IGNORE INTO open_episodes SELECT event_id, payload FROM events AS s WHERE kind = "
+                   "'start' AND NOT EXISTS (SELECT 1 FROM events AS e WHERE e.kind = 'end' AND e.event_id = s.event_id)")
+    events, episodes = (db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # noqa: S608
+                        for t in ("events", "open_episodes"))
+    return events, episodes
+
+
+def _read_only(path: Path) -> tuple[dict[str, list[tuple]], bool]:
+    """The rows of the outbox at ``path`` (table -> rows), read without writing to it or its folder; and whether
+    they may be incomplete (a damaged file, or one whose interrupted transaction could not be rolled back)."""
+    if not path.is_file():
+        return {}, False
+    uri = path.absolute().as_uri()
+    # mode=ro refuses a file whose hot journal it cannot roll back (SQLITE_READONLY_ROLLBACK, a process killed
+    # mid-write on a card that then went read-only); immutable=1 reads it as it is, maybe half written
+    for query, trusted in (("mode=ro", True), ("immutable=1", False)):
+        try:
+            with contextlib.closing(sqlite3.connect(f"{uri}?{query}", uri=True)) as db:
+                try:
+                    sound = db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+                except sqlite3.DatabaseError as error:
+                    if getattr(error, "sqlite_errorcode", None) not in DAMAGED:
+                        raise
+                    sound = False
+                return _salvage(db), not (sound and trusted)
+        except sqlite3.Error:
+            continue
+    return {}, False
+
+
 def _salvage(db: sqlite3.Connection) -> dict[str, list[tuple]]:
     """The rows of each table of a damaged outbox that can still be read, up to the first damaged page."""
     rows: dict[str, list[tuple]] = {}
-    for table in ("events", "open_episodes", "dropped_episodes"):
+    for table in TABLES:
         found: list[tuple] = []
         try:
             for row in db.execute(f"SELECT * FROM {table}"):  # noqa: S608 - fixed names
@@ -340,35 +398,64 @@ def _full(error: OSError) -> str | None:
     return f"the disk is full: {error.strerror}" if error.errno == errno.ENOSPC else None
 
 
-def _lock_beside(path: Path) -> int | None:
-    """Hold ``<outbox>.lock`` for this process (``flock``); ``ConfigError`` if another process holds it.
+def _lock(path: Path, say: bool = True) -> tuple[int | None, bool]:
+    """Hold a lock on the outbox for this process (``flock``); ``ConfigError`` if another process holds it.
 
-    None where no lock file can be made: the outbox there cannot be written either, so there is
-    nothing on disk for two processes to fight over.
+    The lock is ``<outbox>.lock``, which also names the holder's pid; where that cannot be used (a folder or
+    a dangling link stands there) the outbox file itself, so that an unusable lock file never lets two daemons
+    share an outbox. Returns (file descriptor, whether it is the outbox file's); (None, False) where neither
+    can be opened: the outbox there cannot be read or written, there is nothing on disk to fight over.
     """
     lock_path = path.with_name(f"{path.name}.lock")
-    try:
-        _make_parent(path)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError:
-        try:  # a read-only directory may still hold the lock file an earlier run made
-            fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+    for target, mode in ((lock_path, os.O_RDWR), (path, os.O_RDONLY)):
+        fd, problem = _open_lock(target, mode)
+        if fd is not None and _flock(fd, path, names_holder=target == lock_path):
+            break
+        fd, problem = None, problem or "it cannot be locked"
+        # a folder without a lock file that cannot be made there is the disk's fault, which the outbox reports
+        if target == lock_path and say and (lock_path.exists() or lock_path.is_symlink()):
+            log.warning("outbox: cannot use %s as the lock (%s): locking %s itself", lock_path, problem, path)
+    else:
+        return None, False
+    if target == lock_path:
+        try:  # who holds it, for the message above; a lock file that cannot be written still locks
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except OSError:
-            return None
+            pass
+    return fd, target == path
+
+
+def _flock(fd: int, path: Path, names_holder: bool) -> bool:
+    """Lock ``fd`` for this process; False (``fd`` closed) if it cannot be locked, ``ConfigError`` if another holds it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
     except OSError as error:
-        if error.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-            os.close(fd)
-            return None
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        holder = ""
+        if names_holder:
+            with contextlib.suppress(OSError):
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
         os.close(fd)
-        raise ConfigError(
-            f"outbox.path: {path} is in use by another cryedge process{f' (pid {holder})' if holder.isdigit() else ''}; "
-            "give each daemon its own outbox.path") from None
-    try:  # who holds it, for the message above; a lock file that cannot be written still locks
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except OSError:
-        pass
-    return fd
+        if error.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            return False
+    pid = f" (pid {holder})" if holder.isdigit() else ""
+    raise ConfigError(f"outbox.path: {path} is in use by another cryedge process{pid}; give each daemon its own "
+                      "outbox.path") from None
+
+
+def _open_lock(path: Path, mode: int) -> tuple[int | None, str]:
+    """A regular file at ``path``, opened (made if missing) to be locked, or read-only as it is (a read-only folder
+    may hold the file an earlier run made); else (None, why not)."""
+    try:
+        _make_parent(path)
+        fd = os.open(path, mode | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None, error.strerror or str(error)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None, "it is a folder" if path.is_dir() else "it is not a regular file"
+    return fd, ""

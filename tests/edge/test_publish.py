@@ -486,27 +486,113 @@ def test_an_outbox_unusable_from_the_start_keeps_events_in_memory_while_the_brok
     assert json.loads(watcher.on(f"{PREFIX}/event")[0].payload)["id"] == "ep1"
 
 
-def test_a_read_only_outbox_holding_an_open_episode_is_a_config_error(mosquitto, subscriber, tmp_path):
-    """The episode can be neither ended for good nor left: one line, the configuration's exit code, no loop."""
+def waiting_start_left_open(tmp_path, event_id):
+    """The outbox a run leaves that stopped mid-cry with its broker away: the start waits, the episode is open."""
+    away = Broker(tmp_path / "away")  # never started
+    publisher = publisher_for(away, tmp_path)
+    publisher.start()
+    publisher.publish_event(event("start", event_id))
+    publisher.close(timeout=0.5)
+
+
+def test_a_read_only_outbox_holding_a_waiting_cry_delivers_it_ends_it_and_runs_on(tmp_path, caplog):
+    """An SD card the kernel remounted read-only stopped the monitor for the night (a ConfigError, exit 3, which
+    systemd does not restart). Now the cry waiting in the file is delivered and ended, read without writing, the
+    run goes on in memory, and the fault is said once; a restart delivers the same events again, by the same ids."""
+    broker = Broker(tmp_path / "mosquitto")
     with Tmpfs(tmp_path / "state") as disk:
-        with Outbox(tmp_path / "state" / "outbox.sqlite3") as outbox:
-            outbox.remove(outbox.add("ep1", "start", '{"id": "ep1"}'))  # delivered, then the process died
+        waiting_start_left_open(tmp_path, "ep-waiting")
         disk.read_only()
-        publisher = publisher_for(mosquitto, tmp_path)
-        with pytest.raises(ConfigError) as raised:
-            publisher.start()
-    message = str(raised.value)
-    assert message.startswith("outbox.path: ") and "1 open cry episodes" in message and "\n" not in message
-    assert raised.value.exit_code == 3
+        before = (tmp_path / "state" / "outbox.sqlite3").read_bytes()
+        with broker, Subscriber(broker) as subscriber:
+            for run in (1, 2):
+                with publisher_for(broker, tmp_path) as publisher:
+                    subscriber.wait_for(f"{PREFIX}/event", count=4 * run - 2)
+                    wait_until(lambda: publisher.outbox_depth == 0)
+                    assert "Read-only file system" in publisher.outbox_fault
+                    assert "1 undelivered events and 1 open cry episodes" in publisher.outbox_fault
+                    stats = subscriber.wait_for(f"{PREFIX}/stats", lambda m: b'"outbox_fault":"' in m.payload)
+                    assert json.loads(stats.payload)["outbox_fault"] == publisher.outbox_fault
+                    publisher.publish_event(event("start", f"ep-run{run}"))  # and the run goes on, in memory
+                    publisher.publish_event(event("end", f"ep-run{run}", reason="scores"))
+                    subscriber.wait_for(f"{PREFIX}/event", count=4 * run)
+        after = (tmp_path / "state" / "outbox.sqlite3").read_bytes()
+    received = [(p["event_type"], p["id"], p.get("reason")) for p in subscriber.json(f"{PREFIX}/event")]
+    once = [("cry_start", "ep-waiting", None), ("cry_end", "ep-waiting", "restart")]
+    assert received == [*once, ("cry_start", "ep-run1", None), ("cry_end", "ep-run1", "scores"),
+                        *once, ("cry_start", "ep-run2", None), ("cry_end", "ep-run2", "scores")]
+    repeated = [p for p in subscriber.json(f"{PREFIX}/event") if p["id"] == "ep-waiting"]
+    assert repeated[0] == repeated[2]  # the start, repeated, is the same message
+    assert after == before
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2 and all("outbox" in r.getMessage() for r in errors)  # once a run, no traceback
+    assert not any(r.exc_info for r in caplog.records)
 
 
+def test_a_read_only_outbox_whose_writer_was_killed_mid_write_is_still_read(tmp_path):
+    """A process killed inside a transaction leaves a journal that must be rolled back before the file is read;
+    on a read-only card it cannot be, and SQLite refuses a read-only open (SQLITE_READONLY_ROLLBACK): the waiting
+    start was silently left behind. It is read as the file holds it."""
+    path = tmp_path / "state" / "outbox.sqlite3"
+    with Tmpfs(tmp_path / "state", size="4m") as disk:
+        with Outbox(path) as outbox:
+            outbox.add("ep1", "start", '{"id": "ep1"}')
+        killed_mid_write = textwrap.dedent("""
+            import os, sqlite3, sys
+            db = sqlite3.connect(sys.argv[1], isolation_level=None)
+            db.execute("PRAGMA cache_size = 1")  # pages reach the file before the commit
+            db.execute("BEGIN IMMEDIATE")
+            for i in range(2000):
+                db.execute("INSERT INTO dropped_episodes VALUES (?)", (f"{i:0100}",))
+            os.kill(os.getpid(), 9)
+            """)
+        subprocess.run([sys.executable, "-c", killed_mid_write, str(path)], check=False)
+        assert path.with_name("outbox.sqlite3-journal").exists()
+        disk.read_only()
+        with Outbox(path) as outbox:
+            assert "Read-only file system" in outbox.fault
+            assert [(e.event_id, e.kind) for e in outbox.pending()] == [("ep1", "start")]
+            assert outbox.open_episodes() == [("ep1", '{"id": "ep1"}')]
+
+
+@pytest.mark.parametrize("fault", ["read-only", "disk full"])
+def test_a_damaged_outbox_that_cannot_be_set_aside_still_delivers_and_ends_what_it_holds(mosquitto, subscriber,
+                                                                                         tmp_path, fault):
+    """Damaged, and the disk refuses the new file or the renaming: it went to memory empty, the waiting cry lost."""
+    path = tmp_path / "state" / "outbox.sqlite3"
+    with Tmpfs(tmp_path / "state") as disk:
+        waiting_start_left_open(tmp_path, "ep-damaged")
+        damage_table(path, "open_episodes")
+        disk.fill() if fault == "disk full" else disk.read_only()
+        with publisher_for(mosquitto, tmp_path) as publisher:
+            start, end = subscriber.wait_for(f"{PREFIX}/event", count=2)
+            wait_until(lambda: publisher.outbox_depth == 0)
+            assert ("No space left on device" if fault == "disk full" else "Read-only file system") in publisher.outbox_fault
+        # left where it was, for the next run to salvage again
+        assert sorted(p.name for p in path.parent.glob("outbox.sqlite3*")) == ["outbox.sqlite3", "outbox.sqlite3.lock"]
+    start, end = json.loads(start.payload), json.loads(end.payload)
+    assert (start["event_type"], end["event_type"], end["reason"]) == ("cry_start", "cry_end", "restart")
+    assert start["id"] == end["id"] == "ep-damaged"
+
+
+@pytest.mark.parametrize("lock", ["a file", "a folder", "a dangling link"])
 def test_a_second_publisher_on_the_same_outbox_refuses_and_leaves_the_first_ones_cry_alone(mosquitto, subscriber,
-                                                                                          tmp_path):
+                                                                                          tmp_path, lock):
+    """Also where ``<outbox>.lock`` cannot be used: with a folder there the second failed with "Is a directory"
+    (exit 1, restarted by systemd); with a dangling link it ran, sharing the outbox, and could end the first one's cry."""
+    lock_path = tmp_path / "state" / "outbox.sqlite3.lock"
+    lock_path.parent.mkdir(parents=True)
+    if lock == "a folder":
+        lock_path.mkdir()
+    elif lock == "a dangling link":
+        lock_path.symlink_to(tmp_path / "gone" / "outbox.lock")
     process = run_publisher_process(settings(mosquitto, tmp_path), "delivered")  # crying: its start went out
     try:
         second = publisher_for(mosquitto, tmp_path)
-        with pytest.raises(ConfigError, match=rf"outbox.path: .* is in use by another cryedge process \(pid {process.pid}\)"):
+        pid = rf" \(pid {process.pid}\)" if lock == "a file" else ""  # only a lock file says who holds it
+        with pytest.raises(ConfigError, match=rf"^outbox.path: .* is in use by another cryedge process{pid};") as raised:
             second.start()
+        assert raised.value.exit_code == 3 and "\n" not in str(raised.value)
         time.sleep(0.5)  # a false all-clear would be on its way by now
         assert event_ids(subscriber) == [("cry_start", "ep-before-kill")]
     finally:
@@ -845,6 +931,22 @@ def test_a_damaged_outbox_is_set_aside_not_fatal(tmp_path, caplog):
         outbox.add("ep1", "start", "{}")
     assert [p.name.split("-")[0] for p in tmp_path.glob("outbox.sqlite3.damaged-*")] == ["outbox.sqlite3.damaged"]
     assert "unreadable" in caplog.text
+
+
+def test_an_outbox_locked_through_its_own_file_stays_locked_once_a_damaged_one_is_set_aside(tmp_path, caplog):
+    """With a folder where ``<outbox>.lock`` goes, the outbox file itself is the lock: the new file that replaces a
+    damaged one must be locked too, or a second daemon would open and share it."""
+    path = tmp_path / "outbox.sqlite3"
+    (tmp_path / "outbox.sqlite3.lock").mkdir()
+    path.write_bytes(b"this is not an SQLite database, a power cut wrote it" * 100)
+    with Outbox(path) as outbox:
+        assert outbox.fault is None
+        with pytest.raises(ConfigError, match="is in use by another cryedge process"):
+            Outbox(path)
+    with Outbox(path) as outbox:  # the first is closed: free again
+        assert outbox.fault is None
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("it is a folder" in line and "locking" in line for line in said), said
 
 
 def damage_table(path, table):
