@@ -410,22 +410,45 @@ def test_a_second_daemon_on_the_same_outbox_refuses_with_one_line(mosquitto, tmp
         assert "restart" not in reasons and reasons.count("shutdown") >= 1
 
 
-def test_a_read_only_outbox_holding_an_open_episode_is_one_line_and_exit_code_3(mosquitto, tmp_path):
-    """Not a traceback and exit 1 that systemd restarts forever (RestartPreventExitStatus=3)."""
+def test_a_read_only_outbox_holding_an_open_episode_is_ended_and_the_monitor_runs_on(mosquitto, tmp_path):
+    """It stopped with exit 3 (RestartPreventExitStatus=3): the monitor down for the night over an SD card gone
+    read-only. Now the episode it holds gets its end, the run goes on, and the fault is in the journal once and
+    in /stats."""
     from filesystems import Tmpfs
+    from mqtt import Subscriber, free_port
 
     from edge.outbox import Outbox
 
-    with Tmpfs(tmp_path / "state") as disk:
+    port = free_port()
+    with Tmpfs(tmp_path / "state") as disk, Subscriber(mosquitto, topics=("cryedge/nursery/event",)) as subscriber:
         with Outbox(disk.path / "outbox.sqlite3") as outbox:
             outbox.add("ep1", "start", '{"event_type": "cry_start", "id": "ep1"}')  # the process died mid-cry
         disk.read_only()
-        out = run_cli("run", "--fast", "--config", str(demo_config(tmp_path, disk.path / "outbox.sqlite3")),
-                      "--broker", f"mqtt://127.0.0.1:{mosquitto.port}")
-    assert out.returncode == 3, out.stderr
-    assert "Traceback" not in out.stderr
-    errors = [line for line in out.stderr.splitlines() if line.startswith("cryedge: ")]
-    assert len(errors) == 1 and "outbox.path:" in errors[0] and "cannot be written" in errors[0]
+        config = demo_config(tmp_path, disk.path / "outbox.sqlite3")
+        config.write_text(config.read_text().replace("[health]\nenabled = false", f"[health]\nport = {port}"))
+        process = start_daemon(config, mosquitto)
+        try:
+            deadline, fault = time.monotonic() + 120, None
+            while fault is None:
+                assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=2) as answer:
+                        fault = json.loads(answer.read())["outbox_fault"]
+                except OSError:  # models load, then the port opens
+                    time.sleep(0.2)
+            start, end = subscriber.wait_for("cryedge/nursery/event", count=2, timeout=30)
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=30)
+        finally:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert "Read-only file system" in fault and "1 undelivered events and 1 open cry episodes" in fault
+    assert [line for line in stderr.splitlines() if "cannot write" in line and "outbox" in line] != []
+    assert len([line for line in stderr.splitlines() if "cannot write" in line]) == 1, stderr[-3000:]
+    start, end = json.loads(start.payload), json.loads(end.payload)
+    assert (start["id"], end["id"], end["event_type"], end["reason"]) == ("ep1", "ep1", "cry_end", "restart")
 
 
 def test_stats_give_the_models_median_inference_time_not_the_last():
