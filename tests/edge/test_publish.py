@@ -495,21 +495,23 @@ def waiting_start_left_open(tmp_path, event_id):
     publisher.close(timeout=0.5)
 
 
-def test_a_read_only_outbox_holding_a_waiting_cry_delivers_it_ends_it_and_runs_on(tmp_path, caplog):
-    """An SD card the kernel remounted read-only stopped the monitor for the night (a ConfigError, exit 3, which
-    systemd does not restart). Now the cry waiting in the file is delivered and ended, read without writing, the
-    run goes on in memory, and the fault is said once; a restart delivers the same events again, by the same ids."""
+@pytest.mark.parametrize("fault", ["read-only", "disk full"])
+def test_an_unwritable_outbox_holding_a_waiting_cry_delivers_it_ends_it_and_runs_on(tmp_path, caplog, fault):
+    """An SD card the kernel remounted read-only (or full) stopped the monitor for the night (a ConfigError, exit 3,
+    which systemd does not restart). Now the cry waiting in the file is delivered and ended, read without writing,
+    the run goes on in memory, and the fault is said once; a restart delivers the same events again, same ids."""
     broker = Broker(tmp_path / "mosquitto")
     with Tmpfs(tmp_path / "state") as disk:
         waiting_start_left_open(tmp_path, "ep-waiting")
-        disk.read_only()
+        disk.fill() if fault == "disk full" else disk.read_only()
         before = (tmp_path / "state" / "outbox.sqlite3").read_bytes()
         with broker, Subscriber(broker) as subscriber:
             for run in (1, 2):
                 with publisher_for(broker, tmp_path) as publisher:
                     subscriber.wait_for(f"{PREFIX}/event", count=4 * run - 2)
                     wait_until(lambda: publisher.outbox_depth == 0)
-                    assert "Read-only file system" in publisher.outbox_fault
+                    assert ("No space left on device" if fault == "disk full" else "Read-only file system") in \
+                        publisher.outbox_fault
                     assert "1 undelivered events and 1 open cry episodes" in publisher.outbox_fault
                     stats = subscriber.wait_for(f"{PREFIX}/stats", lambda m: b'"outbox_fault":"' in m.payload)
                     assert json.loads(stats.payload)["outbox_fault"] == publisher.outbox_fault
