@@ -88,6 +88,7 @@ class Outbox:
         self.fault: str | None = None  # why events are kept in memory only; None while the disk works
         self._db: sqlite3.Connection | None = None
         self._salvaged: dict[str, list[tuple]] | None = None  # what a damaged file held, while it is set aside
+        self._damage = ""  # what is wrong with that file
         self._lock, self._lock_on_outbox = _lock(self.path)
         try:
             self._db = self._open_on_disk()
@@ -116,6 +117,7 @@ class Outbox:
             problem = str(error)
         # a damaged outbox must not keep the monitor down: set it aside, start a new one with what can still be read
         self._salvaged = _salvage(db) if db is not None else {}
+        self._damage = problem
         if db is not None:
             db.close()
         aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
@@ -166,10 +168,10 @@ class Outbox:
     def _fail(self, error: Exception, carried: tuple[int, int] = (0, 0)) -> None:
         said = (f"cannot write {self.path} ({_reason(error, self.path)}): cry events are kept in memory and still "
                 "delivered")
-        held = ""
+        held = f"; it is damaged ({self._damage})" if self._salvaged is not None else ""  # and could not be set aside
         if any(carried):
-            held = (f"; the {carried[0]} undelivered events and {carried[1]} open cry episodes it holds are read into "
-                    "memory and delivered (again after a restart, while it cannot be written)")
+            held += (f"; the {carried[0]} undelivered events and {carried[1]} open cry episodes it holds are read into "
+                     "memory and delivered (again after a restart, while it cannot be written)")
         self.fault = said + held
         log.error("outbox: %s to the broker until cryedge restarts (undelivered ones would not outlive a restart)%s",
                   said, held)

@@ -570,6 +570,7 @@ def test_a_damaged_outbox_that_cannot_be_set_aside_still_delivers_and_ends_what_
             start, end = subscriber.wait_for(f"{PREFIX}/event", count=2)
             wait_until(lambda: publisher.outbox_depth == 0)
             assert ("No space left on device" if fault == "disk full" else "Read-only file system") in publisher.outbox_fault
+            assert "it is damaged" in publisher.outbox_fault and "1 undelivered events" in publisher.outbox_fault
         # left where it was, for the next run to salvage again
         assert sorted(p.name for p in path.parent.glob("outbox.sqlite3*")) == ["outbox.sqlite3", "outbox.sqlite3.lock"]
     start, end = json.loads(start.payload), json.loads(end.payload)
