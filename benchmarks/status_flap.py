@@ -3,8 +3,8 @@
 Run: ``.venv/bin/python benchmarks/status_flap.py [--rate 100] [--seconds 10] [--runs 3]`` (needs mosquitto).
 A publisher is handed a state whose audio status flips between ``model_error`` and ``ok`` ``--rate`` times a
 second (a model failing on every other window, far worse than a real one), with a cry start in the middle.
-Prints, per run and as medians: the states the broker delivered per second of flapping (each status change is
-published at once, at most once a second: edge.publish.STATUS_INTERVAL), and the cry start's delay from
+Prints, per run and as medians: the states the broker delivered per second of flapping (a new trouble is said
+at once, then held while the status flickers: edge.publish.HeldStatus, STATUS_HOLD), and the cry start's delay from
 ``publish_event()`` to a subscriber, without and during the flapping.
 """
 

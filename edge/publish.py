@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -47,7 +48,7 @@ from edge.alarm import AlarmState
 from edge.config import Config, DeviceConfig, MqttConfig, OutboxConfig
 from edge.errors import BrokerError
 from edge.outbox import Outbox
-from edge.records import AlarmEvent
+from edge.records import OK, AlarmEvent
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,9 @@ DISCOVERY_INTERVAL = 5.0
 # a sense's status change (model_error, no_sound_device, and back) goes on the state topic at once, not a
 # state_interval later, but at most this often: a status flapping at every window must not flood the broker
 STATUS_INTERVAL = 1.0
+# ... and a status said is held (HeldStatus): the face lost in every other frame of a dark night made Home
+# Assistant's "Camera sees" entity, its logbook and its recorder's database change once a second all night
+STATUS_HOLD = 5.0
 EVENT_TYPES = {"start": "cry_start", "end": "cry_end"}
 # refusals that a retry may cure; any other refusal at start is fatal
 TRANSIENT_REFUSALS = {"Server unavailable", "Server busy", "Quota exceeded", "Connection rate exceeded"}
@@ -132,6 +136,47 @@ def state_payload(state: AlarmState, model: str) -> dict[str, Any]:
 def sense_statuses(state: AlarmState) -> dict[str, Any]:
     """Each sense's ``status`` in the state (``{"audio": "model_error"}``); a change of one is published at once."""
     return {sense: part.get("status") for sense, part in (state.senses or {}).items() if isinstance(part, Mapping)}
+
+
+@dataclass(frozen=True)
+class HeldStatus:
+    """What the state topic says one sense's status is, held so that a flickering status is said once.
+
+    A new trouble (``ok`` to ``no_face``, ``model_error``, ...) is said at once; ``ok`` again only once the sense
+    has said nothing else for ``hold`` seconds; one trouble after another only once the one said has stood that
+    long (then the newest is said). A sense that flickers between ``ok`` and ``no_face`` is said to be ``no_face``
+    until it has been ``ok`` for ``hold`` seconds: at most two changes a ``hold``, never one a frame.
+    """
+
+    said: Any  # the status the state topic says
+    said_at: float  # time.monotonic() when it was first said
+    seen: Any  # the sense's newest status
+    trouble_at: float  # when the sense last had a status other than ok
+
+    @classmethod
+    def first(cls, status: Any, now: float) -> HeldStatus:
+        return cls(status, now, status, now if status != OK else -math.inf)
+
+    def due(self, hold: float = STATUS_HOLD) -> float | None:
+        """When the newest status may be said; None: it is said already."""
+        if self.seen == self.said:
+            return None
+        if self.said == OK:
+            return -math.inf
+        return (self.trouble_at if self.seen == OK else self.said_at) + hold
+
+    def update(self, status: Any, now: float, hold: float = STATUS_HOLD) -> HeldStatus:
+        """This sense's status at ``now``, and what the topic then says."""
+        held = replace(self, seen=status, trouble_at=now if status != OK else self.trouble_at)
+        due = held.due(hold)
+        return held if due is None or now < due else replace(held, said=status, said_at=now)
+
+
+def hold_statuses(held: Mapping[str, HeldStatus], statuses: Mapping[str, Any], now: float,
+                  hold: float = STATUS_HOLD) -> dict[str, HeldStatus]:
+    """Each sense's ``HeldStatus`` after the statuses of a new state (``sense_statuses``); a sense gone is dropped."""
+    return {sense: held[sense].update(status, now, hold) if sense in held else HeldStatus.first(status, now)
+            for sense, status in statuses.items()}
 
 
 def unmeasured_state(since_wall: float | None = None) -> AlarmState:
@@ -516,6 +561,8 @@ class MqttPublisher:
         self._state_sent_statuses: dict[str, Any] = {}
         self._status_sent_at = -math.inf  # when a state with a changed sense status last went out
         self._state_due: float | None = None  # a status change held back by STATUS_INTERVAL goes out then
+        self._held: dict[str, HeldStatus] = {}  # each sense's status as the state topic says it
+        self.status_hold = STATUS_HOLD
         self._last_end_wall: dict[str, float] = {}  # event id -> when its end happened, for the final OFF
         self._stats: dict = {}
         self._stats_sent_at = -math.inf
@@ -741,29 +788,48 @@ class MqttPublisher:
             log.info("broker away: %s %s kept in the outbox (%d waiting)", payload["event_type"], event.event_id,
                      self.outbox_depth)
 
+    def _said_statuses(self, state: AlarmState) -> dict[str, Any]:
+        return {sense: self._held[sense].said if sense in self._held else status
+                for sense, status in sense_statuses(state).items()}
+
     def _send_state(self, state: AlarmState) -> None:
-        self._publish(self.topics.state, _json(state_payload(state, self.model)), qos=1, retain=True)
+        payload = state_payload(state, self.model)
+        statuses = self._said_statuses(state)
+        for sense, status in statuses.items():  # the held status, also in the periodic and the crying states
+            payload[sense] = {**payload[sense], "status": status}
+        self._publish(self.topics.state, _json(payload), qos=1, retain=True)
         # the first measured probability replaces the unmeasured one at once, not a state_interval later
         self._state_sent_at = time.monotonic() if math.isfinite(state.probability) else -math.inf
         self._state_sent_crying = state.crying
-        statuses = sense_statuses(state)
         if statuses != self._state_sent_statuses:
             self._state_sent_statuses, self._status_sent_at = statuses, time.monotonic()
         self._state_due = None
+        self._wake_for_held_statuses()
 
     def _handle_state(self, state: AlarmState) -> None:
+        now = time.monotonic()
         self._state = state
+        self._held = hold_statuses(self._held, sense_statuses(state), now, self.status_hold)
         if not self.connected:
             return
-        now = time.monotonic()
         changed = state.crying != self._state_sent_crying
         if changed or now - self._state_sent_at >= self.mqtt.state_interval:
             self._send_state(state)
-        elif sense_statuses(state) != self._state_sent_statuses:
+        elif self._said_statuses(state) != self._state_sent_statuses:
             if now - self._status_sent_at >= STATUS_INTERVAL:
                 self._send_state(state)
-            elif self._state_due is None:  # the newest state then, if its statuses still differ from those sent
-                self._state_due = self._status_sent_at + STATUS_INTERVAL
+            else:  # the newest state then, if its statuses still differ from those sent
+                self._wake_at(self._status_sent_at + STATUS_INTERVAL)
+        self._wake_for_held_statuses()
+
+    def _wake_at(self, due: float) -> None:
+        self._state_due = due if self._state_due is None else min(self._state_due, due)
+
+    def _wake_for_held_statuses(self) -> None:
+        """A status held back is said when due, should no new state come by then (a stream's end)."""
+        held_back = [due for due in (held.due(self.status_hold) for held in self._held.values()) if due is not None]
+        if held_back:
+            self._wake_at(min(held_back))
 
     def _send_stats(self) -> None:
         fault = self.outbox_fault

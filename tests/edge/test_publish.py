@@ -1030,3 +1030,20 @@ def test_home_assistant_shows_what_the_camera_sees_and_how_bright_the_picture_is
     assert vision["device_class"] == "enum"
     assert render_like_home_assistant(vision["value_template"], b'{"crying": "OFF"}') == "None"  # unknown, no error
     assert float(render_like_home_assistant(cmps["brightness"]["value_template"], stats)) == 42.0
+
+
+def test_a_held_status_says_a_new_trouble_at_once_and_ok_only_after_it_has_lasted():
+    """edge.publish.HeldStatus, on plain times (seconds): what the state topic says while a sense flickers."""
+    from edge.publish import HeldStatus
+
+    held = HeldStatus.first("ok", 0.0)
+    for now, seen, says in [(1.0, "no_face", "no_face"),  # a new trouble: at once
+                            (1.1, "ok", "no_face"), (1.2, "no_face", "no_face"), (3.0, "ok", "no_face"),
+                            (3.5, "too_dark", "no_face"),  # another trouble: once no_face has stood 5 s
+                            (6.0, "too_dark", "too_dark"),
+                            (7.0, "ok", "too_dark"), (10.9, "ok", "too_dark"),  # ok: 5 s after the last trouble
+                            (11.0, "ok", "ok"), (11.1, "model_error", "model_error")]:
+        held = held.update(seen, now, hold=5.0)
+        assert held.said == says, (now, seen, held)
+    assert held.due(5.0) is None
+    assert held.update("ok", 11.2, hold=5.0).due(5.0) == 16.1  # when the ok would be said, for the timer
