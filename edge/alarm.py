@@ -18,7 +18,8 @@ Rules, in the order they apply to each score:
   short is crying again: a score at or above ON at once, or one back between OFF and ON that stays
   there for ``min_on_seconds`` (the evidence a start needs). A blip of a fraction of a second into
   that uncertain band does not restart the hold: it would date the end at the next dip, seconds late.
-- ``finish(t)`` ends a running episode with reason ``"shutdown"``.
+- ``finish(t)`` ends a running episode with reason ``"shutdown"`` (the daemon stopped), or the reason given
+  (``"error"``: it stopped on an error).
 
 An event's ``t`` is when the change happened according to the scores (the smoothed score first
 crossed the threshold), not when the rule fired ``min_on_seconds`` or ``hold_seconds`` later, so
@@ -184,13 +185,13 @@ class Alarm:
             return self.config.min_on_seconds
         return min(self.config.min_on_seconds, score.min_on_seconds)
 
-    def finish(self, t: float | None = None) -> list[AlarmEvent]:
-        """End a running episode (reason ``"shutdown"``) at ``t`` (default: the last score's time)."""
+    def finish(self, t: float | None = None, reason: str = "shutdown") -> list[AlarmEvent]:
+        """End a running episode with ``reason`` at ``t`` (default: the last score's time)."""
         if not self._crying:
             return []
         t = t if t is not None else self._last_t
         t = max(t, self._since)
-        return [self._end(t, "shutdown", decided=t)]
+        return [self._end(t, reason, decided=t)]
 
     def close(self) -> list[AlarmEvent]:
         return self.finish()

@@ -29,6 +29,10 @@ COMMAND_MODULES = (
 
 log = logging.getLogger(__name__)
 
+# an error no code path expected (a bug): sysexits.h's EX_SOFTWARE, not one of the codes systemd is told not to
+# restart after (RestartPreventExitStatus=3 4 8), since a restart may well get past it
+UNEXPECTED_ERROR_EXIT_CODE = 70
+
 
 def add_commands_of(module_names, subparsers) -> None:
     """Let each named module add its subcommands; a module that is not there is skipped."""
@@ -80,6 +84,28 @@ def main(argv: list[str] | None = None) -> int:
             return CryedgeError.exit_code
         except KeyboardInterrupt:
             return 130
+        except Exception as error:  # a bug: one line (the traceback with -vv), and a code systemd restarts after
+            log.debug("unexpected error", exc_info=True)
+            print(f"cryedge: {mask_password(unexpected_error_line(error))}", file=sys.stderr)
+            return UNEXPECTED_ERROR_EXIT_CODE
+
+
+def unexpected_error_line(error: BaseException) -> str:
+    """An error no code path expected, in one line: its type, its first line and where in cryedge it was raised."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    edge_dir = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(edge_dir)
+    packages = tuple(os.path.join(root, name) + os.sep for name in ("edge", "convert"))
+    ours = [frame for frame in frames if os.path.abspath(frame.filename).startswith(packages)]
+    where = ""
+    if ours or frames:
+        frame = (ours or frames)[-1]
+        where = f" at {os.path.relpath(frame.filename, root) if ours else frame.filename}:{frame.lineno}"
+    message = (str(error).strip().splitlines() or [""])[0][:300]
+    return (f"unexpected error{where}: {type(error).__name__}{': ' + message if message else ''} (a bug in cryedge: "
+            "please report it with the output of -vv)")
 
 
 if __name__ == "__main__":

@@ -367,39 +367,43 @@ class Daemon:
         self._idle.clear()
         try:
             return self._loop() if self.camera else self._listen()
+        except BaseException:
+            # whatever ended the loop, an episode it leaves open ends now, before anything closes: not at the next
+            # run (reason "restart"), which systemd may never start (an exit code it does not restart)
+            self.state = "stopping"
+            try:
+                self._finish(reason="error")
+            except Exception as error:  # noqa: BLE001 - the error that stopped the loop is the one to report
+                log.error("could not end the running episode: %s", error)
+            raise
         finally:
             self._idle.set()
 
     def _loop(self) -> int:
         next_report = time.monotonic() + 5.0
-        try:
-            for frame in self.source.frames():
-                result = self.pipeline.process(frame)
-                mark = time.perf_counter()
-                for event in result.events:
-                    self._publish_event(event)
-                    if self.snapshots is not None:  # after the event is on its way: it never waits for a picture
-                        self.snapshots.offer(frame.image, result.landmarks, event)
-                if self.live is not None:  # a reference handed over; viewers' threads draw and encode
-                    self.live.offer(frame.image, result, self.alarm.state)
-                if result.score is not None:
-                    self._vision = (result.score, result.brightness)
-                    self.publisher.publish_state(self._alarm_state())
-                result.stage_ms["publish"] = (time.perf_counter() - mark) * 1000
-                now = time.monotonic()
-                self.stats.add(result, now)
-                self.last_frame = now
-                self._note_model_faults(now)
-                self.watchdog.frame_processed(now)
-                if now >= next_report:
-                    next_report = now + 5.0
-                    self._report()
-                if self._stop.is_set():
-                    break
-        except SourceError:
-            self.state = "stopping"
-            self._finish()
-            raise
+        for frame in self.source.frames():
+            result = self.pipeline.process(frame)
+            mark = time.perf_counter()
+            for event in result.events:
+                self._publish_event(event)
+                if self.snapshots is not None:  # after the event is on its way: it never waits for a picture
+                    self.snapshots.offer(frame.image, result.landmarks, event)
+            if self.live is not None:  # a reference handed over; viewers' threads draw and encode
+                self.live.offer(frame.image, result, self.alarm.state)
+            if result.score is not None:
+                self._vision = (result.score, result.brightness)
+                self.publisher.publish_state(self._alarm_state())
+            result.stage_ms["publish"] = (time.perf_counter() - mark) * 1000
+            now = time.monotonic()
+            self.stats.add(result, now)
+            self.last_frame = now
+            self._note_model_faults(now)
+            self.watchdog.frame_processed(now)
+            if now >= next_report:
+                next_report = now + 5.0
+                self._report()
+            if self._stop.is_set():
+                break
         self.state = "stopping"
         self._finish()
         return 0
@@ -587,10 +591,12 @@ class Daemon:
             senses = {**senses, "vision": vision}
         return dataclasses.replace(state, senses=senses) if senses else state
 
-    def _finish(self) -> None:
-        """End a running episode before anything closes; the publisher's close() publishes the final OFF once."""
+    def _finish(self, reason: str = "shutdown") -> None:
+        """End a running episode before anything closes; the publisher's close() publishes the final OFF once.
+
+        ``reason``: ``"shutdown"`` when asked to stop (or a file ended), ``"error"`` when an error stopped the loop."""
         self.notifier.stopping("stopping")
-        for event in self.alarm.finish():
+        for event in self.alarm.finish(reason=reason):
             self._publish_event(event)
 
     def health_stats(self):

@@ -100,4 +100,4 @@ class AlarmEvent:
     t: float  # monotonic time the state changed
     wall_time: float  # time.time() at the same moment, for subscribers
     probability: float
-    reason: str = ""  # why an episode ended: "scores", "shutdown", or the Score.status that lasted (e.g. "no_face")
+    reason: str = ""  # why an episode ended: "scores", "shutdown", "error", or the Score.status that lasted ("no_face")
