@@ -39,6 +39,7 @@ IMPORT_RECORD_NAME = "imported.sha256"
 
 _TABLE_HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
 _PASSWORD_KEY = re.compile(r"^\s*password\s*=")
+_PASSWORD_FILE_KEY = re.compile(r"^\s*password_file\s*=")
 
 
 def split_password(text: str, where: str = "boot config", table_name: str = "mqtt") -> tuple[str, str | None]:
@@ -67,6 +68,57 @@ def split_password(text: str, where: str = "boot config", table_name: str = "mqt
     if _parse_or_none(stripped) != expected:
         raise ConfigError(f'{where}: write {table_name}.password as one line, password = "...", in the [{table_name}] table')
     return stripped, password
+
+
+def split_password_file(text: str, boot_file: Path, config_dir: Path, table_name: str = "mqtt"
+                        ) -> tuple[str, str | None, Path | None]:
+    """(the TOML text without ``[table_name] password_file``, the password read from it, the file) when the boot
+    file's ``password_file`` is a file in the boot file's folder; else (``text``, None, None).
+
+    A relative ``password_file`` means, as in any config file, beside that file: on the boot partition (FAT,
+    readable by anyone who holds the card), where the installed config, in ``config_dir``, would not find it. It is
+    moved like a ``password = "..."`` line: into the credential, the file deleted after the import. One that is not
+    there is refused, in one line that says where it was looked for and how to name one already in ``config_dir``.
+    """
+    where = str(boot_file)
+    original = _parse(text, where)
+    section = _table(original, table_name)
+    given = section.get("password_file") if isinstance(section, dict) else None
+    if not isinstance(given, str):
+        return text, None, None
+    try:
+        path = Path(given).expanduser()
+    except RuntimeError:  # ~name of no user: load_config says so, naming the key
+        return text, None, None
+    folder = boot_file.parent
+    beside = folder / path if not path.is_absolute() else path if path.parent.resolve() == folder.resolve() else None
+    if beside is None:
+        return text, None, None
+    key = f"{table_name}.password_file"
+    if not beside.exists():
+        if path.is_absolute():
+            return text, None, None  # load_config says it cannot be read
+        raise ConfigError(f"{where}: {key}: {given} is not beside the boot file ({beside}): a relative password_file "
+                          f"there names a file next to it, which the import moves into {config_dir}; for one already "
+                          f"in {config_dir}, give its full path ({config_dir / path.name})")
+    try:
+        password = beside.read_text("utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(f"{where}: {key}: cannot read {beside}: {reason}") from None
+    kept, table = [], None
+    for line in text.splitlines(keepends=True):
+        header = _TABLE_HEADER.match(line)
+        if header:
+            table = header.group(1)
+        if table == table_name and _PASSWORD_FILE_KEY.match(line):
+            continue
+        kept.append(line)
+    stripped = "".join(kept)
+    expected = _with_table(original, table_name, {k: v for k, v in section.items() if k != "password_file"})
+    if _parse_or_none(stripped) != expected:
+        raise ConfigError(f'{where}: write {key} as one line, password_file = "...", in the [{table_name}] table')
+    return stripped, password, beside
 
 
 def split_url_password(text: str, where: str = "boot config", table_name: str = "source") -> tuple[str, str | None]:
@@ -170,6 +222,18 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
     # the camera's and a stream microphone's too: cryedge.toml is readable by every user of the device (0644)
     config_text, camera_password = split_stream_password(config_text, where, "source", "camera")
     config_text, microphone_password = split_stream_password(config_text, where, "audio.source", "microphone")
+    # a password file beside the boot file is the password given, as a password line is (and leaves the card too)
+    moved_files = set()
+    passwords = {"mqtt": password, "source": camera_password, "audio.source": microphone_password}
+    for table in passwords:
+        config_text, from_file, beside = split_password_file(config_text, boot_file, config_dir, table)
+        if beside is not None:
+            if passwords[table] is not None and passwords[table] != from_file:
+                raise ConfigError(f"{where}: {table}.password_file and the password given in the file disagree; give "
+                                  f"it once; nothing imported ({config_dir / 'cryedge.toml'} left as it was)")
+            passwords[table] = from_file
+            moved_files.add(beside)
+    password, camera_password, microphone_password = passwords.values()
     target = config_dir / "cryedge.toml"
     _check(boot_file, target)
     given = {PASSWORD_FILE_NAME: password, CAMERA_PASSWORD_FILE_NAME: camera_password,
@@ -201,10 +265,13 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
         reason = output_through_a_file(error) or f"cannot write {error.filename}: {error.strerror or error}"
         raise CryedgeError(f"{reason}; nothing imported ({config_dir} left as it was, {boot_file} kept)") from None
     boot_file.unlink()
+    for moved in moved_files:
+        moved.unlink(missing_ok=True)
     _sync_directory(boot_file.parent)
     moved = [name for name, secret in (("the MQTT password", password), ("the camera password", camera_password),
                                        ("the microphone password", microphone_password)) if secret is not None]
-    log.info("installed %s%s; removed %s", target, "".join(f" and {name}" for name in moved), boot_file)
+    log.info("installed %s%s; removed %s", target, "".join(f" and {name}" for name in moved),
+             " and ".join(str(path) for path in [boot_file, *sorted(moved_files)]))
     for name in unnamed:
         if name in stale:
             log.info("removed %s: an earlier boot file gave it, the new one gives no such password", config_dir / name)

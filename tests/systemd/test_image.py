@@ -519,3 +519,48 @@ def test_a_boot_file_that_names_the_password_file_keeps_it(tmp_path):
     assert import_boot_config(boot, etc)
     loaded = config.load_config(etc / "cryedge.toml", environ={})
     assert loaded.source.open_url() == "rtsp://viewer:imported-pw@192.168.1.20/live"
+
+
+@pytest.mark.parametrize("table", ["mqtt", "source", "audio.source"])
+def test_a_relative_password_file_beside_the_boot_file_is_moved_like_a_password_line(tmp_path, table):
+    """`password_file = "..._password"` with that file next to cryedge.toml on the boot partition: the import left the
+    line as it was, so the installed config looked for it in /etc/cryedge (the service stopped at every start on
+    "cannot read", exit 3, never restarted) and the password stayed on the card. Now it is read from beside the boot
+    file, as every relative path in a config file is, goes into the credential, and leaves the card."""
+    boot, etc = tmp_path / "boot" / "cryedge.toml", tmp_path / "etc" / "cryedge"
+    boot.parent.mkdir()
+    sections = {"mqtt": '[mqtt]\nhost = "192.168.1.10"\nusername = "cryedge"\n',
+                "source": '[source]\ntype = "rtsp"\nurl = "rtsp://192.168.1.20/live"\nusername = "viewer"\n',
+                "audio.source": '[audio]\nenabled = true\n[audio.source]\ntype = "stream"\n'
+                                'url = "rtsp://192.168.1.30/audio"\nusername = "listener"\n'}
+    credential = {"mqtt": "mqtt_password", "source": "camera_password", "audio.source": "microphone_password"}[table]
+    boot.write_text(sections[table] + 'password_file = "secret.txt"   # beside this file\n')
+    (boot.parent / "secret.txt").write_text("on the card\r\n")
+    assert import_boot_config(boot, etc)
+    assert not boot.exists() and not (boot.parent / "secret.txt").exists()  # nothing left on the card
+    installed = (etc / "cryedge.toml").read_text()
+    assert "password_file" not in installed and "secret.txt" not in installed
+    assert (etc / credential).read_text() == "on the card\n"
+    assert stat.S_IMODE((etc / credential).stat().st_mode) == 0o600
+    loaded = config.load_config(etc / "cryedge.toml", environ={"CREDENTIALS_DIRECTORY": str(etc)})
+    section = {"mqtt": loaded.mqtt, "source": loaded.source, "audio.source": loaded.audio.source}[table]
+    assert section.password.get_secret_value() == "on the card"
+
+
+def test_a_relative_password_file_not_beside_the_boot_file_is_refused_saying_where_to_look(tmp_path):
+    boot, etc = tmp_path / "boot" / "cryedge.toml", tmp_path / "etc" / "cryedge"
+    boot.parent.mkdir()
+    etc.mkdir(parents=True)
+    (etc / "mqtt_password").write_text("installed by hand\n")
+    boot.write_text('[mqtt]\nhost = "b"\nusername = "u"\npassword_file = "mqtt_password"\n')
+    with pytest.raises(ConfigError) as refused:
+        import_boot_config(boot, etc)
+    assert str(refused.value) == (
+        f"{boot}: mqtt.password_file: mqtt_password is not beside the boot file ({boot.parent / 'mqtt_password'}): a "
+        f"relative password_file there names a file next to it, which the import moves into {etc}; for one already in "
+        f"{etc}, give its full path ({etc / 'mqtt_password'})")
+    assert boot.exists() and not (etc / "cryedge.toml").exists()
+    boot.write_text(f'[mqtt]\nhost = "b"\nusername = "u"\npassword_file = "{etc / "mqtt_password"}"\n')  # as it says
+    assert import_boot_config(boot, etc)
+    loaded = config.load_config(etc / "cryedge.toml", environ={})
+    assert loaded.mqtt.password.get_secret_value() == "installed by hand"
