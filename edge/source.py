@@ -592,6 +592,10 @@ class SupervisedSource:
         self._stopping = threading.Event()
         self._backend = make_backend()
         self.status = SourceStatus(name=self._backend.name)
+        # an outage is said once, each distinct error in it once, and its end (the first frame) once: a camera that
+        # is gone for the night was a warning at every reopen, every reopen_max_seconds
+        self._outage: tuple[float, int] | None = None  # (time.monotonic(), reconnects) when the frames stopped
+        self._outage_said: set[str] = set()
         # a backend that probes the stream after its open returns (FfmpegStreamSource) gets more for a first frame
         self.probe_seconds = getattr(self._backend, "probe_seconds", 0.0)
 
@@ -613,9 +617,25 @@ class SupervisedSource:
             if not self._backend.live:
                 raise
             self.status.state, self.status.last_error = "reconnecting", str(error)
-            log.warning("%s; will keep trying", error)
+            self._outage_begins(str(error), "%s; will keep trying")
             return
         self.status.state = "open"
+
+    def _outage_begins(self, error: str, line: str, *args) -> None:
+        """A failure: the first of an outage starts it; each distinct error is said once in it, the rest at debug."""
+        if self._outage is None:
+            self._outage = (time.monotonic(), self.status.reconnects)
+        said = error in self._outage_said
+        self._outage_said.add(error)
+        log.log(logging.DEBUG if said else logging.WARNING, line, error, *args)
+
+    def _frames_again(self) -> None:
+        """The first frame after an outage: its end, said once."""
+        if self._outage is not None:
+            since, reconnects = self._outage
+            log.info("%s: frames again after %.0f s (%d reconnects)", self.status.name,
+                     time.monotonic() - since, self.status.reconnects - reconnects)
+            self._outage, self._outage_said = None, set()
 
     def stop(self) -> None:
         """Ask ``frames()`` to finish; safe from a signal handler or another thread."""
@@ -645,7 +665,7 @@ class SupervisedSource:
                 if not self._backend.live:
                     raise
                 self.status.state, self.status.last_error = "reconnecting", str(error)
-                log.warning("%s; reconnecting", error)
+                self._outage_begins(str(error), "%s; reconnecting")
                 self._backend.close()
                 self._reconnect(delays)
                 last_frame, limit = time.monotonic(), self.stall_seconds + self.probe_seconds
@@ -655,6 +675,7 @@ class SupervisedSource:
             self.status.last_frame_t = frame.t
             if self.status.first_frame_t is None:
                 self.status.first_frame_t = frame.t
+            self._frames_again()
             yield frame
 
     def _reconnect(self, delays: Iterator[float]) -> None:
@@ -668,12 +689,13 @@ class SupervisedSource:
                 self._backend.open()
             except SourceError as error:
                 self.status.last_error = str(error)
-                log.warning("reconnect %d failed: %s; next try in at most %g s", self.status.reconnects, error,
-                            self.backoff_limit)
+                self._outage_begins(str(error), "reconnecting failed: %s; retrying with back-off up to %g s",
+                                    self.backoff_limit)
                 continue
             self.status.state = "open"
             self._progress(self.stall_seconds + self.probe_seconds + 1.0)  # a frame, or the stall that reconnects
-            log.info("%s open again", self.status.name)
+            # not yet the end of the outage: a stream may open and send nothing; the first frame ends it
+            log.debug("%s open again (reconnect %d)", self.status.name, self.status.reconnects)
             return
 
     def _wait(self, seconds: float) -> bool:

@@ -1,0 +1,102 @@
+"""A source gone for the night is said once when it goes and once when it is back, not at every reopen.
+
+Real sources on loopback: a network microphone (test_audio_only's HttpMicrophone: a WAV over HTTP, refusing while
+stopped) through the bundled audio model, and an MJPEG camera (tests/streams.py) through OpenCV.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from test_audio_only import HttpMicrophone
+
+from edge.config import load_config
+
+
+def wait_for(predicate, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predicate()
+
+
+def messages(caplog, logger: str) -> list[tuple[str, str]]:
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == logger and r.levelno >= logging.INFO]
+
+
+def test_a_network_microphone_that_refuses_is_said_once_gone_and_once_back_not_at_every_reopen(caplog):
+    """Before, each reopen (every reopen_max_seconds, here 1 s, all night) logged "listening: ..." again: ffmpeg
+    starts before the stream refuses it, so each open looked like the sound back."""
+    from edge.audio import open_hearing
+
+    caplog.set_level(logging.INFO, logger="edge.audio")
+    microphone = HttpMicrophone()  # not started: its port refuses
+    config = load_config(None, {"source": {"type": "none"}, "audio": {"source": {
+        "type": "stream", "url": microphone.url, "stall_seconds": 2.0, "reopen_min_seconds": 0.5,
+        "reopen_max_seconds": 1.0}}})
+    hearing = open_hearing(config, None)
+    monitor = hearing.monitor
+    try:
+        for outage in range(2):  # missing at start; then gone mid-stream and refusing again
+            reconnects = monitor.status.reconnects
+            assert wait_for(lambda: monitor.status.reconnects >= reconnects + 4, 30), monitor.status
+            chunks = monitor.chunks
+            microphone.start()
+            assert wait_for(lambda: monitor.chunks > chunks + 5, 30), monitor.status
+            microphone.stop()
+    finally:
+        hearing.close()
+        microphone.stop()
+    said = messages(caplog, "edge.audio")
+    name = f"stream:{microphone.url}"
+    listening = [message for level, message in said if message.startswith("listening:")]
+    assert listening[0] == f"listening: {name}"
+    assert len(listening) == 3 and all(m.startswith(f"listening: {name} again, after ") for m in listening[1:]), said
+    warnings = [message for level, message in said if level == "WARNING"]
+    # each outage: its refusal once (and the stream's end, the second time, and at the close), whatever the reopens
+    assert 2 <= len(warnings) <= 4 and sum("Connection refused" in w for w in warnings) == 2, said
+    assert len(said) <= 3 + 4, said  # at least 8 reopens and 2 outages, said in at most seven lines
+
+
+def test_a_network_camera_that_stays_gone_is_said_once_gone_and_once_back_not_at_every_reconnect(caplog):
+    """Before, every failed reconnect was a warning of its own ("reconnect N failed: ..."), every
+    reopen_max_seconds for as long as the camera was gone, and each open an info line though no frame came."""
+    import threading
+
+    from streams import MjpegServer
+
+    from edge.source import SupervisedSource
+
+    caplog.set_level(logging.INFO, logger="edge.source")
+    with MjpegServer([np.full((120, 160, 3), 80, np.uint8)], fps=10) as camera:
+        config = load_config(None, {"source": {"uri": camera.url, "stall_seconds": 1.0, "reopen_min_seconds": 0.2,
+                                               "reopen_max_seconds": 0.5}})
+        source = SupervisedSource.from_config(config.source)
+        source.open()
+        frames = source.frames()
+
+        def resume_after_reconnects():
+            wait_for(lambda: source.status.reconnects >= 4, 60)
+            camera.resume()
+
+        resumer = threading.Thread(target=resume_after_reconnects)
+        try:
+            next(frames)
+            camera.stall()  # connected, sending nothing: the read stalls, each reopen waits for its timeout and fails
+            resumer.start()
+            while source.status.reconnects < 4:  # frames sent before the stall, then the first after it
+                next(frames)
+        finally:
+            source.close()
+            camera.resume()
+            if resumer.is_alive() or resumer.ident:
+                resumer.join()
+    said = messages(caplog, "edge.source")
+    assert source.status.reconnects >= 4, said
+    back = [message for _, message in said if "frames again" in message]
+    assert len(back) == 1 and back[0].startswith(f"{source.status.name}: frames again after "), said
+    warnings = [message for level, message in said if level == "WARNING"]
+    assert len(warnings) == len(set(warnings)) <= 3, said  # the stall, and each distinct reopen failure once
+    assert len(said) <= 4, said
