@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up cryedge on a fresh Debian/Ubuntu machine (or a Pi): system packages, a venv in .venv
 # installed from this platform's lock file (requirements/, exact versions with hashes), then cryedge
-# itself, and the landmark model bundles. Idempotent; re-run it after `apt install python3-picamera2`.
+# itself, and the landmark model bundles. Idempotent; re-run it after `apt install python3-picamera2`
+# and after a lock file changes (it also takes out what the old lock pinned and the new one does not).
 #   ./setup.sh            everything (runtime + converter + tests): requirements/<machine>-dev.txt
 #   ./setup.sh --runtime  the device runtime only (what a Pi needs): requirements/<machine>.txt
 set -euo pipefail
@@ -32,6 +33,14 @@ make_venv() {  # make_venv DIR PYTHON
         sed -i -E 's/^include-system-site-packages *=.*/include-system-site-packages = true/' "$venv/pyvenv.cfg"
         say "$venv now sees apt's packages (python3-picamera2 in $apt_packages)"
     fi
+}
+
+# Exactly the lock's versions (hashes checked); then what an earlier lock pinned and this one does not, and
+# a package no lock pins that wrote over a pinned one's module (pip install opencv-python: its cv2), are
+# taken out, and the lock is recorded in the venv, which `cryedge run` compares with it (edge/installed.py).
+install_lock() {  # install_lock VENV LOCK AGAIN (the command that runs this again, for messages)
+    "$1/bin/python" -m pip install -q --require-hashes -r "$2"
+    PYTHONPATH=$PWD "$1/bin/python" -m edge.installed --lock "$2" --again "$3"
 }
 
 # tests/test_setup.py sources this file for the functions above
@@ -66,9 +75,9 @@ fi
 
 python=${PYTHON:-python3}
 make_venv .venv "$python"
-# Exactly the lock's versions (hashes checked), then cryedge itself without touching them; built
-# without isolation by the lock's setuptools, so no unpinned build dependency is fetched.
-.venv/bin/python -m pip install -q --require-hashes -r "$lock"
+# The lock (install_lock), then cryedge itself without touching it; built without isolation by the
+# lock's setuptools, so no unpinned build dependency is fetched.
+install_lock .venv "$lock" "./setup.sh$([ "$runtime" -eq 0 ] || echo ' --runtime')"
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 .venv/bin/cryedge models fetch
 

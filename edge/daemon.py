@@ -675,8 +675,10 @@ def limit_malloc_arenas(count: int = MALLOC_ARENAS, environ=os.environ) -> bool:
 
 def _run_command(args) -> int:
     from edge.config import cli_overrides, load_config
+    from edge.installed import warn_if_drifted
 
     limit_malloc_arenas()
+    warn_if_drifted()  # pip changed the venv since its lock was installed: one line, then it runs on
 
     overrides = cli_overrides(source=args.source, broker=args.broker, audio_source=args.audio_source)
     if args.no_health:

@@ -119,9 +119,18 @@ install_venv() {
         "${pip[@]}" --require-hashes ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} -r "$LOCK"
         log "pip install --no-deps $PACKAGE"
         "${pip[@]}" --upgrade --no-deps --no-build-isolation ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "$PACKAGE"
+        # what an earlier lock pinned and this one does not, and a package no lock pins that wrote over a
+        # pinned one's module, out; the lock recorded in the venv, which `cryedge run` compares with it
+        local name="$LOCK"
+        [ "$LOCK" != "$SOURCE/requirements/$(basename "$LOCK")" ] || name="requirements/$(basename "$LOCK")"
+        local arg pip_args=()
+        for arg in ${PIP_ARGS[@]+"${PIP_ARGS[@]}"}; do pip_args+=("--pip-arg=$arg"); done
+        PYTHONPATH="$SOURCE" "$VENV_DIR/bin/python" -m edge.installed --lock "$LOCK" --name "$name" \
+            --again "sudo ${SOURCE#"$ROOT"}/systemd/install.sh" ${pip_args[@]+"${pip_args[@]}"}
     else
         log "pip install $PACKAGE"
         "${pip[@]}" --upgrade ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "$PACKAGE"
+        rm -f "$VENV_DIR/cryedge-lock.txt"  # unpinned now: nothing to compare with
     fi
     if [ -n "$ROOT" ]; then
         # A venv records its own path: point scripts and pyvenv.cfg at where it lives in the image,

@@ -138,3 +138,142 @@ def test_setup_and_its_helpers_pass_shellcheck():
     scripts = [REPO / "setup.sh", LOCKS / "refresh.sh", REPO / ".ci" / "run"]
     result = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout
+
+
+# ----------------------------------------------------------------------------- an install that drifts
+# A real venv and a real pip, offline: small wheels made here (a wheel is a zip with its metadata and RECORD),
+# found through PIP_FIND_LINKS, and lock files naming them with their sha256, as requirements/refresh.sh writes.
+
+
+def make_wheel(folder: Path, name: str, version: str, files: dict[str, str]) -> Path:
+    import base64
+    import hashlib
+    import zipfile
+
+    stem = f"{name.replace('-', '_')}-{version}"
+    entries = {**files,
+               f"{stem}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+               f"{stem}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = [f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=').decode()},"
+              f"{len(text.encode())}" for path, text in entries.items()]
+    entries[f"{stem}.dist-info/RECORD"] = "\n".join([*record, f"{stem}.dist-info/RECORD,,"]) + "\n"
+    wheel = folder / f"{stem}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in entries.items():
+            archive.writestr(path, text)
+    return wheel
+
+
+def write_lock(path: Path, *wheels: Path) -> Path:
+    import hashlib
+
+    lines = []
+    for wheel in wheels:
+        name, version = wheel.name.split("-")[:2]
+        lines += [f"{name.replace('_', '-')}=={version} \\", f"    --hash=sha256:{hashlib.sha256(wheel.read_bytes()).hexdigest()}"]
+    path.write_text("# made by tests/test_setup.py\n" + "\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def offline_index(tmp_path) -> tuple[Path, dict[str, Path]]:
+    """Wheels: alpha 1.0 and 2.0 (module alpha), beta 1.0, and gamma 1.0, whose files include an alpha package."""
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    wheels = {
+        "alpha-1.0": make_wheel(folder, "alpha", "1.0", {"alpha/__init__.py": 'MADE_BY = "alpha 1.0"\n'}),
+        "alpha-2.0": make_wheel(folder, "alpha", "2.0", {"alpha/__init__.py": 'MADE_BY = "alpha 2.0"\n'}),
+        "beta-1.0": make_wheel(folder, "beta", "1.0", {"beta.py": 'MADE_BY = "beta 1.0"\n'}),
+        "gamma-1.0": make_wheel(folder, "gamma", "1.0", {"alpha/__init__.py": 'MADE_BY = "gamma 1.0"\n',
+                                                         "gamma/__init__.py": ""}),
+    }
+    return folder, wheels
+
+
+@pytest.fixture
+def real_venv(tmp_path) -> Path:
+    venv = tmp_path / "drifting-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    return venv
+
+
+def offline(folder: Path) -> dict[str, str]:
+    return {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(folder), "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "PIP_CONSTRAINT": "", "PYTHONPATH": ""}
+
+
+def in_venv(venv: Path, code: str, **env: str) -> str:
+    result = subprocess.run([str(venv / "bin/python"), "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=REPO, env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def made_by(venv: Path, module: str) -> str:
+    return in_venv(venv, f"import {module}; print({module}.MADE_BY)")
+
+
+def drift_line(venv: Path) -> str | None:
+    return in_venv(venv, "from edge.installed import drift; found = drift(); print(found and found.line())",
+                   PYTHONPATH=str(REPO)).replace("None", "") or None
+
+
+def test_setup_run_again_takes_the_venv_back_to_a_changed_lock_and_out_of_a_strangers_hands(
+        tmp_path, offline_index, real_venv):
+    """A venv installed from a lock; the lock changes (alpha 2.0, beta dropped) and setup.sh runs again: beta
+    stayed at its old version for ever (pip install -r adds and moves, never removes). Then `pip install gamma`
+    (no lock pins it) writes its alpha over the pinned one: `cryedge run`'s check says so, and setup.sh run
+    again takes gamma out and puts the lock's alpha back (pip saw alpha 2.0 installed and left gamma's files)."""
+    folder, wheels = offline_index
+    env = offline(folder)
+    first = write_lock(tmp_path / "first.txt", wheels["alpha-1.0"], wheels["beta-1.0"])
+    result = setup_function(f'install_lock "{real_venv}" "{first}" "./setup.sh --runtime"', **env)
+    assert result.returncode == 0, result.stderr
+    assert (made_by(real_venv, "alpha"), made_by(real_venv, "beta")) == ("alpha 1.0", "beta 1.0")
+    assert drift_line(real_venv) is None
+
+    second = write_lock(tmp_path / "second.txt", wheels["alpha-2.0"])
+    result = setup_function(f'install_lock "{real_venv}" "{second}" "./setup.sh --runtime"', **env)
+    assert result.returncode == 0, result.stderr
+    assert made_by(real_venv, "alpha") == "alpha 2.0"
+    assert in_venv(real_venv, "import importlib.util; print(importlib.util.find_spec('beta'))") == "None"
+    assert f"removing what {first} pinned and {second} does not: beta" in result.stderr
+    assert drift_line(real_venv) is None
+
+    subprocess.run([str(real_venv / "bin/python"), "-m", "pip", "install", "-q", "gamma"], check=True, timeout=300,
+                   env={**os.environ, **env})
+    assert made_by(real_venv, "alpha") == "gamma 1.0"
+    line = drift_line(real_venv)
+    assert line == (f"this install no longer matches {second}, which it was installed from: gamma 1.0, which no "
+                    "lock pins, wrote over alpha's alpha. Run ./setup.sh --runtime again to put it back"), line
+
+    result = setup_function(f'install_lock "{real_venv}" "{second}" "./setup.sh --runtime"', **env)
+    assert result.returncode == 0, result.stderr
+    assert "removing gamma, which no lock pins: it wrote over alpha's alpha" in result.stderr
+    assert made_by(real_venv, "alpha") == "alpha 2.0"
+    assert in_venv(real_venv, "import importlib.util; print(importlib.util.find_spec('gamma'))") == "None"
+    assert drift_line(real_venv) is None
+
+
+def test_cryedge_run_says_in_one_line_that_pip_moved_a_pinned_package(tmp_path, offline_index, real_venv):
+    """A venv installed from its lock, then `pip install alpha==1.0` by hand (or as another package's dependency):
+    cryedge run went on without a word. It says it in one warning line, naming the package, both versions and the
+    command that puts it back, and runs on (here into a configuration error of its own)."""
+    folder, wheels = offline_index
+    env = offline(folder)
+    lock = write_lock(tmp_path / "lock.txt", wheels["alpha-2.0"])
+    assert setup_function(f'install_lock "{real_venv}" "{lock}" "./setup.sh"', **env).returncode == 0
+    subprocess.run([str(real_venv / "bin/python"), "-m", "pip", "install", "-q", "alpha==1.0"], check=True,
+                   timeout=300, env={**os.environ, **env})
+    # cryedge's own dependencies from the venv running these tests, after the drifting venv's own packages
+    site = next(Path(sys.prefix).glob("lib/python*/site-packages"))
+    (next(real_venv.glob("lib/python*/site-packages")) / "tests-dependencies.pth").write_text(f"{site}\n")
+    missing = tmp_path / "missing.toml"
+    run = subprocess.run([str(real_venv / "bin/python"), "-m", "edge.cli", "run", "--config", str(missing)],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 3, run.stderr
+    said = [line for line in run.stderr.splitlines() if "no longer matches" in line]
+    assert len(said) == 1 and "alpha 1.0 is installed (the lock: 2.0)" in said[0] and "./setup.sh again" in said[0], \
+        run.stderr
+    assert "Traceback" not in run.stderr

@@ -232,3 +232,35 @@ def test_venv_install_gives_the_program_the_unit_starts(tmp_path, wheel):
     before = snapshot(root)
     install(*args, env=clean)
     assert snapshot(root) == before
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs the system python3")
+def test_the_venv_is_taken_to_a_changed_lock_and_records_it(tmp_path):
+    """install.sh with a lock, then again with a lock that moved alpha and dropped beta: beta stayed in the
+    service's venv (pip install -r never removes). Now it goes, and the venv records the lock and the command that
+    installs it again, which `cryedge run` compares with the venv (edge/installed.py). Offline: small wheels."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_setup import make_wheel, write_lock
+
+    clean = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME")}
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    alpha1 = make_wheel(wheels, "alpha", "1.0", {"alpha/__init__.py": ""})
+    alpha2 = make_wheel(wheels, "alpha", "2.0", {"alpha/__init__.py": ""})
+    beta = make_wheel(wheels, "beta", "1.0", {"beta.py": ""})
+    package = make_wheel(wheels, "omega", "1.0", {"omega.py": ""})  # stands in for cryedge's wheel
+    root = tmp_path / "root"
+    root.mkdir()
+    common = ["--root", root, "--package", package, "--pip-arg", "--no-index", "--pip-arg", f"--find-links={wheels}",
+              "--no-models", "--no-enable"]
+    install(*common, "--lock", write_lock(tmp_path / "first.txt", alpha1, beta), env=clean)
+    site = next(inside(root, "/opt/cryedge/venv").glob("lib/python*/site-packages"))
+    assert {p.name for p in site.glob("*.dist-info")} >= {"alpha-1.0.dist-info", "beta-1.0.dist-info"}
+    second = write_lock(tmp_path / "second.txt", alpha2)
+    again = install(*common, "--lock", second, env=clean)
+    assert {p.name for p in site.glob("*.dist-info")} >= {"alpha-2.0.dist-info", "omega-1.0.dist-info"}
+    assert not list(site.glob("beta*")), again.stderr
+    record = inside(root, "/opt/cryedge/venv/cryedge-lock.txt").read_text()
+    assert f"# lock: {second}\n" in record and f"# again: sudo {REPO}/systemd/install.sh\n" in record
+    assert second.read_text() in record

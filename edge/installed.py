@@ -1,0 +1,231 @@
+"""Whether a venv still holds what the lock file it was installed from pins, and putting it back.
+
+``setup.sh`` and ``systemd/install.sh`` install a lock file's exact versions (``requirements/``), then run
+``python -m edge.installed --lock LOCK --again COMMAND`` in the venv, which:
+
+- uninstalls what an earlier lock pinned and this one does not (``pip install -r`` adds and moves, it never
+  removes: a package a new lock dropped stayed, at its old version, for ever);
+- uninstalls a distribution no lock pins that owns a module of a pinned one (``pip install opencv-python``
+  writes its own ``cv2`` over opencv-contrib-python's, and pip, seeing the pinned version installed, left
+  it there), and reinstalls the pinned owner from the lock;
+- records the lock in the venv (``RECORD_NAME``) with the command that installs it again.
+
+``cryedge run`` compares the venv with that record (:func:`drift`) and says in one line what changed since:
+a pinned package at another version (``pip install`` of something else moved numpy, which apt's picamera2
+is built against) or missing, a distribution over a pinned one's module, or, in a checkout, a lock that
+changed (``git pull``) without the install being run again. Standard library only: it runs in a venv
+before anything else is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+RECORD_NAME = "cryedge-lock.txt"  # in the venv (sys.prefix)
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", re.MULTILINE)
+# not pinned by a lock, and not a stranger: the installer itself and cryedge
+OWN = {"pip", "cryedge"}
+
+
+def canonical(name: str) -> str:
+    """A distribution's name as PEP 503 compares them (``Opencv_Contrib.Python`` is ``opencv-contrib-python``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pinned(lock_text: str) -> dict[str, str]:
+    """name -> version of every ``name==version`` line of a lock file."""
+    return {canonical(name): version for name, version in _PIN.findall(lock_text)}
+
+
+def lock_entries(lock_text: str, names: set[str]) -> str:
+    """The lock's entries (``name==version`` with its ``--hash`` lines) of ``names``, as a lock file of its own."""
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", lock_text)
+    return "\n".join(block for block in blocks if (m := _PIN.match(block)) and canonical(m.group(1)) in names) + "\n"
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a venv was installed from: the lock's name, the command that installs it again, the lock's text."""
+
+    lock: str
+    again: str
+    text: str
+
+    @classmethod
+    def read(cls, prefix: Path) -> Record | None:
+        try:
+            text = (prefix / RECORD_NAME).read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+        fields = dict(re.findall(r"^# (lock|again): (.*)$", text, re.MULTILINE))
+        return cls(fields.get("lock", "its lock file"), fields.get("again", "the install"), text)
+
+    def write(self, prefix: Path) -> None:
+        header = (f"# cryedge: this venv was installed from this lock; `cryedge run` compares it with the venv\n"
+                  f"# lock: {self.lock}\n# again: {self.again}\n")
+        (prefix / RECORD_NAME).write_text(header + self.text)
+
+
+def _owned_modules(distribution: metadata.Distribution) -> set[str]:
+    """The top-level modules and regular packages a distribution's files make (namespace packages are shared)."""
+    owned = set()
+    for path in distribution.files or ():
+        parts = path.parts
+        if len(parts) == 2 and parts[1] == "__init__.py":
+            owned.add(parts[0])
+        elif len(parts) == 1 and path.suffix in (".py", ".so", ".pyd") and not parts[0].startswith("__"):
+            owned.add(parts[0].split(".")[0])
+    return owned
+
+
+def _venv_distributions(prefix: Path) -> dict[str, metadata.Distribution]:
+    """name -> distribution of those installed in the venv itself (not apt's, seen through system site packages)."""
+    found: dict[str, metadata.Distribution] = {}
+    for site in sorted(prefix.glob("lib/python*/site-packages")):
+        for distribution in metadata.distributions(path=[str(site)]):
+            found.setdefault(canonical(distribution.metadata["Name"] or ""), distribution)
+    return found
+
+
+def strangers(pins: dict[str, str], prefix: Path) -> dict[str, tuple[str, set[str]]]:
+    """Distributions no lock pins that own a module of a pinned one: name -> (pinned owner, the modules)."""
+    installed = _venv_distributions(prefix)
+    others = {name: _owned_modules(d) for name, d in installed.items() if name not in pins and name not in OWN}
+    others = {name: modules for name, modules in others.items() if modules}
+    if not others:
+        return {}
+    owners = {module: name for name, d in installed.items() if name in pins for module in _owned_modules(d)}
+    found = {}
+    for name, modules in others.items():
+        shared = {module for module in modules if module in owners}
+        if shared:
+            found[name] = (owners[min(shared)], shared)
+    return found
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class Drift:
+    """How a venv differs from the lock it was installed from."""
+
+    record: Record
+    changes: tuple[str, ...]
+
+    def line(self) -> str:
+        return (f"this install no longer matches {self.record.lock}, which it was installed from: "
+                f"{'; '.join(self.changes)}. Run {self.record.again} again to put it back")
+
+
+def drift(prefix: Path | None = None, checkout: Path | None = None) -> Drift | None:
+    """How the venv at ``prefix`` (this one) differs from its record; None when it does not, or has no record.
+
+    ``checkout``: the source tree cryedge runs from (an editable install), whose lock may have changed since."""
+    prefix = Path(sys.prefix) if prefix is None else prefix
+    record = Record.read(prefix)
+    if record is None:
+        return None
+    pins = pinned(record.text)
+    changes = []
+    for name, version in pins.items():
+        installed = _version(name)
+        if installed is None:
+            changes.append(f"{name} is not installed (the lock: {version})")
+        elif installed != version:
+            changes.append(f"{name} {installed} is installed (the lock: {version})")
+    for name, (owner, modules) in sorted(strangers(pins, prefix).items()):
+        version = _version(name) or "?"
+        changes.append(f"{name} {version}, which no lock pins, wrote over {owner}'s {', '.join(sorted(modules))}")
+    if checkout is not None:
+        try:
+            now = pinned((checkout / record.lock).read_text())
+        except OSError:
+            now = pins
+        if now != pins:
+            changes.append(f"{record.lock} has changed since")
+    return Drift(record, tuple(changes)) if changes else None
+
+
+def checkout_of_this_code() -> Path | None:
+    """The source tree edge runs from when that is a checkout (setup.sh's editable install), else None."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "requirements").is_dir() and (root / "pyproject.toml").is_file() else None
+
+
+def warn_if_drifted() -> None:
+    """One warning line when this venv differs from the lock it was installed from; never raises."""
+    try:
+        found = drift(checkout=checkout_of_this_code())
+    except Exception as error:  # a check, not a reason to stop a baby monitor
+        log.debug("install not compared with its lock: %s", error, exc_info=True)
+        return
+    if found is not None:
+        log.warning("%s", found.line())
+
+
+def _pip(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", *args], check=True)
+
+
+def sync(lock: Path, name: str, again: str, prefix: Path | None = None, pip_args: tuple[str, ...] = ()) -> list[str]:
+    """After ``pip install --require-hashes -r lock``: the stale and the strangers out, their pinned owners
+    reinstalled, the record written. Returns what it said."""
+    prefix = Path(sys.prefix) if prefix is None else prefix
+    text = lock.read_text()
+    pins = pinned(text)
+    said = []
+    before = Record.read(prefix)
+    installed = _venv_distributions(prefix)
+    stale = sorted(n for n in (pinned(before.text) if before else {}) if n not in pins and n in installed)
+    found = strangers(pins, prefix)
+    if stale:
+        said.append(f"removing what {before.lock} pinned and {name} does not: {', '.join(stale)}")
+    for stranger, (owner, modules) in sorted(found.items()):
+        said.append(f"removing {stranger}, which no lock pins: it wrote over {owner}'s {', '.join(sorted(modules))}")
+    for line in said:
+        print(f"install: {line}", file=sys.stderr)
+    if stale or found:
+        _pip("uninstall", "--yes", "--quiet", *stale, *sorted(found))
+    owners = {owner for owner, _ in found.values()}
+    if owners:  # their files are gone with the stranger's (the same paths): the lock's own again
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as entries:
+            entries.write(lock_entries(text, owners))
+            entries.flush()
+            _pip("install", "--quiet", "--no-deps", "--force-reinstall", "--require-hashes", *pip_args,
+                 "-r", entries.name)
+    Record(name, again, text).write(prefix)
+    return said
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edge.installed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lock", type=Path, required=True, help="the lock file just installed")
+    parser.add_argument("--name", help="the lock as the record names it (default: --lock as given)")
+    parser.add_argument("--again", required=True, help="the command that installs it again, for messages")
+    parser.add_argument("--pip-arg", action="append", default=[], help="for pip install (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        sync(args.lock, args.name or str(args.lock), args.again, pip_args=tuple(args.pip_arg))
+    except (OSError, subprocess.CalledProcessError) as error:
+        print(f"install: cannot bring the venv to {args.lock}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
