@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge import native, paths
+from edge.bundles.digests import check_written
 from edge.errors import ModelError
 from edge.mediapipe_import import import_mediapipe
 from edge.records import Frame, Landmarks
@@ -129,6 +130,8 @@ class LandmarkExtractor:
         for path in (face_path if face else None, pose_path if pose else None):
             if path is not None and not Path(path).is_file():
                 raise ModelError(f"landmark model {path} is missing; run `cryedge models fetch` to build it")
+            if path is not None:
+                check_written(path)  # damaged on disk since it was fetched: refused, not run on wrong points
 
         mp = import_mediapipe()
         vision = mp.tasks.vision

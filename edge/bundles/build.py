@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge import paths
+from edge.bundles.digests import record_digests
 from edge.bundles.graph_edits import (
     POSE_SEGMENTATION,
     add_image_normalization,
@@ -271,4 +272,5 @@ def fetch(
             wheel = fetch_wheel(pins, cache if cache is not None else default_cache())
             built = build_bundles(wheel_members(wheel, pins), layout or detector_layout())
         written[str(target)] = write_bundle(target, built[kind])
+    record_digests(output, {Path(path).name: digest for path, digest in written.items()})
     return written

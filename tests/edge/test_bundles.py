@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -347,3 +349,41 @@ def test_the_short_range_bundle_differs_only_in_the_face_detector(wheel_tflites)
     assert short[FACE]["face_detector.tflite"] != full[FACE]["face_detector.tflite"]
     with pytest.raises(ValueError, match="layout"):
         build.build_bundles(wheel_tflites, "medium-range")
+
+
+def test_a_bundle_damaged_on_disk_since_it_was_fetched_is_refused_in_one_line(tmp_path):
+    """4 KiB of zeros in the face landmark model's weights (an SD card's damage) after `cryedge models fetch`:
+    MediaPipe loaded it without a word and the face points moved by tens of pixels, so the cry model would judge
+    wrong points all night. fetch lists what it wrote (SHA256SUMS, sha256sum's format) and the landmark stage
+    refuses a bundle that differs: one line naming the file and the command, exit 4 (systemd does not restart).
+    Real bundles, a real MediaPipe, the checkout's photo."""
+    from edge import paths
+
+    models = tmp_path / "models"
+    env = {**os.environ, "CRYEDGE_MODELS": str(models)}
+    source = paths.landmarks_dir()
+    fetched = subprocess.run([sys.executable, "-m", "edge.cli", "models", "fetch", "--face-bundle", str(source / FACE),
+                              "--pose-bundle", str(source / POSE)], capture_output=True, text=True, timeout=120, env=env)
+    assert fetched.returncode == 0, fetched.stderr
+    listed = (models / "landmarks" / "SHA256SUMS").read_text()
+    assert listed == "".join(f"{sha256(source / name)}  {name}\n" for name in sorted((FACE, POSE)))
+    photo = str(paths.data_file("astronaut.jpg"))
+
+    def points() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "edge.cli", "landmarks", photo, "--json"],
+                              capture_output=True, text=True, timeout=120, env=env)
+
+    sound = points()
+    assert sound.returncode == 0 and json.loads(sound.stdout)["face70"], sound.stderr
+    face = models / "landmarks" / FACE
+    data = bytearray(face.read_bytes())
+    with zipfile.ZipFile(face) as bundle:
+        member = bundle.getinfo("face_landmarks_detector.tflite")
+    weights = member.header_offset + 64 + int(member.file_size * 0.6)  # inside its stored bytes
+    data[weights:weights + 4096] = bytes(4096)
+    face.write_bytes(data)
+    damaged = points()
+    assert damaged.returncode == 4, (damaged.returncode, damaged.stdout[:200])
+    said = damaged.stderr.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith(f"cryedge: landmark model {face} is not the one `cryedge models "
+                                                 "fetch` wrote there") and "models fetch --output" in said[0], said
