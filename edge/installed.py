@@ -13,13 +13,16 @@
 ``cryedge run`` compares the venv with that record (:func:`drift`) and says in one line what changed since:
 a pinned package at another version (``pip install`` of something else moved numpy, which apt's picamera2
 is built against) or missing, a distribution over a pinned one's module, or, in a checkout, a lock that
-changed (``git pull``) without the install being run again. Standard library only: it runs in a venv
-before anything else is installed.
+changed (``git pull``) without the install being run again; and a model file installed with cryedge
+whose bytes differ from pip's record of them (:func:`check_installed_file`). Standard library only (and
+``edge.errors``): it runs in a venv before anything else is installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import logging
 import re
 import subprocess
@@ -28,6 +31,8 @@ import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+
+from edge.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +181,36 @@ def warn_if_drifted() -> None:
         return
     if found is not None:
         log.warning("%s", found.line())
+
+
+def installed_digest(path: Path, distribution: str = "cryedge") -> str | None:
+    """The sha256 (urlsafe base64, as RECORD writes it) pip recorded for ``path`` when it installed
+    ``distribution``; None when it did not (an editable install, a file of the user's)."""
+    try:
+        entries = metadata.files(distribution) or ()
+    except metadata.PackageNotFoundError:
+        return None
+    resolved = Path(path).resolve()
+    for entry in entries:
+        if entry.name == resolved.name and entry.hash is not None and entry.hash.mode == "sha256" \
+                and Path(entry.locate()).resolve() == resolved:
+            return entry.hash.value
+    return None
+
+
+def check_installed_file(path: Path, what: str) -> None:
+    """ModelError, one line, when a file pip installed with cryedge (the default models) differs from its RECORD.
+
+    A few KiB of an SD card's damage in a model's weights loads without an error and scores wrong all night."""
+    expected = installed_digest(path)
+    if expected is None:
+        return
+    digest = hashlib.sha256(Path(path).read_bytes()).digest()
+    if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != expected:
+        record = Record.read(Path(sys.prefix))
+        again = record.again if record else "pip install --force-reinstall --no-deps cryedge"
+        raise ModelError(f"{what} {path} is not the file installed with cryedge (its sha256 differs from the one pip "
+                         f"recorded): damaged on disk; install cryedge again ({again})")
 
 
 def _pip(*args: str) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 from edge.card import ModelCard, load_card
 from edge.errors import ModelError
 from edge.features import SPECS, get_spec
+from edge.installed import check_installed_file
 from edge.records import Score
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,7 @@ class TFLiteModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"model file not found: {self.path}")
+        check_installed_file(self.path, "model")  # a default model damaged on disk: refused, not run
         self.card = card or load_card(self.path)
         self.runtime = runtime or find_runtime()
         self.delegate_name = "cpu"

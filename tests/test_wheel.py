@@ -75,3 +75,25 @@ def test_a_wheel_fetches_the_bundles_and_runs_the_demo_from_elsewhere(tmp_path, 
     events = [json.loads(line) for line in run.stdout.splitlines() if '"event"' in line]
     kinds = [e["event_type"] for e in events if e.get("type") == "event"]
     assert kinds == ["cry_start", "cry_end"], run.stdout
+
+
+@pytest.mark.slow
+def test_a_default_model_damaged_on_disk_is_refused_in_one_line(tmp_path, venv_with_wheel):
+    """4 KiB of zeros at 80% of the installed default model (an SD card's damage): LiteRT loaded it without an
+    error and scored the same window -127 where the sound model says -96 (int8), so the alarm ran on wrong scores.
+    pip's RECORD holds the sha256 of every file it installed: the model is checked against it at load; one line,
+    exit 4 (systemd does not restart), naming the file."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["CRYEDGE_MODELS"] = str(REPO / "models")  # the checkout's bundles
+    model = next(venv_with_wheel.glob("lib/python*/site-packages/edge/data/models/cry-default.tflite"))
+    data = bytearray(model.read_bytes())
+    start = int(len(data) * 0.8)
+    data[start:start + 4096] = bytes(4096)
+    model.write_bytes(data)
+    run = subprocess.run([str(venv_with_wheel / "bin" / "cryedge"), "run", "--fast", "--no-health"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert run.returncode == 4, (run.returncode, run.stdout[-300:])
+    said = [line for line in run.stderr.splitlines() if line.startswith("cryedge:")]
+    assert said == [f"cryedge: model {model} is not the file installed with cryedge (its sha256 differs from the one "
+                    "pip recorded): damaged on disk; install cryedge again (pip install --force-reinstall --no-deps "
+                    "cryedge)"], run.stderr
