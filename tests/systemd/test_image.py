@@ -564,3 +564,19 @@ def test_a_relative_password_file_not_beside_the_boot_file_is_refused_saying_whe
     assert import_boot_config(boot, etc)
     loaded = config.load_config(etc / "cryedge.toml", environ={})
     assert loaded.mqtt.password.get_secret_value() == "installed by hand"
+
+
+def test_the_image_and_the_readmes_pi_steps_install_every_package_setup_installs():
+    """requirements/apt-runtime.txt is what `setup.sh --runtime` installs (what the wheels link, and sound): the
+    image's package list and the README's apt line on a Pi must hold all of it, or an image boots a service that
+    dies on a missing libEGL (exit 8) that setup.sh on the same Pi would have installed."""
+    def listed(text: str) -> set[str]:
+        return {word for line in text.splitlines() if not line.lstrip().startswith("#") for word in line.split()}
+
+    runtime = listed((REPO / "requirements" / "apt-runtime.txt").read_text())
+    image = listed((STAGE / "00-packages" / "00-packages-nr").read_text())
+    readme_line = next(line for line in (REPO / "README.md").read_text().splitlines()
+                       if line.startswith("sudo apt install python3-picamera2"))
+    assert runtime and runtime <= image, runtime - image
+    assert runtime <= set(readme_line.split()), runtime - set(readme_line.split())
+    assert {"python3-picamera2"} <= image  # the venv's picamera2 comes from apt, never from PyPI
