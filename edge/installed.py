@@ -40,6 +40,8 @@ RECORD_NAME = "cryedge-lock.txt"  # in the venv (sys.prefix)
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", re.MULTILINE)
 # not pinned by a lock, and not a stranger: the installer itself and cryedge
 OWN = {"pip", "cryedge"}
+# never taken out when a lock stops pinning them: the venv's own installer and cryedge's build backend
+KEPT = OWN | {"setuptools", "wheel"}
 
 
 def canonical(name: str) -> str:
@@ -226,7 +228,8 @@ def sync(lock: Path, name: str, again: str, prefix: Path | None = None, pip_args
     said = []
     before = Record.read(prefix)
     installed = _venv_distributions(prefix)
-    stale = sorted(n for n in (pinned(before.text) if before else {}) if n not in pins and n in installed)
+    stale = sorted(n for n in (pinned(before.text) if before else {}) if n not in pins and n in installed
+                   and n not in KEPT)
     found = strangers(pins, prefix)
     if stale:
         said.append(f"removing what {before.lock} pinned and {name} does not: {', '.join(stale)}")
