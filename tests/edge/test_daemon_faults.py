@@ -97,3 +97,39 @@ def test_the_unexpected_error_line_is_one_line_naming_the_exception_and_where_in
     except ValueError as error:
         line = mask_password(unexpected_error_line(error))
     assert "hunter2" not in line and "rtsp://viewer:********@cam.lan/live" in line and "second line" not in line
+
+
+# the same with no camera: the fusion of the sound raising on its n-th score (Fusion.fuse, the one injected fault)
+FAILING_FUSION = """
+import sys
+from edge import fusion
+from edge.cli import main
+
+calls = 0
+fuse = fusion.Fusion.fuse
+
+def failing(self, *args, **kwargs):
+    global calls
+    calls += 1
+    if calls == int(sys.argv[1]):
+        raise RuntimeError("a fault of the fusion")
+    return fuse(self, *args, **kwargs)
+
+fusion.Fusion.fuse = failing
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_an_unexpected_error_mid_cry_with_no_camera_ends_the_episode_too(tmp_path):
+    """The listening loop (`[source] type = "none"`) had no ending of its own on an error: no cry_end at all."""
+    config = tmp_path / "mic.toml"
+    config.write_text(f'[health]\nenabled = false\n[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\n')
+    out = subprocess.run([sys.executable, "-c", FAILING_FUSION, "22", "run", "--fast", "--source", "none",
+                          "--audio-source", str(REPO / "edge" / "data" / "demo.mp4"), "--config", str(config)],
+                         capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 70, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    events = [(line["event_type"], line["id"], line.get("reason")) for line in lines if line["type"] == "event"]
+    assert [(kind, reason) for kind, _, reason in events] == [("cry_start", None), ("cry_end", "error")], out.stdout
+    assert events[0][1] == events[1][1] and lines[-1]["type"] == "state" and lines[-1]["crying"] == "OFF"
+    assert "Traceback" not in out.stderr and "RuntimeError: a fault of the fusion" in out.stderr
