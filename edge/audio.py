@@ -24,7 +24,7 @@ from edge.audio_features import AudioFrontEnd
 from edge.audio_source import AudioChunk, SoundBackend, level_dbfs
 from edge.errors import ModelError, SourceError
 from edge.records import MODEL_ERROR, Score
-from edge.source import SourceStatus, backoff_delays
+from edge.source import Outage, SourceStatus, backoff_delays
 
 log = logging.getLogger(__name__)
 
@@ -217,10 +217,7 @@ class AudioMonitor:
         self.judged_at: float | None = None  # time.monotonic() when the model last judged a window (/health)
         self._too_fast = False  # the source last opened delivered sound faster than real time
         self._silence_said = False  # the log said the source delivers only zeros (muted), and not since that it hears
-        # an outage is said once, each distinct error once, and its end once (as the camera's, edge.source): a stream
-        # microphone that refuses was said at every reopen ("listening: ..."), every reopen_max_seconds all night
-        self._outage: tuple[float, int] | None = None  # (time.monotonic(), reconnects) when the sound last went
-        self._outage_said: set[str] = set()
+        self._outage = Outage()  # as the camera's: ended by the first sound, not by an open (ffmpeg starts, then fails)
         self._scores: deque[AudioScore] = deque(maxlen=max(4, int(history_seconds / pipeline.scorer.spec.hop_seconds)))
         self._changed = threading.Condition()
         self.follow_frames = follow_frames and not self.live  # a file next to a video waits for its frames
@@ -272,7 +269,7 @@ class AudioMonitor:
             self.status.state, self.reason = "open", NO_SOUND
             self._too_fast = False
             # in an outage an open is not yet the sound back (ffmpeg starts, then the stream refuses it): said once heard
-            log.log(logging.DEBUG if self._outage else logging.INFO, "listening: %s", self.status.name)
+            log.log(logging.DEBUG if self._outage.ongoing else logging.INFO, "listening: %s", self.status.name)
             chunks = self.chunks
             try:
                 finished = self._listen()
@@ -304,24 +301,13 @@ class AudioMonitor:
         return False
 
     def _failed(self, error: str, reason: str, retried: bool = True) -> None:
-        if self._outage is None:
-            self._outage = (time.monotonic(), self.status.reconnects)
-        said = re.sub(r"\bpipe:\d+", "pipe", error)  # ffmpeg names the pipe the URL came on by its descriptor
-        if said not in self._outage_said:
-            self._outage_said.add(said)
+        # ffmpeg names the pipe the URL came on by its descriptor, which may differ at each reopen
+        if self._outage.failed(re.sub(r"\bpipe:\d+", "pipe", error), self.status.reconnects):
             retry = ("back with the camera's next session" if self._backend.in_camera_session
                      else f"retrying with back-off up to {self.backoff_limit:g} s" if retried
                      else "a file is not retried")
             log.warning("sound: %s; %s", error, retry)
         self.status.state, self.status.last_error, self.reason = "reopening", error, reason
-
-    def _heard_again(self) -> None:
-        """The first sound after an outage: its end, said once."""
-        if self._outage is not None:
-            since, reconnects = self._outage
-            log.info("listening: %s again, after %.0f s without sound (%d reopens)", self.status.name,
-                     time.monotonic() - since, self.status.reconnects - reconnects)
-            self._outage, self._outage_said = None, set()
 
     def _listen(self) -> bool:
         """Read until the stream fails (SourceError), stalls (False) or a file ends or stop() (True).
@@ -362,7 +348,8 @@ class AudioMonitor:
                 raise SourceError(f"{self.status.name} delivers about {round(fast)} s of sound a second: it does not "
                                   f"capture at {pace.rate} Hz (an ALSA hw: device keeps its own rate; plughw: converts)")
             self.chunks += 1
-            self._heard_again()
+            if (ended := self._outage.over(self.status.reconnects)) is not None:
+                log.info("listening: %s again, after %.0f s without sound (%d reopens)", self.status.name, *ended)
             if self.status.first_frame_t is None:
                 self.status.first_frame_t = chunk.t - chunk.index / chunk.rate  # a file's time 0
             self.status.last_frame_t = chunk.t

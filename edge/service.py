@@ -55,19 +55,24 @@ def split_password(text: str, where: str = "boot config", table_name: str = "mqt
         return text, None
     if not isinstance(password, str):
         raise ConfigError(f"{where}: {table_name}.password must be a string")
+    stripped = _without_key(text, table_name, _PASSWORD_KEY)
+    expected = _with_table(original, table_name, {k: v for k, v in section.items() if k != "password"})
+    if _parse_or_none(stripped) != expected:
+        raise ConfigError(f'{where}: write {table_name}.password as one line, password = "...", in the [{table_name}] table')
+    return stripped, password
+
+
+def _without_key(text: str, table_name: str, key: re.Pattern) -> str:
+    """``text`` without the lines of ``[table_name]`` that ``key`` matches; the other lines, comments too, as they were."""
     kept, table = [], None
     for line in text.splitlines(keepends=True):
         header = _TABLE_HEADER.match(line)
         if header:
             table = header.group(1)
-        if table == table_name and _PASSWORD_KEY.match(line):
+        if table == table_name and key.match(line):
             continue
         kept.append(line)
-    stripped = "".join(kept)
-    expected = _with_table(original, table_name, {k: v for k, v in section.items() if k != "password"})
-    if _parse_or_none(stripped) != expected:
-        raise ConfigError(f'{where}: write {table_name}.password as one line, password = "...", in the [{table_name}] table')
-    return stripped, password
+    return "".join(kept)
 
 
 def split_password_file(text: str, boot_file: Path, config_dir: Path, table_name: str = "mqtt"
@@ -106,15 +111,7 @@ def split_password_file(text: str, boot_file: Path, config_dir: Path, table_name
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or "not UTF-8 text"
         raise ConfigError(f"{where}: {key}: cannot read {beside}: {reason}") from None
-    kept, table = [], None
-    for line in text.splitlines(keepends=True):
-        header = _TABLE_HEADER.match(line)
-        if header:
-            table = header.group(1)
-        if table == table_name and _PASSWORD_FILE_KEY.match(line):
-            continue
-        kept.append(line)
-    stripped = "".join(kept)
+    stripped = _without_key(text, table_name, _PASSWORD_FILE_KEY)
     expected = _with_table(original, table_name, {k: v for k, v in section.items() if k != "password_file"})
     if _parse_or_none(stripped) != expected:
         raise ConfigError(f'{where}: write {key} as one line, password_file = "...", in the [{table_name}] table')

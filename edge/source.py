@@ -555,6 +555,36 @@ class SourceStatus:
     first_frame_t: float | None = None  # for a file: time 0 of the video on the monotonic clock
 
 
+class Outage:
+    """A source's outage as its log tells it: each distinct error in it once, its end once.
+
+    A camera or a stream microphone gone for the night was said at every reopen, every reopen_max_seconds."""
+
+    def __init__(self):
+        self._began: tuple[float, int] | None = None  # (time.monotonic(), reconnects) at its first failure
+        self._said: set[str] = set()
+
+    @property
+    def ongoing(self) -> bool:
+        return self._began is not None
+
+    def failed(self, error: str, reconnects: int) -> bool:
+        """A failure (the first one starts the outage): True when ``error`` is new in this outage, to be said."""
+        if self._began is None:
+            self._began = (time.monotonic(), reconnects)
+        new = error not in self._said
+        self._said.add(error)
+        return new
+
+    def over(self, reconnects: int) -> tuple[float, int] | None:
+        """The source delivers again: (seconds, reopens) the outage lasted when one was going on, else None."""
+        if self._began is None:
+            return None
+        began, before = self._began
+        self._began, self._said = None, set()
+        return time.monotonic() - began, reconnects - before
+
+
 def backoff_delays(first: float, limit: float) -> Iterator[float]:
     """1, 2, 4, ... seconds up to ``limit``: how long to wait before each reopen."""
     delay = first
@@ -592,10 +622,7 @@ class SupervisedSource:
         self._stopping = threading.Event()
         self._backend = make_backend()
         self.status = SourceStatus(name=self._backend.name)
-        # an outage is said once, each distinct error in it once, and its end (the first frame) once: a camera that
-        # is gone for the night was a warning at every reopen, every reopen_max_seconds
-        self._outage: tuple[float, int] | None = None  # (time.monotonic(), reconnects) when the frames stopped
-        self._outage_said: set[str] = set()
+        self._outage = Outage()  # ended by the first frame, not by an open: a stream may open and send nothing
         # a backend that probes the stream after its open returns (FfmpegStreamSource) gets more for a first frame
         self.probe_seconds = getattr(self._backend, "probe_seconds", 0.0)
 
@@ -622,20 +649,8 @@ class SupervisedSource:
         self.status.state = "open"
 
     def _outage_begins(self, error: str, line: str, *args) -> None:
-        """A failure: the first of an outage starts it; each distinct error is said once in it, the rest at debug."""
-        if self._outage is None:
-            self._outage = (time.monotonic(), self.status.reconnects)
-        said = error in self._outage_said
-        self._outage_said.add(error)
-        log.log(logging.DEBUG if said else logging.WARNING, line, error, *args)
-
-    def _frames_again(self) -> None:
-        """The first frame after an outage: its end, said once."""
-        if self._outage is not None:
-            since, reconnects = self._outage
-            log.info("%s: frames again after %.0f s (%d reconnects)", self.status.name,
-                     time.monotonic() - since, self.status.reconnects - reconnects)
-            self._outage, self._outage_said = None, set()
+        new = self._outage.failed(error, self.status.reconnects)
+        log.log(logging.WARNING if new else logging.DEBUG, line, error, *args)
 
     def stop(self) -> None:
         """Ask ``frames()`` to finish; safe from a signal handler or another thread."""
@@ -675,7 +690,8 @@ class SupervisedSource:
             self.status.last_frame_t = frame.t
             if self.status.first_frame_t is None:
                 self.status.first_frame_t = frame.t
-            self._frames_again()
+            if (ended := self._outage.over(self.status.reconnects)) is not None:
+                log.info("%s: frames again after %.0f s (%d reconnects)", self.status.name, *ended)
             yield frame
 
     def _reconnect(self, delays: Iterator[float]) -> None:
