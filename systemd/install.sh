@@ -193,4 +193,8 @@ if [ "$VENV" -eq 1 ]; then install_venv; fi
 install_config
 if [ "$MODELS" -eq 1 ]; then install_models; fi
 install_unit
+if [ ! -x "$VENV_DIR/bin/cryedge" ]; then
+    # the unit's ExecStart: without it the service fails at every start (203/EXEC), every RestartSec
+    log "warning: no $PREFIX/venv/bin/cryedge (--no-venv): cryedge.service cannot start until that venv is made"
+fi
 log "done. Edit /etc/cryedge/cryedge.toml ([mqtt] host, username), then: systemctl start cryedge"

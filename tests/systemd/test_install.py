@@ -264,3 +264,15 @@ def test_the_venv_is_taken_to_a_changed_lock_and_records_it(tmp_path):
     record = inside(root, "/opt/cryedge/venv/cryedge-lock.txt").read_text()
     assert f"# lock: {second}\n" in record and f"# again: sudo {REPO}/systemd/install.sh\n" in record
     assert second.read_text() in record
+
+
+def test_a_unit_installed_without_its_program_is_said_to_be(tmp_path):
+    """--no-venv with no venv there: the unit's ExecStart does not exist, and the service would fail at every start
+    (203/EXEC, every RestartSec, for ever) after an install that said "done". It says so, in one line."""
+    root = tmp_path / "root"
+    root.mkdir()
+    result = install("--root", root, "--no-venv", "--no-models")
+    warned = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warned == ["install: warning: no /opt/cryedge/venv/bin/cryedge (--no-venv): cryedge.service cannot start "
+                      "until that venv is made"], result.stderr
+    assert not inside(root, SETTINGS["ExecStart"][-1].split()[0]).exists()
