@@ -544,7 +544,14 @@ class LandmarksConfig(Section):
             x0, y0, x1, y1 = self.roi
             if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
                 raise ValueError("roi must be [x0, y0, x1, y1] fractions with 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1")
+            if min(x1 - x0, y1 - y0) < MIN_ROI:  # a typo such as 0.5001: no face fits, or no pixel at all
+                raise ValueError(f"roi is {x1 - x0:.2%} of the frame wide and {y1 - y0:.2%} high: make it at least "
+                                 f"{MIN_ROI:.0%} either way (a face must fill a few dozen pixels of it)")
         return self
+
+
+# the smallest [landmarks] roi, as a fraction of the frame either way: 32 px of a 640-px frame
+MIN_ROI = 0.05
 
 
 class ExposureConfig(Section):

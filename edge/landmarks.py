@@ -206,7 +206,8 @@ class LandmarkExtractor:
         x0 = y0 = 0
         if self.roi is not None:
             x0, y0 = int(self.roi[0] * width), int(self.roi[1] * height)
-            x1, y1 = int(round(self.roi[2] * width)), int(round(self.roi[3] * height))
+            # at least a pixel: a small frame's crop rounded to none, and MediaPipe's graph raised on it
+            x1, y1 = max(int(round(self.roi[2] * width)), x0 + 1), max(int(round(self.roi[3] * height)), y0 + 1)
             rgb = rgb[y0:y1, x0:x1]
         crop_h, crop_w = rgb.shape[:2]
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))

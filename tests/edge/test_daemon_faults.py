@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from test_daemon import assets, config_file  # noqa: F401 - the module fixture and its config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,3 +132,19 @@ def test_an_unexpected_error_mid_cry_with_no_camera_ends_the_episode_too(tmp_pat
     assert [(kind, reason) for kind, _, reason in events] == [("cry_start", None), ("cry_end", "error")], out.stdout
     assert events[0][1] == events[1][1] and lines[-1]["type"] == "state" and lines[-1]["crying"] == "OFF"
     assert "Traceback" not in out.stderr and "RuntimeError: a fault of the fusion" in out.stderr
+
+
+def test_a_region_of_interest_too_small_to_hold_a_face_is_a_config_error_not_a_restart_loop(assets, tmp_path):  # noqa: F811
+    """`[landmarks] roi = [0.5, 0.5, 0.5001, 0.5001]` (a typo) passed the check and cropped every frame to no pixel:
+    MediaPipe raised on the first frame, a traceback and exit 1, restarted by systemd every 10 s for ever. Now a
+    crop under 5% of the frame either way is refused at load, in one line naming the key (exit 3: not restarted)."""
+    clip, model, _ = assets
+    config = config_file(tmp_path, model, clip)
+    config.write_text(config.read_text().replace("[landmarks]\npose = false\n",
+                                                 "[landmarks]\npose = false\nroi = [0.5, 0.5, 0.5001, 0.5001]\n"))
+    out = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--fast", "--config", str(config)], capture_output=True,
+                         text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 3, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("cryedge: ")]
+    assert len(errors) == 1 and "landmarks: roi is 0.01% of the frame wide" in errors[0] and "at least 5%" in errors[0], out.stderr
+    assert "Traceback" not in out.stderr and out.stdout == ""

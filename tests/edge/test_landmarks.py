@@ -339,3 +339,13 @@ def test_mediapipe_is_imported_without_matplotlib_and_audio_and_they_still_load_
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert result.stdout.split() == ["False", "False", "True", "True", "True", "True"], result.stderr
+
+
+def test_a_region_of_interest_under_a_pixel_of_a_small_frame_is_no_face_not_a_mediapipe_error(use_models):
+    """A 5% region of a 16x12 frame (a camera's tiny substream) rounds to no pixel at all: MediaPipe's graph raised
+    RuntimeError ("ROI width and height must be > 0") on every frame, out of the frame loop, and the service was
+    restarted for ever. Now the crop is at least one pixel, and nothing is found in it."""
+    with LandmarkExtractor(pose=True, roi=(0.0, 0.0, 0.05, 0.05)) as extractor:
+        for n in range(3):
+            found = extractor.extract(Frame(np.full((12, 16, 3), 90, np.uint8), n / 15, n))
+            assert not found.has_face and not found.has_pose and (found.width, found.height) == (16, 12)

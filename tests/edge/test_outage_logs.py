@@ -39,12 +39,12 @@ def test_a_network_microphone_that_refuses_is_said_once_gone_and_once_back_not_a
     hearing = open_hearing(config, None)
     monitor = hearing.monitor
     try:
-        for outage in range(2):  # missing at start; then gone mid-stream and refusing again
+        for _ in range(2):  # missing at start; then gone mid-stream and refusing again
             reconnects = monitor.status.reconnects
-            assert wait_for(lambda: monitor.status.reconnects >= reconnects + 4, 30), monitor.status
+            assert wait_for(lambda reconnects=reconnects: monitor.status.reconnects >= reconnects + 4, 30), monitor.status
             chunks = monitor.chunks
             microphone.start()
-            assert wait_for(lambda: monitor.chunks > chunks + 5, 30), monitor.status
+            assert wait_for(lambda chunks=chunks: monitor.chunks > chunks + 5, 30), monitor.status
             microphone.stop()
     finally:
         hearing.close()
