@@ -45,6 +45,10 @@ CRIB_CLIPS, CRIB_SEED_OFFSET = 320, 2000
 # more training clips of random_events itself (the test sets' plan), from a seed of their own; never validation
 # clips (validation_groups). 960 in the default build: false alarms over singing were a want of ordinary data
 MORE_CLIPS, MORE_SEED_OFFSET = 960, 3000
+# hard-negative mining: clips with no cry (audio_synth.mining_events) from a seed of their own (seed + 4000: 6026, no
+# test set's), scored by a first training; their windows at or above MINE_LEVEL are added as not crying and the
+# model trained again from scratch. None in the default build (docs/audio.md, session 9)
+MINE_CLIPS, MINE_SEED_OFFSET, MINE_LEVEL = 0, 4000, 0.4
 HOP_SECONDS = 0.25  # the default model scores this often on the device
 MEL_BANDS = 64  # log-mel bands a frame of the default model, from an FFT of N_FFT samples
 N_FFT = 512
@@ -236,6 +240,48 @@ def choose_threshold(model_path: Path, folder: Path, labels: Path, clips_: list[
     return best[0], best[1], figures[1], best[2]
 
 
+def mine_hard_negatives(keras_model: Path, data: Path, folder: Path, count: int, seed: int, level: float,
+                        output: Path) -> dict:
+    """Hard-negative mining: ``count`` clips with no cry (``audio_synth.mining_events``, seed ``seed``) made in
+    ``folder`` unless there, their windows cut by the training data's own front end (its normalization
+    statistics, not theirs), scored by ``keras_model``; those at or above ``level`` are written, as not crying and
+    each clip its own group (``mine*``, never a validation clip), after every window of ``data`` into ``output``.
+
+    What was mined: the windows scored, the windows kept, and the kept ones by the clip's sounds."""
+    from convert import audio_synth, dataset
+    from convert.keras_io import import_tensorflow
+    from convert.train import _scores
+    from edge.card import AudioSpec
+
+    folder = Path(folder)
+    labels = folder / "labels.csv"
+    if not labels.is_file():
+        audio_synth.generate(folder, count, CLIP_SECONDS, seed, cry_share=0.0, prefix="mine",
+                             plan=audio_synth.mining_events)
+    with np.load(data, allow_pickle=False) as loaded:
+        audio, not_crying = AudioSpec.model_validate_json(str(loaded["audio"])), list(loaded["labels"]).index("not_crying")
+    windows = dataset.build_sound(folder, labels, audio=audio, progress=False)
+    import_tensorflow()
+    import keras
+
+    scores = _scores(keras.models.load_model(keras_model, compile=False), windows.x)
+    keep = scores >= level
+    merged = dict(np.load(data, allow_pickle=False))
+    added = {"x": windows.x[keep], "y": np.full(int(keep.sum()), not_crying, merged["y"].dtype),
+             "groups": windows.groups[keep], "videos": windows.videos[keep], "t_end": windows.t_end[keep]}
+    del windows
+    for key, rows in added.items():
+        merged[key] = np.concatenate([merged[key], rows.astype(merged[key].dtype, copy=False)])
+    np.savez(output, **merged)
+    by_kind: dict[str, int] = {}
+    for video in added["videos"]:
+        kinds = (folder / str(video)).with_suffix(".txt").read_text().strip()
+        by_kind[kinds] = by_kind.get(kinds, 0) + 1
+    return {"clips": count, "seed": seed, "level": level, "windows": int(len(scores)), "mined": int(keep.sum()),
+            "mined_clips": int(len(set(added["groups"].tolist()))),
+            "by_sounds": dict(sorted(by_kind.items(), key=lambda item: -item[1]))}
+
+
 def validation_groups(data: Path, seed: int, prefix: str = "train") -> tuple[str, ...]:
     """The clips held out of training to choose the threshold on: the seeded split of the ``prefix`` clips alone,
     so that added masked or crib clips neither join them nor move them (a model trained with more clips is
@@ -401,7 +447,8 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
           seed: int = SEED, train_clips: int = TRAIN_CLIPS, heldout_clips: int = HELDOUT_CLIPS, audio=None,
           masked_clips: int = MASKED_CLIPS, evidence_choices: tuple[tuple[int, int], ...] = EVIDENCE_CHOICES,
           crib_clips: int = CRIB_CLIPS, more_clips: int = MORE_CLIPS, patience: int = 6,
-          sizes: dict | None = None, max_false_alarms: int | None = MAX_FALSE_ALARMS) -> dict:
+          sizes: dict | None = None, max_false_alarms: int | None = MAX_FALSE_ALARMS, mine_clips: int = MINE_CLIPS,
+          mine_level: float = MINE_LEVEL) -> dict:
     from convert import dataset, train
     from convert.convert import ConvertOptions, convert
 
@@ -421,9 +468,28 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
             dataset.build_sound(work / "train", train_labels, audio=audio or front_end(), positive="crying").save(data)
             drop_ambiguous_windows(data, train_labels)
         keras_model = work / f"{MODEL_NAME}.keras"
-        metrics = train.train(train.TrainOptions(arch="audio-cnn", data=data, output=keras_model, epochs=epochs,
-                                                 patience=patience, seed=seed, holdout=validation_groups(data, seed),
-                                                 sizes=dict(sizes or {})))
+
+        def trained(on: Path, output: Path) -> dict:
+            return train.train(train.TrainOptions(arch="audio-cnn", data=on, output=output, epochs=epochs,
+                                                  patience=patience, seed=seed, holdout=validation_groups(data, seed),
+                                                  sizes=dict(sizes or {})))
+
+        mined = None
+        if not mine_clips:
+            metrics = trained(data, keras_model)
+        else:  # a first model finds the windows that fool it; the second is trained from scratch with them added,
+            # by the same recipe (seed, epochs, early stopping), so the data is all that differs
+            first = work / f"{MODEL_NAME}.first.keras"
+            metrics = trained(data, first)
+            mined = mine_hard_negatives(first, data, work / "mine", mine_clips, seed + MINE_SEED_OFFSET, mine_level,
+                                        work / "train-mined.npz")
+            (work / "mined.json").write_text(json.dumps(mined, indent=2) + "\n")
+            print(f"mined {mined['mined']} of {mined['windows']} windows of {mine_clips} clips with no cry scoring "
+                  f"at least {mine_level:g}", flush=True)
+            if mined["mined"]:
+                metrics = trained(work / "train-mined.npz", keras_model)
+            else:  # nothing fooled it: the first model stands
+                shutil.copyfile(first, keras_model)
         model = output_dir / f"{MODEL_NAME}.tflite"
         report = convert(ConvertOptions(model=keras_model, output=model, calibration=str(data), name=MODEL_NAME))
         threshold, min_on, validation, rule = choose_threshold(model, work / "train", train_labels,
@@ -434,10 +500,15 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
                                  if masked_clips else "")
                               + (f", {crib_clips} of loud hard negatives with a cry audible over some" if crib_clips else "")
                               + (f", {more_clips} more of the same plan from seed {seed + MORE_SEED_OFFSET}"
-                                 if more_clips else ""), threshold, validation, min_on, rule)
+                                 if more_clips else "")
+                              + (f"; hard-negative mining: {mined['mined']} windows of {mine_clips} clips with no cry "
+                                 f"(seed {mined['seed']}) scoring at least {mine_level:g} by a first training added as "
+                                 "not crying, trained again from scratch" if mined else ""),
+                              threshold, validation, min_on, rule)
         shutil.copyfile(keras_model, output_dir / keras_model.name)
         (output_dir / f"{MODEL_NAME}.report.png").unlink(missing_ok=True)
-        summary = {"model": str(model), "held_out": metrics["held_out"], "held_out_set": heldout}
+        summary = {"model": str(model), "held_out": metrics["held_out"], "held_out_set": heldout,
+                   **({"mined": mined} if mined else {})}
         if demo_video is not None:
             from edge.card import load_card
 
@@ -510,12 +581,16 @@ def _build_command(args) -> int:
                     args.train_clips, args.heldout_clips, masked_clips=args.masked_clips, crib_clips=args.crib_clips,
                     more_clips=args.more_clips, patience=args.patience, max_false_alarms=args.max_false_alarms,
                     evidence_choices=tuple(args.evidence) if args.evidence is not None else EVIDENCE_CHOICES,
-                    audio=audio, sizes=audio_sizes(args))
+                    audio=audio, sizes=audio_sizes(args), mine_clips=args.mine_clips, mine_level=args.mine_level)
     held, other = summary["held_out"], summary["held_out_set"]
     print(f"default audio model -> {summary['model']}; held-out windows (synthetic): F1 {held['f1']:.3f}, "
           f"ROC AUC {held['roc_auc']}")
     print(f"held-out clips: {other['decided_within_1_5_s']}/{other['cries']} cries decided within 1.5 s, "
           f"{other['false_alarms']} false alarms")
+    if "mined" in summary:
+        mined = summary["mined"]
+        print(f"hard-negative mining: {mined['mined']} of {mined['windows']} windows ({mined['mined_clips']} of "
+              f"{mined['clips']} clips) added as not crying")
     if "demo" in summary:
         print("demo sound track: " + ", ".join(f"{e['kind']} {e['t']:.2f} s" for e in summary["demo"]["events"]))
     print(f"took {summary['minutes']} min")
@@ -523,7 +598,7 @@ def _build_command(args) -> int:
 
 
 def add_commands(subparsers) -> None:
-    from convert.arguments import k_of_n, positive, whole
+    from convert.arguments import fraction, k_of_n, positive, whole
     from convert.train import add_audio_size_arguments
 
     demo = subparsers.add_parser("demo-audio", help="rebuild the default audio model and the demo's sound track (synthetic)")
@@ -550,6 +625,13 @@ def add_commands(subparsers) -> None:
                         help="more training clips of the same plan as the others (speech, singing, music, ... and a "
                              f"cry in about half), from seed + {MORE_SEED_OFFSET}; never validation clips "
                              f"(default {MORE_CLIPS})")
+    parser.add_argument("--mine-clips", type=whole(0), default=MINE_CLIPS, metavar="N",
+                        help="hard-negative mining: N clips with no cry (speech, singing, a door, a TV, ...) from "
+                             f"seed + {MINE_SEED_OFFSET}, scored by a first training; their windows scoring at least "
+                             "--mine-level are added as not crying and the model is trained again from scratch "
+                             f"(twice the time; default {MINE_CLIPS}, none)")
+    parser.add_argument("--mine-level", type=fraction, default=MINE_LEVEL, metavar="P",
+                        help=f"the first model's score from which a window is mined (default {MINE_LEVEL:g})")
     parser.add_argument("--evidence", type=k_of_n, nargs="*", metavar="K/N",
                         help="evidence rules the card may choose (K of the last N window scores at or above the "
                              "threshold), with the threshold and debounce, on the validation clips; each window's own "

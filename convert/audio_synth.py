@@ -311,6 +311,14 @@ def crib_events(rng: np.random.Generator, seconds: float, cry_share: float = 0.5
     return events
 
 
+def mining_events(rng: np.random.Generator, seconds: float, cry_share: float = 0.0) -> list[Event]:
+    """A clip's plan for hard-negative mining (``demo-audio build --mine-clips``): no cry, whatever ``cry_share``;
+    half of the clips ``random_events``' sounds (one or two of every kind at random levels, where the test sets'
+    false alarms were), half ``crib_events``' (the hard negatives loud, singing most often)."""
+    plan = random_events if rng.random() < 0.5 else crib_events
+    return plan(rng, seconds, 0.0)
+
+
 def audible_share(cry: np.ndarray, rest: np.ndarray, start: float, end: float) -> float:
     """The share of the front end's mel cells (64 bands x 25 ms frames) from ``start`` to ``end`` s where
     ``cry`` holds more power than ``rest``: what of a cry a mix shows (benchmarks/audio_masking.py)."""

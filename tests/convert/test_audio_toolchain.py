@@ -382,3 +382,62 @@ def test_a_window_the_front_end_cannot_have_is_refused_before_any_clip_is_made(s
 
     with pytest.raises(DataError, match=f"^audio front end: .*{reason}"):
         front_end_of(build_parser().parse_args(["demo-audio", "build", "--window-seconds", seconds]))
+
+
+def test_mining_clips_hold_no_cry_and_draw_both_plans_of_hard_negatives():
+    kinds = set()
+    for index in range(40):
+        events = audio_synth.mining_events(np.random.default_rng([6026, index]), 8.0, cry_share=1.0)
+        assert events and all(e.kind != "crying" for e in events)
+        kinds.add("loud" if events[0].dbfs is not None else "random")  # crib_events levels its sounds, random_events not
+    assert kinds == {"loud", "random"}
+
+
+@needs_tools
+def test_hard_negative_mining_adds_the_windows_a_first_model_scores_high_and_trains_again(tmp_path):
+    """``demo-audio build --mine-clips N``: clips with no cry from a seed of their own, scored by a first model; the
+    windows at or above the level join the training data as not crying (never validation clips) and the model is
+    trained again; the int8 model runs on the device path. Without it, nothing of this is made."""
+    from convert.audio_demo import MINE_SEED_OFFSET, SEED, build, mine_hard_negatives, truth_of
+    from convert.dataset import load
+    from convert.train import _scores
+    from convert.keras_io import import_tensorflow
+
+    tiny = {"epochs": 1, "train_clips": 8, "heldout_clips": 3, "crib_clips": 0, "more_clips": 0}
+    plain = build(tmp_path / "plain", None, tmp_path / "w0", **tiny)
+    assert "mined" not in plain and not (tmp_path / "w0" / "mine").exists()
+    assert not list((tmp_path / "w0").glob("*first*")) and not (tmp_path / "w0" / "train-mined.npz").exists()
+    assert "mining" not in load_card(tmp_path / "plain" / "cry-audio-default.tflite").training["data"]
+
+    summary = build(tmp_path / "mined", None, tmp_path / "w", mine_clips=3, mine_level=1e-9, **tiny)
+    work = tmp_path / "w"
+    mined = summary["mined"]
+    assert mined["seed"] == SEED + MINE_SEED_OFFSET and mined["clips"] == 3 and mined["mined_clips"] == 3
+    assert all(not any(spans) for spans in truth_of(work / "mine" / "labels.csv").values())  # no cry in them
+    assert sorted(p.name for p in (work / "mine").glob("*.wav")) == ["mine0000.wav", "mine0001.wav", "mine0002.wav"]
+    own, both = load(work / "train.npz"), load(work / "train-mined.npz")
+    added = len(both["y"]) - len(own["y"])
+    assert added == mined["mined"] == mined["windows"] > 0  # every window scores above 1e-9
+    np.testing.assert_array_equal(both["x"][:len(own["y"])], own["x"])
+    assert (both["y"][len(own["y"]):] == list(own["labels"]).index("not_crying")).all()
+    assert all(str(g).startswith("mine") for g in both["groups"][len(own["y"]):])
+    first = json.loads((work / "cry-audio-default.first.metrics.json").read_text())
+    second = json.loads((work / "cry-audio-default.metrics.json").read_text())
+    assert second["windows"] == first["windows"] + added and second["data"].endswith("train-mined.npz")
+    assert second["test_groups"] == first["test_groups"]  # the validation clips: the training seed's, not mined ones
+    assert not any(g.startswith("mine") for g in second["test_groups"])
+    card = load_card(tmp_path / "mined" / "cry-audio-default.tflite")
+    assert f"hard-negative mining: {added} windows of 3 clips" in card.training["data"]
+    assert summary["held_out_set"]["clips"] == 3  # the int8 model scored the held-out clips on the device path
+
+    # the level chooses: at the first model's median score about half the windows are mined, each at or above it
+    import_tensorflow()
+    import keras
+
+    x = both["x"][len(own["y"]):]
+    scores = _scores(keras.models.load_model(work / "cry-audio-default.first.keras", compile=False), x)
+    level = float(np.median(scores))
+    half = mine_hard_negatives(work / "cry-audio-default.first.keras", work / "train.npz", work / "mine", 3,
+                               SEED + MINE_SEED_OFFSET, level, tmp_path / "half.npz")
+    assert half["mined"] == int((scores >= level).sum()) < half["windows"]
+    assert len(load(tmp_path / "half.npz")["y"]) == len(own["y"]) + half["mined"]
