@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -344,6 +345,7 @@ class HttpServer:
         # can be stopped when the bind fails (a taken port), instead of living on in the process
         channels: dict = {}
         workers = ThreadedTaskDispatcher()
+        workers.queue_logger = _Backlog(threads)
         workers.set_thread_count(threads)
         try:
             self._server = _BoundedServer(
@@ -378,7 +380,11 @@ class HttpServer:
         return len(self._server.active_channels)
 
     def close(self) -> None:
-        """Close the listening socket and every connection, then stop the threads."""
+        """Stop the workers, then close the listening socket and every connection, and the I/O thread.
+
+        Workers first: one still answering when the wake-up pipe closed failed writing to it, and waitress logged
+        the error with its traceback (a client asking while the daemon stopped)."""
+        self._server.task_dispatcher.shutdown(timeout=2)
         if self._thread.is_alive():
             # Sockets belong to the I/O thread: close them there; its loop ends when none is left.
             try:
@@ -388,7 +394,6 @@ class HttpServer:
                 # included, between our queuing it and our write: nothing is left to wake
                 pass
             self._thread.join(5)
-        self._server.task_dispatcher.shutdown(timeout=2)
 
     def __enter__(self) -> Self:
         return self
@@ -426,6 +431,28 @@ def start_health_server(
     if not enabled:
         return None
     return HealthServer(snapshot, host=host, port=port, stale_after=stale_after, live=live)
+
+
+class _Backlog:
+    """waitress's queue logger for one server: requests waiting for a worker, said at most once a ``interval``.
+
+    waitress warns "Task queue depth is N" at every request that finds every worker busy: a client flooding the
+    port made 14,000 lines a minute, past journald's rate limit, which then drops the service's own lines."""
+
+    def __init__(self, workers: int, interval: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.workers, self.interval, self.clock = workers, interval, clock
+        self._next = -math.inf
+        self._unsaid = 0
+
+    def warning(self, message: str, *args) -> None:
+        now = self.clock()
+        if now < self._next:
+            self._unsaid += 1
+            return
+        since = f"; {self._unsaid} more times since it was last said" if self._unsaid else ""
+        log.warning("HTTP requests wait for the %d workers (%s)%s; said at most once every %.0f s", self.workers,
+                    message % args, since, self.interval)
+        self._next, self._unsaid = now + self.interval, 0
 
 
 _BUSY_BODY = b'{"error": "busy: too many connections"}\n'

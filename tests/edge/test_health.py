@@ -470,3 +470,69 @@ def test_an_idle_connection_flood_on_the_health_port_costs_no_alert(mosquitto, t
     events = [json.loads(m.payload) for m in subscriber.on("cryedge/nursery/event")]
     assert [e["event_type"] for e in events] == ["cry_start", "cry_end"], events
     assert events[0]["id"] == events[1]["id"]
+
+
+def test_a_flood_of_requests_is_said_once_not_a_warning_per_request(daemon, clock, caplog):
+    """16 clients asking as fast as they can: waitress logged "Task queue depth is N" for every request that found
+    both workers busy, 14,000 lines a minute from `cryedge run` (measured), past journald's rate limit (10,000 in
+    30 s), which then drops the service's own lines, cry start and end among them. Now said once a minute."""
+    import http.client
+    import logging
+
+    caplog.set_level(logging.INFO)
+    with HealthServer(daemon.health_stats, port=0, clock=clock) as server:
+        answered = []
+
+        def ask() -> None:
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            codes = []
+            for _ in range(150):
+                connection.request("GET", "/metrics")
+                response = connection.getresponse()
+                response.read()
+                codes.append(response.status)
+            connection.close()
+            answered.append(codes)
+
+        clients = [threading.Thread(target=ask) for _ in range(16)]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join()
+    assert [set(codes) for codes in answered] == [{200}] * 16
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) <= 1 and all("wait for" in message for message in said), said[:5]
+
+
+def test_closing_under_a_flood_of_requests_logs_no_traceback(daemon, clock, caplog):
+    """The daemon stopping while clients ask: the sockets and the wake-up pipe were closed under the workers, which
+    then failed writing to it and waitress logged "Exception while serving /metrics" with its traceback."""
+    import http.client
+    import logging
+
+    caplog.set_level(logging.INFO)
+    stop = threading.Event()
+    server = HealthServer(daemon.health_stats, port=0, clock=clock)
+
+    def ask() -> None:
+        while not stop.is_set():
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+                while not stop.is_set():
+                    connection.request("GET", "/metrics")
+                    connection.getresponse().read()
+            except (OSError, http.client.HTTPException):
+                time.sleep(0.01)
+
+    clients = [threading.Thread(target=ask) for _ in range(16)]
+    for client in clients:
+        client.start()
+    try:
+        time.sleep(1.0)
+        server.close()
+    finally:
+        stop.set()
+        for client in clients:
+            client.join()
+    failed = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not failed, [r.getMessage() for r in failed]
