@@ -351,6 +351,12 @@ def model_card_markdown(card, metrics: dict, heldout: dict, fidelity: dict, vali
            f"{card.audio.pitch_fmin:g}-{card.audio.pitch_fmax:g} Hz in {card.audio.pitch_bands} band(s): the harmonic "
            f"ripple's depth, `pitch_bins`)" if card.audio.pitch_bins else "")
         + f" of {card.audio.window_samples / card.audio.rate:.3f} s, a score every {card.audio.hop_seconds:g} s",
+        *([f"- network: the average (mean of the sigmoid outputs, one graph) of {card.training['ensemble']['members']} "
+           f"audio-cnn nets trained alike on the same windows and splits, from the weights' seeds "
+           + ", ".join(str(net["init_seed"]) for net in card.training["ensemble"]["nets"])
+           + " (`--ensemble`; held-out window F1 of each: "
+           + ", ".join(f"{net['held_out']['f1']:.3f}" for net in card.training["ensemble"]["nets"]) + ")"]
+          if card.training.get("ensemble") else []),
         *(["- network: audio-cnn with " + ", ".join(f"{k} {v}" for k, v in card.training["sizes"].items())
            + " (`--audio-head`, `--audio-filters`; the default network's options otherwise)"]
           if card.training.get("sizes") else []),
@@ -448,7 +454,7 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
           masked_clips: int = MASKED_CLIPS, evidence_choices: tuple[tuple[int, int], ...] = EVIDENCE_CHOICES,
           crib_clips: int = CRIB_CLIPS, more_clips: int = MORE_CLIPS, patience: int = 6,
           sizes: dict | None = None, max_false_alarms: int | None = MAX_FALSE_ALARMS, mine_clips: int = MINE_CLIPS,
-          mine_level: float = MINE_LEVEL) -> dict:
+          mine_level: float = MINE_LEVEL, ensemble: int = 1) -> dict:
     from convert import dataset, train
     from convert.convert import ConvertOptions, convert
 
@@ -490,6 +496,9 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
                 metrics = trained(work / "train-mined.npz", keras_model)
             else:  # nothing fooled it: the first model stands
                 shutil.copyfile(first, keras_model)
+        if ensemble > 1:  # the other members learn from the windows member 0 learnt from (mined ones too)
+            metrics = average_of_members(keras_model, Path(metrics["data"]), metrics, ensemble, epochs, patience, seed,
+                                         sizes)
         model = output_dir / f"{MODEL_NAME}.tflite"
         report = convert(ConvertOptions(model=keras_model, output=model, calibration=str(data), name=MODEL_NAME))
         threshold, min_on, validation, rule = choose_threshold(model, work / "train", train_labels,
@@ -522,6 +531,49 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
     finally:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def average_of_members(keras_model: Path, data: Path, metrics: dict, members: int, epochs: int, patience: int,
+                       seed: int, sizes: dict | None = None) -> dict:
+    """``members`` nets averaged into ONE Keras model at ``keras_model`` (so one .tflite, the device unchanged).
+
+    ``keras_model`` is member 0, trained as without an ensemble; member i is trained alike (the same windows, the
+    same held-out and early-stopping clips, all from ``seed``) but for its weights' seed, ``seed + i``: nets that
+    start apart need not share a confident mistake. Returns the card's metrics: member 0's, with the average's
+    held-out windows and each member's seed and figures under ``ensemble``."""
+    from convert import dataset, train
+    from convert.keras_io import import_tensorflow
+
+    paths_ = [keras_model.with_name(f"{MODEL_NAME}.member0.keras")]
+    shutil.copyfile(keras_model, paths_[0])
+    per_member = [{"init_seed": seed, "epochs_run": metrics["epochs_run"], "held_out": metrics["held_out"]}]
+    for number in range(1, members):
+        paths_.append(keras_model.with_name(f"{MODEL_NAME}.member{number}.keras"))
+        print(f"ensemble member {number + 1}/{members}: weights' seed {seed + number}", flush=True)
+        member = train.train(train.TrainOptions(arch="audio-cnn", data=data, output=paths_[-1], epochs=epochs,
+                                                patience=patience, seed=seed, init_seed=seed + number,
+                                                holdout=tuple(metrics["test_groups"]), sizes=dict(sizes or {})))
+        assert member["test_groups"] == metrics["test_groups"], "an ensemble member held out other clips"
+        per_member.append({"init_seed": seed + number, "epochs_run": member["epochs_run"],
+                           "held_out": member["held_out"]})
+    import_tensorflow()
+    import keras
+
+    nets = [keras.saving.load_model(path) for path in paths_]
+    for number, net in enumerate(nets):
+        net.name = f"member_{number}"  # loaded alike, they would all be "audio_cnn"
+    inputs = keras.Input(shape=tuple(nets[0].input_shape[1:]))
+    average = keras.Model(inputs, keras.layers.Average(name="average")([net(inputs) for net in nets]),
+                          name=f"audio_cnn_average_of_{members}")
+    average.save(keras_model)
+    windows = dataset.load(data)
+    test = np.isin(windows["groups"].astype(str), metrics["test_groups"])
+    x, y = windows.pop("x")[test].astype(np.float32, copy=False), windows["y"][test].astype(np.int64)
+    scores = np.asarray(average.predict(x, verbose=0, batch_size=256), dtype=np.float32).reshape(-1)
+    metrics = {**metrics, "held_out": train.binary_metrics(y, scores),
+               "ensemble": {"members": members, "how": "the mean of the members' sigmoid outputs", "nets": per_member}}
+    keras_model.with_suffix(".metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
 
 
 def add_demo_sound(video: Path, seed: int = SEED) -> float:
@@ -581,7 +633,8 @@ def _build_command(args) -> int:
                     args.train_clips, args.heldout_clips, masked_clips=args.masked_clips, crib_clips=args.crib_clips,
                     more_clips=args.more_clips, patience=args.patience, max_false_alarms=args.max_false_alarms,
                     evidence_choices=tuple(args.evidence) if args.evidence is not None else EVIDENCE_CHOICES,
-                    audio=audio, sizes=audio_sizes(args), mine_clips=args.mine_clips, mine_level=args.mine_level)
+                    audio=audio, sizes=audio_sizes(args), mine_clips=args.mine_clips, mine_level=args.mine_level,
+                    ensemble=args.ensemble)
     held, other = summary["held_out"], summary["held_out_set"]
     print(f"default audio model -> {summary['model']}; held-out windows (synthetic): F1 {held['f1']:.3f}, "
           f"ROC AUC {held['roc_auc']}")
@@ -654,5 +707,8 @@ def add_commands(subparsers) -> None:
                              "(250-700 Hz in this many bins; docs/audio.md; default 0, none)")
     parser.add_argument("--pitch-bands", type=whole(1), default=1,
                         help="parts of the spectrum whose pitch is measured apart (default 1)")
+    parser.add_argument("--ensemble", type=whole(1), default=1, metavar="K",
+                        help="average K nets trained alike from the weights' seeds seed, seed+1, ... (the clips and "
+                             "splits of --seed) into one model, one .tflite (default 1, a single net)")
     add_audio_size_arguments(parser)
     parser.set_defaults(handler=_build_command)

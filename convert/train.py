@@ -225,6 +225,9 @@ class TrainOptions:
     test_fraction: float = 0.25
     holdout: tuple[str, ...] = ()
     seed: int = 0
+    # the weights' own seed (their initialisation, dropout and the order of the batches), when it is not ``seed``:
+    # nets that differ only in it see the same splits (an ensemble's members, ``demo-audio build --ensemble``)
+    init_seed: int | None = None
     threshold: float = 0.5
     verbose: int | None = None
     augment: int = 0  # noisy copies of each training window (see ``augment``)
@@ -305,7 +308,7 @@ def _fit(arch: str, x_train, y_train, x_val, y_val, options: TrainOptions):
     import_tensorflow()
     import keras
 
-    keras.utils.set_random_seed(options.seed)
+    keras.utils.set_random_seed(options.seed if options.init_seed is None else options.init_seed)
     pitch = {"pitch": options.pitch_channels} if options.pitch_channels and arch in zoo.AUDIO_WINDOW else {}
     model = zoo.build(arch, window=x_train.shape[1], features=x_train.shape[2], **pitch, **options.sizes)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"])
@@ -386,6 +389,7 @@ def train(options: TrainOptions) -> dict:
         "window": int(x.shape[1]), "features": int(x.shape[2]), "augment": options.augment, "reshape": options.reshape,
         "spec": str(data["spec"]) if "spec" in data else None,
         "normalization": str(data["normalization"]) if "normalization" in data else None, "seed": options.seed,
+        **({"init_seed": options.init_seed} if options.init_seed is not None else {}),
         **({"sizes": dict(options.sizes)} if options.sizes else {}),
     }
     if "audio" in data:  # a sound dataset: its front end goes to the card through convert

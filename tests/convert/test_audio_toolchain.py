@@ -441,3 +441,44 @@ def test_hard_negative_mining_adds_the_windows_a_first_model_scores_high_and_tra
                                SEED + MINE_SEED_OFFSET, level, tmp_path / "half.npz")
     assert half["mined"] == int((scores >= level).sum()) < half["windows"]
     assert len(load(tmp_path / "half.npz")["y"]) == len(own["y"]) + half["mined"]
+
+
+@needs_tools
+def test_an_ensemble_build_averages_nets_from_seeds_of_their_own_into_one_int8_model(tmp_path):
+    """``demo-audio build --ensemble 2``: member 0 is the net the build makes without the option (the same weights),
+    member 1 the same training from the weights' seed seed + 1 (the same held-out clips); the Keras model converted
+    is their mean, one graph, and its int8 .tflite runs on the device path; the card names both seeds. The default
+    (K = 1) leaves the card as it was: one net, no ensemble."""
+    import keras
+
+    from convert.audio_demo import build, clip_scores
+    from edge.cli import build_parser
+
+    assert build_parser().parse_args(["demo-audio", "build"]).ensemble == 1
+    assert build_parser().parse_args(["demo-audio", "build", "--ensemble", "3"]).ensemble == 3
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo-audio", "build", "--ensemble", "0"])
+    work, single, average = tmp_path / "work", tmp_path / "single", tmp_path / "average"
+    options = dict(work_dir=work, epochs=1, seed=7, train_clips=8, heldout_clips=2, crib_clips=0, more_clips=0)
+    build(single, None, **options)
+    build(average, None, ensemble=2, **options)
+
+    one = load_card(single / "cry-audio-default.tflite")
+    assert "ensemble" not in one.training and "average" not in (single / "cry-audio-default.md").read_text()
+    card = load_card(average / "cry-audio-default.tflite")
+    assert [net["init_seed"] for net in card.training["ensemble"]["nets"]] == [7, 8]
+    assert "average (mean of the sigmoid outputs, one graph) of 2 audio-cnn nets" in (average / "cry-audio-default.md").read_text()
+    assert "from the weights' seeds 7, 8" in (average / "cry-audio-default.md").read_text()
+    assert card.training["test_groups"] == one.training["test_groups"] and card.quantization.scheme == "int8"
+
+    net = keras.saving.load_model(single / "cry-audio-default.keras")
+    members = [keras.saving.load_model(work / f"cry-audio-default.member{i}.keras") for i in range(2)]
+    for a, b in zip(net.get_weights(), members[0].get_weights()):
+        np.testing.assert_array_equal(a, b)  # member 0 is the single build's net
+    assert not np.allclose(members[0].get_weights()[0], members[1].get_weights()[0])  # initialised apart
+    mean = keras.saving.load_model(average / "cry-audio-default.keras")
+    x = np.random.default_rng(0).normal(size=(4, *mean.input_shape[1:])).astype(np.float32)
+    expected = (members[0].predict(x, verbose=0) + members[1].predict(x, verbose=0)) / 2
+    np.testing.assert_allclose(mean.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    times, probabilities = clip_scores(average / "cry-audio-default.tflite", work / "heldout" / "heldout0000.wav")
+    assert len(times) > 20 and np.all((probabilities >= 0) & (probabilities <= 1))
