@@ -10,7 +10,6 @@ says why with a status (``no_sound_device``, ``no_sound``), never a probability 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections import deque
@@ -301,8 +300,7 @@ class AudioMonitor:
         return False
 
     def _failed(self, error: str, reason: str, retried: bool = True) -> None:
-        # ffmpeg names the pipe the URL came on by its descriptor, which may differ at each reopen
-        if self._outage.failed(re.sub(r"\bpipe:\d+", "pipe", error), self.status.reconnects):
+        if self._outage.failed(error, self.status.reconnects):
             retry = ("back with the camera's next session" if self._backend.in_camera_session
                      else f"retrying with back-off up to {self.backoff_limit:g} s" if retried
                      else "a file is not retried")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import threading
 import time
@@ -572,6 +573,8 @@ class Outage:
         """A failure (the first one starts the outage): True when ``error`` is new in this outage, to be said."""
         if self._began is None:
             self._began = (time.monotonic(), reconnects)
+        # ffmpeg names the pipe a stream's URL came on by its descriptor, which may differ at each reopen
+        error = re.sub(r"\bpipe:\d+", "pipe", error)
         new = error not in self._said
         self._said.add(error)
         return new

@@ -100,3 +100,16 @@ def test_a_network_camera_that_stays_gone_is_said_once_gone_and_once_back_not_at
     warnings = [message for level, message in said if level == "WARNING"]
     assert len(warnings) == len(set(warnings)) <= 3, said  # the stall, and each distinct reopen failure once
     assert len(said) <= 4, said
+
+
+def test_an_outage_says_each_error_once_whatever_pipe_ffmpeg_got_the_url_on_and_ends_once():
+    from edge.source import Outage
+
+    outage = Outage()
+    assert outage.over(reconnects=0) is None  # no outage: nothing to say
+    assert outage.failed("cam: pipe:3: Connection refused", reconnects=0)
+    assert not outage.failed("cam: pipe:9: Connection refused", reconnects=1)  # the same refusal, another descriptor
+    assert outage.failed("cam: no frame for 5 s", reconnects=2) and outage.ongoing
+    seconds, reopens = outage.over(reconnects=4)
+    assert reopens == 4 and 0 <= seconds < 5 and not outage.ongoing
+    assert outage.failed("cam: pipe:3: Connection refused", reconnects=4)  # a new outage says it again
