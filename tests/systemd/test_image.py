@@ -580,3 +580,24 @@ def test_the_image_and_the_readmes_pi_steps_install_every_package_setup_installs
     assert runtime and runtime <= image, runtime - image
     assert runtime <= set(readme_line.split()), runtime - set(readme_line.split())
     assert {"python3-picamera2"} <= image  # the venv's picamera2 comes from apt, never from PyPI
+
+
+def test_a_password_file_named_by_its_full_path_on_the_boot_partition_leaves_the_card_too(tmp_path):
+    boot, etc = tmp_path / "boot" / "cryedge.toml", tmp_path / "etc" / "cryedge"
+    boot.parent.mkdir()
+    (boot.parent / "mqtt.txt").write_text("on the card\n")
+    boot.write_text(f'[mqtt]\nhost = "b"\nusername = "u"\npassword_file = "{boot.parent / "mqtt.txt"}"\n')
+    assert import_boot_config(boot, etc)
+    assert not (boot.parent / "mqtt.txt").exists() and "password_file" not in (etc / "cryedge.toml").read_text()
+    loaded = config.load_config(etc / "cryedge.toml", environ={"CREDENTIALS_DIRECTORY": str(etc)})
+    assert loaded.mqtt.password.get_secret_value() == "on the card"
+
+
+def test_a_password_line_and_a_password_file_beside_the_boot_file_that_disagree_are_refused(tmp_path):
+    boot, etc = tmp_path / "boot" / "cryedge.toml", tmp_path / "etc" / "cryedge"
+    boot.parent.mkdir()
+    (boot.parent / "pw").write_text("from the file\n")
+    boot.write_text('[mqtt]\nhost = "b"\nusername = "u"\npassword = "from the line"\npassword_file = "pw"\n')
+    with pytest.raises(ConfigError, match=r"mqtt.password_file and the password given in the file disagree; give it once"):
+        import_boot_config(boot, etc)
+    assert boot.exists() and (boot.parent / "pw").exists() and not etc.exists()
