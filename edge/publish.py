@@ -932,8 +932,9 @@ class MqttPublisher:
         deadline = time.monotonic() + timeout
         self._drain()
         if self.connected:
-            if self._state_sent_crying is not False:  # ON (or nothing yet) on the broker: one OFF, once
-                self._send_state(self._final_state())
+            # always, an OFF already said too: it carried the last probability (0.38 an hour later), measured no
+            # more by a stopped monitor; one OFF after a cry that was still running
+            self._send_state(self._final_state())
             offline = self._publish(self.topics.availability, OFFLINE, qos=1, retain=True)
             while (self._inflight or not offline.is_published()) and time.monotonic() < deadline:
                 try:

@@ -287,6 +287,23 @@ def test_close_publishes_state_off_once_without_the_crying_probability_and_offli
     assert stored(tmp_path) == []
 
 
+def test_a_stop_after_the_cry_ended_leaves_off_with_no_probability_not_the_last_one(mosquitto, subscriber, tmp_path):
+    """The cry ended (OFF at 0.38) before the stop: close() sent nothing more, so the retained state Home Assistant
+    shows for as long as the monitor is off said "38 %" of a monitor that measures nothing."""
+    publisher = publisher_for(mosquitto, tmp_path)
+    publisher.start()
+    publisher.publish_state(crying_state())
+    subscriber.wait_for(f"{PREFIX}/state", lambda m: b'"ON"' in m.payload)
+    publisher.publish_state(AlarmState(False, since=20.0, since_wall=1_800_000_030.5, probability=0.38))
+    subscriber.wait_for(f"{PREFIX}/state", lambda m: json.loads(m.payload)["probability"] == 0.38)
+    publisher.close()
+    subscriber.wait_for(f"{PREFIX}/availability", lambda m: m.payload == b"offline")
+    assert json.loads(subscriber.payloads(f"{PREFIX}/state")[-1]) == {
+        "crying": "OFF", "probability": None, "since": "2027-01-15T08:00:30.500Z", "event_id": None, "model": MODEL}
+    with Subscriber(mosquitto, topics=(f"{PREFIX}/state",)) as late:  # what a Home Assistant started later reads
+        assert json.loads(late.wait_for(f"{PREFIX}/state").payload)["probability"] is None
+
+
 def test_a_scripted_cry_through_the_alarm_reaches_home_assistants_topics(mosquitto, subscriber, tmp_path):
     config = load_config(None, settings(mosquitto, tmp_path), environ={})
     alarm = Alarm(config.alarm, model_threshold=0.5, wall_clock=lambda t: 1_800_000_000.0 + t)
