@@ -43,6 +43,10 @@ M_ARENA_MAX = -8  # mallopt's parameter number in <malloc.h>
 # frame interval of any camera cryedge runs (>= 2 fps), so a slow camera's frames are not interleaved; a camera
 # set slower ([source] fps, a picamera2's min_fps) gets two of its frame intervals (Daemon._frames_missing_after).
 FRAMES_MISSING_SECONDS = 1.0
+# MediaPipe raising on this many frames in a row is a fault of the landmark stage (the vision status model_error
+# until a window of frames passes again); fewer are dropped frames, said at -vv only: one bad frame must not flap
+# the status Home Assistant shows, nor a graph failing on every frame stop the daemon (exit 70, restarted for ever).
+LANDMARK_FAULT_AFTER = 3
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,9 @@ class Pipeline:
             self.window = FeatureWindow(card.window, (crop.height, crop.width, crop.channels), dtype=np.uint8)
         self._faces = FeatureWindow(card.window, 1, dtype=bool)
         self._bodies = FeatureWindow(card.window, 1, dtype=bool)
+        self.landmarks_error: str | None = None  # why the landmark stage fails, while it does (a vision model_error)
+        self._landmark_failures = 0  # frames in a row the landmark stage raised on
+        self._landmarks_failing_since: float | None = None  # frame time of the fault's first failure
 
     def process(self, frame) -> FrameResult:
         from dataclasses import replace
@@ -142,9 +149,14 @@ class Pipeline:
         seen = frame if image is frame.image else replace(frame, image=image)
         mark = time.perf_counter()
         times["exposure"] = (mark - start) * 1000
-        landmarks = self.extractor.extract(seen)
+        try:
+            landmarks = self.extractor.extract(seen)
+        except Exception as error:  # noqa: BLE001 - MediaPipe's graph raises RuntimeError, ValueError, ...: the frame is lost, not the daemon
+            times["landmarks"] = (time.perf_counter() - mark) * 1000
+            return self._landmarks_failed(frame, error, times, exposure.brightness)
         now = time.perf_counter()
         times["landmarks"], mark = (now - mark) * 1000, now
+        self._landmark_failures = 0
 
         if self.spec is not None:
             self.window.push(frame_features(landmarks, self.spec))
@@ -166,16 +178,49 @@ class Pipeline:
                                       status=status)
             now = time.perf_counter()
             times["model"], mark = (now - mark) * 1000, now
-            if self.fuse is not None:  # with the sounds heard since the last frame
-                fused = self.fuse(score, frame.t)
-            else:  # a frame captured before the "no camera" score the loop gave the alarm while it waited (Daemon)
-                fused = (self.alarm.in_order(score),)
-            events = tuple(event for each in fused for event in self.alarm.update(each))
-            now = time.perf_counter()
-            times["alarm"] = (now - mark) * 1000
+            if self.landmarks_error is not None:  # a window of frames seen again since the fault
+                log.info("landmarks: MediaPipe answers again after %.1f s; the picture is judged again",
+                         frame.t - self._landmarks_failing_since)
+                self.landmarks_error = self._landmarks_failing_since = None
+            events = self._decide(score, frame.t)
+            times["alarm"] = (time.perf_counter() - mark) * 1000
         inference_ms = self.scorer.last_inference_ms if score is not None else None
         return FrameResult(frame.t, landmarks.has_face, score, events, times, body_seen=landmarks.has_pose,
                            inference_ms=inference_ms, brightness=exposure.brightness, landmarks=landmarks)
+
+    def _decide(self, score, t: float) -> tuple:
+        """The vision ``score`` of the frame at ``t`` through the fusion (with hearing) and the alarm: its events."""
+        if self.fuse is not None:  # with the sounds heard since the last frame
+            fused = self.fuse(score, t)
+        else:  # a frame captured before the "no camera" score the loop gave the alarm while it waited (Daemon)
+            fused = (self.alarm.in_order(score),)
+        return tuple(event for each in fused for event in self.alarm.update(each))
+
+    def _landmarks_failed(self, frame, error: Exception, times: dict, brightness: float | None) -> FrameResult:
+        """The landmark stage raised on ``frame``: the frame is dropped; after ``LANDMARK_FAULT_AFTER`` in a row the
+        vision sense says ``model_error`` on every frame until a window of frames passes again, so the sound (or,
+        with no microphone, the alarm's blind rule) decides meanwhile. Said once as it starts, once as it ends."""
+        from edge.records import MODEL_ERROR, Score
+
+        self._landmark_failures += 1
+        why = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}"
+        if self._landmark_failures == 1:
+            log.debug("landmarks: a frame dropped (%s)", why, exc_info=True)
+            if self.landmarks_error is None:
+                self._landmarks_failing_since = frame.t
+        if self.landmarks_error is None and self._landmark_failures >= LANDMARK_FAULT_AFTER:
+            log.warning("landmarks: MediaPipe fails on every frame (%s); the picture is not judged (status %s) "
+                        "until it answers again", why, MODEL_ERROR)
+            self.landmarks_error = why
+            for window in (self.window, self._faces, self._bodies):  # what it saw before is no view of now
+                window.clear()
+        if self.landmarks_error is None:  # a frame or two lost: nothing is decided on it
+            return FrameResult(frame.t, False, None, (), times, brightness=brightness)
+        score = Score(t=frame.t, probability=0.0, face_seen=False, status=MODEL_ERROR)
+        mark = time.perf_counter()
+        events = self._decide(score, frame.t)
+        times["alarm"] = (time.perf_counter() - mark) * 1000
+        return FrameResult(frame.t, False, score, events, times, brightness=brightness)
 
     def close(self) -> None:
         self.extractor.close()
@@ -474,7 +519,8 @@ class Daemon:
         """Which model fails, since when (its first failure since it last answered): /health says so after a while."""
         from edge.health import ModelFault
 
-        errors = {"vision": (self.model, self.pipeline.scorer.error if self.pipeline is not None else None),
+        errors = {"vision": (self.model, (self.pipeline.scorer.error or self.pipeline.landmarks_error)
+                             if self.pipeline is not None else None),
                   "audio": (self.hearing.card if self.hearing is not None else None,
                             self.hearing.monitor.model_error if self.hearing is not None else None)}
         faults = {}
@@ -482,6 +528,8 @@ class Daemon:
             if error is not None:
                 known = self.model_faults.get(sense)
                 name = model.card.name if sense == "vision" else model.name
+                if sense == "vision" and self.pipeline.scorer.error is None:  # the frames fail before the model
+                    name = "MediaPipe landmarker"
                 faults[sense] = ModelFault(name, error, known.since if known is not None else now)
         if faults != self.model_faults:
             self.model_faults = faults
