@@ -189,6 +189,44 @@ def test_a_landmark_fault_mid_cry_without_a_microphone_ends_the_episode_after_bl
     start, end = (datetime.fromisoformat(e["time"].replace("Z", "+00:00")) for e in events)
     assert 1.0 < (end - start).total_seconds() < 3.0  # ended when last seen (5 s in), not at the clip's end
 
+
+def test_health_names_the_landmarker_that_fails_and_the_camera_model_error(assets, tmp_path):  # noqa: F811
+    """/health, as a monitoring check reads it, once the landmarker has failed for [source] stall_seconds."""
+    import signal
+    import time
+    import urllib.error
+    import urllib.request
+
+    from test_daemon import free_port
+
+    clip, model, _ = assets
+    port = free_port()
+    config = config_file(tmp_path, model, clip)
+    config.write_text(config.read_text().replace("[source]\n", "[source]\nstall_seconds = 2.0\n")
+                      .replace("[health]\nenabled = false\n", f"[health]\nport = {port}\n"))
+    process = subprocess.Popen([sys.executable, "-c", FAILING_LANDMARKER, "1-", "run", "--config", str(config)],
+                               cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    body, deadline = {}, time.monotonic() + 60
+    try:
+        while body.get("status") != "model_error" and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+                    body = json.loads(answer.read())
+            except urllib.error.HTTPError as error:
+                body = json.loads(error.read())
+            except OSError:
+                continue
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    assert body.get("status") == "model_error" and body.get("model_error") == "vision", body
+    assert "MediaPipe landmarker" in body["reason"] and "RuntimeError: CalculatorGraph::Run() failed" in body["reason"]
+    assert process.returncode == 0 and "Traceback" not in stderr, stderr
+
 def test_the_unexpected_error_line_is_one_line_naming_the_exception_and_where_in_cryedge():
     from edge.cli import unexpected_error_line
     from edge.errors import mask_password
