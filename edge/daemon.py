@@ -203,7 +203,8 @@ class Pipeline:
         from edge.records import MODEL_ERROR, Score
 
         self._landmark_failures += 1
-        why = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}"
+        # MediaPipe's first line is often only 'CalculatorGraph::Run() failed in Run: ', the cause on the next ones
+        why = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
         if self._landmark_failures == 1:
             log.debug("landmarks: a frame dropped (%s)", why, exc_info=True)
             if self.landmarks_error is None:

@@ -400,8 +400,8 @@ def test_hard_negative_mining_adds_the_windows_a_first_model_scores_high_and_tra
     trained again; the int8 model runs on the device path. Without it, nothing of this is made."""
     from convert.audio_demo import MINE_SEED_OFFSET, SEED, build, mine_hard_negatives, truth_of
     from convert.dataset import load
-    from convert.train import _scores
     from convert.keras_io import import_tensorflow
+    from convert.train import _scores
 
     tiny = {"epochs": 1, "train_clips": 8, "heldout_clips": 3, "crib_clips": 0, "more_clips": 0}
     plain = build(tmp_path / "plain", None, tmp_path / "w0", **tiny)
@@ -473,7 +473,7 @@ def test_an_ensemble_build_averages_nets_from_seeds_of_their_own_into_one_int8_m
 
     net = keras.saving.load_model(single / "cry-audio-default.keras")
     members = [keras.saving.load_model(work / f"cry-audio-default.member{i}.keras") for i in range(2)]
-    for a, b in zip(net.get_weights(), members[0].get_weights()):
+    for a, b in zip(net.get_weights(), members[0].get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)  # member 0 is the single build's net
     assert not np.allclose(members[0].get_weights()[0], members[1].get_weights()[0])  # initialised apart
     mean = keras.saving.load_model(average / "cry-audio-default.keras")

@@ -149,6 +149,7 @@ def test_mediapipe_failing_on_every_frame_is_the_cameras_model_error_and_the_mic
     assert states[-1]["crying"] == "OFF" and states[-1]["probability"] is None  # stopped: nothing measured
     started, ended = fault_lines(out.stderr)
     assert len(started) == 1 and "RuntimeError: CalculatorGraph::Run() failed" in started[0] and ended == []
+    assert 'Calculator::Process() for node "facelandmarker"' in started[0]  # the cause, on MediaPipe's second line
     assert "Traceback" not in out.stderr
 
 
