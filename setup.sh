@@ -21,13 +21,36 @@ lock_file() {  # lock_file MACHINE RUNTIME(0|1)
     echo "$lock"
 }
 
+# Why the venv at DIR cannot be used with PYTHON (printed; status 0), or nothing (status 1). An OS upgrade
+# that moves Python's minor version (Bookworm's 3.11 to Trixie's 3.13) leaves a venv whose bin/python links
+# to an interpreter that is gone, or that is now another minor version, whose site-packages
+# (lib/python3.11) it no longer reads: the cryedge script fails before any of cryedge runs.
+venv_made_by_another_python() {  # venv_made_by_another_python DIR PYTHON
+    local venv=$1 python=$2 made now
+    [ -e "$venv/pyvenv.cfg" ] || [ -e "$venv/bin/python" ] || [ -L "$venv/bin/python" ] || return 1
+    now=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    made=$(sed -nE 's/^version(_info)? *= *([0-9]+\.[0-9]+).*/\2/p' "$venv/pyvenv.cfg" 2>/dev/null | head -n 1)
+    if [ ! -x "$venv/bin/python" ]; then
+        echo "its bin/python does not run (${made:+Python $made, }gone)"
+    elif [ -n "$made" ] && [ "$made" != "$now" ]; then
+        echo "it was made by Python $made, this is Python $now"
+    else
+        return 1
+    fi
+}
+
 # Make the venv, or repair it: apt's python3-picamera2 (on a Pi) is seen through the system site
-# packages, also when it was installed after the venv was made.
+# packages, also when it was installed after the venv was made; a venv made by another Python (an OS
+# upgrade) is made again, from PYTHON.
 make_venv() {  # make_venv DIR PYTHON
     local venv=$1 python=$2 apt_packages=${APT_DIST_PACKAGES:-/usr/lib/python3/dist-packages}
-    local flags=()
+    local flags=() why
     [ -e "$apt_packages/picamera2" ] && flags+=(--system-site-packages)
-    if [ ! -x "$venv/bin/python" ]; then
+    if why=$(venv_made_by_another_python "$venv" "$python"); then
+        grep -Eq '^include-system-site-packages *= *true' "$venv/pyvenv.cfg" 2>/dev/null && flags=(--system-site-packages)
+        say "making $venv again with $python: $why"
+        "$python" -m venv --clear "${flags[@]}" "$venv"
+    elif [ ! -x "$venv/bin/python" ]; then
         "$python" -m venv "${flags[@]}" "$venv"
     elif [ ${#flags[@]} -gt 0 ] && ! grep -Eq '^include-system-site-packages *= *true' "$venv/pyvenv.cfg"; then
         sed -i -E 's/^include-system-site-packages *=.*/include-system-site-packages = true/' "$venv/pyvenv.cfg"
@@ -84,6 +107,11 @@ install_lock .venv "$lock" "./setup.sh$([ "$runtime" -eq 0 ] || echo ' --runtime
 # The converter's tests check that converted models also load in tflite-runtime 2.14, the runtime
 # older Pi images have; it needs numpy < 2, so it lives in a venv of its own.
 if [ "$runtime" -eq 0 ]; then
-    [ -x .venv-tflite-runtime/bin/python ] || "$python" -m venv .venv-tflite-runtime
+    if why=$(venv_made_by_another_python .venv-tflite-runtime "$python"); then
+        say "making .venv-tflite-runtime again: $why"
+        "$python" -m venv --clear .venv-tflite-runtime
+    elif [ ! -x .venv-tflite-runtime/bin/python ]; then
+        "$python" -m venv .venv-tflite-runtime
+    fi
     .venv-tflite-runtime/bin/python -m pip install -q --require-hashes -r requirements/tflite-runtime.txt
 fi

@@ -134,6 +134,77 @@ def test_a_new_venv_sees_apt_when_picamera2_is_there(tmp_path):
     assert sees_system_site_packages(venv)
 
 
+# ----------------------------------------------------------------------------- a venv an OS upgrade left behind
+# Bookworm (Python 3.11) to Trixie (3.13): the venv's bin/python links to an interpreter that is gone, or that is
+# now another minor version, which does not read the venv's lib/python3.11/site-packages. The cryedge script fails
+# before any of cryedge runs, and setup.sh / install.sh run again kept the venv because bin/python was there.
+
+NOW = f"{sys.version_info[0]}.{sys.version_info[1]}"
+OLD = f"3.{sys.version_info[1] - 2}"  # the minor version the venv was made by, whose interpreter is gone
+
+
+def another_python() -> Path | None:
+    """An interpreter of another minor version on this machine (pyenv's), or None."""
+    versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    minors = {int(p.parent.parent.name.split(".")[1]): p for p in versions.glob("3.*.*/bin/python3")
+              if p.parent.parent.name.split(".")[1].isdigit()}
+    others = [minor for minor in minors if minor >= 9 and minor != sys.version_info[1]]
+    return minors[max(others)] if others else None  # the newest: an upgrade's
+
+
+def left_by_an_upgrade(venv: Path) -> Path:
+    """What an OS upgrade leaves of a venv made by Python OLD: pyvenv.cfg says OLD, bin/python and its siblings
+    link to /usr/bin/python{OLD} (gone), its packages are in lib/python{OLD}. Made here by this Python, then edited."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    cfg = venv / "pyvenv.cfg"
+    cfg.write_text(re.sub(r"(?m)^version( = |_info = )\S+", f"version = {OLD}.2", cfg.read_text()))
+    for link in (venv / "bin").glob("python*"):
+        link.unlink()
+        link.symlink_to(f"/usr/bin/python{OLD}")
+    assert not Path(f"/usr/bin/python{OLD}").exists()
+    (venv / "lib" / f"python{NOW}").rename(venv / "lib" / f"python{OLD}")
+    (venv / "lib" / f"python{OLD}" / "site-packages" / "cryedge_old.py").write_text("")
+    return venv
+
+
+def venv_version(venv: Path) -> str:
+    return subprocess.run([str(venv / "bin/python"), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                          capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+
+
+def test_setup_makes_again_a_venv_an_os_upgrade_left_with_a_python_that_is_gone(tmp_path):
+    """The venv's python links dangle (its Python was upgraded away): setup.sh said nothing and ran pip with it
+    (`.venv/bin/python: No such file or directory`), or made a venv over it that kept the dangling links. Now it
+    says so in one line and makes it again, seeing apt's picamera2 as before, and a second run says nothing."""
+    venv = left_by_an_upgrade(tmp_path / "venv")
+    apt = tmp_path / "dist-packages"
+    (apt / "picamera2").mkdir(parents=True)
+    script = f'make_venv "{venv}" "{sys.executable}"'
+    result = setup_function(script, APT_DIST_PACKAGES=str(apt))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (f"setup.sh: making {venv} again with {sys.executable}: its bin/python does not run "
+                             f"(Python {OLD}, gone)\n")
+    assert venv_version(venv) == NOW and f"version = {NOW}." in (venv / "pyvenv.cfg").read_text()
+    assert not (venv / "lib" / f"python{OLD}").exists()  # the old Python's packages are gone with it
+    assert sees_system_site_packages(venv)
+    assert setup_function(script, APT_DIST_PACKAGES=str(apt)).stderr == ""
+
+
+@pytest.mark.skipif(another_python() is None, reason="needs a Python of another minor version (pyenv)")
+def test_setup_makes_again_a_venv_made_by_another_minor_python(tmp_path):
+    """A venv made by another minor version whose interpreter still runs (Trixie's python3 is 3.13, the venv was
+    made by 3.11): setup.sh kept it, and installed the lock into it. Now it is made again with setup's Python."""
+    other = another_python()
+    venv = tmp_path / "venv"
+    subprocess.run([str(other), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    made = venv_version(venv)
+    result = setup_function(f'make_venv "{venv}" "{sys.executable}"')
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (f"setup.sh: making {venv} again with {sys.executable}: it was made by Python {made}, "
+                             f"this is Python {NOW}\n")
+    assert venv_version(venv) == NOW
+
+
 def test_setup_and_its_helpers_pass_shellcheck():
     scripts = [REPO / "setup.sh", LOCKS / "refresh.sh", REPO / ".ci" / "run"]
     result = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True, timeout=120)

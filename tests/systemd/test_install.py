@@ -266,6 +266,41 @@ def test_the_venv_is_taken_to_a_changed_lock_and_records_it(tmp_path):
     assert second.read_text() in record
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs the system python3")
+def test_a_venv_an_os_upgrade_left_is_made_again_and_filled_from_the_lock(tmp_path):
+    """Bookworm to Trixie moves Python's minor version: the service's venv links to an interpreter that is gone,
+    cryedge fails before any of its code runs (203/EXEC, restarted for ever), and install.sh run again kept that
+    venv (its bin/python was there, a dangling link) and failed in pip. Now it says so in one line, makes the venv
+    again with --system-site-packages, and installs the lock into it. Offline: small wheels."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_setup import OLD, left_by_an_upgrade, make_wheel, venv_version, write_lock
+
+    clean = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME")}
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    alpha = make_wheel(wheels, "alpha", "1.0", {"alpha/__init__.py": ""})
+    package = make_wheel(wheels, "omega", "1.0", {"omega.py": ""})  # stands in for cryedge's wheel
+    root = tmp_path / "root"
+    venv = inside(root, "/opt/cryedge/venv")
+    venv.parent.mkdir(parents=True)
+    left_by_an_upgrade(venv)
+    result = install("--root", root, "--package", package, "--pip-arg", "--no-index", "--pip-arg",
+                     f"--find-links={wheels}", "--no-models", "--no-enable", "--lock",
+                     write_lock(tmp_path / "lock.txt", alpha), env=clean)
+    said = [line for line in result.stderr.splitlines() if "again" in line and "venv" in line]
+    assert said == [f"install: making /opt/cryedge/venv again with /usr/bin/python3: its bin/python does not run "
+                    f"(Python {OLD}, gone)"], result.stderr
+    now = subprocess.run(["/usr/bin/python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                         capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    assert venv_version(venv) == now
+    config = (venv / "pyvenv.cfg").read_text()
+    assert "include-system-site-packages = true" in config and f"version = {now}." in config
+    site = venv / "lib" / f"python{now}" / "site-packages"
+    assert {p.name for p in site.glob("*.dist-info")} >= {"alpha-1.0.dist-info", "omega-1.0.dist-info"}
+    assert not (venv / "lib" / f"python{OLD}").exists()
+
+
 def test_a_unit_installed_without_its_program_is_said_to_be(tmp_path):
     """--no-venv with no venv there: the unit's ExecStart does not exist, and the service would fail at every start
     (203/EXEC, every RestartSec, for ever) after an install that said "done". It says so, in one line."""
