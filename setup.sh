@@ -21,22 +21,10 @@ lock_file() {  # lock_file MACHINE RUNTIME(0|1)
     echo "$lock"
 }
 
-# Why the venv at DIR cannot be used with PYTHON (printed; status 0), or nothing (status 1). An OS upgrade
-# that moves Python's minor version (Bookworm's 3.11 to Trixie's 3.13) leaves a venv whose bin/python links
-# to an interpreter that is gone, or that is now another minor version, whose site-packages
-# (lib/python3.11) it no longer reads: the cryedge script fails before any of cryedge runs.
+# Why the venv at DIR cannot be used with PYTHON (printed; status 0), or nothing (status 1): made by
+# another Python, as an OS upgrade leaves it (edge.installed.made_by_another_python).
 venv_made_by_another_python() {  # venv_made_by_another_python DIR PYTHON
-    local venv=$1 python=$2 made now
-    [ -e "$venv/pyvenv.cfg" ] || [ -e "$venv/bin/python" ] || [ -L "$venv/bin/python" ] || return 1
-    now=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-    made=$(sed -nE 's/^version(_info)? *= *([0-9]+\.[0-9]+).*/\2/p' "$venv/pyvenv.cfg" 2>/dev/null | head -n 1)
-    if [ ! -x "$venv/bin/python" ]; then
-        echo "its bin/python does not run (${made:+Python $made, }gone)"
-    elif [ -n "$made" ] && [ "$made" != "$now" ]; then
-        echo "it was made by Python $made, this is Python $now"
-    else
-        return 1
-    fi
+    PYTHONPATH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)" "$2" -m edge.installed --made-by-another-python "$1"
 }
 
 # Make the venv, or repair it: apt's python3-picamera2 (on a Pi) is seen through the system site

@@ -24,6 +24,7 @@ import argparse
 import base64
 import hashlib
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -250,13 +251,44 @@ def sync(lock: Path, name: str, again: str, prefix: Path | None = None, pip_args
     return said
 
 
+def made_by_another_python(venv: Path) -> str | None:
+    """Why the venv at ``venv`` cannot be used with this Python, or None (also when there is no venv).
+
+    An OS upgrade that moves Python's minor version (Bookworm's 3.11 to Trixie's 3.13) leaves a venv whose
+    bin/python links to an interpreter that is gone, or that is now another minor version, whose
+    site-packages (lib/python3.11) it no longer reads: cryedge fails before any of its code runs, and systemd
+    restarts it for ever. setup.sh and install.sh run this with the Python they would make the venv with."""
+    config, python = venv / "pyvenv.cfg", venv / "bin" / "python"
+    if not (config.exists() or python.exists() or python.is_symlink()):
+        return None
+    try:
+        found = re.search(r"^version(?:_info)? *= *([0-9]+\.[0-9]+)", config.read_text(), re.MULTILINE)
+    except (OSError, UnicodeDecodeError):
+        found = None
+    made, now = found.group(1) if found else None, f"{sys.version_info.major}.{sys.version_info.minor}"
+    if not os.access(python, os.X_OK):
+        return f"its bin/python does not run ({f'Python {made}, ' if made else ''}gone)"
+    if made is not None and made != now:
+        return f"it was made by Python {made}, this is Python {now}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edge.installed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lock", type=Path, required=True, help="the lock file just installed")
+    parser.add_argument("--lock", type=Path, help="the lock file just installed")
     parser.add_argument("--name", help="the lock as the record names it (default: --lock as given)")
-    parser.add_argument("--again", required=True, help="the command that installs it again, for messages")
+    parser.add_argument("--again", help="the command that installs it again, for messages")
     parser.add_argument("--pip-arg", action="append", default=[], help="for pip install (repeatable)")
+    parser.add_argument("--made-by-another-python", type=Path, metavar="VENV",
+                        help="only say why VENV cannot be used with this Python (exit 0), or nothing (exit 1)")
     args = parser.parse_args(argv)
+    if args.made_by_another_python is not None:
+        why = made_by_another_python(args.made_by_another_python)
+        if why is not None:
+            print(why)
+        return 0 if why is not None else 1
+    if args.lock is None or args.again is None:
+        parser.error("--lock and --again are needed")
     try:
         sync(args.lock, args.name or str(args.lock), args.again, pip_args=tuple(args.pip_arg))
     except (OSError, subprocess.CalledProcessError) as error:

@@ -106,22 +106,10 @@ install_user() {
     fi
 }
 
-# Why the venv cannot be used with $PYTHON (printed; status 0), or nothing (status 1). An OS upgrade that
-# moves Python's minor version (Bookworm's 3.11 to Trixie's 3.13) leaves a venv whose bin/python links to
-# an interpreter that is gone, or that is now another minor version, whose site-packages (lib/python3.11)
-# it no longer reads: cryedge fails before any of its code runs, and systemd restarts it for ever.
+# Why the venv cannot be used with $PYTHON (printed; status 0), or nothing (status 1): made by another
+# Python, as an OS upgrade leaves it (edge.installed.made_by_another_python).
 venv_made_by_another_python() {
-    local made now
-    [ -e "$VENV_DIR/pyvenv.cfg" ] || [ -e "$VENV_DIR/bin/python" ] || [ -L "$VENV_DIR/bin/python" ] || return 1
-    now=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-    made=$(sed -nE 's/^version(_info)? *= *([0-9]+\.[0-9]+).*/\2/p' "$VENV_DIR/pyvenv.cfg" 2>/dev/null | head -n 1)
-    if [ ! -x "$VENV_DIR/bin/python" ]; then
-        echo "its bin/python does not run (${made:+Python $made, }gone)"
-    elif [ -n "$made" ] && [ "$made" != "$now" ]; then
-        echo "it was made by Python $made, this is Python $now"
-    else
-        return 1
-    fi
+    PYTHONPATH="$SOURCE" "$PYTHON" -m edge.installed --made-by-another-python "$VENV_DIR"
 }
 
 install_venv() {
