@@ -889,10 +889,13 @@ class MqttPublisher:
         self._connected_once = True
         self._client.subscribe(self.topics.ha_status, qos=1)
         self._send_discovery()
-        self._publish(self.topics.availability, ONLINE, qos=1, retain=True)
-        # fresh retained state and diagnostics at once: not the ones a previous run left on the broker
+        # fresh retained state and diagnostics at once: not the ones a previous run left on the broker; and before
+        # "online": Home Assistant shows the state it holds the moment the device is available, and a run that
+        # died or stopped mid-cry while the broker was away left ON there, which would fire every "crying turned
+        # on" automation for a moment
         self._send_state(self._state or unmeasured_state())
         self._send_stats()
+        self._publish(self.topics.availability, ONLINE, qos=1, retain=True)
         in_flight = set(self._inflight.values())
         backlog = [entry for entry in self._outbox.pending() if entry.seq not in in_flight]
         if backlog:
