@@ -9,6 +9,7 @@
 #                                          the lock file's versions (requirements/<machine>.txt), then
 #                                          cryedge (its default model is package data)
 #   /opt/cryedge/models/landmarks          the landmark bundles (the service's $CRYEDGE_MODELS)
+#   /opt/cryedge/libexec/cryedge-start     the unit's ExecStart: checks the venv can run cryedge, then runs it
 #   /opt/cryedge/docs/service.md           the unit's Documentation=
 #   /etc/cryedge/cryedge.toml              from examples/cryedge.toml; an existing one is kept
 #   /etc/cryedge/mqtt_password             only with --mqtt-password-file (mode 0600, root)
@@ -185,6 +186,7 @@ install_models() {
 }
 
 install_unit() {
+    install -D -m 0755 "$SOURCE/systemd/cryedge-start" "$ROOT$PREFIX/libexec/cryedge-start"
     install -D -m 0644 "$SOURCE/systemd/$UNIT_NAME" "$ROOT/etc/systemd/system/$UNIT_NAME"
     if [ -f "$SOURCE/docs/service.md" ]; then
         install -D -m 0644 "$SOURCE/docs/service.md" "$ROOT$PREFIX/docs/service.md"
@@ -205,7 +207,7 @@ install_config
 if [ "$MODELS" -eq 1 ]; then install_models; fi
 install_unit
 if [ ! -x "$VENV_DIR/bin/cryedge" ]; then
-    # the unit's ExecStart: without it the service fails at every start (203/EXEC), every RestartSec
+    # what the unit starts: without it cryedge-start fails at every start of the unit (one line, exit 8)
     log "warning: no $PREFIX/venv/bin/cryedge (--no-venv): cryedge.service cannot start until that venv is made"
 fi
 log "done. Edit /etc/cryedge/cryedge.toml ([mqtt] host, username), then: systemctl start cryedge"

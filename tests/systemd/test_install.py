@@ -66,7 +66,7 @@ def installed(tmp_path, password_file) -> Path:
 
 
 def test_install_script_passes_shellcheck():
-    scripts = sorted((REPO / "systemd").rglob("*.sh"))
+    scripts = [*sorted((REPO / "systemd").rglob("*.sh")), REPO / "systemd" / "cryedge-start"]
     assert INSTALL in scripts
     result = subprocess.run(
         ["shellcheck", *map(str, scripts)], check=False, capture_output=True, text=True, timeout=120
@@ -187,7 +187,8 @@ def test_venv_install_gives_the_program_the_unit_starts(tmp_path, wheel):
         "--no-models",
     ]
     install(*args, env=clean)
-    program = inside(root, SETTINGS["ExecStart"][-1].split()[0])
+    start, program = (inside(root, path) for path in SETTINGS["ExecStart"][-1].split()[:2])
+    assert start.read_bytes() == (REPO / "systemd" / "cryedge-start").read_bytes() and os.access(start, os.X_OK)
     assert os.access(program, os.X_OK)
     assert program.read_text().splitlines()[0] == "#!/opt/cryedge/venv/bin/python"
     venv = inside(root, "/opt/cryedge/venv")
@@ -310,4 +311,4 @@ def test_a_unit_installed_without_its_program_is_said_to_be(tmp_path):
     warned = [line for line in result.stderr.splitlines() if "warning" in line]
     assert warned == ["install: warning: no /opt/cryedge/venv/bin/cryedge (--no-venv): cryedge.service cannot start "
                       "until that venv is made"], result.stderr
-    assert not inside(root, SETTINGS["ExecStart"][-1].split()[0]).exists()
+    assert not inside(root, SETTINGS["ExecStart"][-1].split()[1]).exists()

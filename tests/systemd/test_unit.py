@@ -43,7 +43,7 @@ def setting(key: str) -> str:
 
 
 def verify_root(tmp_path: Path, units: list[Path], executable: bool = True) -> Path:
-    """A root holding the system's own units, ours, and (if asked) a program at the ExecStart path.
+    """A root holding the system's own units, ours, and (if asked) a program at each one's ExecStart path.
 
     ``systemd-analyze verify`` checks the unit's syntax, its dependencies (hence the system units)
     and that ExecStart names an executable; the real executable is checked in test_install.py,
@@ -55,9 +55,9 @@ def verify_root(tmp_path: Path, units: list[Path], executable: bool = True) -> P
     (root / "etc/systemd/system").mkdir(parents=True)
     for unit in units:
         shutil.copy(unit, root / "etc/systemd/system" / unit.name)
-    if executable:
-        program = root / setting("ExecStart").split()[0].lstrip("/")
-        program.parent.mkdir(parents=True)
+    for unit in units if executable else ():
+        program = root / unit_settings(unit)["ExecStart"][-1].split()[0].lstrip("/")
+        program.parent.mkdir(parents=True, exist_ok=True)
         program.write_text("#!/bin/sh\n")
         program.chmod(0o755)
     return root
@@ -81,7 +81,7 @@ def test_verify_would_catch_a_missing_program(tmp_path):
     root = verify_root(tmp_path, [UNIT], executable=False)
     result = analyze("verify", f"--root={root}", UNIT.name)
     assert result.returncode != 0
-    assert "/opt/cryedge/venv/bin/cryedge is not executable" in result.stderr
+    assert "/opt/cryedge/libexec/cryedge-start is not executable" in result.stderr
 
 
 def test_security_exposure_is_at_most_3(tmp_path):
@@ -108,7 +108,8 @@ def test_unit_agrees_with_the_code():
         str(InstallError.exit_code),
     }
     exec_start = setting("ExecStart").split()
-    assert exec_start[0] == "/opt/cryedge/venv/bin/cryedge" and exec_start[1] == "run"
+    # the venv's cryedge, through the check that its venv can run it (tests/systemd/test_start.py)
+    assert exec_start[:3] == ["/opt/cryedge/libexec/cryedge-start", "/opt/cryedge/venv/bin/cryedge", "run"]
     assert exec_start[exec_start.index("--config") + 1] == "/etc/cryedge/cryedge.toml"
     assert setting("ConfigurationDirectory") == "cryedge"
     # the daemon finds the outbox in $STATE_DIRECTORY and the password in $CREDENTIALS_DIRECTORY
