@@ -16,8 +16,8 @@ import os
 import sys
 from importlib.metadata import entry_points
 
-from edge import __version__, logs, native
-from edge.errors import CryedgeError, mask_password, os_error_line
+from edge import __version__, installed, logs, native
+from edge.errors import CryedgeError, InstallError, mask_password, os_error_line
 
 COMMAND_MODULES = (
     "edge.landmarks_cli",
@@ -66,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports the command modules, and so pydantic and numpy
+    except ImportError as error:
+        print(f"cryedge: {installed.broken_import_line(error)}", file=sys.stderr)
+        return InstallError.exit_code
     args = parser.parse_args(argv)
     native_log = args.native_log or args.verbose > 1 or os.environ.get("CRYEDGE_NATIVE_LOG") == "1"
     # the native libraries' per-frame lines would flood the journal; fd 2 goes through a filter
@@ -84,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             return CryedgeError.exit_code
         except KeyboardInterrupt:
             return 130
+        except ImportError as error:  # the same at every start: the install, not a reason to restart
+            log.debug("import failed", exc_info=True)
+            print(f"cryedge: {mask_password(installed.broken_import_line(error))}", file=sys.stderr)
+            return InstallError.exit_code
         except Exception as error:  # a bug: one line (the traceback with -vv), and a code systemd restarts after
             log.debug("unexpected error", exc_info=True)
             print(f"cryedge: {mask_password(unexpected_error_line(error))}", file=sys.stderr)

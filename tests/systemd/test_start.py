@@ -160,3 +160,19 @@ def test_the_check_runs_under_the_units_restrictions(root, venv):
                              str(venv / "bin/cryedge"), "--version"], capture_output=True, text=True, timeout=120,
                             env=CLEAN)
     assert (result.returncode, result.stdout, result.stderr) == (0, "cryedge 0.1.0\n", "")
+
+
+@pytest.mark.slow
+def test_a_dependency_a_half_finished_pip_left_fails_once_saying_so(root, venv):
+    """pip stopped half-way through pydantic (power cut, full card): its package is there, some of its files are
+    not. cryedge's command line imports, so the check passes and cryedge starts, and its import of the config module
+    failed with a traceback at every start, exit 1, restarted for ever. Now one line naming the module and the
+    repair, and exit 8. (The broken pydantic is in the venv, before this venv's sound one on the path.)"""
+    site = next(venv.glob("lib/python*/site-packages"))
+    (site / "pydantic").mkdir()
+    (site / "pydantic/__init__.py").write_text("from .main import BaseModel\n")  # main.py never written
+    result = exec_start(root)
+    assert result.returncode == InstallError.exit_code in NOT_RESTARTED, result.stderr[-2000:]
+    assert result.stderr == ("cryedge: this install is incomplete or damaged: ModuleNotFoundError: No module named "
+                             "'pydantic.main' (a half-finished pip, a damaged card?); install it again: sudo "
+                             "/home/pi/cryedge/systemd/install.sh\n")
