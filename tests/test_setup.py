@@ -348,3 +348,24 @@ def test_cryedge_run_says_in_one_line_that_pip_moved_a_pinned_package(tmp_path, 
     assert len(said) == 1 and "alpha 1.0 is installed (the lock: 2.0)" in said[0] and "./setup.sh again" in said[0], \
         run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_setup_run_again_mends_a_pinned_package_a_half_finished_pip_left(tmp_path, offline_index, real_venv):
+    """pip stopped half-way (a power cut, a full card) or the card lost a file: alpha's metadata is there, its module
+    is not. setup.sh (and install.sh, which cryedge's one-line error names as the repair) ran pip again, which took
+    alpha 2.0 as installed and left it broken. Now it says so and installs alpha again from the lock."""
+    folder, wheels = offline_index
+    env = offline(folder)
+    lock = write_lock(tmp_path / "lock.txt", wheels["alpha-2.0"], wheels["beta-1.0"])
+    assert setup_function(f'install_lock "{real_venv}" "{lock}" "./setup.sh"', **env).returncode == 0
+    site = next(real_venv.glob("lib/python*/site-packages"))
+    (site / "alpha" / "__init__.py").unlink()
+    (site / "beta.py").write_text("MADE_BY")  # cut short
+    result = setup_function(f'install_lock "{real_venv}" "{lock}" "./setup.sh"', **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"install: installing {name} again from {lock}: 1 of its files are missing or cut short (a half-finished "
+        "pip, a damaged card?)" for name in ("alpha", "beta")], result.stderr
+    assert (made_by(real_venv, "alpha"), made_by(real_venv, "beta")) == ("alpha 2.0", "beta 1.0")
+    # mended: nothing more to say
+    assert setup_function(f'install_lock "{real_venv}" "{lock}" "./setup.sh"', **env).stderr == ""
