@@ -47,6 +47,7 @@ from edge import __version__
 from edge.alarm import AlarmState
 from edge.config import Config, DeviceConfig, MqttConfig, OutboxConfig
 from edge.errors import BrokerError
+from edge.inbound_limit import MAX_INBOUND_PUBLISH, bounded_client_class
 from edge.outbox import Outbox
 from edge.records import OK, AlarmEvent
 
@@ -601,7 +602,15 @@ class MqttPublisher:
 
         mqtt = self.mqtt
         protocol = paho.MQTTv5 if mqtt.protocol == "5" else paho.MQTTv311
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=mqtt.client_id or "", protocol=protocol)
+        # a huge message on homeassistant/status is dropped as it arrives, not read whole (edge.inbound_limit)
+        client = bounded_client_class()(CallbackAPIVersion.VERSION2, client_id=mqtt.client_id or "", protocol=protocol)
+        properties = None
+        if protocol == paho.MQTTv5:  # ... and with MQTT 5 the broker does not even send it
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            properties = Properties(PacketTypes.CONNECT)
+            properties.MaximumPacketSize = MAX_INBOUND_PUBLISH + 5  # the whole packet: its fixed header too
         client.enable_logger(_paho_logger())
         if mqtt.username:
             password = mqtt.password.get_secret_value() if mqtt.password is not None else None
@@ -633,14 +642,14 @@ class MqttPublisher:
         self._thread = threading.Thread(target=self._run, name="cryedge-publisher", daemon=True)
         self._thread.start()
         try:
-            client.connect(mqtt.host, mqtt.effective_port, keepalive=mqtt.keepalive)
+            client.connect(mqtt.host, mqtt.effective_port, keepalive=mqtt.keepalive, properties=properties)
         except ssl.SSLError as error:
             self._stop_thread()
             raise BrokerError(f"{self.where}: TLS handshake failed: {error}") from None
         except OSError as error:
             log.warning("%s unreachable (%s); retrying in the background, events go to the outbox",
                         self.where, error.strerror or error)
-            client.connect_async(mqtt.host, mqtt.effective_port, keepalive=mqtt.keepalive)
+            client.connect_async(mqtt.host, mqtt.effective_port, keepalive=mqtt.keepalive, properties=properties)
             self._retrying = True
             client.loop_start()
             return
@@ -887,7 +896,9 @@ class MqttPublisher:
         self._refusal_said = None
         log.info("%s to %s", "reconnected" if self._connected_once else "connected", self.where)
         self._connected_once = True
-        self._client.subscribe(self.topics.ha_status, qos=1)
+        # QoS 0: Home Assistant's birth message is QoS 0 anyway, and a message edge.inbound_limit drops unread must
+        # leave the broker waiting for no acknowledgement
+        self._client.subscribe(self.topics.ha_status, qos=0)
         self._send_discovery()
         # fresh retained state and diagnostics at once: not the ones a previous run left on the broker; and before
         # "online": Home Assistant shows the state it holds the moment the device is available, and a run that

@@ -2,9 +2,11 @@
 come and go in the wrong order, and what messages on the topics cryedge subscribes to cost it."""
 
 import json
+import subprocess
+import sys
 
 import pytest
-from mqtt import Broker, Subscriber
+from mqtt import Broker, Subscriber, flood
 
 from edge.alarm import AlarmState
 from edge.config import load_config
@@ -95,3 +97,115 @@ def test_a_stop_mid_cry_while_the_broker_is_away_never_shows_crying_when_both_co
         assert after[-1] == "unavailable" and "off" in after  # OFF while it ran, then its clean stop
     finally:
         broker.stop()
+
+
+# ----------------------------------------------------------------------------- what comes in on homeassistant/status
+
+PUBLISHER_PROCESS = """
+import json, sys, time
+from edge.config import load_config
+from edge.publish import make_publisher
+from edge.records import AlarmEvent
+
+def peak_kib():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+
+publisher = make_publisher(load_config(None, json.loads(sys.argv[1]), environ={}), "cry-demo-int8")
+publisher.discovery_interval = 0  # every "online" answered at once: the test knows when one has been read
+publisher.start()
+while not publisher.connected:
+    time.sleep(0.02)
+print(peak_kib(), flush=True)
+for line in sys.stdin:
+    if line.strip() == "peak":
+        print(peak_kib(), flush=True)
+    elif line.strip() == "cry":
+        publisher.publish_event(AlarmEvent("start", "ep1", 10.0, time.time(), 0.9))
+publisher.close()
+"""
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_a_huge_message_on_home_assistants_status_topic_is_not_held_in_memory(mosquitto, tmp_path, protocol):
+    """Any client on the broker may publish a huge message on homeassistant/status (retained, it comes back at
+    every connect): paho read it whole, about three copies at once (a 200 MiB one took the daemon from 186 to
+    787 MiB, more than a Raspberry Pi 3 has: killed, restarted, the same message again). Now its bytes are
+    dropped as they stream past (MQTT 3.1.1) or the broker does not send it (MQTT 5, Maximum Packet Size); the
+    messages after it are read and a cry still goes out."""
+    size = 48 * 2**20
+    config = {"device": {"id": DEVICE}, "mqtt": {"host": mosquitto.host, "port": mosquitto.port, "protocol": protocol},
+              "outbox": {"path": str(tmp_path / "outbox.sqlite3")}}
+    with Subscriber(mosquitto, topics=(f"{PREFIX}/#", "homeassistant/device/#")) as home_assistant:
+        process = subprocess.Popen([sys.executable, "-c", PUBLISHER_PROCESS, json.dumps(config)],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            before = int(process.stdout.readline())
+            discovery = f"homeassistant/device/{DEVICE}/config"
+            home_assistant.wait_for(discovery)
+            flood(mosquitto, "homeassistant/status", "x" * size, 1)
+            flood(mosquitto, "homeassistant/status", "online", 1)  # read after the huge one: the stream goes on
+            home_assistant.wait_for(discovery, count=2)
+            process.stdin.write("peak\ncry\n")
+            process.stdin.flush()
+            peak = int(process.stdout.readline())
+            start = home_assistant.wait_for(f"{PREFIX}/event")
+        finally:
+            process.communicate(timeout=20)
+    assert json.loads(start.payload)["event_type"] == "cry_start"
+    grown = (peak - before) / 1024
+    assert grown < 16, f"{grown:.0f} MiB more for a {size // 2**20} MiB message"
+
+
+def test_the_inbound_limit_drops_only_the_long_publish_wherever_the_socket_splits_the_stream():
+    """The broker's bytes reach paho unchanged but for a PUBLISH over the limit, however they are cut in reads."""
+    import socket
+
+    from mqtt import _mqtt_packet, _mqtt_string
+
+    from edge.inbound_limit import InboundLimit
+
+    def publish(payload: bytes) -> bytes:
+        return _mqtt_packet(0x30, _mqtt_string("homeassistant/status") + payload)
+
+    long = publish(b"x" * 2000)  # over the limit below, a 2-byte remaining length
+    kept = [b"\x20\x02\x00\x00", publish(b"online"), b"\x90\x03\x00\x01\x00", publish(b"y" * 500), b"\xd0\x00"]
+    stream = b"".join(kept[:2]) + long + b"".join(kept[2:])
+    every_byte = [stream[i:i + 1] for i in range(len(stream))]
+    for pieces in [every_byte, *([stream[:cut], stream[cut:]] for cut in range(1, len(stream), 97))]:
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        limited, got = InboundLimit(ours, limit=1000), bytearray()
+        with ours, theirs:
+            for piece in pieces:
+                theirs.sendall(piece)
+                while True:
+                    try:
+                        got += limited.recv(3)  # small reads, as paho's (1 byte, the length, then the rest)
+                    except BlockingIOError:
+                        break
+        assert bytes(got) == b"".join(kept), [len(piece) for piece in pieces[:2]]
+        assert limited.dropped == 1 and limited.pending() == 0
+
+
+def test_garbage_on_home_assistants_status_topic_is_ignored_and_only_online_asks_for_discovery(mosquitto, tmp_path):
+    """Empty, binary, not UTF-8, retained or not: nothing stops the publisher, nothing but "online" re-sends."""
+    discovery = f"homeassistant/device/{DEVICE}/config"
+    garbage = [b"", b"\xff\xfe\x00online", bytes(range(256)) * 200, b"offline", b"ONLINE", "en ligne \u00e9".encode()]
+    with Subscriber(mosquitto, topics=(f"{PREFIX}/#", discovery)) as home_assistant:
+        mosquitto_client = home_assistant.client
+        mosquitto_client.publish("homeassistant/status", b"\x80\x81 retained garbage", qos=1, retain=True).wait_for_publish(5)
+        publisher = publisher_for(mosquitto, tmp_path)
+        publisher.discovery_interval = 0
+        publisher.start()
+        try:
+            home_assistant.wait_for(discovery)
+            for payload in garbage:
+                mosquitto_client.publish("homeassistant/status", payload, qos=1).wait_for_publish(5)
+            mosquitto_client.publish("homeassistant/status", b" online\n", qos=1).wait_for_publish(5)
+            home_assistant.wait_for(discovery, count=2)
+            publisher.publish_event(AlarmEvent("start", "ep1", 10.0, 1_800_000_000.25, 0.9))
+            start = home_assistant.wait_for(f"{PREFIX}/event")
+        finally:
+            publisher.close()
+    assert json.loads(start.payload)["event_type"] == "cry_start"
+    assert len(home_assistant.on(discovery)) == 2  # at connect, and for the one "online"
