@@ -14,7 +14,7 @@
 #   /etc/cryedge/cryedge.toml              from examples/cryedge.toml; an existing one is kept
 #   /etc/cryedge/mqtt_password             only with --mqtt-password-file (mode 0600, root)
 #   /usr/lib/sysusers.d/cryedge.conf       the system user, created now and by systemd-sysusers at boot
-#   /etc/systemd/system/cryedge.service    enabled (multi-user.target.wants), not started
+#   /etc/systemd/system/cryedge.service    enabled (multi-user.target.wants), not started; restarted if it was running
 # Running it again gives the same tree (the config and password are never overwritten unasked).
 #
 # With --root the venv is made by this machine's python3 and its scripts are pointed at
@@ -200,6 +200,22 @@ install_unit() {
     fi
 }
 
+# The service, when it runs, is restarted onto what was just installed: it kept the old install's modules in memory
+# (and imported the new ones' lazily over them), and ran it until the next boot; "systemctl start" does nothing
+# to a running service. Not in an image (--root), nor where systemd does not run (status: inactive).
+restart_if_running() {
+    if [ -z "$ROOT" ] && command -v systemctl >/dev/null && systemctl --quiet is-active "$UNIT_NAME" 2>/dev/null; then
+        log "restarting $UNIT_NAME, which was running what was installed before"
+        systemctl try-restart "$UNIT_NAME" ||
+            die "$UNIT_NAME did not start again on this install: systemctl status cryedge; journalctl -u cryedge -n 20"
+        return 0
+    fi
+    return 1
+}
+
+# tests/systemd/test_install.py sources this file for the functions above
+[ -n "${CRYEDGE_INSTALL_FUNCTIONS_ONLY:-}" ] && return 0
+
 install -d -m 0755 "$ROOT$PREFIX"
 install_user
 if [ "$VENV" -eq 1 ]; then install_venv; fi
@@ -210,4 +226,8 @@ if [ ! -x "$VENV_DIR/bin/cryedge" ]; then
     # what the unit starts: without it cryedge-start fails at every start of the unit (one line, exit 8)
     log "warning: no $PREFIX/venv/bin/cryedge (--no-venv): cryedge.service cannot start until that venv is made"
 fi
-log "done. Edit /etc/cryedge/cryedge.toml ([mqtt] host, username), then: systemctl start cryedge"
+if restart_if_running; then
+    log "done."
+else
+    log "done. Edit /etc/cryedge/cryedge.toml ([mqtt] host, username), then: systemctl start cryedge"
+fi

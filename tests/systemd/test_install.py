@@ -312,3 +312,59 @@ def test_a_unit_installed_without_its_program_is_said_to_be(tmp_path):
     assert warned == ["install: warning: no /opt/cryedge/venv/bin/cryedge (--no-venv): cryedge.service cannot start "
                       "until that venv is made"], result.stderr
     assert not inside(root, SETTINGS["ExecStart"][-1].split()[1]).exists()
+
+
+# ----------------------------------------------------------------------------- the running service after an install
+# No systemd as PID 1 here: systemctl is a stand-in on PATH that records what it is asked and answers is-active as
+# told; install.sh's functions are sourced (CRYEDGE_INSTALL_FUNCTIONS_ONLY), as tests/test_setup.py does setup.sh's.
+
+STAND_IN_SYSTEMCTL = """#!/bin/sh
+echo "$*" >> "$SYSTEMCTL_CALLS"
+case "$*" in
+    *is-active*) exit "${SYSTEMCTL_ACTIVE:-0}" ;;
+    *try-restart*) exit "${SYSTEMCTL_RESTART:-0}" ;;
+esac
+"""
+
+
+def restart_after_install(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    # the old script had no such guard: sourced, it would have installed onto this machine
+    assert "CRYEDGE_INSTALL_FUNCTIONS_ONLY" in INSTALL.read_text()
+    stand_in = tmp_path / "bin"
+    stand_in.mkdir(exist_ok=True)
+    (stand_in / "systemctl").write_text(STAND_IN_SYSTEMCTL)
+    (stand_in / "systemctl").chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    calls.write_text("")
+    result = subprocess.run(
+        ["bash", "-c", f'source "{INSTALL}" --no-venv {" ".join(args)} && if restart_if_running; then echo restarted; fi'],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "CRYEDGE_INSTALL_FUNCTIONS_ONLY": "1", "PATH": f"{stand_in}:{os.environ['PATH']}",
+             "SYSTEMCTL_CALLS": str(calls), **env},
+    )
+    return result, calls.read_text().splitlines()
+
+
+def test_a_running_service_is_restarted_onto_what_was_installed(tmp_path):
+    """install.sh run again (a changed lock, a new checkout) left the running daemon on the old install until the
+    next boot, its modules in memory, the new ones imported lazily over them, and said "then: systemctl start
+    cryedge", which does nothing to a running service. Now it restarts it, saying so."""
+    result, calls = restart_after_install(tmp_path)
+    assert result.returncode == 0 and result.stdout == "restarted\n", result.stderr
+    assert calls == ["--quiet is-active cryedge.service", "try-restart cryedge.service"]
+    assert result.stderr == "install: restarting cryedge.service, which was running what was installed before\n"
+
+
+def test_a_service_that_is_not_running_is_left_alone(tmp_path):
+    result, calls = restart_after_install(tmp_path, SYSTEMCTL_ACTIVE="3")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert calls == ["--quiet is-active cryedge.service"]
+    result, calls = restart_after_install(tmp_path, "--root", str(tmp_path))  # an image: nothing runs there
+    assert (result.returncode, result.stdout, calls) == (0, "", [])
+
+
+def test_a_service_that_does_not_start_again_fails_the_install(tmp_path):
+    result, calls = restart_after_install(tmp_path, SYSTEMCTL_RESTART="1")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == ("install: error: cryedge.service did not start again on this install: "
+                                              "systemctl status cryedge; journalctl -u cryedge -n 20")
