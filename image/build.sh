@@ -16,6 +16,20 @@ PIGEN_DIR="${PIGEN_DIR:-$HERE/pi-gen}"
 PIGEN_REF="${PIGEN_REF:-arm64}"
 DOCKER="${DOCKER:-0}"
 
+# The image gets HEAD (git archive below). A lock file or pyproject.toml changed and not committed (after
+# requirements/refresh.sh) was left out without a word: the image installed HEAD's versions, not the ones this
+# checkout's venv and tests run. Refused; other uncommitted changes are named in one warning.
+locks=$( { git -C "$REPO" diff --name-only HEAD -- requirements pyproject.toml
+           git -C "$REPO" ls-files --others --exclude-standard -- requirements; } | sort -u | paste -sd ' ' -)
+if [ -n "$locks" ]; then
+    echo "image/build.sh: error: not committed: $locks; the image gets HEAD's, so commit them first" >&2
+    exit 1
+fi
+others=$(git -C "$REPO" status --porcelain | wc -l)
+if [ "$others" -gt 0 ]; then
+    echo "image/build.sh: warning: $others uncommitted changes are not in the image, which gets HEAD (git status)" >&2
+fi
+
 if [ ! -d "$PIGEN_DIR/.git" ]; then
     git clone --depth 1 --branch "$PIGEN_REF" https://github.com/RPi-Distro/pi-gen.git "$PIGEN_DIR"
 fi

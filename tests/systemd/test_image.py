@@ -601,3 +601,46 @@ def test_a_password_line_and_a_password_file_beside_the_boot_file_that_disagree_
     with pytest.raises(ConfigError, match=r"mqtt.password_file and the password given in the file disagree; give it once"):
         import_boot_config(boot, etc)
     assert boot.exists() and (boot.parent / "pw").exists() and not etc.exists()
+
+
+def checkout_with_an_image_dir(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A git checkout holding image/, a lock and pyproject.toml, and a pi-gen stand-in whose build.sh copies the
+    lock that reached the stage (pi-gen itself cannot run here). Returns (checkout, pi-gen, the copied lock)."""
+    checkout = tmp_path / "checkout"
+    (checkout / "requirements").mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", str(IMAGE), str(checkout)], check=True)
+    (checkout / "requirements" / "aarch64.txt").write_text("numpy==1.26.4\n")
+    (checkout / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text())
+    (checkout / "README.md").write_text("cryedge\n")
+    git = ["git", "-C", str(checkout), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git[:3], "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "first"], check=True)
+    pigen = tmp_path / "pi-gen"
+    (pigen / ".git").mkdir(parents=True)
+    (pigen / "stage2").mkdir()
+    built = tmp_path / "built-with.txt"
+    (pigen / "build.sh").write_text(f'#!/bin/sh\ncp stage-cryedge/01-cryedge/files/cryedge/requirements/aarch64.txt '
+                                    f'"{built}"\nmkdir -p deploy\n')
+    (pigen / "build.sh").chmod(0o755)
+    return checkout, pigen, built
+
+
+def test_an_image_is_not_built_from_a_lock_that_is_not_committed(tmp_path):
+    """requirements/refresh.sh moved a pin and the image was built before a commit: build.sh archives HEAD, so the
+    image installed the old lock without a word. Now the build stops, naming the file; committed, it goes in."""
+    checkout, pigen, built = checkout_with_an_image_dir(tmp_path)
+    (checkout / "requirements" / "aarch64.txt").write_text("numpy==1.26.5\n")
+    build = [str(checkout / "image" / "build.sh")]
+    result = subprocess.run(build, capture_output=True, text=True, timeout=120, env={**os.environ, "PIGEN_DIR": str(pigen)})
+    assert result.returncode == 1 and not built.exists()
+    assert result.stderr == ("image/build.sh: error: not committed: requirements/aarch64.txt; the image gets HEAD's, "
+                             "so commit them first\n")
+    subprocess.run(["git", "-C", str(checkout), "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit",
+                    "-qam", "refresh"], check=True)
+    (checkout / "README.md").write_text("cryedge, edited\n")
+    result = subprocess.run(build, capture_output=True, text=True, timeout=120, env={**os.environ, "PIGEN_DIR": str(pigen)})
+    assert result.returncode == 0, result.stderr
+    assert built.read_text() == "numpy==1.26.5\n"
+    assert result.stderr == ("image/build.sh: warning: 1 uncommitted changes are not in the image, which gets HEAD "
+                             "(git status)\n"), result.stderr
