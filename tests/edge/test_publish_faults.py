@@ -125,17 +125,29 @@ publisher.close()
 """
 
 
-@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
-def test_a_huge_message_on_home_assistants_status_topic_is_not_held_in_memory(mosquitto, tmp_path, protocol):
+@pytest.mark.parametrize("protocol, tls", [("3.1.1", False), ("5", False), ("3.1.1", True)])
+def test_a_huge_message_on_home_assistants_status_topic_is_not_held_in_memory(tmp_path, protocol, tls):
     """Any client on the broker may publish a huge message on homeassistant/status (retained, it comes back at
     every connect): paho read it whole, about three copies at once (a 200 MiB one took the daemon from 186 to
     787 MiB, more than a Raspberry Pi 3 has: killed, restarted, the same message again). Now its bytes are
-    dropped as they stream past (MQTT 3.1.1) or the broker does not send it (MQTT 5, Maximum Packet Size); the
-    messages after it are read and a cry still goes out."""
+    dropped as they stream past (MQTT 3.1.1, also through TLS) or the broker does not send it (MQTT 5, Maximum
+    Packet Size); the messages after it are read and a cry still goes out."""
+    import copy
+
+    from mqtt import free_port, make_certificates
+
+    broker = Broker(tmp_path / "broker", tls=make_certificates(tmp_path / "certs") if tls else None)
+    mosquitto = broker  # the plain listener the test's own clients use
+    if tls:  # cryedge on the TLS listener, the test's clients on a second, plain one
+        mosquitto = copy.copy(broker)
+        mosquitto.port = free_port()
+        broker.config.write_text(broker.config.read_text() + f"listener {mosquitto.port} 127.0.0.1\n")
+    mqtt = {"host": broker.host, "port": broker.port, "protocol": protocol}
+    if tls:
+        mqtt["tls"] = {"ca_file": str(tmp_path / "certs" / "ca.crt")}
     size = 48 * 2**20
-    config = {"device": {"id": DEVICE}, "mqtt": {"host": mosquitto.host, "port": mosquitto.port, "protocol": protocol},
-              "outbox": {"path": str(tmp_path / "outbox.sqlite3")}}
-    with Subscriber(mosquitto, topics=(f"{PREFIX}/#", "homeassistant/device/#")) as home_assistant:
+    config = {"device": {"id": DEVICE}, "mqtt": mqtt, "outbox": {"path": str(tmp_path / "outbox.sqlite3")}}
+    with broker, Subscriber(mosquitto, topics=(f"{PREFIX}/#", "homeassistant/device/#")) as home_assistant:
         process = subprocess.Popen([sys.executable, "-c", PUBLISHER_PROCESS, json.dumps(config)],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
