@@ -115,7 +115,8 @@ def test_firstboot_unit_runs_only_with_a_boot_file_and_before_the_service():
     assert "ConditionPathExists=/boot/firmware/cryedge.toml" in unit_text
     assert "Before=cryedge.service" in unit_text
     command = settings["ExecStart"][-1].split()
-    assert command[:3] == ["/opt/cryedge/venv/bin/cryedge", "service", "import-boot-config"]
+    assert command[:4] == ["/opt/cryedge/libexec/cryedge-start", "/opt/cryedge/venv/bin/cryedge", "service",
+                           "import-boot-config"]
     assert command[command.index("--boot-file") + 1] == "/boot/firmware/cryedge.toml"
     assert command[command.index("--config-dir") + 1] == "/etc/cryedge"
     assert set(settings["ReadWritePaths"][-1].split()) == {"/etc/cryedge", "/boot/firmware"}
@@ -272,8 +273,9 @@ def test_the_command_the_firstboot_unit_runs(tmp_path):
     boot, etc = tmp_path / "cryedge.toml", tmp_path / "etc"
     boot.write_text(BOOT_TOML)
     cryedge = Path(sys.executable).with_name("cryedge")
+    start = REPO / "systemd" / "cryedge-start"  # as the unit runs it: through the check of the venv
     result = subprocess.run(
-        [str(cryedge), "service", "import-boot-config", "--boot-file", str(boot), "--config-dir", str(etc)],
+        [str(start), str(cryedge), "service", "import-boot-config", "--boot-file", str(boot), "--config-dir", str(etc)],
         check=False,
         capture_output=True,
         text=True,
