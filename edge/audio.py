@@ -443,6 +443,13 @@ class AudioMonitor:
         with self._changed:
             self._changed.notify_all()
 
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the thread to end; ``ended`` is set just before, and an exception that ends it
+        is handed to threading.excepthook just after."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
     def close(self) -> None:
         self.stop()
         if self._thread is not None:

@@ -17,7 +17,7 @@ import sys
 from importlib.metadata import entry_points
 
 from edge import __version__, installed, logs, native
-from edge.errors import CryedgeError, InstallError, mask_password, os_error_line
+from edge.errors import CryedgeError, InstallError, ThreadFault, mask_password, os_error_line
 
 COMMAND_MODULES = (
     "edge.landmarks_cli",
@@ -104,9 +104,13 @@ def unexpected_error_line(error: BaseException) -> str:
     """An error no code path expected, in one line: its type, its message and where in cryedge it was raised.
 
     The message's lines are joined (MediaPipe's first line is often only 'CalculatorGraph::Run() failed in Run: ',
-    the cause on the next), at most ``UNEXPECTED_MESSAGE_CHARS`` of it."""
+    the cause on the next), at most ``UNEXPECTED_MESSAGE_CHARS`` of it. An error of another thread
+    (``ThreadFault``) is told by its own type and place, and the thread's name."""
     import traceback
 
+    thread = ""
+    if isinstance(error, ThreadFault):
+        thread, error = f" in thread {error.thread}", error.error
     frames = traceback.extract_tb(error.__traceback__)
     edge_dir = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(edge_dir)
@@ -120,7 +124,7 @@ def unexpected_error_line(error: BaseException) -> str:
     message = mask_password(" ".join(str(error).split()))
     if len(message) > UNEXPECTED_MESSAGE_CHARS:
         message = message[:UNEXPECTED_MESSAGE_CHARS - 3] + "..."
-    return (f"unexpected error{where}: {type(error).__name__}{': ' + message if message else ''} (a bug in "
+    return (f"unexpected error{thread}{where}: {type(error).__name__}{': ' + message if message else ''} (a bug in "
             "cryedge: please report it with the output of -vv)")
 
 

@@ -29,7 +29,7 @@ from typing import Self
 
 import numpy as np
 
-from edge.errors import SourceError
+from edge.errors import SourceError, ThreadFault
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +280,9 @@ class Daemon:
         self.health = None
         self.snapshots = None  # edge.pictures.SnapshotWorker when [snapshot] is enabled
         self.live = None  # edge.live.LiveView when [live] is enabled
+        self.fault: ThreadFault | None = None  # the first unexpected error of another thread (thread_fault)
+        self._fault_raised = False
+        self._excepthook = None  # threading.excepthook as it was before open(), put back by close()
 
     # --- building
 
@@ -289,6 +292,7 @@ class Daemon:
         from edge.source import SupervisedSource
 
         cfg = self.config
+        self._watch_threads()
         if not self.camera:
             self._open_without_camera()
             return
@@ -363,7 +367,7 @@ class Daemon:
     def _start_publisher(self, model_name: str) -> None:
         from edge.publish import make_publisher
 
-        self.publisher = make_publisher(self.config, model_name, on_output_closed=self.stop)
+        self.publisher = make_publisher(self.config, model_name, on_output_closed=self.stop, on_fault=self.thread_fault)
         self.publisher.start()
         self._closing.append(self.publisher)
 
@@ -450,6 +454,7 @@ class Daemon:
                 self._report()
             if self._stop.is_set():
                 break
+        self.raise_thread_fault()
         self.state = "stopping"
         self._finish()
         return 0
@@ -496,8 +501,10 @@ class Daemon:
             if now >= next_report or monitor.status.state != reported:
                 next_report, reported = now + 5.0, monitor.status.state
                 self._report()
-            if monitor.ended and self._heard.empty():  # a sound file played to its end
+            if monitor.ended and self._heard.empty():  # a sound file played to its end, or its thread failed
+                monitor.join(1.0)  # if it failed, threading.excepthook has said so (thread_fault) once it has ended
                 break
+        self.raise_thread_fault()
         self.state = "stopping"
         self._finish()
         if monitor.ended and not monitor.chunks and monitor.status.last_error:  # a file never heard: not done
@@ -534,6 +541,36 @@ class Daemon:
                 faults[sense] = ModelFault(name, error, known.since if known is not None else now)
         if faults != self.model_faults:
             self.model_faults = faults
+
+    # --- errors of the other threads
+
+    def _watch_threads(self) -> None:
+        """Until close(), an exception that ends a thread (the publisher's, paho's network loop, the hearing, a
+        camera reader, the health server) is this run's fault: threading's own hook printed a traceback, and the
+        thread was dead while the daemon looked alive (alerts queued and never sent, a deaf monitor)."""
+        if self._excepthook is None:
+            self._excepthook = threading.excepthook
+            threading.excepthook = self._thread_ended
+
+    def _thread_ended(self, args) -> None:
+        """threading.excepthook while the daemon is open."""
+        if issubclass(args.exc_type, SystemExit):  # as threading's own hook: a thread that chose to end
+            return
+        self.thread_fault(args.thread.name if args.thread is not None else "unknown", args.exc_value)
+
+    def thread_fault(self, thread: str, error: BaseException) -> None:
+        """An unexpected error on ``thread`` (any thread; a thread that lives on reports it too, as the publisher's):
+        the loop stops and raises it, so it ends as an error of the loop does (the episode ended with reason
+        ``error``, one line, exit 70, a restart). The first one is kept; its traceback is said with -vv."""
+        if self.fault is None:
+            self.fault = ThreadFault(thread, error)
+        self.stop()
+
+    def raise_thread_fault(self) -> None:
+        """Raise the fault of another thread (once), if there was one."""
+        if self.fault is not None and not self._fault_raised:
+            self._fault_raised = True
+            raise self.fault
 
     def _alarm_follows(self) -> tuple[str, ...]:
         """The senses the fused alarm decides on (``[fusion] mode``)."""
@@ -689,6 +726,8 @@ class Daemon:
                 resource.close()
             except Exception as error:  # noqa: BLE001 - closing must go on for the rest
                 log.warning("closing %s: %s", type(resource).__name__, error)
+        if self._excepthook is not None:  # the threads are stopped: what ends one now is no longer the run's
+            threading.excepthook, self._excepthook = self._excepthook, None
 
     def __enter__(self) -> Self:
         self.open()
@@ -742,7 +781,9 @@ def _run_command(args) -> int:
     previous = {sig: signal.signal(sig, daemon.stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         with daemon:
-            return daemon.run()
+            code = daemon.run()
+        daemon.raise_thread_fault()  # a thread failed as the daemon stopped: the episode ended, the run was not clean
+        return code
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -52,6 +52,19 @@ class InstallError(CryedgeError):
     exit_code = 8
 
 
+class ThreadFault(Exception):
+    """An unexpected error (a bug) that ended or broke one of the daemon's threads, raised again on the frame loop's
+    thread so that it ends the way an error of the loop does: the episode ended, one line, exit code 70.
+
+    Not a ``CryedgeError``: nothing a user can act on. ``error`` is the original exception (also ``__cause__``,
+    its traceback the thread's); ``thread`` names the thread."""
+
+    def __init__(self, thread: str, error: BaseException):
+        super().__init__(f"in thread {thread}: {type(error).__name__}: {error}")
+        self.thread, self.error = thread, error
+        self.__cause__ = error
+
+
 EXIT_CODES = {
     cls.__name__: cls.exit_code
     for cls in (CryedgeError, ConfigError, ModelError, SourceError, BrokerError, DataError, InstallError)

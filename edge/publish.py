@@ -398,8 +398,10 @@ class StdoutPublisher:
     QUEUE_LINES = 1000
     CLOSE_SECONDS = 2.0  # at close, how long the queued lines may take to go out
 
-    def __init__(self, device_id: str, model: str, stream=None, on_output_closed=None, queue_lines: int = QUEUE_LINES):
+    def __init__(self, device_id: str, model: str, stream=None, on_output_closed=None, queue_lines: int = QUEUE_LINES,
+                 on_fault=None):
         self.last_event: dict | None = None
+        self._on_fault = on_fault
         self.device_id = device_id
         self.model = model
         self._stream = stream
@@ -460,6 +462,8 @@ class StdoutPublisher:
             except (ValueError, AttributeError):  # a closed file object, or no stdout at all (sys.stdout None)
                 self._stdout_gone(1)
                 return
+            except Exception as error:  # noqa: BLE001 - a bug: the line is lost, said; the next ones still go out
+                report_fault(self._on_fault, error)
 
     def _stdout_gone(self, lost: int) -> None:
         self.output_closed = True
@@ -528,7 +532,7 @@ class MqttPublisher:
     """
 
     def __init__(self, mqtt: MqttConfig, device: DeviceConfig, outbox: OutboxConfig, model: str,
-                 hearing: bool = False, snapshot: bool = False, camera: bool = True):
+                 hearing: bool = False, snapshot: bool = False, camera: bool = True, on_fault=None):
         if not mqtt.enabled:
             raise ValueError("MqttPublisher needs mqtt.host; use StdoutPublisher without a broker")
         self.mqtt = mqtt
@@ -537,6 +541,7 @@ class MqttPublisher:
         self.hearing = hearing  # the audio path runs: its entities are discovered too
         self.snapshot = snapshot  # [snapshot] on: the image entity is discovered
         self.camera = camera  # False: [source] type "none", no picture entities
+        self._on_fault = on_fault  # (thread name, error): an unexpected error on the publisher's or paho's thread
         self._snapshot_waiting: bytes | None = None  # the newest picture, while the broker is away
         self.snapshots_sent = self.snapshots_dropped = 0
         self.topics = Topics.from_config(mqtt, device)
@@ -627,10 +632,12 @@ class MqttPublisher:
             client.tls_insecure_set(mqtt.tls.insecure)
         client.will_set(self.topics.availability, OFFLINE, qos=1, retain=True)
         client.reconnect_delay_set(mqtt.reconnect_min_seconds, max(mqtt.reconnect_min_seconds, mqtt.reconnect_max_seconds))
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
+        # an exception out of a callback ends paho's network thread (no more sending, acknowledging, reconnecting,
+        # while all looked well): it is reported instead, and the thread delivers the end of the episode
+        client.on_connect = self._reporting(self._on_connect)
+        client.on_disconnect = self._reporting(self._on_disconnect)
+        client.on_publish = self._reporting(self._on_publish)
+        client.on_message = self._reporting(self._on_message)
         client.connect_timeout = mqtt.connect_timeout  # TCP and TLS; a black-holed host must not hang start
         self._client = client
 
@@ -713,6 +720,16 @@ class MqttPublisher:
 
     # --- paho callbacks (network thread): tiny, they only queue notices
 
+    def _reporting(self, callback):
+        """``callback`` for paho, with an unexpected error reported (``report_fault``) instead of raised into paho."""
+        def reporting(*args, **kwargs) -> None:
+            try:
+                callback(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - reported, not lost: see _reporting
+                report_fault(self._on_fault, error)
+
+        return reporting
+
     def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
         if reason_code.is_failure:
             self._refusal = str(reason_code)
@@ -768,8 +785,12 @@ class MqttPublisher:
                     self._handle_close(value)
                     return
                 handlers[kind](value)
-            except Exception:  # a bug here must not silently stop all publishing
-                log.exception("publisher: handling %s failed", kind)
+            except Exception as error:  # noqa: BLE001 - a bug: the daemon stops on it and ends its episode, which
+                # this thread, alive, delivers (a thread dead of it left every later alert queued and never sent)
+                report_fault(self._on_fault, error)
+                if kind == "close":  # failed part-way: what was not acknowledged stays in the outbox, as on a timeout
+                    self._outbox.close()
+                    return
 
     def _publish(self, topic: str, payload: str | bytes, qos: int = 1, retain: bool = False):
         return self._client.publish(topic, payload, qos=qos, retain=retain)
@@ -986,12 +1007,25 @@ class MqttPublisher:
         return unmeasured_state(ended if ended is not None else time.time())
 
 
-def make_publisher(config: Config, model: str, on_output_closed=None) -> MqttPublisher | StdoutPublisher:
+def make_publisher(config: Config, model: str, on_output_closed=None, on_fault=None) -> MqttPublisher | StdoutPublisher:
     """The publisher the configuration asks for: MQTT when ``mqtt.host`` is set, else stdout.
 
-    ``on_output_closed`` is called when stdout's reader has gone (stdout publisher only).
+    ``on_output_closed`` is called when stdout's reader has gone (stdout publisher only); ``on_fault(thread, error)``
+    with an unexpected error on the publisher's threads (``report_fault``).
     """
     if config.mqtt.enabled:
         return MqttPublisher(config.mqtt, config.device, config.outbox, model, hearing=config.audio.enabled is True,
-                             snapshot=config.snapshot.enabled, camera=config.source.type != "none")
-    return StdoutPublisher(config.device.id, model, on_output_closed=on_output_closed)
+                             snapshot=config.snapshot.enabled, camera=config.source.type != "none", on_fault=on_fault)
+    return StdoutPublisher(config.device.id, model, on_output_closed=on_output_closed, on_fault=on_fault)
+
+
+def report_fault(on_fault, error: Exception) -> None:
+    """An unexpected error (a bug) on a publisher's thread, which lives on to deliver what comes next (the end of
+    the episode the daemon then ends): to ``on_fault(thread name, error)``, or without one in one log line (its
+    traceback at debug level)."""
+    thread = threading.current_thread().name
+    if on_fault is not None:
+        on_fault(thread, error)
+        return
+    log.error("unexpected error in thread %s: %s: %s", thread, type(error).__name__, " ".join(str(error).split()))
+    log.debug("unexpected error in thread %s", thread, exc_info=error)

@@ -1,0 +1,185 @@
+"""An unexpected error in one of the daemon's other threads ends the run as an error of its frame loop does: the
+running episode ends (cry_end with reason "error", the retained state OFF), the command says so in one line that
+names the thread, with no traceback, and exits with 70 (systemd restarts it).
+
+Before, such a thread printed a traceback and was dead while the daemon looked alive, or went on without what it
+was doing: a cry_start lost, every alert after it never sent (paho's network thread, stdout's writer), a monitor
+that no longer heard.
+
+No real input was found that makes one of these threads raise: each test injects one fault into `cryedge run`
+(a subprocess, the bundled demo clip and models, a real mosquitto) by replacing one function that runs on the
+thread with one that raises once, when ``WHEN`` holds (FAULT below). Everything else is real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "edge" / "data" / "demo.mp4"  # synthetic: a photo animated, crying from 5 s to 14 s, with sound
+
+# argv: MODULE:CLASS.METHOD WHEN cryedge-arguments...; the method raises the first time WHEN (a Python expression
+# of ``self``, ``args`` and ``calls``, the number of calls so far) is true
+FAULT = """
+import importlib, sys
+from edge.cli import main
+
+target, when = sys.argv[1], sys.argv[2]
+module, _, qualified = target.partition(":")
+owner_name, _, method = qualified.rpartition(".")
+owner = getattr(importlib.import_module(module), owner_name)
+original = getattr(owner, method)
+calls, raised = 0, False
+
+def failing(self, *args, **kwargs):
+    global calls, raised
+    calls += 1
+    if not raised and eval(when):
+        raised = True
+        raise RuntimeError(f"a fault in {qualified}\\nits cause, on a second line")
+    return original(self, *args, **kwargs)
+
+setattr(owner, method, failing)
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def run_with_fault(target: str, when: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", FAULT, target, when, "run", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def config_file(folder: Path) -> Path:
+    path = folder / "cryedge.toml"
+    path.write_text(f'[device]\nid = "nursery"\n[health]\nenabled = false\n[outbox]\npath = "{folder / "outbox.sqlite3"}"\n')
+    return path
+
+
+def assert_one_line_and_exit_70(out: subprocess.CompletedProcess, thread: str, method: str) -> None:
+    assert out.returncode == 70, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    said = [line for line in out.stderr.splitlines() if line.startswith("cryedge: ")]
+    assert len(said) == 1, out.stderr
+    assert f"unexpected error in thread {thread} at edge/" in said[0], said
+    # the message's lines joined: the cause is on its second line
+    assert f"RuntimeError: a fault in {method} its cause, on a second line" in said[0], said
+
+
+def assert_episode_ended_by_the_error(subscriber, folder: Path) -> None:
+    from edge.outbox import Outbox
+
+    start = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_start" in m.payload, timeout=5)
+    end = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_end" in m.payload, timeout=5)
+    assert json.loads(end.payload)["id"] == json.loads(start.payload)["id"]
+    assert json.loads(end.payload)["reason"] == "error"
+    assert subscriber.json("cryedge/nursery/state")[-1]["crying"] == "OFF"
+    assert subscriber.payloads("cryedge/nursery/availability")[-1] == "offline"
+    with Outbox(folder / "outbox.sqlite3") as outbox:  # delivered: nothing for a next run to end as "restart"
+        assert list(outbox.open_episodes()) == [] and len(outbox) == 0
+
+
+def test_a_fault_on_the_publishers_thread_mid_cry_ends_the_episode_and_exits_70(mosquitto, tmp_path):
+    """The publisher's thread raising on the first crying state it handles. Before: a traceback in the journal, the
+    run went on to the clip's end and exited 0 (what the handler was doing lost: had it been the cry_start, the alert
+    was never sent)."""
+    from mqtt import Subscriber
+
+    with Subscriber(mosquitto, topics=("cryedge/#",)) as subscriber:
+        out = run_with_fault("edge.publish:MqttPublisher._handle_state", "args[0].crying", "--fast", "--config",
+                             str(config_file(tmp_path)), "--broker", f"mqtt://127.0.0.1:{mosquitto.port}")
+        assert_episode_ended_by_the_error(subscriber, tmp_path)
+    assert_one_line_and_exit_70(out, "cryedge-publisher", "MqttPublisher._handle_state")
+
+
+def test_a_fault_in_a_paho_callback_mid_cry_ends_the_episode_and_its_end_still_reaches_the_broker(mosquitto, tmp_path):
+    """paho's network thread, raising in our on_message when Home Assistant says "online" during a cry. Before: paho
+    re-raised it, its network thread died with a traceback, and from then on nothing was sent, acknowledged or
+    reconnected while the daemon ran on: the cry_end stayed in the outbox, the retained state ON, exit 0."""
+    from mqtt import Subscriber
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", FAULT, "edge.publish:MqttPublisher._on_message", "args[2].topic == 'homeassistant/status'",
+         "run", "--config", str(config_file(tmp_path)), "--broker", f"mqtt://127.0.0.1:{mosquitto.port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        with Subscriber(mosquitto, topics=("cryedge/#",)) as subscriber:
+            subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_start" in m.payload, timeout=60)
+            subscriber.publish("homeassistant/status", "online")  # real time: the cry goes on for 9 s of the clip
+            stdout, stderr = process.communicate(timeout=60)
+            assert_episode_ended_by_the_error(subscriber, tmp_path)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert_one_line_and_exit_70(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr),
+                                "paho-mqtt-client-cryedge-nursery", "MqttPublisher._on_message")
+
+
+def test_a_fault_on_the_stdout_writer_mid_cry_loses_only_its_line_and_exits_70(tmp_path):
+    """No broker: stdout's writer raising on the cry_start's line. Before: the writer died with a traceback and every
+    line after it was lost (the cry_end, the OFF), exit 0."""
+    out = run_with_fault("edge.publish:StdoutPublisher._emit", "b'cry_start' in args[0]", "--fast", "--config",
+                         str(config_file(tmp_path)))
+    assert_one_line_and_exit_70(out, "cryedge-stdout", "StdoutPublisher._emit")
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    events = [(line["event_type"], line.get("reason")) for line in lines if line["type"] == "event"]
+    assert events == [("cry_end", "error")], out.stdout  # its start was the line lost, which the exit line says
+    assert lines[-1]["type"] == "state" and lines[-1]["crying"] == "OFF"
+
+
+def test_a_fault_on_the_hearing_thread_mid_cry_with_no_camera_ends_the_episode_and_exits_70(mosquitto, tmp_path):
+    """No camera; the thread reading the microphone's samples (the sound file's, here) raising 10 s into the sound,
+    mid-cry. Before: a traceback, and the monitor heard nothing more until its stall timer reopened the sound."""
+    from mqtt import Subscriber
+
+    with Subscriber(mosquitto, topics=("cryedge/#",)) as subscriber:
+        out = run_with_fault("edge.audio_source:SoundPipe._deliver", "calls == 100", "--fast", "--source", "none",
+                             "--audio-source", str(DEMO), "--config", str(config_file(tmp_path)),
+                             "--broker", f"mqtt://127.0.0.1:{mosquitto.port}")
+        assert_episode_ended_by_the_error(subscriber, tmp_path)
+    assert_one_line_and_exit_70(out, "cryedge-audio", "SoundPipe._deliver")
+
+
+def test_the_fault_of_a_thread_is_told_by_its_own_type_and_place_and_the_threads_name():
+    import threading
+
+    from edge.cli import unexpected_error_line
+    from edge.errors import ThreadFault
+
+    caught = []
+    thread = threading.Thread(target=lambda: caught.append(_raising()), name="cryedge-example")
+    previous = threading.excepthook
+    threading.excepthook = lambda args: caught.append(args.exc_value)
+    try:
+        thread.start()
+        thread.join()
+    finally:
+        threading.excepthook = previous
+    line = unexpected_error_line(ThreadFault("cryedge-example", caught[0]))
+    assert line.startswith("unexpected error in thread cryedge-example at edge/errors.py:"), line
+    assert ": TypeError: " in line and "\n" not in line
+
+
+def _raising():
+    from edge.errors import mask_password
+
+    return mask_password(None)  # raises TypeError in re, called from edge/errors.py
+
+
+def test_the_daemon_watches_the_threads_only_while_it_is_open(tmp_path):
+    """threading.excepthook is the daemon's between open() and close(), and as it was before and after."""
+    import threading
+
+    from edge.config import load_config
+    from edge.daemon import Daemon
+
+    before = threading.excepthook
+    config = load_config(config_file(tmp_path), {"source": {"type": "none"}, "audio": {"source": {"type": "file",
+                                                                                                  "path": str(DEMO)}}})
+    with Daemon(config) as daemon:
+        assert threading.excepthook == daemon._thread_ended
+    assert threading.excepthook is before
