@@ -14,7 +14,7 @@
 #   /etc/cryedge/cryedge.toml              from examples/cryedge.toml; an existing one is kept
 #   /etc/cryedge/mqtt_password             only with --mqtt-password-file (mode 0600, root)
 #   /usr/lib/sysusers.d/cryedge.conf       the system user, created now and by systemd-sysusers at boot
-#   /etc/systemd/system/cryedge.service    enabled (multi-user.target.wants), not started; restarted if it was running
+#   /etc/systemd/system/cryedge.service    enabled (multi-user.target.wants); restarted if it was running or had failed
 # Running it again gives the same tree (the config and password are never overwritten unasked).
 #
 # With --root the venv is made by this machine's python3 and its scripts are pointed at
@@ -202,15 +202,19 @@ install_unit() {
 
 # The service, when it runs, is restarted onto what was just installed: it kept the old install's modules in memory
 # (and imported the new ones' lazily over them), and ran it until the next boot; "systemctl start" does nothing
-# to a running service. Not in an image (--root), nor where systemd does not run (status: inactive).
+# to a running service. One that failed (cryedge-start's "Repair it with: ... install.sh" on a broken venv) is
+# started again: this was the repair. Not in an image (--root), nor where systemd does not run.
 restart_if_running() {
-    if [ -z "$ROOT" ] && command -v systemctl >/dev/null && systemctl --quiet is-active "$UNIT_NAME" 2>/dev/null; then
+    [ -z "$ROOT" ] && command -v systemctl >/dev/null || return 1
+    if systemctl --quiet is-active "$UNIT_NAME" 2>/dev/null; then
         log "restarting $UNIT_NAME, which was running what was installed before"
-        systemctl try-restart "$UNIT_NAME" ||
-            die "$UNIT_NAME did not start again on this install: systemctl status cryedge; journalctl -u cryedge -n 20"
-        return 0
+    elif systemctl --quiet is-failed "$UNIT_NAME" 2>/dev/null; then
+        log "starting $UNIT_NAME again, which had failed (journalctl -u cryedge -n 5 says why)"
+    else
+        return 1
     fi
-    return 1
+    systemctl restart "$UNIT_NAME" ||
+        die "$UNIT_NAME did not start again on this install: systemctl status cryedge; journalctl -u cryedge -n 20"
 }
 
 # tests/systemd/test_install.py sources this file for the functions above

@@ -322,7 +322,8 @@ STAND_IN_SYSTEMCTL = """#!/bin/sh
 echo "$*" >> "$SYSTEMCTL_CALLS"
 case "$*" in
     *is-active*) exit "${SYSTEMCTL_ACTIVE:-0}" ;;
-    *try-restart*) exit "${SYSTEMCTL_RESTART:-0}" ;;
+    *is-failed*) exit "${SYSTEMCTL_FAILED:-1}" ;;
+    *restart*) exit "${SYSTEMCTL_RESTART:-0}" ;;
 esac
 """
 
@@ -351,14 +352,22 @@ def test_a_running_service_is_restarted_onto_what_was_installed(tmp_path):
     cryedge", which does nothing to a running service. Now it restarts it, saying so."""
     result, calls = restart_after_install(tmp_path)
     assert result.returncode == 0 and result.stdout == "restarted\n", result.stderr
-    assert calls == ["--quiet is-active cryedge.service", "try-restart cryedge.service"]
+    assert calls == ["--quiet is-active cryedge.service", "restart cryedge.service"]
     assert result.stderr == "install: restarting cryedge.service, which was running what was installed before\n"
+
+
+def test_a_service_that_failed_is_started_again_by_the_install_that_repairs_it(tmp_path):
+    """cryedge-start's line on a broken venv names install.sh as the repair; the unit stayed failed after it."""
+    result, calls = restart_after_install(tmp_path, SYSTEMCTL_ACTIVE="3", SYSTEMCTL_FAILED="0")
+    assert result.returncode == 0 and result.stdout == "restarted\n", result.stderr
+    assert calls == ["--quiet is-active cryedge.service", "--quiet is-failed cryedge.service", "restart cryedge.service"]
+    assert result.stderr == "install: starting cryedge.service again, which had failed (journalctl -u cryedge -n 5 says why)\n"
 
 
 def test_a_service_that_is_not_running_is_left_alone(tmp_path):
     result, calls = restart_after_install(tmp_path, SYSTEMCTL_ACTIVE="3")
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
-    assert calls == ["--quiet is-active cryedge.service"]
+    assert calls == ["--quiet is-active cryedge.service", "--quiet is-failed cryedge.service"]
     result, calls = restart_after_install(tmp_path, "--root", str(tmp_path))  # an image: nothing runs there
     assert (result.returncode, result.stdout, calls) == (0, "", [])
 
