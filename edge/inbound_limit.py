@@ -3,7 +3,7 @@
 cryedge subscribes to one topic, ``homeassistant/status``, whose messages are a few bytes (``online``). Yet any
 client allowed on the broker may publish there, retained, up to the broker's limit (mosquitto's default: 256
 MiB), and paho reads a message whole, holding about three copies of it at once: a retained 200 MiB message took
-the daemon from 186 to 787 MiB at every connect (benchmarks/mqtt_inbound.py), past what a Raspberry Pi 3 has,
+the daemon from 187 to 788 MiB at every connect (benchmarks/mqtt_inbound.py), past what a Raspberry Pi 3 has,
 and an out-of-memory kill, a restart and the same retained message again would be a crash loop with no alert.
 
 With MQTT 5 the CONNECT says a Maximum Packet Size and the broker itself drops what is larger for this client.
