@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()  # imports the command modules, and so pydantic and numpy
-    except ImportError as error:
+    except (ImportError, SyntaxError) as error:
         print(f"cryedge: {installed.broken_import_line(error)}", file=sys.stderr)
         return InstallError.exit_code
     args = parser.parse_args(argv)
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             return CryedgeError.exit_code
         except KeyboardInterrupt:
             return 130
-        except ImportError as error:  # the same at every start: the install, not a reason to restart
+        except (ImportError, SyntaxError) as error:  # the same at every start: the install, not a reason to restart
             log.debug("import failed", exc_info=True)
             print(f"cryedge: {mask_password(installed.broken_import_line(error))}", file=sys.stderr)
             return InstallError.exit_code

@@ -241,16 +241,20 @@ def check_installed_file(path: Path, what: str) -> None:
                          f"recorded): damaged on disk; install cryedge again ({again})")
 
 
-def broken_import_line(error: ImportError) -> str:
+def broken_import_line(error: ImportError | SyntaxError) -> str:
     """One line for a module of cryedge or of a dependency that does not import, with the command that installs
     this venv again (its record), for ``cryedge`` to exit with InstallError's code.
 
-    A half-finished pip or a damaged card leaves a package without some of its files: the import fails the same way
-    at every start, so a restart never helps, and the traceback said nothing of the repair."""
+    A half-finished pip or a damaged card leaves a package without some of its files, or one cut short (which does
+    not parse): the import fails the same way at every start, so a restart never helps, and the traceback said
+    nothing of the repair."""
     record = Record.read(Path(sys.prefix))
     again = record.again if record else "./setup.sh (or sudo systemd/install.sh for the service)"
-    first = (str(error).splitlines() or [""])[0]
-    return (f"this install is incomplete or damaged: {type(error).__name__}: {first} (a half-finished pip, a damaged "
+    if isinstance(error, SyntaxError):  # its str names the file without its folder
+        what = f"{error.filename} does not parse (line {error.lineno}: {error.msg})"
+    else:
+        what = (str(error).splitlines() or [""])[0]
+    return (f"this install is incomplete or damaged: {type(error).__name__}: {what} (a half-finished pip, a damaged "
             f"card?); install it again: {again}")
 
 

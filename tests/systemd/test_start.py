@@ -195,3 +195,17 @@ def test_a_dependency_imported_at_run_time_that_does_not_import_fails_once_sayin
         "cryedge: this install is incomplete or damaged: ModuleNotFoundError: No module named 'cv2.cv2' (a "
         "half-finished pip, a damaged card?); install it again: sudo /home/pi/cryedge/systemd/install.sh")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_dependency_file_cut_short_fails_once_saying_so(root, venv):
+    """A card that lost the end of a file: pydantic's __init__.py does not parse. A traceback (SyntaxError), exit 1,
+    at every start; now one line naming the file, and exit 8."""
+    site = next(venv.glob("lib/python*/site-packages"))
+    (site / "pydantic").mkdir()
+    (site / "pydantic/__init__.py").write_text("from typing import (\n    Any,\n")  # cut short
+    result = exec_start(root)
+    assert result.returncode == InstallError.exit_code in NOT_RESTARTED, result.stderr[-2000:]
+    assert result.stderr == (f"cryedge: this install is incomplete or damaged: SyntaxError: {site}/pydantic/__init__.py "
+                             "does not parse (line 1: '(' was never closed) (a half-finished pip, a damaged card?); "
+                             "install it again: sudo /home/pi/cryedge/systemd/install.sh\n")
