@@ -7,34 +7,13 @@ import sys
 
 import pytest
 from mqtt import Broker, Subscriber, flood
+from test_publish import DEVICE, PREFIX, publisher_for, wait_until
 
 from edge.alarm import AlarmState
-from edge.config import load_config
 from edge.outbox import Outbox
-from edge.publish import MqttPublisher, make_publisher
 from edge.records import AlarmEvent
 
-DEVICE = "nursery"
-PREFIX = f"cryedge/{DEVICE}"
 pytestmark = pytest.mark.timeout(60)
-
-
-def publisher_for(broker, tmp_path, **mqtt) -> MqttPublisher:
-    config = load_config(None, {
-        "device": {"id": DEVICE, "name": "Nursery"},
-        "mqtt": {"host": broker.host, "port": broker.port, "reconnect_min_seconds": 0.2, "reconnect_max_seconds": 0.5,
-                 "connect_timeout": 5} | mqtt,
-        "outbox": {"path": str(tmp_path / "state" / "outbox.sqlite3")}}, environ={})
-    return make_publisher(config, "cry-demo-int8")
-
-
-def wait_until(condition, timeout=10.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def shown(messages) -> list[str]:
