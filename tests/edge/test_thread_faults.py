@@ -183,3 +183,60 @@ def test_the_daemon_watches_the_threads_only_while_it_is_open(tmp_path):
     with Daemon(config) as daemon:
         assert threading.excepthook == daemon._thread_ended
     assert threading.excepthook is before
+
+
+# ----------------------------------------------------------------------------- threads that recover by design
+
+
+def test_a_health_page_that_fails_is_a_500_and_one_line_without_a_traceback(caplog):
+    """A fault of one page must not stop the monitor (exit 70 would restart it at every probe); before, it was said
+    with its traceback."""
+    import logging
+    import urllib.error
+    import urllib.request
+
+    import pytest
+
+    from edge.health import HealthServer
+
+    def broken():
+        raise RuntimeError("a fault of the page\nits cause")
+
+    caplog.set_level(logging.INFO)
+    with HealthServer(broken, port=0) as server:
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=10)
+    assert answer.value.code == 500
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said == ["health: /health failed: RuntimeError: a fault of the page its cause"], said
+    assert "Traceback" not in caplog.text
+
+
+def test_a_snapshot_that_cannot_be_made_is_one_line_and_the_next_one_is_made(caplog):
+    import logging
+    import time
+
+    import numpy as np
+
+    from edge.config import SnapshotConfig
+    from edge.pictures import SnapshotWorker
+    from edge.records import AlarmEvent
+
+    delivered = []
+
+    def deliver(jpeg: bytes, event: AlarmEvent) -> None:
+        if not delivered:
+            delivered.append(None)
+            raise RuntimeError("a fault of the picture\nits cause")
+        delivered.append(event.event_id)
+
+    caplog.set_level(logging.INFO)
+    worker = SnapshotWorker(SnapshotConfig(enabled=True), deliver)
+    frame = np.full((480, 640, 3), 90, np.uint8)
+    for event_id in ("ep1", "ep2"):
+        worker.offer(frame, None, AlarmEvent("start", event_id, t=1.0, wall_time=time.time(), probability=0.9))
+    worker.close(timeout=10)
+    assert delivered == [None, "ep2"]
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said == ["snapshot of start ep1 failed: RuntimeError: a fault of the picture its cause"], said
+    assert "Traceback" not in caplog.text
