@@ -6,6 +6,8 @@ import logging
 import os
 import sys
 
+from edge.errors import mask_password
+
 # syslog priorities, as journald reads them from a "<N>" line prefix (sd-daemon(3))
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
@@ -52,16 +54,39 @@ class CurrentStderrHandler(logging.StreamHandler):
         return None
 
 
+class OneLineErrors(logging.Formatter):
+    """``formatter``'s lines, a record's exception in the same line (its type and message) instead of a traceback.
+
+    Libraries log their threads' errors with ``log.exception`` (waitress: "Exception while serving /live", for a
+    viewer's stream that failed): a traceback in the journal, many lines for one fault. -vv keeps the traceback."""
+
+    def __init__(self, formatter: logging.Formatter):
+        super().__init__()
+        self.formatter = formatter
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            record = logging.makeLogRecord(record.__dict__)  # a copy: other handlers see the record as it was
+            summary = mask_password(" ".join(str(error).split()))  # an error may quote a camera's URL
+            record.msg, record.args = f"{record.getMessage()}: {type(error).__name__}: {summary}", ()
+            record.exc_info = record.exc_text = None
+        return self.formatter.format(record)
+
+
 def configure(verbosity: int = 0, stream=None) -> None:
-    """Log to ``stream`` (default: the current stderr): journal prefixes under systemd, times on a terminal, else plain."""
+    """Log to ``stream`` (default: the current stderr): journal prefixes under systemd, times on a terminal, else plain.
+
+    Below -vv, a logged exception is one line (``OneLineErrors``)."""
     handler = logging.StreamHandler(stream) if stream is not None else CurrentStderrHandler()
     stream = stream or sys.stderr
     if stream_is_journal(stream):
-        handler.setFormatter(JournalFormatter())
+        formatter = JournalFormatter()
     elif stream is not None and stream.isatty():
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
     else:
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        formatter = logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter if verbosity > 1 else OneLineErrors(formatter))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO if verbosity == 1 else logging.WARNING)

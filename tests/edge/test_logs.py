@@ -87,3 +87,33 @@ def test_logging_with_no_stderr_at_all_is_silent(root_logging):
     script = "import logging; from edge import logs; logs.configure(1); logging.getLogger('edge.daemon').warning('hi')"
     run = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "-c", script], timeout=60)
     assert run.returncode == 0
+
+
+@pytest.mark.parametrize("verbosity", [0, 2])
+def test_an_error_a_library_logs_from_its_thread_is_one_line_and_its_traceback_only_with_vv(root_logging, verbosity):
+    """waitress, serving a live viewer whose stream failed (a real server and request), logged "Exception while
+    serving /live" and its traceback: many lines in the journal for one fault, and a URL's password in them."""
+    import urllib.request
+
+    from edge.health import HttpServer
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def body():
+            yield b"x"
+            raise RuntimeError("cannot read rtsp://viewer:hunter2@cam.lan/live\nits cause")
+
+        return body()
+
+    stream = io.StringIO()
+    logs.configure(verbosity, stream)
+    with HttpServer(app, port=0) as server:
+        with pytest.raises(Exception):  # the response ends early
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/live", timeout=10).read()
+    said = stream.getvalue()
+    if verbosity:
+        assert "Traceback" in said
+    else:
+        assert said.splitlines() == ["ERROR waitress: Exception while serving /live: RuntimeError: cannot read "
+                                     "rtsp://viewer:********@cam.lan/live its cause"], said
