@@ -76,25 +76,31 @@ def test_an_unexpected_error_mid_cry_ends_the_episode_at_once_with_one_line_and_
     stops it for good), and the command printed a traceback."""
     from mqtt import Subscriber
 
-    from edge.outbox import Outbox
-
     clip, model, _ = assets
     config = config_file(tmp_path, model, clip, '[device]\nid = "nursery"\n')
     with Subscriber(mosquitto, topics=("cryedge/#",)) as subscriber:
         out = run_failing_at("81", "run", "--fast", "--config", str(config), "--broker",
                              f"mqtt://127.0.0.1:{mosquitto.port}", script=FAILING_ALARM)  # frame 90: 6 s in, mid-cry
-        start = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_start" in m.payload, timeout=5)
-        end = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_end" in m.payload, timeout=5)
-        assert json.loads(end.payload)["id"] == json.loads(start.payload)["id"]
-        assert json.loads(end.payload)["reason"] == "error"
-        assert subscriber.json("cryedge/nursery/state")[-1]["crying"] == "OFF"
-        assert subscriber.payloads("cryedge/nursery/availability")[-1] == "offline"
+        assert_episode_ended_by_the_error(subscriber, tmp_path)
     assert out.returncode == 70, out.stderr
     assert "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("cryedge: ")]
     assert len(errors) == 1, out.stderr
     assert "unexpected error at edge/daemon.py:" in errors[0] and "RuntimeError: a fault of the alarm" in errors[0]
-    with Outbox(tmp_path / "outbox.sqlite3") as outbox:  # nothing left for a next run to end as "restart"
+
+
+def assert_episode_ended_by_the_error(subscriber, folder: Path) -> None:
+    """What a subscriber of device "nursery" saw: a cry_start, its cry_end with reason "error", the retained state
+    OFF and offline; nothing left in ``folder``'s outbox for a next run to end as "restart"."""
+    from edge.outbox import Outbox
+
+    start = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_start" in m.payload, timeout=5)
+    end = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_end" in m.payload, timeout=5)
+    assert json.loads(end.payload)["id"] == json.loads(start.payload)["id"]
+    assert json.loads(end.payload)["reason"] == "error"
+    assert subscriber.json("cryedge/nursery/state")[-1]["crying"] == "OFF"
+    assert subscriber.payloads("cryedge/nursery/availability")[-1] == "offline"
+    with Outbox(folder / "outbox.sqlite3") as outbox:
         assert list(outbox.open_episodes()) == [] and len(outbox) == 0
 
 

@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from test_daemon_faults import assert_episode_ended_by_the_error
+
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "edge" / "data" / "demo.mp4"  # synthetic: a photo animated, crying from 5 s to 14 s, with sound
 
@@ -67,19 +69,6 @@ def assert_one_line_and_exit_70(out: subprocess.CompletedProcess, thread: str, m
     assert f"unexpected error in thread {thread} at edge/" in said[0], said
     # the message's lines joined: the cause is on its second line
     assert f"RuntimeError: a fault in {method} its cause, on a second line" in said[0], said
-
-
-def assert_episode_ended_by_the_error(subscriber, folder: Path) -> None:
-    from edge.outbox import Outbox
-
-    start = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_start" in m.payload, timeout=5)
-    end = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_end" in m.payload, timeout=5)
-    assert json.loads(end.payload)["id"] == json.loads(start.payload)["id"]
-    assert json.loads(end.payload)["reason"] == "error"
-    assert subscriber.json("cryedge/nursery/state")[-1]["crying"] == "OFF"
-    assert subscriber.payloads("cryedge/nursery/availability")[-1] == "offline"
-    with Outbox(folder / "outbox.sqlite3") as outbox:  # delivered: nothing for a next run to end as "restart"
-        assert list(outbox.open_episodes()) == [] and len(outbox) == 0
 
 
 def test_a_fault_on_the_publishers_thread_mid_cry_ends_the_episode_and_exits_70(mosquitto, tmp_path):
