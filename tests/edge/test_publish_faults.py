@@ -149,6 +149,7 @@ def test_a_huge_message_on_home_assistants_status_topic_is_not_held_in_memory(tm
 
 def test_the_inbound_limit_drops_only_the_long_publish_wherever_the_socket_splits_the_stream():
     """The broker's bytes reach paho unchanged but for a PUBLISH over the limit, however they are cut in reads."""
+    import functools
     import socket
 
     from mqtt import _mqtt_packet, _mqtt_string
@@ -165,7 +166,8 @@ def test_the_inbound_limit_drops_only_the_long_publish_wherever_the_socket_split
     for pieces in [every_byte, *([stream[:cut], stream[cut:]] for cut in range(1, len(stream), 97))]:
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
-        limited, got = InboundLimit(ours, limit=1000), bytearray()
+        skipped: list[int] = []
+        limited, got = InboundLimit(ours, limit=1000, on_skipped=functools.partial(skipped.append, 1)), bytearray()
         with ours, theirs:
             for piece in pieces:
                 theirs.sendall(piece)
@@ -176,6 +178,22 @@ def test_the_inbound_limit_drops_only_the_long_publish_wherever_the_socket_split
                         break
         assert bytes(got) == b"".join(kept), [len(piece) for piece in pieces[:2]]
         assert limited.dropped == 1 and limited.pending() == 0
+        # a read of dropped bytes alone still tells paho's keep-alive that the broker talked
+        assert skipped or pieces is not every_byte
+
+
+def test_the_bounded_client_finds_the_paho_internals_it_builds_on():
+    """paho has no public hook for a socket or for its keep-alive clock: a paho that renames them fails here."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge.inbound_limit import bounded_client_class
+
+    client = bounded_client_class()(CallbackAPIVersion.VERSION2)
+    assert callable(paho.Client._create_socket)
+    client._last_bytes_received = 0.0
+    client._broker_talked()
+    assert client._last_bytes_received == pytest.approx(paho.time_func(), abs=5)
 
 
 def test_garbage_on_home_assistants_status_topic_is_ignored_and_only_online_asks_for_discovery(mosquitto, tmp_path):
