@@ -18,7 +18,9 @@ Home Assistant never shows what a previous run left retained. ``close()`` publis
 
 Publishing never blocks the caller: ``publish_*`` put the request on a queue. One publisher thread
 owns the outbox and all publishing; paho's network loop runs in its own thread and its callbacks only
-put notices on the same queue. So everything the publisher does happens in one order.
+put notices on the same queue. So everything the publisher does happens in one order. An unexpected
+error on either thread (a bug) is handed to ``on_fault`` (the daemon stops on it) and the thread goes on: it is
+the one that delivers the end of the episode the daemon then ends.
 
 Broker at start: a refusal (bad credentials, not authorized) or a TLS failure is fatal
 (``BrokerError``): retrying cannot fix it. A broker that cannot be reached (connection refused, no
