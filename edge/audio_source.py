@@ -126,7 +126,7 @@ class ToolErrors:
         self._thread.start()
 
     def _read(self, stderr) -> None:
-        for raw in stderr:
+        for raw in lines_until_closed(stderr):
             line = raw.decode(errors="replace").strip()
             if not line:
                 continue
@@ -145,6 +145,19 @@ class ToolErrors:
     @property
     def lines(self) -> list[str]:
         return list(self._lines)
+
+
+def lines_until_closed(stream):
+    """``stream``'s lines until its end, or until it is closed under the reader (a session closed as its tool spoke):
+    an end too, not an error that ends the reading thread (the daemon would stop on it: Daemon.thread_fault)."""
+    while True:
+        try:
+            raw = stream.readline()
+        except (OSError, ValueError):
+            return
+        if not raw:
+            return
+        yield raw
 
 
 def alsa_device_name(device: str | int) -> str:
@@ -179,7 +192,10 @@ class SoundPipe:
         while True:
             data = b""
             while len(data) < wanted:
-                part = self.stream.read(wanted - len(data))
+                try:
+                    part = self.stream.read(wanted - len(data))
+                except (OSError, ValueError):  # the pipe closed under the reader (its session closed): its end,
+                    part = b""  # as the picture's reader takes it (edge.source); the monitor reopens as at any end
                 if not part:
                     break
                 data += part

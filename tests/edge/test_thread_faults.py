@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from test_daemon_faults import assert_episode_ended_by_the_error
 
 REPO = Path(__file__).resolve().parents[2]
@@ -184,8 +185,6 @@ def test_a_health_page_that_fails_is_a_500_and_one_line_without_a_traceback(capl
     import urllib.error
     import urllib.request
 
-    import pytest
-
     from edge.health import HealthServer
 
     def broken():
@@ -229,3 +228,49 @@ def test_a_snapshot_that_cannot_be_made_is_one_line_and_the_next_one_is_made(cap
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert said == ["snapshot of start ep1 failed: RuntimeError: a fault of the picture its cause"], said
     assert "Traceback" not in caplog.text
+
+
+@pytest.fixture
+def thread_errors(monkeypatch):
+    """Exceptions that ended a thread: under the daemon, each stops it (exit 70); before, a traceback."""
+    import threading
+
+    caught = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: caught.append(args.exc_value))
+    return caught
+
+
+def test_a_sound_pipe_closed_under_its_reader_is_its_end_not_a_dead_thread(thread_errors):
+    """A camera's session closed while its sound was being read (close() waits 2 s for the reader, then closes the
+    pipe): the reader died of EBADF, which under the daemon would now stop it; it is the end of that sound."""
+    import time
+
+    from edge.audio_source import SoundPipe
+
+    read, write = os.pipe()
+    pipe = SoundPipe(os.fdopen(read, "rb", buffering=0, closefd=False), 16000, live=True, block=160,
+                     buffer_blocks=10, start=time.monotonic(), on_overrun=lambda: None)
+    os.close(read)  # under the reader, blocked in read() or not yet started
+    try:
+        os.write(write, bytes(320))  # wakes a reader blocked in read(): its next read() finds the descriptor closed
+    except BrokenPipeError:
+        pass  # it had not started: no reader holds the pipe
+    os.close(write)
+    deadline = time.monotonic() + 10
+    while not pipe.drained and time.monotonic() < deadline:
+        pipe.read(timeout=0.1)
+    pipe.stop()
+    assert pipe.drained and thread_errors == []
+
+
+def test_a_tools_stderr_closed_under_its_reader_is_its_end_not_a_dead_thread(thread_errors):
+    import io
+
+    from edge.audio_source import ToolErrors
+
+    stderr = io.BufferedReader(io.BytesIO(b"first words\n"))
+    stderr.close()
+    errors = ToolErrors("ffmpeg")
+    errors.watch(stderr)
+    errors.join(5)
+    assert errors.lines == [] and thread_errors == []
