@@ -38,6 +38,7 @@ from edge.card import (
     SourceModel,
     TensorQuantization,
 )
+from edge import files
 from edge.errors import DataError, ModelError
 from edge.features import NORMALIZATIONS, SPECS, get_spec
 
@@ -656,8 +657,10 @@ def write_model(output: Path, flatbuffer: bytes, card: ModelCard) -> bytes:
 
     flatbuffer = embed_card(flatbuffer, card.to_json())
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(flatbuffer)
-    output.with_suffix(".json").write_text(card.to_json() + "\n")
+    # both or neither: a new model beside the old card (or the reverse) would be a model whose card lies
+    with files.replacing(output, output.with_suffix(".json")) as (model, card_file):
+        model.write_bytes(flatbuffer)
+        card_file.write_text(card.to_json() + "\n")
     return flatbuffer
 
 
@@ -699,7 +702,7 @@ def write_report(options: ConvertOptions, source: Source, flatbuffer: bytes, gra
         int8_fallback=fallback.as_dict() if fallback is not None else None,
     )
     if options.report:
-        options.report.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+        files.write_text(options.report, json.dumps(report.as_dict(), indent=2) + "\n")
     return report
 
 

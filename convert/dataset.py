@@ -32,10 +32,17 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import DataError
+from edge.files import replacing
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus")
 TIME_COLUMNS = {"time": 1.0, "time_s": 1.0, "time_ms": 0.001, "timestamp (msec)": 0.001}
+
+
+def npz_path(path: Path) -> Path:
+    """``path`` as numpy saves it: with ``.npz`` added unless it ends with it."""
+    path = Path(path)
+    return path if path.name.endswith(".npz") else path.with_name(path.name + ".npz")
 
 
 class Progress:
@@ -303,14 +310,15 @@ class Dataset:
     faceless_by_video: dict
 
     def save(self, path: Path) -> None:
-        path = Path(path)
+        path = npz_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(
-            path, x=self.x, y=self.y, groups=self.groups, videos=self.videos, t_end=self.t_end,
-            labels=np.array(self.labels), spec=np.array(self.spec), normalization=np.array(self.normalization),
-            window=np.array(self.window), stride=np.array(self.stride), fps=np.array(self.fps),
-            frames=np.array(self.frames), frames_without_face=np.array(self.frames_without_face),
-        )
+        with replacing(path) as (partial,):
+            np.savez_compressed(
+                partial, x=self.x, y=self.y, groups=self.groups, videos=self.videos, t_end=self.t_end,
+                labels=np.array(self.labels), spec=np.array(self.spec), normalization=np.array(self.normalization),
+                window=np.array(self.window), stride=np.array(self.stride), fps=np.array(self.fps),
+                frames=np.array(self.frames), frames_without_face=np.array(self.frames_without_face),
+            )
 
 
 def build(videos_dir: Path, labels_path: Path, spec_name: str = "openpose-face70-body8", normalization: str = "minmax",
@@ -399,11 +407,12 @@ class SoundDataset:
     kind: str
 
     def save(self, path: Path) -> None:
-        path = Path(path)
+        path = npz_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, x=self.x, y=self.y, groups=self.groups, videos=self.videos, t_end=self.t_end,
-                            labels=np.array(self.labels), audio=np.array(self.audio.model_dump_json()),
-                            kind=np.array(self.kind))
+        with replacing(path) as (partial,):
+            np.savez_compressed(partial, x=self.x, y=self.y, groups=self.groups, videos=self.videos, t_end=self.t_end,
+                                labels=np.array(self.labels), audio=np.array(self.audio.model_dump_json()),
+                                kind=np.array(self.kind))
 
 
 def build_sound(files_dir: Path, labels_path: Path, audio=None, kind: str = "audio-window", positive: str | None = None,

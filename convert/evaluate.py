@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.files import replacing
 from edge.errors import DataError
 
 TOLERANCE_S = 1.5
@@ -457,9 +458,10 @@ def _eval_command(args) -> int:
               "fusion": args.fusion, "audio_model": str(config.audio.model) if args.fusion != "vision" else None,
               "positive": args.positive, "tolerance_s": args.tolerance, "on_threshold": on,
               "alarm": config.alarm.model_dump(), "total": total, "clips": [r.summary() for r in results]}
-    (out / JSON_NAME).write_text(json.dumps(report, indent=2) + "\n")
-    (out / TABLE_NAME).write_text(f"# cryedge eval: {card.name} on {args.videos}\n\n{table}")
-    plot(results, out / PLOT_NAME, on, f"{card.name} on {Path(args.videos).name}")
+    with replacing(out / JSON_NAME, out / TABLE_NAME, out / PLOT_NAME) as (json_file, table_file, plot_file):
+        json_file.write_text(json.dumps(report, indent=2) + "\n")
+        table_file.write_text(f"# cryedge eval: {card.name} on {args.videos}\n\n{table}")
+        plot(results, plot_file, on, f"{card.name} on {Path(args.videos).name}")
     print(table)
     print(f"wrote {out / JSON_NAME}, {out / TABLE_NAME}, {out / PLOT_NAME}")
     return 0

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge import files
 from edge.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -430,7 +431,8 @@ def train(options: TrainOptions) -> dict:
     del x
     model, history = _fit(options.arch, x_fit, y[fit], x_val, y[val], options)
     del x_fit, x_val
-    model.save(output)
+    with files.replacing(output) as (partial,):
+        model.save(partial)
     scores = _scores(model, x_test)
     held_out = binary_metrics(y[test_rows], scores, options.threshold)
     metrics.update({
@@ -447,7 +449,7 @@ def train(options: TrainOptions) -> dict:
             "roc": str(plot_roc(y[test_rows], scores, held_out["roc_auc"], Path(f"{stem}.roc.png"), "held-out groups")),
         },
     })
-    Path(f"{stem}.metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    files.write_text(Path(f"{stem}.metrics.json"), json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import paths
+from edge import files, paths
 from edge.errors import ConfigError, DataError
 from edge.landmarks import SUBJECTS, LandmarkExtractor, landmarks_of_photo
 from edge.records import Frame, Landmarks
@@ -164,7 +164,7 @@ def _landmarks_command(args) -> int:
             encoded = False
         if not encoded:
             raise DataError(f"cannot write {args.draw}: no picture format for its suffix (give .png or .jpg)")
-        Path(args.draw).write_bytes(picture.tobytes())
+        files.write_bytes(Path(args.draw), picture.tobytes())
     return 0
 
 

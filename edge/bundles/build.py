@@ -37,7 +37,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge import paths
+from edge import files, paths
 from edge.bundles.digests import record_digests, sha256_of
 from edge.bundles.graph_edits import (
     POSE_SEGMENTATION,
@@ -164,9 +164,7 @@ def write_bundle(path: Path, members: dict[str, bytes]) -> str:
             archive.writestr(info, members[name])
     data = buffer.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    partial.replace(path)  # a half-written bundle never sits under the real name
+    files.write_bytes(path, data)  # a half-written bundle never sits under the real name
     return sha256_bytes(data)
 
 
@@ -256,7 +254,7 @@ def fetch(
             data = read_path_or_url(source)
             check_bundle(data, kind, source)
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+            files.write_bytes(target, data)
             written[str(target)] = sha256_bytes(data)
             continue
         if built is None:
