@@ -48,8 +48,16 @@ def add_commands_of(module_names, subparsers) -> None:
         module.add_commands(subparsers)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser (its subcommands' too), whose usage errors mask passwords: they quote what was typed, and
+    ``--brokr mqtt://user:secret@host`` came back whole in "unrecognized arguments", into the journal."""
+
+    def error(self, message: str):
+        super().error(mask_password(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cryedge", description="Cry detection on the edge.")
+    parser = Parser(prog="cryedge", description="Cry detection on the edge.")
     parser.add_argument("--version", action="version", version=f"cryedge {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument(
@@ -73,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ImportError, SyntaxError) as error:
         print(f"cryedge: {installed.broken_import_line(error)}", file=sys.stderr)
         return InstallError.exit_code
+    except KeyboardInterrupt:  # Ctrl-C in the first half second drew the traceback of an import
+        return 130
     args = parser.parse_args(argv)
     native_log = args.native_log or args.verbose > 1 or os.environ.get("CRYEDGE_NATIVE_LOG") == "1"
     # the native libraries' per-frame lines would flood the journal; fd 2 goes through a filter

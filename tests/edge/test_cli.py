@@ -184,3 +184,36 @@ def test_a_camera_url_given_where_a_file_is_wanted_is_one_line_without_its_passw
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("cryedge: "), result.stderr
     assert "Sup3r-secret" not in result.stderr and "admin:********@127.0.0.1:1/stream1" in lines[0], lines
+
+
+@pytest.mark.parametrize("arguments, error", [
+    (["run", "--brokr", "mqtt://cryedge:Sup3r-secret@127.0.0.1:1883"],
+     "cryedge: error: unrecognized arguments: --brokr mqtt://cryedge:********@127.0.0.1:1883"),
+    (["eval", "clips", "--tolerance", "rtsp://admin:Sup3r-secret@cam.lan/stream1"],
+     "cryedge eval: error: argument --tolerance: invalid _tolerance value: 'rtsp://admin:********@cam.lan/stream1'"),
+])
+def test_a_mistyped_command_line_is_said_without_the_password_in_it(arguments, error):
+    """argparse quotes what was typed: a misspelt --broker put the MQTT password whole into the usage error (a unit's
+    ExecStart= line with it went to the journal). Now masked, as every other line masks it; still exit code 2."""
+    result = cryedge(*arguments, timeout=60)
+    assert result.returncode == 2 and "Sup3r-secret" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == error
+
+
+def test_ctrl_c_while_the_commands_are_set_up_is_exit_130_without_a_traceback():
+    """The first half second of every command (its modules imported, pydantic and numpy with them) drew a
+    KeyboardInterrupt traceback on Ctrl-C. A real SIGINT, sent at a known point of that setup: as a command module
+    adds its subcommands."""
+    interrupted = (
+        "import os, signal, sys\n"
+        "import edge.cli, edge.config\n"
+        "adds = edge.config.add_commands\n"
+        "def ctrl_c(subparsers):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return adds(subparsers)\n"
+        "edge.config.add_commands = ctrl_c\n"
+        "sys.exit(edge.cli.main(['config', 'show']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", interrupted], capture_output=True, text=True, timeout=60,
+                            check=False, cwd=REPO)
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", "")
