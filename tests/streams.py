@@ -97,21 +97,54 @@ class MjpegServer:
         self.httpd.server_close()
 
 
-RTSP_SERVER = shutil.which("rtsp-server-perl") or "/usr/bin/rtsp-server-perl"
-# rtsp-server-perl takes its RTP/RTCP UDP ports from a fixed 20000 up (2 per stream of the feed, then 2 per
-# stream of each client's SETUP) and does not check that it got them: a second server on the machine (another
-# test run, a leftover) silently loses its feed to the first. Each RtspCamera gets a range of its own instead.
+# Debian's rtsp-server-perl takes clients from its first moment: once its feed has ANNOUNCEd the stream, a
+# client's DESCRIBE gets 200 and its SETUP takes (and binds) the next RTP ports from the counter the feed's own
+# SETUPs take theirs from, while the feed has not yet set up all its streams nor RECORDed (its RTP listeners are
+# bound only then: a port taken by then fails the RECORD, 404). A client reconnecting through the camera's reboot
+# raced the feed so. A camera serves no one before its stream is up: this main opens the client port only once
+# the feed has recorded (its mount is "mounted": every RTP listener bound). Its first argument is the first RTP
+# port: the server goes back to this package variable whenever it has no stream, so it is set too.
+RTSP_SERVER_MAIN = """$| = 1;
+use AnyEvent;
+use RTSP::Server;
+$RTSP::Server::RTP_START_PORT = shift @ARGV;
+my $server = RTSP::Server->new_with_options;
+$server->start_source_server;
+my $gate;
+$gate = AnyEvent->timer(after => 0.02, interval => 0.02, cb => sub {
+    return unless grep { $_->mounted } values %{ $server->mounts };
+    $server->start_client_server;
+    undef $gate;
+});
+AnyEvent->condvar->recv;
+"""
+# Each RtspCamera takes its RTP/RTCP UDP ports from a range of its own, chosen free at each start (the server's
+# own default, 20000 up, may be another server's): RTP_PORTS from the feed's up (2 a stream, then 2 a stream of
+# each client's SETUP). The range lies above the ports the kernel gives outgoing sockets and above those where
+# ffmpeg's RTSP clients and feeds bind theirs (a random even port from 5000 to 35000, then up while taken):
+# a feed's port taken by one of those between the choice and the feed's RECORD was a camera that never came up.
 RTP_PORTS = 200
-# the server resets its next port to this package variable whenever it has no stream: set it too
-RTSP_SERVER_WITH_START_PORT = ("use RTSP::Server; $RTSP::Server::RTP_START_PORT = shift @ARGV; my $script = shift @ARGV; "
-                               "do $script; die $@ if $@;")
+FFMPEG_RTP_PORTS = (5000, 35000)  # libavformat's rtsp.c: min_port 5000, a random start in the lower half of 5000-65000
+
+
+def rtp_port_span(count: int = RTP_PORTS) -> tuple[int, int]:
+    """Where test cameras' RTP ports go: ``(first, end)``, clear of the ephemeral ports
+    (/proc/sys/net/ipv4/ip_local_port_range) and of ffmpeg's, above both if there is room, else between them."""
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    above = max(high + 1, FFMPEG_RTP_PORTS[1])
+    if 65536 - above >= count:
+        return above, 65536
+    if low - FFMPEG_RTP_PORTS[1] >= count:
+        return FFMPEG_RTP_PORTS[1], low
+    raise RuntimeError(f"no {count} UDP ports clear of the ephemeral ports ({low}-{high}) and of ffmpeg's "
+                       f"({FFMPEG_RTP_PORTS[0]}-{FFMPEG_RTP_PORTS[1]}) for an RTSP server")
 
 
 def free_rtp_ports(count: int = RTP_PORTS) -> int:
-    """An even UDP port on loopback from which ``count`` ports are free now, below the ephemeral range and
-    away from 20000 (rtsp-server-perl's own default, which other servers on the machine may hold)."""
+    """An even UDP port on loopback from which ``count`` ports are free now, in ``rtp_port_span``."""
+    first, end = rtp_port_span(count)
     for _ in range(100):
-        start = random.randrange(21000, 32000 - count, 2)
+        start = random.randrange(first + first % 2, end - count + 1, 2)
         sockets = []
         try:
             for port in range(start, start + count):
@@ -163,23 +196,26 @@ class RtspCamera:
     """A real RTSP server on loopback (Debian's rtsp-server-perl) fed by ``ffmpeg`` re-encoding ``clip``
     to H.264 in real time, looped: ``rtsp://127.0.0.1:PORT/live``, RTP over UDP (the server has no TCP).
 
-    ``stop()`` ends server and encoder, as a camera that reboots; ``start()`` brings both back on the
-    same ports. (The server cannot take a second feed once the first has gone, so a reboot is both.)
+    As a camera, it takes no client before its stream is up: connections are refused until the encoder has
+    set up and recorded every stream (``RTSP_SERVER_MAIN``). ``stop()`` ends server and encoder, as a camera
+    that reboots; ``start()`` brings both back on the same RTSP port. (The server cannot take a second feed
+    once the first has gone, so a reboot is both.)
     """
 
     def __init__(self, clip: Path, workdir: Path, sound: bool = False):
         self.clip, self.workdir = Path(clip), Path(workdir)
         self.sound = sound  # also send the clip's sound track (AAC), as a camera with a microphone does
         self.client_port, self.source_port = free_port(), free_port()
-        self.rtp_port = free_rtp_ports()  # the feed's RTP/RTCP ports: rtp_port .. +3 with sound, then the clients'
+        self.rtp_port = 0  # the feed's RTP/RTCP ports: rtp_port .. +3 with sound, then the clients'; chosen at each start
         self.url = f"rtsp://127.0.0.1:{self.client_port}/live"
         self._server: subprocess.Popen | None = None
         self._feed: subprocess.Popen | None = None
 
     def start(self) -> RtspCamera:
+        self.rtp_port = free_rtp_ports()
         with open(self.workdir / "rtsp-server.log", "ab") as log:
             self._server = subprocess.Popen(
-                ["perl", "-e", RTSP_SERVER_WITH_START_PORT, str(self.rtp_port), RTSP_SERVER,
+                ["perl", "-e", RTSP_SERVER_MAIN, str(self.rtp_port),
                  "--rtp_start_port", str(self.rtp_port), "--clientport", str(self.client_port), "--serverport", str(self.source_port),
                  "--client_listen_address", "127.0.0.1", "--source_listen_address", "127.0.0.1", "--loglevel", "2"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
@@ -194,18 +230,26 @@ class RtspCamera:
         try:
             self.wait_until_live()
         except BaseException:
-            self.stop()  # no server left behind on its fixed UDP ports for the next test to trip over
+            self.stop()  # no server left behind on its UDP ports for the next test to trip over
             raise
         return self
 
     def wait_until_live(self, timeout: float = 20.0) -> None:
-        """Until the server answers DESCRIBE with 200 (the encoder has announced the stream) and holds the UDP
-        ports its feed's RTP comes to (the encoder has set up every stream, on ports the server got)."""
+        """Until the server answers DESCRIBE with 200 on the client port (open once the encoder has recorded) and
+        holds the UDP ports its feed's RTP comes to (the first ones of its range: no client came before the feed).
+        A RuntimeError with both logs at once if the server or the encoder exits, or after ``timeout``."""
         deadline = time.monotonic() + timeout
         request = f"DESCRIBE {self.url} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n\r\n".encode()
         feed_ports = set(range(self.rtp_port, self.rtp_port + (4 if self.sound else 2)))
         held: set[int] = set()
+        failure = "did not come up"
         while time.monotonic() < deadline:
+            exited = [name for name, process in (("rtsp-server-perl", self._server), ("ffmpeg", self._feed))
+                      if process.poll() is not None]
+            if exited:
+                failure = f"did not come up: {' and '.join(exited)} exited"
+                held = udp_ports_of(self._server.pid) if self._server.poll() is None else set()
+                break
             try:
                 with socket.create_connection(("127.0.0.1", self.client_port), timeout=1) as connection:
                     connection.sendall(request)
@@ -215,8 +259,8 @@ class RtspCamera:
                             return
             except OSError:
                 pass
-            time.sleep(0.2)
-        raise RuntimeError(f"the RTSP stream did not come up (the server holds UDP ports {sorted(held)}, its feed "
+            time.sleep(0.05)
+        raise RuntimeError(f"the RTSP stream {failure} (the server holds UDP ports {sorted(held)}, its feed "
                            f"needs {sorted(feed_ports)}): {(self.workdir / 'ffmpeg.log').read_text()}"
                            f"{(self.workdir / 'rtsp-server.log').read_text()[-2000:]}")
 
