@@ -24,8 +24,12 @@ read-only file system) does not stop an event: the store moves to memory, ``faul
 health endpoint and the stats show it), and events still reach the broker; only what waits for the
 broker while the process dies is then lost. At start, what an unwritable outbox holds (also one that
 is damaged and cannot be set aside) is read without writing and carried into memory: its events are
-delivered and its open episodes ended. Since the file cannot be told so, a restart while it stays
-unwritable delivers them again (the same ids: at least once, as ever).
+delivered and its open episodes ended. The file cannot be told so: what the broker acknowledged of it is
+noted instead in the runtime directory (``runtime_directory()``, a tmpfs that stays writable when the SD card
+is not, kept across restarts of the service), so that a restart while it stays unwritable skips it, rather than
+alerting a parent again about a cry long over; the first run that can write the file removes it there. An
+event is noted only once acknowledged, so one not delivered is never skipped. Without a runtime directory
+a restart delivers them again (the same ids: at least once, as ever).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import sqlite3
@@ -81,18 +86,25 @@ class Entry:
 class Outbox:
     """Owned by one thread (the publisher's); ``close()`` when done."""
 
-    def __init__(self, path: Path, max_events: int = 1000):
+    def __init__(self, path: Path, max_events: int = 1000, runtime_dir: Path | None = None):
+        """``runtime_dir``: where to note what is delivered while the file cannot be written (``runtime_directory()``);
+        None: nowhere, a restart delivers it again."""
         self.path = Path(path)
         self.max_events = max_events
         self.dropped = 0  # events dropped to stay within max_events, since this outbox was opened
         self.fault: str | None = None  # why events are kept in memory only; None while the disk works
         self._db: sqlite3.Connection | None = None
+        self._delivered = Delivered(Path(runtime_dir), self.path) if runtime_dir is not None else None
+        # while the file cannot be written, what it holds: (event id, kind) of its events, ids of its open episodes
+        self._file_events: set[tuple[str, str]] = set()
+        self._file_open: set[str] = set()
         self._salvaged: dict[str, list[tuple]] | None = None  # what a damaged file held, while it is set aside
         self._damage = ""  # what is wrong with that file
         self._lock, self._lock_on_outbox = _lock(self.path)
         try:
             self._db = self._open_on_disk()
             self._probe_write()
+            self._forget_delivered_on_disk()
         except (OSError, sqlite3.Error) as error:
             if self._db is not None:
                 self._db.close()
@@ -149,8 +161,9 @@ class Outbox:
             self._db.execute("INSERT OR REPLACE INTO dropped_episodes VALUES ('')")
             self._db.execute("DELETE FROM dropped_episodes WHERE event_id = ''")
 
-    def _carry_over(self) -> tuple[int, int]:
-        """Into memory, what the outbox that cannot be written holds, read without writing; (events, open episodes).
+    def _carry_over(self) -> tuple[int, int, int, int]:
+        """Into memory, what the outbox that cannot be written holds, read without writing, less what an earlier run
+        delivered of it; (events, open episodes, events skipped as delivered, open episodes whose end was delivered).
 
         Its events are delivered from there and its open episodes ended, as from a working outbox: an unwritable
         SD card must not keep the monitor down, nor turn an alert that went out into one that never ends.
@@ -160,21 +173,59 @@ class Outbox:
         else:
             rows, damaged = _read_only(self.path)
         try:
-            return _insert(self._db, rows, damaged)
+            _insert(self._db, rows, damaged)
         except sqlite3.Error as error:  # rows of another shape: what went in still goes out
             log.error("outbox: cannot carry all that %s holds into memory (%s)", self.path, error)
-            return _insert(self._db, {})
+            _insert(self._db, {})
+        self._note_file_rows()
+        skipped = self._forget(self._delivered.read() if self._delivered is not None else set())
+        return (*_counts(self._db), *skipped)
 
-    def _fail(self, error: Exception, carried: tuple[int, int] = (0, 0)) -> None:
+    def _note_file_rows(self) -> None:
+        """What the file that cannot be written holds (as now copied into memory): the next run reads it again."""
+        self._file_events = set(self._db.execute("SELECT event_id, kind FROM events"))
+        self._file_open = {event_id for (event_id,) in self._db.execute("SELECT event_id FROM open_episodes")}
+
+    def _forget(self, delivered: set[tuple[str, str]]) -> tuple[int, int]:
+        """Drop the events in ``delivered`` ((event id, kind)) and the open episodes whose end is in it; how many of each."""
+        if not delivered:
+            return 0, 0
+        events = [(seq,) for seq, event_id, kind in self._db.execute("SELECT seq, event_id, kind FROM events")
+                  if (event_id, kind) in delivered]
+        ended = [(event_id,) for (event_id,) in self._db.execute("SELECT event_id FROM open_episodes")
+                 if (event_id, "end") in delivered]
+        self._db.executemany("DELETE FROM events WHERE seq = ?", events)
+        self._db.executemany("DELETE FROM open_episodes WHERE event_id = ?", ended)
+        return len(events), len(ended)
+
+    def _forget_delivered_on_disk(self) -> None:
+        """The file can be written again: take out of it what a run that could not write it delivered."""
+        delivered = self._delivered.read() if self._delivered is not None else set()
+        if not delivered:
+            return
+        with self._transaction():
+            events, episodes = self._forget(delivered)
+        if events or episodes:
+            log.info("outbox: removed from %s %d events and %d open cry episodes delivered while it could not be "
+                     "written", self.path, events, episodes)
+        self._delivered.clear()
+
+    def _fail(self, error: Exception, carried: tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
         said = (f"cannot write {self.path} ({_reason(error, self.path)}): cry events are kept in memory and still "
                 "delivered")
         held = f"; it is damaged ({self._damage})" if self._salvaged is not None else ""  # and could not be set aside
-        if any(carried):
+        if any(carried[:2]):
+            again = (f"noted in {self._delivered.path} once delivered, not delivered again after a restart"
+                     if self._delivered is not None else
+                     "again after a restart while it cannot be written: no runtime directory to note them in")
             held += (f"; the {carried[0]} undelivered events and {carried[1]} open cry episodes it holds are read into "
-                     "memory and delivered (again after a restart, while it cannot be written)")
+                     f"memory and delivered ({again})")
+        if any(carried[2:]):
+            held += (f"; an earlier run delivered {carried[2]} of the events it holds and the end of {carried[3]} of "
+                     f"its open cry episodes (noted in {self._delivered.path}): not sent again")
         self.fault = said + held
-        log.error("outbox: %s to the broker until cryedge restarts (undelivered ones would not outlive a restart)%s",
-                  said, held)
+        log.error("outbox: %s to the broker until cryedge restarts (what comes in meanwhile and is not delivered before "
+                  "a restart is lost)%s", said, held)
 
     def _fail_over(self, error: Exception) -> None:
         """Move what the disk holds into memory, so that the rest of this run goes on as before."""
@@ -187,6 +238,7 @@ class Outbox:
                       _reason(read_error))
         self._db.close()
         self._db = memory
+        self._note_file_rows()
         self._fail(error)
 
     def _write(self, operation: Callable[[], T]) -> T:
@@ -241,11 +293,18 @@ class Outbox:
         return int(cursor.lastrowid)
 
     def remove(self, seq: int) -> None:
+        """The broker acknowledged the event: forget it (and, while the file cannot be told so, note it)."""
         def remove() -> None:
             with self._transaction():
                 self._db.execute("DELETE FROM events WHERE seq = ?", (seq,))
 
+        row = self._db.execute("SELECT event_id, kind FROM events WHERE seq = ?", (seq,)).fetchone()
         self._write(remove)
+        # only what the file holds (an event, or the end of an episode open in it) would be sent again by the next run
+        if row is not None and self.fault is not None and self._delivered is not None and (
+                tuple(row) in self._file_events or (row[1] == "end" and row[0] in self._file_open)):
+            if not self._delivered.add(*row):
+                self._delivered = None  # said once; from now on the next run delivers them again
 
     def pending(self) -> list[Entry]:
         """All stored events, oldest first."""
@@ -292,6 +351,8 @@ class Outbox:
 
     def close(self) -> None:
         """Close the database and let another process have the outbox."""
+        if self._delivered is not None:
+            self._delivered.close()
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -304,6 +365,85 @@ class Outbox:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def runtime_directory(environ=os.environ) -> Path | None:
+    """Where an outbox that cannot be written notes what it delivered: ``$RUNTIME_DIRECTORY`` (systemd's
+    ``RuntimeDirectory=``, /run/cryedge), else ``$XDG_RUNTIME_DIR/cryedge`` (a user's, for ``cryedge run`` by hand);
+    None without either.
+
+    A tmpfs (/run): writable when the SD card is not. It is emptied at boot: after a reboot with the card still
+    read-only, what the card holds is delivered once more.
+    """
+    if environ.get("RUNTIME_DIRECTORY"):
+        return Path(environ["RUNTIME_DIRECTORY"].split(":")[0])  # systemd may pass several; the first is ours
+    if environ.get("XDG_RUNTIME_DIR"):
+        return Path(environ["XDG_RUNTIME_DIR"]) / "cryedge"
+    return None
+
+
+class Delivered:
+    """The events of an outbox that cannot be written which the broker acknowledged, as (event id, kind), in a file of
+    the runtime directory: what the outbox itself cannot be told, so that a restart does not send them again.
+
+    One file an outbox (named by a digest of its path), a line an event, appended once acknowledged: a line cut short
+    (a process killed while writing it) is not read, so an event is skipped only when it was delivered.
+    """
+
+    def __init__(self, directory: Path, outbox: Path):
+        digest = hashlib.sha256(str(outbox.absolute()).encode()).hexdigest()[:16]
+        self.path = directory / f"delivered-{digest}"
+        self.outbox = outbox
+        self._fd: int | None = None
+
+    def read(self) -> set[tuple[str, str]]:
+        try:
+            text = self.path.read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            return set()
+        except OSError as error:
+            log.warning("outbox: cannot read %s (%s): what it noted as delivered may be delivered again", self.path,
+                        error.strerror or error)
+            return set()
+        delivered = set()
+        for line in text.split("\n")[:-1]:  # the last part has no newline: cut short, or empty
+            kind, _, event_id = line.partition(" ")
+            if kind in ("start", "end") and event_id:
+                delivered.add((event_id, kind))
+        return delivered
+
+    def add(self, event_id: str, kind: str) -> bool:
+        """Note one event as delivered; False (said once) if the runtime directory refuses it."""
+        try:
+            if self._fd is None:
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                size = os.fstat(self._fd).st_size
+                if size == 0:
+                    os.write(self._fd, f"# cryedge: delivered events of {self.outbox}, which could not be written\n"
+                             .encode(errors="replace"))
+                elif os.pread(self._fd, 1, size - 1) != b"\n":  # a line cut short stays one that is not read
+                    os.write(self._fd, b"\n")
+            os.write(self._fd, f"{kind} {event_id}\n".encode(errors="replace"))  # one write: all of the line or none
+            return True
+        except OSError as error:
+            log.warning("outbox: cannot note delivered events in %s (%s): a restart while %s cannot be written will "
+                        "deliver them again", self.path, error.strerror or error, self.outbox)
+            self.close()
+            return False
+
+    def clear(self) -> None:
+        """The outbox can be written again and no longer holds what was noted."""
+        self.close()
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as error:
+            log.warning("outbox: cannot remove %s (%s)", self.path, error.strerror or error)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _open(path: Path | str) -> sqlite3.Connection:
@@ -331,6 +471,11 @@ def _insert(db: sqlite3.Connection, rows: dict[str, list[tuple]], damaged: bool 
         # an ON must be followed by an OFF (one end too many is harmless, ends carry the episode's id)
         db.execute("INSERT OR IGNORE INTO open_episodes SELECT event_id, payload FROM events AS s WHERE kind = "
                    "'start' AND NOT EXISTS (SELECT 1 FROM events AS e WHERE e.kind = 'end' AND e.event_id = s.event_id)")
+    return _counts(db)
+
+
+def _counts(db: sqlite3.Connection) -> tuple[int, int]:
+    """(events, open episodes) in ``db``."""
     events, episodes = (db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # noqa: S608
                         for t in ("events", "open_episodes"))
     return events, episodes

@@ -50,7 +50,7 @@ from edge.alarm import AlarmState
 from edge.config import Config, DeviceConfig, MqttConfig, OutboxConfig
 from edge.errors import BrokerError
 from edge.inbound_limit import MAX_INBOUND_PUBLISH, bounded_client_class
-from edge.outbox import Outbox
+from edge.outbox import Outbox, runtime_directory
 from edge.records import OK, AlarmEvent
 
 log = logging.getLogger(__name__)
@@ -643,7 +643,8 @@ class MqttPublisher:
         client.connect_timeout = mqtt.connect_timeout  # TCP and TLS; a black-holed host must not hang start
         self._client = client
 
-        self._outbox = Outbox(self._outbox_config.path, self._outbox_config.max_events)
+        # where an outbox on a card gone read-only notes what it delivered, so that a restart does not send it again
+        self._outbox = Outbox(self._outbox_config.path, self._outbox_config.max_events, runtime_directory())
         self._end_episodes_left_open()
         self.outbox_depth = len(self._outbox)
         if self.outbox_depth:

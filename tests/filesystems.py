@@ -49,6 +49,13 @@ class Tmpfs:
         self._mount("--bind", "-o", "ro", str(self.path), str(self.path))
         self._mounts += 1
 
+    def writable(self) -> None:
+        """Undo ``fill()`` and ``read_only()``: the card freed or repaired."""
+        while self._mounts > 1:
+            subprocess.run(["umount", "-l", str(self.path)], check=True, capture_output=True)
+            self._mounts -= 1
+        (self.path / "filler").unlink(missing_ok=True)
+
     def __exit__(self, *exc) -> None:
         for _ in range(self._mounts):
             subprocess.run(["umount", "-l", str(self.path)], check=False, capture_output=True)

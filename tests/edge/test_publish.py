@@ -512,40 +512,113 @@ def waiting_start_left_open(tmp_path, event_id):
     publisher.close(timeout=0.5)
 
 
+def runtime_directory(monkeypatch, directory):
+    """Run as under systemd with ``RuntimeDirectory=`` (``$RUNTIME_DIRECTORY``), or, None, with no runtime directory."""
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    if directory is None:
+        monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    else:
+        monkeypatch.setenv("RUNTIME_DIRECTORY", str(directory))
+
+
+def received_events(subscriber) -> list[tuple[str, str, str | None]]:
+    return [(p["event_type"], p["id"], p.get("reason")) for p in subscriber.json(f"{PREFIX}/event")]
+
+
 @pytest.mark.parametrize("fault", ["read-only", "disk full"])
-def test_an_unwritable_outbox_holding_a_waiting_cry_delivers_it_ends_it_and_runs_on(tmp_path, caplog, fault):
-    """An SD card the kernel remounted read-only (or full) stopped the monitor for the night (a ConfigError, exit 3,
-    which systemd does not restart). Now the cry waiting in the file is delivered and ended, read without writing,
-    the run goes on in memory, and the fault is said once; a restart delivers the same events again, same ids."""
+def test_an_unwritable_outbox_holding_a_waiting_cry_delivers_it_and_ends_it_once_across_restarts(tmp_path, caplog,
+                                                                                                 monkeypatch, fault):
+    """An SD card the kernel remounted read-only (or full) stopped the monitor for the night; then, once that was
+    fixed, every restart while the card stayed unwritable delivered the waiting cry_start again, and a Home Assistant
+    automation told the parent, at each restart, about a cry long over. What the broker acknowledged is now noted in
+    the runtime directory (/run/cryedge, a tmpfs): later runs skip it, the card untouched; the first run that can write
+    the file takes it out of it."""
+    runtime_directory(monkeypatch, tmp_path / "run")
     broker = Broker(tmp_path / "mosquitto")
     with Tmpfs(tmp_path / "state") as disk:
         waiting_start_left_open(tmp_path, "ep-waiting")
         disk.fill() if fault == "disk full" else disk.read_only()
         before = (tmp_path / "state" / "outbox.sqlite3").read_bytes()
+        faults = []
         with broker, Subscriber(broker) as subscriber:
-            for run in (1, 2):
+            for run in (1, 2, 3):
                 with publisher_for(broker, tmp_path) as publisher:
-                    subscriber.wait_for(f"{PREFIX}/event", count=4 * run - 2)
-                    wait_until(lambda: publisher.outbox_depth == 0)
-                    assert ("No space left on device" if fault == "disk full" else "Read-only file system") in \
-                        publisher.outbox_fault
-                    assert "1 undelivered events and 1 open cry episodes" in publisher.outbox_fault
-                    stats = subscriber.wait_for(f"{PREFIX}/stats", lambda m: b'"outbox_fault":"' in m.payload)
-                    assert json.loads(stats.payload)["outbox_fault"] == publisher.outbox_fault
+                    faults.append(fault_said := publisher.outbox_fault)
+                    subscriber.wait_for(f"{PREFIX}/stats",
+                                        lambda m, said=fault_said: json.loads(m.payload)["outbox_fault"] == said)
                     publisher.publish_event(event("start", f"ep-run{run}"))  # and the run goes on, in memory
                     publisher.publish_event(event("end", f"ep-run{run}", reason="scores"))
-                    subscriber.wait_for(f"{PREFIX}/event", count=4 * run)
-        after = (tmp_path / "state" / "outbox.sqlite3").read_bytes()
-    received = [(p["event_type"], p["id"], p.get("reason")) for p in subscriber.json(f"{PREFIX}/event")]
+                    # after what the outbox holds: they are sent in order
+                    subscriber.wait_for(f"{PREFIX}/event", lambda m, run=run: f'"ep-run{run}"'.encode() in m.payload
+                                        and b"cry_end" in m.payload)
+                    wait_until(lambda: publisher.outbox_depth == 0)
+            after = (tmp_path / "state" / "outbox.sqlite3").read_bytes()
+            disk.writable()  # the card repaired: the next run takes out of the file what was delivered
+            with publisher_for(broker, tmp_path) as publisher:
+                assert publisher.outbox_fault is None
+                publisher.publish_event(event("start", "ep-writable"))
+                subscriber.wait_for(f"{PREFIX}/event", lambda m: b'"ep-writable"' in m.payload)
+    assert received_events(subscriber) == [
+        ("cry_start", "ep-waiting", None), ("cry_end", "ep-waiting", "restart"),
+        *[event for run in (1, 2, 3) for event in (("cry_start", f"ep-run{run}", None),
+                                                     ("cry_end", f"ep-run{run}", "scores"))],
+        ("cry_start", "ep-writable", None)]
+    assert all(("No space left on device" if fault == "disk full" else "Read-only file system") in f for f in faults)
+    assert "1 undelivered events and 1 open cry episodes it holds are read into memory" in faults[0], faults[0]
+    for said in faults[1:]:
+        assert "an earlier run delivered 1 of the events it holds and the end of 1 of its open cry episodes" in said
+    assert after == before
+    assert stored(tmp_path) == []
+    with Outbox(tmp_path / "state" / "outbox.sqlite3") as outbox:
+        assert outbox.open_episodes() == []
+    assert list((tmp_path / "run").iterdir()) == []  # the note goes with the fault
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 3 and all("outbox" in r.getMessage() for r in errors)  # once a faulted run, no traceback
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_without_a_runtime_directory_an_unwritable_outbox_delivers_what_it_holds_again_after_a_restart(
+        mosquitto, subscriber, tmp_path, monkeypatch):
+    """``cryedge run`` by hand outside a login session: nowhere to note what went out, so at least once, as ever."""
+    runtime_directory(monkeypatch, None)
+    with Tmpfs(tmp_path / "state") as disk:
+        waiting_start_left_open(tmp_path, "ep-waiting")
+        disk.read_only()
+        for run in (1, 2):
+            with publisher_for(mosquitto, tmp_path) as publisher:
+                subscriber.wait_for(f"{PREFIX}/event", count=2 * run)
+                wait_until(lambda: publisher.outbox_depth == 0)
+                said = publisher.outbox_fault
     once = [("cry_start", "ep-waiting", None), ("cry_end", "ep-waiting", "restart")]
-    assert received == [*once, ("cry_start", "ep-run1", None), ("cry_end", "ep-run1", "scores"),
-                        *once, ("cry_start", "ep-run2", None), ("cry_end", "ep-run2", "scores")]
+    assert received_events(subscriber) == once + once
+    assert "delivered (again after a restart while it cannot be written: no runtime directory to note them in)" in said
     repeated = [p for p in subscriber.json(f"{PREFIX}/event") if p["id"] == "ep-waiting"]
     assert repeated[0] == repeated[2]  # the start, repeated, is the same message
-    assert after == before
-    errors = [r for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 2 and all("outbox" in r.getMessage() for r in errors)  # once a run, no traceback
-    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_an_unwritable_outbox_skips_only_what_the_broker_acknowledged(tmp_path):
+    """An event is noted as delivered at its PUBACK, and only then: one sent and not acknowledged (the process
+    killed first), or a note cut short, is delivered by the next run; an episode whose start went out and whose end
+    did not still gets its end."""
+    path, run = tmp_path / "state" / "outbox.sqlite3", tmp_path / "run"
+    with Tmpfs(tmp_path / "state") as disk:
+        with Outbox(path) as outbox:
+            for event_id, kind in (("ep1", "start"), ("ep2", "start"), ("ep2", "end"), ("ep3", "start")):
+                outbox.add(event_id, kind, f'{{"id": "{event_id}"}}')
+        disk.read_only()
+        with Outbox(path, runtime_dir=run) as outbox:
+            seqs = {(e.event_id, e.kind): e.seq for e in outbox.pending()}
+            outbox.add("ep1", "end", '{"id": "ep1", "reason": "restart"}')  # sent, never acknowledged
+            outbox.remove(seqs["ep1", "start"])  # acknowledged
+            outbox.remove(seqs["ep2", "start"])
+        [note] = run.iterdir()
+        with note.open("a") as cut_short:
+            cut_short.write("end ep2")  # a process killed while it wrote the note of ep2's end
+        with Outbox(path, runtime_dir=run) as outbox:
+            assert [(e.event_id, e.kind) for e in outbox.pending()] == [("ep2", "end"), ("ep3", "start")]
+            assert [event_id for event_id, _ in outbox.open_episodes()] == ["ep1", "ep3"]
+            assert "2 undelivered events and 2 open cry episodes" in outbox.fault
+            assert "an earlier run delivered 2 of the events it holds and the end of 0 of" in outbox.fault
 
 
 def test_a_read_only_outbox_whose_writer_was_killed_mid_write_is_still_read(tmp_path):

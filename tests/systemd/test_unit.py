@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge import config, paths
+from edge import config, outbox, paths
 from edge.errors import ConfigError, InstallError, ModelError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,6 +115,9 @@ def test_unit_agrees_with_the_code():
     # the daemon finds the outbox in $STATE_DIRECTORY and the password in $CREDENTIALS_DIRECTORY
     assert setting("StateDirectory") == "cryedge"
     assert config.default_state_dir({"STATE_DIRECTORY": "/var/lib/cryedge"}) == Path("/var/lib/cryedge")
+    # ... and an outbox that cannot be written notes what it delivered in $RUNTIME_DIRECTORY, kept across restarts
+    assert (setting("RuntimeDirectory"), setting("RuntimeDirectoryPreserve")) == ("cryedge", "yes")
+    assert outbox.runtime_directory({"RUNTIME_DIRECTORY": "/run/cryedge"}) == Path("/run/cryedge")
     name, source = setting("LoadCredential").lstrip("-").split(":")
     assert (name, source) == (config.CREDENTIAL_NAME, "/etc/cryedge/mqtt_password")
     environment = dict(item.split("=", 1) for line in SETTINGS["Environment"] for item in line.split())
