@@ -306,6 +306,19 @@ class Outbox:
             if not self._delivered.add(*row):
                 self._delivered = None  # said once; from now on the next run delivers them again
 
+    def undelivered(self) -> tuple[int, int]:
+        """Events not acknowledged yet: (those the file keeps for the next run, those only in memory, lost at exit).
+
+        While the file cannot be written, the next run still delivers what it holds, and the end of an episode open in
+        it (as a ``restart`` end); what came in since lives in memory only.
+        """
+        entries = self.pending()
+        if self.fault is None:
+            return len(entries), 0
+        kept = sum(1 for e in entries
+                   if (e.event_id, e.kind) in self._file_events or (e.kind == "end" and e.event_id in self._file_open))
+        return kept, len(entries) - kept
+
     def pending(self) -> list[Entry]:
         """All stored events, oldest first."""
         rows = self._db.execute("SELECT seq, event_id, kind, payload FROM events ORDER BY seq").fetchall()

@@ -984,9 +984,13 @@ class MqttPublisher:
                 if not self.connected:
                     break
             self._client.disconnect()
-        if self._inflight or len(self._outbox):
-            where = "in memory, and are lost" if self.outbox_fault else "in the outbox for the next run"
-            log.warning("%d events not acknowledged by the broker stay %s", len(self._outbox), where)
+        kept, lost = self._outbox.undelivered()
+        if kept:  # also while the file cannot be written: what it holds the next run reads and delivers again
+            log.warning("%d events not acknowledged by the broker stay in the outbox %s for the next run", kept,
+                        self._outbox.path)
+        if lost:
+            log.error("%d events not acknowledged by the broker were kept in memory only (the outbox %s cannot be "
+                      "written) and are lost", lost, self._outbox.path)
         self._outbox.close()
 
     def _drain(self) -> None:

@@ -596,6 +596,43 @@ def test_without_a_runtime_directory_an_unwritable_outbox_delivers_what_it_holds
     assert repeated[0] == repeated[2]  # the start, repeated, is the same message
 
 
+def test_an_unwritable_outbox_closed_with_its_broker_away_says_what_stays_and_what_is_lost(tmp_path, caplog,
+                                                                                            monkeypatch):
+    """It said "3 events not acknowledged by the broker stay in memory, and are lost", of the two the file still
+    holds (which the next run delivers) too. Now it says which stay in the file and which, only in memory, are
+    lost; the next runs deliver the first, once, never the second; the waiting cry gets its one end."""
+    runtime_directory(monkeypatch, tmp_path / "run")
+    path = tmp_path / "state" / "outbox.sqlite3"
+    broker = Broker(tmp_path / "mosquitto")  # away during the first run
+    with Tmpfs(tmp_path / "state") as disk:
+        waiting_start_left_open(tmp_path, "ep-waiting")
+        disk.read_only()
+        caplog.clear()
+        publisher = publisher_for(broker, tmp_path)
+        publisher.start()
+        publisher.publish_event(event("start", "ep-memory"))
+        wait_until(lambda: publisher.outbox_depth == 3)  # the waiting start, its restart end, the new start
+        publisher.close(timeout=0.5)
+        closing = [(r.levelname, r.getMessage()) for r in caplog.records
+                   if "not acknowledged by the broker" in r.getMessage()]
+        assert closing == [
+            ("WARNING", f"2 events not acknowledged by the broker stay in the outbox {path} for the next run"),
+            ("ERROR", f"1 events not acknowledged by the broker were kept in memory only (the outbox {path} cannot "
+                      "be written) and are lost")]
+        with broker, Subscriber(broker) as subscriber:
+            for run in (2, 3):
+                with publisher_for(broker, tmp_path) as publisher:
+                    publisher.publish_event(event("start", f"ep-run{run}"))
+                    publisher.publish_event(event("end", f"ep-run{run}", reason="scores"))
+                    subscriber.wait_for(f"{PREFIX}/event", lambda m, run=run: f'"ep-run{run}"'.encode() in m.payload
+                                        and b"cry_end" in m.payload)
+                    wait_until(lambda: publisher.outbox_depth == 0)
+    assert received_events(subscriber) == [
+        ("cry_start", "ep-waiting", None), ("cry_end", "ep-waiting", "restart"),
+        ("cry_start", "ep-run2", None), ("cry_end", "ep-run2", "scores"),
+        ("cry_start", "ep-run3", None), ("cry_end", "ep-run3", "scores")]
+
+
 def test_an_unwritable_outbox_skips_only_what_the_broker_acknowledged(tmp_path):
     """An event is noted as delivered at its PUBACK, and only then: one sent and not acknowledged (the process
     killed first), or a note cut short, is delivered by the next run; an episode whose start went out and whose end
@@ -611,6 +648,7 @@ def test_an_unwritable_outbox_skips_only_what_the_broker_acknowledged(tmp_path):
             outbox.add("ep1", "end", '{"id": "ep1", "reason": "restart"}')  # sent, never acknowledged
             outbox.remove(seqs["ep1", "start"])  # acknowledged
             outbox.remove(seqs["ep2", "start"])
+            assert outbox.undelivered() == (3, 0)  # ep1's end comes back as its restart end
         [note] = run.iterdir()
         with note.open("a") as cut_short:
             cut_short.write("end ep2")  # a process killed while it wrote the note of ep2's end
