@@ -568,6 +568,8 @@ def choose_labels(options: ConvertOptions, source: Source) -> tuple[tuple[str, .
         positive = options.positive
     if outputs == 1 and len(labels) != 2 or outputs > 1 and len(labels) != outputs:
         raise DataError(f"--labels: the model has {outputs} output(s), which needs {2 if outputs == 1 else outputs} labels, got {len(labels)}")
+    if positive not in labels:  # said by the card's check after the whole conversion, as a bug (exit 70)
+        raise DataError(f"--positive {positive}: not one of the labels ({', '.join(labels)}); give --labels too")
     return labels, positive
 
 

@@ -189,6 +189,15 @@ def test_int8_without_calibration_data_is_refused(tmp_path):
     _one_line_error(run_cli(str(FIXTURES / "conv1d.h5"), "-o", str(tmp_path / "o.tflite")), 7, "--calibration")
 
 
+def test_a_positive_label_that_is_not_a_label_is_refused_before_the_conversion(tmp_path):
+    """It went through the whole conversion, then the card's own check said so as a bug: 'unexpected error ...
+    ValidationError' and exit code 70, with no model written."""
+    result = run_cli(str(FIXTURES / "conv1d.h5"), "--quantize", "float32", "--positive", "crying",
+                     "-o", str(tmp_path / "o.tflite"))
+    _one_line_error(result, 7, "--positive crying: not one of the labels (no-cry, cry); give --labels too")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_calibration_data_of_the_wrong_shape_is_refused(tmp_path):
     _one_line_error(run_cli(str(FIXTURES / "conv1d.h5"), "--calibration", str(FIXTURES / "emotion-cnn.heldout.npz"),
