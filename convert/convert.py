@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge import files
 from edge.card import (
     AudioSpec,
     FaceCropSpec,
@@ -38,7 +39,6 @@ from edge.card import (
     SourceModel,
     TensorQuantization,
 )
-from edge import files
 from edge.errors import DataError, ModelError
 from edge.features import NORMALIZATIONS, SPECS, get_spec
 
@@ -123,6 +123,8 @@ class Samples:
 
 def load_samples(source: str, input_shape: tuple, seed: int = 0) -> Samples:
     """Samples shaped like the model input from ``source`` (.npz, an image folder, or 'synthetic')."""
+    from convert.dataset import non_finite_windows
+
     sample_shape = tuple(int(d) for d in input_shape[1:])
     if source == "synthetic":
         rng = np.random.default_rng(seed)
@@ -152,6 +154,10 @@ def load_samples(source: str, input_shape: tuple, seed: int = 0) -> Samples:
         x.shape[1:] != sample_shape and x.shape[1:] != _window_shape(x, sample_shape)
     ):
         raise DataError(f"calibration data {path}: x has shape {list(x.shape)}, the model takes {list(sample_shape)} a sample")
+    bad = non_finite_windows(x)
+    if len(bad):  # the converter said it only after the conversion, as 'Max and min ... should be recorded'
+        raise DataError(f"calibration data {path}: {len(bad)} of {len(x)} samples hold NaN or infinite values "
+                        f"(the first: sample {bad[0]})")
     return Samples(x.reshape((len(x), *sample_shape)), y, groups, str(path), labels, spec, normalization, audio)
 
 

@@ -26,6 +26,7 @@ import csv
 import math
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,19 @@ from edge.files import replacing
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus")
 TIME_COLUMNS = {"time": 1.0, "time_s": 1.0, "time_ms": 0.001, "timestamp (msec)": 0.001}
+
+
+def non_finite_windows(x: np.ndarray) -> np.ndarray:
+    """Indexes of the windows (first axis) of ``x`` that hold a NaN or an infinity.
+
+    A slice at a time: a sound dataset's windows run to GiBs, and ``np.isfinite`` of all of them at once is a
+    quarter of that again."""
+    rows = max(1, (64 << 20) // max(1, x[:1].nbytes))
+    found = [np.zeros(0, np.int64)]
+    for start in range(0, len(x), rows):
+        part = x[start:start + rows]
+        found.append(start + np.flatnonzero(~np.isfinite(part.reshape(len(part), -1)).all(axis=1)))
+    return np.concatenate(found)
 
 
 def npz_path(path: Path) -> Path:
@@ -468,13 +482,19 @@ def build_sound(files_dir: Path, labels_path: Path, audio=None, kind: str = "aud
 def load(path: Path) -> dict:
     """A dataset ``.npz`` as a dict of arrays and plain metadata; DataError when it is not one."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"dataset {path} is a folder; give the .npz that 'cryedge dataset build' wrote")
     if not path.is_file():
         raise DataError(f"dataset {path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):  # a lone .npy array
+                raise ValueError("a single array, not an .npz of arrays")
             arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError) as error:
-        raise DataError(f"cannot read dataset {path}: {error}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        # numpy takes what is neither a zip nor an .npy for a pickle, which it then refuses to load
+        why = "not an .npz file" if "pickled" in str(error) else str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"cannot read dataset {path}: {why}") from None
     for name in ("x", "y"):
         if name not in arrays:
             raise DataError(f"dataset {path} has no '{name}' array (make one with 'cryedge dataset build')")

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.files import replacing
 from edge.errors import DataError
+from edge.files import replacing
 
 TOLERANCE_S = 1.5
 log = logging.getLogger(__name__)

@@ -349,7 +349,7 @@ def _train_val(train: np.ndarray, groups: np.ndarray, y: np.ndarray, seed: int) 
 
 def train(options: TrainOptions) -> dict:
     """Train, test on held-out groups, save the model, plots and metrics; returns the metrics dict."""
-    from convert.dataset import load
+    from convert.dataset import load, non_finite_windows
     from convert.zoo import AUDIO_WINDOW
 
     if options.sizes and options.arch not in AUDIO_WINDOW:  # before a dataset is read
@@ -363,6 +363,10 @@ def train(options: TrainOptions) -> dict:
                         "(landmark windows, or sound windows of frames x bands)")
     if not len(x):
         raise DataError(f"dataset {options.data} has no windows")
+    bad = non_finite_windows(x)
+    if len(bad):  # trained on them silently: a validation loss of nan, weights that may be too
+        raise DataError(f"dataset {options.data}: {len(bad)} of {len(x)} windows hold NaN or infinite values (the first: "
+                        f"window {bad[0]}); 'cryedge dataset build' writes none: rebuild it, or drop those windows")
     if len(labels) != 2 or not set(np.unique(y)) <= {0, 1}:
         raise DataError(f"dataset {options.data} has classes {list(labels)}; the zoo's sigmoid models need 2 "
                         "(build the data with --positive)")

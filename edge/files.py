@@ -25,10 +25,10 @@ def replacing(*paths: Path) -> Iterator[tuple[Path, ...]]:
     temporaries = tuple(path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}") for path in paths)
     try:
         yield temporaries
-        for temporary, path in zip(temporaries, paths):
+        for temporary, path in zip(temporaries, paths, strict=True):
             os.replace(temporary, path)
     except OSError as error:
-        named = {os.fspath(temporary): path for temporary, path in zip(temporaries, paths)}
+        named = {os.fspath(temporary): path for temporary, path in zip(temporaries, paths, strict=True)}
         where = named.get(os.fspath(error.filename)) if error.filename is not None else paths[0]
         if where is None:
             raise

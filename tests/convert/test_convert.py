@@ -198,6 +198,19 @@ def test_a_positive_label_that_is_not_a_label_is_refused_before_the_conversion(t
     assert list(tmp_path.iterdir()) == []
 
 
+def test_calibration_data_with_nan_is_refused_before_the_conversion(tmp_path):
+    """The converter said it after the conversion, as a model error (exit 4): 'Max and min for dynamic tensors
+    should be recorded during calibration'."""
+    arrays = dict(np.load(FIXTURES / "conv1d.heldout.npz"))
+    arrays["x"] = arrays["x"].astype(np.float32)
+    arrays["x"][[3, 20]] = np.inf
+    np.savez(tmp_path / "held.npz", **arrays)
+    result = run_cli(str(FIXTURES / "conv1d.h5"), "--calibration", str(tmp_path / "held.npz"), "-o", str(tmp_path / "o.tflite"))
+    _one_line_error(result, 7, f"calibration data {tmp_path / 'held.npz'}: 2 of {len(arrays['x'])} samples hold NaN or "
+                               "infinite values (the first: sample 3)")
+    assert not (tmp_path / "o.tflite").exists()
+
+
 @pytest.mark.slow
 def test_calibration_data_of_the_wrong_shape_is_refused(tmp_path):
     _one_line_error(run_cli(str(FIXTURES / "conv1d.h5"), "--calibration", str(FIXTURES / "emotion-cnn.heldout.npz"),

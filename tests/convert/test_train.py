@@ -160,6 +160,30 @@ def test_train_refuses_bad_data_in_one_line(tmp_path):
         assert len(lines) == 1 and words in lines[0], result.stderr
 
 
+def test_train_refuses_windows_with_nan_and_files_that_are_no_dataset_in_one_line(tmp_path):
+    """Windows holding a NaN were trained on, silently ('val_loss: nan', exit 0, a model written); a folder was said
+    not to exist, and a file that is not an .npz drew numpy's advice on loading pickles unsafely."""
+    nan = _dataset(tmp_path / "nan.npz")
+    arrays = dict(np.load(nan))
+    arrays["x"][37, 4, 11] = np.nan
+    np.savez(nan, **arrays)
+    (tmp_path / "notes.npz").write_text("not a dataset\n")
+    (tmp_path / "windows").mkdir()
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    for data, line in (
+        (nan, f"cryedge: dataset {nan}: 1 of 320 windows hold NaN or infinite values (the first: window 37); "
+              "'cryedge dataset build' writes none: rebuild it, or drop those windows"),
+        (tmp_path / "notes.npz", f"cryedge: cannot read dataset {tmp_path / 'notes.npz'}: not an .npz file"),
+        (tmp_path / "windows", f"cryedge: dataset {tmp_path / 'windows'} is a folder; give the .npz that "
+                               "'cryedge dataset build' wrote"),
+    ):
+        result = subprocess.run([str(CRYEDGE), "train", "--arch", "conv1d", "--epochs", "1", "--data", str(data),
+                                 "--output", str(tmp_path / "m.keras")], capture_output=True, text=True, timeout=300,
+                                env=env, check=False)
+        assert (result.returncode, result.stderr.splitlines()) == (7, [line]), result.stderr
+    assert not (tmp_path / "m.keras").exists()
+
+
 @pytest.mark.slow
 def test_cryedge_train_of_the_conv2d_architecture_trains_on_windows_seen_as_images(tmp_path):
     """conv2d takes each 10 x 156 window as a 40 x 39 image; the old fit fed the windows as they were and
