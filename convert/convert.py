@@ -177,7 +177,10 @@ def _load_images(folder: Path, sample_shape: tuple) -> Samples:
         if file.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         # read by Python, decoded by OpenCV: imread crashed the process on a name that is not UTF-8
-        image = cv2.imdecode(np.fromfile(file, np.uint8), cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR)
+        try:
+            image = cv2.imdecode(np.fromfile(file, np.uint8), cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR)
+        except cv2.error:  # a header claiming more pixels than OpenCV decodes: skipped as any unreadable file is
+            image = None
         if image is None:
             continue
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)

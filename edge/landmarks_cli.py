@@ -25,10 +25,15 @@ def read_image(path: Path) -> np.ndarray:
     """An image file as RGB uint8; a DataError when it is missing or not an image."""
     import cv2
 
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not an image or a video")
     if not path.is_file():
         raise DataError(f"no such image or video: {path}")
     # read by Python, decoded by OpenCV: imread crashed the process on a name that is not UTF-8
-    bgr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        bgr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:  # a header that claims more pixels than OpenCV decodes (99999 x 99999): exit 70 before
+        bgr = None
     if bgr is None:
         raise DataError(f"cannot read {path} as an image")
     return np.ascontiguousarray(bgr[:, :, ::-1])
@@ -134,6 +139,8 @@ def _landmarks_command(args) -> int:
         "num_poses": args.num_faces,
     }
     if path.suffix.lower() in VIDEO_SUFFIXES:
+        if args.draw:  # was ignored: exit 0 and no picture
+            raise ConfigError(f"--draw {args.draw}: draws on a photo, and {path} is a video")
         if not path.is_file():
             raise DataError(f"no such image or video: {path}")
         with LandmarkExtractor(mode="video", **options) as extractor:

@@ -314,6 +314,19 @@ def test_image_folder_calibrates_a_face_crop_model(tmp_path):
     assert report.fidelity["label_agreement"] >= 0.99
 
 
+def test_an_image_whose_header_claims_too_many_pixels_is_skipped_like_any_unreadable_one(tmp_path):
+    """OpenCV raised cv2.error (its pixel limit) where it returns None for other unreadable files: exit 70."""
+    import cv2
+
+    from convert.convert import load_samples
+
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((64, 64, 3), 60 * i, np.uint8))
+    (tmp_path / "huge.ppm").write_bytes(b"P6\n99999 99999\n255\n")
+    samples = load_samples(str(tmp_path), (1, 48, 48, 1))
+    assert samples.x.shape == (3, 48, 48, 1) and samples.source == f"{tmp_path} (3 images, /255)"
+
+
 def test_groups_are_held_out_whole():
     x = np.zeros((80, 10, 156), dtype=np.float32)
     groups = np.repeat(np.array(["ann", "ben", "cat", "dan"]), 20)

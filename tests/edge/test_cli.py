@@ -102,6 +102,23 @@ def cryedge_bytes(*args: bytes | str | Path, timeout=300) -> subprocess.Complete
                           capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO)
 
 
+def test_a_photo_opencv_refuses_a_folder_and_a_drawing_of_a_video_are_one_line(tmp_path):
+    """A header claiming 99999 x 99999 pixels was cv2.error, exit 70 ("a bug"); a folder was said not to exist; --draw
+    of a video was ignored, exit 0 and no picture."""
+    (tmp_path / "huge.ppm").write_bytes(b"P6\n99999 99999\n255\n")
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not looked at: --draw is refused first")
+    for arguments, code, line in (
+        ([tmp_path / "huge.ppm"], 7, f"cryedge: cannot read {tmp_path / 'huge.ppm'} as an image"),
+        ([tmp_path], 7, f"cryedge: {tmp_path} is a folder, not an image or a video"),
+        (["--draw", tmp_path / "points.png", clip], 3,
+         f"cryedge: --draw {tmp_path / 'points.png'}: draws on a photo, and {clip} is a video"),
+    ):
+        result = cryedge("landmarks", *arguments, timeout=120)
+        assert (result.returncode, result.stderr.splitlines()) == (code, [line]), result.stderr
+    assert not (tmp_path / "points.png").exists()
+
+
 def test_a_file_name_that_is_not_utf8_is_read_or_refused_in_one_line(tmp_path):
     """OpenCV crashed the whole process (SIGSEGV, no message) on such a name: `run --source`, `landmarks`, an eval
     folder holding one, a suite built into one. A photo is now read; a video is refused in one line, naming it."""
