@@ -223,9 +223,10 @@ def missing_library_error(error: BaseException, what: str) -> InstallError | Non
 
 
 # Lines the native libraries write to fd 2 that are not for a service's journal: TFLite/LiteRT's
-# minimal logger ("INFO: ...", "WARNING: ...", "VERBOSE: ...") and glog/absl INFO and WARNING lines
-# ("W0000 00:00:1732871234.123456   123 file.cc:121] ..."). ERROR and FATAL lines pass.
-NATIVE_NOISE = r"^(INFO|WARNING|VERBOSE): |^[IW][0-9]{4} [0-9:.]+ +[0-9]+ [^ ]+:[0-9]+\] "
+# minimal logger ("INFO: ...", "WARNING: ...", "VERBOSE: ..."), glog/absl INFO and WARNING lines
+# ("W0000 00:00:1732871234.123456   123 file.cc:121] ...") and OpenCV's ("[ WARN:0@3.056] global cap_v4l.cpp:915
+# ...", at each reopen of a camera that is away). ERROR and FATAL lines pass.
+NATIVE_NOISE = r"^(INFO|WARNING|VERBOSE): |^[IW][0-9]{4} [0-9:.]+ +[0-9]+ [^ ]+:[0-9]+\] |^\[ ?(WARN|INFO):[0-9]+@[0-9.]+\] "
 
 
 # The same filter in this Python, for a machine without grep (a slim container): about 9 MB of memory

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -212,7 +213,11 @@ class OpenCVSource:
             capture = cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG,
                                        [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
         else:
-            capture = cv2.VideoCapture(int(self.uri) if self.uri.isdigit() else self.uri)
+            # V4L2 only: a camera that is gone made OpenCV try every backend it has at each reopen, FFmpeg's and
+            # the Orbbec one's failures to stderr, up to 11 lines a reopen in the journal for as long as it is away
+            camera = self.uri.isdigit() or self.uri.startswith("/dev/")
+            backend = cv2.CAP_V4L2 if camera and sys.platform.startswith("linux") else cv2.CAP_ANY
+            capture = cv2.VideoCapture(int(self.uri) if self.uri.isdigit() else self.uri, backend)
         if not capture.isOpened():
             hint = ""
             if rtsp:

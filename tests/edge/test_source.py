@@ -573,3 +573,30 @@ def test_picamera2_min_fps_above_fps_is_a_config_error():
 
     with pytest.raises(ConfigError, match="min_fps"):
         load_config(None, {"source": {"type": "picamera2", "fps": 10, "min_fps": 15}})
+
+
+@pytest.mark.parametrize("device", ["/dev/video63", 63])
+def test_a_usb_camera_that_is_gone_fills_the_journal_with_its_own_lines_only(tmp_path, device):
+    """An unplugged USB camera: at every reopen OpenCV tried each backend it has and each wrote its failure to stderr
+    (V4L2's warnings, FFmpeg's 'Cannot open video device', its exception text over 6 lines, the Orbbec backend's
+    error): 11 lines a reopen, for as long as the camera is away. cryedge's own line says it once."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    config = tmp_path / "cryedge.toml"
+    config.write_text(f'[source]\ntype = "v4l2"\ndevice = {json.dumps(device)}\nreopen_min_seconds = 0.2\n'
+                      'reopen_max_seconds = 0.4\n[audio]\nenabled = false\n'
+                      f'[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\n')
+    repo = Path(__file__).resolve().parents[2]
+    daemon = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config), "--no-health"],
+                              cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(8)  # a dozen reopens
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = daemon.communicate(timeout=60)
+    assert daemon.returncode == 0, stderr
+    assert f"cannot open device {device}: no such camera" in stderr
+    assert [line for line in stderr.splitlines() if not line.startswith(("INFO edge.", "WARNING edge."))] == []
