@@ -123,7 +123,7 @@ class Samples:
 
 def load_samples(source: str, input_shape: tuple, seed: int = 0) -> Samples:
     """Samples shaped like the model input from ``source`` (.npz, an image folder, or 'synthetic')."""
-    from convert.dataset import non_finite_windows
+    from convert.dataset import NPZ_ERRORS, non_finite_windows, npz_error
 
     sample_shape = tuple(int(d) for d in input_shape[1:])
     if source == "synthetic":
@@ -148,8 +148,8 @@ def load_samples(source: str, input_shape: tuple, seed: int = 0) -> Samples:
             spec = str(data["spec"]) if "spec" in data else None
             normalization = str(data["normalization"]) if "normalization" in data else None
             audio = AudioSpec.model_validate_json(str(data["audio"])) if "audio" in data else None
-    except (OSError, ValueError) as error:
-        raise DataError(f"cannot read calibration data {path}: {str(error).splitlines()[0]}") from None
+    except NPZ_ERRORS as error:
+        raise DataError(f"cannot read calibration data {path}: {npz_error(error)}") from None
     if x.ndim < 2 or int(np.prod(x.shape[1:])) != int(np.prod(sample_shape)) or (
         x.shape[1:] != sample_shape and x.shape[1:] != _window_shape(x, sample_shape)
     ):

@@ -27,6 +27,7 @@ import math
 import sys
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,18 @@ from edge.files import replacing
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus")
 TIME_COLUMNS = {"time": 1.0, "time_s": 1.0, "time_ms": 0.001, "timestamp (msec)": 0.001}
+
+
+# what np.load raises on a file that is not a whole .npz: cut short (BadZipFile, EOFError), damaged inside a
+# compressed member (zlib.error), not a zip at all (ValueError)
+NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def npz_error(error: Exception) -> str:
+    """Why ``np.load`` could not read a file, in words: numpy takes what is neither a zip nor an .npy for a pickle,
+    and its refusal to load one advised loading it unsafely."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return "not an .npz file" if "pickled" in text else text
 
 
 def non_finite_windows(x: np.ndarray) -> np.ndarray:
@@ -491,10 +504,8 @@ def load(path: Path) -> dict:
             if not hasattr(data, "files"):  # a lone .npy array
                 raise ValueError("a single array, not an .npz of arrays")
             arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        # numpy takes what is neither a zip nor an .npy for a pickle, which it then refuses to load
-        why = "not an .npz file" if "pickled" in str(error) else str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"cannot read dataset {path}: {why}") from None
+    except NPZ_ERRORS as error:
+        raise DataError(f"cannot read dataset {path}: {npz_error(error)}") from None
     for name in ("x", "y"):
         if name not in arrays:
             raise DataError(f"dataset {path} has no '{name}' array (make one with 'cryedge dataset build')")

@@ -211,6 +211,17 @@ def test_calibration_data_with_nan_is_refused_before_the_conversion(tmp_path):
     assert not (tmp_path / "o.tflite").exists()
 
 
+def test_calibration_data_cut_short_or_not_an_npz_is_one_line(tmp_path):
+    """A calibration .npz cut short (a copy that stopped) was BadZipFile, exit 70 ("a bug"); a file that is no .npz
+    drew numpy's advice on loading pickles unsafely."""
+    (tmp_path / "cut.npz").write_bytes((FIXTURES / "conv1d.heldout.npz").read_bytes()[:3000])
+    (tmp_path / "notes.npz").write_text("not samples\n")
+    for name, why in (("cut.npz", "File is not a zip file"), ("notes.npz", "not an .npz file")):
+        result = run_cli(str(FIXTURES / "conv1d.h5"), "--calibration", str(tmp_path / name), "-o", str(tmp_path / "o.tflite"))
+        assert (result.returncode, result.stderr.splitlines()) == (
+            7, [f"cryedge: cannot read calibration data {tmp_path / name}: {why}"]), result.stderr
+
+
 @pytest.mark.slow
 def test_calibration_data_of_the_wrong_shape_is_refused(tmp_path):
     _one_line_error(run_cli(str(FIXTURES / "conv1d.h5"), "--calibration", str(FIXTURES / "emotion-cnn.heldout.npz"),

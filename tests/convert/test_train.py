@@ -162,18 +162,25 @@ def test_train_refuses_bad_data_in_one_line(tmp_path):
 
 def test_train_refuses_windows_with_nan_and_files_that_are_no_dataset_in_one_line(tmp_path):
     """Windows holding a NaN were trained on, silently ('val_loss: nan', exit 0, a model written); a folder was said
-    not to exist, and a file that is not an .npz drew numpy's advice on loading pickles unsafely."""
+    not to exist, a file that is not an .npz drew numpy's advice on loading pickles unsafely, and one damaged inside
+    was zlib.error, exit 70 ("a bug")."""
     nan = _dataset(tmp_path / "nan.npz")
     arrays = dict(np.load(nan))
     arrays["x"][37, 4, 11] = np.nan
     np.savez(nan, **arrays)
     (tmp_path / "notes.npz").write_text("not a dataset\n")
     (tmp_path / "windows").mkdir()
+    np.savez_compressed(tmp_path / "damaged.npz", **arrays)
+    damaged = bytearray((tmp_path / "damaged.npz").read_bytes())
+    damaged[200:5000:7] = bytes(b ^ 0x5A for b in damaged[200:5000:7])  # bits flipped inside the compressed x
+    (tmp_path / "damaged.npz").write_bytes(bytes(damaged))
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     for data, line in (
         (nan, f"cryedge: dataset {nan}: 1 of 320 windows hold NaN or infinite values (the first: window 37); "
               "'cryedge dataset build' writes none: rebuild it, or drop those windows"),
         (tmp_path / "notes.npz", f"cryedge: cannot read dataset {tmp_path / 'notes.npz'}: not an .npz file"),
+        (tmp_path / "damaged.npz", f"cryedge: cannot read dataset {tmp_path / 'damaged.npz'}: Error -3 while "
+                                   "decompressing data: invalid distance too far back"),
         (tmp_path / "windows", f"cryedge: dataset {tmp_path / 'windows'} is a folder; give the .npz that "
                                "'cryedge dataset build' wrote"),
     ):
