@@ -362,9 +362,13 @@ def _training_metrics(options: ConvertOptions) -> dict:
             raise DataError(f"--metrics {path}: no such file")
         return {}
     try:
-        return json.loads(path.read_text())
+        metrics = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise DataError(f"--metrics {path}: not a JSON file ({error})") from None
+    if not isinstance(metrics, dict):  # the card's check said it after the conversion, as a bug (exit 70)
+        raise DataError(f"--metrics {path}: a JSON {type(metrics).__name__}, not an object of metrics "
+                        "(as 'cryedge train' writes)")
+    return metrics
 
 
 def representative_data(samples: Samples | None) -> RepresentativeData:

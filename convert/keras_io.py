@@ -167,7 +167,12 @@ def _load_h5(path: Path):
         raise ModelError(f"cannot read {path} as HDF5: {_first_line(error)}") from None
     if raw is None:
         raise ModelError(f"{path} holds weights only (no model_config): save the whole model, or rebuild it and load_weights")
-    config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    try:
+        config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError: exit 70 ("a bug") before
+        raise ModelError(f"{path}: its model_config is not JSON ({_first_line(error)}): not a Keras model file") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{path}: its model_config is a JSON {type(config).__name__}, not a Keras model config")
     fixed = legacy_h5_config(config)
     with tempfile.TemporaryDirectory(prefix="cryedge-h5-") as tmp:
         copy_path = Path(tmp) / path.name

@@ -252,6 +252,28 @@ def test_weights_only_h5_and_unknown_format_are_refused(tmp_path):
                     4, "unknown model format")
 
 
+def test_an_h5_whose_model_config_lies_and_metrics_that_are_no_object_are_one_line(tmp_path):
+    """An .h5 whose model_config is no JSON was JSONDecodeError, one holding a JSON list AttributeError, and --metrics
+    holding a list the card's ValidationError after the whole conversion: each exit 70, "a bug"."""
+    import h5py
+
+    for name, config in (("garbled", b"not json"), ("listed", b"[1, 2]")):
+        with h5py.File(tmp_path / f"{name}.h5", "w") as f:
+            f.attrs["model_config"] = config
+    (tmp_path / "metrics.json").write_text("[0.9, 0.8]\n")
+    for args, code, line in (
+        ([tmp_path / "garbled.h5"], 4, f"{tmp_path / 'garbled.h5'}: its model_config is not JSON (Expecting value: "
+                                       "line 1 column 1 (char 0)): not a Keras model file"),
+        ([tmp_path / "listed.h5"], 4, f"{tmp_path / 'listed.h5'}: its model_config is a JSON list, not a Keras model "
+                                      "config"),
+        ([FIXTURES / "conv1d.h5", "--metrics", tmp_path / "metrics.json"], 7,
+         f"--metrics {tmp_path / 'metrics.json'}: a JSON list, not an object of metrics (as 'cryedge train' writes)"),
+    ):
+        result = run_cli(*map(str, args), "--quantize", "float32", "-o", str(tmp_path / "o.tflite"))
+        assert (result.returncode, result.stderr.splitlines()) == (code, [f"cryedge: {line}"]), result.stderr
+    assert not (tmp_path / "o.tflite").exists()
+
+
 def test_inferred_kinds():
     assert infer_kind((None, 10, 156)).kind == "landmark-window"
     assert infer_kind((None, 10, 156)).features.spec == "openpose-face70-body8"
