@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import paths
+from edge import files, paths
 from edge.errors import DataError
 
 SEED = 2026
@@ -85,7 +85,8 @@ def clips(folder: Path, count: int, seed: int, prefix: str, masked: int = 0, cri
             parts.append(made("more.csv", lambda: audio_synth.generate(
                 folder, more, CLIP_SECONDS, seed + MORE_SEED_OFFSET, prefix="more", labels_name="more.csv")))
         rows = [part.read_bytes().splitlines(keepends=True) for part in parts]  # bytes: csv's \r\n kept
-        labels.write_bytes(b"".join(rows[0] + [row for more in rows[1:] for row in more[1:]]))
+        # its labels.csv says the folder is complete (reused by the next run): whole or not there
+        files.write_bytes(labels, b"".join(rows[0] + [row for more in rows[1:] for row in more[1:]]))
     return labels
 
 
@@ -272,7 +273,8 @@ def mine_hard_negatives(keras_model: Path, data: Path, folder: Path, count: int,
     del windows
     for key, rows in added.items():
         merged[key] = np.concatenate([merged[key], rows.astype(merged[key].dtype, copy=False)])
-    np.savez(output, **merged)
+    with files.replacing(dataset.npz_path(output)) as (partial,):
+        np.savez(partial, **merged)
     by_kind: dict[str, int] = {}
     for video in added["videos"]:
         kinds = (folder / str(video)).with_suffix(".txt").read_text().strip()
@@ -302,6 +304,8 @@ def drop_ambiguous_windows(path: Path, labels: Path, after_start: float = 0.25, 
     began holds almost no cry yet is "crying", and one that ends just after a cry stopped is mostly cry
     yet "not crying". Trained on, both blur the boundary the model must learn.
     """
+    from convert.dataset import npz_path
+
     data = dict(np.load(path, allow_pickle=False))
     spans = truth_of(labels)
     keep = np.ones(len(data["y"]), bool)
@@ -309,7 +313,8 @@ def drop_ambiguous_windows(path: Path, labels: Path, after_start: float = 0.25, 
         for a, b in spans.get(str(video), []):
             if a <= end < a + after_start or b <= end < b + after_end:
                 keep[i] = False
-    np.savez_compressed(path, **{k: (v[keep] if v.ndim and len(v) == len(keep) else v) for k, v in data.items()})
+    with files.replacing(npz_path(path)) as (partial,):
+        np.savez_compressed(partial, **{k: (v[keep] if v.ndim and len(v) == len(keep) else v) for k, v in data.items()})
     return int((~keep).sum())
 
 
@@ -426,9 +431,10 @@ def finish_card(model: Path, metrics: dict, fidelity: dict, heldout_dir: Path, h
                 "held_out_set": heldout, "threshold_chosen_on": validation}
     card = card.model_copy(update={"training": training,
                                    "description": "SYNTHETIC-trained demonstration audio model: not a cry detector"})
-    model.write_bytes(embed_card(model.read_bytes(), card.to_json()))
-    model.with_suffix(".json").write_text(card.to_json() + "\n")
-    model.with_suffix(".md").write_text(model_card_markdown(card, metrics, heldout, fidelity, validation))
+    # the package's default audio model: a Ctrl-C or a full disk here must not leave it cut short
+    files.write_bytes(model, embed_card(model.read_bytes(), card.to_json()))
+    files.write_text(model.with_suffix(".json"), card.to_json() + "\n")
+    files.write_text(model.with_suffix(".md"), model_card_markdown(card, metrics, heldout, fidelity, validation))
     return heldout
 
 

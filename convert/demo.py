@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import paths
+from edge import files, paths
 from edge.errors import DataError
 
 SEED = 2026
@@ -141,7 +141,8 @@ def save_joined(parts: list[Path], path: Path) -> None:
     joined = {key: values[scored] for key, values in joined.items()}
     joined.update({key: loaded[0][key] for key in ("labels", "spec", "normalization", "window", "stride", "fps")})
     joined.update({key: np.array(sum(int(d[key]) for d in loaded)) for key in ("frames", "frames_without_face")})
-    np.savez_compressed(path, **joined)
+    with files.replacing(dataset.npz_path(path)) as (partial,):  # a rerun with --work-dir reuses it: whole or not there
+        np.savez_compressed(partial, **joined)
 
 
 def demo_scene():
@@ -431,8 +432,9 @@ def build(output_dir: Path, demo_video: Path, work_dir: Path | None = None, clip
             "source": card.source.model_copy(update={"path": f"{MODEL_NAME}.keras"}),  # the same bytes, renamed
             "requires": REQUIRES,
         })
-        model_path.write_bytes(embed_card(model_path.read_bytes(), card.to_json()))
-        (output_dir / f"{MODEL_NAME}.json").write_text(card.to_json() + "\n")
+        # the package's default model: a Ctrl-C or a full disk here must not leave it cut short
+        files.write_bytes(model_path, embed_card(model_path.read_bytes(), card.to_json()))
+        files.write_text(output_dir / f"{MODEL_NAME}.json", card.to_json() + "\n")
         scored = score_clip(model_path, demo_video)
         times, probabilities = scored.trace["t"], scored.trace["p"]
         start, end = truth["crying"][0]["start_s"], truth["crying"][0]["end_s"]
@@ -440,9 +442,9 @@ def build(output_dir: Path, demo_video: Path, work_dir: Path | None = None, clip
                 "scores": score_summary(times, probabilities, start, end), "events": alarm_events(scored)}
         by_expression = held_out_by_expression(work / f"{arch}.keras", data_path, work / "validation" / "labels.csv")
         card = card.model_copy(update={"training": _card_training(metrics, candidates_table, demo, by_expression)})
-        model_path.write_bytes(embed_card(model_path.read_bytes(), card.to_json()))
-        (output_dir / f"{MODEL_NAME}.json").write_text(card.to_json() + "\n")
-        (output_dir / f"{MODEL_NAME}.md").write_text(model_card_markdown(card, metrics, candidates_table, demo, report, seeds, by_expression))
+        files.write_bytes(model_path, embed_card(model_path.read_bytes(), card.to_json()))
+        files.write_text(output_dir / f"{MODEL_NAME}.json", card.to_json() + "\n")
+        files.write_text(output_dir / f"{MODEL_NAME}.md", model_card_markdown(card, metrics, candidates_table, demo, report, seeds, by_expression))
         return {"arch": arch, "held_out": metrics["held_out"], "candidates": candidates_table, "demo": demo,
                 "scores": {"t": times.round(3).tolist(), "p": probabilities.round(4).tolist()},
                 "minutes": round((time.monotonic() - started) / 60, 1), "work_dir": str(work)}

@@ -159,3 +159,29 @@ def test_a_rebuilt_demo_clip_gets_its_sound_track_back(tmp_path):
     assert sorted(streams) == ["audio", "video"]
     assert json.loads(clip.with_suffix(".json").read_text())["sound"]["synthetic"] is True
 
+
+
+def test_a_joined_dataset_that_a_full_disk_cut_short_is_not_left_for_the_next_run(tmp_path):
+    """demo build joins its clip sets into data-SPEC.npz, which a rerun with --work-dir reuses when it is there: a full
+    disk left it 0 bytes (and said only 'No space left on device'), and every later run stopped at 'cannot read
+    dataset'. Now nothing is left under its name, and the error names it."""
+    import numpy as np
+    from filesystems import Tmpfs
+
+    from convert.demo import save_joined
+
+    def part(path, group):
+        np.savez(path, x=np.ones((6, 10, 140), np.float32), y=np.arange(6) % 2, groups=np.array([group] * 6),
+                 videos=np.array([f"{group}.mp4"] * 6), t_end=np.arange(6, dtype=np.float32), labels=np.array(["no", "yes"]),
+                 spec=np.array("openpose-face70"), normalization=np.array("face-box"), window=np.array(10),
+                 stride=np.array(1), fps=np.array(10.0), frames=np.array(15), frames_without_face=np.array(0))
+        return path
+
+    parts = [part(tmp_path / "a.npz", "a"), part(tmp_path / "b.npz", "b")]
+    with Tmpfs(tmp_path / "work", size="64k") as disk:
+        disk.fill()
+        joined = disk.path / "data-openpose-face70.npz"
+        with pytest.raises(OSError) as raised:
+            save_joined(parts, joined)
+        assert (raised.value.strerror, raised.value.filename) == ("No space left on device", str(joined))
+        assert sorted(p.name for p in disk.path.iterdir()) == ["filler"]
