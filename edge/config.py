@@ -644,6 +644,19 @@ class MqttConfig(Section):
     state_interval: float = Field(default=5.0, ge=0, le=HOUR)  # probability updates at most this often
     stats_interval: float = Field(default=10.0, gt=0, le=DAY)  # diagnostics (fps, inference ms, face share)
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        # a URL here (with user:password@) passed the check, was in every line about the broker, and never connected
+        if "@" in value or "://" in value:
+            raise ValueError("a host name or address, not a URL: the user goes in username, the password in "
+                             f"password_file (or ${PASSWORD_ENV})")
+        if "/" in value or any(c.isspace() for c in value):
+            raise ValueError("a host name or address (like homeassistant.local or 192.168.1.10), without / or spaces")
+        if value.count(":") == 1:  # IPv6 addresses have two or more
+            raise ValueError("a host name or address without a port: give the port as port = N")
+        return value
+
     @model_validator(mode="after")
     def _reconnect_order(self) -> MqttConfig:
         if self.reconnect_min_seconds > self.reconnect_max_seconds:

@@ -870,3 +870,22 @@ def test_an_integer_source_uri_is_a_camera_index_as_the_string_is(tmp_path):
     assert load_config(write(tmp_path, '[source]\nuri = "5"\n'), environ={}).source.device == 5
     with pytest.raises(ConfigError, match=r"source\.device: a camera index is 0 to 63$"):
         load_config(write(tmp_path, "[source]\nuri = -1\n"), environ={})  # not a video file named -1
+
+
+@pytest.mark.parametrize("host, why", [
+    ("mqtt://cryedge:Sup3r-secret@broker.lan:1883", "a host name or address, not a URL: the user goes in username, "
+                                                    "the password in password_file (or $CRYEDGE_MQTT_PASSWORD)"),
+    ("cryedge:Sup3r-secret@broker.lan", "a host name or address, not a URL: the user goes in username, the password "
+                                        "in password_file (or $CRYEDGE_MQTT_PASSWORD)"),
+    ("broker.lan:1884", "a host name or address without a port: give the port as port = N"),
+])
+def test_a_broker_host_that_is_a_url_or_holds_a_password_is_refused_without_showing_it(tmp_path, capsys, host, why):
+    """[mqtt] host took anything: 'config check' said ok, 'config show' printed the password, and 'cryedge run' put
+    it in every line about the broker ('mqtt cryedge:Sup3r-secret@broker.lan:1883 unreachable ...') while retrying
+    a name that never resolves."""
+    path = write(tmp_path, f'[mqtt]\nhost = "{host}"\n')
+    for command in (["config", "check", str(path)], ["config", "show", "--config", str(path)]):
+        assert main(command) == 3
+        captured = capsys.readouterr()
+        assert (captured.out, captured.err) == ("", f"cryedge: {path}: mqtt.host: {why}\n")
+    assert load_config(None, {"mqtt": {"host": "fd00::17"}}).mqtt.host == "fd00::17"  # an IPv6 address is a host
