@@ -144,6 +144,8 @@ def _number(value: str, where: str) -> float:
         raise DataError(f"{where}: {value!r} is not a number") from None
     if not math.isfinite(number):
         raise DataError(f"{where}: {value!r} is not a finite number of seconds")
+    if number < 0:  # a cry from -2 s was kept as one from the start, and judged as labelled
+        raise DataError(f"{where}: {value!r} is before the clip's start (times are 0 s or more)")
     return number
 
 

@@ -108,6 +108,8 @@ def test_cli_builds_and_reports(clips, tmp_path):
     # nan passed every order check: the cry was kept with no time, and cryedge eval counted it missed
     ("video,start_s,end_s,label\na.mp4,nan,3,crying\n", "line 2: 'nan' is not a finite number of seconds"),
     ("video,start_s,end_s,label\na.mp4,1,inf,crying\n", "line 2: 'inf' is not a finite number of seconds"),
+    # a time before the clip: the cry was kept as one from the start, and judged as labelled
+    ("video,start_s,end_s,label\na.mp4,-2,1,crying\n", "line 2: '-2' is before the clip's start (times are 0 s or more)"),
     # times in milliseconds: the cry labelled no window and the build said nothing (every window not_crying)
     ("video,start_s,end_s,label\na.mp4,0,1,neutral\na.mp4,1000,2000,crying\n",
      "a.mp4's interval 1000-2000 s (crying) starts after the clip ends (2 s)"),
