@@ -27,10 +27,12 @@ through ``mask_url`` everywhere.
 from __future__ import annotations
 
 import difflib
+import errno
 import logging
 import os
 import re
 import socket
+import stat
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -999,7 +1001,7 @@ def _fill_password(section: BaseModel, key: str, where: str, environ, variable: 
         return
     if section.password_file is not None:
         try:
-            section.password = SecretStr(section.password_file.read_text().rstrip("\r\n"))
+            section.password = SecretStr(read_settings_file(section.password_file).decode().rstrip("\r\n"))
         except (OSError, UnicodeDecodeError) as error:
             reason = getattr(error, "strerror", None) or "not UTF-8 text"
             raise ConfigError(f"{where}: {key}.password_file: cannot read {section.password_file}: {reason}") from None
@@ -1008,7 +1010,7 @@ def _fill_password(section: BaseModel, key: str, where: str, environ, variable: 
     if credentials and (Path(credentials) / credential).is_file():
         path = Path(credentials) / credential
         try:
-            section.password = SecretStr(path.read_text().rstrip("\r\n"))
+            section.password = SecretStr(read_settings_file(path).decode().rstrip("\r\n"))
         except (OSError, UnicodeDecodeError) as error:  # under systemd: exit 3, not a restart loop on a traceback
             reason = getattr(error, "strerror", None) or "not UTF-8 text"
             raise ConfigError(f"{where}: {key}.password: cannot read the systemd credential {path}: {reason}") from None
@@ -1136,7 +1138,7 @@ def _resolve_live_token(config: Config, where: str, environ) -> None:
     if not token and path is not None:
         origin = str(path)
         try:
-            token = path.read_text().strip()
+            token = read_settings_file(path).decode().strip()
         except (OSError, UnicodeDecodeError) as error:
             reason = getattr(error, "strerror", None) or "not UTF-8 text"
             raise ConfigError(f"{where}: live.token_file: cannot read {path}: {reason}") from None
@@ -1147,6 +1149,32 @@ def _resolve_live_token(config: Config, where: str, environ) -> None:
         raise ConfigError(f"{where}: the live view's token from {origin} must be at least {MIN_LIVE_TOKEN} "
                           "printable characters without spaces (e.g. `openssl rand -hex 16`)")
     live._token = SecretStr(token)
+
+
+# a config, a password or a token is a few KiB; more is a wrong path (a disk image, a log), not settings
+MAX_SETTINGS_BYTES = 1 << 20
+
+
+def read_settings_file(path: Path, limit: int = MAX_SETTINGS_BYTES) -> bytes:
+    """The bytes of the small regular file at ``path``; an OSError whose ``strerror`` says why not.
+
+    A FIFO, ``/dev/zero`` or a terminal given as a config or a password file would block the start (or
+    ``config check``) forever, or fill the memory: opened without blocking, anything but a regular file is refused
+    before a byte is read, and at most ``limit`` bytes are read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as file:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) \
+                else "a socket" if stat.S_ISSOCK(mode) else "not a file"
+            raise OSError(errno.EINVAL, f"not a regular file ({kind})", str(path))
+        raw = file.read(limit + 1)
+    if len(raw) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit // 1024} KiB, too large to be a settings file", str(path))
+    return raw
 
 
 def toml_text(raw: bytes, where: str) -> str:
@@ -1161,7 +1189,7 @@ def toml_text(raw: bytes, where: str) -> str:
 
 def _read_toml(config_path: Path, where: str) -> dict:
     try:
-        raw = config_path.read_bytes()
+        raw = read_settings_file(config_path)
     except FileNotFoundError:
         raise ConfigError(f"{where}: no such file") from None
     except OSError as error:

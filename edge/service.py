@@ -106,8 +106,10 @@ def split_password_file(text: str, boot_file: Path, config_dir: Path, table_name
         raise ConfigError(f"{where}: {key}: {given} is not beside the boot file ({beside}): a relative password_file "
                           f"there names a file next to it, which the import moves into {config_dir}; for one already "
                           f"in {config_dir}, give its full path ({config_dir / path.name})")
+    from edge.config import read_settings_file
+
     try:
-        password = beside.read_text("utf-8").rstrip("\r\n")
+        password = read_settings_file(beside).decode("utf-8").rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or "not UTF-8 text"
         raise ConfigError(f"{where}: {key}: cannot read {beside}: {reason}") from None
@@ -204,13 +206,16 @@ def import_boot_config(boot_file: Path = BOOT_CONFIG, config_dir: Path = CONFIG_
     if not boot_file.exists():
         return False
     where = str(boot_file)
+    from edge.config import read_settings_file, toml_text
+
     try:
-        raw = boot_file.read_bytes()
+        raw = read_settings_file(boot_file)
     except IsADirectoryError:  # it said "Is a directory: PATH", not what was expected there
         raise ConfigError(f"{where}: is a folder, not the TOML file of settings expected there; "
                           f"nothing imported ({config_dir / 'cryedge.toml'} left as it was)") from None
-    from edge.config import toml_text
-
+    except OSError as error:  # a FIFO or a device in its place would have blocked the start for ever
+        raise ConfigError(f"{where}: cannot read: {error.strerror}; "
+                          f"nothing imported ({config_dir / 'cryedge.toml'} left as it was)") from None
     try:
         text = toml_text(raw, where)
     except ConfigError as error:

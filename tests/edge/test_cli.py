@@ -234,3 +234,54 @@ def test_ctrl_c_while_the_commands_are_set_up_is_exit_130_without_a_traceback():
     result = subprocess.run([sys.executable, "-c", interrupted], capture_output=True, text=True, timeout=60,
                             check=False, cwd=REPO)
     assert (result.returncode, result.stdout, result.stderr) == (130, "", "")
+
+
+def not_a_settings_file(tmp_path: Path, kind: str) -> Path:
+    """A path that is no small regular file: a FIFO nobody writes to, /dev/zero, or a 2 MiB file."""
+    if kind == "fifo":
+        path = tmp_path / "settings.fifo"
+        os.mkfifo(path)
+        return path
+    if kind == "zero":
+        return Path("/dev/zero")
+    path = tmp_path / "huge.toml"
+    path.write_bytes(b"# " + b"x" * (2 << 20) + b"\n")
+    return path
+
+
+REFUSED = {"fifo": "not a regular file (a FIFO)", "zero": "not a regular file (a device)",
+           "huge": "larger than 1024 KiB, too large to be a settings file"}
+
+
+@pytest.mark.parametrize("kind", REFUSED)
+def test_a_config_that_is_no_regular_file_is_one_line_not_a_hang(tmp_path, kind):
+    """`config check /dev/zero` (or a FIFO) read for ever (and /dev/zero filled the memory): now exit 3, one line."""
+    path = not_a_settings_file(tmp_path, kind)
+    done = cryedge("config", "check", path, timeout=60)
+    assert done.returncode == 3 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.splitlines() == [f"cryedge: {path}: cannot read: {REFUSED[kind]}"]
+
+
+@pytest.mark.parametrize("kind", REFUSED)
+def test_a_password_file_that_is_no_regular_file_is_one_line_not_a_hang(tmp_path, kind):
+    """A password_file that was /dev/zero or a FIFO hung the daemon's start (and config check) for ever."""
+    path = not_a_settings_file(tmp_path, kind)
+    config = tmp_path / "cryedge.toml"
+    config.write_text(f'[mqtt]\nhost = "127.0.0.1"\nusername = "u"\npassword_file = "{path}"\n')
+    for args in (["config", "check", config], ["run", "--config", config]):
+        done = cryedge(*args, timeout=60)
+        assert done.returncode == 3 and "Traceback" not in done.stderr, done.stderr
+        assert [line for line in done.stderr.splitlines() if line.startswith("cryedge: ")] == \
+            [f"cryedge: {config}: mqtt.password_file: cannot read {path}: {REFUSED[kind]}"], done.stderr
+
+
+@pytest.mark.parametrize("kind", REFUSED)
+def test_a_boot_config_that_is_no_regular_file_is_one_line_not_a_hang(tmp_path, kind):
+    """The boot partition's cryedge.toml as a FIFO or a device hung `service import-boot-config` (the start)."""
+    path = not_a_settings_file(tmp_path, kind)
+    out = tmp_path / "etc"
+    done = cryedge("service", "import-boot-config", "--boot-file", path, "--config-dir", out, timeout=60)
+    assert done.returncode == 3 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.splitlines() == [f"cryedge: {path}: cannot read: {REFUSED[kind]}; "
+                                        f"nothing imported ({out / 'cryedge.toml'} left as it was)"]
+    assert not out.exists()
