@@ -392,7 +392,7 @@ class FfmpegAudioSource(PipeAudioSource):
         # a stream's URL is given on a pipe when it starts (_start); a file's path is no secret
         source = [] if stream else [*(["-re"] if realtime else []), "-i", self.uri]
         command = [*FFMPEG_QUIET, *source, *self.output]
-        name = name or (f"stream:{mask_url(self.uri)}" if stream else f"file:{Path(self.uri).name}")
+        name = name or (f"stream:{mask_url(self.uri)}" if stream else f"file:{mask_password(Path(self.uri).name)}")
         super().__init__(command, name, rate, buffer_seconds=buffer_seconds, url=self.uri if stream else None)
 
     def open(self) -> None:

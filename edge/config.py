@@ -54,7 +54,7 @@ from pydantic import (
 )
 
 from edge import paths
-from edge.errors import ConfigError
+from edge.errors import ConfigError, mask_password
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +383,7 @@ class FileSourceConfig(SourceOptions):
     realtime: bool = True  # pace the file at its frame rate (False: as fast as it decodes)
 
     def display(self) -> str:
-        return f"file:{self.path.name}"
+        return f"file:{mask_password(self.path.name)}"  # a file: URL with a password left its user info in the path
 
 
 class NoSourceConfig(Section):
@@ -1331,6 +1331,8 @@ def to_toml(config: Config) -> str:
                 lines.append(f"# {key} = (not set)")
             elif key == "url" and isinstance(value, str):  # a camera's or a microphone's: its query may hold a password
                 lines.append(f"{key} = {_toml_value(mask_url(value))}")
+            elif isinstance(value, (str, Path)):  # a file: URL's user:password@ stays in the path it is read as
+                lines.append(f"{key} = {_toml_value(mask_password(str(value)))}")
             else:
                 lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")

@@ -100,7 +100,13 @@ def os_error_line(error: OSError) -> str:
     return output_through_a_file(error) or f"{error.strerror or error}{where}"
 
 
+# ``user:password@`` at the start of a word or after ``/``, ``:``, a quote, ``=`` or a bracket: whatever the scheme,
+# and with none (``file:///u:pw@x`` is shown as the path ``/u:pw@x``, ``file:u:pw@x`` as a source's name); the
+# password runs to the last ``@`` before a ``/`` or a space, as FFmpeg splits it
+USER_PASSWORD = re.compile(r"(?<![^\s/:'\"=(\[<,])([^\s/:@'\"]*):[^/\s]*@")
+
+
 def mask_password(text: str) -> str:
-    """Every ``scheme://user:password@`` in ``text`` with the password masked; ``scheme:/user:password@`` too, as
-    a URL read as a path (``pathlib``) is shown."""
-    return re.sub(r"(:/{1,2}[^:/@\s]*):[^@/\s]*@", r"\1:********@", text)
+    """Every ``user:password@`` in ``text`` (``scheme://user:password@``, any scheme, or a path or a name that
+    holds one) with the password masked."""
+    return USER_PASSWORD.sub(r"\1:********@", text)

@@ -39,7 +39,7 @@ from edge.config import (
     V4l2SourceConfig,
     mask_url,
 )
-from edge.errors import SourceError
+from edge.errors import SourceError, mask_password
 from edge.records import Frame
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class FileSource:
         self.path = Path(path)
         self.target_fps = fps
         self.realtime = realtime
-        self.name = f"file:{self.path.name}"
+        self.name = f"file:{mask_password(self.path.name)}"
         self._capture = None
 
     @classmethod

@@ -285,3 +285,20 @@ def test_a_boot_config_that_is_no_regular_file_is_one_line_not_a_hang(tmp_path, 
     assert done.stderr.splitlines() == [f"cryedge: {path}: cannot read: {REFUSED[kind]}; "
                                         f"nothing imported ({out / 'cryedge.toml'} left as it was)"]
     assert not out.exists()
+
+
+def test_a_password_in_a_file_url_is_masked_wherever_it_is_shown(tmp_path):
+    """`file:///u:secret@x` was read as the path /u:secret@x and shown whole: in run's error line, in
+    `config show` and in the summary `config check` prints (the source's name, also in status)."""
+    config = tmp_path / "cryedge.toml"
+    config.write_text('[source]\nuri = "file:///u:s3cr3t@x"\n')
+    ran = cryedge("run", "--source", "file:///u:s3cr3t@x", timeout=120)
+    assert ran.returncode != 0 and "Traceback" not in ran.stderr, ran.stderr
+    assert ran.stderr.splitlines()[-1] == "cryedge: video file not found: /u:********@x", ran.stderr
+    shown = cryedge("config", "show", "--config", config, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert 'path = "/u:********@x"' in shown.stdout.splitlines()
+    checked = cryedge("config", "check", config, timeout=60)
+    assert checked.returncode == 0 and "source file:u:********@x;" in checked.stdout, checked.stdout
+    for done in (ran, shown, checked):
+        assert "s3cr3t" not in done.stdout + done.stderr
