@@ -31,6 +31,7 @@ back-off and keeps events in the outbox, exactly as when the broker goes away la
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import math
@@ -50,7 +51,7 @@ from edge.alarm import AlarmState
 from edge.config import Config, DeviceConfig, MqttConfig, OutboxConfig
 from edge.errors import BrokerError
 from edge.inbound_limit import MAX_INBOUND_PUBLISH, bounded_client_class
-from edge.outbox import Outbox, runtime_directory
+from edge.outbox import Entry, Outbox, runtime_directory
 from edge.records import OK, AlarmEvent
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,18 @@ def hold_statuses(held: Mapping[str, HeldStatus], statuses: Mapping[str, Any], n
     """Each sense's ``HeldStatus`` after the statuses of a new state (``sense_statuses``); a sense gone is dropped."""
     return {sense: held[sense].update(status, now, hold) if sense in held else HeldStatus.first(status, now)
             for sense, status in statuses.items()}
+
+
+def last_end_wall(entries: list[Entry]) -> float | None:
+    """When the newest cry end among the outbox's ``entries`` happened (a previous run's end not yet delivered, or
+    the restart end given to an episode it left open): what a restarted run's OFF is "since". None when the outbox
+    holds no end: a delivered end is not kept, so the OFF after a clean restart says since null."""
+    ends = []
+    for entry in entries:
+        if entry.kind == "end":
+            with contextlib.suppress(ValueError, TypeError, KeyError):  # an end without a time: none to carry
+                ends.append(float(json.loads(entry.payload)["timestamp"]))
+    return max((t for t in ends if math.isfinite(t)), default=None)
 
 
 def unmeasured_state(since_wall: float | None = None) -> AlarmState:
@@ -564,6 +577,7 @@ class MqttPublisher:
         # publisher-thread state
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
         self._state: AlarmState | None = None
+        self._restart_state = unmeasured_state()  # what state says until something is measured (set in start)
         self._state_sent_at = -math.inf
         self._state_sent_crying: bool | None = None
         self._state_sent_statuses: dict[str, Any] = {}
@@ -646,6 +660,7 @@ class MqttPublisher:
         # where an outbox on a card gone read-only notes what it delivered, so that a restart does not send it again
         self._outbox = Outbox(self._outbox_config.path, self._outbox_config.max_events, runtime_directory())
         self._end_episodes_left_open()
+        self._restart_state = unmeasured_state(last_end_wall(self._outbox.pending()))
         self.outbox_depth = len(self._outbox)
         if self.outbox_depth:
             log.info("%d undelivered events in the outbox %s", self.outbox_depth, self._outbox.path)
@@ -841,6 +856,8 @@ class MqttPublisher:
 
     def _handle_state(self, state: AlarmState) -> None:
         now = time.monotonic()
+        if not state.crying and state.since_wall is None:  # no episode yet this run: OFF since the last one known
+            state = replace(state, since_wall=self._restart_state.since_wall)
         self._state = state
         self._held = hold_statuses(self._held, sense_statuses(state), now, self.status_hold)
         if not self.connected:
@@ -912,7 +929,7 @@ class MqttPublisher:
         if self.connected:
             log.info("Home Assistant came online: re-sending discovery")
             self._send_discovery()
-            self._send_state(self._state or unmeasured_state())
+            self._send_state(self._state or self._restart_state)
         self._discovery_due = None
 
     def _handle_connected(self, _) -> None:
@@ -928,7 +945,7 @@ class MqttPublisher:
         # "online": Home Assistant shows the state it holds the moment the device is available, and a run that
         # died or stopped mid-cry while the broker was away left ON there, which would fire every "crying turned
         # on" automation for a moment
-        self._send_state(self._state or unmeasured_state())
+        self._send_state(self._state or self._restart_state)
         self._send_stats()
         self._publish(self.topics.availability, ONLINE, qos=1, retain=True)
         in_flight = set(self._inflight.values())

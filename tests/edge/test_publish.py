@@ -1175,3 +1175,22 @@ def test_a_held_status_says_a_new_trouble_at_once_and_ok_only_after_it_has_laste
         assert held.said == says, (now, seen, held)
     assert held.due(5.0) is None
     assert held.update("ok", 11.2, hold=5.0).due(5.0) == 16.1  # when the ok would be said, for the timer
+
+
+def test_after_a_restart_the_retained_off_is_since_the_last_cry_end_the_outbox_holds(mosquitto, tmp_path):
+    """A restarted run's OFF said "since": null though the outbox still held the end of the last cry (undelivered,
+    the broker away when it ended): Home Assistant lost when the baby last stopped crying. Now the OFF is since that
+    end, both the one sent on connect and the first measured one (the alarm knows no episode of this run)."""
+    with Outbox(tmp_path / "state" / "outbox.sqlite3") as outbox:
+        outbox.add("ep1", "start", json.dumps({"id": "ep1", "timestamp": 1_800_000_000.25}))
+        outbox.add("ep1", "end", json.dumps({"id": "ep1", "timestamp": 1_800_000_042.5}))
+    with publisher_for(mosquitto, tmp_path) as publisher:
+        wait_until(lambda: publisher.connected and publisher.outbox_depth == 0)
+        with Subscriber(mosquitto, topics=(f"{PREFIX}/state",)) as late:
+            on_connect = json.loads(late.wait_for(f"{PREFIX}/state").payload)
+        publisher.publish_state(AlarmState(False, since=None, since_wall=None, probability=0.12))
+        with Subscriber(mosquitto, topics=(f"{PREFIX}/state",)) as watcher:
+            first_measured = json.loads(watcher.wait_for(f"{PREFIX}/state", measured).payload)
+    assert (on_connect["crying"], on_connect["since"]) == ("OFF", "2027-01-15T08:00:42.500Z")
+    assert (first_measured["crying"], first_measured["probability"], first_measured["since"]) == \
+        ("OFF", 0.12, "2027-01-15T08:00:42.500Z")
