@@ -273,8 +273,7 @@ def mine_hard_negatives(keras_model: Path, data: Path, folder: Path, count: int,
     del windows
     for key, rows in added.items():
         merged[key] = np.concatenate([merged[key], rows.astype(merged[key].dtype, copy=False)])
-    with files.replacing(dataset.npz_path(output)) as (partial,):
-        np.savez(partial, **merged)
+    dataset.save_npz(output, merged, compressed=False)
     by_kind: dict[str, int] = {}
     for video in added["videos"]:
         kinds = (folder / str(video)).with_suffix(".txt").read_text().strip()
@@ -304,7 +303,7 @@ def drop_ambiguous_windows(path: Path, labels: Path, after_start: float = 0.25, 
     began holds almost no cry yet is "crying", and one that ends just after a cry stopped is mostly cry
     yet "not crying". Trained on, both blur the boundary the model must learn.
     """
-    from convert.dataset import npz_path
+    from convert.dataset import save_npz
 
     data = dict(np.load(path, allow_pickle=False))
     spans = truth_of(labels)
@@ -313,8 +312,7 @@ def drop_ambiguous_windows(path: Path, labels: Path, after_start: float = 0.25, 
         for a, b in spans.get(str(video), []):
             if a <= end < a + after_start or b <= end < b + after_end:
                 keep[i] = False
-    with files.replacing(npz_path(path)) as (partial,):
-        np.savez_compressed(partial, **{k: (v[keep] if v.ndim and len(v) == len(keep) else v) for k, v in data.items()})
+    save_npz(path, {k: (v[keep] if v.ndim and len(v) == len(keep) else v) for k, v in data.items()})
     return int((~keep).sum())
 
 

@@ -72,6 +72,13 @@ def npz_path(path: Path) -> Path:
     return path if path.name.endswith(".npz") else path.with_name(path.name + ".npz")
 
 
+def save_npz(path: Path, arrays: dict, compressed: bool = True) -> None:
+    """``np.savez_compressed`` (``np.savez`` when not ``compressed``) of ``arrays`` at ``path`` as numpy names it,
+    whole or not at all (``edge.files.replacing``): a rerun reuses what it finds there."""
+    with replacing(npz_path(path)) as (partial,):
+        (np.savez_compressed if compressed else np.savez)(partial, **arrays)
+
+
 class Progress:
     """A one-line progress bar on a terminal; plain lines at every tenth when not a tty."""
 
@@ -341,13 +348,12 @@ class Dataset:
     def save(self, path: Path) -> None:
         path = npz_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with replacing(path) as (partial,):
-            np.savez_compressed(
-                partial, x=self.x, y=self.y, groups=self.groups, videos=self.videos, t_end=self.t_end,
-                labels=np.array(self.labels), spec=np.array(self.spec), normalization=np.array(self.normalization),
-                window=np.array(self.window), stride=np.array(self.stride), fps=np.array(self.fps),
-                frames=np.array(self.frames), frames_without_face=np.array(self.frames_without_face),
-            )
+        save_npz(path, dict(
+            x=self.x, y=self.y, groups=self.groups, videos=self.videos, t_end=self.t_end,
+            labels=np.array(self.labels), spec=np.array(self.spec), normalization=np.array(self.normalization),
+            window=np.array(self.window), stride=np.array(self.stride), fps=np.array(self.fps),
+            frames=np.array(self.frames), frames_without_face=np.array(self.frames_without_face),
+        ))
 
 
 def build(videos_dir: Path, labels_path: Path, spec_name: str = "openpose-face70-body8", normalization: str = "minmax",
@@ -438,10 +444,9 @@ class SoundDataset:
     def save(self, path: Path) -> None:
         path = npz_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with replacing(path) as (partial,):
-            np.savez_compressed(partial, x=self.x, y=self.y, groups=self.groups, videos=self.videos, t_end=self.t_end,
-                                labels=np.array(self.labels), audio=np.array(self.audio.model_dump_json()),
-                                kind=np.array(self.kind))
+        save_npz(path, dict(x=self.x, y=self.y, groups=self.groups, videos=self.videos, t_end=self.t_end,
+                            labels=np.array(self.labels), audio=np.array(self.audio.model_dump_json()),
+                            kind=np.array(self.kind)))
 
 
 def build_sound(files_dir: Path, labels_path: Path, audio=None, kind: str = "audio-window", positive: str | None = None,

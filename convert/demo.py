@@ -141,8 +141,7 @@ def save_joined(parts: list[Path], path: Path) -> None:
     joined = {key: values[scored] for key, values in joined.items()}
     joined.update({key: loaded[0][key] for key in ("labels", "spec", "normalization", "window", "stride", "fps")})
     joined.update({key: np.array(sum(int(d[key]) for d in loaded)) for key in ("frames", "frames_without_face")})
-    with files.replacing(dataset.npz_path(path)) as (partial,):  # a rerun with --work-dir reuses it: whole or not there
-        np.savez_compressed(partial, **joined)
+    dataset.save_npz(path, joined)  # a rerun with --work-dir reuses it: whole or not there
 
 
 def demo_scene():
