@@ -299,12 +299,16 @@ class Outbox:
                 self._db.execute("DELETE FROM events WHERE seq = ?", (seq,))
 
         row = self._db.execute("SELECT event_id, kind FROM events WHERE seq = ?", (seq,)).fetchone()
-        self._write(remove)
+        self._write(remove)  # which may find the disk gone and move to memory (a fault from now on)
         # only what the file holds (an event, or the end of an episode open in it) would be sent again by the next run
-        if row is not None and self.fault is not None and self._delivered is not None and (
-                tuple(row) in self._file_events or (row[1] == "end" and row[0] in self._file_open)):
+        if row is not None and self.fault is not None and self._delivered is not None and self._held_by_file(*row):
             if not self._delivered.add(*row):
                 self._delivered = None  # said once; from now on the next run delivers them again
+
+    def _held_by_file(self, event_id: str, kind: str) -> bool:
+        """While the file cannot be written: the next run reads this event from it (it holds the event, or the
+        episode it ends is open in it and would get a ``restart`` end)."""
+        return (event_id, kind) in self._file_events or (kind == "end" and event_id in self._file_open)
 
     def undelivered(self) -> tuple[int, int]:
         """Events not acknowledged yet: (those the file keeps for the next run, those only in memory, lost at exit).
@@ -315,8 +319,7 @@ class Outbox:
         entries = self.pending()
         if self.fault is None:
             return len(entries), 0
-        kept = sum(1 for e in entries
-                   if (e.event_id, e.kind) in self._file_events or (e.kind == "end" and e.event_id in self._file_open))
+        kept = sum(1 for e in entries if self._held_by_file(e.event_id, e.kind))
         return kept, len(entries) - kept
 
     def pending(self) -> list[Entry]:
