@@ -1000,20 +1000,15 @@ def _fill_password(section: BaseModel, key: str, where: str, environ, variable: 
         section.password = SecretStr(environ[variable])
         return
     if section.password_file is not None:
-        try:
-            section.password = SecretStr(read_settings_file(section.password_file).decode().rstrip("\r\n"))
-        except (OSError, UnicodeDecodeError) as error:
-            reason = getattr(error, "strerror", None) or "not UTF-8 text"
-            raise ConfigError(f"{where}: {key}.password_file: cannot read {section.password_file}: {reason}") from None
+        text = settings_text(section.password_file, f"{where}: {key}.password_file: cannot read {section.password_file}")
+        section.password = SecretStr(text.rstrip("\r\n"))
         return
     credentials = environ.get("CREDENTIALS_DIRECTORY")
     if credentials and (Path(credentials) / credential).is_file():
         path = Path(credentials) / credential
-        try:
-            section.password = SecretStr(read_settings_file(path).decode().rstrip("\r\n"))
-        except (OSError, UnicodeDecodeError) as error:  # under systemd: exit 3, not a restart loop on a traceback
-            reason = getattr(error, "strerror", None) or "not UTF-8 text"
-            raise ConfigError(f"{where}: {key}.password: cannot read the systemd credential {path}: {reason}") from None
+        # under systemd: exit 3, not a restart loop on a traceback
+        text = settings_text(path, f"{where}: {key}.password: cannot read the systemd credential {path}")
+        section.password = SecretStr(text.rstrip("\r\n"))
 
 
 def load_config(path: Path | str | None = None, overrides: dict | None = None, environ=os.environ) -> Config:
@@ -1137,11 +1132,7 @@ def _resolve_live_token(config: Config, where: str, environ) -> None:
         path = Path(credentials) / LIVE_TOKEN_CREDENTIAL
     if not token and path is not None:
         origin = str(path)
-        try:
-            token = read_settings_file(path).decode().strip()
-        except (OSError, UnicodeDecodeError) as error:
-            reason = getattr(error, "strerror", None) or "not UTF-8 text"
-            raise ConfigError(f"{where}: live.token_file: cannot read {path}: {reason}") from None
+        token = settings_text(path, f"{where}: live.token_file: cannot read {path}").strip()
     if not token:
         raise ConfigError(f"{where}: live.enabled needs a token: set live.token_file, ${LIVE_TOKEN_ENV} or the "
                           f"systemd credential {LIVE_TOKEN_CREDENTIAL} (e.g. `openssl rand -hex 16 > FILE`)")
@@ -1175,6 +1166,16 @@ def read_settings_file(path: Path, limit: int = MAX_SETTINGS_BYTES) -> bytes:
     if len(raw) > limit:
         raise OSError(errno.EFBIG, f"larger than {limit // 1024} KiB, too large to be a settings file", str(path))
     return raw
+
+
+def settings_text(path: Path, what: str) -> str:
+    """The UTF-8 text of the small settings file at ``path`` (``read_settings_file``: a password, a token); a
+    ConfigError "``what``: why not" when it cannot be read."""
+    try:
+        return read_settings_file(path).decode()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(f"{what}: {reason}") from None
 
 
 def toml_text(raw: bytes, where: str) -> str:

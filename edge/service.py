@@ -106,13 +106,9 @@ def split_password_file(text: str, boot_file: Path, config_dir: Path, table_name
         raise ConfigError(f"{where}: {key}: {given} is not beside the boot file ({beside}): a relative password_file "
                           f"there names a file next to it, which the import moves into {config_dir}; for one already "
                           f"in {config_dir}, give its full path ({config_dir / path.name})")
-    from edge.config import read_settings_file
+    from edge.config import settings_text
 
-    try:
-        password = read_settings_file(beside).decode("utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or "not UTF-8 text"
-        raise ConfigError(f"{where}: {key}: cannot read {beside}: {reason}") from None
+    password = settings_text(beside, f"{where}: {key}: cannot read {beside}").rstrip("\r\n")
     stripped = _without_key(text, table_name, _PASSWORD_FILE_KEY)
     expected = _with_table(original, table_name, {k: v for k, v in section.items() if k != "password_file"})
     if _parse_or_none(stripped) != expected:
