@@ -16,6 +16,11 @@ compared with the crying intervals of the truth (the intervals CSV ``cryedge dat
   than ``vision`` these are the fused scores the alarm followed (the sound's among them), not the
   picture's alone.
 
+With ``--fusion`` other than ``vision`` only clips with sound are judged: when none of them has a sound track
+the command stops before judging any (one line naming them); a clip without one, or whose sound was not
+heard, is left out of the figures and named (``left_out`` in ``eval.json``, a line under the table), never
+judged on its picture under an audio or fused heading.
+
 Outputs: ``eval.json`` (everything), ``eval.md`` (the table, also printed) and ``eval.png`` (score,
 alarm state and truth over time, one row per clip) in ``--output-dir``.
 """
@@ -222,8 +227,10 @@ def _frame_count(video: Path) -> int:
         capture.release()
 
 
-def totals(results: list[ClipResult]) -> dict:
-    """The whole footage: counts summed, shares weighted by frames or windows, errors as medians and maxima."""
+def totals(results: list[ClipResult], left_out: dict[str, str] | None = None) -> dict:
+    """The whole footage: counts summed, shares weighted by frames or windows, errors as medians and maxima.
+
+    ``left_out``: clip -> why it was not judged (no sound to judge a fusion with); named, counted nowhere."""
     hours = sum(r.duration_s for r in results) / 3600
     frames = sum(r.frames for r in results)
     windows = sum(len(r.trace["t"]) for r in results)
@@ -257,6 +264,7 @@ def totals(results: list[ClipResult]) -> dict:
         "scored_crying_share": weighted("scored_crying_share", lambda r: len(r.trace["t"])),
         "by_label": {name: {"windows": v["windows"], "scored_crying": round(v["crying_windows"] / v["windows"], 4)}
                      for name, v in sorted(by_label.items()) if v["windows"]},
+        "left_out": dict(sorted((left_out or {}).items())),
     }
 
 
@@ -288,7 +296,10 @@ def markdown_table(results: list[ClipResult], total: dict) -> str:
                 f"({t['false_alarms_per_hour']:.1f}/h) | {t['false_alarm_minutes_per_hour']:.1f} | {100 * t['face_share']:.0f}% "
                 f"| {100 * t['body_share']:.0f}% | {100 * t['seen_share']:.0f}% | {100 * t['scored_crying_share']:.0f}% |")
     labels = "\n".join(f"| {name} | {v['windows']} | {100 * v['scored_crying']:.0f}% |" for name, v in t["by_label"].items())
-    return (head + "\n" + "\n".join(rows) + "\n\nWindows scored as crying, by the truth's label at the window's end:\n\n"
+    left_out = t.get("left_out") or {}
+    note = ("\n**Left out** (not judged, in no figure above): "
+            + "; ".join(f"{name}: {why}" for name, why in left_out.items()) + "\n") if left_out else ""
+    return (head + "\n" + "\n".join(rows) + "\n" + note + "\nWindows scored as crying, by the truth's label at the window's end:\n\n"
             "| label | windows | scored crying |\n|---|---|---|\n" + labels + "\n")
 
 
@@ -381,8 +392,7 @@ def check_readable(files: list[Path]) -> None:
         finally:
             capture.release()
     if broken:
-        more = f" (and {len(broken) - 1} more: {', '.join(broken[1:4])}{' ...' if len(broken) > 4 else ''})" if len(broken) > 1 else ""
-        raise DataError(f"cannot decode video file {broken[0]}{more}; nothing was judged")
+        raise DataError(f"cannot decode video file {_named(broken)}; nothing was judged")
 
 
 def run_clip(video: Path, config, model, labels=None, positive: str = "crying", tolerance: float = TOLERANCE_S,
@@ -403,9 +413,8 @@ def run_clip(video: Path, config, model, labels=None, positive: str = "crying", 
         result = evaluate_clip(video, pipeline, labels, positive, tolerance, default_label, progress, hearing)
         if hearing is not None:
             result.sound_heard = hearing.monitor.chunks > 0
-            if not result.sound_heard:  # else a table said "fused" of a clip judged on its picture alone
-                log.warning("%s: no sound heard (%s): judged on the picture alone", video.name,
-                            hearing.monitor.status.last_error or "nothing came")
+            if not result.sound_heard:  # evaluate leaves it out: no figure may say "fused" of a picture alone
+                log.warning("%s: no sound heard (%s)", video.name, hearing.monitor.status.last_error or "nothing came")
         return result
     finally:
         pipeline.close()
@@ -421,6 +430,11 @@ def evaluate(videos: Path, labels_path: Path | None, config, positive: str = "cr
 
     files, labels = clips_of(videos, labels_path, default_label)
     check_readable(files)
+    left_out = {}
+    if config.audio.enabled is True:
+        silent = without_sound(files, config.fusion.mode)
+        left_out = {video.name: "no sound track" for video in silent}
+        files = [video for video in files if video not in silent]
     results = []
     with TFLiteModel(config.model.path, num_threads=config.model.num_threads, edgetpu=config.model.edgetpu) as model:
         if positive not in model.card.labels:
@@ -428,9 +442,45 @@ def evaluate(videos: Path, labels_path: Path | None, config, positive: str = "cr
         for number, video in enumerate(files):
             bar = Progress(1, f"[{number + 1}/{len(files)}] {video.name}") if show_progress else None
             progress = (lambda done, total, bar=bar: (setattr(bar, "total", max(1, total)), bar.update(done))) if bar else None
-            results.append(run_clip(video, config, model, labels.get(video.name), positive, tolerance, default_label, progress))
+            result = run_clip(video, config, model, labels.get(video.name), positive, tolerance, default_label, progress)
+            if result.sound_heard is False:
+                left_out[video.name] = "no sound heard"
+            else:
+                results.append(result)
         card = model.card
-    return results, totals(results), card
+    if not results:
+        raise DataError(f"--fusion {config.fusion.mode}: no sound heard in {_named(sorted(left_out))}: "
+                        "nothing could be judged on it")
+    if left_out:
+        log.warning("left out of the --fusion %s figures (no sound to judge): %s; %d of %d clips judged",
+                    config.fusion.mode, _named(sorted(left_out)), len(results), len(results) + len(left_out))
+    return results, totals(results, left_out), card
+
+
+def without_sound(files: list[Path], mode: str) -> list[Path]:
+    """The clips with no sound track; DataError, before any is judged, when that is all of them: ``--fusion``
+    ``mode`` would judge their pictures alone (``audio``: nothing) under a heading that says sound."""
+    import shutil
+
+    from edge.audio import has_sound_track
+
+    if shutil.which("ffprobe") is None:
+        raise DataError(f"--fusion {mode} reads the clips' sound tracks with ffmpeg: ffprobe is not installed "
+                        "(apt install ffmpeg)")
+    silent = [video for video in files if not has_sound_track(video)]
+    if silent and len(silent) == len(files):
+        raise DataError(f"--fusion {mode} judges the clips' sound, and {_named([v.name for v in silent])} "
+                        f"{'has' if len(silent) == 1 else 'have'} no sound track; nothing was judged "
+                        "(--fusion vision judges the picture alone)")
+    return silent
+
+
+def _named(names: list[str]) -> str:
+    """``a.mp4``, or ``a.mp4 (and 2 more: b.mp4, c.mp4)``: a folder's worth in one line."""
+    if len(names) <= 1:
+        return "".join(names)
+    rest = names[1:]
+    return f"{names[0]} (and {len(rest)} more: {', '.join(rest[:3])}{' ...' if len(rest) > 3 else ''})"
 
 
 def _eval_command(args) -> int:

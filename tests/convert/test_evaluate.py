@@ -133,3 +133,44 @@ def test_a_tolerance_that_is_no_number_of_seconds_is_a_usage_error(tmp_path, tol
                      "--output-dir", tmp_path / "out")
     assert result.returncode == 2, result.stderr
     assert f"argument --tolerance: {tolerance}: seconds from 0 to 3600" in result.stderr
+
+
+def first_seconds_with_sound(dst, seconds: float) -> None:
+    """The demo clip's first ``seconds``, picture and sound track as they are."""
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(DEMO), "-t", str(seconds), "-c", "copy", str(dst)],
+                   check=True)
+
+
+@pytest.mark.parametrize("fusion", ["audio", "either"])
+def test_judging_sound_on_clips_without_any_is_refused_naming_them(tmp_path, fusion):
+    """They were judged on the picture alone (audio: on nothing) and exit 0, the figures headed as sound or fused."""
+    cut(DEMO, tmp_path / "a.mp4", 0, 60)  # OpenCV writes no sound track
+    cut(DEMO, tmp_path / "b.mp4", 0, 60)
+    (tmp_path / "labels.csv").write_text("video,start_s,end_s,label\na.mp4,1,2,crying\n")
+    result = cryedge("eval", tmp_path, "--fusion", fusion, "--progress", "--output-dir", tmp_path / "out")
+    assert result.returncode == 7 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert errors == [f"cryedge: --fusion {fusion} judges the clips' sound, and a.mp4 (and 1 more: b.mp4) have no "
+                      "sound track; nothing was judged (--fusion vision judges the picture alone)"], errors
+    assert not (tmp_path / "out" / "eval.json").exists()
+
+
+@pytest.mark.slow
+def test_a_clip_without_sound_is_left_out_of_the_sound_figures_and_named(tmp_path):
+    """The silent clip's row and its windows were in the --fusion audio table and totals, as if heard."""
+    cut(DEMO, tmp_path / "a-silent.mp4", 0, 60)
+    first_seconds_with_sound(tmp_path / "b-heard.mp4", 4)
+    (tmp_path / "labels.csv").write_text("video,start_s,end_s,label\na-silent.mp4,1,3,crying\n")
+    out = tmp_path / "out"
+    result = cryedge("eval", tmp_path, "--fusion", "audio", "--output-dir", out)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "| b-heard.mp4 |" in result.stdout and "| a-silent.mp4 |" not in result.stdout
+    assert "| **total** (1 clips) |" in result.stdout
+    assert "**Left out** (not judged, in no figure above): a-silent.mp4: no sound track" in result.stdout
+    said = [line for line in result.stderr.splitlines() if "left out" in line]
+    assert len(said) == 1 and "a-silent.mp4; 1 of 2 clips judged" in said[0], result.stderr
+    report = json.loads((out / "eval.json").read_text())
+    assert [clip["video"] for clip in report["clips"]] == ["b-heard.mp4"]
+    assert report["total"]["left_out"] == {"a-silent.mp4": "no sound track"}
+    assert report["total"]["cries"] == 0  # the silent clip's cry is not counted missed
+    assert "a-silent.mp4: no sound track" in (out / "eval.md").read_text()

@@ -177,7 +177,7 @@ def test_cryedge_eval_scores_vision_audio_and_their_fusion_on_the_same_clips(ass
     clips.mkdir()
     with_sound(empty_room(folder / "room4.avi"), sound_track(folder), clips / "hidden-cry.avi")
     with_sound(empty_room(folder / "room5.avi"), sound_track(folder, cry=None), clips / "quiet.avi")
-    empty_room(clips / "silent.avi", seconds=3.0)  # a picture with no sound track: said, not judged as fused
+    empty_room(clips / "silent.avi", seconds=3.0)  # a picture with no sound track: named, not judged as fused
     labels = clips / "labels.csv"
     # the test vision model's positive label is "right" (test_daemon.py): the cry is labelled so
     labels.write_text(f"video,start_s,end_s,label\nhidden-cry.avi,{CRY[0]},{CRY[1]},right\n")
@@ -193,11 +193,13 @@ def test_cryedge_eval_scores_vision_audio_and_their_fusion_on_the_same_clips(ass
         # sound's (the picture sees no face at all); they once stayed the picture's whatever the mode
         hidden = by_clip["hidden-cry.avi"]
         heard = mode != "vision"
-        assert [by_clip[name].sound_heard for name in ("hidden-cry.avi", "quiet.avi", "silent.avi")] == (
-            [True, True, False] if heard else [None] * 3)
-        said = [r.getMessage() for r in caplog.records if "no sound heard" in r.getMessage()]
-        assert said == (["silent.avi: no sound heard (file:silent.avi: capture stopped: it has no sound track): "
-                         "judged on the picture alone"] if heard else []), said
+        # the clip with no sound track is left out of the sound's figures and named, not judged on its picture
+        assert sorted(by_clip) == (["hidden-cry.avi", "quiet.avi"] if heard else ["hidden-cry.avi", "quiet.avi", "silent.avi"])
+        assert total["left_out"] == ({"silent.avi": "no sound track"} if heard else {})
+        assert [by_clip[name].sound_heard for name in ("hidden-cry.avi", "quiet.avi")] == ([True] * 2 if heard else [None] * 2)
+        said = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+        assert said == ([f"left out of the --fusion {mode} figures (no sound to judge): silent.avi; 2 of 3 clips judged"]
+                        if heard else []), said
         caplog.clear()
         assert hidden.face_share == 0.0 and (hidden.seen_share > 0.9) == heard, (mode, hidden.statuses)
         assert (hidden.by_label["right"]["scored_crying"] > 0.5) == heard, (mode, hidden.by_label)
