@@ -109,7 +109,7 @@ class Progress:
 
 @dataclass(frozen=True)
 class VideoLabels:
-    """One video's labelling: a step function of time, and its group (subject)."""
+    """One video's labelling: a step function of time, its group (subject) and the condition it was filmed in."""
 
     video: str
     group: str
@@ -117,6 +117,7 @@ class VideoLabels:
     ends: np.ndarray | None  # interval ends (intervals layout), None for per-frame rows
     labels: tuple[str, ...]
     default: str
+    condition: str | None = None  # the intervals CSV's optional condition column (night, body hidden, ...)
 
     def label_at(self, t: float) -> str:
         """The label at second ``t``: the covering interval's (the last one listed wins), or the run's."""
@@ -157,9 +158,10 @@ def _number(value: str, where: str) -> float:
 
 
 def read_interval_labels(path: Path, default: str, label_column: str = "label", group_by: str = "subject") -> dict[str, VideoLabels]:
-    """An intervals CSV (``video,start_s,end_s,label[,subject]``) by video file name.
+    """An intervals CSV (``video,start_s,end_s,label[,subject][,condition]``) by video file name.
 
-    ``group_by="subject"`` groups by the subject column when there is one, else by video.
+    ``group_by="subject"`` groups by the subject column when there is one, else by video. A video is filmed in one
+    condition (``cryedge eval`` gives figures per condition): two different ones for a video are refused.
     """
     header, rows = _read_csv(path)
     missing = [name for name in ("video", "start_s", "end_s", label_column) if name not in header]
@@ -168,6 +170,7 @@ def read_interval_labels(path: Path, default: str, label_column: str = "label", 
                         f"expected video,start_s,end_s,{label_column}")
     by_video: dict[str, list] = {}
     groups: dict[str, str] = {}
+    conditions: dict[str, str] = {}
     for line, row in enumerate(rows, start=2):
         where = f"labels {path} line {line}"
         start, end = _number(row["start_s"], where), _number(row["end_s"], where)
@@ -177,13 +180,17 @@ def read_interval_labels(path: Path, default: str, label_column: str = "label", 
             raise DataError(f"{where}: empty {label_column}")
         by_video.setdefault(row["video"], []).append((start, end, row[label_column]))
         groups[row["video"]] = (row.get("subject") if group_by == "subject" else None) or Path(row["video"]).stem
+        if row.get("condition"):
+            if conditions.setdefault(row["video"], row["condition"]) != row["condition"]:
+                raise DataError(f"{where}: condition {row['condition']!r} for {row['video']}, which an earlier row "
+                                f"gives {conditions[row['video']]!r} (one condition a video)")
     if not by_video:
         raise DataError(f"labels {path} has no rows")
     result = {}
     for video, runs in by_video.items():
         runs.sort()
         result[video] = VideoLabels(video, groups[video], np.array([r[0] for r in runs]), np.array([r[1] for r in runs]),
-                                    tuple(r[2] for r in runs), default)
+                                    tuple(r[2] for r in runs), default, conditions.get(video))
     return result
 
 

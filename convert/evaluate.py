@@ -14,7 +14,12 @@ compared with the crying intervals of the truth (the intervals CSV ``cryedge dat
   (status ``ok``) and of windows scored as crying (ok and at or above the ON threshold), also by the
   truth's label at the window's end (how often a yawn is scored as crying). With ``--fusion`` other
   than ``vision`` these are the fused scores the alarm followed (the sound's among them), not the
-  picture's alone.
+  picture's alone;
+- how sure the counts are: the found share with its 95% Wilson interval, the false alarms an hour with the
+  exact (Garwood) 95% Poisson interval: 13 false alarms in 53 minutes is 14.6 an hour, and anything from 7.8
+  to 25 an hour would give that count as often as not;
+- with a ``condition`` column in the labels (``cryedge suite build`` writes one: night, body hidden, hard
+  negatives, ...) all of these per condition too, since a model is judged where it breaks.
 
 With ``--fusion`` other than ``vision`` only clips with sound are judged: when none of them has a sound track
 the command stops before judging any (one line naming them); a clip without one, or whose sound was not
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -98,6 +104,44 @@ def match_episodes(truth: list[tuple[float, float]], episodes: list[tuple[float,
                  false_alarms, round(covered_seconds(episodes, widened), 3))
 
 
+# --- how sure a count is (pure) ------------------------------------------------------------------
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """The Wilson score interval of a share ``k`` of ``n`` (95% at the default ``z``); None for n = 0."""
+    if n <= 0:
+        return None
+    share, z2 = k / n, z * z
+    centre = (share + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(share * (1 - share) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _poisson_at_most(k: int, mean: float) -> float:
+    """P(X <= k) for X ~ Poisson(``mean``), summed in logs (k of thousands, means far from 1)."""
+    if mean <= 0:
+        return 1.0
+    logs = [i * math.log(mean) - mean - math.lgamma(i + 1) for i in range(k + 1)]
+    top = max(logs)
+    return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
+
+
+def poisson_interval(k: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact (Garwood) interval of a Poisson mean given ``k`` events: the means under which seeing k or
+    more, or k or fewer, has probability (1 - level) / 2 each. Solved by bisection (no scipy on the host)."""
+    tail = (1 - level) / 2
+
+    def solve(above) -> float:  # the mean where above(mean) turns True, above() False at 0 and True far out
+        low, high = 0.0, k + 10 * math.sqrt(k + 1) + 10
+        for _ in range(200):
+            middle = (low + high) / 2
+            low, high = (low, middle) if above(middle) else (middle, high)
+        return (low + high) / 2
+
+    lower = 0.0 if k == 0 else solve(lambda mean: 1 - _poisson_at_most(k - 1, mean) >= tail)
+    upper = solve(lambda mean: _poisson_at_most(k, mean) <= tail)
+    return lower, upper
+
+
 # --- running the pipeline ----------------------------------------------------------------------
 
 @dataclass
@@ -118,6 +162,7 @@ class ClipResult:
     statuses: dict  # Score.status -> windows
     trace: dict = field(default_factory=dict, repr=False)
     sound_heard: bool | None = None  # with --fusion other than vision: whether any of the clip's sound was heard
+    condition: str | None = None  # the labels' condition column, if any
 
     def summary(self) -> dict:
         data = asdict(self)
@@ -227,8 +272,18 @@ def _frame_count(video: Path) -> int:
         capture.release()
 
 
+def by_condition(results: list[ClipResult]) -> dict[str, dict]:
+    """``totals`` of each condition's clips (the labels' condition column; "-" for a clip with none), or {} when no
+    clip has one."""
+    if all(r.condition is None for r in results):
+        return {}
+    names = sorted({r.condition or "-" for r in results})
+    return {name: totals([r for r in results if (r.condition or "-") == name]) for name in names}
+
+
 def totals(results: list[ClipResult], left_out: dict[str, str] | None = None) -> dict:
-    """The whole footage: counts summed, shares weighted by frames or windows, errors as medians and maxima.
+    """The whole footage: counts summed, shares weighted by frames or windows, errors as medians and maxima,
+    the found share's and the false-alarm rate's 95% intervals.
 
     ``left_out``: clip -> why it was not judged (no sound to judge a fusion with); named, counted nowhere."""
     hours = sum(r.duration_s for r in results) / 3600
@@ -249,15 +304,20 @@ def totals(results: list[ClipResult], left_out: dict[str, str] | None = None) ->
         total = sum(weights(r) for r in results)
         return round(sum(getattr(r, attr) * weights(r) for r in results) / total, 4) if total else 0.0
 
+    cries, found = sum(r.match.cries for r in results), sum(r.match.found for r in results)
+    found_interval = wilson_interval(found, cries)
+    fa_interval = poisson_interval(false_alarms)
     return {
         "clips": len(results), "hours": round(hours, 4), "frames": frames, "windows": windows,
-        "cries": sum(r.match.cries for r in results), "found": sum(r.match.found for r in results),
+        "cries": cries, "found": found,
+        "found_share_ci95": [round(v, 4) for v in found_interval] if found_interval else None,
         "missed": sum(r.match.missed for r in results),
         "start_error_median_s": round(float(np.median(starts)), 3) if starts else None,
         "start_error_max_abs_s": round(float(np.max(np.abs(starts))), 3) if starts else None,
         "end_error_median_s": round(float(np.median(ends)), 3) if ends else None,
         "end_error_max_abs_s": round(float(np.max(np.abs(ends))), 3) if ends else None,
         "false_alarms": false_alarms, "false_alarms_per_hour": round(false_alarms / hours, 2) if hours else 0.0,
+        "false_alarms_per_hour_ci95": [round(v / hours, 2) for v in fa_interval] if hours else None,
         "false_alarm_minutes_per_hour": round(fa_seconds / 60 / hours, 2) if hours else 0.0,
         "face_share": weighted("face_share", lambda r: r.frames), "body_share": weighted("body_share", lambda r: r.frames),
         "seen_share": weighted("seen_share", lambda r: len(r.trace["t"])),
@@ -274,8 +334,29 @@ def _errors(values: list[float]) -> str:
     return " ".join(f"{v:+.1f}" for v in values) if values else "-"
 
 
-def markdown_table(results: list[ClipResult], total: dict) -> str:
-    """Per clip and in total; errors in seconds (positive: late), shares in percent."""
+def _error_range(median, worst) -> str:
+    return "-" if median is None else f"med {median:+.2f}, max {worst:.2f}"
+
+
+def _found(t: dict) -> str:
+    """``found of cries (share, 95% interval)``."""
+    if not t["cries"]:
+        return "0 of 0"
+    low, high = t["found_share_ci95"]
+    return f"{t['found']} of {t['cries']} ({100 * t['found'] / t['cries']:.0f}%, {100 * low:.0f}-{100 * high:.0f}%)"
+
+
+def _false_alarms(t: dict) -> str:
+    """``count (rate an hour, its 95% interval)``."""
+    if t["false_alarms_per_hour_ci95"] is None:
+        return str(t["false_alarms"])
+    low, high = t["false_alarms_per_hour_ci95"]
+    return f"{t['false_alarms']} ({t['false_alarms_per_hour']:.1f}/h, {low:.1f}-{high:.1f}/h)"
+
+
+def markdown_table(results: list[ClipResult], total: dict, conditions: dict[str, dict] | None = None) -> str:
+    """Per clip and in total, then per condition (``by_condition``) when the labels give one; errors in seconds
+    (positive: late), shares in percent, 95% intervals of the found share and of the false alarms an hour."""
     head = ("| clip | s | cries | found | missed | start err s | end err s | false alarms | FA min/h "
             "| face | body | seen | scored crying |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
@@ -286,20 +367,29 @@ def markdown_table(results: list[ClipResult], total: dict) -> str:
                     f"| {_errors(m.end_errors)} | {m.false_alarms} | {fa_per_hour:.1f} | {100 * r.face_share:.0f}% "
                     f"| {100 * r.body_share:.0f}% | {100 * r.seen_share:.0f}% | {100 * r.scored_crying_share:.0f}% |")
     t = total
-
-    def err(median, worst):
-        return "-" if median is None else f"med {median:+.2f}, max {worst:.2f}"
-
     rows.append(f"| **total** ({t['clips']} clips) | {3600 * t['hours']:.0f} | {t['cries']} | {t['found']} | {t['missed']} "
-                f"| {err(t['start_error_median_s'], t['start_error_max_abs_s'])} "
-                f"| {err(t['end_error_median_s'], t['end_error_max_abs_s'])} | {t['false_alarms']} "
+                f"| {_error_range(t['start_error_median_s'], t['start_error_max_abs_s'])} "
+                f"| {_error_range(t['end_error_median_s'], t['end_error_max_abs_s'])} | {t['false_alarms']} "
                 f"({t['false_alarms_per_hour']:.1f}/h) | {t['false_alarm_minutes_per_hour']:.1f} | {100 * t['face_share']:.0f}% "
                 f"| {100 * t['body_share']:.0f}% | {100 * t['seen_share']:.0f}% | {100 * t['scored_crying_share']:.0f}% |")
+    sure = (f"\nIn all: cries found {_found(t)}; false alarms {_false_alarms(t)} in {60 * t['hours']:.1f} min "
+            "(95% intervals: Wilson for the share, exact Poisson for the rate).\n")
+    by_condition = ""
+    if conditions:
+        by_condition = ("\nBy condition (the labels' condition column):\n\n"
+                        "| condition | clips | s | cries found (95%) | start err s | end err s | false alarms (95%) "
+                        "| face | body |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(
+                            f"| {name} | {c['clips']} | {3600 * c['hours']:.0f} | {_found(c)} "
+                            f"| {_error_range(c['start_error_median_s'], c['start_error_max_abs_s'])} "
+                            f"| {_error_range(c['end_error_median_s'], c['end_error_max_abs_s'])} | {_false_alarms(c)} "
+                            f"| {100 * c['face_share']:.0f}% | {100 * c['body_share']:.0f}% |"
+                            for name, c in conditions.items()) + "\n")
     labels = "\n".join(f"| {name} | {v['windows']} | {100 * v['scored_crying']:.0f}% |" for name, v in t["by_label"].items())
     left_out = t.get("left_out") or {}
     note = ("\n**Left out** (not judged, in no figure above): "
             + "; ".join(f"{name}: {why}" for name, why in left_out.items()) + "\n") if left_out else ""
-    return (head + "\n" + "\n".join(rows) + "\n" + note + "\nWindows scored as crying, by the truth's label at the window's end:\n\n"
+    return (head + "\n" + "\n".join(rows) + "\n" + note + sure + by_condition
+            + "\nWindows scored as crying, by the truth's label at the window's end:\n\n"
             "| label | windows | scored crying |\n|---|---|---|\n" + labels + "\n")
 
 
@@ -411,6 +501,7 @@ def run_clip(video: Path, config, model, labels=None, positive: str = "crying", 
             clip_config.source = FileSourceConfig(path=video, realtime=False)
             hearing = open_hearing(clip_config, pipeline.alarm.on_threshold)
         result = evaluate_clip(video, pipeline, labels, positive, tolerance, default_label, progress, hearing)
+        result.condition = labels.condition if labels is not None else None
         if hearing is not None:
             result.sound_heard = hearing.monitor.chunks > 0
             if not result.sound_heard:  # evaluate leaves it out: no figure may say "fused" of a picture alone
@@ -503,11 +594,13 @@ def _eval_command(args) -> int:
     on, _ = config.alarm.thresholds(card.threshold)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(results, total)
+    conditions = by_condition(results)
+    table = markdown_table(results, total, conditions)
     report = {"model": card.name, "model_path": str(config.model.path), "videos": str(args.videos),
               "fusion": args.fusion, "audio_model": str(config.audio.model) if args.fusion != "vision" else None,
               "positive": args.positive, "tolerance_s": args.tolerance, "on_threshold": on,
-              "alarm": config.alarm.model_dump(), "total": total, "clips": [r.summary() for r in results]}
+              "alarm": config.alarm.model_dump(), "total": total,
+              "by_condition": conditions, "clips": [r.summary() for r in results]}
     with replacing(out / JSON_NAME, out / TABLE_NAME, out / PLOT_NAME) as (json_file, table_file, plot_file):
         json_file.write_text(json.dumps(report, indent=2) + "\n")
         table_file.write_text(f"# cryedge eval: {card.name} on {args.videos}\n\n{table}")

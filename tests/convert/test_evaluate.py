@@ -9,8 +9,10 @@ import sys
 import cv2
 import pytest
 
-from convert.evaluate import match_episodes, merge_intervals
+from convert.dataset import read_interval_labels
+from convert.evaluate import match_episodes, merge_intervals, poisson_interval, wilson_interval
 from edge import paths
+from edge.errors import DataError
 
 DEMO = paths.data_file("demo.mp4")
 
@@ -64,6 +66,55 @@ def test_an_episode_away_from_every_cry_is_a_false_alarm_and_a_cry_without_one_i
 
 def test_touching_truth_intervals_are_one_cry():
     assert merge_intervals([(5, 7), (0, 2), (2, 3)]) == [(0, 3), (5, 7)]
+
+
+@pytest.mark.parametrize(("count", "low", "high"), [(0, 0.0, 3.689), (1, 0.0253, 5.572), (2, 0.242, 7.225),
+                                                    (10, 4.795, 18.39), (13, 6.922, 22.23)])
+def test_the_false_alarm_rate_interval_is_the_exact_poisson_one(count, low, high):
+    """The published exact (Garwood) 95% limits: 13 false alarms could as well come from a rate 0.5 or 1.7 times it."""
+    assert poisson_interval(count) == pytest.approx((low, high), abs=5e-4)
+
+
+def test_the_found_share_interval_is_wilsons():
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)  # none of 10 found: still up to 28%
+    assert wilson_interval(177, 182) == pytest.approx((0.9373, 0.9882), abs=1e-4)
+    assert wilson_interval(5, 5)[1] == 1.0 and wilson_interval(0, 0) is None
+
+
+def test_a_video_is_filmed_in_one_condition(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("video,start_s,end_s,label,condition\na.mp4,0,2,crying,night\na.mp4,2,4,neutral,night\n"
+                      "b.mp4,0,1,neutral,\n")
+    read = read_interval_labels(labels, "not_crying")
+    assert (read["a.mp4"].condition, read["b.mp4"].condition) == ("night", None)
+    labels.write_text("video,start_s,end_s,label,condition\na.mp4,0,2,crying,night\na.mp4,2,4,neutral,day\n")
+    with pytest.raises(DataError, match="condition 'day' for a.mp4, which an earlier row gives 'night'"):
+        read_interval_labels(labels, "not_crying")
+
+
+@pytest.mark.slow
+def test_eval_gives_its_figures_per_condition_with_how_sure_they_are(demo_cut, tmp_path):
+    """A suite's labels say where each clip was filmed: the totals alone hid a model that breaks at night."""
+    folder = tmp_path / "footage"
+    folder.mkdir()
+    (folder / "cry.mp4").symlink_to(demo_cut / "cut.mp4")
+    cut(DEMO, folder / "calm.mp4", 0, 45)  # 3 s of the demo's neutral start
+    (folder / "labels.csv").write_text(
+        "video,start_s,end_s,label,condition\ncry.mp4,0,2,neutral,colour\ncry.mp4,2,11,crying,colour\n"
+        "cry.mp4,11,17,talking,colour\ncalm.mp4,0,3,neutral,hard-negative\n")
+    out = tmp_path / "report"
+    result = cryedge("eval", folder, "--output-dir", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((out / "eval.json").read_text())
+    colour, negative = report["by_condition"]["colour"], report["by_condition"]["hard-negative"]
+    assert (colour["clips"], colour["cries"], colour["found"], colour["false_alarms"]) == (1, 1, 1, 0)
+    assert (negative["clips"], negative["cries"], negative["false_alarms"]) == (1, 0, 0)
+    assert colour["found_share_ci95"] == pytest.approx([0.2065, 1.0], abs=1e-4)  # one cry of one says little
+    assert report["total"]["false_alarms_per_hour_ci95"][1] > 600  # 0 in 20 s: up to 3.7 in 20 s
+    table = (out / "eval.md").read_text()
+    assert "In all: cries found 1 of 1 (100%, 21-100%); false alarms 0 (0.0/h, 0.0-" in table
+    assert "| colour | 1 | 17 | 1 of 1 (100%, 21-100%) |" in table
+    assert "| hard-negative | 1 | 3 | 0 of 0 |" in table
 
 
 @pytest.mark.slow
