@@ -10,7 +10,9 @@ compared with the crying intervals of the truth (the intervals CSV ``cryedge dat
   and the last one's end minus the truth's (positive: late);
 - an episode that overlaps no cry is a *false alarm*; alarm-on time outside every cry (widened by
   the tolerance) is *false-alarm time*; both are also given per hour of footage;
-- per clip: the share of frames with a face and with a body, of windows the model could see
+- per clip: *blind* frames, where the landmarks the model needs (the face; the body too for a model that
+  uses it) were not found or the landmark stage failed (*landmark faults*, counted apart too); the share
+  of frames with a face and with a body, of windows the model could see
   (status ``ok``) and of windows scored as crying (ok and at or above the ON threshold), also by the
   truth's label at the window's end (how often a yawn is scored as crying). With ``--fusion`` other
   than ``vision`` these are the fused scores the alarm followed (the sound's among them), not the
@@ -156,6 +158,8 @@ class ClipResult:
     match: Match
     face_share: float
     body_share: float
+    blind_frames: int  # frames without the landmarks the model needs (no face, no body it uses, or a fault)
+    landmark_faults: int  # frames the landmark stage raised on (MediaPipe failed): lost, not looked at
     seen_share: float  # windows whose score could see (status ok)
     scored_crying_share: float  # windows ok and >= the ON threshold
     by_label: dict  # truth label at the window's end -> {windows, scored_crying}
@@ -196,7 +200,8 @@ def evaluate_clip(video: Path, pipeline, labels=None, positive: str = "crying", 
     except SourceError as error:
         raise DataError(str(error)) from None
     total_frames = _frame_count(video)
-    faces = bodies = frames = 0
+    faces = bodies = frames = blind = faults = 0
+    needs_body = "body" in pipeline.card.required_parts
     t0 = last_t = None
     fused = []  # with hearing: the scores the alarm followed at the latest frame (what the table judges)
     if hearing is not None:
@@ -218,6 +223,8 @@ def evaluate_clip(video: Path, pipeline, labels=None, positive: str = "crying", 
             frames += 1
             faces += result.face_seen
             bodies += result.body_seen
+            faults += result.landmark_fault
+            blind += not result.face_seen or (needs_body and not result.body_seen)
             events += result.events
             decided += [frame.t] * len(result.events)
             followed = list(fused) if hearing is not None else [result.score] if result.score is not None else []
@@ -251,7 +258,8 @@ def evaluate_clip(video: Path, pipeline, labels=None, positive: str = "crying", 
                 for name in sorted(set(names.tolist()))}
     return ClipResult(
         video=video.name, duration_s=round(duration, 3), frames=frames, truth=truth, episodes=episodes, match=match,
-        face_share=round(faces / frames, 4), body_share=round(bodies / frames, 4), seen_share=_share(ok),
+        face_share=round(faces / frames, 4), body_share=round(bodies / frames, 4), blind_frames=blind,
+        landmark_faults=faults, seen_share=_share(ok),
         scored_crying_share=_share(scored), by_label=by_label,
         statuses={s: statuses.count(s) for s in sorted(set(statuses))},
         trace={"t": times_a, "p": p, "ok": ok, "crying": np.array(crying, bool)},
@@ -319,6 +327,7 @@ def totals(results: list[ClipResult], left_out: dict[str, str] | None = None) ->
         "false_alarms": false_alarms, "false_alarms_per_hour": round(false_alarms / hours, 2) if hours else 0.0,
         "false_alarms_per_hour_ci95": [round(v / hours, 2) for v in fa_interval] if hours else None,
         "false_alarm_minutes_per_hour": round(fa_seconds / 60 / hours, 2) if hours else 0.0,
+        "blind_frames": sum(r.blind_frames for r in results), "landmark_faults": sum(r.landmark_faults for r in results),
         "face_share": weighted("face_share", lambda r: r.frames), "body_share": weighted("body_share", lambda r: r.frames),
         "seen_share": weighted("seen_share", lambda r: len(r.trace["t"])),
         "scored_crying_share": weighted("scored_crying_share", lambda r: len(r.trace["t"])),
@@ -356,21 +365,25 @@ def _false_alarms(t: dict) -> str:
 
 def markdown_table(results: list[ClipResult], total: dict, conditions: dict[str, dict] | None = None) -> str:
     """Per clip and in total, then per condition (``by_condition``) when the labels give one; errors in seconds
-    (positive: late), shares in percent, 95% intervals of the found share and of the false alarms an hour."""
+    (positive: late), shares in percent, blind frames of all frames, 95% intervals of the found share and of the
+    false alarms an hour."""
     head = ("| clip | s | cries | found | missed | start err s | end err s | false alarms | FA min/h "
-            "| face | body | seen | scored crying |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "| blind frames | landmark faults | face | body | seen | scored crying |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for r in results:
         m = r.match
         fa_per_hour = m.false_alarm_seconds / 60 / (r.duration_s / 3600) if r.duration_s else 0.0
         rows.append(f"| {r.video} | {r.duration_s:.0f} | {m.cries} | {m.found} | {m.missed} | {_errors(m.start_errors)} "
-                    f"| {_errors(m.end_errors)} | {m.false_alarms} | {fa_per_hour:.1f} | {100 * r.face_share:.0f}% "
+                    f"| {_errors(m.end_errors)} | {m.false_alarms} | {fa_per_hour:.1f} | {r.blind_frames} of {r.frames} "
+                    f"| {r.landmark_faults} | {100 * r.face_share:.0f}% "
                     f"| {100 * r.body_share:.0f}% | {100 * r.seen_share:.0f}% | {100 * r.scored_crying_share:.0f}% |")
     t = total
     rows.append(f"| **total** ({t['clips']} clips) | {3600 * t['hours']:.0f} | {t['cries']} | {t['found']} | {t['missed']} "
                 f"| {_error_range(t['start_error_median_s'], t['start_error_max_abs_s'])} "
                 f"| {_error_range(t['end_error_median_s'], t['end_error_max_abs_s'])} | {t['false_alarms']} "
-                f"({t['false_alarms_per_hour']:.1f}/h) | {t['false_alarm_minutes_per_hour']:.1f} | {100 * t['face_share']:.0f}% "
+                f"({t['false_alarms_per_hour']:.1f}/h) | {t['false_alarm_minutes_per_hour']:.1f} "
+                f"| {t['blind_frames']} of {t['frames']} | {t['landmark_faults']} | {100 * t['face_share']:.0f}% "
                 f"| {100 * t['body_share']:.0f}% | {100 * t['seen_share']:.0f}% | {100 * t['scored_crying_share']:.0f}% |")
     sure = (f"\nIn all: cries found {_found(t)}; false alarms {_false_alarms(t)} in {60 * t['hours']:.1f} min "
             "(95% intervals: Wilson for the share, exact Poisson for the rate).\n")

@@ -62,6 +62,7 @@ class FrameResult:
     inference_ms: float | None = None  # the model's own time, when the window was scored
     brightness: float | None = None  # mean luma 0-255 of the frame as captured
     landmarks: object | None = None  # edge.records.Landmarks of the frame, for its pictures (edge.pictures)
+    landmark_fault: bool = False  # the landmark stage raised on the frame: it was lost, not looked at
 
 
 class RollingStats:
@@ -216,12 +217,12 @@ class Pipeline:
             for window in (self.window, self._faces, self._bodies):  # what it saw before is no view of now
                 window.clear()
         if self.landmarks_error is None:  # a frame or two lost: nothing is decided on it
-            return FrameResult(frame.t, False, None, (), times, brightness=brightness)
+            return FrameResult(frame.t, False, None, (), times, brightness=brightness, landmark_fault=True)
         score = Score(t=frame.t, probability=0.0, face_seen=False, status=MODEL_ERROR)
         mark = time.perf_counter()
         events = self._decide(score, frame.t)
         times["alarm"] = (time.perf_counter() - mark) * 1000
-        return FrameResult(frame.t, False, score, events, times, brightness=brightness)
+        return FrameResult(frame.t, False, score, events, times, brightness=brightness, landmark_fault=True)
 
     def close(self) -> None:
         self.extractor.close()

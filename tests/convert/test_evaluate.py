@@ -17,8 +17,9 @@ from edge.errors import DataError
 DEMO = paths.data_file("demo.mp4")
 
 
-def cut(src, dst, first: int, last: int) -> None:
-    """Frames [first, last) of ``src`` re-encoded to ``dst`` (a short real clip)."""
+def cut(src, dst, first: int, last: int, dark: range = range(0)) -> None:
+    """Frames [first, last) of ``src`` re-encoded to ``dst`` (a short real clip); those numbered in ``dark`` black,
+    as a night with the illuminator off."""
     capture = cv2.VideoCapture(str(src))
     fps = capture.get(cv2.CAP_PROP_FPS)
     writer = None
@@ -29,7 +30,7 @@ def cut(src, dst, first: int, last: int) -> None:
             continue
         if writer is None:
             writer = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*"mp4v"), fps, (bgr.shape[1], bgr.shape[0]))
-        writer.write(bgr)
+        writer.write(bgr * 0 if index in dark else bgr)
     writer.release()
     capture.release()
 
@@ -225,3 +226,51 @@ def test_a_clip_without_sound_is_left_out_of_the_sound_figures_and_named(tmp_pat
     assert report["total"]["left_out"] == {"a-silent.mp4": "no sound track"}
     assert report["total"]["cries"] == 0  # the silent clip's cry is not counted missed
     assert "a-silent.mp4: no sound track" in (out / "eval.md").read_text()
+
+
+# `cryedge eval` with MediaPipe's face landmarker raising on its calls numbered FIRST to LAST, as its graph does when it
+# fails (test_daemon_faults.py's seam: LandmarkExtractor._run, the call into MediaPipe; everything else is real)
+FAILING_LANDMARKER = """
+import sys
+from edge import landmarks
+from edge.cli import main
+
+first, last = map(int, sys.argv[1].split("-"))
+calls = 0
+run = landmarks.LandmarkExtractor._run
+
+def failing(self, task, image, timestamp_ms):
+    global calls
+    calls += 1
+    if first <= calls <= last:
+        raise RuntimeError("CalculatorGraph::Run() failed in Run")
+    return run(self, task, image, timestamp_ms)
+
+landmarks.LandmarkExtractor._run = failing
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_frames_without_a_face_and_frames_mediapipe_failed_on_are_counted_per_clip_and_in_total(tmp_path):
+    """A night judge saw shares of frames with a face, never how many frames were blind nor that MediaPipe failed."""
+    cut(DEMO, tmp_path / "a-night.mp4", 0, 60, dark=range(20, 32))  # 12 black frames: no face found
+    cut(DEMO, tmp_path / "b-day.mp4", 0, 60)
+    (tmp_path / "labels.csv").write_text("video,start_s,end_s,label\nb-day.mp4,1,2,crying\n")
+    out = tmp_path / "out"
+    # calls 41-45 are frames 41-45 of the first clip (the default model uses no body points: one call a frame)
+    result = subprocess.run([sys.executable, "-c", FAILING_LANDMARKER, "41-45", "eval", str(tmp_path), "--output-dir",
+                             str(out)], capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    report = json.loads((out / "eval.json").read_text())
+    night, day = report["clips"]
+    assert (night["blind_frames"], night["landmark_faults"], night["frames"]) == (12 + 5, 5, 60)
+    assert (day["blind_frames"], day["landmark_faults"]) == (0, 0)
+    assert (report["total"]["blind_frames"], report["total"]["landmark_faults"]) == (17, 5)
+    header = result.stdout.splitlines()[0].split(" | ")
+    assert "blind frames" in header and "landmark faults" in header
+    rows = {line.split(" | ")[0]: dict(zip(header, line.split(" | "), strict=True))
+            for line in result.stdout.splitlines() if line.startswith("| ") and line.count("|") == len(header) + 1}
+    assert (rows["| a-night.mp4"]["blind frames"], rows["| a-night.mp4"]["landmark faults"]) == ("17 of 60", "5")
+    assert (rows["| b-day.mp4"]["blind frames"], rows["| b-day.mp4"]["landmark faults"]) == ("0 of 60", "0")
+    assert (rows["| **total** (2 clips)"]["blind frames"], rows["| **total** (2 clips)"]["landmark faults"]) == (
+        "17 of 120", "5")
