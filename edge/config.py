@@ -1360,22 +1360,33 @@ def summary(config: Config) -> str:
 
 
 def _check(args) -> int:
-    config = load_config(args.file)
+    config = load_config(_config_file(args, required=True))
     print(f"ok: {summary(config)}")
     return 0
 
 
 def _show(args) -> int:
-    print(to_toml(load_config(args.config)), end="")
+    print(to_toml(load_config(_config_file(args, required=False))), end="")
     return 0
+
+
+def _config_file(args, required: bool) -> Path | None:
+    """The file ``FILE`` or ``--config FILE`` names (either spelling, as ``run`` takes ``--config``); a usage
+    error (exit 2) when both name different files, or when ``required`` and neither is given."""
+    named = [path for path in (args.file, args.config) if path is not None]
+    if len({path.resolve() for path in named}) > 1:
+        args.usage_error(f"FILE {args.file} and --config {args.config} name different files: give one")
+    if required and not named:
+        args.usage_error("give the config file: FILE or --config FILE")
+    return named[0] if named else None
 
 
 def add_commands(subparsers) -> None:
     parser = subparsers.add_parser("config", help="check or show the configuration")
     commands = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = commands.add_parser("check", help="validate a config file (exit code 3 if it is invalid)")
-    check.add_argument("file", type=Path, metavar="FILE")
-    check.set_defaults(handler=_check)
     show = commands.add_parser("show", help="print the effective configuration as TOML, secrets masked")
-    show.add_argument("--config", type=Path, metavar="FILE", help="config file (default: built-in defaults)")
-    show.set_defaults(handler=_show)
+    for command, handler, default in ((check, _check, ""), (show, _show, " (default: built-in defaults)")):
+        command.add_argument("file", type=Path, nargs="?", metavar="FILE", help=f"the config file{default}")
+        command.add_argument("--config", type=Path, metavar="FILE", help="the same, as run takes it")
+        command.set_defaults(handler=handler, usage_error=command.error)

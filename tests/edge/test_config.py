@@ -162,6 +162,38 @@ def test_config_check_of_a_bad_file_is_one_line_and_exit_code_3(tmp_path, capsys
     assert err == f"cryedge: {path}: mqtt.hots: unknown key (did you mean mqtt.host?)\n"
 
 
+@pytest.mark.parametrize("spelling", [["FILE"], ["--config", "FILE"], ["FILE", "--config", "FILE"]])
+def test_config_check_and_show_take_the_file_either_way(tmp_path, capsys, monkeypatch, spelling):
+    """`config check --config FILE` was a usage error (it took FILE only) and `config show FILE` too (--config only)."""
+    path = write(tmp_path, '[device]\nid = "cam1"\n')
+    monkeypatch.chdir(tmp_path)
+    args = [str(path) if a == "FILE" else a for a in spelling]
+    if len(args) == 3:
+        args[2] = "./cryedge.toml"  # the same file, spelled otherwise
+    assert main(["config", "check", *args]) == 0
+    assert capsys.readouterr().out.startswith("ok: device cam1;")
+    assert main(["config", "show", *args]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["device"]["id"] == "cam1"
+
+
+@pytest.mark.parametrize("action", ["check", "show"])
+def test_config_file_and_a_different_config_option_is_a_usage_error_naming_both(tmp_path, capsys, action):
+    first, second = write(tmp_path, "", "a.toml"), write(tmp_path, "", "b.toml")
+    with pytest.raises(SystemExit) as stopped:
+        main(["config", action, str(first), "--config", str(second)])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == f"cryedge config {action}: error: FILE {first} and --config {second} name different files: give one"
+
+
+def test_config_check_without_a_file_says_both_ways_to_give_it(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["config", "check"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "cryedge config check: error: give the config file: FILE or --config FILE")
+
+
 @pytest.mark.parametrize("value", ["4", "0"])
 def test_landmarks_num_threads_of_an_old_config_is_ignored_with_one_warning(tmp_path, capsys, value):
     """MediaPipe Tasks has no thread count: the key was accepted and silently did nothing. An old config
