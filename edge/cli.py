@@ -17,7 +17,14 @@ import sys
 from importlib.metadata import entry_points
 
 from edge import __version__, installed, logs, native
-from edge.errors import CryedgeError, InstallError, ThreadFault, mask_password, os_error_line
+from edge.errors import (
+    CryedgeError,
+    InstallError,
+    ThreadFault,
+    error_in_one_line,
+    mask_password,
+    os_error_line,
+)
 
 COMMAND_MODULES = (
     "edge.landmarks_cli",
@@ -32,8 +39,6 @@ log = logging.getLogger(__name__)
 # an error no code path expected (a bug): sysexits.h's EX_SOFTWARE, not one of the codes systemd is told not to
 # restart after (RestartPreventExitStatus=3 4 8), since a restart may well get past it
 UNEXPECTED_ERROR_EXIT_CODE = 70
-# an unexpected error's message in its line, at most (a MediaPipe graph's error runs to kilobytes)
-UNEXPECTED_MESSAGE_CHARS = 400
 
 
 def add_commands_of(module_names, subparsers) -> None:
@@ -111,11 +116,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def unexpected_error_line(error: BaseException) -> str:
-    """An error no code path expected, in one line: its type, its message and where in cryedge it was raised.
+    """An error no code path expected, in one line: where in cryedge it was raised and ``error_in_one_line``.
 
-    The message's lines are joined (MediaPipe's first line is often only 'CalculatorGraph::Run() failed in Run: ',
-    the cause on the next), at most ``UNEXPECTED_MESSAGE_CHARS`` of it. An error of another thread
-    (``ThreadFault``) is told by its own type and place, and the thread's name."""
+    An error of another thread (``ThreadFault``) is told by its own type and place, and the thread's name."""
     import traceback
 
     thread = ""
@@ -130,12 +133,8 @@ def unexpected_error_line(error: BaseException) -> str:
     if ours or frames:
         frame = (ours or frames)[-1]
         where = f" at {os.path.relpath(frame.filename, root) if ours else frame.filename}:{frame.lineno}"
-    # masked before it is cut: a password cut from its '@' would no longer look like one
-    message = mask_password(" ".join(str(error).split()))
-    if len(message) > UNEXPECTED_MESSAGE_CHARS:
-        message = message[:UNEXPECTED_MESSAGE_CHARS - 3] + "..."
-    return (f"unexpected error{thread}{where}: {type(error).__name__}{': ' + message if message else ''} (a bug in "
-            "cryedge: please report it with the output of -vv)")
+    return (f"unexpected error{thread}{where}: {error_in_one_line(error)} (a bug in cryedge: please report it with "
+            "the output of -vv)")
 
 
 if __name__ == "__main__":

@@ -110,3 +110,19 @@ def mask_password(text: str) -> str:
     """Every ``user:password@`` in ``text`` (``scheme://user:password@``, any scheme, or a path or a name that
     holds one) with the password masked."""
     return USER_PASSWORD.sub(r"\1:********@", text)
+
+
+# an error's message in its line, at most (a MediaPipe graph's error runs to kilobytes)
+ERROR_MESSAGE_CHARS = 400
+
+
+def error_in_one_line(error: BaseException) -> str:
+    """``Type: message`` (``Type`` alone for an empty message), as an error is told in a log or exit line.
+
+    The message's lines are joined (MediaPipe's first line is often only 'CalculatorGraph::Run() failed in Run: ',
+    the cause on the next), its passwords masked (an error may quote a camera's URL), then it is cut to at most
+    ``ERROR_MESSAGE_CHARS``: masked first, since a password cut from its '@' would no longer look like one."""
+    message = mask_password(" ".join(str(error).split()))
+    if len(message) > ERROR_MESSAGE_CHARS:
+        message = message[:ERROR_MESSAGE_CHARS - 3] + "..."
+    return f"{type(error).__name__}{': ' + message if message else ''}"

@@ -327,11 +327,9 @@ class HealthApp:
         else:
             try:
                 status, content_type, body = self.answer(environ.get("PATH_INFO", ""), environ.get("HTTP_ACCEPT", ""))
-            except Exception as error:  # noqa: BLE001 - a bug of one page: a 500 and one line (the traceback at -vv);
-                # the monitor and its alerts go on (exit 70 would restart it at every probe of a broken page)
-                log.error("health: %s failed: %s: %s", environ.get("PATH_INFO", ""), type(error).__name__,
-                          " ".join(str(error).split())[:400])
-                log.debug("health: %s failed", environ.get("PATH_INFO", ""), exc_info=True)
+            except Exception:  # noqa: BLE001 - a bug of one page: a 500 and one line (edge.logs.OneLineErrors; the
+                # traceback at -vv); the monitor and its alerts go on (exit 70 would restart it at every probe)
+                log.exception("health: %s failed", environ.get("PATH_INFO", ""))
                 status, content_type, body = _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "snapshot failed"})
         headers += [("Content-Type", content_type), ("Content-Length", str(len(body)))]
         start_response(f"{int(status)} {HTTPStatus(status).phrase}", headers)

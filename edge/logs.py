@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from edge.errors import mask_password
+from edge.errors import error_in_one_line
 
 # syslog priorities, as journald reads them from a "<N>" line prefix (sd-daemon(3))
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
@@ -55,10 +55,11 @@ class CurrentStderrHandler(logging.StreamHandler):
 
 
 class OneLineErrors(logging.Formatter):
-    """``formatter``'s lines, a record's exception in the same line (its type and message) instead of a traceback.
+    """``formatter``'s lines, a record's exception in the same line (``error_in_one_line``) instead of a traceback.
 
-    Libraries log their threads' errors with ``log.exception`` (waitress: "Exception while serving /live", for a
-    viewer's stream that failed): a traceback in the journal, many lines for one fault. -vv keeps the traceback."""
+    Every logged exception is told this way: cryedge's own (``log.exception``, ``exc_info=``), and the libraries'
+    errors of their threads (waitress: "Exception while serving /live", for a viewer's stream that failed), each a
+    traceback in the journal before, many lines for one fault. -vv keeps the traceback."""
 
     def __init__(self, formatter: logging.Formatter):
         super().__init__()
@@ -68,8 +69,7 @@ class OneLineErrors(logging.Formatter):
         if record.exc_info and record.exc_info[1] is not None:
             error = record.exc_info[1]
             record = logging.makeLogRecord(record.__dict__)  # a copy: other handlers see the record as it was
-            summary = mask_password(" ".join(str(error).split()))  # an error may quote a camera's URL
-            record.msg, record.args = f"{record.getMessage()}: {type(error).__name__}: {summary}", ()
+            record.msg, record.args = f"{record.getMessage()}: {error_in_one_line(error)}", ()
             record.exc_info = record.exc_text = None
         return self.formatter.format(record)
 

@@ -1045,11 +1045,10 @@ def make_publisher(config: Config, model: str, on_output_closed=None, on_fault=N
 
 def report_fault(on_fault, error: Exception) -> None:
     """An unexpected error (a bug) on a publisher's thread, which lives on to deliver what comes next (the end of
-    the episode the daemon then ends): to ``on_fault(thread name, error)``, or without one in one log line (its
-    traceback at debug level)."""
+    the episode the daemon then ends): to ``on_fault(thread name, error)``, or without one logged (one line below
+    -vv: edge.logs.OneLineErrors)."""
     thread = threading.current_thread().name
     if on_fault is not None:
         on_fault(thread, error)
         return
-    log.error("unexpected error in thread %s: %s: %s", thread, type(error).__name__, " ".join(str(error).split()))
-    log.debug("unexpected error in thread %s", thread, exc_info=error)
+    log.error("unexpected error in thread %s", thread, exc_info=error)

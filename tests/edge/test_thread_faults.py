@@ -28,7 +28,7 @@ DEMO = REPO / "edge" / "data" / "demo.mp4"  # synthetic: a photo animated, cryin
 # argv: MODULE:CLASS.METHOD WHEN cryedge-arguments...; the method raises the first time WHEN (a Python expression
 # of ``self``, ``args`` and ``calls``, the number of calls so far) is true
 FAULT = """
-import importlib, sys
+import importlib, os, sys
 from edge.cli import main
 
 target, when = sys.argv[1], sys.argv[2]
@@ -43,7 +43,7 @@ def failing(self, *args, **kwargs):
     calls += 1
     if not raised and eval(when):
         raised = True
-        raise RuntimeError(f"a fault in {qualified}\\nits cause, on a second line")
+        raise RuntimeError(os.environ.get("FAULT_MESSAGE") or f"a fault in {qualified}\\nits cause, on a second line")
     return original(self, *args, **kwargs)
 
 setattr(owner, method, failing)
@@ -54,6 +54,23 @@ sys.exit(main(sys.argv[3:]))
 def run_with_fault(target: str, when: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", FAULT, target, when, "run", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+# MediaPipe's way: a first line that says little, its cause on the next, then kilobytes; a camera's URL in it whose
+# password the 400-character cut falls inside (a cut made before masking would leave "rtsp://viewer:hunter2-th...")
+LONG_FAULT = ("CalculatorGraph::Run() failed in Run: \n" + "x" * 330
+              + " rtsp://viewer:hunter2-the-long-secret@cam.lan/live\n" + "y" * 5000)
+
+
+def assert_the_long_fault_is_one_masked_line(stderr: str, start: str) -> None:
+    """What the journal holds of LONG_FAULT: one line, masked, its message cut to at most 400 characters."""
+    assert "Traceback" not in stderr and "hunter2" not in stderr and "yyy" not in stderr, stderr
+    said = [line for line in stderr.splitlines() if "RuntimeError" in line or "xxx" in line]
+    assert len(said) == 1 and said[0].startswith(start), stderr
+    message = said[0].split(": RuntimeError: ", 1)[1]
+    masked = "CalculatorGraph::Run() failed in Run: " + "x" * 330 + " rtsp://viewer:********@"
+    assert message.startswith(masked), message
+    assert len(message) <= 400, len(message)
 
 
 def config_file(folder: Path) -> Path:
@@ -178,10 +195,21 @@ def test_the_daemon_watches_the_threads_only_while_it_is_open(tmp_path):
 # ----------------------------------------------------------------------------- threads that recover by design
 
 
-def test_a_health_page_that_fails_is_a_500_and_one_line_without_a_traceback(caplog):
+@pytest.fixture
+def logged(caplog):
+    """The lines cryedge's log (edge.logs.configure, below -vv: OneLineErrors) makes of what is logged, INFO and up."""
+    import logging
+
+    from edge.logs import OneLineErrors
+
+    caplog.handler.setFormatter(OneLineErrors(logging.Formatter("%(levelname)s %(name)s: %(message)s")))
+    caplog.set_level(logging.INFO)
+    return lambda: caplog.text.splitlines()
+
+
+def test_a_health_page_that_fails_is_a_500_and_one_line_without_a_traceback(logged):
     """A fault of one page must not stop the monitor (exit 70 would restart it at every probe); before, it was said
     with its traceback."""
-    import logging
     import urllib.error
     import urllib.request
 
@@ -190,18 +218,15 @@ def test_a_health_page_that_fails_is_a_500_and_one_line_without_a_traceback(capl
     def broken():
         raise RuntimeError("a fault of the page\nits cause")
 
-    caplog.set_level(logging.INFO)
     with HealthServer(broken, port=0) as server:
         with pytest.raises(urllib.error.HTTPError) as answer:
             urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=10)
     assert answer.value.code == 500
-    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert said == ["health: /health failed: RuntimeError: a fault of the page its cause"], said
-    assert "Traceback" not in caplog.text
+    said = [line for line in logged() if not line.startswith("INFO")]
+    assert said == ["ERROR edge.health: health: /health failed: RuntimeError: a fault of the page its cause"], said
 
 
-def test_a_snapshot_that_cannot_be_made_is_one_line_and_the_next_one_is_made(caplog):
-    import logging
+def test_a_snapshot_that_cannot_be_made_is_one_line_and_the_next_one_is_made(logged):
     import time
 
     import numpy as np
@@ -218,16 +243,70 @@ def test_a_snapshot_that_cannot_be_made_is_one_line_and_the_next_one_is_made(cap
             raise RuntimeError("a fault of the picture\nits cause")
         delivered.append(event.event_id)
 
-    caplog.set_level(logging.INFO)
     worker = SnapshotWorker(SnapshotConfig(enabled=True), deliver)
     frame = np.full((480, 640, 3), 90, np.uint8)
     for event_id in ("ep1", "ep2"):
         worker.offer(frame, None, AlarmEvent("start", event_id, t=1.0, wall_time=time.time(), probability=0.9))
     worker.close(timeout=10)
     assert delivered == [None, "ep2"]
-    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert said == ["snapshot of start ep1 failed: RuntimeError: a fault of the picture its cause"], said
-    assert "Traceback" not in caplog.text
+    said = [line for line in logged() if not line.startswith("INFO")]
+    assert said == ["ERROR edge.pictures: snapshot of start ep1 failed: RuntimeError: a fault of the picture its cause"], \
+        said
+
+
+def test_a_long_multi_line_snapshot_fault_with_a_password_is_one_masked_journal_line(mosquitto, tmp_path):
+    """`cryedge run` under systemd (its stderr the journal's stream, as $JOURNAL_STREAM says), the picture of the
+    demo's cry failing with LONG_FAULT. Before, the line was cut at 400 characters but never masked: the camera's
+    password went into the journal."""
+    config = config_file(tmp_path)
+    config.write_text(config.read_text() + "[snapshot]\nenabled = true\n")
+    with open(tmp_path / "journal", "w+") as journal:
+        st = os.fstat(journal.fileno())
+        env = {**os.environ, "PYTHONPATH": str(REPO), "FAULT_MESSAGE": LONG_FAULT,
+               "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        out = subprocess.run([sys.executable, "-c", FAULT, "edge.publish:MqttPublisher.publish_snapshot", "True", "run",
+                              "--fast", "--config", str(config), "--broker", f"mqtt://127.0.0.1:{mosquitto.port}"],
+                             stdout=subprocess.DEVNULL, stderr=journal, timeout=120, cwd=REPO, env=env)
+        journal.seek(0)
+        stderr = journal.read()
+    assert out.returncode == 0, stderr  # a picture that fails does not stop the monitor
+    assert_the_long_fault_is_one_masked_line(stderr, "<3>edge.pictures: snapshot of start ")
+
+
+def test_a_long_multi_line_health_page_fault_with_a_password_is_one_masked_line(tmp_path):
+    """`cryedge run` in a terminal's place (stderr a pipe), /health failing with LONG_FAULT while the demo plays:
+    a 500, and one line. Before, that line was not masked either."""
+    import signal
+    import time
+    import urllib.error
+    import urllib.request
+
+    from mqtt import free_port
+
+    port = free_port()
+    config = config_file(tmp_path)
+    config.write_text(config.read_text().replace("[health]\nenabled = false\n", f"[health]\nport = {port}\n"))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FAULT_MESSAGE": LONG_FAULT}
+    process = subprocess.Popen([sys.executable, "-c", FAULT, "edge.health:HealthApp.answer", "True", "run", "--config",
+                                str(config)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    status, deadline = None, time.monotonic() + 60
+    try:
+        while status is None and process.poll() is None and time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+                status = 200
+            except urllib.error.HTTPError as error:
+                status = error.code
+            except OSError:
+                time.sleep(0.2)  # not listening yet
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    assert status == 500 and process.returncode == 0, stderr
+    assert_the_long_fault_is_one_masked_line(stderr, "ERROR edge.health: health: /health failed: RuntimeError: ")
 
 
 @pytest.fixture
