@@ -29,7 +29,7 @@ from typing import Self
 
 import numpy as np
 
-from edge.errors import SourceError, ThreadFault
+from edge.errors import SourceError, ThreadFault, error_in_one_line
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +204,7 @@ class Pipeline:
         from edge.records import MODEL_ERROR, Score
 
         self._landmark_failures += 1
-        # MediaPipe's first line is often only 'CalculatorGraph::Run() failed in Run: ', the cause on the next ones
-        why = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+        why = error_in_one_line(error)  # also /health's reason and the status text: masked, one line
         if self._landmark_failures == 1:
             log.debug("landmarks: a frame dropped (%s)", why, exc_info=True)
             if self.landmarks_error is None:
