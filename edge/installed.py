@@ -12,6 +12,9 @@
   pip, a damaged card): pip, seeing its metadata, took it as installed;
 - records the lock in the venv (``RECORD_NAME``) with the command that installs it again.
 
+``python -m edge.installed --damaged cryedge`` says whether cryedge itself has files missing or cut short: install.sh
+then installs it again, which pip, given a wheel of the version installed, did not.
+
 ``cryedge run`` compares the venv with that record (:func:`drift`) and says in one line what changed since:
 a pinned package at another version (``pip install`` of something else moved numpy, which apt's picamera2
 is built against) or missing, a distribution over a pinned one's module, or, in a checkout, a lock that
@@ -123,27 +126,48 @@ def strangers(pins: dict[str, str], prefix: Path) -> dict[str, tuple[str, set[st
     return found
 
 
+def missing_or_cut_short(distribution: metadata.Distribution) -> int:
+    """How many files of a distribution's RECORD are missing, or of another size than RECORD gives.
+
+    Files outside the venv's site-packages (``bin/`` scripts, which install.sh --root rewrites) are only checked for
+    being there, and those RECORD gives no size (compiled ``.pyc``) not at all."""
+    count = 0
+    for entry in distribution.files or ():
+        outside = entry.parts[0] == ".."
+        if entry.size is None and not outside:
+            continue
+        try:
+            size: int | None = Path(entry.locate()).stat().st_size
+        except OSError:
+            size = None
+        if size is None or (not outside and size != entry.size):
+            count += 1
+    return count
+
+
 def damaged(pins: dict[str, str], prefix: Path) -> dict[str, int]:
-    """Pinned distributions in the venv with files of their RECORD missing or of another size: name -> how many.
+    """Pinned distributions in the venv with files of their RECORD missing or cut short: name -> how many.
 
     pip takes a distribution whose metadata is there as installed, so ``pip install -r lock`` left a half-finished
-    one (power cut, full card) as it was. Files outside the venv's site-packages (``bin/`` scripts, which install.sh
-    --root rewrites) and those RECORD gives no size (compiled ``.pyc``) are not compared. ~1 s for 33,000 files."""
+    one (power cut, full card) as it was. ~1 s for 33,000 files."""
     found = {}
     for name, distribution in _venv_distributions(prefix).items():
-        if name not in pins:
-            continue
-        count = 0
-        for entry in distribution.files or ():
-            if entry.size is None or entry.parts[0] == "..":
-                continue
-            try:
-                count += Path(entry.locate()).stat().st_size != entry.size
-            except OSError:
-                count += 1
-        if count:
+        if name in pins and (count := missing_or_cut_short(distribution)):
             found[name] = count
     return found
+
+
+def why_damaged(name: str, prefix: Path | None = None) -> str | None:
+    """Why the distribution ``name`` in the venv at ``prefix`` (this one) needs installing again, or None (also when
+    it is not installed). install.sh asks it of cryedge itself: pip takes a wheel, or ``cryedge==X`` from an index,
+    of the version installed as installed, and left cryedge's own missing files missing."""
+    distribution = _venv_distributions(Path(sys.prefix) if prefix is None else prefix).get(canonical(name))
+    count = missing_or_cut_short(distribution) if distribution is not None else 0
+    return _damage(count) if count else None
+
+
+def _damage(count: int) -> str:
+    return f"{count} of its files are missing or cut short (a half-finished pip, a damaged card?)"
 
 
 def _version(name: str) -> str | None:
@@ -282,8 +306,7 @@ def sync(lock: Path, name: str, again: str, prefix: Path | None = None, pip_args
     overwritten = {owner for owner, _ in found.values()}
     broken = {n: count for n, count in damaged(pins, prefix).items() if n not in overwritten}
     for distribution, count in sorted(broken.items()):
-        said.append(f"installing {distribution} again from {name}: {count} of its files are missing or cut short "
-                    "(a half-finished pip, a damaged card?)")
+        said.append(f"installing {distribution} again from {name}: {_damage(count)}")
     for line in said:
         print(f"install: {line}", file=sys.stderr)
     if stale or found:
@@ -330,7 +353,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pip-arg", action="append", default=[], help="for pip install (repeatable)")
     parser.add_argument("--made-by-another-python", type=Path, metavar="VENV",
                         help="only say why VENV cannot be used with this Python (exit 0), or nothing (exit 1)")
+    parser.add_argument("--damaged", metavar="NAME",
+                        help="only say why this venv's NAME needs installing again (exit 0), or nothing (exit 1)")
     args = parser.parse_args(argv)
+    if args.damaged is not None:
+        why = why_damaged(args.damaged)
+        if why is not None:
+            print(why)
+        return 0 if why is not None else 1
     if args.made_by_another_python is not None:
         why = made_by_another_python(args.made_by_another_python)
         if why is not None:

@@ -113,6 +113,18 @@ venv_made_by_another_python() {
     PYTHONPATH="$SOURCE" "$PYTHON" -m edge.installed --made-by-another-python "$VENV_DIR"
 }
 
+# pip takes a wheel, or cryedge==X from an index, of the version the venv holds as installed ("already installed
+# with the same version"), whatever of cryedge's own files a half-finished pip or a damaged card took: this install,
+# the repair cryedge-start names, left the venv as broken as it found it. Files missing or cut short (pip's RECORD,
+# edge.installed) are installed again, cryedge alone; ARGs go to that pip install (--no-build-isolation).
+install_package_again_if_damaged() {  # install_package_again_if_damaged [ARG]...
+    local why
+    why=$(PYTHONPATH="$SOURCE" "$VENV_DIR/bin/python" -m edge.installed --damaged cryedge) || return 0
+    log "installing cryedge again from $PACKAGE: $why"
+    "$VENV_DIR/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$@" \
+        ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "$PACKAGE"
+}
+
 install_venv() {
     local why
     if why=$(venv_made_by_another_python); then
@@ -131,6 +143,7 @@ install_venv() {
         "${pip[@]}" --require-hashes ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} -r "$LOCK"
         log "pip install --no-deps $PACKAGE"
         "${pip[@]}" --upgrade --no-deps --no-build-isolation ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "$PACKAGE"
+        install_package_again_if_damaged --no-build-isolation
         # what an earlier lock pinned and this one does not, and a package no lock pins that wrote over a
         # pinned one's module, out; the lock recorded in the venv, which `cryedge run` compares with it
         local name="$LOCK"
@@ -142,6 +155,7 @@ install_venv() {
     else
         log "pip install $PACKAGE"
         "${pip[@]}" --upgrade ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "$PACKAGE"
+        install_package_again_if_damaged
         rm -f "$VENV_DIR/cryedge-lock.txt"  # unpinned now: nothing to compare with
     fi
     if [ -n "$ROOT" ]; then

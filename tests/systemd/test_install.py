@@ -302,6 +302,52 @@ def test_a_venv_an_os_upgrade_left_is_made_again_and_filled_from_the_lock(tmp_pa
     assert not (venv / "lib" / f"python{OLD}").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs the system python3")
+@pytest.mark.parametrize("locked", [True, False], ids=["lock", "no-lock"])
+def test_install_run_again_with_the_same_wheel_mends_cryedge_itself(tmp_path, wheel, locked):
+    """A half-finished pip or a damaged card took cryedge's own files from the service's venv, and its script: the
+    unit's start check says so and names install.sh as the repair. install.sh with the same wheel (--package, as
+    a Pi without a build gets it) ran pip, which took cryedge 0.1.0 as installed ("already installed with the
+    same version as the provided wheel") and left the venv as broken; the unit failed again. Now it says so in one
+    line and installs cryedge again, and run once more has nothing to mend. A real venv, offline."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_setup import make_wheel, write_lock
+
+    clean = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME")}
+    root = tmp_path / "root"
+    root.mkdir()
+    args = ["--root", root, "--package", wheel, "--pip-arg", "--no-index", "--no-models", "--no-enable"]
+    if locked:
+        wheels = tmp_path / "wheels"
+        wheels.mkdir()
+        alpha = make_wheel(wheels, "alpha", "1.0", {"alpha/__init__.py": ""})
+        args += ["--lock", write_lock(tmp_path / "lock.txt", alpha), "--pip-arg", f"--find-links={wheels}"]
+    else:
+        args += ["--no-lock", "--pip-arg", "--no-deps"]
+    install(*args, env=clean)
+    venv = inside(root, "/opt/cryedge/venv")
+    site = next(venv.glob("lib/python*/site-packages"))
+    record = (site / "cryedge-0.1.0.dist-info/RECORD").read_text().splitlines()
+    taken = sum(1 for line in record if line.startswith("edge/") and line.split(",")[2]) + 1  # and the script
+    shutil.rmtree(site / "edge")
+    (venv / "bin/cryedge").unlink()
+    start = [str(inside(root, "/opt/cryedge/libexec/cryedge-start")), str(venv / "bin/python"), "-c",
+             "import edge; print(edge.__file__)"]
+    broken = subprocess.run(start, capture_output=True, text=True, timeout=120, env=clean, cwd="/")
+    assert broken.returncode == 8 and "cryedge does not import: ModuleNotFoundError: No module named 'edge'. " \
+        "Repair it with: sudo " in broken.stderr, broken.stderr
+
+    repair = install(*args, env=clean)
+    started = subprocess.run(start, capture_output=True, text=True, timeout=120, env=clean, cwd="/")
+    assert (started.returncode, started.stdout, started.stderr) == (0, f"{site}/edge/__init__.py\n", "")
+    mended = [line for line in repair.stderr.splitlines() if "installing" in line]
+    assert mended == [f"install: installing cryedge again from {wheel}: {taken} of its files are missing or cut "
+                      "short (a half-finished pip, a damaged card?)"], repair.stderr
+    assert (venv / "bin/cryedge").read_text().splitlines()[0] == "#!/opt/cryedge/venv/bin/python"
+    assert "installing" not in install(*args, env=clean).stderr  # mended: nothing more to say
+
+
 def test_a_unit_installed_without_its_program_is_said_to_be(tmp_path):
     """--no-venv with no venv there: the unit's ExecStart does not exist, and the service would fail at every start
     (203/EXEC, every RestartSec, for ever) after an install that said "done". It says so, in one line."""
