@@ -216,7 +216,7 @@ def test_setup_and_its_helpers_pass_shellcheck():
 # found through PIP_FIND_LINKS, and lock files naming them with their sha256, as requirements/refresh.sh writes.
 
 
-def make_wheel(folder: Path, name: str, version: str, files: dict[str, str]) -> Path:
+def make_wheel(folder: Path, name: str, version: str, files: dict[str, str | bytes]) -> Path:
     import base64
     import hashlib
     import zipfile
@@ -225,8 +225,9 @@ def make_wheel(folder: Path, name: str, version: str, files: dict[str, str]) -> 
     entries = {**files,
                f"{stem}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
                f"{stem}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    record = [f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=').decode()},"
-              f"{len(text.encode())}" for path, text in entries.items()]
+    data = {path: text if isinstance(text, bytes) else text.encode() for path, text in entries.items()}
+    record = [f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data[path]).digest()).rstrip(b'=').decode()},"
+              f"{len(data[path])}" for path in entries]
     entries[f"{stem}.dist-info/RECORD"] = "\n".join([*record, f"{stem}.dist-info/RECORD,,"]) + "\n"
     wheel = folder / f"{stem}-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
@@ -369,3 +370,28 @@ def test_setup_run_again_mends_a_pinned_package_a_half_finished_pip_left(tmp_pat
     assert (made_by(real_venv, "alpha"), made_by(real_venv, "beta")) == ("alpha 2.0", "beta 1.0")
     # mended: nothing more to say
     assert setup_function(f'install_lock "{real_venv}" "{lock}" "./setup.sh"', **env).stderr == ""
+
+
+def test_a_compiled_file_a_wheel_ships_is_not_damage_when_python_writes_it_again(tmp_path, real_venv):
+    """numpy 1.26.4's wheel ships numpy/distutils/__pycache__/conv_template.cpython-311.pyc with its size in RECORD;
+    pip's compiling at install (and install.sh's compileall, for the image) writes it again for the path it lives
+    at, another size. setup.sh and install.sh took that as a file cut short: "installing numpy again" at every run."""
+    import py_compile
+
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    source = tmp_path / "build-of-the-wheel" / "delta" / "template.py"
+    source.parent.mkdir(parents=True)
+    source.write_text('MADE_BY = "delta 1.0"\n')
+    compiled = Path(py_compile.compile(str(source), cfile=str(tmp_path / "template.pyc"))).read_bytes()
+    shipped = f"delta/__pycache__/template.{sys.implementation.cache_tag}.pyc"
+    wheel = make_wheel(folder, "delta", "1.0", {"delta/__init__.py": "", "delta/template.py": source.read_text(),
+                                                shipped: compiled})
+    env = offline(folder)
+    lock = write_lock(tmp_path / "lock.txt", wheel)
+    for _ in range(2):
+        result = setup_function(f'install_lock "{real_venv}" "{lock}" "./setup.sh"', **env)
+        assert (result.returncode, result.stderr) == (0, "")
+    site = next(real_venv.glob("lib/python*/site-packages"))
+    assert (site / shipped).stat().st_size != len(compiled)  # written again, for the path it is at
+    assert made_by(real_venv, "delta.template") == "delta 1.0"
