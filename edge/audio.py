@@ -609,15 +609,12 @@ def sound_backend_factory(config) -> tuple[Callable[[int], object], bool]:
                       "read; set [audio.source] type = \"alsa\" for a microphone")
 
 
-DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
-
-
 def same_stream(url: str, other: str) -> bool:
     """Whether two stream URLs name the same stream, whatever their user info, the letter case of scheme and
     host, a default port said or not, or a trailing slash."""
     from urllib.parse import urlsplit
 
-    from edge.config import split_userinfo
+    from edge.config import DEFAULT_PORTS, split_userinfo
 
     def identity(text: str) -> tuple:
         scheme, _, rest = split_userinfo(text)

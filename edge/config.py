@@ -108,6 +108,9 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}  # a stream URL's port when it names none
+
+
 def split_userinfo(url: str) -> tuple[str, str | None, str]:
     """``(scheme, user info or None, the rest)`` of ``scheme://[userinfo@]rest``, split as FFmpeg splits it.
 

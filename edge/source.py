@@ -45,6 +45,10 @@ from edge.records import Frame
 log = logging.getLogger(__name__)
 
 FFMPEG_OPTIONS_VARIABLE = "OPENCV_FFMPEG_CAPTURE_OPTIONS"  # set for rtsp:// sources from [source] transport
+# OpenCV sets FFmpeg's log level from this variable when its FFmpeg backend first opens something (OpenCV 5 reads it
+# that once; 4.x at each open); -8 is AV_LOG_QUIET. OPENCV_FFMPEG_DEBUG set, or a level of the user's own, is kept.
+FFMPEG_LOG_VARIABLES = ("OPENCV_FFMPEG_LOGLEVEL", "OPENCV_FFMPEG_DEBUG")
+FFMPEG_QUIET_LEVEL = "-8"
 
 
 def opencv_name(path: Path | str) -> str:
@@ -205,6 +209,10 @@ class OpenCVSource:
 
         rtsp = self.uri.lower().startswith("rtsp")
         if self.kind == "stream":
+            # FFmpeg wrote its own 'Connection ... failed: Connection refused' line at every reopen of a camera that
+            # is down, beside the one line the supervisor says for the whole outage (with the reason: stream_unreachable)
+            if not any(name in os.environ for name in FFMPEG_LOG_VARIABLES):
+                os.environ[FFMPEG_LOG_VARIABLES[0]] = FFMPEG_QUIET_LEVEL
             if rtsp:
                 # OpenCV takes FFmpeg's demuxer options only from this variable, read at each open.
                 os.environ[FFMPEG_OPTIONS_VARIABLE] = f"rtsp_transport;{self.rtsp_transport}"
@@ -219,6 +227,9 @@ class OpenCVSource:
             backend = cv2.CAP_V4L2 if camera and sys.platform.startswith("linux") else cv2.CAP_ANY
             capture = cv2.VideoCapture(int(self.uri) if self.uri.isdigit() else self.uri, backend)
         if not capture.isOpened():
+            unreachable = stream_unreachable(self.uri, min(2.0, self.timeout_seconds)) if self.kind == "stream" else None
+            if unreachable:
+                raise SourceError(f"cannot open {self.kind} {self.shown}: {unreachable}")
             hint = ""
             if rtsp:
                 other = "udp" if self.rtsp_transport == "tcp" else "tcp"
@@ -265,6 +276,38 @@ class OpenCVSource:
         if self._capture is not None:
             self._capture.release()
         self._capture = self._thread = None
+
+
+def stream_unreachable(url: str, timeout: float) -> str | None:
+    """Why nothing answers at a stream URL's host and port ("connection refused at HOST:PORT", the host not found, no
+    answer within ``timeout``), or None when something does (then the stream, its path or its access is wrong).
+
+    What FFmpeg said of it (its own log is quiet for streams: OpenCVSource.open), said in the source's one line."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from edge.config import DEFAULT_PORTS, split_userinfo
+
+    scheme, _, rest = split_userinfo(url)
+    try:
+        parts = urlsplit(f"{scheme.lower()}://{rest}")
+        host, port = parts.hostname, parts.port or DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:  # a port that is no number: FFmpeg's own failure to say
+        return None
+    if not host or not port:
+        return None
+    where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except socket.gaierror:
+        return f"host {host} not found"
+    except ConnectionRefusedError:
+        return f"connection refused at {where} (the camera is off, or serves no stream on that port)"
+    except TimeoutError:
+        return f"no answer from {where} within {timeout:g} s"
+    except OSError as error:
+        return f"cannot reach {where}: {error.strerror or error}"
 
 
 class FfmpegStreamSource:

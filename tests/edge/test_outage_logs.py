@@ -7,12 +7,16 @@ stopped) through the bundled audio model, and an MJPEG camera (tests/streams.py)
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import numpy as np
+import pytest
 from test_audio_only import HttpMicrophone
 
 from edge.config import load_config
+
+SECRET = "the-camera's-password"
 
 
 def wait_for(predicate, seconds: float) -> bool:
@@ -113,3 +117,49 @@ def test_an_outage_says_each_error_once_whatever_pipe_ffmpeg_got_the_url_on_and_
     seconds, reopens = outage.over(reconnects=4)
     assert reopens == 4 and 0 <= seconds < 5 and not outage.ongoing
     assert outage.failed("cam: pipe:3: Connection refused", reconnects=4)  # a new outage says it again
+
+
+@pytest.mark.parametrize("scheme", ["rtsp", "http"])
+def test_a_network_camera_that_refuses_is_one_line_of_ours_not_ffmpegs_at_every_reopen(tmp_path, scheme):
+    """`cryedge run` on a port that refuses: FFmpeg (inside OpenCV) wrote '[tcp @ 0x...] Connection to tcp://...
+    failed: Connection refused' at every reopen, for as long as the camera was down, beside our one line. Now the
+    journal has our line once, and it says what FFmpeg said: refused."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from mqtt import free_port
+
+    port, health_port = free_port(), free_port()
+    url = f"{scheme}://viewer:{SECRET}@127.0.0.1:{port}/cam"
+    config = tmp_path / "cryedge.toml"
+    config.write_text(f"[source]\nreopen_min_seconds = 0.1\nreopen_max_seconds = 0.2\n[health]\nport = {health_port}\n"
+                      f'[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\n')
+    process = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config), "--source", url],
+                               cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+
+    def reopens() -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/stats", timeout=2) as answer:
+                return json.loads(answer.read())["source_reconnects"]
+        except OSError:
+            return 0
+
+    try:
+        assert wait_for(lambda: reopens() >= 6, 60), "the daemon did not reopen the camera"
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    lines = [line for line in err.splitlines() if line.strip()]
+    ffmpeg = [line for line in lines if re.match(r"\[[\w,]+ @ 0x[0-9a-f]+\]", line) or "Connection to tcp" in line]
+    assert ffmpeg == [], err
+    shown = f"{scheme}://viewer:********@127.0.0.1:{port}/cam"
+    ours = [line for line in lines if "cannot open stream" in line]
+    assert ours == [f"WARNING edge.source: cannot open stream {shown}: connection refused at 127.0.0.1:{port} (the "
+                    "camera is off, or serves no stream on that port); will keep trying"], err
+    assert len(lines) <= 8 and SECRET not in err, err  # the model, the password warning, running, stopping

@@ -503,8 +503,9 @@ def test_a_camera_that_cannot_be_opened_is_logged_with_the_password_masked(tmp_p
         finally:
             process.kill()
     stderr = "".join(lines) + err
-    assert f"cannot open stream http://viewer:********@127.0.0.1:{port}/stream.mjpg: no such camera or stream, " \
-           "or no access; will keep trying" in stderr
+    why = ("no such camera or stream, or no access" if wrong == "the camera refuses it" else
+           f"connection refused at 127.0.0.1:{port} (the camera is off, or serves no stream on that port)")
+    assert f"cannot open stream http://viewer:********@127.0.0.1:{port}/stream.mjpg: {why}; will keep trying" in stderr
     assert SECRET not in stderr + out and "Traceback" not in stderr
 
 
@@ -600,3 +601,21 @@ def test_a_usb_camera_that_is_gone_fills_the_journal_with_its_own_lines_only(tmp
     assert daemon.returncode == 0, stderr
     assert f"cannot open device {device}: no such camera" in stderr
     assert [line for line in stderr.splitlines() if not line.startswith(("INFO edge.", "WARNING edge."))] == []
+
+
+def test_a_stream_that_cannot_be_opened_is_told_refused_from_one_that_answers():
+    """What FFmpeg's own line said (now quiet: OpenCVSource.open), said in ours; an answer leaves it to the stream."""
+    import socket
+
+    from mqtt import free_port
+
+    from edge.source import stream_unreachable
+
+    port = free_port()
+    assert stream_unreachable(f"rtsp://user:pw@127.0.0.1:{port}/cam", 1.0) == (
+        f"connection refused at 127.0.0.1:{port} (the camera is off, or serves no stream on that port)")
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        assert stream_unreachable(f"http://127.0.0.1:{listening.getsockname()[1]}/x", 1.0) is None
+    assert stream_unreachable("http://127.0.0.1:notaport/x", 1.0) is None  # FFmpeg's failure to say
