@@ -54,6 +54,21 @@ install_lock() {  # install_lock VENV LOCK AGAIN (the command that runs this aga
     PYTHONPATH=$PWD "$1/bin/python" -m edge.installed --lock "$2" --again "$3"
 }
 
+# The converter's tests check that converted models also load in tflite-runtime 2.14, the runtime older Pi images
+# have; it needs numpy < 2, so it lives in a venv of its own, kept to its lock as .venv is to its (install_lock: what an
+# older lock pinned taken out, damaged packages mended, the lock recorded). It was only `pip install -r`: what a new
+# lock dropped stayed, and tests/convert/test_tflite_runtime.py ran whatever venv it found; it calls this too.
+tflite_runtime_venv() {  # tflite_runtime_venv DIR PYTHON [LOCK]
+    local venv=$1 python=$2 lock=${3:-requirements/tflite-runtime.txt} why
+    if why=$(venv_made_by_another_python "$venv" "$python"); then
+        say "making $venv again: $why"
+        "$python" -m venv --clear "$venv"
+    elif [ ! -x "$venv/bin/python" ]; then
+        "$python" -m venv "$venv"
+    fi
+    install_lock "$venv" "$lock" ./setup.sh
+}
+
 # tests/test_setup.py sources this file for the functions above
 [ -n "${CRYEDGE_SETUP_FUNCTIONS_ONLY:-}" ] && return 0
 
@@ -91,15 +106,5 @@ make_venv .venv "$python"
 install_lock .venv "$lock" "./setup.sh$([ "$runtime" -eq 0 ] || echo ' --runtime')"
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 .venv/bin/cryedge models fetch
-
-# The converter's tests check that converted models also load in tflite-runtime 2.14, the runtime
-# older Pi images have; it needs numpy < 2, so it lives in a venv of its own.
-if [ "$runtime" -eq 0 ]; then
-    if why=$(venv_made_by_another_python .venv-tflite-runtime "$python"); then
-        say "making .venv-tflite-runtime again: $why"
-        "$python" -m venv --clear .venv-tflite-runtime
-    elif [ ! -x .venv-tflite-runtime/bin/python ]; then
-        "$python" -m venv .venv-tflite-runtime
-    fi
-    .venv-tflite-runtime/bin/python -m pip install -q --require-hashes -r requirements/tflite-runtime.txt
-fi
+# the converter's tests' tflite-runtime 2.14, in a venv of its own (tflite_runtime_venv)
+if [ "$runtime" -eq 0 ]; then tflite_runtime_venv .venv-tflite-runtime "$python"; fi

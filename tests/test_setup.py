@@ -395,3 +395,27 @@ def test_a_compiled_file_a_wheel_ships_is_not_damage_when_python_writes_it_again
     site = next(real_venv.glob("lib/python*/site-packages"))
     assert (site / shipped).stat().st_size != len(compiled)  # written again, for the path it is at
     assert made_by(real_venv, "delta.template") == "delta 1.0"
+
+
+def test_setup_takes_the_tflite_runtime_venv_to_a_changed_lock_and_records_it(tmp_path, offline_index):
+    """.venv-tflite-runtime (the converter's tests' tflite-runtime 2.14) got only `pip install -r` of its lock: beta,
+    which the new lock dropped, stayed at its old version for ever, nothing recorded what the venv was installed
+    from, and the tests ran it as they found it. Now setup.sh keeps it to its lock as it keeps .venv: what the old
+    lock pinned and the new one does not goes, saying so, and the venv records the lock it holds."""
+    folder, wheels = offline_index
+    env = offline(folder)
+    venv = tmp_path / ".venv-tflite-runtime"
+    first = write_lock(tmp_path / "first.txt", wheels["alpha-1.0"], wheels["beta-1.0"])
+    result = setup_function(f'tflite_runtime_venv "{venv}" "{sys.executable}" "{first}"', **env)
+    assert result.returncode == 0, result.stderr
+    assert (made_by(venv, "alpha"), made_by(venv, "beta")) == ("alpha 1.0", "beta 1.0")
+
+    second = write_lock(tmp_path / "second.txt", wheels["alpha-2.0"])
+    result = setup_function(f'tflite_runtime_venv "{venv}" "{sys.executable}" "{second}"', **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == f"install: removing what {first} pinned and {second} does not: beta\n"
+    assert made_by(venv, "alpha") == "alpha 2.0"
+    assert in_venv(venv, "import importlib.util; print(importlib.util.find_spec('beta'))") == "None"
+    record = (venv / "cryedge-lock.txt").read_text()
+    assert f"# lock: {second}\n# again: ./setup.sh\n" in record and record.endswith(second.read_text())
+    assert drift_line(venv) is None

@@ -1,14 +1,15 @@
 """Converted models load and run in tflite-runtime 2.14 (the older runtime on many Pis), as in LiteRT.
 
 tflite-runtime 2.14 needs numpy < 2, so it lives in a venv of its own: ``.venv-tflite-runtime`` in
-the repository root, made here when missing (CI can make it beforehand:
-``python3.11 -m venv .venv-tflite-runtime && .venv-tflite-runtime/bin/pip install tflite-runtime==2.14.0 'numpy<2'``).
-The runs there are a subprocess; outputs are compared with ai-edge-litert's on the same inputs.
+the repository root, as ``setup.sh`` makes it from ``requirements/tflite-runtime.txt`` (its ``tflite_runtime_venv``,
+which these tests run too: made when missing, taken to the lock when it changed). The runs there are a subprocess;
+outputs are compared with ai-edge-litert's on the same inputs.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,12 +68,13 @@ print(json.dumps(results))
 
 @pytest.fixture(scope="module")
 def tflite_runtime_python() -> Path:
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=120)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "tflite-runtime==2.14.0", "numpy<2"], check=True,
-                       timeout=600)
-    return python
+    """The venv's Python, the venv as setup.sh keeps it: a venv made before a lock change ran the old versions here
+    (it was made once, unpinned, and then used as found)."""
+    result = subprocess.run(["bash", "-c", f'source setup.sh && tflite_runtime_venv "{VENV}" "{sys.executable}"'],
+                            cwd=REPO, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "CRYEDGE_SETUP_FUNCTIONS_ONLY": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return VENV / "bin" / "python"
 
 
 CASES = [(name, scheme) for name in ("conv1d", "dense-lstm", "emotion-cnn") for scheme in ("float32", "float16", "int8")]
