@@ -643,7 +643,7 @@ class MqttConfig(Section):
     discovery_prefix: TopicPrefix = "homeassistant"
     keepalive: int = Field(default=30, ge=5, le=3600)
     qos: Literal[1, 2] = 1  # for events; state and availability use 1
-    connect_timeout: float = Field(default=10.0, gt=0, le=300)  # wait at start for the broker's answer
+    connect_timeout: float = Field(default=10.0, gt=0, le=300)  # TCP and TLS of each attempt (in the background)
     reconnect_min_seconds: float = Field(default=1.0, gt=0, le=HOUR)
     reconnect_max_seconds: float = Field(default=30.0, gt=0, le=HOUR)
     state_interval: float = Field(default=5.0, ge=0, le=HOUR)  # probability updates at most this often

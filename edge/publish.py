@@ -22,10 +22,12 @@ put notices on the same queue. So everything the publisher does happens in one o
 error on either thread (a bug) is handed to ``on_fault`` (the daemon stops on it) and the thread goes on: it is
 the one that delivers the end of the episode the daemon then ends.
 
-Broker at start: a refusal (bad credentials, not authorized) or a TLS failure is fatal
-(``BrokerError``): retrying cannot fix it. A broker that cannot be reached (connection refused, no
-route, name not resolved) is not: a Pi may boot before its broker. The publisher then retries with
-back-off and keeps events in the outbox, exactly as when the broker goes away later.
+Broker at start: a refusal (bad credentials, not authorized) or a TLS failure in the broker's first answer is
+fatal (``BrokerError``): retrying cannot fix it. A broker that cannot be reached (connection refused, no route,
+name not resolved) is not: a Pi may boot before its broker. Nor is one that has not answered within
+``FIRST_ANSWER_SECONDS``: a black-holed host (SYN dropped, or TCP accepted and no CONNACK) must not hold up
+monitoring. The publisher then retries with back-off in paho's thread and keeps events in the outbox, exactly as
+when the broker goes away later; a refusal or TLS failure from then on is said once in the log and retried.
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ STATUS_HOLD = 5.0
 EVENT_TYPES = {"start": "cry_start", "end": "cry_end"}
 # refusals that a retry may cure; any other refusal at start is fatal
 TRANSIENT_REFUSALS = {"Server unavailable", "Server busy", "Quota exceeded", "Connection rate exceeded"}
+# start() waits this long (seconds) for the broker's first answer, so that a wrong password or certificate stops
+# `cryedge run` in one line before monitoring starts; a broker that answers at all answers a CONNECT in milliseconds.
+# It waited mqtt.connect_timeout (10 s) for a black-holed one, and judged no frame or sound meanwhile.
+FIRST_ANSWER_SECONDS = 1.0
 
 
 # ----------------------------------------------------------------------------- the contract
@@ -377,6 +383,27 @@ def _paho_logger() -> logging.Logger:
     return logger
 
 
+def _client_class():
+    """``bounded_client_class()`` that hands why an attempt to connect failed to ``on_connect_failure(error)``.
+
+    paho makes the attempts in its own thread and keeps the error to itself (its ``on_connect_fail`` gets none),
+    yet a TLS failure in the first answer is fatal and one later is said in the log.
+    """
+
+    class Client(bounded_client_class()):
+        on_connect_failure = None
+
+        def reconnect(self):
+            try:
+                return super().reconnect()
+            except OSError as error:
+                if self.on_connect_failure is not None:
+                    self.on_connect_failure(error)
+                raise
+
+    return Client
+
+
 def _json(payload: Mapping) -> str:
     return json.dumps(payload, separators=(",", ":"))
 
@@ -568,6 +595,7 @@ class MqttPublisher:
         self._outbox: Outbox | None = None
         self._first_answer = threading.Event()
         self._refusal: str | None = None
+        self._first_failure: OSError | None = None  # why the first attempt failed (TLS, unreachable), if it did
         self._refusal_said: str | None = None  # the refusal the log last said (publisher thread)
         self._retrying = False  # start() returned: a refusal from now on is retried, not fatal (BrokerError)
         self._connected_once = False
@@ -624,7 +652,7 @@ class MqttPublisher:
         mqtt = self.mqtt
         protocol = paho.MQTTv5 if mqtt.protocol == "5" else paho.MQTTv311
         # a huge message on homeassistant/status is dropped as it arrives, not read whole (edge.inbound_limit)
-        client = bounded_client_class()(CallbackAPIVersion.VERSION2, client_id=mqtt.client_id or "", protocol=protocol)
+        client = _client_class()(CallbackAPIVersion.VERSION2, client_id=mqtt.client_id or "", protocol=protocol)
         properties = None
         if protocol == paho.MQTTv5:  # ... and with MQTT 5 the broker does not even send it
             from paho.mqtt.packettypes import PacketTypes
@@ -654,7 +682,8 @@ class MqttPublisher:
         client.on_disconnect = self._reporting(self._on_disconnect)
         client.on_publish = self._reporting(self._on_publish)
         client.on_message = self._reporting(self._on_message)
-        client.connect_timeout = mqtt.connect_timeout  # TCP and TLS; a black-holed host must not hang start
+        client.connect_timeout = mqtt.connect_timeout  # TCP and TLS of each attempt, made in paho's thread
+        client.on_connect_failure = self._reporting(self._on_connect_failure)
         self._client = client
 
         # where an outbox on a card gone read-only notes what it delivered, so that a restart does not send it again
@@ -666,28 +695,26 @@ class MqttPublisher:
             log.info("%d undelivered events in the outbox %s", self.outbox_depth, self._outbox.path)
         self._thread = threading.Thread(target=self._run, name="cryedge-publisher", daemon=True)
         self._thread.start()
-        try:
-            client.connect(mqtt.host, mqtt.effective_port, keepalive=mqtt.keepalive, properties=properties)
-        except ssl.SSLError as error:
-            self._stop_thread()
-            raise BrokerError(f"{self.where}: TLS handshake failed: {error}") from None
-        except OSError as error:
-            log.warning("%s unreachable (%s); retrying in the background, events go to the outbox",
-                        self.where, error.strerror or error)
-            client.connect_async(mqtt.host, mqtt.effective_port, keepalive=mqtt.keepalive, properties=properties)
-            self._retrying = True
-            client.loop_start()
-            return
+        # every attempt, the first too, is made in paho's thread: here a black-holed host held start() for
+        # connect_timeout, and monitoring with it
+        client.connect_async(mqtt.host, mqtt.effective_port, keepalive=mqtt.keepalive, properties=properties)
         client.loop_start()
-        if not self._first_answer.wait(mqtt.connect_timeout):
-            log.warning("%s has not answered in %.0f s; retrying in the background", self.where, mqtt.connect_timeout)
+        if not self._first_answer.wait(FIRST_ANSWER_SECONDS):
             self._retrying = True
+            log.warning("%s has not answered in %.0f s; monitoring goes on, events go to the outbox, connecting in "
+                        "the background", self.where, FIRST_ANSWER_SECONDS)
             return
-        if self._refusal is not None and self._refusal not in TRANSIENT_REFUSALS:
+        failure = self._first_failure
+        if isinstance(failure, ssl.SSLError) or (self._refusal is not None and self._refusal not in TRANSIENT_REFUSALS):
             client.loop_stop()
             self._stop_thread()
+            if failure is not None:
+                raise BrokerError(f"{self.where}: TLS handshake failed: {failure}")
             raise BrokerError(f"{self.where} refused the connection: {self._refusal}{self._refusal_hint()}")
         self._retrying = True
+        if failure is not None:
+            log.warning("%s unreachable (%s); retrying in the background, events go to the outbox",
+                        self.where, failure.strerror or failure)
 
     def _end_episodes_left_open(self) -> None:
         """An ON must be followed by an OFF: end the episodes a previous run started and never ended."""
@@ -756,6 +783,13 @@ class MqttPublisher:
             self._refusal = None
             self._queue.put(("connected", None))
         self._first_answer.set()
+
+    def _on_connect_failure(self, error: OSError) -> None:
+        if not self._first_answer.is_set():
+            self._first_failure = error
+            self._first_answer.set()
+        if isinstance(error, ssl.SSLError):  # once start() has returned, said once and retried as a refusal is
+            self._queue.put(("refused", f"TLS handshake failed: {error}"))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
         self._queue.put(("disconnected", str(reason_code)))
@@ -969,7 +1003,8 @@ class MqttPublisher:
         self.connected = False
         if self._retrying and reason != self._refusal_said:  # before, start() says it (BrokerError) or retries
             self._refusal_said = reason
-            log.error("%s refused the connection: %s%s; retrying", self.where, reason, self._refusal_hint(reason))
+            said = f": {reason}" if reason.startswith("TLS ") else f" refused the connection: {reason}"
+            log.error("%s%s%s; retrying", self.where, said, self._refusal_hint(reason))
 
     def _handle_acked(self, mid: int) -> None:
         seq = self._inflight.pop(mid, None)

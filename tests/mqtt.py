@@ -205,3 +205,67 @@ def flood(broker: Broker, topic: str, payload: str, count: int) -> None:
             assert chunk, "the broker closed the flood connection"
             answer += chunk
         sock.sendall(b"\xe0\x00")  # DISCONNECT
+
+
+class BlackHole:
+    """A broker host that never answers, on 127.0.0.1:``port``, as a host that is down or firewalled looks.
+
+    With ``syn`` the TCP handshake itself gets no answer: the listener's accept queue is full and never read, so
+    Linux drops every further SYN (a connect times out). Without, TCP is accepted and no CONNACK ever comes; the
+    connections are held until ``close()``. ``stop_listening()`` frees the port for a real broker while they are
+    still held (the sockets allow the address to be reused), so that the client meets the broker only when
+    ``close()`` drops them and it reconnects.
+    """
+
+    def __init__(self, port: int, syn: bool = False):
+        self.port = port
+        self.accepted: list[socket.socket] = []
+        self._fillers: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", port))
+        self._thread: threading.Thread | None = None
+        if syn:
+            self._listener.listen(0)
+            for _ in range(3):  # fill the accept queue (backlog 0 holds one) and its SYN queue's overflow
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                self._fillers.append(filler)
+            time.sleep(0.2)  # their handshakes are done: the next SYN is dropped
+        else:
+            self._listener.listen(16)
+            self._listener.settimeout(0.05)
+            self._thread = threading.Thread(target=self._accept, name="black-hole", daemon=True)
+            self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # the listener was closed
+                return
+            self.accepted.append(connection)
+
+    def stop_listening(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+        self._listener.close()
+
+    def close(self) -> None:
+        self.stop_listening()
+        for sock in self.accepted + self._fillers:
+            sock.close()
+        self.accepted.clear()
+        self._fillers.clear()
+
+    def __enter__(self) -> BlackHole:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

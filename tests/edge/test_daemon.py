@@ -387,6 +387,41 @@ def test_sighup_mid_cry_ends_the_episode_like_sigterm(mosquitto, tmp_path):
         assert json.loads(late.wait_for("cryedge/nursery/state").payload)["crying"] == "OFF"
 
 
+def test_a_broker_that_never_answers_at_boot_does_not_hold_up_the_first_cry(tmp_path):
+    """The broker host down or firewalled as the Pi boots (TCP accepted, no CONNACK): `cryedge run` waited
+    [mqtt] connect_timeout for its answer before it opened the camera, so a cry in that time was never seen, and
+    the demo clip's cry (5 s in) was found 5 s after that wait. Now the wait is a second at most: the cry is found
+    on time and kept in the outbox, with its end, for the broker."""
+    from mqtt import BlackHole, free_port
+
+    from edge.outbox import Outbox
+
+    port, timeout = free_port(), 60
+    config = demo_config(tmp_path)
+    config.write_text(config.read_text() + f"[mqtt]\nconnect_timeout = {timeout}\n")
+    with BlackHole(port):
+        launched = time.monotonic()
+        process = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config),
+                                    "--broker", f"mqtt://127.0.0.1:{port}"],
+                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            said = []
+            while not any("cry_start" in line and "kept in the outbox" in line for line in said):
+                line = process.stderr.readline()
+                assert line and time.monotonic() - launched < timeout - 10, said  # before the old wait was over
+                said.append(line)
+            process.send_signal(signal.SIGTERM)
+            _, rest = process.communicate(timeout=30)
+        finally:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, "".join(said) + rest
+    assert sum("has not answered in 1 s" in line for line in said) == 1 and "Traceback" not in rest
+    with Outbox(tmp_path / "outbox.sqlite3") as outbox:
+        waiting = [(entry.kind, json.loads(entry.payload).get("reason")) for entry in outbox.pending()]
+    assert waiting == [("start", None), ("end", "shutdown")]
+
+
 def test_a_second_daemon_on_the_same_outbox_refuses_with_one_line(mosquitto, tmp_path):
     """Not a false all-clear: the running daemon's episode is not ended as if it had died."""
     from mqtt import Subscriber

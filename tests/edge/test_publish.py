@@ -14,7 +14,7 @@ from datetime import datetime
 
 import pytest
 from filesystems import Tmpfs
-from mqtt import Broker, Subscriber, flood, make_certificates
+from mqtt import BlackHole, Broker, Subscriber, flood, make_certificates
 
 import edge
 from edge.alarm import Alarm, AlarmState
@@ -441,6 +441,47 @@ def test_unreachable_broker_at_start_is_retried_not_fatal(tmp_path):
         publisher.close()
 
 
+@pytest.mark.parametrize("hole", ["no CONNACK", "SYN dropped"])
+def test_a_broker_that_never_answers_at_start_holds_up_no_cry(tmp_path, hole, caplog):
+    """A broker host that is down or firewalled at boot (TCP accepted and no CONNACK, or the SYN dropped) held
+    start() for mqtt.connect_timeout (30 s here, 10 by default), and the daemon opens its camera and judges frames
+    only after it: a cry in the first seconds after boot was never seen. Now start() waits a second at most, with one
+    warning; the cry goes to the outbox at once and, once a broker answers, out after discovery, state, stats and
+    ``online``, in order."""
+    broker = Broker(tmp_path / "mosquitto")  # started later, on the port the black hole holds until then
+    black_hole = BlackHole(broker.port, syn=hole == "SYN dropped")
+    publisher = publisher_for(broker, tmp_path, connect_timeout=30)
+    caplog.set_level("INFO", logger="edge.publish")
+    try:
+        started = time.monotonic()
+        publisher.start()
+        assert time.monotonic() - started < 3
+        publisher.publish_event(event("start", "ep1"))
+        wait_until(lambda: publisher.outbox_depth == 1, timeout=3)
+        assert not publisher.connected
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and f"127.0.0.1:{broker.port} has not answered in 1 s" in warnings[0], warnings
+        if hole == "SYN dropped":
+            return  # no connection to hand over: what comes after the first attempt is the unreachable broker's case
+        black_hole.stop_listening()
+        broker.start()
+        with Subscriber(broker) as home_assistant:
+            publisher.publish_event(event("end", "ep1", reason="scores"))
+            wait_until(lambda: publisher.outbox_depth == 2)
+            black_hole.close()  # the silent connection drops: the publisher reconnects, and meets the broker
+            home_assistant.wait_for(f"{PREFIX}/event", count=2)
+            wait_until(lambda: publisher.outbox_depth == 0)
+            received = [(m.topic, m.payload) for m in home_assistant.messages if m.topic.startswith(("cryedge/", "homeassistant/device/"))]
+    finally:
+        black_hole.close()
+        publisher.close(timeout=1)
+        broker.stop()
+    topics = [topic.removeprefix(f"{PREFIX}/") for topic, _ in received]
+    assert topics == [f"homeassistant/device/{DEVICE}/config", "state", "stats", "availability", "event", "event"]
+    assert [json.loads(payload)["event_type"] for topic, payload in received[-2:]] == ["cry_start", "cry_end"]
+    assert received[3][1] == b"online"
+
+
 # ----------------------------------------------------------------------------- the outbox in trouble
 
 
@@ -851,6 +892,29 @@ def test_tls_with_an_untrusted_certificate_is_a_broker_error(tls_broker, tmp_pat
     publisher = publisher_for(broker, tmp_path, tls={})  # the system's CAs do not know the test CA
     with pytest.raises(BrokerError, match=r"127.0.0.1:\d+: TLS handshake failed: .*certificate verify failed"):
         publisher.start()
+
+
+def test_a_certificate_refused_after_a_late_start_is_said_in_the_log_once(tmp_path, caplog):
+    """The broker comes up after the Pi (or first answers after start() has stopped waiting) with a certificate
+    cryedge does not trust: every retry failed on it, and the journal said nothing while events piled up in the
+    outbox. Now one error line says it, once for the whole run of failures."""
+    broker = Broker(tmp_path / "late-tls", tls=make_certificates(tmp_path / "certs"))
+    publisher = publisher_for(broker, tmp_path, tls={})  # the system's CAs do not know the test CA
+    caplog.set_level("INFO", logger="edge.publish")
+    publisher.start()  # unreachable: retried in the background
+    try:
+        broker.start()
+        deadline = time.monotonic() + 10
+        while "TLS handshake failed" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2.0)  # several more failed retries (0.2-0.5 s apart)
+    finally:
+        publisher.close(timeout=1)
+        broker.stop()
+    failures = [r for r in caplog.records if "TLS handshake failed" in r.getMessage()]
+    assert [r.levelname for r in failures] == ["ERROR"], [r.getMessage() for r in failures]
+    assert failures[0].getMessage().startswith(f"mqtt 127.0.0.1:{broker.port}: TLS handshake failed: ")
+    assert "certificate verify failed" in failures[0].getMessage() and failures[0].getMessage().endswith("; retrying")
 
 
 # ----------------------------------------------------------------------------- no broker, outbox
