@@ -4,6 +4,7 @@ come and go in the wrong order, and what messages on the topics cryedge subscrib
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from mqtt import Broker, Subscriber, flood
@@ -76,6 +77,63 @@ def test_a_stop_mid_cry_while_the_broker_is_away_never_shows_crying_when_both_co
         assert after[-1] == "unavailable" and "off" in after  # OFF while it ran, then its clean stop
     finally:
         broker.stop()
+
+
+def fired(seen: list[str], to: str, from_: str | None = None) -> int:
+    """How often a Home Assistant state trigger (``to``, and ``from`` when given) fires over the states ``seen``:
+    on each change of state that matches (homeassistant/components/homeassistant/triggers/state.py)."""
+    return sum(1 for old, new in zip([None, *seen], seen, strict=False)
+               if old != new and new == to and (from_ is None or old == from_))
+
+
+def test_a_broker_restart_mid_cry_says_the_start_once_and_no_off_before_the_end(tmp_path):
+    """The broker (Home Assistant's add-on, persistent) restarts during a cry while cryedge runs on. Home Assistant
+    shows its "Crying" entity on, unavailable, on: every MQTT entity is unavailable while Home Assistant's own
+    connection to the broker is down (homeassistant/components/mqtt/entity.py, MqttAvailabilityMixin.available), and
+    mosquitto publishes cryedge's last will as it stops. A trigger with only ``to: "on"`` fires twice for that one
+    cry; one ``from: "off"`` fires once (docs/mqtt.md). What is cryedge's own, seen by a subscriber across the
+    restart: the cry_start once, the state ON again at once, and no OFF before the cry's end."""
+    broker = Broker(tmp_path / "broker", persistent=True).start()
+    publisher = publisher_for(broker, tmp_path)
+    home_assistant = Subscriber(broker, topics=(f"{PREFIX}/#",))  # clean session: it reconnects and resubscribes
+    crying = AlarmState(True, since=10.0, since_wall=1_800_000_000.25, probability=0.9, event_id="ep1")
+    try:
+        publisher.start()
+        wait_until(lambda: publisher.connected)
+        publisher.publish_state(crying)
+        publisher.publish_event(AlarmEvent("start", "ep1", 10.0, 1_800_000_000.25, 0.9))
+        home_assistant.wait_for(f"{PREFIX}/event")
+        wait_until(lambda: publisher.outbox_depth == 0)  # acknowledged: not sent again on reconnect
+        dropped = len(home_assistant.messages)
+        broker.stop()
+        wait_until(lambda: not publisher.connected)
+        publisher.publish_state(AlarmState(True, 10.0, 1_800_000_000.25, 0.95, "ep1"))  # still crying meanwhile
+        broker.start()
+        wait_until(lambda: publisher.connected)
+        home_assistant.wait_for(f"{PREFIX}/state", lambda m: m.retain or home_assistant.messages.index(m) >= dropped)
+        time.sleep(1.0)  # whatever the reconnect brings: discovery, state, stats, online
+        publisher.publish_event(AlarmEvent("end", "ep1", 40.0, 1_800_000_030.25, 0.1, reason="scores"))
+        publisher.publish_state(AlarmState(False, 40.0, 1_800_000_030.25, 0.1))
+        home_assistant.wait_for(f"{PREFIX}/event", lambda m: b"cry_end" in m.payload)
+        home_assistant.wait_for(f"{PREFIX}/state", lambda m: b'"OFF"' in m.payload and b"0.1" in m.payload)
+        messages = list(home_assistant.messages)
+    finally:
+        publisher.close()
+        home_assistant.close()
+        broker.stop()
+    events = [(p["event_type"], p["id"]) for p in (json.loads(m.payload) for m in messages if m.topic.endswith("/event"))]
+    assert events == [("cry_start", "ep1"), ("cry_end", "ep1")]
+    states = [json.loads(m.payload)["crying"] for m in messages if m.topic.endswith("/state")]
+    first_on, last_on = states.index("ON"), len(states) - 1 - states[::-1].index("ON")
+    assert set(states[first_on:last_on + 1]) == {"ON"} and states[last_on + 1:] == ["OFF"], states
+    assert [json.loads(m.payload)["crying"] for m in messages[dropped:] if m.topic.endswith("/state")][0] == "ON"
+    # mosquitto (2.0.11 here), stopping, sends the will to whoever is still connected
+    assert [m.payload for m in messages[dropped:] if m.topic.endswith("/availability")][:1] == [b"offline"]
+    # what Home Assistant's "Crying" entity shows: its own connection lost at the restart, then the topics again
+    seen = shown(messages[:dropped]) + ["unavailable"] + shown(messages[dropped:])
+    seen = [state for n, state in enumerate(seen) if n == 0 or state != seen[n - 1]]
+    assert seen[seen.index("on"):] == ["on", "unavailable", "on", "off"], seen
+    assert (fired(seen, to="on"), fired(seen, to="on", from_="off")) == (2, 1)
 
 
 # ----------------------------------------------------------------------------- what comes in on homeassistant/status
