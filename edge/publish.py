@@ -20,7 +20,8 @@ Publishing never blocks the caller: ``publish_*`` put the request on a queue. On
 owns the outbox and all publishing; paho's network loop runs in its own thread and its callbacks only
 put notices on the same queue. So everything the publisher does happens in one order. An unexpected
 error on either thread (a bug) is handed to ``on_fault`` (the daemon stops on it) and the thread goes on: it is
-the one that delivers the end of the episode the daemon then ends.
+the one that delivers the end of the episode the daemon then ends. An event whose handling failed is still stored
+and sent, before that end.
 
 Broker at start: a refusal (bad credentials, not authorized) or a TLS failure in the broker's first answer is
 fatal (``BrokerError``): retrying cannot fix it. A broker that cannot be reached (connection refused, no route,
@@ -840,6 +841,8 @@ class MqttPublisher:
             except Exception as error:  # noqa: BLE001 - a bug: the daemon stops on it and ends its episode, which
                 # this thread, alive, delivers (a thread dead of it left every later alert queued and never sent)
                 report_fault(self._on_fault, error)
+                if kind == "event":
+                    self._keep(value)
                 if kind == "close":  # failed part-way: what was not acknowledged stays in the outbox, as on a timeout
                     self._outbox.close()
                     return
@@ -869,6 +872,32 @@ class MqttPublisher:
         else:
             log.info("broker away: %s %s kept in the outbox (%d waiting)", payload["event_type"], event.event_id,
                      self.outbox_depth)
+
+    def _keep(self, event: AlarmEvent) -> None:
+        """After a fault while handling ``event``: into the outbox if it is not there yet, and out with what else waits.
+
+        The daemon stops on the fault and ends the episode: a cry_start lost here was an OFF with no ON, and no alert.
+        Stored and sent now, before that end (queued behind us), it goes out first, or with it from the outbox by the
+        next run.
+        """
+        try:
+            if not any((e.event_id, e.kind) == (event.event_id, event.kind) for e in self._outbox.pending()):
+                self._outbox.add(event.event_id, event.kind, _json(event_payload(event, self.device.id, self.model)))
+                self.outbox_depth = len(self._outbox)
+            if self.connected:
+                self._send_waiting()
+        except Exception as error:  # noqa: BLE001 - the fault itself is reported already; this says what it cost
+            log.error("%s %s is lost: it could not be stored after the fault either (%s: %s)",
+                      EVENT_TYPES[event.kind], event.event_id, type(error).__name__, " ".join(str(error).split()))
+
+    def _send_waiting(self) -> None:
+        """Send what the outbox holds that is not in flight, oldest first."""
+        in_flight = set(self._inflight.values())
+        backlog = [entry for entry in self._outbox.pending() if entry.seq not in in_flight]
+        if backlog:
+            log.info("delivering %d events from the outbox", len(backlog))
+        for entry in backlog:
+            self._send_event(entry.seq, entry.payload)
 
     def _said_statuses(self, state: AlarmState) -> dict[str, Any]:
         return {sense: self._held[sense].said if sense in self._held else status
@@ -982,12 +1011,7 @@ class MqttPublisher:
         self._send_state(self._state or self._restart_state)
         self._send_stats()
         self._publish(self.topics.availability, ONLINE, qos=1, retain=True)
-        in_flight = set(self._inflight.values())
-        backlog = [entry for entry in self._outbox.pending() if entry.seq not in in_flight]
-        if backlog:
-            log.info("delivering %d events from the outbox", len(backlog))
-        for entry in backlog:
-            self._send_event(entry.seq, entry.payload)
+        self._send_waiting()
         if self._snapshot_waiting is not None:  # after the events: a picture never holds up an alert
             jpeg, self._snapshot_waiting = self._snapshot_waiting, None
             self._handle_snapshot(jpeg)

@@ -102,6 +102,20 @@ def test_a_fault_on_the_publishers_thread_mid_cry_ends_the_episode_and_exits_70(
     assert_one_line_and_exit_70(out, "cryedge-publisher", "MqttPublisher._handle_state")
 
 
+def test_a_fault_on_the_publishers_thread_handling_the_cry_start_still_delivers_it_before_its_end(mosquitto, tmp_path):
+    """The publisher's thread raising as it takes the cry_start. Before: the start was neither sent nor stored, so
+    Home Assistant got the cry_end (reason "error") and the OFF with no ON before them, and the parent no alert."""
+    from mqtt import Subscriber
+
+    with Subscriber(mosquitto, topics=("cryedge/#",)) as subscriber:
+        out = run_with_fault("edge.publish:MqttPublisher._handle_event", "args[0].kind == 'start'", "--fast",
+                             "--config", str(config_file(tmp_path)), "--broker", f"mqtt://127.0.0.1:{mosquitto.port}")
+        assert_episode_ended_by_the_error(subscriber, tmp_path)
+    events = [(p["event_type"], p.get("reason")) for p in subscriber.json("cryedge/nursery/event")]
+    assert events == [("cry_start", None), ("cry_end", "error")], events
+    assert_one_line_and_exit_70(out, "cryedge-publisher", "MqttPublisher._handle_event")
+
+
 def test_a_fault_in_a_paho_callback_mid_cry_ends_the_episode_and_its_end_still_reaches_the_broker(mosquitto, tmp_path):
     """paho's network thread, raising in our on_message when Home Assistant says "online" during a cry. Before: paho
     re-raised it, its network thread died with a traceback, and from then on nothing was sent, acknowledged or
