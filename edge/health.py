@@ -96,7 +96,7 @@ class HealthStats:
     source_state: str = ""  # open, reconnecting, ended, closed
     source_reconnects: int = 0  # reopen attempts
     outbox_depth: int = 0  # events waiting on disk for the broker
-    outbox_fault: str | None = None  # why events are kept in memory, not on disk (disk full, read-only)
+    outbox_fault: str | None = None  # why events are not kept on disk (disk full, read-only)
     broker_connected: bool | None = None  # None: no broker configured
     crying: bool | None = None
     probability: float | None = None

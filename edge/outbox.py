@@ -20,11 +20,14 @@ A safety net, not a gate. One process at a time: a lock beside the database (``f
 ``<outbox>.lock``, held until ``close()``; where that cannot be used, say a folder stands there, on the
 database file itself) makes a second daemon pointed at the same outbox refuse to start, rather than end
 the first one's running episode as if it had died. An outbox that cannot be written (disk full,
-read-only file system) does not stop an event: the store moves to memory, ``fault`` says why (the
-health endpoint and the stats show it), and events still reach the broker; only what waits for the
-broker while the process dies is then lost. At start, what an unwritable outbox holds (also one that
-is damaged and cannot be set aside) is read without writing and carried into memory: its events are
-delivered and its open episodes ended. The file cannot be told so: what the broker acknowledged of it is
+read-only file system) does not stop an event: the store moves to a database in the runtime directory
+(``runtime_directory()``, a tmpfs that stays writable when the SD card is not, kept across restarts of the
+service, emptied by a reboot; ``kept_in``), or to memory without one, ``fault`` says why (the health endpoint
+and the stats show it), and events still reach the broker; what waits for the broker when the process stops
+is delivered by the next run (from memory it is lost). At start, what an unwritable outbox holds (also one
+that is damaged and cannot be set aside) is read without writing and carried into that store, after what an
+earlier run kept there: its events are delivered and its open episodes ended; the first run that can write
+the file again moves into it what is kept there. The file cannot be told so: what the broker acknowledged of it is
 noted instead in the runtime directory (``runtime_directory()``, a tmpfs that stays writable when the SD card
 is not, kept across restarts of the service), so that a restart while it stays unwritable skips it, rather than
 alerting a parent again about a cry long over; the first run that can write the file removes it there. An
@@ -92,9 +95,13 @@ class Outbox:
         self.path = Path(path)
         self.max_events = max_events
         self.dropped = 0  # events dropped to stay within max_events, since this outbox was opened
-        self.fault: str | None = None  # why events are kept in memory only; None while the disk works
+        self.fault: str | None = None  # why events are not kept in the file (``kept_in``); None while the disk works
         self._db: sqlite3.Connection | None = None
-        self._delivered = Delivered(Path(runtime_dir), self.path) if runtime_dir is not None else None
+        self._runtime_dir = Path(runtime_dir) if runtime_dir is not None else None
+        self._delivered = Delivered(self._runtime_dir, self.path) if self._runtime_dir is not None else None
+        # while the file cannot be written, the database in the runtime directory that holds the events instead;
+        # None: the file works, or they are in memory only
+        self.kept_in: Path | None = None
         # while the file cannot be written, what it holds: (event id, kind) of its events, ids of its open episodes
         self._file_events: set[tuple[str, str]] = set()
         self._file_open: set[str] = set()
@@ -103,12 +110,13 @@ class Outbox:
         self._lock, self._lock_on_outbox = _lock(self.path)
         try:
             self._db = self._open_on_disk()
-            self._probe_write()
+            _probe_write(self._db)
             self._forget_delivered_on_disk()
+            self._take_kept()
         except (OSError, sqlite3.Error) as error:
             if self._db is not None:
                 self._db.close()
-            self._db = _open(":memory:")
+            self._db = self._open_kept()
             self._fail(error, self._carry_over())
 
     def _open_on_disk(self) -> sqlite3.Connection:
@@ -155,15 +163,60 @@ class Outbox:
                   "in it: %d undelivered events, %d open cry episodes", self.path, problem, aside, events, episodes)
         return _open(self.path)
 
-    def _probe_write(self) -> None:
-        """Fail now, not at the first cry, if the file cannot be written (read-only, disk full)."""
-        with self._transaction():
-            self._db.execute("INSERT OR REPLACE INTO dropped_episodes VALUES ('')")
-            self._db.execute("DELETE FROM dropped_episodes WHERE event_id = ''")
+    def _kept_path(self) -> Path | None:
+        """The database in the runtime directory that holds the events while the file cannot be written."""
+        return self._runtime_dir / f"outbox-{_digest(self.path)}.sqlite3" if self._runtime_dir is not None else None
 
-    def _carry_over(self) -> tuple[int, int, int, int]:
-        """Into memory, what the outbox that cannot be written holds, read without writing, less what an earlier run
-        delivered of it; (events, open episodes, events skipped as delivered, open episodes whose end was delivered).
+    def _open_kept(self, fresh: bool = False) -> sqlite3.Connection:
+        """Where the events go while the file cannot be written: the database in the runtime directory (a tmpfs that
+        stays writable, kept across restarts of the service, not a reboot), which the next run reads, so that a stop
+        with the broker away loses none; memory where there is no runtime directory or it refuses.
+
+        ``fresh``: without what an earlier run kept there (the file, writable until now, took that in).
+        """
+        kept = self._kept_path()
+        self.kept_in = None
+        if kept is None:
+            return _open(":memory:")
+        db = None
+        try:
+            kept.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if fresh:
+                _remove_database(kept)
+            db = _open(kept)
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("it is damaged")
+            _probe_write(db)
+        except (OSError, sqlite3.Error) as error:
+            if db is not None:
+                db.close()
+            log.error("outbox: cannot keep cry events in %s either (%s): they are kept in memory only", kept,
+                      _reason(error, kept))
+            return _open(":memory:")
+        self.kept_in = kept
+        return db
+
+    def _take_kept(self) -> None:
+        """The file can be written again: into it what a run that could not write it kept in the runtime directory."""
+        kept = self._kept_path()
+        if kept is None or not kept.is_file():
+            return
+        rows, _ = _read_only(kept)
+        with self._transaction():
+            events = _merge(self._db, rows)
+        if events:
+            log.info("outbox: moved into %s %d undelivered events kept in %s while it could not be written", self.path,
+                     events, kept)
+        try:
+            _remove_database(kept)
+        except OSError as error:
+            log.warning("outbox: cannot remove %s (%s): a later run may deliver its events again", kept,
+                        error.strerror or error)
+
+    def _carry_over(self) -> tuple[int, int, int, int, int]:
+        """Into the store (``_open_kept``), what the outbox that cannot be written holds, read without writing, less
+        what an earlier run delivered of it; (events, open episodes, events skipped as delivered, open episodes whose
+        end was delivered, undelivered events an earlier run kept in the runtime directory).
 
         Its events are delivered from there and its open episodes ended, as from a working outbox: an unwritable
         SD card must not keep the monitor down, nor turn an alert that went out into one that never ends.
@@ -172,19 +225,30 @@ class Outbox:
             rows, damaged = self._salvaged, True
         else:
             rows, damaged = _read_only(self.path)
+        with contextlib.closing(_open(":memory:")) as held:
+            try:
+                _insert(held, rows, damaged)
+            except sqlite3.Error as error:  # rows of another shape: what went in still goes out
+                log.error("outbox: cannot carry all that %s holds into memory (%s)", self.path, error)
+            file_rows = _salvage(held)
+        self._note_file_rows(file_rows)
+        # by event, after what an earlier run kept in the store: it holds those of the file it did not deliver
         try:
-            _insert(self._db, rows, damaged)
-        except sqlite3.Error as error:  # rows of another shape: what went in still goes out
-            log.error("outbox: cannot carry all that %s holds into memory (%s)", self.path, error)
-            _insert(self._db, {})
-        self._note_file_rows()
+            with self._transaction():
+                _merge(self._db, file_rows)
+        except sqlite3.Error as error:  # the runtime directory is full
+            self._kept_to_memory(error)
+            _merge(self._db, file_rows)
         skipped = self._forget(self._delivered.read() if self._delivered is not None else set())
-        return (*_counts(self._db), *skipped)
+        pending = self.pending()
+        events = sum(1 for e in pending if (e.event_id, e.kind) in self._file_events)
+        episodes = sum(1 for event_id, _ in self.open_episodes() if event_id in self._file_open)
+        return events, episodes, *skipped, len(pending) - events
 
-    def _note_file_rows(self) -> None:
-        """What the file that cannot be written holds (as now copied into memory): the next run reads it again."""
-        self._file_events = set(self._db.execute("SELECT event_id, kind FROM events"))
-        self._file_open = {event_id for (event_id,) in self._db.execute("SELECT event_id FROM open_episodes")}
+    def _note_file_rows(self, rows: dict[str, list[tuple]]) -> None:
+        """What the file that cannot be written holds (its ``rows``, table -> rows): the next run reads it again."""
+        self._file_events = {(event_id, kind) for _, event_id, kind, _ in rows.get("events", [])}
+        self._file_open = {event_id for event_id, _ in rows.get("open_episodes", [])}
 
     def _forget(self, delivered: set[tuple[str, str]]) -> tuple[int, int]:
         """Drop the events in ``delivered`` ((event id, kind)) and the open episodes whose end is in it; how many of each."""
@@ -210,43 +274,69 @@ class Outbox:
                      "written", self.path, events, episodes)
         self._delivered.clear()
 
-    def _fail(self, error: Exception, carried: tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
-        said = (f"cannot write {self.path} ({_reason(error, self.path)}): cry events are kept in memory and still "
-                "delivered")
+    def _fail(self, error: Exception, carried: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)) -> None:
+        store = f"{self.kept_in} (the runtime directory)" if self.kept_in is not None else "memory"
+        said = f"cannot write {self.path} ({_reason(error, self.path)}): cry events are kept in {store} and still delivered"
         held = f"; it is damaged ({self._damage})" if self._salvaged is not None else ""  # and could not be set aside
         if any(carried[:2]):
             again = (f"noted in {self._delivered.path} once delivered, not delivered again after a restart"
                      if self._delivered is not None else
                      "again after a restart while it cannot be written: no runtime directory to note them in")
             held += (f"; the {carried[0]} undelivered events and {carried[1]} open cry episodes it holds are read into "
-                     f"memory and delivered ({again})")
-        if any(carried[2:]):
+                     f"{'the runtime directory' if self.kept_in is not None else 'memory'} and delivered ({again})")
+        if any(carried[2:4]):
             held += (f"; an earlier run delivered {carried[2]} of the events it holds and the end of {carried[3]} of "
                      f"its open cry episodes (noted in {self._delivered.path}): not sent again")
+        if carried[4]:
+            held += f"; {carried[4]} undelivered events an earlier run kept there are delivered"
         self.fault = said + held
-        log.error("outbox: %s to the broker until cryedge restarts (what comes in meanwhile and is not delivered before "
-                  "a restart is lost)%s", said, held)
+        lost = ("what comes in meanwhile and is not delivered stays there for the next run, unless the machine restarts "
+                "first" if self.kept_in is not None else
+                "what comes in meanwhile and is not delivered before a restart is lost")
+        log.error("outbox: %s to the broker until cryedge restarts (%s)%s", said, lost, held)
 
     def _fail_over(self, error: Exception) -> None:
-        """Move what the disk holds into memory, so that the rest of this run goes on as before."""
-        memory = _open(":memory:")
+        """Move what the store holds to the next one (the file's to the runtime directory or memory, the runtime
+        directory's to memory), so that the rest of this run goes on as before."""
+        if self.fault is not None:
+            self.fault += f"; {self._kept_to_memory(error)}"
+            return
         try:
             rows = {table: self._db.execute(f"SELECT * FROM {table}").fetchall() for table in TABLES}  # noqa: S608
-            _insert(memory, rows)
         except sqlite3.Error as read_error:
             log.error("outbox: cannot read %s either (%s): its undelivered events are lost", self.path,
                       _reason(read_error))
+            rows = {}
         self._db.close()
-        self._db = memory
-        self._note_file_rows()
+        self._db = self._open_kept(fresh=True)
+        self._note_file_rows(rows)
+        try:
+            with self._transaction():
+                _insert(self._db, rows)
+        except sqlite3.Error as kept_error:
+            self._kept_to_memory(kept_error)
+            _insert(self._db, rows)
         self._fail(error)
 
+    def _kept_to_memory(self, error: Exception) -> str:
+        """The runtime directory refuses a write too (full): what its store holds into memory, for the rest of this
+        run; what happened, in words (said once)."""
+        memory = _open(":memory:")
+        _insert(memory, _salvage(self._db))
+        self._db.close()
+        self._db = memory
+        said = f"cannot write {self.kept_in} either ({_reason(error, self.kept_in)}): kept in memory only from now on"
+        self.kept_in = None
+        log.error("outbox: %s (what is not delivered before a restart is lost)", said)
+        return said
+
     def _write(self, operation: Callable[[], T]) -> T:
-        """Run a write on the disk; when the disk refuses it, fail over to memory and run it there."""
+        """Run a write on the store; when it refuses it (the disk, then the runtime directory), fail over to the next
+        store (``_fail_over``) and run it there."""
         try:
             return operation()
         except sqlite3.Error as error:
-            if self.fault is not None:
+            if self.fault is not None and self.kept_in is None:
                 raise
             self._fail_over(error)
             return operation()
@@ -310,17 +400,19 @@ class Outbox:
         episode it ends is open in it and would get a ``restart`` end)."""
         return (event_id, kind) in self._file_events or (kind == "end" and event_id in self._file_open)
 
-    def undelivered(self) -> tuple[int, int]:
-        """Events not acknowledged yet: (those the file keeps for the next run, those only in memory, lost at exit).
+    def undelivered(self) -> tuple[int, int, int]:
+        """Events not acknowledged yet: (those the file keeps for the next run, those the runtime directory keeps for
+        it (``kept_in``), those only in memory, lost at exit).
 
         While the file cannot be written, the next run still delivers what it holds, and the end of an episode open in
-        it (as a ``restart`` end); what came in since lives in memory only.
+        it (as a ``restart`` end); what came in since is in the runtime directory, or in memory only.
         """
         entries = self.pending()
         if self.fault is None:
-            return len(entries), 0
-        kept = sum(1 for e in entries if self._held_by_file(e.event_id, e.kind))
-        return kept, len(entries) - kept
+            return len(entries), 0, 0
+        in_file = sum(1 for e in entries if self._held_by_file(e.event_id, e.kind))
+        rest = len(entries) - in_file
+        return (in_file, rest, 0) if self.kept_in is not None else (in_file, 0, rest)
 
     def pending(self) -> list[Entry]:
         """All stored events, oldest first."""
@@ -407,8 +499,7 @@ class Delivered:
     """
 
     def __init__(self, directory: Path, outbox: Path):
-        digest = hashlib.sha256(str(outbox.absolute()).encode()).hexdigest()[:16]
-        self.path = directory / f"delivered-{digest}"
+        self.path = directory / f"delivered-{_digest(outbox)}"
         self.outbox = outbox
         self._fd: int | None = None
 
@@ -460,6 +551,44 @@ class Delivered:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _digest(outbox: Path) -> str:
+    """Names an outbox's files in the runtime directory (one set an outbox)."""
+    return hashlib.sha256(str(outbox.absolute()).encode()).hexdigest()[:16]
+
+
+def _probe_write(db: sqlite3.Connection) -> None:
+    """Fail now, not at the first cry, if the database cannot be written (read-only, disk full)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("INSERT OR REPLACE INTO dropped_episodes VALUES ('')")
+        db.execute("DELETE FROM dropped_episodes WHERE event_id = ''")
+    except sqlite3.Error:
+        if db.in_transaction:  # SQLite may have ended it itself (a full disk)
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _remove_database(path: Path) -> None:
+    """A database and its journal; OSError if they stay."""
+    for name in (path, path.with_name(f"{path.name}-journal")):
+        name.unlink(missing_ok=True)
+
+
+def _merge(db: sqlite3.Connection, rows: dict[str, list[tuple]]) -> int:
+    """Add to ``db`` the events of ``rows`` (table -> rows) it does not hold (by event id and kind), in their order after
+    its own, and their open and dropped episodes; how many events it took. An episode whose end it then holds is not
+    open (the end is in the table for ``add``'s reason)."""
+    held = set(db.execute("SELECT event_id, kind FROM events"))
+    new = [(event_id, kind, payload) for _, event_id, kind, payload in sorted(rows.get("events", []))
+           if (event_id, kind) not in held]
+    db.executemany("INSERT INTO events (event_id, kind, payload) VALUES (?, ?, ?)", new)
+    db.executemany("INSERT OR IGNORE INTO open_episodes VALUES (?, ?)", rows.get("open_episodes", []))
+    db.executemany("INSERT OR IGNORE INTO dropped_episodes VALUES (?)", rows.get("dropped_episodes", []))
+    db.execute("DELETE FROM open_episodes WHERE event_id IN (SELECT event_id FROM events WHERE kind = 'end')")
+    return len(new)
 
 
 def _open(path: Path | str) -> sqlite3.Connection:

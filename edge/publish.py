@@ -345,7 +345,7 @@ def discovery_document(topics: Topics, device: DeviceConfig, model: str, hearing
     components["outbox"] = {
         "p": "binary_sensor",
         "name": "Event store",
-        "device_class": "problem",  # on: events cannot be written to disk, they are kept in memory only
+        "device_class": "problem",  # on: events cannot be written to disk (kept in the runtime directory or memory)
         "entity_category": "diagnostic",
         "state_topic": topics.stats,
         "value_template": "{{ 'ON' if value_json.outbox_fault else 'OFF' }}",
@@ -1060,9 +1060,13 @@ class MqttPublisher:
                 if not self.connected:
                     break
             self._client.disconnect()
-        kept, lost = self._outbox.undelivered()
+        kept, kept_aside, lost = self._outbox.undelivered()
         if kept:  # also while the file cannot be written: what it holds the next run reads and delivers again
             log.warning("%d events not acknowledged by the broker stay in the outbox %s for the next run", kept,
+                        self._outbox.path)
+        if kept_aside:
+            log.warning("%d events not acknowledged by the broker stay in %s for the next run (the outbox %s cannot be "
+                        "written; the runtime directory is emptied by a reboot)", kept_aside, self._outbox.kept_in,
                         self._outbox.path)
         if lost:
             log.error("%d events not acknowledged by the broker were kept in memory only (the outbox %s cannot be "

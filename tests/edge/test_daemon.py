@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -503,6 +504,63 @@ def test_a_read_only_outbox_holding_an_open_episode_is_ended_once_across_restart
     assert "Read-only file system" in faults[0] and "1 undelivered events and 1 open cry episodes" in faults[0]
     assert all("an earlier run delivered 1 of the events it holds and the end of 1" in f for f in faults[1:]), faults
     assert not any("are lost" in line for stderr in stderrs for line in stderr.splitlines()), stderrs
+
+
+def stats_once(process: subprocess.Popen, port: int, condition) -> dict:
+    """The daemon's /stats, once ``condition`` holds of it."""
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=2) as answer:
+                stats = json.loads(answer.read())
+            if condition(stats):
+                return stats
+        except OSError:  # models load, then the port opens
+            pass
+        time.sleep(0.2)
+
+
+def test_a_stop_mid_cry_with_the_broker_away_and_a_read_only_card_is_delivered_by_the_next_run(
+        mosquitto, tmp_path, monkeypatch):
+    """The Home Assistant host restarting at night, the SD card gone read-only, and cryedge stopped mid-cry (a
+    restart of the service): the cry_start and its cry_end (reason shutdown) were kept in memory only, "2 events ...
+    are lost", and no run ever delivered them: no alert for that cry. They are kept in the runtime directory
+    ($RUNTIME_DIRECTORY, /run/cryedge: a tmpfs a restart of the service keeps), and the next run delivers both."""
+    from filesystems import Tmpfs
+    from mqtt import Broker, Subscriber, free_port
+
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))  # the daemons inherit it, as from systemd
+    port, away = free_port(), Broker(tmp_path / "away")  # never started: the broker is gone
+    with Tmpfs(tmp_path / "state") as disk:
+        disk.read_only()
+        config = demo_config(tmp_path, disk.path / "outbox.sqlite3")
+        config.write_text(config.read_text().replace("[health]\nenabled = false", f"[health]\nport = {port}"))
+        process = start_daemon(config, away)
+        try:
+            stats_once(process, port, lambda stats: stats["crying"])
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=30)
+        finally:
+            process.kill()
+            process.wait()
+        assert process.returncode == 0, stderr[-3000:]
+        assert "Read-only file system" in stderr and "are lost" not in stderr, stderr[-3000:]
+        assert re.search(r"2 events not acknowledged by the broker stay in \S+/run/outbox-\S+ for the next run", stderr), \
+            stderr[-3000:]
+        with Subscriber(mosquitto, topics=("cryedge/nursery/event",)) as subscriber:
+            process = start_daemon(config, mosquitto)
+            try:
+                start, end = subscriber.wait_for("cryedge/nursery/event", count=2, timeout=120)
+                process.send_signal(signal.SIGTERM)
+                _, stderr = process.communicate(timeout=30)
+            finally:
+                process.kill()
+                process.wait()
+    assert process.returncode == 0, stderr[-3000:]
+    start, end = json.loads(start.payload), json.loads(end.payload)
+    assert (start["event_type"], end["event_type"], end["reason"]) == ("cry_start", "cry_end", "shutdown")
+    assert start["id"] == end["id"]
 
 
 def test_stats_give_the_models_median_inference_time_not_the_last():

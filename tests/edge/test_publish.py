@@ -605,7 +605,8 @@ def test_an_unwritable_outbox_holding_a_waiting_cry_delivers_it_and_ends_it_once
                                                      ("cry_end", f"ep-run{run}", "scores"))],
         ("cry_start", "ep-writable", None)]
     assert all(("No space left on device" if fault == "disk full" else "Read-only file system") in f for f in faults)
-    assert "1 undelivered events and 1 open cry episodes it holds are read into memory" in faults[0], faults[0]
+    assert "1 undelivered events and 1 open cry episodes it holds are read into" in faults[0], faults[0]
+    assert "cry events are kept in " + str(tmp_path / "run" / "outbox-") in faults[0], faults[0]
     for said in faults[1:]:
         assert "an earlier run delivered 1 of the events it holds and the end of 1 of its open cry episodes" in said
     assert after == before
@@ -637,11 +638,14 @@ def test_without_a_runtime_directory_an_unwritable_outbox_delivers_what_it_holds
     assert repeated[0] == repeated[2]  # the start, repeated, is the same message
 
 
-def test_an_unwritable_outbox_closed_with_its_broker_away_says_what_stays_and_what_is_lost(tmp_path, caplog,
-                                                                                            monkeypatch):
+def test_an_unwritable_outbox_closed_with_its_broker_away_keeps_this_runs_events_in_the_runtime_directory(
+        tmp_path, caplog, monkeypatch):
     """It said "3 events not acknowledged by the broker stay in memory, and are lost", of the two the file still
-    holds (which the next run delivers) too. Now it says which stay in the file and which, only in memory, are
-    lost; the next runs deliver the first, once, never the second; the waiting cry gets its one end."""
+    holds (which the next run delivers) too; then "1 ... kept in memory only ... are lost": the cry_start of this
+    run, never delivered (a cry_end so lost left Home Assistant's ON for good). Now what the file cannot take is kept
+    in the runtime directory (a tmpfs that survives a restart of the service): the close says where each stays, the
+    next run delivers them all, once; the waiting cry gets its one end; the first run that can write the card takes
+    in what is left there."""
     runtime_directory(monkeypatch, tmp_path / "run")
     path = tmp_path / "state" / "outbox.sqlite3"
     broker = Broker(tmp_path / "mosquitto")  # away during the first run
@@ -653,13 +657,15 @@ def test_an_unwritable_outbox_closed_with_its_broker_away_says_what_stays_and_wh
         publisher.start()
         publisher.publish_event(event("start", "ep-memory"))
         wait_until(lambda: publisher.outbox_depth == 3)  # the waiting start, its restart end, the new start
+        kept = publisher._outbox.kept_in
         publisher.close(timeout=0.5)
         closing = [(r.levelname, r.getMessage()) for r in caplog.records
                    if "not acknowledged by the broker" in r.getMessage()]
+        assert kept is not None and kept.parent == tmp_path / "run"
         assert closing == [
             ("WARNING", f"2 events not acknowledged by the broker stay in the outbox {path} for the next run"),
-            ("ERROR", f"1 events not acknowledged by the broker were kept in memory only (the outbox {path} cannot "
-                      "be written) and are lost")]
+            ("WARNING", f"1 events not acknowledged by the broker stay in {kept} for the next run (the outbox {path} "
+                        "cannot be written; the runtime directory is emptied by a reboot)")]
         with broker, Subscriber(broker) as subscriber:
             for run in (2, 3):
                 with publisher_for(broker, tmp_path) as publisher:
@@ -668,10 +674,18 @@ def test_an_unwritable_outbox_closed_with_its_broker_away_says_what_stays_and_wh
                     subscriber.wait_for(f"{PREFIX}/event", lambda m, run=run: f'"ep-run{run}"'.encode() in m.payload
                                         and b"cry_end" in m.payload)
                     wait_until(lambda: publisher.outbox_depth == 0)
+            disk.writable()
+            with publisher_for(broker, tmp_path) as publisher:
+                assert publisher.outbox_fault is None
+                subscriber.wait_for(f"{PREFIX}/event", lambda m: b'"ep-memory"' in m.payload, count=2)
+                wait_until(lambda: publisher.outbox_depth == 0)
     assert received_events(subscriber) == [
         ("cry_start", "ep-waiting", None), ("cry_end", "ep-waiting", "restart"),
+        ("cry_start", "ep-memory", None), ("cry_end", "ep-memory", "restart"),  # it started; the run stopped mid-cry
         ("cry_start", "ep-run2", None), ("cry_end", "ep-run2", "scores"),
         ("cry_start", "ep-run3", None), ("cry_end", "ep-run3", "scores")]
+    assert stored(tmp_path) == []
+    assert list((tmp_path / "run").iterdir()) == []  # taken in by the run that could write the card
 
 
 def test_an_unwritable_outbox_skips_only_what_the_broker_acknowledged(tmp_path):
@@ -689,15 +703,18 @@ def test_an_unwritable_outbox_skips_only_what_the_broker_acknowledged(tmp_path):
             outbox.add("ep1", "end", '{"id": "ep1", "reason": "restart"}')  # sent, never acknowledged
             outbox.remove(seqs["ep1", "start"])  # acknowledged
             outbox.remove(seqs["ep2", "start"])
-            assert outbox.undelivered() == (3, 0)  # ep1's end comes back as its restart end
-        [note] = run.iterdir()
+            assert outbox.undelivered() == (3, 0, 0)  # ep1's end is kept in the runtime directory
+        [note] = run.glob("delivered-*")
         with note.open("a") as cut_short:
             cut_short.write("end ep2")  # a process killed while it wrote the note of ep2's end
         with Outbox(path, runtime_dir=run) as outbox:
-            assert [(e.event_id, e.kind) for e in outbox.pending()] == [("ep2", "end"), ("ep3", "start")]
-            assert [event_id for event_id, _ in outbox.open_episodes()] == ["ep1", "ep3"]
-            assert "2 undelivered events and 2 open cry episodes" in outbox.fault
+            pending = [(e.event_id, e.kind, e.payload) for e in outbox.pending()]
+            assert pending == [("ep2", "end", '{"id": "ep2"}'), ("ep3", "start", '{"id": "ep3"}'),
+                               ("ep1", "end", '{"id": "ep1", "reason": "restart"}')]  # that end, not another
+            assert [event_id for event_id, _ in outbox.open_episodes()] == ["ep3"]
+            assert "2 undelivered events and 1 open cry episodes" in outbox.fault
             assert "an earlier run delivered 2 of the events it holds and the end of 0 of" in outbox.fault
+            assert "1 undelivered events an earlier run kept there are delivered" in outbox.fault
 
 
 def test_a_read_only_outbox_whose_writer_was_killed_mid_write_is_still_read(tmp_path):
