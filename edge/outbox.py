@@ -192,7 +192,10 @@ class Outbox:
                 db.close()
             log.error("outbox: cannot keep cry events in %s either (%s): they are kept in memory only", kept,
                       _reason(error, kept))
-            return _open(":memory:")
+            memory = _open(":memory:")
+            if not fresh:  # what an earlier run kept there is still delivered
+                _insert(memory, _read_only(kept)[0])
+            return memory
         self.kept_in = kept
         return db
 
@@ -288,7 +291,7 @@ class Outbox:
             held += (f"; an earlier run delivered {carried[2]} of the events it holds and the end of {carried[3]} of "
                      f"its open cry episodes (noted in {self._delivered.path}): not sent again")
         if carried[4]:
-            held += f"; {carried[4]} undelivered events an earlier run kept there are delivered"
+            held += f"; {carried[4]} undelivered events an earlier run kept in the runtime directory are delivered"
         self.fault = said + held
         lost = ("what comes in meanwhile and is not delivered stays there for the next run, unless the machine restarts "
                 "first" if self.kept_in is not None else

@@ -688,6 +688,28 @@ def test_an_unwritable_outbox_closed_with_its_broker_away_keeps_this_runs_events
     assert list((tmp_path / "run").iterdir()) == []  # taken in by the run that could write the card
 
 
+def test_a_runtime_directory_that_refuses_too_keeps_the_events_in_memory_and_says_what_is_lost(tmp_path):
+    """The runtime directory full as well (or read-only from the start): nothing stops an event, what it holds moves
+    to memory, and the fault and the close's count say that what is not delivered by the stop is lost."""
+    path = tmp_path / "state" / "outbox.sqlite3"
+    with Tmpfs(tmp_path / "state") as disk, Tmpfs(tmp_path / "run", size="64k") as run:
+        disk.read_only()
+        with Outbox(path, runtime_dir=run.path) as outbox:
+            assert outbox.kept_in is not None and outbox.kept_in.parent == run.path
+            outbox.add("ep1", "start", '{"id": "ep1"}')
+            run.fill()
+            for n in range(100):  # until the tmpfs refuses a page
+                outbox.add(f"ep{n + 2}", "start", f'{{"id": "ep{n + 2}", "padding": "{"x" * 2000}"}}')
+            assert outbox.kept_in is None and "kept in memory only from now on" in outbox.fault, outbox.fault
+            assert "No space left on device" in outbox.fault.rpartition(";")[2], outbox.fault
+            assert [e.event_id for e in outbox.pending()] == [f"ep{n + 1}" for n in range(101)]
+            assert outbox.undelivered() == (0, 0, 101)
+        run.read_only()
+        with Outbox(path, runtime_dir=run.path) as outbox:  # it holds what that run kept before it filled up
+            assert outbox.kept_in is None and "cry events are kept in memory" in outbox.fault, outbox.fault
+            assert [e.event_id for e in outbox.pending()][:1] == ["ep1"]
+
+
 def test_an_unwritable_outbox_skips_only_what_the_broker_acknowledged(tmp_path):
     """An event is noted as delivered at its PUBACK, and only then: one sent and not acknowledged (the process
     killed first), or a note cut short, is delivered by the next run; an episode whose start went out and whose end
@@ -714,7 +736,7 @@ def test_an_unwritable_outbox_skips_only_what_the_broker_acknowledged(tmp_path):
             assert [event_id for event_id, _ in outbox.open_episodes()] == ["ep3"]
             assert "2 undelivered events and 1 open cry episodes" in outbox.fault
             assert "an earlier run delivered 2 of the events it holds and the end of 0 of" in outbox.fault
-            assert "1 undelivered events an earlier run kept there are delivered" in outbox.fault
+            assert "1 undelivered events an earlier run kept in the runtime directory are delivered" in outbox.fault
 
 
 def test_a_read_only_outbox_whose_writer_was_killed_mid_write_is_still_read(tmp_path):
