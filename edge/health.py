@@ -470,7 +470,12 @@ class _BoundedServer(TcpWSGIServer):
     room, and when every connection is busy the newcomer gets a 503 at once.
     """
 
-    _full = False
+    # the cap is said once for an episode, and its end once it has been clear this long: a client holding the port
+    # full (slowloris) made it swing at every newcomer, a warning and an info line each time, 3 lines a second
+    FULL_QUIET_SECONDS = 60.0
+    _full_since: float | None = None  # time.monotonic() the cap was first met, while it is said to be
+    _full_last = 0.0  # when the cap was last met
+    _closed_idle = _refused = 0  # in this episode
 
     def readable(self) -> bool:
         # as waitress's readable(), less its stop-accepting rule
@@ -478,21 +483,32 @@ class _BoundedServer(TcpWSGIServer):
         if now >= self.next_channel_cleanup:
             self.next_channel_cleanup = now + self.adj.cleanup_interval
             self.maintenance(now)
+            self._say_when_clear(time.monotonic())
         return self.accepting
 
     def handle_accept(self) -> None:
-        full = len(self.active_channels) >= self.adj.connection_limit
-        if full != self._full:
-            self._full = full
-            if full:
-                log.warning("%d connections to the HTTP port: closing idle ones, refusing when none is idle",
-                            len(self.active_channels))
-            else:
-                log.info("HTTP connections back below %d", self.adj.connection_limit)
-        if full and not self._close_oldest_idle():
-            self._refuse()
+        if len(self.active_channels) < self.adj.connection_limit:
+            super().handle_accept()
             return
-        super().handle_accept()
+        now = time.monotonic()
+        if self._full_since is None:
+            self._full_since, self._closed_idle, self._refused = now, 0, 0
+            log.warning("%d connections to the HTTP port: closing idle ones, refusing when none is idle (said again "
+                        "once it has been below for %.0f s)", len(self.active_channels), self.FULL_QUIET_SECONDS)
+        self._full_last = now
+        if self._close_oldest_idle():
+            self._closed_idle += 1
+            super().handle_accept()
+        else:
+            self._refused += 1
+            self._refuse()
+
+    def _say_when_clear(self, now: float) -> None:
+        if self._full_since is not None and now - self._full_last >= self.FULL_QUIET_SECONDS:
+            log.info("HTTP connections below %d for %.0f s; in the %.0f s before, %d idle ones were closed for "
+                     "newcomers and %d newcomers refused", self.adj.connection_limit, self.FULL_QUIET_SECONDS,
+                     self._full_last - self._full_since, self._closed_idle, self._refused)
+            self._full_since = None
 
     def _close_oldest_idle(self) -> bool:
         idle = [channel for channel in self.active_channels.values()

@@ -536,3 +536,74 @@ def test_closing_under_a_flood_of_requests_logs_no_traceback(daemon, clock, capl
             client.join()
     failed = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert not failed, [r.getMessage() for r in failed]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_slowloris_on_the_health_port_is_said_once_and_costs_no_alert(mosquitto, tmp_path):
+    """300 connections sending their headers a byte every half second, reopened when closed, while the baby cries.
+
+    A monitor asks /health once a second meanwhile, as Prometheus or Home Assistant would. The daemon closes the
+    oldest idle connection for each newcomer, and each answered probe left the port just below its cap for a moment:
+    a warning and an info line at every swing, 37 lines in the 12 s to the cry's end (3 a second, 11,000 an hour in
+    the journal; benchmarks/http_attacks.py slowloris). Now the cap is said once for the attack."""
+    from attacked import run_attacked
+
+    opened, probes = [], []
+
+    def slowloris(port: int, stop: threading.Event) -> None:
+        raise_fd_limit(300 + 256)
+        sockets: list[socket.socket] = []
+        cycles = 0
+        try:
+            while not stop.is_set():
+                while len(sockets) < 300 and not stop.is_set():
+                    try:
+                        sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+                        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                        sockets.append(sock)
+                        opened.append(1)
+                    except OSError:
+                        break
+                for sock in list(sockets):
+                    try:
+                        sock.send(b"a")
+                    except OSError:
+                        sock.close()
+                        sockets.remove(sock)
+                stop.wait(0.5)
+                cycles += 1
+                if cycles % 2 == 0:  # the monitor, once a second
+                    probes.append(timed_get(port, timeout=2))
+        finally:
+            for sock in sockets:
+                sock.close()
+
+    run = run_attacked(tmp_path, mosquitto, slowloris)
+    assert [e["event_type"] for e in run.events] == ["cry_start", "cry_end"], (run.events, run.stderr[-2000:])
+    assert run.late_s["cry_start"] < 2.0, run.late_s  # 0.45 s unattacked
+    assert len(opened) > 1000  # the daemon kept closing them: the attack went on the whole time
+    assert [status for status, _ in probes].count(None) <= 1, probes  # the monitor is answered meanwhile
+    said = [line for line in run.stderr.splitlines() if "HTTP port" in line or "HTTP connections" in line]
+    assert len(said) == 1 and "32 connections" in said[0], said[:6]
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
+
+
+@pytest.mark.timeout(60)
+def test_the_end_of_a_connection_flood_is_said_once_with_what_it_cost(daemon, clock, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    with HealthServer(daemon.health_stats, port=0, clock=clock, max_connections=8) as server:
+        server._server.FULL_QUIET_SECONDS = 1.0  # 60 s in the daemon
+        flood = idle_connections(server.port, 30)
+        try:
+            time.sleep(0.5)
+        finally:
+            for connection in flood:
+                connection.close()
+        time.sleep(3.0)
+    said = [r.getMessage() for r in caplog.records if "HTTP" in r.getMessage()]
+    assert len(said) == 2, said
+    assert said[0].startswith("8 connections to the HTTP port")
+    assert "22 idle ones were closed for newcomers and 0 newcomers refused" in said[1], said[1]
