@@ -21,6 +21,15 @@ lock_file() {  # lock_file MACHINE RUNTIME(0|1)
     echo "$lock"
 }
 
+# Nothing is installed with a Python a lock has no wheels for (Raspberry Pi OS Trixie's 3.13 and the Pi's lock): one
+# line naming what is supported and what to do, not pip's "no matching distribution" or numpy built from source.
+refuse_another_python() {  # refuse_another_python PYTHON LOCK AGAIN (the command, for the line)
+    local why
+    if why=$(PYTHONPATH=$PWD "$1" -m edge.installed --not-the-locks-python "$2" --instead "PYTHON=/path/to/{python} $3"); then
+        die "$why"
+    fi
+}
+
 # Why the venv at DIR cannot be used with PYTHON (printed; status 0), or nothing (status 1): made by
 # another Python, as an OS upgrade leaves it (edge.installed.made_by_another_python).
 venv_made_by_another_python() {  # venv_made_by_another_python DIR PYTHON
@@ -79,6 +88,10 @@ case "${1:-}" in
     *) echo "usage: ./setup.sh [--runtime]" >&2; exit 2 ;;
 esac
 lock=$(lock_file "$(uname -m)" "$runtime")
+python=${PYTHON:-python3}
+again="./setup.sh$([ "$runtime" -eq 0 ] || echo ' --runtime')"
+refuse_another_python "$python" "$lock" "$again"
+[ "$runtime" -eq 1 ] || refuse_another_python "$python" requirements/tflite-runtime.txt "$again"
 
 packages=()
 while read -r package; do packages+=("$package"); done < <(grep -Ev '^(#|$)' requirements/apt-runtime.txt)
@@ -99,11 +112,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
-python=${PYTHON:-python3}
 make_venv .venv "$python"
 # The lock (install_lock), then cryedge itself without touching it; built without isolation by the
 # lock's setuptools, so no unpinned build dependency is fetched.
-install_lock .venv "$lock" "./setup.sh$([ "$runtime" -eq 0 ] || echo ' --runtime')"
+install_lock .venv "$lock" "$again"
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 .venv/bin/cryedge models fetch
 # the converter's tests' tflite-runtime 2.14, in a venv of its own (tflite_runtime_venv)

@@ -48,6 +48,12 @@ _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", re.MULTILINE)
 OWN = {"pip", "cryedge"}
 # never taken out when a lock stops pinning them: the venv's own installer and cryedge's build backend
 KEPT = OWN | {"setuptools", "wheel"}
+# The Python every lock file in requirements/ is resolved for (refresh.sh's --python-version): Bookworm's
+LOCKS_PYTHON = "3.11"
+# The locks that hold no wheel of some pin for any other Python (pip download --only-binary=:all:, 2026-11-30): the
+# Pi's (mediapipe 0.10.18 and numpy 1.26.4 have none for Trixie's 3.13) and tflite-runtime 2.14's (cp38 to cp311).
+# x86_64.txt has every wheel for 3.13 too: not refused (nor tested there).
+ONE_PYTHON_LOCKS = {"aarch64.txt", "tflite-runtime.txt"}
 
 
 def canonical(name: str) -> str:
@@ -346,6 +352,23 @@ def made_by_another_python(venv: Path) -> str | None:
     return None
 
 
+def not_the_locks_python(lock: str, instead: str) -> str | None:
+    """Why this Python cannot install ``lock`` (one of requirements/), ending in ``instead`` (what to do, where
+    ``{python}`` is the Python to give), or None when it can (or may: a lock not in ONE_PYTHON_LOCKS).
+
+    Raspberry Pi OS Trixie's python3 is 3.13, for which the Pi's lock has no wheel of mediapipe 0.10.18 and numpy
+    1.26.4 (requirements/README.md): pip printed its resolver's "no matching distribution", or sat silent for minutes
+    building numpy 1.26.4 from its source, after setup.sh had installed apt packages and install.sh had made the
+    venv again."""
+    now = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if now == LOCKS_PYTHON or Path(lock).name not in ONE_PYTHON_LOCKS:
+        return None
+    return (f"{sys.executable} is Python {now}, and {lock} has wheels for Python {LOCKS_PYTHON} only, Debian and "
+            f"Raspberry Pi OS Bookworm's, which cryedge supports (requirements/README.md says why): install on Bookworm "
+            f"(a Pi: Raspberry Pi OS (Legacy) in Raspberry Pi Imager) or give a Python {LOCKS_PYTHON}: "
+            f"{instead.format(python=f'python{LOCKS_PYTHON}')}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edge.installed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--lock", type=Path, help="the lock file just installed")
@@ -356,7 +379,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="only say why VENV cannot be used with this Python (exit 0), or nothing (exit 1)")
     parser.add_argument("--damaged", metavar="NAME",
                         help="only say why this venv's NAME needs installing again (exit 0), or nothing (exit 1)")
+    parser.add_argument("--not-the-locks-python", metavar="LOCK",
+                        help="only say why this Python cannot install LOCK (exit 0), or nothing (exit 1)")
+    parser.add_argument("--instead", default="", help="with --not-the-locks-python: what to do ({python}: a Python "
+                        "the locks are for)")
     args = parser.parse_args(argv)
+    if args.not_the_locks_python is not None:
+        why = not_the_locks_python(args.not_the_locks_python, args.instead)
+        if why is not None:
+            print(why)
+        return 0 if why is not None else 1
     if args.damaged is not None:
         why = why_damaged(args.damaged)
         if why is not None:

@@ -93,6 +93,12 @@ PACKAGE="${PACKAGE:-$SOURCE}"
 if [ "$USE_LOCK" -eq 1 ] && [ "$VENV" -eq 1 ]; then
     LOCK="${LOCK:-$SOURCE/requirements/$(uname -m).txt}"
     [ -f "$LOCK" ] || die "no lock file $LOCK for this machine ($(uname -m)); --no-lock installs unpinned"
+    # A Python the checkout's lock has no wheels for (Trixie's 3.13 and the Pi's lock) is one line naming what is
+    # supported and what to do, before anything is made, not pip's "no matching distribution" in a venv made again.
+    if [ "$LOCK" = "$SOURCE/requirements/$(basename "$LOCK")" ] && why=$(PYTHONPATH="$SOURCE" "$PYTHON" -m \
+            edge.installed --not-the-locks-python "$LOCK" --instead "sudo $0 --python /path/to/{python}"); then
+        die "$why"
+    fi
 fi
 VENV_DIR="$ROOT$PREFIX/venv"
 

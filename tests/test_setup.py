@@ -419,3 +419,39 @@ def test_setup_takes_the_tflite_runtime_venv_to_a_changed_lock_and_records_it(tm
     record = (venv / "cryedge-lock.txt").read_text()
     assert f"# lock: {second}\n# again: ./setup.sh\n" in record and record.endswith(second.read_text())
     assert drift_line(venv) is None
+
+
+# ----------------------------------------------------------------------------- a Python the locks are not for
+# Raspberry Pi OS Trixie's python3 is 3.13: the Pi's mediapipe 0.10.18 and numpy 1.26.4 have no wheel for it
+# (requirements/README.md). setup.sh installed apt packages, made .venv and ran pip, which said "no matching
+# distribution" or built numpy 1.26.4 from its source for minutes and failed.
+
+
+def test_the_locks_python_is_the_one_refresh_resolves_them_for():
+    from edge.installed import LOCKS_PYTHON
+
+    assert f"--python-version {LOCKS_PYTHON} " in (LOCKS / "refresh.sh").read_text()
+
+
+@pytest.mark.skipif(another_python() is None, reason="needs a Python of another minor version (pyenv)")
+def test_setup_refuses_a_python_the_locks_are_not_for_in_one_line(tmp_path):
+    other = another_python()
+    minor = python_version(other)
+    result = setup_function(f'refuse_another_python "{other}" requirements/aarch64.txt "./setup.sh --runtime"; '
+                            f'echo "went on"')
+    assert (result.returncode, result.stdout) == (1, ""), result.stderr
+    assert result.stderr == (
+        f"setup.sh: error: {other} is Python {minor}, and requirements/aarch64.txt has wheels for Python 3.11 only, "
+        "Debian and Raspberry Pi OS Bookworm's, which cryedge supports (requirements/README.md says why): install on "
+        "Bookworm (a Pi: Raspberry Pi OS (Legacy) in Raspberry Pi Imager) or give a Python 3.11: "
+        "PYTHON=/path/to/python3.11 ./setup.sh --runtime\n")
+    # the Python the locks are for goes on, saying nothing; and so does another with x86-64's runtime lock, which has
+    # every wheel for 3.13 too (requirements/README.md)
+    for python, lock in [(sys.executable, "aarch64.txt"), (sys.executable, "tflite-runtime.txt"), (other, "x86_64.txt")]:
+        result = setup_function(f'refuse_another_python "{python}" requirements/{lock} ./setup.sh')
+        assert (result.returncode, result.stderr) == (0, ""), (python, lock)
+
+
+def python_version(python: Path) -> str:
+    return subprocess.run([str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                          capture_output=True, text=True, check=True, timeout=60).stdout.strip()

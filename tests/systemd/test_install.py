@@ -348,6 +348,31 @@ def test_install_run_again_with_the_same_wheel_mends_cryedge_itself(tmp_path, wh
     assert "installing" not in install(*args, env=clean).stderr  # mended: nothing more to say
 
 
+def test_a_python_the_locks_are_not_for_is_refused_in_one_line_before_anything_is_made(tmp_path):
+    """Raspberry Pi OS Trixie's python3 is 3.13, for which the Pi's lock has no wheels (mediapipe 0.10.18, numpy
+    1.26.4): install.sh added the user, made the venv (again, over the Bookworm one an upgrade left) and ran pip, whose resolver
+    said "no matching distribution", or which built numpy from source for minutes and failed. Now one line naming
+    what is supported and what to do, and nothing made. (Offline: the old script's pip failed at once here.)"""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_setup import another_python, python_version
+
+    other = another_python()
+    if other is None:
+        pytest.skip("needs a Python of another minor version (pyenv)")
+    clean = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME")}
+    root = tmp_path / "root"
+    root.mkdir()
+    lock = REPO / "requirements" / "aarch64.txt"  # the Pi's
+    result = install("--root", root, "--python", other, "--lock", lock, "--pip-arg", "--no-index", "--no-models",
+                     "--no-enable", check=False, env=clean)
+    assert (result.returncode, result.stderr) == (1, (
+        f"install: error: {other} is Python {python_version(other)}, and {lock} has wheels for Python 3.11 only, Debian "
+        "and Raspberry Pi OS Bookworm's, which cryedge supports (requirements/README.md says why): install on Bookworm "
+        f"(a Pi: Raspberry Pi OS (Legacy) in Raspberry Pi Imager) or give a Python 3.11: sudo {INSTALL} --python "
+        "/path/to/python3.11\n"))
+    assert list(root.iterdir()) == []
+
+
 def test_a_unit_installed_without_its_program_is_said_to_be(tmp_path):
     """--no-venv with no venv there: the unit's ExecStart does not exist, and the service would fail at every start
     (203/EXEC, every RestartSec, for ever) after an install that said "done". It says so, in one line."""
