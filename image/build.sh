@@ -4,7 +4,8 @@
 #   sudo image/build.sh              # native pi-gen build (a Debian/Ubuntu host with pi-gen's depends)
 #   sudo DOCKER=1 image/build.sh     # pi-gen's build-docker.sh instead
 #
-# Environment: PIGEN_DIR (default image/pi-gen), PIGEN_REF (default arm64, pi-gen's 64-bit branch).
+# Environment: PIGEN_DIR (default image/pi-gen), PIGEN_REF (default bookworm-arm64, pi-gen's 64-bit Bookworm branch:
+# its arm64 branch builds Trixie since 2025, whose Python 3.13 the Pi's lock has no wheels for).
 # The image gets the committed HEAD of this checkout (git archive): commit your changes first.
 # The result is in $PIGEN_DIR/deploy/.
 
@@ -13,7 +14,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 PIGEN_DIR="${PIGEN_DIR:-$HERE/pi-gen}"
-PIGEN_REF="${PIGEN_REF:-arm64}"
+PIGEN_REF="${PIGEN_REF:-bookworm-arm64}"
 DOCKER="${DOCKER:-0}"
 
 # The image gets HEAD (git archive below). A lock file or pyproject.toml changed and not committed (after
@@ -32,6 +33,13 @@ fi
 
 if [ ! -d "$PIGEN_DIR/.git" ]; then
     git clone --depth 1 --branch "$PIGEN_REF" https://github.com/RPi-Distro/pi-gen.git "$PIGEN_DIR"
+fi
+# A checkout of another branch (an earlier build's arm64, now Trixie's) built that release's stages, and install.sh
+# inside it failed on its Python; it was reused without a word. (A detached HEAD: a PIGEN_REF tag, not checked.)
+branch=$(git -C "$PIGEN_DIR" symbolic-ref --short -q HEAD 2>/dev/null || true)
+if [ -n "$branch" ] && [ "$branch" != "$PIGEN_REF" ]; then
+    echo "image/build.sh: error: $PIGEN_DIR is pi-gen's $branch branch, not $PIGEN_REF: remove it (rm -rf $PIGEN_DIR) to clone $PIGEN_REF, or set PIGEN_REF=$branch" >&2
+    exit 1
 fi
 
 stage="$PIGEN_DIR/stage-cryedge"

@@ -73,6 +73,64 @@ def test_config_builds_bookworm_lite_plus_this_stage():
     assert first_user != "cryedge"  # that name is the service user's
 
 
+# pi-gen's arm64 branch builds Raspberry Pi OS Trixie since 2025 (its build.sh: RELEASE=${RELEASE:-trixie}; its README:
+# build a release from that release's branch); Bookworm's 64-bit one is bookworm-arm64.
+STAND_IN_GIT = """#!/bin/sh
+# git clone: no network here; a pi-gen checkout of the asked branch whose build.sh records that it ran
+if [ "$1" = clone ]; then
+    while [ $# -gt 1 ]; do
+        case "$1" in --branch) branch=$2; shift ;; esac
+        shift
+    done
+    echo "$branch" > "$CLONED"
+    "$REAL_GIT" init -q -b "$branch" "$1"
+    printf '#!/bin/sh\\necho built >> "$BUILT"\\n' > "$1/build.sh"
+    chmod +x "$1/build.sh"
+    mkdir -p "$1/stage2" "$1/deploy"
+    exit 0
+fi
+exec "$REAL_GIT" "$@"
+"""
+
+
+def build_image(tmp_path: Path, pigen: Path) -> tuple[subprocess.CompletedProcess, str, str]:
+    """image/build.sh with PIGEN_DIR=pigen and git clone stood in for: (result, branch cloned, what was built)."""
+    stand_in = tmp_path / "bin"
+    stand_in.mkdir(exist_ok=True)
+    (stand_in / "git").write_text(STAND_IN_GIT)
+    (stand_in / "git").chmod(0o755)
+    cloned, built = tmp_path / "cloned.txt", tmp_path / "built.txt"
+    result = bash(f'"{IMAGE / "build.sh"}"', PIGEN_DIR=str(pigen), PATH=f"{stand_in}:{os.environ['PATH']}",
+                  REAL_GIT=subprocess.run(["sh", "-c", "command -v git"], capture_output=True, text=True).stdout.strip(),
+                  CLONED=str(cloned), BUILT=str(built))
+    read = lambda path: path.read_text().strip() if path.exists() else ""  # noqa: E731
+    return result, read(cloned), read(built)
+
+
+def test_the_image_is_built_from_pi_gens_branch_of_the_configs_release(tmp_path):
+    """build.sh cloned pi-gen's arm64 branch, which builds Trixie now: image/config's RELEASE=bookworm got a warning
+    from pi-gen and Trixie's stages, and install.sh in it a Python 3.13 the Pi's lock has no wheels for."""
+    release = bash(f'source "{IMAGE / "config"}"; echo "$RELEASE"').stdout.strip()
+    result, cloned, built = build_image(tmp_path, tmp_path / "pi-gen")
+    assert result.returncode == 0, result.stderr
+    assert (cloned, built) == (f"{release}-arm64", "built")
+
+
+def test_an_earlier_checkout_of_another_pi_gen_branch_is_refused_in_one_line(tmp_path):
+    """image/pi-gen cloned by an earlier build.sh (arm64, Trixie's now) was reused as it was, whatever PIGEN_REF."""
+    pigen = tmp_path / "pi-gen"
+    subprocess.run(["git", "init", "-q", "-b", "arm64", str(pigen)], check=True)
+    (pigen / "build.sh").write_text('#!/bin/sh\necho built >> "$BUILT"\n')
+    (pigen / "build.sh").chmod(0o755)
+    (pigen / "stage2").mkdir()
+    (pigen / "deploy").mkdir()
+    result, cloned, built = build_image(tmp_path, pigen)
+    assert (result.returncode, cloned, built) == (1, "", "")
+    assert result.stderr.splitlines()[-1] == (
+        f"image/build.sh: error: {pigen} is pi-gen's arm64 branch, not bookworm-arm64: remove it (rm -rf {pigen}) to "
+        "clone bookworm-arm64, or set PIGEN_REF=arm64")
+
+
 def test_stage_script_installs_cryedge_and_enables_both_units(tmp_path):
     """Run 01-cryedge/00-run.sh as pi-gen would, then replay its chroot commands with --root."""
     stage = tmp_path / "stage-cryedge"
