@@ -20,9 +20,12 @@ layers left in float, or int16 activations (``convert.int8_fallback``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import platform
+import signal
+import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,7 +42,7 @@ from edge.card import (
     SourceModel,
     TensorQuantization,
 )
-from edge.errors import DataError, ModelError
+from edge.errors import DataError, ModelError, mask_password
 from edge.features import NORMALIZATIONS, SPECS, get_spec
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ MIN_CALIBRATION_SAMPLES = 20
 MAX_CALIBRATION_SAMPLES = 300
 MAX_FIDELITY_SAMPLES = 1000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".webp")
+WORK_PREFIX = "cryedge-convert-"  # the work folder's, in $TMPDIR
 
 
 @dataclass
@@ -302,13 +306,15 @@ class Measured:
     stateful: bool
 
 
-def convert(options: ConvertOptions):
-    """Convert, check, measure; writes OUT.tflite, OUT.json (card), and the report. Returns the Report."""
+def convert(options: ConvertOptions, work: Path | None = None):
+    """Convert, check, measure; writes OUT.tflite, OUT.json (card), and the report. Returns the Report.
+
+    ``work``: the folder for the SavedModel (the caller removes it); None: a temporary one, removed here."""
     check_options(options)
     source = load_source(options)
     labels, positive = choose_labels(options, source)  # a wrong --labels fails before minutes of conversion
     data = representative_data(source.samples)
-    with tempfile.TemporaryDirectory(prefix="cryedge-convert-") as tmp:
+    with contextlib.nullcontext(work) if work is not None else tempfile.TemporaryDirectory(prefix=WORK_PREFIX) as tmp:
         saved = export_model(options, source, Path(tmp))
         flatbuffer, graph = to_tflite(options, saved, data.calibration)
         measured = measure_fidelity(options, source, data, flatbuffer, graph)
@@ -800,14 +806,114 @@ def add_commands(subparsers) -> None:
 
 
 def run(args) -> int:
+    from convert import keras_io
+
     if args.output.suffix != ".tflite":
         raise DataError(f"--output {args.output}: give a .tflite path")
     args.output.parent.mkdir(parents=True, exist_ok=True)  # fails now, not after the conversion
-    report = convert(ConvertOptions(
+    options = ConvertOptions(
         model=args.model, output=args.output, quantize=args.quantize, calibration=args.calibration,
         io_type=args.io_type, edgetpu=args.edgetpu, report=args.report, kind=args.kind, spec=args.spec,
         window=args.window, labels=args.labels, positive=args.positive, threshold=args.threshold,
         lstm=args.lstm, name=args.name, normalization=args.normalization, metrics=args.metrics,
-        int8_fallback=args.int8_fallback, agreement_target=args.agreement_target))
-    print(report.table())
+        int8_fallback=args.int8_fallback, agreement_target=args.agreement_target)
+    check_options(options)
+    keras_io.check_installed()
+    kind, answer = convert_in_child(options, args.verbose)
+    if kind == "error":
+        raise answer  # a CryedgeError or an OSError of the child's: main says it as its own
+    if kind == "line":  # an install that does not import, or a bug: its line and exit code as main gives them
+        line, code = answer
+        print(f"cryedge: {mask_password(line)}", file=sys.stderr)
+        return code
+    print(answer)
     return 0
+
+
+def convert_in_child(options: ConvertOptions, verbosity: int) -> tuple[str, object]:
+    """``convert`` in a process of its own, in a work folder this one owns: ("table", the report's table),
+    ("error", a CryedgeError or OSError to raise) or ("line", (what went wrong, exit code)).
+
+    TensorFlow lost Ctrl-C: the KeyboardInterrupt landed in one of its weakref callbacks, was printed as "Exception
+    ignored" and the conversion went on to exit 0 (2 of 8 tries). And SIGTERM or SIGHUP, unhandled, left the work
+    folder in /tmp. This process only waits: Ctrl-C, SIGTERM or SIGHUP stop the child (a session of its own, which
+    the terminal's Ctrl-C does not reach) at once, the folder (TensorFlow's temporary files in it) is removed and
+    ``main`` exits 130. A subprocess, not multiprocessing: its resource tracker held stderr's pipe open, and the
+    native log filter waited 5 s for it at every exit.
+    """
+    import os
+    import pickle
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix=WORK_PREFIX) as work, _stopped_as_by_ctrl_c(signal.SIGTERM, signal.SIGHUP):
+        read_end, write_end = os.pipe()
+        try:
+            child = subprocess.Popen([sys.executable, "-c", CHILD_CODE, str(write_end)], stdin=subprocess.PIPE,
+                                     pass_fds=(write_end,), start_new_session=True,
+                                     env={**os.environ, "TMPDIR": work})  # TensorFlow's temporary files go with it
+        finally:
+            os.close(write_end)
+        with os.fdopen(read_end, "rb") as answer:
+            try:
+                pickle.dump(sys.path, child.stdin)
+                pickle.dump((options, Path(work), verbosity), child.stdin)
+                child.stdin.close()
+                try:
+                    result = pickle.load(answer)
+                except EOFError:  # it died without a word: killed (out of memory?) or crashed in native code
+                    code = child.wait()
+                    why = f"signal {-code}" if code < 0 else f"exit code {code}"
+                    return "line", (f"the conversion's process ended without a result ({why})", 1)
+                child.wait()
+                return result
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+
+
+# what the child runs: sys.path first (the parent's, so that it imports what the parent imported), then the rest
+CHILD_CODE = """\
+import pickle, sys
+path = pickle.load(sys.stdin.buffer)
+sys.path[:] = path
+from convert.convert import converting_child
+converting_child(int(sys.argv[1]))
+"""
+
+
+@contextlib.contextmanager
+def _stopped_as_by_ctrl_c(*signals: int):
+    """``signals`` raise KeyboardInterrupt while inside, as Ctrl-C does: a ``with`` or ``finally`` then cleans up."""
+    before = {number: signal.signal(number, signal.default_int_handler) for number in signals}
+    try:
+        yield
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+
+
+def converting_child(answer_fd: int) -> None:
+    """The child of ``convert_in_child``: reads its work from stdin, converts, writes what ``run`` says to ``answer_fd``."""
+    import os
+    import pickle
+
+    from edge import installed, logs
+    from edge.cli import UNEXPECTED_ERROR_EXIT_CODE, unexpected_error_line
+    from edge.errors import CryedgeError, InstallError
+
+    options, work, verbosity = pickle.load(sys.stdin.buffer)
+    logs.configure(verbosity)
+    try:
+        result = ("table", convert(options, work).table())
+    except (CryedgeError, OSError) as error:
+        log.debug("%s", error, exc_info=True)
+        result = ("error", error)
+    except (ImportError, SyntaxError) as error:
+        log.debug("import failed", exc_info=True)
+        result = ("line", (installed.broken_import_line(error), InstallError.exit_code))
+    except Exception as error:  # noqa: BLE001 - a bug: one line (the traceback with -vv), as main says it
+        log.debug("unexpected error", exc_info=True)
+        result = ("line", (unexpected_error_line(error), UNEXPECTED_ERROR_EXIT_CODE))
+    with os.fdopen(answer_fd, "wb") as answer:
+        pickle.dump(result, answer)

@@ -75,6 +75,20 @@ def import_tensorflow():
         os.close(saved)
 
 
+def check_installed() -> None:
+    """ModelError when the convert extra is not installed, found without importing it (``cryedge convert``'s
+    parent process, which leaves TensorFlow to its child)."""
+    import importlib.util
+
+    for name in ("keras", "tensorflow"):
+        try:
+            found = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            raise ModelError(f"converting needs the convert extra (pip install 'cryedge[convert]'): no module {name}")
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:300] if text else type(error).__name__

@@ -418,3 +418,40 @@ def test_card_carries_the_training_normalization_and_metrics(tmp_path):
     result = run_cli(str(model), "--quantize", "float32", "--output", str(tmp_path / "n.tflite"),
                      "--metrics", str(tmp_path / "none.json"))
     assert result.returncode == 7 and "--metrics" in result.stderr
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_mid_conversion_stops_it_at_once_and_leaves_no_work_folder(tmp_path, stop):
+    """Ctrl-C reached TensorFlow's weakref callbacks ("Exception ignored ... KeyboardInterrupt") and the conversion
+    went on to exit 0 (2 of 8 tries), or stopped 1 to 3 s later; SIGTERM left /tmp/cryedge-convert-* (and
+    TensorFlow's __autograph_generated_file*.py) behind. SIGINT goes to the process group, as a terminal sends it."""
+    import signal
+    import time
+
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    output = tmp_path / "out.tflite"
+    process = subprocess.Popen(
+        [str(CRYEDGE), "convert", str(FIXTURES / "lstm2.h5"), "--calibration", str(FIXTURES / "lstm2.heldout.npz"),
+         "-o", str(output)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env=dict(os.environ, CUDA_VISIBLE_DEVICES="", TMPDIR=str(temporary)))
+    try:
+        deadline = time.monotonic() + 120
+        while not list(temporary.glob("cryedge-convert-*/saved_model/saved_model.pb")):  # converting from now on
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        time.sleep(0.5)
+        if stop == "SIGINT":
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        out, err = process.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert took < 2.0, f"{took:.1f} s"
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert list(temporary.iterdir()) == []  # the work folder, TensorFlow's files in it
+    assert not output.exists() and out == ""
