@@ -3,6 +3,8 @@ still arrive, and how late?
 
     .venv/bin/python benchmarks/http_attacks.py [ATTACK ...] [--runs 1] [--seconds 45]
 
+(runs of several attacks are interleaved; with ``--runs`` above 1 the medians follow.)
+
 Each run is a fresh `cryedge run` on the bundled demo clip (one cry, ~5 s in) in real time, with ``[live]`` on,
 publishing to a loopback mosquitto; the attack starts (from another process, so that it does not hold up this
 one's subscriber) the moment the health port opens and goes on until the cry's end arrives. Prints per run: the
@@ -18,6 +20,8 @@ this process (one a second), the lines the daemon wrote to stderr, and what the 
 - ``cookie``: 4 clients asking ``/live/data.json`` with no token and a 60 KiB ``Cookie`` of backslashes;
 - ``pipelining``: 8 connections sending 2,000 ``GET /metrics`` each without reading an answer;
 - ``stalled_mjpeg``: 20 clients opening ``/live/stream.mjpeg`` with the token and never reading;
+- ``resets``: 4 clients cutting requests with a TCP reset, half before the headers end, half after;
+- ``garbage``: 4 clients sending what is not HTTP (noise, bad request lines, bad chunked bodies, bad lengths);
 - ``broker_stall`` / ``broker_stall_snapshot``: mosquitto stopped (SIGSTOP) from 2 s to 14 s after the port opens,
   ``[snapshot]`` off / on; ``start_s`` then counts from the broker's return, not the event;
 - ``4k`` / ``4k_snapshot``: the clip scaled to 3840x2160, ``[snapshot]`` off / on at full size (max 4096).
@@ -33,6 +37,7 @@ import os
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -45,7 +50,7 @@ sys.path.append(str(REPO / "tests"))
 from mqtt import Broker, Subscriber, free_port  # noqa: E402 (tests/mqtt.py: the loopback broker the tests use)
 
 TOKEN = "benchmark-live-token-0123456789"
-HTTP_ATTACKS = ("slowloris", "flood", "huge", "bad_tokens", "cookie", "pipelining", "stalled_mjpeg")
+HTTP_ATTACKS = ("slowloris", "flood", "huge", "bad_tokens", "cookie", "pipelining", "stalled_mjpeg", "resets", "garbage")
 ATTACKS = ("none", *HTTP_ATTACKS, "broker_stall", "broker_stall_snapshot", "4k", "4k_snapshot")
 STALL = (2.0, 14.0)  # seconds after the port opens: SIGSTOP, SIGCONT
 
@@ -99,9 +104,10 @@ def flood(port: int, until: float, tally: list[int]) -> None:
 def huge(port: int, until: float, tally: list[int]) -> None:
     headers = b"".join(b"X-Big-%d: %s\r\n" % (i, b"h" * 8000) for i in range(32))
     body = b"b" * (10 * 1024 * 1024)
-    requests = [b"GET /health HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n",
-                b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
-                b"GET /health?" + b"u" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"]
+    close = b"Host: x\r\nConnection: close\r\n"
+    requests = [b"GET /health HTTP/1.1\r\n" + close + headers + b"\r\n",
+                b"POST /health HTTP/1.1\r\n" + close + b"Content-Length: %d\r\n\r\n" % len(body) + body,
+                b"GET /health?" + b"u" * 100_000 + b" HTTP/1.1\r\n" + close + b"\r\n"]
     while time.monotonic() < until:
         try:
             _request(port, requests[tally[0] % 3])
@@ -149,6 +155,34 @@ def pipelining(port: int, until: float, tally: list[int]) -> None:
             sock.close()
 
 
+def resets(port: int, until: float, tally: list[int]) -> None:
+    """Requests cut by a TCP reset: before their headers end, and right after a whole one (before its answer)."""
+    whole = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    while time.monotonic() < until:
+        for raw in (whole[:20], whole):
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close() sends RST
+                sock.sendall(raw)
+                sock.close()
+                tally[0] += 1
+            except OSError:
+                time.sleep(0.01)
+
+
+def garbage(port: int, until: float, tally: list[int]) -> None:
+    """Requests that are not HTTP: binary noise, a bad request line, a bad chunked body, a bad Content-Length."""
+    bad = [os.urandom(512) + b"\r\n\r\n", b"GET\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n",
+           b"POST /health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+           b"GET /health HTTP/1.1\r\nContent-Length: -1\r\n\r\n", b"GET /health HTTP/1.1\r\nHo st: x\r\n\r\n"]
+    while time.monotonic() < until:
+        try:
+            _request(port, bad[tally[0] % len(bad)].replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+        except OSError:
+            pass
+        tally[0] += 1
+
+
 def stalled_mjpeg(port: int, until: float, tally: list[int]) -> None:
     auth = base64.b64encode(f"viewer:{TOKEN}".encode())
     raw = b"GET /live/stream.mjpeg HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + auth + b"\r\n\r\n"
@@ -171,7 +205,7 @@ def stalled_mjpeg(port: int, until: float, tally: list[int]) -> None:
 
 def attack(name: str, port: int, seconds: float) -> None:
     until = time.monotonic() + seconds
-    clients = {"flood": 8, "huge": 4, "bad_tokens": 4, "cookie": 4}.get(name, 1)
+    clients = {"flood": 8, "huge": 4, "bad_tokens": 4, "cookie": 4, "resets": 4, "garbage": 4}.get(name, 1)
     tallies = [[0] for _ in range(clients)]
 
     def report(*_) -> None:  # what it got done, also when stopped early (the cry's end came first)
@@ -297,18 +331,19 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as shared:
         big_clip = clip_4k(Path(shared)) if any(a.startswith("4k") for a in args.attacks) else None
-        for name in args.attacks:
-            results = []
-            for run in range(args.runs):
+        results: dict[str, list[dict]] = {name: [] for name in args.attacks}
+        for run in range(args.runs):  # interleaved: the machine's drift falls on every attack alike
+            for name in args.attacks:
                 with tempfile.TemporaryDirectory() as folder:
-                    results.append(one_run(Path(folder), name, args.seconds, big_clip))
+                    results[name].append(one_run(Path(folder), name, args.seconds, big_clip))
                 print(f"{name} run {run + 1}: " + ", ".join(
-                    f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in results[-1].items()), flush=True)
-            if args.runs > 1:
-                numbers = [k for k, v in results[0].items() if isinstance(v, float)]
+                    f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in results[name][-1].items()),
+                    flush=True)
+        for name, runs in results.items():
+            if len(runs) > 1:
+                numbers = [k for k in runs[0] if any(isinstance(r[k], float) for r in runs)]
                 print(f"{name} median: " + ", ".join(
-                    f"{k} {statistics.median(r[k] for r in results if r[k] is not None):.2f}" for k in numbers
-                    if any(r[k] is not None for r in results)), flush=True)
+                    f"{k} {statistics.median(r[k] for r in runs if r[k] is not None):.2f}" for k in numbers), flush=True)
 
 
 if __name__ == "__main__":
