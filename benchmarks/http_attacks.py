@@ -24,7 +24,9 @@ this process (one a second), the lines the daemon wrote to stderr, and what the 
 - ``garbage``: 4 clients sending what is not HTTP (noise, bad request lines, bad chunked bodies, bad lengths);
 - ``broker_stall`` / ``broker_stall_snapshot``: mosquitto stopped (SIGSTOP) from 2 s to 14 s after the port opens,
   ``[snapshot]`` off / on; ``start_s`` then counts from the broker's return, not the event;
-- ``4k`` / ``4k_snapshot``: the clip scaled to 3840x2160, ``[snapshot]`` off / on at full size (max 4096).
+- ``4k`` / ``4k_snapshot``: the clip scaled to 3840x2160, ``[snapshot]`` off / on at full size (max 4096);
+- ``slow_link`` / ``slow_link_snapshot``: the daemon reaches the broker through a loopback proxy passing 8 KiB/s
+  towards it, ``[snapshot]`` off / on (quality 100, ~100 KiB): what waits behind a picture on a slow link.
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ from mqtt import Broker, Subscriber, free_port  # noqa: E402 (tests/mqtt.py: the
 
 TOKEN = "benchmark-live-token-0123456789"
 HTTP_ATTACKS = ("slowloris", "flood", "huge", "bad_tokens", "cookie", "pipelining", "stalled_mjpeg", "resets", "garbage")
-ATTACKS = ("none", *HTTP_ATTACKS, "broker_stall", "broker_stall_snapshot", "4k", "4k_snapshot")
+ATTACKS = ("none", *HTTP_ATTACKS, "broker_stall", "broker_stall_snapshot", "4k", "4k_snapshot", "slow_link",
+           "slow_link_snapshot")
+SLOW_LINK = 8 * 1024  # bytes a second towards the broker
 STALL = (2.0, 14.0)  # seconds after the port opens: SIGSTOP, SIGCONT
 
 
@@ -246,6 +250,36 @@ def proc(pid: int) -> tuple[float, float]:
     return cpu, peak
 
 
+def slow_proxy(listener: socket.socket, broker_port: int, stop: threading.Event) -> None:
+    """Forwards one client at a time to the broker: ``SLOW_LINK`` bytes a second towards it, as fast as may back."""
+    def pump(source: socket.socket, sink: socket.socket, rate: float | None) -> None:
+        try:
+            while not stop.is_set():
+                data = source.recv(1024 if rate else 65536)
+                if not data:
+                    break
+                sink.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                sock.close()
+
+    listener.settimeout(0.5)
+    while not stop.is_set():
+        try:
+            client, _ = listener.accept()
+        except TimeoutError:
+            continue
+        except OSError:  # the run is over: the listener is closed
+            return
+        upstream = socket.create_connection(("127.0.0.1", broker_port))
+        threading.Thread(target=pump, args=(client, upstream, SLOW_LINK), daemon=True).start()
+        threading.Thread(target=pump, args=(upstream, client, None), daemon=True).start()
+
+
 def clip_4k(folder: Path) -> Path:
     path = folder / "demo-4k.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(REPO / "edge/data/demo.mp4"), "-vf", "scale=3840:2160",
@@ -260,14 +294,21 @@ def one_run(folder: Path, name: str, seconds: float, big_clip: Path | None) -> d
             f'[outbox]\npath = "{folder / "outbox.sqlite3"}"\n')
     if name.endswith("snapshot"):
         text += "[snapshot]\nenabled = true\nmax_width = 4096\nmax_height = 4096\n"
+        if name.startswith("slow_link"):
+            text += "quality = 100\n"
     if name.startswith("4k"):
         text += f'[source]\ntype = "file"\npath = "{big_clip}"\n'
     config.write_text(text)
     environ = {**os.environ, "CRYEDGE_LIVE_TOKEN": TOKEN, "PYTHONPATH": str(REPO)}
     with Broker(folder / "mosquitto") as broker, Subscriber(broker, topics=("cryedge/nursery/#",)) as events, \
-            open(folder / "stderr.log", "w") as stderr:
+            open(folder / "stderr.log", "w") as stderr, socket.create_server(("127.0.0.1", 0)) as listener:
+        proxy_stop = threading.Event()
+        broker_port = broker.port
+        if name.startswith("slow_link"):
+            threading.Thread(target=slow_proxy, args=(listener, broker.port, proxy_stop), daemon=True).start()
+            broker_port = listener.getsockname()[1]
         daemon = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config),
-                                   "--broker", f"mqtt://127.0.0.1:{broker.port}"], cwd=REPO, env=environ,
+                                   "--broker", f"mqtt://127.0.0.1:{broker_port}"], cwd=REPO, env=environ,
                                   stdout=subprocess.DEVNULL, stderr=stderr)
         attacker = None
         try:
@@ -280,8 +321,9 @@ def one_run(folder: Path, name: str, seconds: float, big_clip: Path | None) -> d
                 attacker = subprocess.Popen([sys.executable, __file__, "--attacker", name, str(port), str(seconds)],
                                             stdout=subprocess.PIPE, text=True)
             stopped = resumed = None
-            probes, arrived, snapshot = [], {}, None
-            while "cry_end" not in arrived and time.monotonic() < opened + 90 and daemon.poll() is None:
+            probes, arrived, snapshot, cpu, peak, ended = [], {}, None, None, None, None
+            while "cry_end" not in arrived and time.monotonic() < opened + 90 and (ended is None or
+                                                                                  time.monotonic() < ended + 10):
                 now = time.monotonic()
                 if name.startswith("broker_stall"):
                     if stopped is None and now >= opened + STALL[0]:
@@ -299,8 +341,11 @@ def one_run(folder: Path, name: str, seconds: float, big_clip: Path | None) -> d
                         arrived[kind] = received - origin
                 if snapshot is None and events.on("cryedge/nursery/snapshot"):
                     snapshot = len(events.on("cryedge/nursery/snapshot")[0].payload)
+                if daemon.poll() is None:
+                    cpu, peak = proc(daemon.pid)
+                elif ended is None:  # the clip's end: what is still on its way may come yet
+                    ended = time.monotonic()
                 time.sleep(max(0.0, 1.0 - (time.monotonic() - now)))
-            cpu, peak = proc(daemon.pid)
         finally:
             if name.startswith("broker_stall") and broker.process is not None:
                 broker.process.send_signal(signal.SIGCONT)
@@ -310,7 +355,9 @@ def one_run(folder: Path, name: str, seconds: float, big_clip: Path | None) -> d
                 done = attacker.communicate()[0].strip() or "killed"
             daemon.terminate()
             daemon.wait(60)
+            proxy_stop.set()
     lines = (folder / "stderr.log").read_text().splitlines()
+    proxy_stop.set()
     if os.environ.get("CRYEDGE_ATTACK_LOGS"):  # a folder to keep each run's stderr in
         Path(os.environ["CRYEDGE_ATTACK_LOGS"], f"{name}.log").write_text("\n".join(lines) + "\n")
     answered = [p for p in probes if p is not None]
