@@ -21,7 +21,8 @@ owns the outbox and all publishing; paho's network loop runs in its own thread a
 put notices on the same queue. So everything the publisher does happens in one order. An unexpected
 error on either thread (a bug) is handed to ``on_fault`` (the daemon stops on it) and the thread goes on: it is
 the one that delivers the end of the episode the daemon then ends. An event whose handling failed is still stored
-and sent, before that end.
+and sent, before that end. A fault while closing does not end the close: what is queued is still stored and sent,
+then the final OFF and ``offline``.
 
 Broker at start: a refusal (bad credentials, not authorized) or a TLS failure in the broker's first answer is
 fatal (``BrokerError``): retrying cannot fix it. A broker that cannot be reached (connection refused, no route,
@@ -52,7 +53,7 @@ from typing import Any, Protocol
 from edge import __version__
 from edge.alarm import AlarmState
 from edge.config import Config, DeviceConfig, MqttConfig, OutboxConfig
-from edge.errors import BrokerError
+from edge.errors import BrokerError, error_in_one_line
 from edge.inbound_limit import MAX_INBOUND_PUBLISH, bounded_client_class
 from edge.outbox import Entry, Outbox, runtime_directory
 from edge.records import OK, AlarmEvent
@@ -834,18 +835,16 @@ class MqttPublisher:
                     continue
                 if kind == "stop":
                     return
-                if kind == "close":
-                    self._handle_close(value)
-                    return
-                handlers[kind](value)
+                if kind != "close":
+                    handlers[kind](value)
             except Exception as error:  # noqa: BLE001 - a bug: the daemon stops on it and ends its episode, which
                 # this thread, alive, delivers (a thread dead of it left every later alert queued and never sent)
                 report_fault(self._on_fault, error)
                 if kind == "event":
                     self._keep(value)
-                if kind == "close":  # failed part-way: what was not acknowledged stays in the outbox, as on a timeout
-                    self._outbox.close()
-                    return
+            if kind == "close":  # also after a fault above: it reports its own and goes on, the outbox closed at last
+                self._handle_close(value)
+                return
 
     def _publish(self, topic: str, payload: str | bytes, qos: int = 1, retain: bool = False):
         return self._client.publish(topic, payload, qos=qos, retain=retain)
@@ -880,15 +879,20 @@ class MqttPublisher:
         Stored and sent now, before that end (queued behind us), it goes out first, or with it from the outbox by the
         next run.
         """
+        said = f"{EVENT_TYPES[event.kind]} {event.event_id}"
         try:
             if not any((e.event_id, e.kind) == (event.event_id, event.kind) for e in self._outbox.pending()):
                 self._outbox.add(event.event_id, event.kind, _json(event_payload(event, self.device.id, self.model)))
                 self.outbox_depth = len(self._outbox)
+        except Exception as error:  # noqa: BLE001 - the fault itself is reported already; this says what it cost
+            log.error("%s is lost: it could not be stored after the fault either (%s)", said, error_in_one_line(error))
+            return
+        try:
             if self.connected:
                 self._send_waiting()
-        except Exception as error:  # noqa: BLE001 - the fault itself is reported already; this says what it cost
-            log.error("%s %s is lost: it could not be stored after the fault either (%s: %s)",
-                      EVENT_TYPES[event.kind], event.event_id, type(error).__name__, " ".join(str(error).split()))
+        except Exception as error:  # noqa: BLE001 - as above; stored, it goes at the next connect or the next run
+            log.error("%s stays in the outbox, not sent: sending failed after the fault too (%s)", said,
+                      error_in_one_line(error))
 
     def _send_waiting(self) -> None:
         """Send what the outbox holds that is not in flight, oldest first."""
@@ -1043,23 +1047,56 @@ class MqttPublisher:
             self._discovery_due = max(time.monotonic(), self._discovery_sent_at + self.discovery_interval)
 
     def _handle_close(self, timeout: float) -> None:
+        """What is queued into the outbox, the final OFF and offline, acknowledgements awaited, the outbox closed.
+
+        Whatever fails on the way is reported (``report_fault``: the daemon exits 70) and the close goes on: a fault
+        while handling one queued event (``_keep``s it) costs neither it nor what is queued after it, and one while
+        saying goodbye leaves the unacknowledged events in the outbox for the next run, as a timeout does.
+        """
         deadline = time.monotonic() + timeout
-        self._drain()
-        if self.connected:
+        try:
+            self._drain()
+            if self.connected:
+                self._say_goodbye(deadline)
+            self._say_undelivered()
+        except Exception as error:  # noqa: BLE001 - each step guards its own; this is for what they did not foresee
+            report_fault(self._on_fault, error)
+        finally:
+            self._outbox.close()
+
+    def _say_goodbye(self, deadline: float) -> None:
+        """The final OFF, ``offline``, the acknowledgements awaited until ``deadline``, disconnect; each step also
+        after a fault in the one before it (reported): an ON is always followed by an OFF."""
+        try:
+            final = self._final_state()
+        except Exception as error:  # noqa: BLE001 - reported; an OFF since now still ends what Home Assistant shows
+            report_fault(self._on_fault, error)
+            final = unmeasured_state(time.time())
+        offline = None
+        try:
             # always, an OFF already said too: it carried the last probability (0.38 an hour later), measured no
             # more by a stopped monitor; one OFF after a cry that was still running
-            self._send_state(self._final_state())
+            self._send_state(final)
             offline = self._publish(self.topics.availability, OFFLINE, qos=1, retain=True)
-            while (self._inflight or not offline.is_published()) and time.monotonic() < deadline:
-                try:
-                    kind, value = self._queue.get(timeout=0.05)
-                except queue.Empty:
-                    continue
+        except Exception as error:  # noqa: BLE001 - reported; what is in flight is still awaited
+            report_fault(self._on_fault, error)
+        while (self._inflight or (offline is not None and not offline.is_published())) and time.monotonic() < deadline:
+            try:
+                kind, value = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            try:
                 if kind in ("acked", "disconnected"):
                     getattr(self, f"_handle_{kind}")(value)
-                if not self.connected:
-                    break
+            except Exception as error:  # noqa: BLE001 - reported; an event not forgotten is sent again by the next run
+                report_fault(self._on_fault, error)
+            if not self.connected:
+                break
+        if offline is not None:
             self._client.disconnect()
+        # else no clean goodbye: the broker then publishes the last will, offline, when the process ends
+
+    def _say_undelivered(self) -> None:
         kept, kept_aside, lost = self._outbox.undelivered()
         if kept:  # also while the file cannot be written: what it holds the next run reads and delivers again
             log.warning("%d events not acknowledged by the broker stay in the outbox %s for the next run", kept,
@@ -1071,19 +1108,24 @@ class MqttPublisher:
         if lost:
             log.error("%d events not acknowledged by the broker were kept in memory only (the outbox %s cannot be "
                       "written) and are lost", lost, self._outbox.path)
-        self._outbox.close()
 
     def _drain(self) -> None:
-        """Handle everything queued before close(): the daemon's end event goes into the outbox and out first."""
+        """Handle what was queued after close() (paho's notices; an event the daemon sent late): each event into the
+        outbox and out, also past a fault while handling one (reported, and the event ``_keep``-t)."""
         while True:
             try:
                 kind, value = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if kind == "state":
-                self._state = value  # the final state is sent once, by close
-            elif kind in ("event", "acked", "connected", "disconnected", "refused", "snapshot"):
-                getattr(self, f"_handle_{kind}")(value)
+            try:
+                if kind == "state":
+                    self._state = value  # the final state is sent once, by close
+                elif kind in ("event", "acked", "connected", "disconnected", "refused", "snapshot"):
+                    getattr(self, f"_handle_{kind}")(value)
+            except Exception as error:  # noqa: BLE001 - a bug, reported: the daemon exits 70 once closed
+                report_fault(self._on_fault, error)
+                if kind == "event":
+                    self._keep(value)
 
     def _final_state(self) -> AlarmState:
         """OFF, since the end of the last episode (or now), with no probability: nothing is measured any more."""

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from test_daemon_faults import assert_episode_ended_by_the_error
+
+from edge.outbox import Outbox
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "edge" / "data" / "demo.mp4"  # synthetic: a photo animated, crying from 5 s to 14 s, with sound
@@ -367,3 +370,36 @@ def test_a_tools_stderr_closed_under_its_reader_is_its_end_not_a_dead_thread(thr
     errors.watch(stderr)
     errors.join(5)
     assert errors.lines == [] and thread_errors == []
+
+
+def test_a_fault_as_the_publisher_closes_after_a_stop_mid_cry_still_ends_what_home_assistant_shows(mosquitto,
+                                                                                                    tmp_path):
+    """SIGTERM mid-cry, and the publisher's thread raising as it closes (making the final OFF). Before: the close
+    stopped at the fault: no OFF and no offline from cryedge (the retained state stayed ON, under the last will, until
+    the next run, and for ever with none), the cry_end's acknowledgement left untaken. Now the fault is the exit
+    line and the close goes on."""
+    from mqtt import Subscriber
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", FAULT, "edge.publish:MqttPublisher._final_state", "True", "run", "--config",
+         str(config_file(tmp_path)), "--broker", f"mqtt://127.0.0.1:{mosquitto.port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        with Subscriber(mosquitto, topics=("cryedge/#",)) as subscriber:
+            subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_start" in m.payload, timeout=60)
+            process.send_signal(signal.SIGTERM)  # real time: the clip's cry goes on for 9 s
+            stdout, stderr = process.communicate(timeout=60)
+            subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_end" in m.payload, timeout=5)
+            subscriber.wait_for("cryedge/nursery/availability", lambda m: m.payload == b"offline", timeout=5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert_one_line_and_exit_70(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr),
+                                "cryedge-publisher", "MqttPublisher._final_state")
+    events = [(p["event_type"], p.get("reason")) for p in subscriber.json("cryedge/nursery/event")]
+    assert events == [("cry_start", None), ("cry_end", "shutdown")], events
+    assert subscriber.json("cryedge/nursery/state")[-1]["crying"] == "OFF"
+    assert subscriber.payloads("cryedge/nursery/availability")[-1] == "offline"
+    with Outbox(tmp_path / "outbox.sqlite3") as outbox:  # acknowledged, not sent again by the next run
+        assert len(outbox) == 0 and list(outbox.open_episodes()) == []
