@@ -386,7 +386,8 @@ def _paho_logger() -> logging.Logger:
 
 
 def _client_class():
-    """``bounded_client_class()`` that hands why an attempt to connect failed to ``on_connect_failure(error)``.
+    """``bounded_client_class()`` that hands why an attempt to connect failed to ``on_connect_failure(error)``, and
+    that ``stop()``s without waiting for an attempt under way.
 
     paho makes the attempts in its own thread and keeps the error to itself (its ``on_connect_fail`` gets none),
     yet a TLS failure in the first answer is fatal and one later is said in the log.
@@ -395,13 +396,45 @@ def _client_class():
     class Client(bounded_client_class()):
         on_connect_failure = None
 
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.attempt_lock = threading.Lock()
+            self.attempting = False  # paho's thread is in an attempt to connect (TCP, TLS handshake)
+            self.stopping = False
+
         def reconnect(self):
+            with self.attempt_lock:
+                if self.stopping:  # stop() came between two attempts: no new one
+                    self.disconnect()
+                    raise ConnectionAbortedError("stopping")
+                self.attempting = True
             try:
                 return super().reconnect()
             except OSError as error:
                 if self.on_connect_failure is not None:
                     self.on_connect_failure(error)
                 raise
+            finally:
+                with self.attempt_lock:
+                    self.attempting = False
+                    if self.stopping:  # stop() did not wait for this attempt: paho's thread ends now it is over
+                        self.disconnect()
+
+        def stop(self) -> bool:
+            """``loop_stop()``, or False without waiting when paho's thread is in an attempt to connect.
+
+            Nothing interrupts an attempt: a host that drops the SYN holds it for ``connect_timeout`` (up to 300 s),
+            and loop_stop() waited for it while systemd allows a stop 20 s (TimeoutStopSec) before it kills. The
+            thread (a daemon thread) is told to end once the attempt is over instead.
+            """
+            with self.attempt_lock:
+                self.stopping = True
+                attempting = self.attempting
+            if attempting:
+                self.disconnect()
+                return False
+            self.loop_stop()
+            return True
 
     return Client
 
@@ -747,8 +780,9 @@ class MqttPublisher:
             log.error("the publisher did not finish closing in %.0f s; events it had not stored are lost",
                       timeout + 5)
         self._thread = None
-        if self._client is not None:
-            self._client.loop_stop()
+        if self._client is not None and not self._client.stop():
+            log.warning("%s never answered the attempt to connect under way: stopped without waiting for it to give up "
+                        "(mqtt.connect_timeout %g s)", self.where, self.mqtt.connect_timeout)
 
     def _stop_thread(self) -> None:
         self._queue.put(("stop", None))

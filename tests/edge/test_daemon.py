@@ -423,6 +423,44 @@ def test_a_broker_that_never_answers_at_boot_does_not_hold_up_the_first_cry(tmp_
     assert waiting == [("start", None), ("end", "shutdown")]
 
 
+def test_a_stop_mid_cry_while_the_broker_host_drops_every_syn_is_quick_and_keeps_the_cry_for_the_next_run(tmp_path):
+    """SIGTERM mid-cry while the background attempt to connect waits on a host that drops every SYN, with
+    [mqtt] connect_timeout = 60 (300 is allowed): the stop waited for that attempt to give up, up to 60 s, while
+    systemd kills a daemon that has not stopped 20 s after SIGTERM (TimeoutStopSec). Now it stops at once, exit 0,
+    says in one line that the broker never answered, and the cry and its end stay in the outbox for the next run."""
+    from mqtt import BlackHole, free_port
+
+    from edge.outbox import Outbox
+
+    port, timeout = free_port(), 60
+    config = demo_config(tmp_path)
+    config.write_text(config.read_text() + f"[mqtt]\nconnect_timeout = {timeout}\n")
+    with BlackHole(port, syn=True):
+        process = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config),
+                                    "--broker", f"mqtt://127.0.0.1:{port}"],
+                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            said = []
+            while not any("cry_start" in line and "kept in the outbox" in line for line in said):
+                line = process.stderr.readline()
+                assert line, said
+                said.append(line)
+            process.send_signal(signal.SIGTERM)
+            stopping = time.monotonic()
+            _, rest = process.communicate(timeout=timeout + 30)
+            stopped_in = time.monotonic() - stopping
+        finally:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, "".join(said) + rest
+    assert stopped_in < 5, f"{stopped_in:.1f} s\n{rest}"
+    assert f"mqtt 127.0.0.1:{port} never answered the attempt to connect under way" in rest, rest
+    assert "Traceback" not in rest, rest
+    with Outbox(tmp_path / "outbox.sqlite3") as outbox:
+        waiting = [(entry.kind, json.loads(entry.payload).get("reason")) for entry in outbox.pending()]
+    assert waiting == [("start", None), ("end", "shutdown")]
+
+
 def test_a_second_daemon_on_the_same_outbox_refuses_with_one_line(mosquitto, tmp_path):
     """Not a false all-clear: the running daemon's episode is not ended as if it had died."""
     from mqtt import Subscriber
