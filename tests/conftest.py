@@ -1,4 +1,5 @@
-"""Shared fixtures: paths of real test data, the loopback mosquitto broker, and a guard against leaks.
+"""Shared fixtures: paths of real test data, the loopback mosquitto broker, a runtime directory of each test's own,
+and a guard against leaks.
 
 The whole suite is one process that hosts TensorFlow's, MediaPipe's and LiteRT's thread pools
 besides every test's servers, clients and readers. A thread or socket that a test leaves behind
@@ -42,6 +43,19 @@ def mosquitto(tmp_path):
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(autouse=True)
+def runtime_directory_of_the_test(tmp_path_factory, monkeypatch) -> Path:
+    """``$XDG_RUNTIME_DIR`` a fresh folder of this test's, ``$RUNTIME_DIRECTORY`` unset: an outbox that cannot be
+    written keeps its events and notes what was delivered in the runtime directory (edge.outbox.runtime_directory),
+    which was the developer's own ``/run/user/<uid>/cryedge``. The cryedge commands a test starts inherit it. A
+    test that sets either variable itself (monkeypatch, after this) has its own."""
+    directory = tmp_path_factory.mktemp("xdg-runtime")
+    directory.chmod(0o700)  # as pam_systemd makes it
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(directory))
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    return directory
 
 
 @pytest.fixture(scope="session")

@@ -491,8 +491,11 @@ def event_ids(subscriber) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("fault", ["disk full", "read-only"])
-def test_an_outbox_that_cannot_be_written_does_not_stop_an_event(mosquitto, subscriber, tmp_path, caplog, fault):
-    """The outbox is a safety net: with the broker up every event still goes out, and the fault is reported."""
+def test_an_outbox_that_cannot_be_written_does_not_stop_an_event(mosquitto, subscriber, tmp_path, caplog, fault,
+                                                                 monkeypatch):
+    """The outbox is a safety net: with the broker up every event still goes out, and the fault is reported. With no
+    runtime directory the events wait in memory (with one, there: the tests below)."""
+    runtime_directory(monkeypatch, None)
     with Tmpfs(tmp_path / "state") as disk, publisher_for(mosquitto, tmp_path) as publisher:
         publisher.publish_event(event("start", "ep1"))
         subscriber.wait_for(f"{PREFIX}/event")
@@ -560,6 +563,21 @@ def runtime_directory(monkeypatch, directory):
         monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
     else:
         monkeypatch.setenv("RUNTIME_DIRECTORY", str(directory))
+
+
+def test_a_test_that_sets_no_runtime_directory_gets_one_of_its_own_and_so_do_the_commands_it_starts(
+        tmp_path_factory):
+    """An outbox that cannot be written (a test's read-only tmpfs) keeps its events and notes what was delivered in
+    the runtime directory: in a test that set none, that was the developer's own $XDG_RUNTIME_DIR/cryedge, where
+    outbox-* and delivered-* files were left behind (tests/conftest.py runtime_directory_of_the_test)."""
+    from edge.outbox import runtime_directory as runtime_directory_of
+
+    base = tmp_path_factory.getbasetemp()
+    here = runtime_directory_of()
+    assert here is not None and here.is_relative_to(base), here
+    child = subprocess.run([sys.executable, "-c", "from edge.outbox import runtime_directory; print(runtime_directory())"],
+                           capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+    assert child.stdout.strip() == str(here), child.stderr
 
 
 def received_events(subscriber) -> list[tuple[str, str, str | None]]:
