@@ -171,7 +171,7 @@ def test_a_huge_message_on_home_assistants_status_topic_is_not_held_in_memory(tm
     Packet Size); the messages after it are read and a cry still goes out."""
     import copy
 
-    from mqtt import free_port, make_certificates
+    from mqtt import free_port, make_certificates, wait_until_listening
 
     broker = Broker(tmp_path / "broker", tls=make_certificates(tmp_path / "certs") if tls else None)
     mosquitto = broker  # the plain listener the test's own clients use
@@ -184,22 +184,25 @@ def test_a_huge_message_on_home_assistants_status_topic_is_not_held_in_memory(tm
         mqtt["tls"] = {"ca_file": str(tmp_path / "certs" / "ca.crt")}
     size = 48 * 2**20
     config = {"device": {"id": DEVICE}, "mqtt": mqtt, "outbox": {"path": str(tmp_path / "outbox.sqlite3")}}
-    with broker, Subscriber(mosquitto, topics=(f"{PREFIX}/#", "homeassistant/device/#")) as home_assistant:
-        process = subprocess.Popen([sys.executable, "-c", PUBLISHER_PROCESS, json.dumps(config)],
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            before = int(process.stdout.readline())
-            discovery = f"homeassistant/device/{DEVICE}/config"
-            home_assistant.wait_for(discovery)
-            flood(mosquitto, "homeassistant/status", "x" * size, 1)
-            flood(mosquitto, "homeassistant/status", "online", 1)  # read after the huge one: the stream goes on
-            home_assistant.wait_for(discovery, count=2)
-            process.stdin.write("peak\ncry\n")
-            process.stdin.flush()
-            peak = int(process.stdout.readline())
-            start = home_assistant.wait_for(f"{PREFIX}/event")
-        finally:
-            process.communicate(timeout=20)
+    with broker:
+        if tls:  # Broker waits for its own listener only; mosquitto may open the second a moment later
+            wait_until_listening(broker.process, mosquitto.port, broker.workdir / "mosquitto.log", "mosquitto")
+        with Subscriber(mosquitto, topics=(f"{PREFIX}/#", "homeassistant/device/#")) as home_assistant:
+            process = subprocess.Popen([sys.executable, "-c", PUBLISHER_PROCESS, json.dumps(config)],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            try:
+                before = int(process.stdout.readline())
+                discovery = f"homeassistant/device/{DEVICE}/config"
+                home_assistant.wait_for(discovery)
+                flood(mosquitto, "homeassistant/status", "x" * size, 1)
+                flood(mosquitto, "homeassistant/status", "online", 1)  # read after the huge one: the stream goes on
+                home_assistant.wait_for(discovery, count=2)
+                process.stdin.write("peak\ncry\n")
+                process.stdin.flush()
+                peak = int(process.stdout.readline())
+                start = home_assistant.wait_for(f"{PREFIX}/event")
+            finally:
+                process.communicate(timeout=20)
     assert json.loads(start.payload)["event_type"] == "cry_start"
     grown = (peak - before) / 1024
     assert grown < 16, f"{grown:.0f} MiB more for a {size // 2**20} MiB message"
