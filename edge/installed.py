@@ -74,11 +74,13 @@ def lock_entries(lock_text: str, names: set[str]) -> str:
 
 @dataclass(frozen=True)
 class Record:
-    """What a venv was installed from: the lock's name, the command that installs it again, the lock's text."""
+    """What a venv was installed from: the lock's name, the command that installs it again, the lock's text, and
+    the paths that command reads (the install script, a wheel, a lock or a Python given to it)."""
 
     lock: str
     again: str
     text: str
+    needs: tuple[str, ...] = ()
 
     @classmethod
     def read(cls, prefix: Path) -> Record | None:
@@ -87,12 +89,34 @@ class Record:
         except (OSError, UnicodeDecodeError):
             return None
         fields = dict(re.findall(r"^# (lock|again): (.*)$", text, re.MULTILINE))
-        return cls(fields.get("lock", "its lock file"), fields.get("again", "the install"), text)
+        needs = tuple(re.findall(r"^# needs: (.*)$", text, re.MULTILINE))
+        return cls(fields.get("lock", "its lock file"), fields.get("again", "the install"), text, needs)
 
     def write(self, prefix: Path) -> None:
         header = (f"# cryedge: this venv was installed from this lock; `cryedge run` compares it with the venv\n"
-                  f"# lock: {self.lock}\n# again: {self.again}\n")
+                  f"# lock: {self.lock}\n# again: {self.again}\n" + "".join(f"# needs: {p}\n" for p in self.needs))
         (prefix / RECORD_NAME).write_text(header + self.text)
+
+    def repair(self) -> str:
+        """The command that installs this venv again, and, when what it reads is gone (a wheel in /tmp, the copy of a
+        checkout an image was built from), that it is: the command alone would fail, or install something else."""
+        gone = [path for path in self.needs if _gone(path)]
+        if not gone:
+            return self.again
+        return (f"{self.again} (but {', '.join(gone)} {'is' if len(gone) == 1 else 'are'} no longer there: put "
+                f"{'it' if len(gone) == 1 else 'them'} back, or run a cryedge checkout's systemd/install.sh with "
+                f"those options, --package a cryedge wheel in place of one that is gone)")
+
+
+def _gone(path: str) -> bool:
+    """Whether ``path`` is not there; not when this user may not look (the service's user in a 0700 home)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _owned_modules(distribution: metadata.Distribution) -> set[str]:
@@ -193,7 +217,7 @@ class Drift:
 
     def line(self) -> str:
         return (f"this install no longer matches {self.record.lock}, which it was installed from: "
-                f"{'; '.join(self.changes)}. Run {self.record.again} again to put it back")
+                f"{'; '.join(self.changes)}. Run {self.record.repair()} again to put it back")
 
 
 def drift(prefix: Path | None = None, checkout: Path | None = None) -> Drift | None:
@@ -267,7 +291,7 @@ def check_installed_file(path: Path, what: str) -> None:
     digest = hashlib.sha256(Path(path).read_bytes()).digest()
     if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != expected:
         record = Record.read(Path(sys.prefix))
-        again = record.again if record else "pip install --force-reinstall --no-deps cryedge"
+        again = record.repair() if record else "pip install --force-reinstall --no-deps cryedge"
         raise ModelError(f"{what} {path} is not the file installed with cryedge (its sha256 differs from the one pip "
                          f"recorded): damaged on disk; install cryedge again ({again})")
 
@@ -280,7 +304,7 @@ def broken_import_line(error: ImportError | SyntaxError) -> str:
     not parse): the import fails the same way at every start, so a restart never helps, and the traceback said
     nothing of the repair."""
     record = Record.read(Path(sys.prefix))
-    again = record.again if record else "./setup.sh (or sudo systemd/install.sh for the service)"
+    again = record.repair() if record else "./setup.sh (or sudo systemd/install.sh for the service)"
     if isinstance(error, SyntaxError):  # its str names the file without its folder
         what = f"{error.filename} does not parse (line {error.lineno}: {error.msg})"
     else:
@@ -293,7 +317,8 @@ def _pip(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "pip", *args], check=True)
 
 
-def sync(lock: Path, name: str, again: str, prefix: Path | None = None, pip_args: tuple[str, ...] = ()) -> list[str]:
+def sync(lock: Path, name: str, again: str, prefix: Path | None = None, pip_args: tuple[str, ...] = (),
+         needs: tuple[str, ...] = ()) -> list[str]:
     """After ``pip install --require-hashes -r lock``: the stale and the strangers out, their pinned owners and the
     damaged reinstalled, the record written. Returns what it said."""
     prefix = Path(sys.prefix) if prefix is None else prefix
@@ -326,7 +351,7 @@ def sync(lock: Path, name: str, again: str, prefix: Path | None = None, pip_args
             entries.flush()
             _pip("install", "--quiet", "--no-deps", "--force-reinstall", "--require-hashes", *pip_args,
                  "-r", entries.name)
-    Record(name, again, text).write(prefix)
+    Record(name, again, text, needs).write(prefix)
     return said
 
 
@@ -375,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="the lock as the record names it (default: --lock as given)")
     parser.add_argument("--again", help="the command that installs it again, for messages")
     parser.add_argument("--pip-arg", action="append", default=[], help="for pip install (repeatable)")
+    parser.add_argument("--needs", action="append", default=[], metavar="PATH",
+                        help="a path --again reads (repeatable): the repair line says when it is gone")
     parser.add_argument("--made-by-another-python", type=Path, metavar="VENV",
                         help="only say why VENV cannot be used with this Python (exit 0), or nothing (exit 1)")
     parser.add_argument("--damaged", metavar="NAME",
@@ -402,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.lock is None or args.again is None:
         parser.error("--lock and --again are needed")
     try:
-        sync(args.lock, args.name or str(args.lock), args.again, pip_args=tuple(args.pip_arg))
+        sync(args.lock, args.name or str(args.lock), args.again, pip_args=tuple(args.pip_arg),
+             needs=tuple(args.needs))
     except (OSError, subprocess.CalledProcessError) as error:
         print(f"install: cannot bring the venv to {args.lock}: {error}", file=sys.stderr)
         return 1

@@ -89,6 +89,13 @@ if [ -n "$ROOT" ]; then
     [ "$ROOT" != "/" ] || ROOT=""
 fi
 [ -z "$PASSWORD_FILE" ] || [ -r "$PASSWORD_FILE" ] || die "cannot read $PASSWORD_FILE"
+SOURCE="$(cd "$SOURCE" && pwd)"
+# the repair cryedge-start and `cryedge run` name is this install again: the options it was given, paths made absolute
+absolute() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
+PACKAGE_GIVEN=$PACKAGE
+if [ -n "$PACKAGE" ] && [ -e "$PACKAGE" ]; then PACKAGE="$(absolute "$PACKAGE")"; fi
+[ -z "$LOCK" ] || LOCK="$(absolute "$LOCK")"
+case "$PYTHON" in */*) PYTHON="$(absolute "$PYTHON")" ;; esac
 PACKAGE="${PACKAGE:-$SOURCE}"
 if [ "$USE_LOCK" -eq 1 ] && [ "$VENV" -eq 1 ]; then
     LOCK="${LOCK:-$SOURCE/requirements/$(uname -m).txt}"
@@ -131,6 +138,42 @@ install_package_again_if_damaged() {  # install_package_again_if_damaged [ARG]..
         ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "$PACKAGE"
 }
 
+# A path as the machine that runs this install sees it: inside --root, without it (a wheel outside the image's root
+# stays as it is: the repair line says when it is not there).
+seen_from_root() {
+    if [ -n "$ROOT" ] && [[ "$1" == "$ROOT"/* ]]; then printf '%s\n' "${1#"$ROOT"}"; else printf '%s\n' "$1"; fi
+}
+
+# The command that installs this venv again, as run here: this script, and the options that decide what goes in
+# (--package, --lock, --pip-arg, --python) or what is left alone (--no-models, --no-enable); not --root (the repair
+# runs on the machine itself) nor --mqtt-password-file (kept). Sets AGAIN (shell-quoted) and NEEDS (the paths it
+# reads, which edge.installed and cryedge-start check are still there when they print it).
+repair_command() {
+    local words=(sudo "$(seen_from_root "$SOURCE")/systemd/install.sh") arg path
+    NEEDS=("$(seen_from_root "$SOURCE")/systemd/install.sh")
+    if [ -n "$PACKAGE_GIVEN" ]; then
+        path=$PACKAGE
+        if [ -e "$PACKAGE" ]; then path="$(seen_from_root "$PACKAGE")"; NEEDS+=("$path"); fi
+        words+=(--package "$path")
+    fi
+    if [ "$LOCK" != "$SOURCE/requirements/$(uname -m).txt" ]; then
+        path="$(seen_from_root "$LOCK")"
+        words+=(--lock "$path")
+        NEEDS+=("$path")
+    fi
+    for arg in ${PIP_ARGS[@]+"${PIP_ARGS[@]}"}; do words+=(--pip-arg "$arg"); done
+    if [ "$PYTHON" != /usr/bin/python3 ]; then
+        words+=(--python "$PYTHON")
+        case "$PYTHON" in /*) NEEDS+=("$PYTHON") ;; esac
+    fi
+    [ "$MODELS" -eq 1 ] || words+=(--no-models)
+    [ "$ENABLE" -eq 1 ] || words+=(--no-enable)
+    AGAIN=""
+    for arg in "${words[@]}"; do
+        if [[ "$arg" =~ ^[A-Za-z0-9_./=:,+@%-]+$ ]]; then AGAIN+="${AGAIN:+ }$arg"; else AGAIN+="${AGAIN:+ }$(printf '%q' "$arg")"; fi
+    done
+}
+
 install_venv() {
     local why
     if why=$(venv_made_by_another_python); then
@@ -154,10 +197,12 @@ install_venv() {
         # pinned one's module, out; the lock recorded in the venv, which `cryedge run` compares with it
         local name="$LOCK"
         [ "$LOCK" != "$SOURCE/requirements/$(basename "$LOCK")" ] || name="requirements/$(basename "$LOCK")"
-        local arg pip_args=()
+        local arg pip_args=() needs=()
         for arg in ${PIP_ARGS[@]+"${PIP_ARGS[@]}"}; do pip_args+=("--pip-arg=$arg"); done
+        repair_command
+        for arg in "${NEEDS[@]}"; do needs+=("--needs=$arg"); done
         PYTHONPATH="$SOURCE" "$VENV_DIR/bin/python" -m edge.installed --lock "$LOCK" --name "$name" \
-            --again "sudo ${SOURCE#"$ROOT"}/systemd/install.sh" ${pip_args[@]+"${pip_args[@]}"}
+            --again "$AGAIN" ${pip_args[@]+"${pip_args[@]}"} "${needs[@]}"
     else
         log "pip install $PACKAGE"
         "${pip[@]}" --upgrade ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "$PACKAGE"

@@ -23,9 +23,11 @@ from sandbox import unit_settings
 SETTINGS = unit_settings(UNIT)
 
 
-def install(*args: str | Path, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def install(*args: str | Path, check: bool = True, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        ["bash", str(INSTALL), *map(str, args)], check=False, capture_output=True, text=True, timeout=600, env=env
+        ["bash", str(INSTALL), *map(str, args)], check=False, capture_output=True, text=True, timeout=600, env=env,
+        cwd=cwd,
     )
     if check:
         assert result.returncode == 0, result.stderr
@@ -263,7 +265,9 @@ def test_the_venv_is_taken_to_a_changed_lock_and_records_it(tmp_path):
     assert {p.name for p in site.glob("*.dist-info")} >= {"alpha-2.0.dist-info", "omega-1.0.dist-info"}
     assert not list(site.glob("beta*")), again.stderr
     record = inside(root, "/opt/cryedge/venv/cryedge-lock.txt").read_text()
-    assert f"# lock: {second}\n" in record and f"# again: sudo {REPO}/systemd/install.sh\n" in record
+    assert f"# lock: {second}\n" in record
+    assert f"# again: sudo {REPO}/systemd/install.sh --package {package} --lock {second} --pip-arg --no-index " \
+        f"--pip-arg --find-links={wheels} --no-models --no-enable\n" in record
     assert second.read_text() in record
 
 
@@ -346,6 +350,64 @@ def test_install_run_again_with_the_same_wheel_mends_cryedge_itself(tmp_path, wh
                       "short (a half-finished pip, a damaged card?)"], repair.stderr
     assert (venv / "bin/cryedge").read_text().splitlines()[0] == "#!/opt/cryedge/venv/bin/python"
     assert "installing" not in install(*args, env=clean).stderr  # mended: nothing more to say
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs the system python3")
+def test_the_repair_a_broken_venv_names_is_this_install_again_and_says_when_its_wheel_is_gone(tmp_path, wheel):
+    """A Pi installed from a wheel (--package, a lock, pip options): a damaged venv's line named the repair as
+    `sudo .../systemd/install.sh` alone, which installs the checkout and its default lock instead (offline here, and
+    on a Pi without that checkout, it fails). Now it is the install as it was run, its relative paths made absolute,
+    and that command repairs the venv from the same wheel; once that wheel is gone (a download in /tmp), the line
+    says so, from cryedge-start and from cryedge's own Python alike. A real venv, offline."""
+    import json
+    import shlex
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_setup import make_wheel, write_lock
+
+    clean = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME")}
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    write_lock(tmp_path / "lock.txt", make_wheel(wheels, "alpha", "1.0", {"alpha/__init__.py": ""}))
+    downloaded = tmp_path / "downloads" / wheel.name
+    downloaded.parent.mkdir()
+    shutil.copy(wheel, downloaded)
+    root = tmp_path / "root"
+    root.mkdir()
+    install("--root", root, "--package", f"downloads/{wheel.name}", "--lock", "lock.txt", "--pip-arg", "--no-index",
+            "--pip-arg", f"--find-links={wheels}", "--no-models", "--no-enable", env=clean, cwd=tmp_path)
+    venv = inside(root, "/opt/cryedge/venv")
+    site = next(venv.glob("lib/python*/site-packages"))
+    start = [str(inside(root, "/opt/cryedge/libexec/cryedge-start")), str(venv / "bin/python"), "-c",
+             "import edge; print(edge.__file__)"]
+
+    shutil.rmtree(site / "edge")  # a half-finished pip, a damaged card
+    broken = subprocess.run(start, capture_output=True, text=True, timeout=120, env=clean, cwd="/")
+    assert broken.returncode == 8, broken.stderr
+    repair = broken.stderr.split("Repair it with: ", 1)[1].rstrip("\n")
+    assert repair == (f"sudo {REPO}/systemd/install.sh --package {downloaded} --lock {tmp_path}/lock.txt --pip-arg "
+                      f"--no-index --pip-arg --find-links={wheels} --no-models --no-enable")
+
+    # the command as printed (without sudo, into the test's root), from another folder: cryedge back from that wheel
+    mended = subprocess.run(["bash", *shlex.split(repair)[1:], "--root", str(root)], capture_output=True, text=True,
+                            timeout=600, env=clean, cwd="/")
+    assert mended.returncode == 0, mended.stderr
+    started = subprocess.run(start, capture_output=True, text=True, timeout=120, env=clean, cwd="/")
+    assert (started.returncode, started.stdout, started.stderr) == (0, f"{site}/edge/__init__.py\n", "")
+    installed_from = json.loads(next(site.glob("cryedge-*.dist-info")).joinpath("direct_url.json").read_text())
+    assert installed_from["url"] == downloaded.as_uri()
+
+    downloaded.unlink()  # the download is cleaned away; the next damage names what is gone
+    gone = (f"{repair} (but {downloaded} is no longer there: put it back, or run a cryedge checkout's "
+            f"systemd/install.sh with those options, --package a cryedge wheel in place of one that is gone)")
+    said = subprocess.run([str(venv / "bin/python"), "-c", "from edge.installed import Record; import sys; "
+                           "from pathlib import Path; print(Record.read(Path(sys.prefix)).repair())"],
+                          capture_output=True, text=True, timeout=120, env=clean, cwd="/")
+    assert said.stdout == f"{gone}\n", said.stderr
+    shutil.rmtree(site / "edge")
+    broken = subprocess.run(start, capture_output=True, text=True, timeout=120, env=clean, cwd="/")
+    assert broken.returncode == 8 and broken.stderr.endswith(f"Repair it with: {gone}\n"), broken.stderr
 
 
 def test_a_python_the_locks_are_not_for_is_refused_in_one_line_before_anything_is_made(tmp_path):
