@@ -385,6 +385,32 @@ def _paho_logger() -> logging.Logger:
     return logger
 
 
+# paho's own errors of the socket under a connection (its "failed to receive" is said of failed sends too)
+_SOCKET_ERRORS = ("failed to receive on socket: ", "timeout on socket: ")
+
+
+class _PahoLog(logging.LoggerAdapter):
+    """One client's paho log, into ``edge.publish.paho``, its socket-level errors at debug, their reason kept for the
+    publisher's own line: a broker host that reset the connection made paho log "failed to receive on socket: [Errno
+    104] Connection reset by peer" as an ERROR beside the publisher's "lost ... (Unspecified error); reconnecting",
+    the only line that said why (and at every reset attempt before the broker answered). ``take_socket_error``."""
+
+    def __init__(self) -> None:
+        super().__init__(_paho_logger(), {})
+        self._socket_error: OSError | None = None
+
+    def log(self, level, msg, *args, **kwargs) -> None:
+        if isinstance(msg, str) and msg.startswith(_SOCKET_ERRORS):
+            self._socket_error = next((arg for arg in args if isinstance(arg, OSError)), None)
+            level = logging.DEBUG
+        super().log(level, msg, *args, **kwargs)
+
+    def take_socket_error(self) -> OSError | None:
+        """The socket error paho logged since the last call, if any (paho's thread, before its on_disconnect)."""
+        error, self._socket_error = self._socket_error, None
+        return error
+
+
 def _client_class():
     """``bounded_client_class()`` that hands why an attempt to connect failed to ``on_connect_failure(error)``, and
     that ``stop()``s without waiting for an attempt under way.
@@ -627,6 +653,7 @@ class MqttPublisher:
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._client = None
+        self._paho_log = _PahoLog()
         self._outbox: Outbox | None = None
         self._first_answer = threading.Event()
         self._refusal: str | None = None
@@ -695,7 +722,7 @@ class MqttPublisher:
 
             properties = Properties(PacketTypes.CONNECT)
             properties.MaximumPacketSize = MAX_INBOUND_PUBLISH + 5  # the whole packet: its fixed header too
-        client.enable_logger(_paho_logger())
+        client.enable_logger(self._paho_log)  # a LoggerAdapter: paho calls only its log()
         if mqtt.username:
             password = mqtt.password.get_secret_value() if mqtt.password is not None else None
             client.username_pw_set(mqtt.username, password)
@@ -828,7 +855,11 @@ class MqttPublisher:
             self._queue.put(("refused", f"TLS handshake failed: {error}"))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
-        self._queue.put(("disconnected", str(reason_code)))
+        # paho's reason for a connection its socket lost is "Unspecified error"; the socket's own says what happened
+        error = self._paho_log.take_socket_error()
+        if error is not None and not self._first_answer.is_set():  # reset before any answer: start() says why
+            self._on_connect_failure(error)
+        self._queue.put(("disconnected", (error.strerror or str(error)) if error is not None else str(reason_code)))
 
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
         self._queue.put(("acked", mid))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -265,6 +267,78 @@ class BlackHole:
         self._fillers.clear()
 
     def __enter__(self) -> BlackHole:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ResettingRelay:
+    """A TCP relay on 127.0.0.1:``port`` to ``broker``, whose ``reset()`` drops every client connection with a TCP
+    reset (as a broker host that reboots, or a NAT or firewall that forgets the connection, does): the client's next
+    read fails with "Connection reset by peer". New connections are relayed as before."""
+
+    def __init__(self, broker: Broker, port: int | None = None, reset_at_once: bool = False):
+        self.host, self.port, self._broker = "127.0.0.1", port or free_port(), broker
+        self.reset_at_once = reset_at_once  # every new connection reset as it comes, before the broker's answer
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._pumps: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listener = socket.create_server((self.host, self.port))
+        self._listener.settimeout(0.05)
+        self._thread = threading.Thread(target=self._accept, name="relay", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            client.settimeout(None)
+            upstream = socket.create_connection((self._broker.host, self._broker.port))
+            with self._lock:
+                self._pairs.append((client, upstream))
+            if self.reset_at_once:
+                time.sleep(0.05)  # the client's CONNECT is in
+                self.reset()
+                continue
+            for source, sink in ((client, upstream), (upstream, client)):
+                pump = threading.Thread(target=self._pump, args=(source, sink), name="relay-pump", daemon=True)
+                pump.start()
+                self._pumps.append(pump)
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def reset(self) -> int:
+        """Reset every relayed connection on the client's side (SO_LINGER 0); how many there were."""
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for client, upstream in pairs:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # a close alone waits for the pump blocked in recv() on it (and sends nothing until then): woken first
+            for sock in (client, upstream):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RD if sock is client else socket.SHUT_RDWR)
+                sock.close()
+        return len(pairs)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+        self.reset()
+        for pump in self._pumps:
+            pump.join(5)
+
+    def __enter__(self) -> ResettingRelay:
         return self
 
     def __exit__(self, *exc) -> None:

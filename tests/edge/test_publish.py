@@ -14,7 +14,7 @@ from datetime import datetime
 
 import pytest
 from filesystems import Tmpfs
-from mqtt import BlackHole, Broker, Subscriber, flood, make_certificates
+from mqtt import BlackHole, Broker, ResettingRelay, Subscriber, flood, make_certificates
 
 import edge
 from edge.alarm import Alarm, AlarmState
@@ -953,6 +953,41 @@ def test_wrong_password_is_a_one_line_broker_error_without_the_password(secured_
     message = str(raised.value)
     assert "refused" in message and "127.0.0.1" in message and "mqtt.username" in message
     assert "staple" not in message and "\n" not in message
+
+
+def test_a_connection_the_broker_host_resets_is_one_line_that_says_so(mosquitto, tmp_path, caplog):
+    """A broker host that resets the connection (a reboot, a NAT or firewall that forgot it): paho logged its own
+    ERROR "failed to receive on socket: [Errno 104] Connection reset by peer" beside the publisher's "lost ...
+    (Unspecified error); reconnecting". Now the publisher's line alone, with the reason, then its reconnection."""
+    with ResettingRelay(mosquitto) as relay:
+        publisher = publisher_for(relay, tmp_path)
+        caplog.set_level("INFO", logger="edge.publish")
+        publisher.start()
+        try:
+            assert relay.reset() == 1
+            wait_until(lambda: "reconnected to" in caplog.text)
+        finally:
+            publisher.close(timeout=1)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelname != "INFO"]
+    assert said == [("WARNING", f"lost mqtt 127.0.0.1:{relay.port} (Connection reset by peer); reconnecting, events "
+                                "go to the outbox")]
+
+
+def test_a_broker_host_that_resets_every_connection_at_start_is_said_once_with_the_reason(mosquitto, tmp_path,
+                                                                                           caplog):
+    """Reset before the broker's answer, at every attempt: paho's ERROR line at each retry was the only one to say
+    why. Now start() says the broker is unreachable, why, and that it retries, once."""
+    with ResettingRelay(mosquitto, reset_at_once=True) as relay:
+        publisher = publisher_for(relay, tmp_path)
+        caplog.set_level("INFO", logger="edge.publish")
+        publisher.start()
+        try:
+            time.sleep(2.0)  # several more attempts (0.2-0.5 s apart), each reset
+        finally:
+            publisher.close(timeout=1)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelname != "INFO"]
+    assert said == [("WARNING", f"mqtt 127.0.0.1:{relay.port} unreachable (Connection reset by peer); retrying in "
+                                "the background, events go to the outbox")]
 
 
 def test_a_broker_that_refuses_after_a_late_start_says_so_in_the_log_once(tmp_path, caplog):
