@@ -840,45 +840,86 @@ def convert_in_child(options: ConvertOptions, verbosity: int) -> tuple[str, obje
     the terminal's Ctrl-C does not reach) at once, the folder (TensorFlow's temporary files in it) is removed and
     ``main`` exits 130. A subprocess, not multiprocessing: its resource tracker held stderr's pipe open, and the
     native log filter waited 5 s for it at every exit.
+
+    This process killed outright (SIGKILL, the out-of-memory killer) left the child converting for minutes and its
+    folder in $TMPDIR. On Linux the child now dies with this process (``PR_SET_PDEATHSIG``, set first thing in it),
+    and a sweeper (a bare Python waiting on a pipe both hold open) removes the folder once neither is left.
     """
     import os
     import pickle
     import subprocess
 
-    with tempfile.TemporaryDirectory(prefix=WORK_PREFIX) as work, _stopped_as_by_ctrl_c(signal.SIGTERM, signal.SIGHUP):
-        read_end, write_end = os.pipe()
-        try:
-            child = subprocess.Popen([sys.executable, "-c", CHILD_CODE, str(write_end)], stdin=subprocess.PIPE,
-                                     pass_fds=(write_end,), start_new_session=True,
-                                     env={**os.environ, "TMPDIR": work})  # TensorFlow's temporary files go with it
-        finally:
-            os.close(write_end)
-        with os.fdopen(read_end, "rb") as answer:
+    alive_read, alive_write = os.pipe()  # held by this process and the child: the sweeper reads its end, then sweeps
+    sweeper = None
+    try:
+        with tempfile.TemporaryDirectory(prefix=WORK_PREFIX) as work, \
+                _stopped_as_by_ctrl_c(signal.SIGTERM, signal.SIGHUP):
             try:
-                pickle.dump(sys.path, child.stdin)
-                pickle.dump((options, Path(work), verbosity), child.stdin)
-                child.stdin.close()
-                try:
-                    result = pickle.load(answer)
-                except EOFError:  # it died without a word: killed (out of memory?) or crashed in native code
-                    code = child.wait()
-                    why = f"signal {-code}" if code < 0 else f"exit code {code}"
-                    return "line", (f"the conversion's process ended without a result ({why})", 1)
-                child.wait()
-                return result
+                # its own session: a terminal's Ctrl-C or hang-up reaches neither it nor the child
+                sweeper = subprocess.Popen([sys.executable, "-I", "-S", "-c", SWEEPER_CODE, work], stdin=alive_read,
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                           start_new_session=True)
             finally:
-                if child.poll() is None:
-                    child.kill()
+                os.close(alive_read)
+            read_end, write_end = os.pipe()
+            try:
+                child = subprocess.Popen([sys.executable, "-c", CHILD_CODE, str(write_end), str(os.getpid()),
+                                          str(alive_write)], stdin=subprocess.PIPE, pass_fds=(write_end, alive_write),
+                                         start_new_session=True,
+                                         env={**os.environ, "TMPDIR": work})  # TensorFlow's temporary files go with it
+            finally:
+                os.close(write_end)
+            with os.fdopen(read_end, "rb") as answer:
+                try:
+                    pickle.dump(sys.path, child.stdin)
+                    pickle.dump((options, Path(work), verbosity), child.stdin)
+                    child.stdin.close()
+                    try:
+                        result = pickle.load(answer)
+                    except EOFError:  # it died without a word: killed (out of memory?) or crashed in native code
+                        code = child.wait()
+                        why = f"signal {-code}" if code < 0 else f"exit code {code}"
+                        return "line", (f"the conversion's process ended without a result ({why})", 1)
                     child.wait()
+                    return result
+                finally:
+                    if child.poll() is None:
+                        child.kill()
+                        child.wait()
+    finally:
+        os.close(alive_write)  # the folder is gone by now: the sweeper finds nothing to remove and ends
+        if sweeper is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                sweeper.wait(5)
 
 
-# what the child runs: sys.path first (the parent's, so that it imports what the parent imported), then the rest
+# What the child runs. First it dies with its parent (PR_SET_PDEATHSIG, Linux; a parent already gone before that is
+# checked for, the race), then sys.path (the parent's, so that it imports what the parent imported), then the rest.
+# The parent's end of the sweeper's pipe stays open in it, and goes to none of its own children.
 CHILD_CODE = """\
-import pickle, sys
+import os, sys
+try:
+    import ctypes
+    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+except (OSError, AttributeError):  # not Linux: the sweeper still removes the folder once the child ends
+    pass
+if os.getppid() != int(sys.argv[2]):
+    os._exit(1)
+os.set_inheritable(int(sys.argv[3]), False)
+import pickle
 path = pickle.load(sys.stdin.buffer)
 sys.path[:] = path
 from convert.convert import converting_child
 converting_child(int(sys.argv[1]))
+"""
+
+# The sweeper: its stdin ends when both the parent and the child are gone (exited, or killed), then the work folder
+# goes (nothing left to remove when the parent could do it). Standard library only, no site: it starts in ~10 ms.
+SWEEPER_CODE = """\
+import shutil, sys
+while sys.stdin.buffer.read(4096):
+    pass
+shutil.rmtree(sys.argv[1], ignore_errors=True)
 """
 
 

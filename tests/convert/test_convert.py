@@ -455,3 +455,56 @@ def test_ctrl_c_or_sigterm_mid_conversion_stops_it_at_once_and_leaves_no_work_fo
     assert "Traceback" not in err and "Exception ignored" not in err, err
     assert list(temporary.iterdir()) == []  # the work folder, TensorFlow's files in it
     assert not output.exists() and out == ""
+
+
+def test_the_conversion_dies_with_a_killed_cryedge_convert_and_its_work_folder_is_removed(tmp_path):
+    """`cryedge convert` killed outright (SIGKILL, the out-of-memory killer, a closed terminal's kill) left its child
+    converting on (minutes for a large model) and /tmp/cryedge-convert-* behind: the parent that removes them on
+    Ctrl-C was gone. Now the child dies with it and the folder is removed by the process left to do it."""
+    import signal
+    import time
+
+    def children(pid: int) -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(stat.parent.name))
+        return found
+
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    converting: list[int] = []
+    process = subprocess.Popen(
+        [str(CRYEDGE), "convert", str(FIXTURES / "lstm2.h5"), "--calibration", str(FIXTURES / "lstm2.heldout.npz"),
+         "-o", str(tmp_path / "out.tflite")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, env=dict(os.environ, CUDA_VISIBLE_DEVICES="", TMPDIR=str(temporary)))
+    try:
+        deadline = time.monotonic() + 120
+        while not list(temporary.glob("cryedge-convert-*/saved_model/saved_model.pb")):  # converting from now on
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        converting += [pid for pid in children(process.pid) if "converting_child" in
+                       Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+        assert len(converting) == 1
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 5
+        while (running(converting[0]) or list(temporary.iterdir())) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running(converting[0]), "the conversion went on without its parent"
+        assert list(temporary.iterdir()) == []
+    finally:
+        process.kill()
+        for pid in converting:  # the old code's, left converting
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
