@@ -32,14 +32,20 @@ few worker threads answer requests, so the live view of a later issue mounts its
 closed after ``idle_timeout`` seconds, and when all are taken the oldest one without a request in
 progress makes room for the newcomer (idle keep-alive connections are the first to go, as in
 Apache's event MPM); with none idle the newcomer gets a 503 at once rather than waiting in the
-kernel's queue.
+kernel's queue. A connection whose client has taken none of the bytes waiting for it for
+``idle_timeout`` seconds is closed too, with a request in progress or not (a live viewer that stopped
+reading: waitress has no write timeout).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
+import socket
+import struct
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -67,6 +73,7 @@ THREADS = 2
 # high watermark first, so nothing served (a picture of the nursery, later) is ever written to disk.
 OUTBUF_HIGH_WATERMARK = 512 * 1024
 OUTBUF_OVERFLOW = 2 * OUTBUF_HIGH_WATERMARK
+TCPI_BYTES_ACKED = 120  # offset of tcpi_bytes_acked (u64, Linux 4.1+) in struct tcp_info
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 
@@ -477,14 +484,59 @@ class _BoundedServer(TcpWSGIServer):
     _full_last = 0.0  # when the cap was last met
     _closed_idle = _refused = 0  # in this episode
 
+    # closing connections whose client stopped taking bytes is said at most once in this long, with how many
+    STALLED_SAID_EVERY = 60.0
+    _stalled_next = -math.inf  # time.monotonic() from which the next such close is said
+    _stalled_unsaid = 0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._delivered: dict[object, tuple[int, float]] = {}  # channel -> (bytes its client acknowledged, since)
+
     def readable(self) -> bool:
         # as waitress's readable(), less its stop-accepting rule
         now = time.time()
         if now >= self.next_channel_cleanup:
             self.next_channel_cleanup = now + self.adj.cleanup_interval
             self.maintenance(now)
+            self._close_stalled(time.monotonic())
             self._say_when_clear(time.monotonic())
         return self.accepting
+
+    def _close_stalled(self, now: float) -> None:
+        """Close each connection whose client has acknowledged none of the bytes waiting for it for ``channel_timeout``.
+
+        waitress closes only connections with no request in progress and has no write timeout: an MJPEG viewer
+        that stopped reading (a phone asleep, a frozen tab, a host gone, which TCP gives up on after ~15 min) kept
+        its place in the live view, and two locked everyone else out. Progress is what TCP says the client
+        acknowledged, not what waitress handed the kernel: on loopback the kernel took 2.8 MB over 18 s from a
+        client that read nothing. A client on a link too slow for every frame acknowledges every second segment
+        it gets (the stream then skips frames): only a link under ~600 B/s goes ``channel_timeout`` without one."""
+        delivered: dict[object, tuple[int, float]] = {}
+        closed, last = 0, ""
+        for channel in list(self.active_channels.values()):
+            state = _delivery(channel.socket)
+            if state is None:  # not TCP on Linux: as waitress does
+                continue
+            acknowledged, queued = state
+            before = self._delivered.get(channel)
+            waiting = queued > 0 or channel.total_outbufs_len > 0
+            since = before[1] if waiting and before is not None and before[0] == acknowledged else now
+            if now - since >= self.adj.channel_timeout:
+                last = str(channel.addr[0]) if isinstance(channel.addr, tuple) else "a client"
+                channel.handle_close()  # in the I/O thread, as waitress's own closes; its worker wakes and ends
+                closed += 1
+                continue
+            delivered[channel] = (acknowledged, since)
+        self._delivered = delivered
+        if not closed:
+            return
+        self._stalled_unsaid += closed
+        if now >= self._stalled_next:
+            log.info("closed %d HTTP connection(s) whose client took none of the answer for %d s (the last from %s; "
+                     "a live viewer that stopped reading frees its place); said at most once a minute",
+                     self._stalled_unsaid, self.adj.channel_timeout, last)
+            self._stalled_next, self._stalled_unsaid = now + self.STALLED_SAID_EVERY, 0
 
     def handle_accept(self) -> None:
         if len(self.active_channels) < self.adj.connection_limit:
@@ -538,6 +590,18 @@ class _BoundedServer(TcpWSGIServer):
         """Close the listening socket, every connection and the trigger (in the I/O thread)."""
         for dispatcher in list(self._map.values()):
             dispatcher.close()
+
+
+def _delivery(sock: socket.socket) -> tuple[int, int] | None:
+    """(bytes the client acknowledged, bytes queued in the kernel not yet acknowledged) of a TCP socket; None off Linux."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # on a socket: SIOCOUTQ
+    except (AttributeError, OSError, ValueError):
+        return None
+    if len(info) < TCPI_BYTES_ACKED + 8:
+        return None
+    return struct.unpack_from("=Q", info, TCPI_BYTES_ACKED)[0], struct.unpack("=i", queued)[0]
 
 
 def _json(status: int, document: Mapping[str, Any]) -> tuple[int, str, bytes]:

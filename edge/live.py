@@ -12,7 +12,8 @@ Protection: every route wants the token (``[live]``; never in a URL, so never in
 ``Authorization: Bearer TOKEN``, or as the password of HTTP basic auth (any user name: browsers and
 Home Assistant's MJPEG integration speak it), or as the session cookie the page sets after one of
 those. Each client address may make ``rate`` requests a second (429 beyond), at most ``max_viewers``
-watch at once (503 beyond), and frames are encoded only while someone asks for them, at most ``fps``
+watch at once (503 beyond; a stream's viewer that takes none of it for the server's idle timeout is closed
+by ``edge.health``, and its place freed), and frames are encoded only while someone asks for them, at most ``fps``
 a second whatever the number of viewers, on the viewers' threads. The frame loop only swaps a
 reference (``offer``). No picture is written to disk (see ``edge.health``'s buffer limits).
 """

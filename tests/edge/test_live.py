@@ -341,6 +341,90 @@ def test_a_viewer_who_left_frees_the_place_even_when_no_new_frame_comes(served):
         time.sleep(0.1)
 
 
+def stream_request(server, receive_buffer: int) -> socket.socket:
+    """A viewer's connection with a small receive buffer, its stream asked for; nothing read yet."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)  # before connect: the window it offers
+    sock.settimeout(10)
+    sock.connect(server.address)
+    auth = basic(TOKEN)["Authorization"]
+    sock.sendall(f"GET /live/stream.mjpeg HTTP/1.1\r\nHost: pi\r\nAuthorization: {auth}\r\n\r\n".encode())
+    return sock
+
+
+def whole_jpegs(received: bytes) -> int:
+    """How many whole parts of the stream ``received`` holds that decode as pictures."""
+    count = 0
+    for part in received.split(f"--{BOUNDARY}\r\n".encode())[1:]:
+        head, _, rest = part.partition(b"\r\n\r\n")
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) if b"Content-Length: " in head else -1
+        if 0 < length <= len(rest) and cv2.imdecode(np.frombuffer(rest[:length], np.uint8), cv2.IMREAD_COLOR) is not None:
+            count += 1
+    return count
+
+
+def test_viewers_that_stopped_reading_lose_their_places_and_a_slow_one_keeps_its(served, caplog):
+    """Two phones gone to sleep mid-stream (they hold their connections and read nothing) locked the parent and
+    Home Assistant out with 503 for as long as TCP kept them (~15 min for a host gone). A viewer that takes none
+    of the stream for the server's idle timeout (5 s) is closed; one on a slow link, which takes what it can and
+    so sees fewer frames, keeps watching."""
+    caplog.set_level(logging.INFO, logger="edge.health")
+    view, server = served
+    feed(view)
+    stop = threading.Event()
+    feeder = threading.Thread(target=lambda: [feed(view) or time.sleep(0.05) for _ in iter(stop.is_set, True)])
+    feeder.start()
+    sockets, watchers = [], []
+    try:
+        sockets += [stream_request(server, 4096) for _ in range(2)]  # asleep: never read
+        deadline = time.monotonic() + 10
+        while view.viewers < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        asleep = time.monotonic()
+        assert get(server, "/live/stream.mjpeg", basic(TOKEN))[0].status == 503
+        while True:  # the parent, asking again as a browser's reload would
+            connection, response = open_stream(server)
+            if response.status == 200:
+                break
+            response.read()
+            connection.close()
+            assert time.monotonic() - asleep < 20, "the sleeping viewers still hold both places"
+            time.sleep(0.5)
+        sockets.append(response)  # the response owns the socket
+        assert cv2.imdecode(np.frombuffer(read_part(response), np.uint8), cv2.IMREAD_COLOR) is not None
+        parent = threading.Thread(target=lambda: [read_part(response) for _ in iter(stop.is_set, True)], daemon=True)
+        parent.start()  # the parent keeps watching
+        watchers.append(parent)
+        closing = [record.getMessage() for record in caplog.records if "took none of the answer" in record.message]
+        assert len(closing) == 1 and "2 HTTP connection(s)" in closing[0]  # one line for both, not one a frame
+        for gone in sockets[:2]:  # the server closed them: what was buffered, then the end
+            gone.settimeout(5)
+            while gone.recv(65536):
+                pass
+
+        # a viewer on a slow link: 8 KiB/s where the stream offers 10 frames of 38 KiB a second (1/48 of it)
+        slow = stream_request(server, 4096)
+        sockets.append(slow)
+        received = bytearray()
+        started = time.monotonic()
+        while time.monotonic() - started < 16:  # three idle timeouts and more
+            chunk = slow.recv(2048)
+            assert chunk, "the slow viewer was cut"
+            received += chunk
+            time.sleep(0.25)
+        assert received.startswith(b"HTTP/1.1 200 OK")
+        assert whole_jpegs(bytes(received)) >= 2  # fewer frames, whole, and still coming
+        assert view.viewers == 2 and parent.is_alive()  # the parent and the slow viewer
+    finally:
+        stop.set()
+        feeder.join()
+        for watcher in watchers:
+            watcher.join(10)  # its next part comes within the stream's repeat (2.5 s)
+        for sock in sockets:
+            sock.close()
+
+
 def test_closing_the_server_after_its_io_thread_already_closed_everything_is_quiet():
     """A streaming response's own wake-up can let the I/O thread run close_all (trigger included) between
     close() queuing it and pulling the trigger: close() then must not fail with a bad file descriptor."""
