@@ -142,7 +142,7 @@ class Outbox:
             db.close()
         aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
         # the new file is made beside it first: a disk that refuses it (full, read-only) leaves the damaged one
-        # in place, for this run to carry into memory and the next to salvage again
+        # in place, for this run to carry into the runtime directory's store (or memory) and the next to salvage again
         new = self.path.with_name(f"{self.path.name}.salvaged")
         try:
             with contextlib.suppress(FileNotFoundError):

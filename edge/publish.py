@@ -700,7 +700,7 @@ class MqttPublisher:
 
     @property
     def outbox_fault(self) -> str | None:
-        """Why events are kept in memory rather than on disk (disk full, read-only); None while the outbox works."""
+        """Why events are kept in the runtime directory's store or in memory rather than in the outbox on the card (disk full, read-only); None while the outbox works."""
         outbox = self._outbox
         return outbox.fault if outbox is not None else None
 
