@@ -27,10 +27,12 @@ class MjpegServer:
     ``stall()`` keeps the connections open but stops sending, as a camera whose encoder hangs;
     ``resume()`` sends again. ``served`` counts the connections, so a test sees a client reconnect.
     With ``credentials=(user, password)`` it asks for HTTP basic authentication, as a camera with a
-    password does (401 until the client sends them; ``refused`` counts the refusals).
+    password does (401 until the client sends them; ``refused`` counts the refusals). ``port``: a given one, so
+    that a camera switched off (``__exit__``) comes back where it was, as another server on the same port.
     """
 
-    def __init__(self, frames: list[np.ndarray], fps: float = 15.0, credentials: tuple[str, str] | None = None):
+    def __init__(self, frames: list[np.ndarray], fps: float = 15.0, credentials: tuple[str, str] | None = None,
+                 port: int = 0):
         self.jpegs = [cv2.imencode(".jpg", frame[:, :, ::-1])[1].tobytes() for frame in frames]
         self.fps = fps
         self.sending = threading.Event()
@@ -76,7 +78,7 @@ class MjpegServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/stream.mjpg"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
