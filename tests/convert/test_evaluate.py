@@ -8,6 +8,7 @@ import sys
 
 import cv2
 import pytest
+from seams import FAILING_LANDMARKER
 
 from convert.dataset import read_interval_labels
 from convert.evaluate import match_episodes, merge_intervals, poisson_interval, wilson_interval
@@ -226,29 +227,6 @@ def test_a_clip_without_sound_is_left_out_of_the_sound_figures_and_named(tmp_pat
     assert report["total"]["left_out"] == {"a-silent.mp4": "no sound track"}
     assert report["total"]["cries"] == 0  # the silent clip's cry is not counted missed
     assert "a-silent.mp4: no sound track" in (out / "eval.md").read_text()
-
-
-# `cryedge eval` with MediaPipe's face landmarker raising on its calls numbered FIRST to LAST, as its graph does when it
-# fails (test_daemon_faults.py's seam: LandmarkExtractor._run, the call into MediaPipe; everything else is real)
-FAILING_LANDMARKER = """
-import sys
-from edge import landmarks
-from edge.cli import main
-
-first, last = map(int, sys.argv[1].split("-"))
-calls = 0
-run = landmarks.LandmarkExtractor._run
-
-def failing(self, task, image, timestamp_ms):
-    global calls
-    calls += 1
-    if first <= calls <= last:
-        raise RuntimeError("CalculatorGraph::Run() failed in Run")
-    return run(self, task, image, timestamp_ms)
-
-landmarks.LandmarkExtractor._run = failing
-sys.exit(main(sys.argv[2:]))
-"""
 
 
 def test_frames_without_a_face_and_frames_mediapipe_failed_on_are_counted_per_clip_and_in_total(tmp_path):

@@ -484,21 +484,6 @@ def test_a_second_daemon_on_the_same_outbox_refuses_with_one_line(mosquitto, tmp
         assert "restart" not in reasons and reasons.count("shutdown") >= 1
 
 
-def outbox_fault_once_up(process: subprocess.Popen, port: int) -> str | None:
-    """The ``outbox_fault`` of the daemon's /stats, once its health port answers."""
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=2) as answer:
-                fault = json.loads(answer.read())["outbox_fault"]
-            if fault is not None:
-                return fault
-        except OSError:  # models load, then the port opens
-            pass
-        time.sleep(0.2)
-
-
 def test_a_read_only_outbox_holding_an_open_episode_is_ended_once_across_restarts_and_the_monitor_runs_on(
         mosquitto, tmp_path, monkeypatch):
     """It stopped with exit 3 (RestartPreventExitStatus=3): the monitor down for the night over an SD card gone
@@ -524,7 +509,8 @@ def test_a_read_only_outbox_holding_an_open_episode_is_ended_once_across_restart
         for run in (1, 2, 3):
             process = start_daemon(config, mosquitto)
             try:
-                fault = outbox_fault_once_up(process, port)  # connected, what the outbox holds handed to the publisher
+                # connected, what the outbox holds handed to the publisher
+                fault = stats_once(process, port, lambda stats: stats["outbox_fault"] is not None)["outbox_fault"]
                 process.send_signal(signal.SIGTERM)
                 _, stderr = process.communicate(timeout=30)
             finally:

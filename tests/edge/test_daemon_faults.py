@@ -14,33 +14,10 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from seams import FAILING_LANDMARKER
 from test_daemon import assets, config_file  # noqa: F401 - the module fixture and its config
 
 REPO = Path(__file__).resolve().parents[2]
-
-# `cryedge run` with MediaPipe's face landmarker raising on the frames numbered FIRST to LAST ("90", "5-60", "1-" for
-# every frame from the first), as its graph does when it fails (detect_for_video raises RuntimeError): the one fault
-# injected, at the narrowest seam (LandmarkExtractor._run, the call into MediaPipe); everything else is real.
-FAILING_LANDMARKER = """
-import sys
-from edge import landmarks
-from edge.cli import main
-
-first, _, last = sys.argv[1].partition("-")
-first, last = int(first), (int(last) if last else float("inf")) if "-" in sys.argv[1] else int(first)
-calls = 0
-run = landmarks.LandmarkExtractor._run
-
-def failing(self, task, image, timestamp_ms):
-    global calls
-    calls += 1
-    if first <= calls <= last:
-        raise RuntimeError("CalculatorGraph::Run() failed in Run: \\nCalculator::Process() for node \\"facelandmarker\\"")
-    return run(self, task, image, timestamp_ms)
-
-landmarks.LandmarkExtractor._run = failing
-sys.exit(main(sys.argv[2:]))
-"""
 
 # the same for an error outside the senses: the alarm raising on its n-th score (Alarm.update). No real input was
 # found that makes the frame loop raise.

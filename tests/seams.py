@@ -1,0 +1,26 @@
+"""Faults injected at the narrowest seam, for tests that run a real cryedge command with one thing failing."""
+
+# a cryedge command (`run`, `eval`) with MediaPipe raising on its calls numbered FIRST to LAST ("90", "5-60", "1-" for
+# every call from the first; one call a frame for a model of the face alone), as its graph does when it fails
+# (detect_for_video raises RuntimeError): the one fault injected, at the narrowest seam (LandmarkExtractor._run, the
+# call into MediaPipe); everything else is real. Run as `python -c FAILING_LANDMARKER FIRST-LAST COMMAND ARGS...`.
+FAILING_LANDMARKER = """
+import sys
+from edge import landmarks
+from edge.cli import main
+
+first, _, last = sys.argv[1].partition("-")
+first, last = int(first), (int(last) if last else float("inf")) if "-" in sys.argv[1] else int(first)
+calls = 0
+run = landmarks.LandmarkExtractor._run
+
+def failing(self, task, image, timestamp_ms):
+    global calls
+    calls += 1
+    if first <= calls <= last:
+        raise RuntimeError("CalculatorGraph::Run() failed in Run: \\nCalculator::Process() for node \\"facelandmarker\\"")
+    return run(self, task, image, timestamp_ms)
+
+landmarks.LandmarkExtractor._run = failing
+sys.exit(main(sys.argv[2:]))
+"""
