@@ -366,6 +366,20 @@ def start_daemon(config: Path, broker) -> subprocess.Popen:
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def stopped_once(config: Path, broker, reached):
+    """`cryedge run` with ``config`` against ``broker``, stopped (SIGTERM) once ``reached(process)`` returns; (what it
+    returned, the exit code, what the daemon said on stderr)."""
+    process = start_daemon(config, broker)
+    try:
+        value = reached(process)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+        return value, process.returncode, stderr
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_sighup_mid_cry_ends_the_episode_like_sigterm(mosquitto, tmp_path):
     """A closed terminal or a reload request during a cry: the end goes out and the retained state is OFF."""
     from mqtt import Subscriber
@@ -501,16 +515,11 @@ def test_a_read_only_outbox_holding_an_open_episode_is_ended_once_across_restart
         config.write_text(config.read_text().replace("[health]\nenabled = false", f"[health]\nport = {port}"))
         faults, stderrs = [], []
         for run in (1, 2, 3):
-            process = start_daemon(config, mosquitto)
-            try:
-                # connected, what the outbox holds handed to the publisher
-                fault = stats_once(process, port, lambda stats: stats["outbox_fault"] is not None)["outbox_fault"]
-                process.send_signal(signal.SIGTERM)
-                _, stderr = process.communicate(timeout=30)
-            finally:
-                process.kill()
-                process.wait()
-            assert process.returncode == 0, stderr[-3000:]
+            # stopped once connected, what the outbox holds handed to the publisher
+            stats, code, stderr = stopped_once(config, mosquitto, lambda process: stats_once(
+                process, port, lambda answer: answer["outbox_fault"] is not None))
+            fault = stats["outbox_fault"]
+            assert code == 0, stderr[-3000:]
             assert "Traceback" not in stderr
             assert len([line for line in stderr.splitlines() if "cannot write" in line]) == 1, stderr[-3000:]
             faults.append(fault)
@@ -554,28 +563,15 @@ def test_a_stop_mid_cry_with_the_broker_away_and_a_read_only_card_is_delivered_b
         disk.read_only()
         config = demo_config(tmp_path, disk.path / "outbox.sqlite3")
         config.write_text(config.read_text().replace("[health]\nenabled = false", f"[health]\nport = {port}"))
-        process = start_daemon(config, away)
-        try:
-            stats_once(process, port, lambda stats: stats["crying"])
-            process.send_signal(signal.SIGTERM)
-            _, stderr = process.communicate(timeout=30)
-        finally:
-            process.kill()
-            process.wait()
-        assert process.returncode == 0, stderr[-3000:]
+        _, code, stderr = stopped_once(config, away, lambda process: stats_once(process, port, lambda stats: stats["crying"]))
+        assert code == 0, stderr[-3000:]
         assert "Read-only file system" in stderr and "are lost" not in stderr, stderr[-3000:]
         assert re.search(r"2 events not acknowledged by the broker stay in \S+/run/outbox-\S+ for the next run", stderr), \
             stderr[-3000:]
         with Subscriber(mosquitto, topics=("cryedge/nursery/event",)) as subscriber:
-            process = start_daemon(config, mosquitto)
-            try:
-                start, end = subscriber.wait_for("cryedge/nursery/event", count=2, timeout=120)
-                process.send_signal(signal.SIGTERM)
-                _, stderr = process.communicate(timeout=30)
-            finally:
-                process.kill()
-                process.wait()
-    assert process.returncode == 0, stderr[-3000:]
+            (start, end), code, stderr = stopped_once(config, mosquitto, lambda process: subscriber.wait_for(
+                "cryedge/nursery/event", count=2, timeout=120))
+    assert code == 0, stderr[-3000:]
     start, end = json.loads(start.payload), json.loads(end.payload)
     assert (start["event_type"], end["event_type"], end["reason"]) == ("cry_start", "cry_end", "shutdown")
     assert start["id"] == end["id"]
