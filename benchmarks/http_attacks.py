@@ -25,14 +25,16 @@ this process (one a second), the lines the daemon wrote to stderr, and what the 
 - ``broker_stall`` / ``broker_stall_snapshot``: mosquitto stopped (SIGSTOP) from 2 s to 14 s after the port opens,
   ``[snapshot]`` off / on; ``start_s`` then counts from the broker's return, not the event;
 - ``4k`` / ``4k_snapshot``: the clip scaled to 3840x2160, ``[snapshot]`` off / on at full size (max 4096);
-- ``slow_link`` / ``slow_link_snapshot``: the daemon reaches the broker through a loopback proxy passing 8 KiB/s
-  towards it, ``[snapshot]`` off / on (quality 100, ~100 KiB): what waits behind a picture on a slow link.
+- ``slow_link`` / ``slow_link_snapshot``: the daemon reaches the broker through a loopback link passing 8 KiB/s
+  towards it, shared fairly by its connections (tests/mqtt.py ``SlowLink``), ``[snapshot]`` off / on (quality 100,
+  ~130 KiB): what waits behind a picture on a slow link.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -49,7 +51,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO / "tests"))
-from mqtt import Broker, Subscriber, free_port  # noqa: E402 (tests/mqtt.py: the loopback broker the tests use)
+from mqtt import Broker, SlowLink, Subscriber, free_port  # noqa: E402 (tests/mqtt.py: the loopback broker the tests use)
 
 TOKEN = "benchmark-live-token-0123456789"
 HTTP_ATTACKS = ("slowloris", "flood", "huge", "bad_tokens", "cookie", "pipelining", "stalled_mjpeg", "resets", "garbage")
@@ -241,43 +243,14 @@ def probe(port: int) -> float | None:
     return time.monotonic() - start
 
 
-def proc(pid: int) -> tuple[float, float]:
+def proc(pid: int) -> tuple[float, float | None]:
     """(CPU seconds, peak resident MiB) of a live process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     status = Path(f"/proc/{pid}/status").read_text()
-    peak = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")) / 1024
+    # a process that has just exited (a zombie) has no VmHWM line: the peak read a second before stands
+    peak = next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM")), None)
     return cpu, peak
-
-
-def slow_proxy(listener: socket.socket, broker_port: int, stop: threading.Event) -> None:
-    """Forwards one client at a time to the broker: ``SLOW_LINK`` bytes a second towards it, as fast as may back."""
-    def pump(source: socket.socket, sink: socket.socket, rate: float | None) -> None:
-        try:
-            while not stop.is_set():
-                data = source.recv(1024 if rate else 65536)
-                if not data:
-                    break
-                sink.sendall(data)
-                if rate:
-                    time.sleep(len(data) / rate)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                sock.close()
-
-    listener.settimeout(0.5)
-    while not stop.is_set():
-        try:
-            client, _ = listener.accept()
-        except TimeoutError:
-            continue
-        except OSError:  # the run is over: the listener is closed
-            return
-        upstream = socket.create_connection(("127.0.0.1", broker_port))
-        threading.Thread(target=pump, args=(client, upstream, SLOW_LINK), daemon=True).start()
-        threading.Thread(target=pump, args=(upstream, client, None), daemon=True).start()
 
 
 def clip_4k(folder: Path) -> Path:
@@ -301,12 +274,10 @@ def one_run(folder: Path, name: str, seconds: float, big_clip: Path | None) -> d
     config.write_text(text)
     environ = {**os.environ, "CRYEDGE_LIVE_TOKEN": TOKEN, "PYTHONPATH": str(REPO)}
     with Broker(folder / "mosquitto") as broker, Subscriber(broker, topics=("cryedge/nursery/#",)) as events, \
-            open(folder / "stderr.log", "w") as stderr, socket.create_server(("127.0.0.1", 0)) as listener:
-        proxy_stop = threading.Event()
+            open(folder / "stderr.log", "w") as stderr, contextlib.ExitStack() as links:
         broker_port = broker.port
         if name.startswith("slow_link"):
-            threading.Thread(target=slow_proxy, args=(listener, broker.port, proxy_stop), daemon=True).start()
-            broker_port = listener.getsockname()[1]
+            broker_port = links.enter_context(SlowLink(broker, SLOW_LINK)).port
         daemon = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config),
                                    "--broker", f"mqtt://127.0.0.1:{broker_port}"], cwd=REPO, env=environ,
                                   stdout=subprocess.DEVNULL, stderr=stderr)
@@ -322,8 +293,9 @@ def one_run(folder: Path, name: str, seconds: float, big_clip: Path | None) -> d
                                             stdout=subprocess.PIPE, text=True)
             stopped = resumed = None
             probes, arrived, snapshot, cpu, peak, ended = [], {}, None, None, None, None
-            while "cry_end" not in arrived and time.monotonic() < opened + 90 and (ended is None or
-                                                                                  time.monotonic() < ended + 10):
+            pictured = name.endswith("snapshot")  # then until the picture too, which may come after the end
+            while ("cry_end" not in arrived or (pictured and snapshot is None)) and time.monotonic() < opened + 90 \
+                    and (ended is None or time.monotonic() < ended + 10):
                 now = time.monotonic()
                 if name.startswith("broker_stall"):
                     if stopped is None and now >= opened + STALL[0]:
@@ -342,7 +314,8 @@ def one_run(folder: Path, name: str, seconds: float, big_clip: Path | None) -> d
                 if snapshot is None and events.on("cryedge/nursery/snapshot"):
                     snapshot = len(events.on("cryedge/nursery/snapshot")[0].payload)
                 if daemon.poll() is None:
-                    cpu, peak = proc(daemon.pid)
+                    cpu, now_peak = proc(daemon.pid)
+                    peak = now_peak or peak
                 elif ended is None:  # the clip's end: what is still on its way may come yet
                     ended = time.monotonic()
                 time.sleep(max(0.0, 1.0 - (time.monotonic() - now)))
@@ -355,9 +328,7 @@ def one_run(folder: Path, name: str, seconds: float, big_clip: Path | None) -> d
                 done = attacker.communicate()[0].strip() or "killed"
             daemon.terminate()
             daemon.wait(60)
-            proxy_stop.set()
     lines = (folder / "stderr.log").read_text().splitlines()
-    proxy_stop.set()
     if os.environ.get("CRYEDGE_ATTACK_LOGS"):  # a folder to keep each run's stderr in
         Path(os.environ["CRYEDGE_ATTACK_LOGS"], f"{name}.log").write_text("\n".join(lines) + "\n")
     answered = [p for p in probes if p is not None]

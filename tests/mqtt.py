@@ -343,3 +343,101 @@ class ResettingRelay:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class SlowLink:
+    """A link to ``broker`` on 127.0.0.1:``port`` that passes ``rate`` bytes a second towards it, shared by every
+    connection through it; the broker's answers come back at full speed.
+
+    The connections take turns, a ``chunk`` at a time, as a fair queue (fq_codel) shares a
+    slow uplink: what one connection has waiting does not hold up the bytes of another, but each byte of either
+    takes its share of the link. Within one connection the bytes keep their order, as TCP keeps them.
+    """
+
+    def __init__(self, broker: Broker, rate: float, chunk: int = 512, port: int | None = None):
+        self.host, self.port, self.rate, self.chunk = "127.0.0.1", port or free_port(), rate, chunk
+        self._broker = broker
+        self._towards: dict[socket.socket, socket.socket] = {}  # client -> its upstream, for the link's pump
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listener = socket.create_server((self.host, self.port))
+        self._listener.settimeout(0.05)
+        for target in (self._accept, self._pump_towards):
+            self._start(target)
+
+    def _start(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, name="slow-link", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection((self._broker.host, self._broker.port))
+            with self._lock:
+                self._towards[client] = upstream
+            self._start(self._pump_back, upstream, client)
+
+    def _drop(self, client: socket.socket) -> None:
+        with self._lock:
+            upstream = self._towards.pop(client, None)
+        for sock in (client, upstream):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def _pump_towards(self) -> None:
+        import select
+
+        while not self._stop.is_set():
+            with self._lock:
+                clients = list(self._towards)
+            if not clients:
+                time.sleep(0.02)
+                continue
+            try:
+                ready, _, _ = select.select(clients, [], [], 0.05)
+            except (OSError, ValueError):  # one was closed under us
+                continue
+            for client in ready:  # one chunk each, in turn
+                try:
+                    data = client.recv(self.chunk)
+                    if data:
+                        self._towards[client].sendall(data)
+                except (OSError, KeyError):
+                    data = b""
+                if not data:
+                    self._drop(client)
+                    continue
+                time.sleep(len(data) / self.rate)
+
+    def _pump_back(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        self._drop(sink)  # the broker closed: so does the link, towards the client too
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        with self._lock:
+            clients = list(self._towards)
+        for client in clients:
+            self._drop(client)
+        for thread in self._threads:
+            thread.join(5)
+
+    def __enter__(self) -> SlowLink:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
