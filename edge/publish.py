@@ -8,8 +8,10 @@ describes them for Home Assistant users:
 - ``<prefix>/event``: JSON cry start / end (``event_type`` ``cry_start`` / ``cry_end``), QoS 1, not retained.
 - ``<prefix>/stats``: retained JSON diagnostics ``{"fps", "inference_ms", "face_share", "outbox_fault"}``.
 - ``<prefix>/snapshot``: with ``[snapshot]`` on, the JPEG of the frame that started a cry (bytes), retained,
-  QoS 1. Never in the outbox: while the broker is away only the newest picture waits, in memory, and goes
-  after the events on reconnect; an event never waits for a picture.
+  QoS 1, on a connection of its own (``<client id>-pictures``): a PUBLISH goes out whole, and on the alerts'
+  connection a cry's end waited behind the rest of its start's picture on a slow link. A picture is sent once the
+  broker has acknowledged every event sent and the previous picture; meanwhile only the newest one waits, in
+  memory (never in the outbox), also while the broker is away.
 - ``<discovery prefix>/device/<device id>/config``: one device-based discovery document, retained,
   re-sent when ``<discovery prefix>/status`` says ``online`` (at most every ``DISCOVERY_INTERVAL``).
 
@@ -41,6 +43,7 @@ import logging
 import math
 import os
 import queue
+import socket
 import ssl
 import sys
 import threading
@@ -645,7 +648,11 @@ class MqttPublisher:
         self.snapshot = snapshot  # [snapshot] on: the image entity is discovered
         self.camera = camera  # False: [source] type "none", no picture entities
         self._on_fault = on_fault  # (thread name, error): an unexpected error on the publisher's or paho's thread
-        self._snapshot_waiting: bytes | None = None  # the newest picture, while the broker is away
+        self._pictures = None  # paho client of the pictures' own connection ([snapshot] on)
+        self._pictures_connected = False  # as the publisher thread last saw it
+        self._pictures_refusal_said: str | None = None
+        self._picture_in_flight: int | None = None  # paho mid of the picture the broker has not acknowledged yet
+        self._snapshot_waiting: bytes | None = None  # the newest picture not yet sent: only one waits, in memory
         self.snapshots_sent = self.snapshots_dropped = 0
         self.topics = Topics.from_config(mqtt, device)
         self.where = f"mqtt {mqtt.host}:{mqtt.effective_port}"
@@ -709,44 +716,34 @@ class MqttPublisher:
     def start(self) -> None:
         """Connect; ``BrokerError`` if the broker refuses us or TLS fails, else retry in the background."""
         import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
 
         mqtt = self.mqtt
         protocol = paho.MQTTv5 if mqtt.protocol == "5" else paho.MQTTv311
-        # a huge message on homeassistant/status is dropped as it arrives, not read whole (edge.inbound_limit)
-        client = _client_class()(CallbackAPIVersion.VERSION2, client_id=mqtt.client_id or "", protocol=protocol)
         properties = None
-        if protocol == paho.MQTTv5:  # ... and with MQTT 5 the broker does not even send it
+        if protocol == paho.MQTTv5:  # a huge message on homeassistant/status: the broker does not even send it
             from paho.mqtt.packettypes import PacketTypes
             from paho.mqtt.properties import Properties
 
             properties = Properties(PacketTypes.CONNECT)
             properties.MaximumPacketSize = MAX_INBOUND_PUBLISH + 5  # the whole packet: its fixed header too
-        client.enable_logger(self._paho_log)  # a LoggerAdapter: paho calls only its log()
-        if mqtt.username:
-            password = mqtt.password.get_secret_value() if mqtt.password is not None else None
-            client.username_pw_set(mqtt.username, password)
-        if mqtt.tls is not None:
-            try:
-                client.tls_set(
-                    ca_certs=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None,
-                    certfile=str(mqtt.tls.certfile) if mqtt.tls.certfile else None,
-                    keyfile=str(mqtt.tls.keyfile) if mqtt.tls.keyfile else None,
-                )
-            except (OSError, ssl.SSLError) as error:
-                raise BrokerError(f"{self.where}: TLS set-up failed (mqtt.tls): {error}") from None
-            client.tls_insecure_set(mqtt.tls.insecure)
+        client = self._new_client(mqtt.client_id or "", protocol, self._paho_log)
         client.will_set(self.topics.availability, OFFLINE, qos=1, retain=True)
-        client.reconnect_delay_set(mqtt.reconnect_min_seconds, max(mqtt.reconnect_min_seconds, mqtt.reconnect_max_seconds))
         # an exception out of a callback ends paho's network thread (no more sending, acknowledging, reconnecting,
         # while all looked well): it is reported instead, and the thread delivers the end of the episode
         client.on_connect = self._reporting(self._on_connect)
         client.on_disconnect = self._reporting(self._on_disconnect)
         client.on_publish = self._reporting(self._on_publish)
         client.on_message = self._reporting(self._on_message)
-        client.connect_timeout = mqtt.connect_timeout  # TCP and TLS of each attempt, made in paho's thread
         client.on_connect_failure = self._reporting(self._on_connect_failure)
         self._client = client
+        if self.snapshot:
+            # the pictures' own connection: a PUBLISH goes out whole, so on one link shared with the alerts a
+            # cry's end waited behind the rest of its start's picture (5 s at 8 KiB/s), and the OFF with it
+            pictures = self._new_client(f"{mqtt.client_id}-pictures" if mqtt.client_id else "", protocol, _PahoLog())
+            pictures.on_connect = self._reporting(self._on_pictures_connect)
+            pictures.on_disconnect = self._reporting(self._on_pictures_disconnect)
+            pictures.on_publish = self._reporting(self._on_picture_published)
+            self._pictures = pictures
 
         # where an outbox on a card gone read-only notes what it delivered, so that a restart does not send it again
         self._outbox = Outbox(self._outbox_config.path, self._outbox_config.max_events, runtime_directory())
@@ -761,6 +758,10 @@ class MqttPublisher:
         # connect_timeout, and monitoring with it
         client.connect_async(mqtt.host, mqtt.effective_port, keepalive=mqtt.keepalive, properties=properties)
         client.loop_start()
+        if self._pictures is not None:
+            self._pictures.connect_async(mqtt.host, mqtt.effective_port, keepalive=mqtt.keepalive,
+                                         properties=properties)
+            self._pictures.loop_start()
         if not self._first_answer.wait(FIRST_ANSWER_SECONDS):
             self._retrying = True
             log.warning("%s has not answered in %.0f s; monitoring goes on, events go to the outbox, connecting in "
@@ -769,6 +770,7 @@ class MqttPublisher:
         failure = self._first_failure
         if isinstance(failure, ssl.SSLError) or (self._refusal is not None and self._refusal not in TRANSIENT_REFUSALS):
             client.loop_stop()
+            self._stop_pictures()
             self._stop_thread()
             if failure is not None:
                 raise BrokerError(f"{self.where}: TLS handshake failed: {failure}")
@@ -777,6 +779,45 @@ class MqttPublisher:
         if failure is not None:
             log.warning("%s unreachable (%s); retrying in the background, events go to the outbox",
                         self.where, failure.strerror or failure)
+
+    def _new_client(self, client_id: str, protocol: int, paho_log: _PahoLog):
+        """A paho client with the broker's credentials, TLS and back-off; BrokerError when TLS cannot be set up."""
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        mqtt = self.mqtt
+        # a huge message on homeassistant/status is dropped as it arrives, not read whole (edge.inbound_limit)
+        client = _client_class()(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+        client.enable_logger(paho_log)  # a LoggerAdapter: paho calls only its log()
+        if mqtt.username:
+            password = mqtt.password.get_secret_value() if mqtt.password is not None else None
+            client.username_pw_set(mqtt.username, password)
+        if mqtt.tls is not None:
+            try:
+                client.tls_set(
+                    ca_certs=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None,
+                    certfile=str(mqtt.tls.certfile) if mqtt.tls.certfile else None,
+                    keyfile=str(mqtt.tls.keyfile) if mqtt.tls.keyfile else None,
+                )
+            except (OSError, ssl.SSLError) as error:
+                raise BrokerError(f"{self.where}: TLS set-up failed (mqtt.tls): {error}") from None
+            client.tls_insecure_set(mqtt.tls.insecure)
+        client.reconnect_delay_set(mqtt.reconnect_min_seconds, max(mqtt.reconnect_min_seconds, mqtt.reconnect_max_seconds))
+        client.connect_timeout = mqtt.connect_timeout  # TCP and TLS of each attempt, made in paho's thread
+        return client
+
+    def _stop_pictures(self) -> None:
+        """The pictures' connection cut at once: a picture on its way is lost (as one waiting is), not awaited. paho's
+        thread ends only once what it was given is sent and acknowledged, or its socket fails: on a slow or stalled
+        link it held the stop for as long as the picture took."""
+        pictures, self._pictures = self._pictures, None
+        if pictures is None:
+            return
+        pictures.disconnect()
+        sock = pictures.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        pictures.stop()
 
     def _end_episodes_left_open(self) -> None:
         """An ON must be followed by an OFF: end the episodes a previous run started and never ended."""
@@ -807,6 +848,7 @@ class MqttPublisher:
             log.error("the publisher did not finish closing in %.0f s; events it had not stored are lost",
                       timeout + 5)
         self._thread = None
+        self._stop_pictures()
         if self._client is not None and not self._client.stop():
             log.warning("%s never answered the attempt to connect under way: stopped without waiting for it to give up "
                         "(mqtt.connect_timeout %g s)", self.where, self.mqtt.connect_timeout)
@@ -864,6 +906,15 @@ class MqttPublisher:
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
         self._queue.put(("acked", mid))
 
+    def _on_pictures_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
+        self._queue.put(("pictures_link", str(reason_code) if reason_code.is_failure else None))
+
+    def _on_pictures_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
+        self._queue.put(("pictures_link", "lost"))
+
+    def _on_picture_published(self, client, userdata, mid, reason_code=None, properties=None) -> None:
+        self._queue.put(("picture_acked", mid))
+
     def _on_message(self, client, userdata, message) -> None:
         if message.topic == self.topics.ha_status and message.payload.strip() == b"online":
             # one notice waits at a time: a flood of "online" must not bury the events behind it
@@ -884,6 +935,8 @@ class MqttPublisher:
             "acked": self._handle_acked,
             "ha_online": self._handle_ha_online,
             "snapshot": self._handle_snapshot,
+            "pictures_link": self._handle_pictures_link,
+            "picture_acked": self._handle_picture_acked,
         }
         while True:
             try:
@@ -1035,14 +1088,40 @@ class MqttPublisher:
         self._queue.put(("snapshot", bytes(jpeg)))
 
     def _handle_snapshot(self, jpeg: bytes) -> None:
-        if self.connected:
-            self._publish(self.topics.snapshot, jpeg, qos=1, retain=True)
-            self.snapshots_sent += 1
-            return
         if self._snapshot_waiting is not None:
             self.snapshots_dropped += 1  # an older picture nobody received: the newest one stands for both
         self._snapshot_waiting = jpeg
-        log.info("broker away: the snapshot waits in memory (not on disk) and goes on reconnect")
+        if not self.connected:
+            log.info("broker away: the snapshot waits in memory (not on disk) and goes on reconnect")
+        self._send_picture()
+
+    def _send_picture(self) -> None:
+        """The waiting picture, on the pictures' own connection, once no alert waits: every event the broker was
+        sent acknowledged (so the alerts reach a subscriber first) and no earlier picture still on its way (at
+        most one shares the link with the alerts; a newer one replaces the one waiting)."""
+        if (self._snapshot_waiting is None or not self.connected or self._inflight or not self._pictures_connected
+                or self._picture_in_flight is not None or self._pictures is None):
+            return
+        jpeg, self._snapshot_waiting = self._snapshot_waiting, None
+        self._picture_in_flight = self._pictures.publish(self.topics.snapshot, jpeg, qos=1, retain=True).mid
+        self.snapshots_sent += 1
+
+    def _handle_pictures_link(self, refusal: str | None) -> None:
+        """The pictures' connection up (None), lost (``"lost"``) or refused (the broker's reason)."""
+        self._pictures_connected = refusal is None
+        self._picture_in_flight = None  # paho sends it again itself on reconnect; it holds up nothing now
+        if refusal is None:
+            self._pictures_refusal_said = None
+            self._send_picture()
+        elif refusal != "lost" and refusal != self._pictures_refusal_said:
+            self._pictures_refusal_said = refusal
+            log.warning("%s refused the snapshots' own connection (%s); the alerts go on, the newest picture waits "
+                        "in memory", self.where, refusal)
+
+    def _handle_picture_acked(self, mid: int) -> None:
+        if mid == self._picture_in_flight:
+            self._picture_in_flight = None
+            self._send_picture()
 
     def _send_discovery(self) -> None:
         self._discovery_due = None
@@ -1081,9 +1160,7 @@ class MqttPublisher:
         self._send_stats()
         self._publish(self.topics.availability, ONLINE, qos=1, retain=True)
         self._send_waiting()
-        if self._snapshot_waiting is not None:  # after the events: a picture never holds up an alert
-            jpeg, self._snapshot_waiting = self._snapshot_waiting, None
-            self._handle_snapshot(jpeg)
+        self._send_picture()  # once the broker has acknowledged those events: a picture never holds up an alert
 
     def _handle_disconnected(self, reason: str) -> None:
         if self.connected:
@@ -1104,6 +1181,7 @@ class MqttPublisher:
         if seq is not None:
             self._outbox.remove(seq)
             self.outbox_depth = len(self._outbox)
+            self._send_picture()
 
     def _handle_ha_online(self, _) -> None:
         """Re-send discovery at most once every ``discovery_interval``; the last request is always served."""
