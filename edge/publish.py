@@ -80,6 +80,10 @@ TRANSIENT_REFUSALS = {"Server unavailable", "Server busy", "Quota exceeded", "Co
 # `cryedge run` in one line before monitoring starts; a broker that answers at all answers a CONNECT in milliseconds.
 # It waited mqtt.connect_timeout (10 s) for a black-holed one, and judged no frame or sound meanwhile.
 FIRST_ANSWER_SECONDS = 1.0
+# MqttPublisher.close() waits up to CLOSE_ACK_SECONDS (or the timeout it is given) for the broker to acknowledge the end
+# of a cry, the OFF and offline, and CLOSE_MARGIN_SECONDS more for its thread to store what is queued and finish
+CLOSE_ACK_SECONDS = 5.0
+CLOSE_MARGIN_SECONDS = 5.0
 
 
 # ----------------------------------------------------------------------------- the contract
@@ -483,7 +487,7 @@ class Publisher(Protocol):
     def publish_state(self, state: AlarmState) -> None: ...
     def publish_stats(self, stats: Mapping[str, float]) -> None: ...
     def publish_snapshot(self, jpeg: bytes, event: AlarmEvent | None = None) -> None: ...
-    def close(self) -> None: ...
+    def close(self, timeout: float = ...) -> None: ...
 
 
 class StdoutPublisher:
@@ -606,8 +610,8 @@ class StdoutPublisher:
     def publish_snapshot(self, jpeg: bytes, event: AlarmEvent | None = None) -> None:
         pass  # pictures go to a broker only, never into a terminal or a log file
 
-    def close(self) -> None:
-        """Publish OFF if still crying, and give the queued lines ``CLOSE_SECONDS`` to be written."""
+    def close(self, timeout: float = CLOSE_SECONDS) -> None:
+        """Publish OFF if still crying, and give the queued lines ``timeout`` (at most ``CLOSE_SECONDS``) to be written."""
         if self._closing.is_set():
             return
         atexit.unregister(self.close)
@@ -615,7 +619,7 @@ class StdoutPublisher:
             self.publish_state(unmeasured_state(time.time()))
         self._closing.set()
         if self._writer is not None:
-            self._writer.join(self.CLOSE_SECONDS)
+            self._writer.join(min(timeout, self.CLOSE_SECONDS))
             if self._writer.is_alive():  # blocked on a pipe nobody reads; it is a daemon thread
                 self.dropped += self._lines.qsize()
         if self.dropped and not self._gone:  # a closed stdout was said once, when it was found
@@ -837,16 +841,16 @@ class MqttPublisher:
                     " or the systemd credential mqtt_password)")
         return " (check mqtt.username and the password)"
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float = CLOSE_ACK_SECONDS) -> None:
         """Everything queued into the outbox, final state OFF, ``offline``, wait for acknowledgements
-        (up to ``timeout``), disconnect."""
+        (up to ``timeout``), disconnect: all of it within ``timeout`` + ``CLOSE_MARGIN_SECONDS``."""
         if self._thread is None:
             return
         self._queue.put(("close", timeout))
-        self._thread.join(timeout + 5)
+        self._thread.join(timeout + CLOSE_MARGIN_SECONDS)
         if self._thread.is_alive():
             log.error("the publisher did not finish closing in %.0f s; events it had not stored are lost",
-                      timeout + 5)
+                      timeout + CLOSE_MARGIN_SECONDS)
         self._thread = None
         self._stop_pictures()
         if self._client is not None and not self._client.stop():
