@@ -20,6 +20,7 @@ import logging
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -47,6 +48,11 @@ FRAMES_MISSING_SECONDS = 1.0
 # until a window of frames passes again); fewer are dropped frames, said at -vv only: one bad frame must not flap
 # the status Home Assistant shows, nor a graph failing on every frame stop the daemon (exit 70, restarted for ever).
 LANDMARK_FAULT_AFTER = 3
+# systemd kills a daemon that has not exited TimeoutStopSec (20 s) after SIGTERM: a stop ends the running cry and sends
+# (or keeps in the outbox) its end, the final OFF and offline within STOP_SECONDS of being asked, with room left for the
+# interpreter's exit. The frame loop gets the first FRAME_LOOP_STOP_SECONDS to finish its frame and end the cry itself.
+STOP_SECONDS = 15.0
+FRAME_LOOP_STOP_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -269,8 +275,11 @@ class Daemon:
         self.last_event: dict | None = None
         self.last_event_unix: float | None = None
         self._stop = threading.Event()
+        self._stop_asked: float | None = None  # when stop() was first called (monotonic): the stop's time runs from it
         self._idle = threading.Event()  # clear while run() is in the frame loop
         self._idle.set()
+        self._loop_thread: int | None = None  # the ident of the thread in run(), to say where a stuck loop is
+        self._loop_left = False  # the frame loop did not stop in its time: close() ended the cry without it
         self._closing = []  # resources to close, in the order they were opened
         self.model = self.extractor = self.source = self.publisher = self.alarm = self.pipeline = None
         self.hearing = None  # edge.audio.Hearing when [audio] is enabled
@@ -405,6 +414,8 @@ class Daemon:
 
     def stop(self, *_signal_args) -> None:
         """Ask the loop to finish after the current frame; safe from a signal handler."""
+        if self._stop_asked is None:
+            self._stop_asked = time.monotonic()
         self._stop.set()
         if self.source is not None:
             self.source.stop()
@@ -414,6 +425,7 @@ class Daemon:
         self.state = "running"
         self.notifier.ready(f"{self._source_state()}: {self._status().name}")
         self.watchdog.start()
+        self._loop_thread = threading.get_ident()
         self._idle.clear()
         try:
             return self._loop() if self.camera else self._listen()
@@ -709,25 +721,77 @@ class Daemon:
             last_heard=self.hearing.monitor.judged_at if self.hearing is not None else None,
         )
 
-    def close(self) -> None:
-        """Close everything opened, newest first; the publisher sends OFF and offline as it closes.
+    def serve(self) -> int:
+        """``run()`` on a thread of its own until it ends or a stop is asked; then ``close()`` can end the daemon in time.
 
-        Called while ``run()`` is busy in another thread, it stops the loop and waits for it first:
-        releasing the decoder or the landmarkers under a running frame crashes in native code.
+        The signals are taken on this (the main) thread, which only waits: a frame loop stuck in native code (a
+        MediaPipe graph, a camera driver) runs no signal handler and never ends its cry, and, run here, it held the
+        stop until systemd killed the process with the cry still ON."""
+        outcome: dict = {}
+
+        def loop() -> None:
+            try:
+                outcome["code"] = self.run()
+            except BaseException as error:  # noqa: BLE001 - raised again on this thread, as run() would have
+                outcome["error"] = error
+
+        runner = threading.Thread(target=loop, name="cryedge-frames", daemon=True)  # a stuck one does not hold the exit
+        runner.start()
+        while runner.is_alive() and not self._stop.is_set():
+            runner.join(0.25)  # not an Event's wait: a signal handler setting that same Event could deadlock on its lock
+        if runner.is_alive():
+            self._stop_the_loop()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("code", 0)
+
+    def _stop_the_loop(self) -> bool:
+        """Stop ``run()`` running in another thread and wait for it, until ``FRAME_LOOP_STOP_SECONDS`` after the stop
+        was asked; whether it stopped."""
+        self.stop()
+        return self._idle.wait(max(0.0, self._stop_asked + FRAME_LOOP_STOP_SECONDS - time.monotonic()))
+
+    def close(self) -> None:
+        """Close everything opened, newest first; the publisher sends OFF and offline as it closes, its wait for the
+        broker shortened so that the stop is over ``STOP_SECONDS`` after it was asked (or after this call).
+
+        Called while ``run()`` is busy in another thread, it stops the loop and waits for it first: releasing the
+        decoder or the landmarkers under a running frame crashes in native code. A loop that has not stopped in its
+        time is left running (the process is exiting): the cry is ended here, and only what the loop does not use
+        is closed, the publisher, which sends the end, and the health server.
         """
-        if not self._idle.is_set():
-            self.stop()
-            if not self._idle.wait(30):
-                log.error("the frame loop did not stop in 30 s; closing anyway")
+        if not self._idle.is_set() and not self._stop_the_loop():
+            self._leave_the_loop()
+        deadline = (self._stop_asked or time.monotonic()) + STOP_SECONDS
         self.watchdog.close()
         while self._closing:
             resource = self._closing.pop()
+            if self._loop_left and resource not in (self.publisher, self.health):
+                continue
             try:
-                resource.close()
+                if resource is self.publisher:
+                    self._close_publisher(deadline)
+                else:
+                    resource.close()
             except Exception as error:  # noqa: BLE001 - closing must go on for the rest
                 log.warning("closing %s: %s", type(resource).__name__, error)
         if self._excepthook is not None:  # the threads are stopped: what ends one now is no longer the run's
             threading.excepthook, self._excepthook = self._excepthook, None
+
+    def _leave_the_loop(self) -> None:
+        """The frame loop did not stop in its time: one line saying where it is stuck, and its cry ended here."""
+        self._loop_left = True
+        log.error("the frame loop did not stop within %g s (stuck %s); the cry is ended without it, the loop is left",
+                  FRAME_LOOP_STOP_SECONDS, where_in_cryedge(sys._current_frames().get(self._loop_thread)))
+        self.state = "stopping"
+        self._finish()
+
+    def _close_publisher(self, deadline: float) -> None:
+        """The publisher's close, its wait for the broker's acknowledgements shortened to end by ``deadline``."""
+        from edge.publish import CLOSE_ACK_SECONDS, CLOSE_MARGIN_SECONDS
+
+        left = deadline - time.monotonic() - CLOSE_MARGIN_SECONDS
+        self.publisher.close(timeout=min(CLOSE_ACK_SECONDS, max(0.5, left)))
 
     def __enter__(self) -> Self:
         self.open()
@@ -735,6 +799,20 @@ class Daemon:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def where_in_cryedge(frame) -> str:
+    """``at edge/x.py:N in f``, the innermost call of cryedge's own code in the stack of ``frame``."""
+    import traceback
+
+    if frame is None:
+        return "where, unknown"
+    package = os.path.dirname(os.path.abspath(__file__))
+    calls = [call for call in traceback.extract_stack(frame) if os.path.abspath(call.filename).startswith(package + os.sep)]
+    if not calls:
+        return "outside cryedge's code"
+    call = calls[-1]
+    return f"at {os.path.relpath(call.filename, os.path.dirname(package))}:{call.lineno} in {call.name}"
 
 
 def uses_body_points(card) -> bool:
@@ -781,7 +859,7 @@ def _run_command(args) -> int:
     previous = {sig: signal.signal(sig, daemon.stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         with daemon:
-            code = daemon.run()
+            code = daemon.serve()
         daemon.raise_thread_fault()  # a thread failed as the daemon stopped: the episode ended, the run was not clean
         return code
     finally:

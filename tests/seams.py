@@ -24,3 +24,30 @@ def failing(self, task, image, timestamp_ms):
 landmarks.LandmarkExtractor._run = failing
 sys.exit(main(sys.argv[2:]))
 """
+
+# a cryedge command with MediaPipe hanging in native code, as a graph that deadlocks does: once the file HANG exists,
+# the next call into MediaPipe (LandmarkExtractor._run) creates HANG.hung and blocks for ever on a mutex it already
+# holds, the GIL released, so not even a Python signal handler runs on that thread again. Run as
+# `python -c HANGING_LANDMARKER HANG COMMAND ARGS...`.
+HANGING_LANDMARKER = """
+import ctypes
+import sys
+from pathlib import Path
+from edge import landmarks
+from edge.cli import main
+
+hang = Path(sys.argv[1])
+run = landmarks.LandmarkExtractor._run
+
+def hanging(self, task, image, timestamp_ms):
+    if hang.exists():
+        hang.with_name(hang.name + ".hung").touch()
+        libc = ctypes.CDLL(None)
+        mutex = ctypes.create_string_buffer(64)  # zeroed: PTHREAD_MUTEX_INITIALIZER, a mutex that is not recursive
+        libc.pthread_mutex_lock(mutex)
+        libc.pthread_mutex_lock(mutex)
+    return run(self, task, image, timestamp_ms)
+
+landmarks.LandmarkExtractor._run = hanging
+sys.exit(main(sys.argv[2:]))
+"""

@@ -360,8 +360,9 @@ def demo_config(folder: Path, outbox: Path | None = None) -> Path:
     return path
 
 
-def start_daemon(config: Path, broker) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config),
+def start_daemon(config: Path, broker, launcher: tuple[str, ...] = ("-m", "edge.cli")) -> subprocess.Popen:
+    """`cryedge run` with ``config`` against ``broker``; ``launcher``: a seam's ``("-c", SEAM, ITS ARGS...)``."""
+    return subprocess.Popen([sys.executable, *launcher, "run", "--config", str(config),
                              "--broker", f"mqtt://127.0.0.1:{broker.port}"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -400,6 +401,48 @@ def test_sighup_mid_cry_ends_the_episode_like_sigterm(mosquitto, tmp_path):
         assert states_after_the_cry(subscriber) == [("OFF", None)]
     with Subscriber(mosquitto, topics=("cryedge/nursery/state",)) as late:
         assert json.loads(late.wait_for("cryedge/nursery/state").payload)["crying"] == "OFF"
+
+
+def test_a_stop_mid_cry_with_the_frame_loop_stuck_in_native_code_ends_the_cry_well_inside_systemds_stop_time(
+        mosquitto, tmp_path):
+    """MediaPipe stuck in native code mid-cry (a graph that deadlocks; a camera driver would do the same): the frame
+    loop ran on the main thread, where SIGTERM's handler never ran again, so `cryedge run` never exited; systemd kills
+    it TimeoutStopSec (20 s) after SIGTERM, and the cry never ended: Home Assistant showed it ON. Now the loop gets its
+    share of the stop, then the cry is ended without it, the line says where it is stuck, and the daemon exits 0 with
+    the end, the OFF and offline sent, well inside the 20 s."""
+    from mqtt import Subscriber
+    from seams import HANGING_LANDMARKER
+
+    hang = tmp_path / "hang"
+    with Subscriber(mosquitto, topics=("cryedge/#",)) as subscriber:
+        process = start_daemon(demo_config(tmp_path), mosquitto, launcher=("-c", HANGING_LANDMARKER, str(hang)))
+        try:
+            start = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_start" in m.payload, timeout=60)
+            hang.touch()
+            hung = time.monotonic()
+            while not hang.with_name("hang.hung").exists():  # the frame loop's next call into MediaPipe never returns
+                assert time.monotonic() - hung < 10 and process.poll() is None
+                time.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            stopping = time.monotonic()
+            try:
+                _, stderr = process.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                pytest.fail("still running 20 s after SIGTERM: systemd kills it here, the cry not ended")
+            stopped_in = time.monotonic() - stopping
+        finally:
+            process.kill()
+            process.wait()
+        assert process.returncode == 0, stderr
+        assert stopped_in < 15, f"{stopped_in:.1f} s\n{stderr}"
+        end = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_end" in m.payload)
+        assert json.loads(end.payload)["id"] == json.loads(start.payload)["id"]
+        assert json.loads(end.payload)["reason"] == "shutdown"
+        assert states_after_the_cry(subscriber) == [("OFF", None)]
+        assert subscriber.payloads("cryedge/nursery/availability")[-1] == "offline"
+    stuck = [line for line in stderr.splitlines() if "frame loop did not stop" in line]
+    assert len(stuck) == 1 and "stuck at edge/landmarks.py:" in stuck[0], stderr
+    assert "Traceback" not in stderr
 
 
 def stopped_once_the_cry_is_kept(config: Path, port: int, within: float) -> tuple[int, str, float]:
