@@ -49,6 +49,10 @@ MORE_CLIPS, MORE_SEED_OFFSET = 960, 3000
 # test set's), scored by a first training; their windows at or above MINE_LEVEL are added as not crying and the
 # model trained again from scratch. None in the default build (docs/audio.md, session 9)
 MINE_CLIPS, MINE_SEED_OFFSET, MINE_LEVEL = 0, 4000, 0.4
+# training clips of a siren, a car horn or bells loud (audio_synth.tonal_events), a cry audible over some, from a
+# seed of their own; never validation clips. None in the default build (docs/audio.md, session 12: recorded horns,
+# sirens and bells raised most of the bundled model's false alarms over recorded sound)
+TONAL_CLIPS, TONAL_SEED_OFFSET = 0, 20000
 HOP_SECONDS = 0.25  # the default model scores this often on the device
 MEL_BANDS = 64  # log-mel bands a frame of the default model, from an FFT of N_FFT samples
 N_FFT = 512
@@ -56,13 +60,15 @@ FRAME_RATE = 15.0  # the demo clip's: the alarm sees the newest audio score at e
 DEMO_SOUND = (("crying", 5.0, 14.0), ("speech", 14.0, 17.0))
 
 
-def clips(folder: Path, count: int, seed: int, prefix: str, masked: int = 0, crib: int = 0, more: int = 0) -> Path:
+def clips(folder: Path, count: int, seed: int, prefix: str, masked: int = 0, crib: int = 0, more: int = 0,
+          tonal: int = 0) -> Path:
     """The labelled clips in ``folder``, made unless already there; their labels CSV (``labels.csv``).
 
     ``count`` clips of ``random_events`` and, for training, ``masked`` more of ``masked_events`` (cries under
     a louder sound, and that sound alone), ``crib`` more of ``crib_events`` (hard negatives, with a cry
     audible over them) and ``more`` more of ``random_events`` (named ``more``, so never validation clips), each
-    from a seed of its own. A part whose CSV is there already is not made again."""
+    from a seed of its own, and ``tonal`` more of ``tonal_events`` (a siren, a horn or bells, a cry audible over
+    some). A part whose CSV is there already is not made again."""
     from convert import audio_synth
 
     folder = Path(folder)
@@ -84,6 +90,10 @@ def clips(folder: Path, count: int, seed: int, prefix: str, masked: int = 0, cri
         if more:
             parts.append(made("more.csv", lambda: audio_synth.generate(
                 folder, more, CLIP_SECONDS, seed + MORE_SEED_OFFSET, prefix="more", labels_name="more.csv")))
+        if tonal:
+            parts.append(made("tonal.csv", lambda: audio_synth.generate(
+                folder, tonal, CLIP_SECONDS, seed + TONAL_SEED_OFFSET, prefix="tonal", plan=audio_synth.tonal_events,
+                labels_name="tonal.csv", audible=audio_synth.AUDIBLE_SHARE)))
         rows = [part.read_bytes().splitlines(keepends=True) for part in parts]  # bytes: csv's \r\n kept
         # its labels.csv says the folder is complete (reused by the next run): whole or not there
         files.write_bytes(labels, b"".join(rows[0] + [row for more in rows[1:] for row in more[1:]]))
@@ -458,7 +468,7 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
           masked_clips: int = MASKED_CLIPS, evidence_choices: tuple[tuple[int, int], ...] = EVIDENCE_CHOICES,
           crib_clips: int = CRIB_CLIPS, more_clips: int = MORE_CLIPS, patience: int = 6,
           sizes: dict | None = None, max_false_alarms: int | None = MAX_FALSE_ALARMS, mine_clips: int = MINE_CLIPS,
-          mine_level: float = MINE_LEVEL, ensemble: int = 1) -> dict:
+          mine_level: float = MINE_LEVEL, ensemble: int = 1, tonal_clips: int = TONAL_CLIPS) -> dict:
     from convert import dataset, train
     from convert.convert import ConvertOptions, convert
 
@@ -471,7 +481,7 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
     work = Path(tempfile.mkdtemp(prefix="cryedge-audio-")) if own_work else Path(work_dir)
     try:
         train_labels = clips(work / "train", train_clips, seed, "train", masked=masked_clips, crib=crib_clips,
-                             more=more_clips)
+                             more=more_clips, tonal=tonal_clips)
         heldout_labels = clips(work / "heldout", heldout_clips, seed + 1, "heldout")
         data = work / "train.npz"
         if not data.is_file():
@@ -514,6 +524,8 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
                               + (f", {crib_clips} of loud hard negatives with a cry audible over some" if crib_clips else "")
                               + (f", {more_clips} more of the same plan from seed {seed + MORE_SEED_OFFSET}"
                                  if more_clips else "")
+                              + (f", {tonal_clips} of a siren, a car horn or bells loud with a cry audible over some "
+                                 f"(seed {seed + TONAL_SEED_OFFSET})" if tonal_clips else "")
                               + (f"; hard-negative mining: {mined['mined']} windows of {mine_clips} clips with no cry "
                                  f"(seed {mined['seed']}) scoring at least {mine_level:g} by a first training added as "
                                  "not crying, trained again from scratch" if mined else ""),
@@ -638,7 +650,7 @@ def _build_command(args) -> int:
                     more_clips=args.more_clips, patience=args.patience, max_false_alarms=args.max_false_alarms,
                     evidence_choices=tuple(args.evidence) if args.evidence is not None else EVIDENCE_CHOICES,
                     audio=audio, sizes=audio_sizes(args), mine_clips=args.mine_clips, mine_level=args.mine_level,
-                    ensemble=args.ensemble)
+                    ensemble=args.ensemble, tonal_clips=args.tonal_clips)
     held, other = summary["held_out"], summary["held_out_set"]
     print(f"default audio model -> {summary['model']}; held-out windows (synthetic): F1 {held['f1']:.3f}, "
           f"ROC AUC {held['roc_auc']}")
@@ -682,6 +694,9 @@ def add_commands(subparsers) -> None:
                         help="more training clips of the same plan as the others (speech, singing, music, ... and a "
                              f"cry in about half), from seed + {MORE_SEED_OFFSET}; never validation clips "
                              f"(default {MORE_CLIPS})")
+    parser.add_argument("--tonal-clips", type=whole(0), default=TONAL_CLIPS, metavar="N",
+                        help="N more training clips of a siren, a car horn or bells, loud, a cry audible over some "
+                             f"(default {TONAL_CLIPS}; docs/audio.md, session 12)")
     parser.add_argument("--mine-clips", type=whole(0), default=MINE_CLIPS, metavar="N",
                         help="hard-negative mining: N clips with no cry (speech, singing, a door, a TV, ...) from "
                              f"seed + {MINE_SEED_OFFSET}, scored by a first training; their windows scoring at least "

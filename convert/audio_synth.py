@@ -33,6 +33,9 @@ from edge.errors import DataError
 
 RATE = 16000
 NEGATIVES = ("speech", "singing", "music", "tv", "white_noise", "pink_noise", "fan", "door", "dog", "quiet")
+# tones from the street and the town: a siren's glide, a car horn's chord, a bell's partials. Kept out of
+# NEGATIVES, which every test set's plan draws from (its clips stay the same); trained on through tonal_events
+TONAL_NEGATIVES = ("siren", "horn", "bell")
 SENTENCES = (
     "good night little one, sleep well", "did you see where I put the keys", "the weather will be cold tomorrow",
     "shall we read another story", "dinner is ready in ten minutes", "oh no, not again, come here",
@@ -202,6 +205,43 @@ def household(kind: str, seconds: float, rng: np.random.Generator) -> np.ndarray
     raise DataError(f"unknown sound {kind!r}")
 
 
+def tonal(kind: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """A siren (a harmonic tone gliding up and down, slowly or fast), a car horn (blasts of a bright two-note
+    chord) or bells (struck, inharmonic partials ringing down)."""
+    n = int(seconds * RATE)
+    t = np.arange(n) / RATE
+    if kind == "siren":
+        low, high = rng.uniform(450, 800), rng.uniform(1000, 1700)
+        period = rng.uniform(2.0, 6.0) if rng.random() < 0.6 else rng.uniform(0.25, 0.6)  # a wail or a yelp
+        sweep = 0.5 - 0.5 * np.cos(2 * np.pi * t / period + rng.uniform(0, 2 * np.pi))
+        return harmonic_tone(low + (high - low) * sweep, rng, tilt_db=rng.uniform(-14, -8), top=6000)
+    if kind == "horn":
+        out = np.zeros(n, np.float32)
+        root = rng.uniform(300, 480)
+        position = int(rng.uniform(0, 0.5) * RATE)
+        while position < n - int(0.15 * RATE):
+            blast = min(int(rng.uniform(0.2, 1.5) * RATE), n - position)
+            chord = sum(harmonic_tone(np.full(blast, root * ratio), rng, tilt_db=rng.uniform(-4, -2))
+                        for ratio in (1.0, rng.choice([1.2, 1.26, 1.33])))
+            out[position:position + blast] += _fade(chord.astype(np.float32))
+            position += blast + int(rng.uniform(0.1, 1.0) * RATE)
+        return out
+    if kind == "bell":
+        out = np.zeros(n, np.float32)
+        strike = rng.uniform(200, 800)
+        position = int(rng.uniform(0, 0.3) * RATE)
+        while position < n:
+            ring = np.arange(n - position) / RATE
+            for ratio, decay in ((0.5, 3.0), (1.0, 2.0), (1.2, 1.5), (1.5, 1.2), (2.0, 1.0), (2.5, 0.7), (3.0, 0.5),
+                                 (4.2, 0.3)):
+                partial = np.sin(2 * np.pi * strike * ratio * rng.uniform(0.99, 1.01) * ring + rng.uniform(0, 6.3))
+                out[position:] += (partial * np.exp(-ring / (decay * rng.uniform(0.6, 1.4))) / ratio).astype(np.float32)
+            position += int(rng.uniform(0.6, 2.0) * RATE)
+            strike = strike * rng.choice([1.0, 0.89, 0.84, 0.75]) if rng.random() < 0.5 else strike
+        return out
+    raise DataError(f"unknown sound {kind!r}")
+
+
 def sound(kind: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
     """``seconds`` of ``kind`` (``crying`` or one of NEGATIVES), at -20 dBFS RMS."""
     if kind == "crying":
@@ -214,6 +254,8 @@ def sound(kind: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
         x = music(seconds, rng)
     elif kind == "tv":
         x = bandpass(speech(seconds, rng) + 0.5 * _normalize(music(seconds, rng), -30), 200, 5000)
+    elif kind in TONAL_NEGATIVES:
+        x = tonal(kind, seconds, rng)
     else:
         x = household(kind, seconds, rng)
     return _normalize(x, -20.0)
@@ -304,6 +346,23 @@ def crib_events(rng: np.random.Generator, seconds: float, cry_share: float = 0.5
         length = rng.uniform(1.5, seconds - 0.5)
         start = rng.uniform(0, seconds - length)
         events.append(Event(kind, start, start + length, level + rng.uniform(-6, 3)))
+    if rng.random() < cry_share:
+        length = rng.uniform(2.0, min(seconds - 1.0, 6.0))
+        start = rng.uniform(0.5, seconds - length)
+        events.insert(0, Event("crying", start, start + length, level + rng.uniform(-24, 12)))
+    return events
+
+
+def tonal_events(rng: np.random.Generator, seconds: float, cry_share: float = 0.5) -> list[Event]:
+    """A clip's plan of a siren, a car horn or bells, loud (-32 to -10 dBFS) the whole clip long, sometimes one
+    of the usual sounds over part of it; with probability ``cry_share`` a cry 24 dB under to 12 dB over them
+    (``generate(audible=...)`` keeps it only where audible, as for ``crib_events``)."""
+    level = rng.uniform(-32, -10)
+    events = [Event(str(rng.choice(TONAL_NEGATIVES)), 0.0, seconds, level)]
+    if rng.random() < 0.4:
+        length = rng.uniform(1.5, seconds - 0.5)
+        start = rng.uniform(0, seconds - length)
+        events.append(Event(str(rng.choice(NEGATIVES)), start, start + length, level + rng.uniform(-6, 3)))
     if rng.random() < cry_share:
         length = rng.uniform(2.0, min(seconds - 1.0, 6.0))
         start = rng.uniform(0.5, seconds - length)

@@ -154,6 +154,56 @@ def test_more_clips_are_the_same_plan_from_a_seed_of_their_own_added_to_the_clip
     assert (tmp_path / "b" / "more0000.wav").read_bytes() != (tmp_path / "b" / "train0000.wav").read_bytes()
 
 
+def test_sirens_glide_horns_hold_a_chord_and_bells_ring_down():
+    rate = audio_synth.RATE
+    for kind in audio_synth.TONAL_NEGATIVES:
+        a, b = (audio_synth.sound(kind, 4.0, np.random.default_rng(5)) for _ in range(2))
+        np.testing.assert_array_equal(a, b)
+        assert 20 * np.log10(np.sqrt(np.mean(a ** 2))) == pytest.approx(-20.0, abs=0.1)
+    siren = audio_synth.tonal("siren", 8.0, np.random.default_rng(1))
+    pitches = [dominant_hz(siren[i:i + 2048]) for i in range(0, len(siren) - 2048, rate // 4)]
+    assert min(pitches) >= 440 and max(pitches) - min(pitches) > 150  # a tone that glides, not a note
+    horn = audio_synth.tonal("horn", 8.0, np.random.default_rng(2))
+    loud = np.flatnonzero(np.abs(horn) > 0.3 * np.abs(horn).max())
+    blast = horn[loud[0] + 800:loud[0] + 800 + 4096]
+    assert 290 <= dominant_hz(blast) <= 2000  # the chord's notes or their low harmonics
+    bell = audio_synth.tonal("bell", 2.0, np.random.default_rng(3))
+    struck = np.flatnonzero(bell)[0]  # the first strike; the next comes at least 0.6 s later
+
+    def rms(x):
+        return np.sqrt(np.mean(x ** 2))
+
+    assert rms(bell[struck:struck + 800]) > 1.2 * rms(bell[struck + rate // 2:struck + rate // 2 + 800])  # it rings down
+
+
+def test_tonal_clips_play_a_siren_horn_or_bells_loud_and_leave_the_test_sets_plans_alone():
+    rng = np.random.default_rng(4)
+    plans = [audio_synth.tonal_events(rng, 8.0) for _ in range(200)]
+    tones = [next(e for e in plan if e.kind != "crying") for plan in plans]
+    assert {t.kind for t in tones} == set(audio_synth.TONAL_NEGATIVES)
+    assert all((t.start, t.end) == (0.0, 8.0) and -32 <= t.dbfs <= -10 for t in tones)
+    assert 60 < sum(plan[0].kind == "crying" for plan in plans) < 140
+    # random_events, every test set's plan, never draws the new sounds: clips made before stay the same
+    drawn = {e.kind for i in range(300) for e in audio_synth.random_events(np.random.default_rng(i), 8.0)}
+    assert not drawn & set(audio_synth.TONAL_NEGATIVES)
+
+
+@needs_tools
+def test_tonal_clips_join_the_training_set_with_every_cry_audible_and_never_as_validation(tmp_path):
+    from convert.audio_demo import TONAL_SEED_OFFSET, clips, truth_of
+
+    labels = clips(tmp_path, 2, 5, "train", tonal=3)
+    assert sorted(truth_of(labels)) == ["tonal0000.wav", "tonal0001.wav", "tonal0002.wav", "train0000.wav",
+                                        "train0001.wav"]
+    kinds = [(tmp_path / f"tonal{i:04d}.txt").read_text().strip().split("+") for i in range(3)]
+    assert all(set(k) & set(audio_synth.TONAL_NEGATIVES) for k in kinds)
+    for index in range(3):  # as made: the plan of seed + TONAL_SEED_OFFSET, drawn again while a cry is not audible
+        events, _ = audio_synth._audible_plan(audio_synth.tonal_events, 5 + TONAL_SEED_OFFSET, index, 8.0, 0.5,
+                                              audio_synth.AUDIBLE_SHARE)
+        assert truth_of(labels)[f"tonal{index:04d}.wav"] == [(round(e.start, 3), round(e.end, 3)) for e in events
+                                                             if e.kind == "crying"]
+
+
 @needs_tools
 def test_sound_files_and_video_sound_tracks_become_labelled_windows_of_the_device_features(tmp_path):
     labels = audio_synth.generate(tmp_path / "clips", 6, seconds=4.0, seed=3, cry_share=0.7)
