@@ -53,6 +53,11 @@ LANDMARK_FAULT_AFTER = 3
 # interpreter's exit. The frame loop gets the first FRAME_LOOP_STOP_SECONDS to finish its frame and end the cry itself.
 STOP_SECONDS = 15.0
 FRAME_LOOP_STOP_SECONDS = 5.0
+# The frame loop this long past its promise of progress (the watchdog's: a frame within [source] stall_seconds, or a
+# reopen on the source supervisor's schedule) is stuck, not slow: a source notices a stall within a second and closes
+# its camera (seconds at most) before it promises its reopen. Stuck, it ends a running cry and exits (70) to be
+# restarted, where systemd's watchdog (WatchdogSec=30s) would abort it 15 s or more past the promise, the cry left ON.
+STUCK_AFTER_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -723,6 +728,7 @@ class Daemon:
 
     def serve(self) -> int:
         """``run()`` on a thread of its own until it ends or a stop is asked; then ``close()`` can end the daemon in time.
+        A loop stuck past its promise of progress with no stop asked is left, its cry ended: exit code 70.
 
         The signals are taken on this (the main) thread, which only waits: a frame loop stuck in native code (a
         MediaPipe graph, a camera driver) runs no signal handler and never ends its cry, and, run here, it held the
@@ -739,11 +745,33 @@ class Daemon:
         runner.start()
         while runner.is_alive() and not self._stop.is_set():
             runner.join(0.25)  # not an Event's wait: a signal handler setting that same Event could deadlock on its lock
+            if runner.is_alive() and self._stuck():
+                return self._leave_the_stuck_loop()
         if runner.is_alive():
             self._stop_the_loop()
         if "error" in outcome:
             raise outcome["error"]
         return outcome.get("code", 0)
+
+    def _stuck(self) -> bool:
+        """Whether the frame loop is ``STUCK_AFTER_SECONDS`` past its promise of progress (none before its first)."""
+        promised = self.watchdog.promised_until
+        return promised is not None and time.monotonic() > promised + STUCK_AFTER_SECONDS
+
+    def _leave_the_stuck_loop(self) -> int:
+        """The frame loop is stuck with no stop asked (a MediaPipe graph, a camera driver that never returns): one line
+        saying where, a running cry ended (reason ``error``) without it, and exit code 70, so that systemd restarts
+        cryedge now, not at its watchdog's abort, which ends nothing. ``close()`` then sends the OFF and offline."""
+        from edge.cli import UNEXPECTED_ERROR_EXIT_CODE
+
+        self._loop_left = True
+        self.stop()  # should it come back after all, it ends after its frame
+        log.error("the frame loop is stuck %s (no progress for %.0f s); a running cry is ended and cryedge exits to be "
+                  "restarted", where_in_cryedge(sys._current_frames().get(self._loop_thread)),
+                  time.monotonic() - (self.last_frame or self.started))
+        self.state = "stopping"
+        self._finish(reason="error")
+        return UNEXPECTED_ERROR_EXIT_CODE
 
     def _stop_the_loop(self) -> bool:
         """Stop ``run()`` running in another thread and wait for it, until ``FRAME_LOOP_STOP_SECONDS`` after the stop
@@ -760,7 +788,7 @@ class Daemon:
         time is left running (the process is exiting): the cry is ended here, and only what the loop does not use
         is closed, the publisher, which sends the end, and the health server.
         """
-        if not self._idle.is_set() and not self._stop_the_loop():
+        if not self._idle.is_set() and not self._loop_left and not self._stop_the_loop():
             self._leave_the_loop()
         deadline = (self._stop_asked or time.monotonic()) + STOP_SECONDS
         self.watchdog.close()

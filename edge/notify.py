@@ -181,6 +181,12 @@ class Watchdog:
             if self._alive_until is None or deadline > self._alive_until:
                 self._alive_until = deadline
 
+    @property
+    def promised_until(self) -> float | None:
+        """The monotonic time by which the next sign of progress is due (None before the first): past it, no ping."""
+        with self._lock:
+            return self._alive_until
+
     def tick(self, now: float | None = None) -> bool:
         """Sends WATCHDOG=1 if one is due; True when it was sent."""
         interval = self.interval

@@ -445,6 +445,52 @@ def test_a_stop_mid_cry_with_the_frame_loop_stuck_in_native_code_ends_the_cry_we
     assert "Traceback" not in stderr
 
 
+def test_a_frame_loop_stuck_mid_cry_with_no_stop_ends_the_cry_and_exits_70_before_systemds_watchdog(mosquitto, tmp_path):
+    """MediaPipe stuck in native code mid-cry and nobody asking for a stop: the loop no longer fed systemd's watchdog,
+    which aborted the process (SIGABRT) 20-35 s after its last frame with no cry_end and the retained state ON (Home
+    Assistant showed the cry the whole time, offline only from the broker's last will, the end came as "restart" after
+    the next start); outside systemd it never ended. Now the main thread sees the loop past its promise of progress (a
+    frame within stall_seconds, 5 s here) by STUCK_AFTER_SECONDS: one line saying where, the cry ended (reason
+    error), OFF, offline, and exit 70 (systemd restarts it), before the watchdog's earliest abort."""
+    from mqtt import Subscriber
+    from seams import HANGING_LANDMARKER
+
+    from edge.outbox import Outbox
+
+    hang = tmp_path / "hang"
+    with Subscriber(mosquitto, topics=("cryedge/#",)) as subscriber:
+        process = start_daemon(demo_config(tmp_path), mosquitto, launcher=("-c", HANGING_LANDMARKER, str(hang)))
+        try:
+            start = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_start" in m.payload, timeout=60)
+            hang.touch()
+            while not hang.with_name("hang.hung").exists():  # the frame loop's next call into MediaPipe never returns
+                assert process.poll() is None
+                time.sleep(0.05)
+            hung = time.monotonic()
+            try:
+                # its last ping at most 15 s (WatchdogSec / 2) before the 5 s promise ran out: aborted from 20 s on
+                _, stderr = process.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                pytest.fail("still running 20 s after its frame loop hung: systemd's watchdog may abort it now, the cry "
+                            "not ended")
+            exited_in = time.monotonic() - hung
+        finally:
+            process.kill()
+            process.wait()
+        assert process.returncode == 70, stderr
+        assert exited_in > 5, f"{exited_in:.1f} s: a loop is not stuck before its promise runs out\n{stderr}"
+        end = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_end" in m.payload)
+        assert json.loads(end.payload)["id"] == json.loads(start.payload)["id"]
+        assert json.loads(end.payload)["reason"] == "error"
+        assert states_after_the_cry(subscriber) == [("OFF", None)]
+        assert subscriber.payloads("cryedge/nursery/availability")[-1] == "offline"
+    with Outbox(tmp_path / "outbox.sqlite3") as outbox:  # nothing for the next run to end again as "restart"
+        assert list(outbox.open_episodes()) == [] and len(outbox) == 0
+    stuck = [line for line in stderr.splitlines() if "frame loop is stuck" in line]
+    assert len(stuck) == 1 and "stuck at edge/landmarks.py:" in stuck[0] and "ERROR" in stuck[0], stderr
+    assert "Traceback" not in stderr
+
+
 def stopped_once_the_cry_is_kept(config: Path, port: int, within: float) -> tuple[int, str, float]:
     """`cryedge run` with ``config`` against a broker at ``port`` that never answers, stopped (SIGTERM) once its log
     says the demo's cry_start is kept in the outbox, which must be ``within`` seconds of the launch; (exit code, what
