@@ -150,6 +150,12 @@ class Pipeline:
         self._landmarks_failing_since: float | None = None  # frame time of the fault's first failure
 
     def process(self, frame) -> FrameResult:
+        """``frame`` through every stage: what ``see`` makes of it, then the alarm's decision on it (``decide``)."""
+        return self.decide(self.see(frame))
+
+    def see(self, frame) -> FrameResult:
+        """``frame`` through the stages before the alarm (its score once the window is full), no events yet: the daemon
+        runs these, which may hang in native code, outside the lock it takes for the alarm and what it publishes."""
         from dataclasses import replace
 
         from edge.features import face_crop, frame_features
@@ -181,7 +187,7 @@ class Pipeline:
         now = time.perf_counter()
         times["features"], mark = (now - mark) * 1000, now
 
-        score, events = None, ()
+        score = None
         if self.window.full:
             faces = self._faces.array()[:, 0]
             status = vision_status(faces, self._bodies.array()[:, 0], exposure.brightness, self.card.required_parts,
@@ -194,11 +200,18 @@ class Pipeline:
                 log.info("landmarks: MediaPipe answers again after %.1f s; the picture is judged again",
                          frame.t - self._landmarks_failing_since)
                 self.landmarks_error = self._landmarks_failing_since = None
-            events = self._decide(score, frame.t)
-            times["alarm"] = (time.perf_counter() - mark) * 1000
         inference_ms = self.scorer.last_inference_ms if score is not None else None
-        return FrameResult(frame.t, landmarks.has_face, score, events, times, body_seen=landmarks.has_pose,
+        return FrameResult(frame.t, landmarks.has_face, score, (), times, body_seen=landmarks.has_pose,
                            inference_ms=inference_ms, brightness=exposure.brightness, landmarks=landmarks)
+
+    def decide(self, seen: FrameResult) -> FrameResult:
+        """The alarm's decision on a frame ``see`` scored: ``seen`` with the events it raises (none unscored)."""
+        if seen.score is None:
+            return seen
+        mark = time.perf_counter()
+        events = self._decide(seen.score, seen.t)
+        seen.stage_ms["alarm"] = (time.perf_counter() - mark) * 1000
+        return dataclasses.replace(seen, events=events)
 
     def _decide(self, score, t: float) -> tuple:
         """The vision ``score`` of the frame at ``t`` through the fusion (with hearing) and the alarm: its events."""
@@ -229,10 +242,7 @@ class Pipeline:
         if self.landmarks_error is None:  # a frame or two lost: nothing is decided on it
             return FrameResult(frame.t, False, None, (), times, brightness=brightness, landmark_fault=True)
         score = Score(t=frame.t, probability=0.0, face_seen=False, status=MODEL_ERROR)
-        mark = time.perf_counter()
-        events = self._decide(score, frame.t)
-        times["alarm"] = (time.perf_counter() - mark) * 1000
-        return FrameResult(frame.t, False, score, events, times, brightness=brightness, landmark_fault=True)
+        return FrameResult(frame.t, False, score, (), times, brightness=brightness, landmark_fault=True)
 
     def close(self) -> None:
         self.extractor.close()
@@ -284,7 +294,11 @@ class Daemon:
         self._idle = threading.Event()  # clear while run() is in the frame loop
         self._idle.set()
         self._loop_thread: int | None = None  # the ident of the thread in run(), to say where a stuck loop is
-        self._loop_left = False  # the frame loop did not stop in its time: close() ended the cry without it
+        self._loop_left = False  # the main thread gave up on the frame loop and ended its cry without it (_finish)
+        # the alarm's update and end and what they publish, one thread's at a time: the main thread ends the cry of a
+        # loop it gave up on, which may come back at that very moment (both ended it: two ends, the second's id None)
+        self._alarm_lock = threading.Lock()
+        self._late_output_said = False
         self._closing = []  # resources to close, in the order they were opened
         self.model = self.extractor = self.source = self.publisher = self.alarm = self.pipeline = None
         self.hearing = None  # edge.audio.Hearing when [audio] is enabled
@@ -449,18 +463,22 @@ class Daemon:
     def _loop(self) -> int:
         next_report = time.monotonic() + 5.0
         for frame in self.source.frames():
-            result = self.pipeline.process(frame)
-            mark = time.perf_counter()
-            for event in result.events:
-                self._publish_event(event)
-                if self.snapshots is not None:  # after the event is on its way: it never waits for a picture
-                    self.snapshots.offer(frame.image, result.landmarks, event)
-            if self.live is not None:  # a reference handed over; viewers' threads draw and encode
-                self.live.offer(frame.image, result, self.alarm.state)
-            if result.score is not None:
-                self._vision = (result.score, result.brightness)
-                self.publisher.publish_state(self._alarm_state())
-            result.stage_ms["publish"] = (time.perf_counter() - mark) * 1000
+            seen = self.pipeline.see(frame)  # where a loop hangs (MediaPipe, a driver): outside the alarm's lock
+            with self._alarm_lock:
+                if self._left_behind():
+                    break
+                result = self.pipeline.decide(seen)
+                mark = time.perf_counter()
+                for event in result.events:
+                    self._publish_event(event)
+                    if self.snapshots is not None:  # after the event is on its way: it never waits for a picture
+                        self.snapshots.offer(frame.image, result.landmarks, event)
+                if self.live is not None:  # a reference handed over; viewers' threads draw and encode
+                    self.live.offer(frame.image, result, self.alarm.state)
+                if result.score is not None:
+                    self._vision = (result.score, result.brightness)
+                    self.publisher.publish_state(self._alarm_state())
+                result.stage_ms["publish"] = (time.perf_counter() - mark) * 1000
             now = time.monotonic()
             self.stats.add(result, now)
             self.last_frame = now
@@ -507,11 +525,14 @@ class Daemon:
             else:
                 # a short wait between windows is not silence: no score, and the state is not republished
                 heard = []
-            for one in heard:
-                for score in self.hearing.hear(one, now):
-                    self._alarm_update(score)
-            if heard:
-                self.publisher.publish_state(self._alarm_state())
+            with self._alarm_lock:
+                if self._left_behind():
+                    break
+                for one in heard:
+                    for score in self.hearing.hear(one, now):
+                        self._alarm_update(score)
+                if heard:
+                    self.publisher.publish_state(self._alarm_state())
             if any(h.score.ok for h in fresh):  # judged sound: a model failing on it is not "ok" (/health stalls)
                 self.last_frame = now  # after the state: /health's "ok" and its "audio" agree
             self._note_model_faults(now)
@@ -609,18 +630,21 @@ class Daemon:
         now = time.monotonic()
         if self.source.status.state != "reconnecting" and now - (self.last_frame or self.started) < self._frames_missing:
             return
-        if self.hearing is None:
-            blind = self.alarm.in_order(Score(t=now, probability=0.0, face_seen=False, status=NO_CAMERA))
-            self._vision = (blind, None)
-            self._alarm_update(blind)
-            self.publisher.publish_state(self._alarm_state())
-            return
-        scores = self.hearing.heard_alone(now)
-        for score in scores:
-            self._alarm_update(score)
-        if scores:
-            self._vision = None  # the state says "no_camera" (from the fusion), not the last frame's view
-            self.publisher.publish_state(self._alarm_state())
+        with self._alarm_lock:
+            if self._left_behind():
+                return
+            if self.hearing is None:
+                blind = self.alarm.in_order(Score(t=now, probability=0.0, face_seen=False, status=NO_CAMERA))
+                self._vision = (blind, None)
+                self._alarm_update(blind)
+                self.publisher.publish_state(self._alarm_state())
+                return
+            scores = self.hearing.heard_alone(now)
+            for score in scores:
+                self._alarm_update(score)
+            if scores:
+                self._vision = None  # the state says "no_camera" (from the fusion), not the last frame's view
+                self.publisher.publish_state(self._alarm_state())
 
     @property
     def _frames_missing(self) -> float:
@@ -694,13 +718,29 @@ class Daemon:
             senses = {**senses, "vision": vision}
         return dataclasses.replace(state, senses=senses) if senses else state
 
-    def _finish(self, reason: str = "shutdown") -> None:
+    def _finish(self, reason: str = "shutdown", leaving_the_loop: bool = False) -> None:
         """End a running episode before anything closes; the publisher's close() publishes the final OFF once.
 
-        ``reason``: ``"shutdown"`` when asked to stop (or a file ended), ``"error"`` when an error stopped the loop."""
+        ``reason``: ``"shutdown"`` when asked to stop (or a file ended), ``"error"`` when an error stopped the loop.
+        ``leaving_the_loop``: the main thread ends it for a frame loop it gave up on; whatever that loop's alarm
+        decides after this (its own end as it stops, a state ON) is dropped, so the cry ends once, its OFF last."""
         self.notifier.stopping("stopping")
-        for event in self.alarm.finish(reason=reason):
-            self._publish_event(event)
+        with self._alarm_lock:
+            if leaving_the_loop:
+                self._loop_left = True
+            elif self._left_behind():
+                return
+            for event in self.alarm.finish(reason=reason):
+                self._publish_event(event)
+
+    def _left_behind(self) -> bool:
+        """On the frame loop's thread, holding ``_alarm_lock``: whether the main thread gave up on this loop and ended
+        its cry; what the loop's alarm decides from then on is dropped (said once)."""
+        if self._loop_left and not self._late_output_said:
+            self._late_output_said = True
+            log.warning("the frame loop came back after its cry was ended without it; what its alarm decides now is "
+                        "dropped")
+        return self._loop_left
 
     def health_stats(self):
         from edge.health import HealthStats
@@ -764,13 +804,12 @@ class Daemon:
         cryedge now, not at its watchdog's abort, which ends nothing. ``close()`` then sends the OFF and offline."""
         from edge.cli import UNEXPECTED_ERROR_EXIT_CODE
 
-        self._loop_left = True
         self.stop()  # should it come back after all, it ends after its frame
         log.error("the frame loop is stuck %s (no progress for %.0f s); a running cry is ended and cryedge exits to be "
                   "restarted", where_in_cryedge(sys._current_frames().get(self._loop_thread)),
                   time.monotonic() - (self.last_frame or self.started))
         self.state = "stopping"
-        self._finish(reason="error")
+        self._finish(reason="error", leaving_the_loop=True)
         return UNEXPECTED_ERROR_EXIT_CODE
 
     def _stop_the_loop(self) -> bool:
@@ -808,11 +847,10 @@ class Daemon:
 
     def _leave_the_loop(self) -> None:
         """The frame loop did not stop in its time: one line saying where it is stuck, and its cry ended here."""
-        self._loop_left = True
         log.error("the frame loop did not stop within %g s (stuck %s); the cry is ended without it, the loop is left",
                   FRAME_LOOP_STOP_SECONDS, where_in_cryedge(sys._current_frames().get(self._loop_thread)))
         self.state = "stopping"
-        self._finish()
+        self._finish(leaving_the_loop=True)
 
     def _close_publisher(self, deadline: float) -> None:
         """The publisher's close, its wait for the broker's acknowledgements shortened to end by ``deadline``."""

@@ -51,3 +51,40 @@ def hanging(self, task, image, timestamp_ms):
 landmarks.LandmarkExtractor._run = hanging
 sys.exit(main(sys.argv[2:]))
 """
+
+# a cryedge command whose frame loop comes back at the moment the main thread gives up on it: once the file HANG
+# exists, the next call into MediaPipe (LandmarkExtractor._run) creates HANG.hung and blocks (the GIL released) until
+# a thread ends the running cry (Alarm._end), then returns. That end, the first, waits up to 5 s for a second thread
+# ending the same cry before it goes on: the window in which the main thread ends the cry of a loop it gave up on is
+# held open for the loop's next frame. Run as `python -c RETURNING_LANDMARKER HANG COMMAND ARGS...`.
+RETURNING_LANDMARKER = """
+import sys
+import threading
+from pathlib import Path
+from edge import alarm, landmarks
+from edge.cli import main
+
+hang = Path(sys.argv[1])
+ending = threading.Event()
+both_ending = threading.Barrier(2)
+run, end = landmarks.LandmarkExtractor._run, alarm.Alarm._end
+
+def returning(self, task, image, timestamp_ms):
+    if hang.exists() and not ending.is_set():
+        hang.with_name(hang.name + ".hung").touch()
+        ending.wait()
+    return run(self, task, image, timestamp_ms)
+
+def ending_slowly(self, t, reason, decided):
+    if hang.exists():
+        ending.set()
+        try:
+            both_ending.wait(timeout=5)
+        except threading.BrokenBarrierError:  # no second thread came (or came too late): on alone
+            pass
+    return end(self, t, reason, decided)
+
+landmarks.LandmarkExtractor._run = returning
+alarm.Alarm._end = ending_slowly
+sys.exit(main(sys.argv[2:]))
+"""

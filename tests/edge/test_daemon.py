@@ -491,6 +491,47 @@ def test_a_frame_loop_stuck_mid_cry_with_no_stop_ends_the_cry_and_exits_70_befor
     assert "Traceback" not in stderr
 
 
+def test_a_frame_loop_that_comes_back_as_its_cry_is_ended_without_it_ends_the_cry_once(mosquitto, tmp_path):
+    """The frame loop stuck mid-cry comes back just as the main thread, giving up on it, ends its cry: both threads
+    ended the same cry at once (the loop ends it too as it stops). The loop's end went out as "shutdown" though no stop
+    was asked, and the second end, its id already cleared (None), broke the outbox (moved to the runtime directory,
+    then memory only) and the publisher's thread ("unexpected error"). Now the alarm's update and end, and what they
+    publish, are one thread's at a time, and once the main thread has ended the cry the loop's alarm output is dropped
+    (said once): one cry_end (reason error), nothing after it, the final OFF the last state."""
+    from mqtt import Subscriber
+    from seams import RETURNING_LANDMARKER
+
+    from edge.outbox import Outbox
+
+    hang = tmp_path / "hang"
+    with Subscriber(mosquitto, topics=("cryedge/#",)) as subscriber:
+        process = start_daemon(demo_config(tmp_path), mosquitto, launcher=("-c", RETURNING_LANDMARKER, str(hang)))
+        try:
+            start = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_start" in m.payload, timeout=60)
+            hang.touch()
+            try:
+                _, stderr = process.communicate(timeout=40)
+            except subprocess.TimeoutExpired:
+                pytest.fail("still running 40 s after its frame loop hung")
+        finally:
+            process.kill()
+            process.wait()
+        assert process.returncode == 70, stderr
+        subscriber.wait_for("cryedge/nursery/availability", lambda m: m.payload == b"offline")
+        events = subscriber.json("cryedge/nursery/event")
+        ends = [event for event in events if event["event_type"] == "cry_end"]
+        assert len(ends) == 1, events
+        assert ends[0]["id"] == json.loads(start.payload)["id"] and ends[0]["reason"] == "error", stderr
+        assert events[-1] == ends[0]  # nor a start after it
+        assert states_after_the_cry(subscriber) == [("OFF", None)]
+    with Outbox(tmp_path / "outbox.sqlite3") as outbox:  # nothing for the next run to end again as "restart"
+        assert list(outbox.open_episodes()) == [] and len(outbox) == 0
+    assert len([line for line in stderr.splitlines() if "frame loop is stuck" in line]) == 1, stderr
+    dropped = [line for line in stderr.splitlines() if "came back" in line]
+    assert len(dropped) == 1 and "dropped" in dropped[0], stderr
+    assert "Traceback" not in stderr
+
+
 def stopped_once_the_cry_is_kept(config: Path, port: int, within: float) -> tuple[int, str, float]:
     """`cryedge run` with ``config`` against a broker at ``port`` that never answers, stopped (SIGTERM) once its log
     says the demo's cry_start is kept in the outbox, which must be ``within`` seconds of the launch; (exit code, what
