@@ -403,6 +403,18 @@ def test_sighup_mid_cry_ends_the_episode_like_sigterm(mosquitto, tmp_path):
         assert json.loads(late.wait_for("cryedge/nursery/state").payload)["crying"] == "OFF"
 
 
+def hung_mid_cry(process: subprocess.Popen, subscriber, hang: Path):
+    """Wait for the daemon's cry_start (returned), then hang its landmarker (tests/seams.py HANGING_LANDMARKER watching
+    ``hang``) and wait until the frame loop's next call into MediaPipe has blocked, never to return."""
+    start = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_start" in m.payload, timeout=60)
+    hang.touch()
+    asked = time.monotonic()
+    while not hang.with_name("hang.hung").exists():
+        assert time.monotonic() - asked < 10 and process.poll() is None
+        time.sleep(0.05)
+    return start
+
+
 def test_a_stop_mid_cry_with_the_frame_loop_stuck_in_native_code_ends_the_cry_well_inside_systemds_stop_time(
         mosquitto, tmp_path):
     """MediaPipe stuck in native code mid-cry (a graph that deadlocks; a camera driver would do the same): the frame
@@ -413,16 +425,10 @@ def test_a_stop_mid_cry_with_the_frame_loop_stuck_in_native_code_ends_the_cry_we
     from mqtt import Subscriber
     from seams import HANGING_LANDMARKER
 
-    hang = tmp_path / "hang"
     with Subscriber(mosquitto, topics=("cryedge/#",)) as subscriber:
-        process = start_daemon(demo_config(tmp_path), mosquitto, launcher=("-c", HANGING_LANDMARKER, str(hang)))
+        process = start_daemon(demo_config(tmp_path), mosquitto, launcher=("-c", HANGING_LANDMARKER, str(tmp_path / "hang")))
         try:
-            start = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_start" in m.payload, timeout=60)
-            hang.touch()
-            hung = time.monotonic()
-            while not hang.with_name("hang.hung").exists():  # the frame loop's next call into MediaPipe never returns
-                assert time.monotonic() - hung < 10 and process.poll() is None
-                time.sleep(0.05)
+            start = hung_mid_cry(process, subscriber, tmp_path / "hang")
             process.send_signal(signal.SIGTERM)
             stopping = time.monotonic()
             try:
@@ -457,15 +463,10 @@ def test_a_frame_loop_stuck_mid_cry_with_no_stop_ends_the_cry_and_exits_70_befor
 
     from edge.outbox import Outbox
 
-    hang = tmp_path / "hang"
     with Subscriber(mosquitto, topics=("cryedge/#",)) as subscriber:
-        process = start_daemon(demo_config(tmp_path), mosquitto, launcher=("-c", HANGING_LANDMARKER, str(hang)))
+        process = start_daemon(demo_config(tmp_path), mosquitto, launcher=("-c", HANGING_LANDMARKER, str(tmp_path / "hang")))
         try:
-            start = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_start" in m.payload, timeout=60)
-            hang.touch()
-            while not hang.with_name("hang.hung").exists():  # the frame loop's next call into MediaPipe never returns
-                assert process.poll() is None
-                time.sleep(0.05)
+            start = hung_mid_cry(process, subscriber, tmp_path / "hang")
             hung = time.monotonic()
             try:
                 # its last ping at most 15 s (WatchdogSec / 2) before the 5 s promise ran out: aborted from 20 s on
