@@ -759,6 +759,7 @@ class Daemon:
             outbox_depth=getattr(publisher, "outbox_depth", 0),
             outbox_fault=getattr(publisher, "outbox_fault", None),
             broker_connected=getattr(publisher, "connected", None) if self.config.mqtt.enabled else None,
+            **(publisher.picture_figures() if hasattr(publisher, "picture_figures") else {}),
             crying=state.crying if state else None, probability=state.probability if state else None,
             last_event=self.last_event, last_event_unix=self.last_event_unix,
             model=self.model_name, audio=self.hearing.health() if self.hearing is not None else None,

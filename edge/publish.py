@@ -6,7 +6,8 @@ describes them for Home Assistant users:
 - ``<prefix>/availability``: ``online`` / ``offline``, retained; the last will is ``offline``.
 - ``<prefix>/state``: retained JSON ``{"crying": "ON"|"OFF", "probability", "since", "event_id", "model"}``.
 - ``<prefix>/event``: JSON cry start / end (``event_type`` ``cry_start`` / ``cry_end``), QoS 1, not retained.
-- ``<prefix>/stats``: retained JSON diagnostics ``{"fps", "inference_ms", "face_share", "outbox_fault"}``.
+- ``<prefix>/stats``: retained JSON diagnostics ``{"fps", "inference_ms", "face_share", "outbox_fault"}``, with
+  ``[snapshot]`` on also ``snapshots_sent``, ``snapshots_dropped`` and ``snapshot_connected``.
 - ``<prefix>/snapshot``: with ``[snapshot]`` on, the JPEG of the frame that started a cry (bytes), retained,
   QoS 1, on a connection of its own (``<client id>-pictures``): a PUBLISH goes out whole, and on the alerts'
   connection a cry's end waited behind the rest of its start's picture on a slow link. A picture is sent once the
@@ -710,6 +711,20 @@ class MqttPublisher:
         self._queue.put(("stats", dict(stats)))
 
     @property
+    def pictures_connected(self) -> bool | None:
+        """Whether the pictures' own connection is up, as the publisher thread last saw it; None with [snapshot] off."""
+        return self._pictures_connected if self.snapshot else None
+
+    def picture_figures(self) -> dict[str, Any]:
+        """With [snapshot] on, what became of the pictures: ``snapshots_sent``, ``snapshots_dropped`` (replaced by a
+        newer one before the broker had taken them: a slow link, a broker away or refusing the pictures' connection)
+        and ``snapshot_connected``; empty with [snapshot] off."""
+        if not self.snapshot:
+            return {}
+        return {"snapshots_sent": self.snapshots_sent, "snapshots_dropped": self.snapshots_dropped,
+                "snapshot_connected": self._pictures_connected}
+
+    @property
     def outbox_fault(self) -> str | None:
         """Why events are kept in the runtime directory's store or in memory rather than in the outbox on the card (disk full, read-only); None while the outbox works."""
         outbox = self._outbox
@@ -1072,7 +1087,8 @@ class MqttPublisher:
 
     def _send_stats(self) -> None:
         fault = self.outbox_fault
-        self._publish(self.topics.stats, _json(stats_payload(self._stats, fault)), qos=0, retain=True)
+        stats = {**self._stats, **self.picture_figures()}  # a slow link's dropped pictures are seen where HA looks
+        self._publish(self.topics.stats, _json(stats_payload(stats, fault)), qos=0, retain=True)
         self._stats_sent_at = time.monotonic() if self._stats else -math.inf  # as for the state
         self._stats_sent_fault = fault
         self._stats_sent_source_state = self._stats.get("source_state")

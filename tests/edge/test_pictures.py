@@ -7,6 +7,7 @@ import contextlib
 import json
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -19,6 +20,7 @@ from edge.alarm import AlarmState
 from edge.config import SnapshotConfig, load_config
 from edge.daemon import Daemon
 from edge.errors import BrokerError
+from edge.health import HealthServer
 from edge.pictures import Look, SnapshotWorker, encode_jpeg, face_region, render
 from edge.publish import Topics, discovery_document, make_publisher
 from edge.records import AlarmEvent, Landmarks
@@ -379,3 +381,25 @@ def test_the_pictures_connection_logs_in_as_the_alerts_one_does_and_a_wrong_pass
             publisher.publish_event(start_event())
             publisher.publish_snapshot(picture)
             assert parent.wait_for(f"{PREFIX}/snapshot").payload == picture
+
+
+def test_pictures_dropped_on_a_slow_link_are_counted_in_the_mqtt_stats_and_in_health_stats(mosquitto, tmp_path):
+    with picture_on_its_way(mosquitto, tmp_path) as (publisher, parent, picture):
+        # two more cries while the first picture crawls: the second picture waits, the third replaces it
+        publisher.publish_snapshot(encode_jpeg(render(photo(), None, Look()), 50))
+        publisher.publish_snapshot(encode_jpeg(render(photo(), None, Look()), 60))
+        publisher.publish_stats({"fps": 15.0, "source_state": "open"})
+        stats = parent.wait_for(f"{PREFIX}/stats", lambda m: json.loads(m.payload).get("fps") == 15.0, timeout=20)
+        daemon = Daemon(load_config(None, {"device": {"id": DEVICE}, "snapshot": {"enabled": True},
+                                           "mqtt": {"host": mosquitto.host, "port": mosquitto.port}}, environ={}))
+        daemon.publisher = publisher  # as open() makes it
+        with HealthServer(daemon.health_stats, port=0) as server:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/stats", timeout=5) as answer:
+                seen = json.loads(answer.read())
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as answer:
+                metrics = answer.read().decode()
+    said = json.loads(stats.payload)
+    assert said["snapshots_dropped"] == 1 and said["snapshots_sent"] == 1 and said["snapshot_connected"] is True
+    assert seen["snapshots_dropped"] == 1 and seen["snapshots_sent"] == 1 and seen["snapshot_connected"] is True
+    assert "cryedge_snapshots_dropped_total 1.0" in metrics
+    assert "password" not in stats.payload.decode() + json.dumps(seen)
