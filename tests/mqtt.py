@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import getpass
+import glob
+import hashlib
 import json
+import os
 import shutil
 import socket
 import struct
@@ -15,6 +19,7 @@ from pathlib import Path
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+DYNAMIC_SECURITY = next(iter(glob.glob("/usr/lib/*/mosquitto_dynamic_security.so")), "mosquitto_dynamic_security.so")
 
 
 def free_port() -> int:
@@ -40,13 +45,16 @@ def wait_until_listening(process: subprocess.Popen, port: int, log: Path, name: 
 class Broker:
     """``mosquitto`` on 127.0.0.1:``port``; ``stop()`` and ``start()`` again keep the same port.
 
-    With ``users`` ({name: password}) anonymous clients are refused and a password file is used.
+    With ``users`` ({name: password}) anonymous clients are refused and a password file is used; with
+    ``client_ids`` ({name: client id}) too, mosquitto's dynamic security plugin instead, which lets each of those
+    users in with that client id only (another is refused "not authorised").
     With ``tls`` the listener speaks TLS only. Persistence is off unless ``persistent``: then retained messages and the sessions of clients with
     ``clean_session=False`` (and the QoS 1 messages queued for them) survive ``stop()``/``start()``.
     """
 
     def __init__(self, workdir: Path, users: dict[str, str] | None = None, port: int | None = None,
-                 persistent: bool = False, tls: tuple[Path, Path, Path] | None = None):
+                 persistent: bool = False, tls: tuple[Path, Path, Path] | None = None,
+                 client_ids: dict[str, str] | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -60,7 +68,11 @@ class Broker:
             lines += ["persistence true", f"persistence_location {self.workdir}/"]
         else:
             lines.append("persistence false")
-        if users:
+        if users and client_ids:
+            security = self.workdir / "dynamic-security.json"
+            security.write_text(json.dumps(_dynamic_security(users, client_ids)))
+            lines += ["allow_anonymous false", f"plugin {DYNAMIC_SECURITY}", f"plugin_opt_config_file {security}"]
+        elif users:
             password_file = self.workdir / "passwords"
             password_file.touch(mode=0o600)
             for name, password in users.items():
@@ -89,6 +101,22 @@ class Broker:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _dynamic_security(users: dict[str, str], client_ids: dict[str, str]) -> dict:
+    """The dynamic security plugin's file: each user with its password (PBKDF2-SHA512, as mosquitto_ctrl writes it),
+    bound to its client id where one is given, and every topic open to all."""
+    clients = []
+    for name, password in users.items():
+        salt = os.urandom(12)
+        digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101, 64)
+        client = {"username": name, "password": base64.b64encode(digest).decode(),
+                  "salt": base64.b64encode(salt).decode(), "iterations": 101, "roles": []}
+        if name in client_ids:
+            client["clientid"] = client_ids[name]
+        clients.append(client)
+    everything = dict.fromkeys(("publishClientSend", "publishClientReceive", "subscribe", "unsubscribe"), True)
+    return {"clients": clients, "groups": [], "roles": [], "defaultACLAccess": everything}
 
 
 class Subscriber:

@@ -403,3 +403,34 @@ def test_pictures_dropped_on_a_slow_link_are_counted_in_the_mqtt_stats_and_in_he
     assert seen["snapshots_dropped"] == 1 and seen["snapshots_sent"] == 1 and seen["snapshot_connected"] is True
     assert "cryedge_snapshots_dropped_total 1.0" in metrics
     assert "password" not in stats.payload.decode() + json.dumps(seen)
+
+
+def test_a_broker_that_refuses_the_pictures_client_id_lets_the_alerts_through_and_says_so_once(tmp_path, caplog):
+    caplog.set_level("INFO", logger="edge.publish")
+    users = {"cryedge": "right horse battery", "parent": "correct staple"}
+    # mosquitto's dynamic security: the user "cryedge" may connect as "nursery-monitor" only, so
+    # "nursery-monitor-pictures" is refused, as a broker with an ACL per client id refuses it
+    with Broker(tmp_path / "bound", users=users, client_ids={"cryedge": "nursery-monitor"}) as broker, \
+            Subscriber(broker, topics=(f"{PREFIX}/#",), username="parent", password="correct staple") as parent:
+        config = load_config(None, {
+            "device": {"id": DEVICE}, "snapshot": {"enabled": True},
+            "mqtt": {"host": broker.host, "port": broker.port, "username": "cryedge", "client_id": "nursery-monitor",
+                     "reconnect_min_seconds": 0.2, "reconnect_max_seconds": 0.5},
+            "outbox": {"path": str(tmp_path / "outbox.sqlite3")}}, environ={"CRYEDGE_MQTT_PASSWORD": users["cryedge"]})
+        with make_publisher(config, "demo") as publisher:
+            cry = start_event()
+            publisher.publish_event(cry)
+            publisher.publish_snapshot(encode_jpeg(render(photo(), None, Look()), 60), cry)
+            parent.wait_for(f"{PREFIX}/event", lambda m: b"cry_start" in m.payload)
+            publisher.publish_event(end_event())
+            parent.wait_for(f"{PREFIX}/event", lambda m: b"cry_end" in m.payload)
+            time.sleep(1.5)  # several of the pictures' connection's attempts (every 0.2-0.5 s), each refused
+            publisher.publish_stats({"fps": 15.0})
+            stats = json.loads(parent.wait_for(f"{PREFIX}/stats", lambda m: b"15.0" in m.payload).payload)
+        assert not parent.on(f"{PREFIX}/snapshot")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    refusals = [w for w in warnings if "refused the snapshots' own connection" in w]
+    print(refusals)
+    assert len(refusals) == 1 and "Not authorized" in refusals[0], warnings  # once, with the broker's reason
+    assert not any(users["cryedge"] in r.getMessage() for r in caplog.records)
+    assert stats["snapshot_connected"] is False and stats["snapshots_sent"] == 0
