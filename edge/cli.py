@@ -22,6 +22,7 @@ from edge.errors import (
     InstallError,
     ThreadFault,
     error_in_one_line,
+    innermost_in_cryedge,
     mask_password,
     os_error_line,
 )
@@ -125,14 +126,13 @@ def unexpected_error_line(error: BaseException) -> str:
     if isinstance(error, ThreadFault):
         thread, error = f" in thread {error.thread}", error.error
     frames = traceback.extract_tb(error.__traceback__)
-    edge_dir = os.path.dirname(os.path.abspath(__file__))
-    root = os.path.dirname(edge_dir)
-    packages = tuple(os.path.join(root, name) + os.sep for name in ("edge", "convert"))
-    ours = [frame for frame in frames if os.path.abspath(frame.filename).startswith(packages)]
+    ours = innermost_in_cryedge(frames)
     where = ""
-    if ours or frames:
-        frame = (ours or frames)[-1]
-        where = f" at {os.path.relpath(frame.filename, root) if ours else frame.filename}:{frame.lineno}"
+    if ours is not None:
+        frame, path = ours
+        where = f" at {path}:{frame.lineno}"
+    elif frames:
+        where = f" at {frames[-1].filename}:{frames[-1].lineno}"
     return (f"unexpected error{thread}{where}: {error_in_one_line(error)} (a bug in cryedge: please report it with "
             "the output of -vv)")
 

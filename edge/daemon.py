@@ -30,7 +30,7 @@ from typing import Self
 
 import numpy as np
 
-from edge.errors import SourceError, ThreadFault, error_in_one_line
+from edge.errors import SourceError, ThreadFault, error_in_one_line, innermost_in_cryedge
 
 log = logging.getLogger(__name__)
 
@@ -874,12 +874,11 @@ def where_in_cryedge(frame) -> str:
 
     if frame is None:
         return "where, unknown"
-    package = os.path.dirname(os.path.abspath(__file__))
-    calls = [call for call in traceback.extract_stack(frame) if os.path.abspath(call.filename).startswith(package + os.sep)]
-    if not calls:
+    ours = innermost_in_cryedge(traceback.extract_stack(frame))
+    if ours is None:
         return "outside cryedge's code"
-    call = calls[-1]
-    return f"at {os.path.relpath(call.filename, os.path.dirname(package))}:{call.lineno} in {call.name}"
+    call, path = ours
+    return f"at {path}:{call.lineno} in {call.name}"
 
 
 def uses_body_points(card) -> bool:

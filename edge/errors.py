@@ -6,7 +6,9 @@ The CLI prints ``str(error)`` as one line and exits with ``error.exit_code``. sy
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
+from traceback import FrameSummary
 
 
 class CryedgeError(Exception):
@@ -126,3 +128,12 @@ def error_in_one_line(error: BaseException) -> str:
     if len(message) > ERROR_MESSAGE_CHARS:
         message = message[:ERROR_MESSAGE_CHARS - 3] + "..."
     return f"{type(error).__name__}{': ' + message if message else ''}"
+
+
+def innermost_in_cryedge(frames: Iterable[FrameSummary]) -> tuple[FrameSummary, str] | None:
+    """The innermost of ``frames`` (``traceback.extract_tb`` or ``extract_stack``) in cryedge's own code (edge/,
+    convert/), with its path from the directory that holds them (``edge/x.py``); None when none is."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    packages = tuple(os.path.join(root, name) + os.sep for name in ("edge", "convert"))
+    ours = [frame for frame in frames if os.path.abspath(frame.filename).startswith(packages)]
+    return (ours[-1], os.path.relpath(ours[-1].filename, root)) if ours else None
