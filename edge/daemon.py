@@ -806,11 +806,9 @@ class Daemon:
         from edge.cli import UNEXPECTED_ERROR_EXIT_CODE
 
         self.stop()  # should it come back after all, it ends after its frame
-        log.error("the frame loop is stuck %s (no progress for %.0f s); a running cry is ended and cryedge exits to be "
-                  "restarted", where_in_cryedge(sys._current_frames().get(self._loop_thread)),
-                  time.monotonic() - (self.last_frame or self.started))
-        self.state = "stopping"
-        self._finish(reason="error", leaving_the_loop=True)
+        idle = time.monotonic() - (self.last_frame or self.started)
+        self._leave_the_loop(f"the frame loop is stuck {{where}} (no progress for {idle:.0f} s); a running cry is ended "
+                             "and cryedge exits to be restarted", reason="error")
         return UNEXPECTED_ERROR_EXIT_CODE
 
     def _stop_the_loop(self) -> bool:
@@ -829,7 +827,8 @@ class Daemon:
         is closed, the publisher, which sends the end, and the health server.
         """
         if not self._idle.is_set() and not self._loop_left and not self._stop_the_loop():
-            self._leave_the_loop()
+            self._leave_the_loop(f"the frame loop did not stop within {FRAME_LOOP_STOP_SECONDS:g} s (stuck {{where}}); "
+                                 "the cry is ended without it, the loop is left")
         deadline = (self._stop_asked or time.monotonic()) + STOP_SECONDS
         self.watchdog.close()
         while self._closing:
@@ -846,12 +845,12 @@ class Daemon:
         if self._excepthook is not None:  # the threads are stopped: what ends one now is no longer the run's
             threading.excepthook, self._excepthook = self._excepthook, None
 
-    def _leave_the_loop(self) -> None:
-        """The frame loop did not stop in its time: one line saying where it is stuck, and its cry ended here."""
-        log.error("the frame loop did not stop within %g s (stuck %s); the cry is ended without it, the loop is left",
-                  FRAME_LOOP_STOP_SECONDS, where_in_cryedge(sys._current_frames().get(self._loop_thread)))
+    def _leave_the_loop(self, line: str, reason: str = "shutdown") -> None:
+        """Give up on the frame loop (stuck, or not stopped in its time): ``line`` said as an error, ``{where}`` in it
+        where the loop is stuck, and its cry ended here (``reason``); what it decides later is dropped."""
+        log.error(line.format(where=where_in_cryedge(sys._current_frames().get(self._loop_thread))))
         self.state = "stopping"
-        self._finish(leaving_the_loop=True)
+        self._finish(reason=reason, leaving_the_loop=True)
 
     def _close_publisher(self, deadline: float) -> None:
         """The publisher's close, its wait for the broker's acknowledgements shortened to end by ``deadline``."""
