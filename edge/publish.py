@@ -710,11 +710,6 @@ class MqttPublisher:
         """Diagnostics (``fps``, ``inference_ms``, ``face_share``); sent at most every ``mqtt.stats_interval``."""
         self._queue.put(("stats", dict(stats)))
 
-    @property
-    def pictures_connected(self) -> bool | None:
-        """Whether the pictures' own connection is up, as the publisher thread last saw it; None with [snapshot] off."""
-        return self._pictures_connected if self.snapshot else None
-
     def picture_figures(self) -> dict[str, Any]:
         """With [snapshot] on, what became of the pictures: ``snapshots_sent``, ``snapshots_dropped`` (replaced by a
         newer one before the broker had taken them: a slow link, a broker away or refusing the pictures' connection)
