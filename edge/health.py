@@ -451,6 +451,24 @@ def start_health_server(
     return HealthServer(snapshot, host=host, port=port, stale_after=stale_after, live=live)
 
 
+class _SaidEvery:
+    """What keeps happening, said in at most one line every ``interval`` seconds with how often it happened: a
+    line each time let a flood of clients write past journald's rate limit, which then drops the service's lines."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._next = -math.inf  # time.monotonic() from which the next line may be said
+        self._count = 0
+
+    def due(self, now: float, times: int = 1) -> int | None:
+        """``times`` more; when a line is due now, how many since the last one (this ``times`` too), else None."""
+        self._count += times
+        if now < self._next:
+            return None
+        count, self._count, self._next = self._count, 0, now + self.interval
+        return count
+
+
 class _Backlog:
     """waitress's queue logger for one server: requests waiting for a worker, said at most once a ``interval``.
 
@@ -459,18 +477,15 @@ class _Backlog:
 
     def __init__(self, workers: int, interval: float = 60.0, clock: Callable[[], float] = time.monotonic):
         self.workers, self.interval, self.clock = workers, interval, clock
-        self._next = -math.inf
-        self._unsaid = 0
+        self._said = _SaidEvery(interval)
 
     def warning(self, message: str, *args) -> None:
-        now = self.clock()
-        if now < self._next:
-            self._unsaid += 1
+        count = self._said.due(self.clock())
+        if count is None:
             return
-        since = f"; {self._unsaid} more times since it was last said" if self._unsaid else ""
+        since = f"; {count - 1} more times since it was last said" if count > 1 else ""
         log.warning("HTTP requests wait for the %d workers (%s)%s; said at most once every %.0f s", self.workers,
                     message % args, since, self.interval)
-        self._next, self._unsaid = now + self.interval, 0
 
 
 _BUSY_BODY = b'{"error": "busy: too many connections"}\n'
@@ -496,12 +511,11 @@ class _BoundedServer(TcpWSGIServer):
 
     # closing connections whose client stopped taking bytes is said at most once in this long, with how many
     STALLED_SAID_EVERY = 60.0
-    _stalled_next = -math.inf  # time.monotonic() from which the next such close is said
-    _stalled_unsaid = 0
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._delivered: dict[object, tuple[int, float]] = {}  # channel -> (bytes its client acknowledged, since)
+        self._stalled_said = _SaidEvery(self.STALLED_SAID_EVERY)
 
     def readable(self) -> bool:
         # as waitress's readable(), less its stop-accepting rule
@@ -539,14 +553,11 @@ class _BoundedServer(TcpWSGIServer):
                 continue
             delivered[channel] = (acknowledged, since)
         self._delivered = delivered
-        if not closed:
-            return
-        self._stalled_unsaid += closed
-        if now >= self._stalled_next:
+        count = self._stalled_said.due(now, closed) if closed else None
+        if count is not None:
             log.info("closed %d HTTP connection(s) whose client took none of the answer for %d s (the last from %s; "
                      "a live viewer that stopped reading frees its place); said at most once a minute",
-                     self._stalled_unsaid, self.adj.channel_timeout, last)
-            self._stalled_next, self._stalled_unsaid = now + self.STALLED_SAID_EVERY, 0
+                     count, self.adj.channel_timeout, last)
 
     def handle_accept(self) -> None:
         if len(self.active_channels) < self.adj.connection_limit:
