@@ -74,26 +74,20 @@ def clips(folder: Path, count: int, seed: int, prefix: str, masked: int = 0, cri
     folder = Path(folder)
     labels = folder / "labels.csv"
     if not labels.is_file():
-        def made(name: str, make) -> Path:
-            return folder / name if (folder / name).is_file() else make()
+        def made(name: str, clips_: int, seed_: int, **plan) -> Path:
+            csv_ = folder / f"{name}.csv"
+            return csv_ if csv_.is_file() else audio_synth.generate(folder, clips_, CLIP_SECONDS, seed_, prefix=name,
+                                                                   labels_name=csv_.name, **plan)
 
-        parts = [made(f"{prefix}.csv", lambda: audio_synth.generate(folder, count, CLIP_SECONDS, seed, prefix=prefix,
-                                                                    labels_name=f"{prefix}.csv"))]
-        if masked:
-            parts.append(made("masked.csv", lambda: audio_synth.generate(
-                folder, masked, CLIP_SECONDS, seed + MASKED_SEED_OFFSET, prefix="masked", plan=audio_synth.masked_events,
-                labels_name="masked.csv")))
-        if crib:
-            parts.append(made("crib.csv", lambda: audio_synth.generate(
-                folder, crib, CLIP_SECONDS, seed + CRIB_SEED_OFFSET, prefix="crib", plan=audio_synth.crib_events,
-                labels_name="crib.csv", audible=audio_synth.AUDIBLE_SHARE)))
-        if more:
-            parts.append(made("more.csv", lambda: audio_synth.generate(
-                folder, more, CLIP_SECONDS, seed + MORE_SEED_OFFSET, prefix="more", labels_name="more.csv")))
-        if tonal:
-            parts.append(made("tonal.csv", lambda: audio_synth.generate(
-                folder, tonal, CLIP_SECONDS, seed + TONAL_SEED_OFFSET, prefix="tonal", plan=audio_synth.tonal_events,
-                labels_name="tonal.csv", audible=audio_synth.AUDIBLE_SHARE)))
+        parts = [made(prefix, count, seed)]
+        for name, clips_, offset, plan in (
+                ("masked", masked, MASKED_SEED_OFFSET, {"plan": audio_synth.masked_events}),
+                ("crib", crib, CRIB_SEED_OFFSET, {"plan": audio_synth.crib_events, "audible": audio_synth.AUDIBLE_SHARE}),
+                ("more", more, MORE_SEED_OFFSET, {}),
+                ("tonal", tonal, TONAL_SEED_OFFSET, {"plan": audio_synth.tonal_events,
+                                                     "audible": audio_synth.AUDIBLE_SHARE})):
+            if clips_:
+                parts.append(made(name, clips_, seed + offset, **plan))
         rows = [part.read_bytes().splitlines(keepends=True) for part in parts]  # bytes: csv's \r\n kept
         # its labels.csv says the folder is complete (reused by the next run): whole or not there
         files.write_bytes(labels, b"".join(rows[0] + [row for more in rows[1:] for row in more[1:]]))

@@ -347,10 +347,15 @@ def crib_events(rng: np.random.Generator, seconds: float, cry_share: float = 0.5
         start = rng.uniform(0, seconds - length)
         events.append(Event(kind, start, start + length, level + rng.uniform(-6, 3)))
     if rng.random() < cry_share:
-        length = rng.uniform(2.0, min(seconds - 1.0, 6.0))
-        start = rng.uniform(0.5, seconds - length)
-        events.insert(0, Event("crying", start, start + length, level + rng.uniform(-24, 12)))
+        events.insert(0, _cry_against(rng, seconds, level))
     return events
+
+
+def _cry_against(rng: np.random.Generator, seconds: float, level: float) -> Event:
+    """A cry of 2 to 6 s, from 0.5 s in at the earliest, 24 dB under to 12 dB over a sound at ``level`` dBFS."""
+    length = rng.uniform(2.0, min(seconds - 1.0, 6.0))
+    start = rng.uniform(0.5, seconds - length)
+    return Event("crying", start, start + length, level + rng.uniform(-24, 12))
 
 
 def tonal_events(rng: np.random.Generator, seconds: float, cry_share: float = 0.5) -> list[Event]:
@@ -364,9 +369,7 @@ def tonal_events(rng: np.random.Generator, seconds: float, cry_share: float = 0.
         start = rng.uniform(0, seconds - length)
         events.append(Event(str(rng.choice(NEGATIVES)), start, start + length, level + rng.uniform(-6, 3)))
     if rng.random() < cry_share:
-        length = rng.uniform(2.0, min(seconds - 1.0, 6.0))
-        start = rng.uniform(0.5, seconds - length)
-        events.insert(0, Event("crying", start, start + length, level + rng.uniform(-24, 12)))
+        events.insert(0, _cry_against(rng, seconds, level))
     return events
 
 
