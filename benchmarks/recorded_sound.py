@@ -28,13 +28,19 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 
-SOUND_SUFFIXES = {".wav", ".ogg", ".oga", ".m4a", ".mp3", ".flac", ".caf", ".3gp", ".aac", ".opus", ".webm"}
+
+def sound_suffixes() -> set[str]:
+    """What `cryedge dataset build` reads as sound, and what phones record in (donateacry's uploads: caf, 3gp)."""
+    from convert.dataset import AUDIO_SUFFIXES
+
+    return {*AUDIO_SUFFIXES, ".oga", ".caf", ".3gp", ".aac", ".webm"}
 
 
 def recordings(folder: Path) -> list[Path]:
-    found = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in SOUND_SUFFIXES)
+    suffixes = sound_suffixes()
+    found = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not found:
-        raise SystemExit(f"{folder}: no recording (looked for {', '.join(sorted(SOUND_SUFFIXES))})")
+        raise SystemExit(f"{folder}: no recording (looked for {', '.join(sorted(suffixes))})")
     return found
 
 
@@ -51,16 +57,9 @@ def heard(model: Path, path: Path, threshold: float, min_on: float | None) -> di
             "starts": len(starts), "first_decided_s": starts[0]["decided"] if starts else None}
 
 
-def roc_auc(positives: list[float], negatives: list[float]) -> float | None:
-    """The chance a cry recording's highest score is above a negative's (ties count half)."""
-    if not positives or not negatives:
-        return None
-    p, n = np.asarray(positives)[:, None], np.asarray(negatives)[None, :]
-    return float(((p > n).sum() + 0.5 * (p == n).sum()) / (p.size * n.size))
-
-
 def main() -> int:
     from convert.evaluate import poisson_interval, wilson_interval
+    from convert.train import roc_auc
     from edge import paths
     from edge.card import load_card
 
@@ -101,7 +100,8 @@ def main() -> int:
                 hours = max(minutes / 60, 1e-9)
                 print(f"{head}; {alarms} false alarms in {sum(1 for r in scored if r['starts'])} recordings: "
                       f"{alarms / hours:.1f} an hour (95% {low / hours:.1f}-{high / hours:.1f})")
-    auc = roc_auc(maxima["cry"], maxima["negative"])
+    auc = roc_auc(np.r_[np.ones(len(maxima["cry"])), np.zeros(len(maxima["negative"]))],
+                  np.asarray(maxima["cry"] + maxima["negative"], dtype=float))
     if auc is not None:
         print(f"recordings' highest scores, cries over negatives: ROC AUC {auc:.3f} "
               f"({len(maxima['cry'])} cries, {len(maxima['negative'])} negatives)")
