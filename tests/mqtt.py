@@ -301,6 +301,15 @@ class BlackHole:
         self.close()
 
 
+def relay(source: socket.socket, sink: socket.socket) -> None:
+    """What ``source`` sends, passed on to ``sink`` as it comes, until ``source`` ends or either fails."""
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+
+
 class ResettingRelay:
     """A TCP relay on 127.0.0.1:``port`` to ``broker``, whose ``reset()`` drops every client connection with a TCP
     reset (as a broker host that reboots, or a NAT or firewall that forgets the connection, does): the client's next
@@ -333,17 +342,9 @@ class ResettingRelay:
                 self.reset()
                 continue
             for source, sink in ((client, upstream), (upstream, client)):
-                pump = threading.Thread(target=self._pump, args=(source, sink), name="relay-pump", daemon=True)
+                pump = threading.Thread(target=relay, args=(source, sink), name="relay-pump", daemon=True)
                 pump.start()
                 self._pumps.append(pump)
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
 
     def reset(self) -> int:
         """Reset every relayed connection on the client's side (SO_LINGER 0); how many there were."""
@@ -447,11 +448,7 @@ class SlowLink:
                 time.sleep(len(data) / self.rate)
 
     def _pump_back(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
+        relay(source, sink)
         self._drop(sink)  # the broker closed: so does the link, towards the client too
 
     def close(self) -> None:
