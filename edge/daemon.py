@@ -58,6 +58,14 @@ FRAME_LOOP_STOP_SECONDS = 5.0
 # its camera (seconds at most) before it promises its reopen. Stuck, it ends a running cry and exits (70) to be
 # restarted, where systemd's watchdog (WatchdogSec=30s) would abort it 15 s or more past the promise, the cry left ON.
 STUCK_AFTER_SECONDS = 5.0
+# The frame loop's first frame is due this long after the loop starts (READY=1), on top of the source's own wait for one
+# ([source] stall_seconds and a stream's probe, after which its supervisor reopens it and promises each attempt itself):
+# the first frame through MediaPipe and the model. It took 27-39 ms here (x86, three runs), and the daemon under QEMU's
+# cortex-a72, far slower than a Pi 3, takes 5.2 s a frame (docs/raspberry-pi.md): a minute is ten times that. Without
+# this promise a loop that hangs before its first frame (a graph's first inference, a driver's first read) was never
+# stuck: outside systemd it hung for ever, unsaid; under it the watchdog, armed at READY=1, aborted it WatchdogSec
+# later with no line of cryedge's, and again after every restart.
+FIRST_FRAME_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -294,6 +302,7 @@ class Daemon:
         self._idle = threading.Event()  # clear while run() is in the frame loop
         self._idle.set()
         self._loop_thread: int | None = None  # the ident of the thread in run(), to say where a stuck loop is
+        self._loop_started: float | None = None  # when run() began (monotonic): its first frame is due from then
         self._loop_left = False  # the main thread gave up on the frame loop and ended its cry without it (_finish)
         # the alarm's update and end and what they publish, one thread's at a time: the main thread ends the cry of a
         # loop it gave up on, which may come back at that very moment (both ended it: two ends, the second's id None)
@@ -442,6 +451,9 @@ class Daemon:
     def run(self) -> int:
         """Process frames until the source ends or ``stop()``; then end any episode and close."""
         self.state = "running"
+        self._loop_started = time.monotonic()
+        if self.camera:  # (with no camera _listen promises the first sound)
+            self.watchdog.alive_until(self._loop_started + self._first_frame_within())
         self.notifier.ready(f"{self._source_state()}: {self._status().name}")
         self.watchdog.start()
         self._loop_thread = threading.get_ident()
@@ -689,6 +701,12 @@ class Daemon:
         self.publisher.publish_stats({**(self.hearing.stats() if self.hearing else {}), **seen, "source_state": source.state,
                                       "source_reconnects": source.reconnects})
 
+    def _first_frame_within(self) -> float:
+        """Seconds from the loop's start by which its first frame is due: the source's own wait for one (past it the
+        supervisor reopens the camera, each attempt promised on its own), then ``FIRST_FRAME_SECONDS`` through the
+        pipeline."""
+        return self.source.stall_seconds + self.source.probe_seconds + FIRST_FRAME_SECONDS
+
     def _source_progress(self, deadline: float) -> None:
         """The source supervisor, reconnecting, promises its next sign of progress by ``deadline``."""
         self.watchdog.alive_until(deadline)
@@ -795,20 +813,30 @@ class Daemon:
         return outcome.get("code", 0)
 
     def _stuck(self) -> bool:
-        """Whether the frame loop is ``STUCK_AFTER_SECONDS`` past its promise of progress (none before its first)."""
+        """Whether the frame loop is ``STUCK_AFTER_SECONDS`` past its promise of progress (from its start: its first
+        frame, or sound, is promised as it starts)."""
         promised = self.watchdog.promised_until
         return promised is not None and time.monotonic() > promised + STUCK_AFTER_SECONDS
 
     def _leave_the_stuck_loop(self) -> int:
-        """The frame loop is stuck with no stop asked (a MediaPipe graph, a camera driver that never returns): one line
-        saying where, a running cry ended (reason ``error``) without it, and exit code 70, so that systemd restarts
-        cryedge now, not at its watchdog's abort, which ends nothing. ``close()`` then sends the OFF and offline."""
+        """The frame loop is stuck with no stop asked (a MediaPipe graph, a camera driver that never returns, from the
+        first frame on or later): one line saying where, a running cry ended (reason ``error``) without it, and exit
+        code 70, so that systemd restarts cryedge now, not at its watchdog's abort, which ends nothing. ``close()``
+        then sends the OFF and offline."""
         from edge.cli import UNEXPECTED_ERROR_EXIT_CODE
 
+        crying = self.alarm is not None and self.alarm.crying  # before its first frame, only the sound can cry
         self.stop()  # should it come back after all, it ends after its frame
-        idle = time.monotonic() - (self.last_frame or self.started)
-        self._leave_the_loop(f"the frame loop is stuck {{where}} (no progress for {idle:.0f} s); a running cry is ended "
-                             "and cryedge exits to be restarted", reason="error")
+        now = time.monotonic()
+        first = "frame" if self.camera else "sound"
+        if self.stats.frames == 0 if self.camera else self.hearing.monitor.judged_at is None:
+            ended = "a running cry is ended and " if crying else ""
+            line = (f"the frame loop is stuck {{where}} before its first {first} (none in {now - self._loop_started:.0f} "
+                    f"s); {ended}cryedge exits to be restarted")
+        else:
+            line = (f"the frame loop is stuck {{where}} (no progress for {now - (self.last_frame or self.started):.0f} "
+                    "s); a running cry is ended and cryedge exits to be restarted")
+        self._leave_the_loop(line, reason="error")
         return UNEXPECTED_ERROR_EXIT_CODE
 
     def _stop_the_loop(self) -> bool:

@@ -15,8 +15,9 @@ How the daemon uses it::
     watchdog.close()
 
 Why the watchdog depends on progress: a camera or pipeline that hangs leaves the process alive, so a
-timer that pinged unconditionally would hide it. Progress is a processed frame, or, while the camera
-is gone, the source supervisor's promise of its next reopen attempt (:meth:`Watchdog.alive_until`):
+timer that pinged unconditionally would hide it. Progress is a processed frame, the daemon's promise of
+the first one as its loop starts, or, while the camera is gone, the source supervisor's promise of its
+next reopen attempt (:meth:`Watchdog.alive_until`):
 a camera that takes minutes to come back is a state to report, not a reason to restart the service,
 but a reopen that hangs past its promise stops the pings, and systemd restarts the service after
 ``WatchdogSec=``.
@@ -149,8 +150,9 @@ def should_ping(now: float, alive_until: float | None, last_ping: float | None, 
 class Watchdog:
     """Feeds systemd's watchdog at half of ``WATCHDOG_USEC``, but only while the pipeline makes progress.
 
-    The frame loop calls :meth:`frame_processed`; the source supervisor, while it reconnects, calls
-    :meth:`alive_until` with the time by which its next attempt will be over. A background thread
+    The frame loop calls :meth:`frame_processed`; the daemon, as its loop starts, calls :meth:`alive_until`
+    with the time its first frame is due, and the source supervisor, while it reconnects, with the time by
+    which its next attempt will be over. A background thread
     (:meth:`start`) or the loop itself (:meth:`tick`) sends the pings. Without a systemd watchdog every
     method is a no-op.
     """
@@ -172,8 +174,13 @@ class Watchdog:
         return self.notifier.watchdog_interval
 
     def frame_processed(self, t: float | None = None) -> None:
-        """Records that a frame went through the pipeline at ``t`` (default: now): alive for ``stall_after``."""
-        self.alive_until((self.clock() if t is None else t) + self.stall_after)
+        """Records that a frame went through the pipeline at ``t`` (default: now): alive for ``stall_after``.
+
+        A frame is the progress every earlier promise was for (the first frame's, a reopen's): the next is due
+        ``stall_after`` after it, not at the end of the minute the first frame was given."""
+        deadline = (self.clock() if t is None else t) + self.stall_after
+        with self._lock:
+            self._alive_until = deadline
 
     def alive_until(self, deadline: float) -> None:
         """Counts as progress until ``deadline`` (monotonic): the next sign of life is promised by then."""

@@ -88,3 +88,10 @@ landmarks.LandmarkExtractor._run = returning
 alarm.Alarm._end = ending_slowly
 sys.exit(main(sys.argv[2:]))
 """
+
+
+def first_frame_due_within(seconds: float, seam: str) -> str:
+    """``seam`` (a script above) with the daemon's first frame due ``seconds`` after its source's own wait for one
+    (edge.daemon.FIRST_FRAME_SECONDS, a minute for a Pi 3's first inference): a test of a frame loop stuck before its
+    first frame, or of a camera reopened from the start, need not wait that minute."""
+    return f"import edge.daemon\nedge.daemon.FIRST_FRAME_SECONDS = {seconds!r}\n{seam}"

@@ -492,6 +492,110 @@ def test_a_frame_loop_stuck_mid_cry_with_no_stop_ends_the_cry_and_exits_70_befor
     assert "Traceback" not in stderr
 
 
+class NotifySocket:
+    """A datagram socket standing in for systemd's (``$NOTIFY_SOCKET``): what the daemon sent, and when."""
+
+    def __init__(self, path: Path):
+        import threading
+
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind(str(path))
+        self.socket.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.messages.append((time.monotonic(), self.socket.recv(4096).decode()))
+            except TimeoutError:
+                continue
+
+    def close(self) -> None:
+        self._stop.set()
+        self._reader.join()
+        self.socket.close()
+
+
+def test_a_frame_loop_stuck_on_its_first_frame_says_where_and_exits_70_once_its_first_frame_is_overdue(
+        mosquitto, tmp_path, monkeypatch):
+    """MediaPipe stuck in native code on the very first frame (a graph whose first inference never returns; a camera
+    driver's first read would do the same): no frame had promised progress, so the loop was never stuck. Outside
+    systemd `cryedge run` hung for ever saying nothing; under systemd it sent READY=1 and never a WATCHDOG=1, and the
+    watchdog, armed at READY, aborted it WatchdogSec (30 s) later without a line of cryedge's, again after every restart.
+    Now the first frame is promised as the loop starts ([source] stall_seconds, 1 s here, then FIRST_FRAME_SECONDS, cut
+    to 2 s here from a minute), the watchdog fed meanwhile; STUCK_AFTER_SECONDS past it: one line saying where and
+    that no frame came, no event (no cry ran), offline, and exit 70 for systemd to restart it."""
+    from mqtt import Subscriber
+    from seams import HANGING_LANDMARKER, first_frame_due_within
+
+    hang = tmp_path / "hang"
+    hang.touch()  # from the first call into MediaPipe on
+    config = demo_config(tmp_path)
+    config.write_text(config.read_text() + "[source]\nstall_seconds = 1.0\n")
+    notify = NotifySocket(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")  # a ping due every second while there is progress
+    try:
+        with Subscriber(mosquitto, topics=("cryedge/#",)) as subscriber:
+            process = start_daemon(config, mosquitto, launcher=("-c", first_frame_due_within(2.0, HANGING_LANDMARKER),
+                                                                str(hang)))
+            try:
+                launched = time.monotonic()
+                while not hang.with_name("hang.hung").exists():
+                    assert time.monotonic() - launched < 60 and process.poll() is None
+                    time.sleep(0.05)
+                hung = time.monotonic()
+                try:
+                    _, stderr = process.communicate(timeout=30)
+                except subprocess.TimeoutExpired:
+                    pytest.fail("still running 30 s after its first frame hung, due within 3 s: it hangs for ever")
+                exited_in = time.monotonic() - hung
+            finally:
+                process.kill()
+                process.wait()
+            assert process.returncode == 70, stderr
+            # its first frame due 3 s after the loop started (just before the hang), stuck 5 s past that
+            assert 7 < exited_in < 15, f"{exited_in:.1f} s\n{stderr}"
+            assert subscriber.payloads("cryedge/nursery/event") == []
+            assert subscriber.payloads("cryedge/nursery/availability")[-1] == "offline"
+    finally:
+        notify.close()
+    stuck = [line for line in stderr.splitlines() if "frame loop is stuck" in line]
+    assert len(stuck) == 1, stderr
+    assert "ERROR" in stuck[0] and "stuck at edge/landmarks.py:" in stuck[0], stderr
+    assert "before its first frame (none in" in stuck[0] and "cry is ended" not in stuck[0], stderr
+    assert "Traceback" not in stderr
+    ready = next(t for t, message in notify.messages if "READY=1" in message)
+    pings = [t - ready for t, message in notify.messages if message == "WATCHDOG=1"]
+    assert pings and max(pings) < 3 + 0.5, pings  # fed while the first frame was due, not once it was overdue
+
+
+def test_a_camera_missing_from_the_start_is_reconnected_not_stuck_however_short_the_first_frames_time(mosquitto, tmp_path):
+    """The first frame's promise does not make a camera that is simply not there a stuck loop: each reopen attempt on
+    its back-off promises the next (the source supervisor's own), so with the first frame due within 1.5 s the daemon
+    is still up reconnecting 10 s on, and stops cleanly. (It was up before the promise too: this guards the promise.)"""
+    from seams import HANGING_LANDMARKER, first_frame_due_within
+
+    config = demo_config(tmp_path)
+    config.write_text(config.read_text() + '[source]\ntype = "v4l2"\ndevice = "/dev/video97"\nstall_seconds = 1.0\n'
+                      "reopen_min_seconds = 0.5\nreopen_max_seconds = 1.0\n")
+    process = start_daemon(config, mosquitto, launcher=("-c", first_frame_due_within(0.5, HANGING_LANDMARKER),
+                                                        str(tmp_path / "never")))
+    try:
+        time.sleep(12)
+        assert process.poll() is None, process.communicate()[1]
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0, stderr
+    assert "will keep trying" in stderr and "stuck" not in stderr, stderr
+
+
 def test_a_frame_loop_that_comes_back_as_its_cry_is_ended_without_it_ends_the_cry_once(mosquitto, tmp_path):
     """The frame loop stuck mid-cry comes back just as the main thread, giving up on it, ends its cry: both threads
     ended the same cry at once (the loop ends it too as it stops). The loop's end went out as "shutdown" though no stop

@@ -226,6 +226,19 @@ def test_reopen_attempts_keep_the_pings_going_and_a_hung_one_stops_them(notify_s
     assert nothing_waiting(server)
 
 
+def test_a_frame_ends_the_first_frames_promise_and_the_next_is_due_stall_after_it():
+    """The daemon promises its first frame a minute ahead: once one has come, a loop that hangs starves the watchdog
+    stall_after later, not at the end of that minute (its frame loop then is stuck 5 s past this promise)."""
+    clock = FakeClock()
+    watchdog = Watchdog(Notifier(), stall_after=5.0, clock=clock)
+    watchdog.alive_until(1065.0)  # the first frame due by then
+    clock.t = 1002.0
+    watchdog.frame_processed()
+    assert watchdog.promised_until == 1007.0
+    watchdog.alive_until(1040.0)  # then the camera goes, and its reopen is promised
+    assert watchdog.promised_until == 1040.0
+
+
 # --- the daemon under a real watchdog while its camera is gone (issue 10 item 7)
 
 REPO = Path(__file__).resolve().parents[2]
