@@ -238,6 +238,11 @@ class AudioMonitor:
         self._thread.start()
 
     @property
+    def thread_id(self) -> int | None:
+        """The ident of the thread that reads and judges the sound (None before ``start()``): where a deaf one is stuck."""
+        return self._thread.ident if self._thread is not None else None
+
+    @property
     def backend(self) -> SoundBackend:
         """What the sound is read from (``edge.audio_source``), the same object across reopens."""
         return self._backend

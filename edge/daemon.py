@@ -875,8 +875,16 @@ class Daemon:
 
     def _leave_the_loop(self, line: str, reason: str = "shutdown") -> None:
         """Give up on the frame loop (stuck, or not stopped in its time): ``line`` said as an error, ``{where}`` in it
-        where the loop is stuck, and its cry ended here (``reason``); what it decides later is dropped."""
-        log.error(line.format(where=where_in_cryedge(sys._current_frames().get(self._loop_thread))))
+        where the loop is stuck, and its cry ended here (``reason``); what it decides later is dropped.
+
+        With no camera the loop mostly waits for the sound's thread, which is then where the fault is (a model's
+        invoke, a microphone's read that never returns): said too."""
+        frames = sys._current_frames()
+        where = where_in_cryedge(frames.get(self._loop_thread))
+        sound = frames.get(self.hearing.monitor.thread_id) if not self.camera and self.hearing is not None else None
+        if sound is not None:
+            where += f", the sound's thread {where_in_cryedge(sound)}"
+        log.error(line.format(where=where))
         self.state = "stopping"
         self._finish(reason=reason, leaving_the_loop=True)
 

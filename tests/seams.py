@@ -95,3 +95,29 @@ def first_frame_due_within(seconds: float, seam: str) -> str:
     (edge.daemon.FIRST_FRAME_SECONDS, a minute for a Pi 3's first inference): a test of a frame loop stuck before its
     first frame, or of a camera reopened from the start, need not wait that minute."""
     return f"import edge.daemon\nedge.daemon.FIRST_FRAME_SECONDS = {seconds!r}\n{seam}"
+
+# a cryedge command with a TFLite model's invoke hanging in native code, as a delegate or kernel that deadlocks does:
+# once the file HANG exists, the next invoke (TFLiteModel.invoke, of any model the command runs) creates HANG.hung
+# and blocks for ever on a mutex it already holds, the GIL released. Run as `python -c HANGING_MODEL HANG COMMAND ARGS...`.
+HANGING_MODEL = """
+import ctypes
+import sys
+from pathlib import Path
+from edge import model
+from edge.cli import main
+
+hang = Path(sys.argv[1])
+invoke = model.TFLiteModel.invoke
+
+def hanging(self, x):
+    if hang.exists():
+        hang.with_name(hang.name + ".hung").touch()
+        libc = ctypes.CDLL(None)
+        mutex = ctypes.create_string_buffer(64)  # zeroed: PTHREAD_MUTEX_INITIALIZER, a mutex that is not recursive
+        libc.pthread_mutex_lock(mutex)
+        libc.pthread_mutex_lock(mutex)
+    return invoke(self, x)
+
+model.TFLiteModel.invoke = hanging
+sys.exit(main(sys.argv[2:]))
+"""

@@ -377,3 +377,39 @@ def test_an_rtsp_microphones_password_from_its_file_is_in_the_url_ffmpeg_gets_on
     assert backend.uri == "rtsp://listener:s3cret%20mic@mic.lan:8554/audio" and not follows_frames
     assert backend.name == "stream:rtsp://listener:********@mic.lan:8554/audio"
     assert "s3cret" not in " ".join(backend.command) and "mic.lan" not in " ".join(backend.command)
+
+
+def test_a_sound_model_stuck_on_its_first_window_with_no_camera_says_so_and_exits_70(mosquitto, tmp_path):
+    """No camera, and the audio model's first invoke never returns (a delegate or kernel that deadlocks in native code):
+    the loop had promised its first sound ([audio.source] stall_seconds and a stream's probe, 1 + 6 s here) and exited
+    70 five seconds past it, but its one line named only the loop's own wait for the sound (`stuck at edge/daemon.py:N
+    in _drain_heard (no progress for 13 s)`), not the model that hung. Now it names the sound's thread too, and that
+    no sound was ever judged; no event (no cry ran), offline, exit 70."""
+    import subprocess
+    import sys
+
+    from mqtt import Subscriber
+    from seams import HANGING_MODEL
+
+    hang = tmp_path / "hang"
+    hang.touch()  # from the first invoke on
+    config = tmp_path / "cryedge.toml"
+    config.write_text(f'[device]\nid = "nursery"\n[health]\nenabled = false\n[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\n'
+                      f'[source]\ntype = "none"\n[audio]\nenabled = true\n[audio.source]\ntype = "file"\npath = "{DEMO}"\n'
+                      "stall_seconds = 1.0\n")
+    with Subscriber(mosquitto, topics=("cryedge/#",)) as subscriber:
+        process = subprocess.Popen([sys.executable, "-c", HANGING_MODEL, str(hang), "run", "--config", str(config),
+                                    "--broker", f"mqtt://127.0.0.1:{mosquitto.port}"],
+                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _, stderr = process.communicate(timeout=60)
+        finally:
+            process.kill()
+            process.wait()
+        assert process.returncode == 70, stderr
+        assert subscriber.payloads("cryedge/nursery/event") == []
+        assert subscriber.payloads("cryedge/nursery/availability")[-1] == "offline"
+    stuck = [line for line in stderr.splitlines() if "frame loop is stuck" in line]
+    assert len(stuck) == 1 and "ERROR" in stuck[0], stderr
+    assert "the sound's thread at edge/model.py:" in stuck[0] and "before its first sound" in stuck[0], stderr
+    assert "cry is ended" not in stuck[0] and "Traceback" not in stderr, stderr
