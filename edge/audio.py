@@ -217,6 +217,7 @@ class AudioMonitor:
         self._too_fast = False  # the source last opened delivered sound faster than real time
         self._silence_said = False  # the log said the source delivers only zeros (muted), and not since that it hears
         self._outage = Outage()  # as the camera's: ended by the first sound, not by an open (ffmpeg starts, then fails)
+        self._chunks_at_open = 0  # self.chunks when the source was last opened: none since, and a failure is the open's
         self._scores: deque[AudioScore] = deque(maxlen=max(4, int(history_seconds / pipeline.scorer.spec.hop_seconds)))
         self._changed = threading.Condition()
         self.follow_frames = follow_frames and not self.live  # a file next to a video waits for its frames
@@ -260,6 +261,7 @@ class AudioMonitor:
         # the sound of the camera's own session waits for that session, which the picture reopens with back-off
         wait_ready = self._backend.wait_ready if self._backend.in_camera_session else None
         while self._ready(wait_ready):
+            self._chunks_at_open = self.chunks
             try:
                 self._backend.open()
             except SourceError as error:
@@ -306,11 +308,22 @@ class AudioMonitor:
 
     def _failed(self, error: str, reason: str, retried: bool = True) -> None:
         if self._outage.failed(error, self.status.reconnects):
-            retry = ("back with the camera's next session" if self._backend.in_camera_session
-                     else f"retrying with back-off up to {self.backoff_limit:g} s" if retried
-                     else "a file is not retried")
-            log.warning("sound: %s; %s", error, retry)
+            log.warning("sound: %s", self._failure_line(error, retried))
         self.status.state, self.status.last_error, self.reason = "reopening", error, reason
+
+    def _failure_line(self, error: str, retried: bool) -> str:
+        """``error`` as the journal says it, as the camera's (``SupervisedSource``): sound that stopped is the symptom
+        ("capture stopped: ...; reopening"), a failure before any sound since the open is the open's ("reopening
+        failed: ..."), which the parent once read as the capture stopping again at every refused reopen."""
+        if self._backend.in_camera_session:
+            return f"{error}; back with the camera's next session"
+        if not retried:
+            return f"{error}; a file is not retried"
+        if self.chunks > self._chunks_at_open:
+            return f"{error}; reopening"
+        attempt = "reopening" if self.status.reconnects else "opening"
+        cause = error.removeprefix(f"{self.status.name}: ")
+        return f"{self.status.name}: {attempt} failed: {cause}; retrying with back-off up to {self.backoff_limit:g} s"
 
     def _listen(self) -> bool:
         """Read until the stream fails (SourceError), stalls (False) or a file ends or stop() (True).

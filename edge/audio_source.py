@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -229,6 +230,11 @@ class SoundPipe:
             self._arrived.notify_all()
 
     @property
+    def heard(self) -> bool:
+        """Some sound came through the pipe: a tool that ends now stopped capturing, not failed to open."""
+        return self._index > 0
+
+    @property
     def drained(self) -> bool:
         """The pipe has ended and every sample in it has been read."""
         return self._ended and not self._chunks
@@ -328,6 +334,8 @@ class PipeAudioSource:
             return None
         self._errors.join(timeout=1.0)  # the tool's last words
         reason = "the stream ended" if code == 0 else explain_capture_errors(self._errors.lines) or f"exit code {code}"
+        if not self._sound.heard:  # it never captured: the open failed (a stream refused, a device missing)
+            raise SourceError(f"{self.name}: {'it sent no sound' if code == 0 else reason}")
         raise SourceError(f"{self.name}: capture stopped: {reason}")
 
     def close(self) -> None:
@@ -341,6 +349,12 @@ class PipeAudioSource:
             stream.close()
 
 
+# ffmpeg's last word on a stream it could not open names the pipe its URL came on ("pipe:3: Connection refused",
+# "pipe:3: Input/output error" for a host not found); its network layer's line before it says what happened
+URL_PIPE_FAILED = re.compile(r"^pipe:\d+: ")
+NETWORK_LINE = re.compile(r"^\[tcp @ 0x[0-9a-f]+\] ")
+
+
 def explain_capture_errors(errors: list[str]) -> str:
     """What a capture tool's (``arecord``, ``ffmpeg``) error lines mean, in one line."""
     if any("matches no streams" in line for line in errors):
@@ -349,7 +363,13 @@ def explain_capture_errors(errors: list[str]) -> str:
         if "audio open error" in line:  # arecord: the device is missing, busy or not a capture device
             return f"cannot open the capture device: {line.split('audio open error:')[-1].strip()} (arecord -L lists them)"
     meaningful = [line for line in errors if "To ignore this" not in line]
-    return meaningful[-1] if meaningful else ""
+    if not meaningful:
+        return ""
+    if URL_PIPE_FAILED.match(meaningful[-1]):
+        network = [NETWORK_LINE.sub("", line) for line in meaningful if NETWORK_LINE.match(line)]
+        # "Connection to tcp://HOST:PORT?timeout=N failed: ...": the options ffmpeg was given are no reason
+        return re.sub(r"(tcp://\S*?)\?\S*", r"\1", network[-1]) if network else URL_PIPE_FAILED.sub("", meaningful[-1])
+    return meaningful[-1]
 
 
 def stop_process(process: subprocess.Popen, grace: float = 2.0) -> None:

@@ -64,6 +64,35 @@ def test_a_network_microphone_that_refuses_is_said_once_gone_and_once_back_not_a
     assert len(said) <= 3 + 4, said  # at least 8 reopens and 2 outages, said in at most seven lines
 
 
+def test_a_network_microphone_whose_reopen_is_refused_says_the_reopen_failed_not_that_capture_stopped(caplog):
+    """The microphone stops mid-stream and refuses its reopens. Before, the refused reopen read "sound: NAME: capture
+    stopped: pipe:3: Connection refused": the capture had stopped once, the line was about a reopen that failed. Now
+    as the camera's: the symptom once, then the reopen's reason, naming the address refused, not ffmpeg's pipe."""
+    from edge.audio import open_hearing
+
+    caplog.set_level(logging.INFO, logger="edge.audio")
+    microphone = HttpMicrophone().start()
+    config = load_config(None, {"source": {"type": "none"}, "audio": {"source": {
+        "type": "stream", "url": microphone.url, "stall_seconds": 2.0, "reopen_min_seconds": 0.5,
+        "reopen_max_seconds": 1.0}}})
+    hearing = open_hearing(config, None)
+    monitor = hearing.monitor
+    try:
+        assert wait_for(lambda: monitor.chunks > 5, 30), monitor.status
+        microphone.stop()
+        assert wait_for(lambda: monitor.status.reconnects >= 3, 30), monitor.status
+    finally:
+        hearing.close()
+        microphone.stop()
+    name = f"stream:{microphone.url}"
+    warnings = [message for level, message in messages(caplog, "edge.audio") if level == "WARNING"]
+    assert warnings == [
+        f"sound: {name}: capture stopped: the stream ended; reopening",
+        f"sound: {name}: reopening failed: Connection to tcp://127.0.0.1:{microphone.port} failed: Connection refused; "
+        "retrying with back-off up to 1 s",
+    ], warnings
+
+
 def test_a_network_camera_that_stays_gone_is_said_once_gone_and_once_back_not_at_every_reconnect(caplog):
     """Before, every failed reconnect was a warning of its own ("reconnect N failed: ..."), every
     reopen_max_seconds for as long as the camera was gone, and each open an info line though no frame came."""
