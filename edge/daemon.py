@@ -354,7 +354,7 @@ class Daemon:
             if cfg.snapshot.enabled:  # closed before the publisher: a picture being encoded still goes out
                 from edge.pictures import SnapshotWorker
 
-                self.snapshots = self._own(SnapshotWorker(cfg.snapshot, self.publisher.publish_snapshot))
+                self.snapshots = self._own(SnapshotWorker.for_publisher(cfg.snapshot, self.publisher))
             if cfg.live.enabled:
                 from edge.live import LiveView
 

@@ -105,8 +105,9 @@ class HealthStats:
     outbox_depth: int = 0  # events waiting on disk for the broker
     outbox_fault: str | None = None  # why events are not kept on disk (disk full, read-only)
     broker_connected: bool | None = None  # None: no broker configured
-    # with [snapshot] and a broker (else None): pictures sent, pictures replaced by a newer one before the broker took
-    # them (a slow link, the broker away), and whether the pictures' own connection is up
+    # with [snapshot] and a broker (else None): pictures sent, pictures not sent (dropped by a busy encoder, failed, or
+    # replaced by a newer one before the broker took them: a slow link, the broker away), and whether the pictures'
+    # own connection is up
     snapshots_sent: int | None = None
     snapshots_dropped: int | None = None
     snapshot_connected: bool | None = None
@@ -269,7 +270,8 @@ def metric_families(stats: HealthStats, now: float, stale_after: float = 5.0) ->
     gauge("broker_connected", "1 while connected to the MQTT broker.", stats.broker_connected)
     if stats.snapshots_sent is not None:
         counter("snapshots_sent", "Cry pictures handed to the broker.", stats.snapshots_sent)
-        counter("snapshots_dropped", "Cry pictures replaced by a newer one before the broker took them.",
+        counter("snapshots_dropped", "Cry pictures not sent: dropped by a busy encoder, failed, or replaced by a "
+                "newer one before the broker took them.",
                 stats.snapshots_dropped or 0)
     gauge("snapshot_connected", "1 while the pictures' own MQTT connection is up.", stats.snapshot_connected)
     if stats.audio is not None:

@@ -136,13 +136,17 @@ class SnapshotWorker:
     ``offer()`` returns at once: the request goes on a queue of ``depth``; when it is full the oldest
     request is dropped (and counted in ``dropped``), so a slow encoder never holds up the frame loop and
     the newest cry is the one pictured. ``close()`` encodes what is queued (for at most ``timeout``).
+    ``on_dropped()`` is called for each picture that is not delivered (dropped so, or failed to draw or encode): the
+    publisher counts it with the pictures its broker never took, where a parent looks (``snapshots_dropped``).
     """
 
-    def __init__(self, config, deliver: Callable[[bytes, AlarmEvent], None], depth: int = 2):
+    def __init__(self, config, deliver: Callable[[bytes, AlarmEvent], None], depth: int = 2,
+                 on_dropped: Callable[[], None] | None = None):
         self.look = Look.from_config(config)
         self.quality = config.quality
         self.on_end = config.on_end
         self._deliver = deliver
+        self._on_dropped = on_dropped
         self._requests: deque[SnapshotRequest] = deque()
         self._depth = depth
         self._changed = threading.Condition()
@@ -152,6 +156,11 @@ class SnapshotWorker:
         self.last_ms: float | None = None
         self._thread = threading.Thread(target=self._run, name="cryedge-snapshot", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def for_publisher(cls, config, publisher) -> SnapshotWorker:
+        """The worker that hands its pictures to ``publisher`` (``edge.publish``) and has it count those it drops."""
+        return cls(config, publisher.publish_snapshot, on_dropped=publisher.snapshot_dropped)
 
     def offer(self, image: np.ndarray, landmarks: Landmarks | None, event: AlarmEvent) -> bool:
         """Queue the picture of ``event``'s frame; False when this kind of event is not pictured."""
@@ -164,6 +173,7 @@ class SnapshotWorker:
                 self._requests.popleft()
                 self.dropped += 1
                 log.warning("snapshot encoder behind: dropped the oldest picture (%d so far)", self.dropped)
+                self._dropped()
             self._requests.append(SnapshotRequest(image, landmarks, event))
             self._changed.notify()
         return True
@@ -189,6 +199,11 @@ class SnapshotWorker:
             except Exception:  # noqa: BLE001 - a picture that fails must not stop the next one, nor the alerts: one
                 # line (edge.logs.OneLineErrors; the traceback at -vv), and the daemon goes on (its event went first)
                 log.exception("snapshot of %s %s failed", request.event.kind, request.event.event_id)
+                self._dropped()
+
+    def _dropped(self) -> None:
+        if self._on_dropped is not None:
+            self._on_dropped()
 
     def close(self, timeout: float = 2.0) -> None:
         with self._changed:

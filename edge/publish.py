@@ -488,6 +488,7 @@ class Publisher(Protocol):
     def publish_state(self, state: AlarmState) -> None: ...
     def publish_stats(self, stats: Mapping[str, float]) -> None: ...
     def publish_snapshot(self, jpeg: bytes, event: AlarmEvent | None = None) -> None: ...
+    def snapshot_dropped(self) -> None: ...
     def close(self, timeout: float = ...) -> None: ...
 
 
@@ -611,6 +612,9 @@ class StdoutPublisher:
     def publish_snapshot(self, jpeg: bytes, event: AlarmEvent | None = None) -> None:
         pass  # pictures go to a broker only, never into a terminal or a log file
 
+    def snapshot_dropped(self) -> None:
+        pass  # no broker, no pictures: nothing counts them
+
     def close(self, timeout: float = CLOSE_SECONDS) -> None:
         """Publish OFF if still crying, and give the queued lines ``timeout`` (at most ``CLOSE_SECONDS``) to be written."""
         if self._closing.is_set():
@@ -711,8 +715,9 @@ class MqttPublisher:
         self._queue.put(("stats", dict(stats)))
 
     def picture_figures(self) -> dict[str, Any]:
-        """With [snapshot] on, what became of the pictures: ``snapshots_sent``, ``snapshots_dropped`` (replaced by a
-        newer one before the broker had taken them: a slow link, a broker away or refusing the pictures' connection)
+        """With [snapshot] on, what became of the pictures: ``snapshots_sent``, ``snapshots_dropped`` (every picture of a
+        cry not sent: replaced by a newer one before the broker had taken it (a slow link, a broker away or refusing
+        the pictures' connection), or never handed over by the encoder (``snapshot_dropped``: behind, or failing))
         and ``snapshot_connected``; empty with [snapshot] off."""
         if not self.snapshot:
             return {}
@@ -949,6 +954,7 @@ class MqttPublisher:
             "acked": self._handle_acked,
             "ha_online": self._handle_ha_online,
             "snapshot": self._handle_snapshot,
+            "snapshot_dropped": self._handle_snapshot_dropped,
             "pictures_link": self._handle_pictures_link,
             "picture_acked": self._handle_picture_acked,
         }
@@ -1101,6 +1107,14 @@ class MqttPublisher:
     def publish_snapshot(self, jpeg: bytes, event: AlarmEvent | None = None) -> None:
         """Queue a cry's picture (JPEG bytes) for the snapshot topic; returns at once."""
         self._queue.put(("snapshot", bytes(jpeg)))
+
+    def snapshot_dropped(self) -> None:
+        """A cry's picture that never reached the publisher (``edge.pictures.SnapshotWorker``: its encoder behind, or
+        the picture failing): counted with those the broker never took, so the figure is every picture not sent."""
+        self._queue.put(("snapshot_dropped", None))
+
+    def _handle_snapshot_dropped(self, _) -> None:
+        self.snapshots_dropped += 1
 
     def _handle_snapshot(self, jpeg: bytes) -> None:
         if self._snapshot_waiting is not None:

@@ -405,6 +405,51 @@ def test_pictures_dropped_on_a_slow_link_are_counted_in_the_mqtt_stats_and_in_he
     assert "password" not in stats.payload.decode() + json.dumps(seen)
 
 
+def test_every_picture_not_sent_is_counted_where_the_parent_looks_also_those_the_encoder_dropped(mosquitto, tmp_path):
+    """Cries come faster than the encoder draws them, and one frame cannot be drawn. Before, `snapshots_dropped` counted
+    only the pictures the broker never took: those the encoder dropped (behind, or failing) were in the log alone, and
+    the MQTT stats, /stats and /metrics said fewer pictures lost than were. Now sent + dropped = the cries pictured."""
+    config = load_config(None, {"device": {"id": DEVICE}, "snapshot": {"enabled": True},
+                                "mqtt": {"host": mosquitto.host, "port": mosquitto.port},
+                                "outbox": {"path": str(tmp_path / "outbox.sqlite3")}}, environ={})
+    daemon = Daemon(config)
+    frame = photo()
+    with Subscriber(mosquitto, topics=(f"{PREFIX}/#",)) as parent, make_publisher(config, "demo") as publisher, \
+            HealthServer(daemon.health_stats, port=0) as server:
+        daemon.publisher = publisher  # as open() makes them
+        worker = SnapshotWorker.for_publisher(config.snapshot, publisher)
+        parent.wait_for(f"{PREFIX}/availability", lambda m: m.payload == b"online")
+
+        def stats_when(settled, seconds: float = 20.0) -> dict:
+            deadline = time.monotonic() + seconds
+            while True:
+                with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/stats", timeout=5) as answer:
+                    seen = json.loads(answer.read())
+                if settled(seen) or time.monotonic() > deadline:
+                    return seen
+                time.sleep(0.1)
+
+        worker.offer(frame.astype(np.float64), None, start_event("odd"))  # 64-bit floats: OpenCV cannot draw them
+        failed = stats_when(lambda seen: seen["snapshots_dropped"] == 1, 10.0)
+        cries = [f"ep{n}" for n in range(8)]
+        for cry in cries:  # faster than any encoder: the oldest waiting are dropped
+            worker.offer(frame, face_at(), start_event(cry))
+        worker.close(timeout=30)
+        # until the broker has taken the last picture
+        seen = stats_when(lambda seen: seen["snapshots_sent"] + seen["snapshots_dropped"] >= 1 + len(cries))
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as answer:
+            metrics = answer.read().decode()
+        publisher.publish_stats({"fps": 15.0, "source_state": "open"})
+        said = json.loads(parent.wait_for(f"{PREFIX}/stats", lambda m: json.loads(m.payload).get("fps") == 15.0,
+                                          timeout=20).payload)
+    assert failed["snapshots_dropped"] == 1 and failed["snapshots_sent"] == 0, failed
+    assert worker.dropped >= 1, worker.dropped  # the encoder did fall behind
+    assert seen["snapshots_sent"] + seen["snapshots_dropped"] == 1 + len(cries), seen
+    assert seen["snapshots_dropped"] >= 1 + worker.dropped, (seen, worker.dropped)
+    assert said["snapshots_sent"] == seen["snapshots_sent"] and said["snapshots_dropped"] == seen["snapshots_dropped"]
+    assert f"cryedge_snapshots_dropped_total {float(seen['snapshots_dropped'])}" in metrics
+
+
 def test_a_broker_that_refuses_the_pictures_client_id_lets_the_alerts_through_and_says_so_once(tmp_path, caplog):
     caplog.set_level("INFO", logger="edge.publish")
     users = {"cryedge": "right horse battery", "parent": "correct staple"}
