@@ -44,21 +44,9 @@ def recordings(folder: Path) -> list[Path]:
     return found
 
 
-def heard(model: Path, path: Path, threshold: float, min_on: float | None) -> dict:
-    """One recording through the device's audio path and alarm: its length, highest score and start events."""
-    from convert.audio_demo import alarm_events, clip_scores
-
-    times, probabilities = clip_scores(model, path)
-    seconds = float(times[-1]) if times.size else 0.0
-    events = alarm_events(times, probabilities, seconds, threshold, min_on) if times.size else []
-    starts = [e for e in events if e["kind"] == "start"]
-    return {"file": str(path), "seconds": round(seconds, 2), "scores": int(times.size),
-            "max_score": round(float(probabilities.max()), 4) if times.size else None,
-            "starts": len(starts), "first_decided_s": starts[0]["decided"] if starts else None}
-
-
 def main() -> int:
     from convert.evaluate import poisson_interval, wilson_interval
+    from convert.recordings import heard
     from convert.train import roc_auc
     from edge import paths
     from edge.card import load_card

@@ -19,6 +19,7 @@ Sound made here is not a baby's: the model demonstrates the audio path and is no
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 import subprocess
@@ -344,13 +345,20 @@ def add_sound_track(video: Path, samples: np.ndarray) -> None:
 
 def model_card_markdown(card, metrics: dict, heldout: dict, fidelity: dict, validation: dict | None = None) -> str:
     held = metrics["held_out"]
+    recorded = card.training.get("recorded")
+    synthetic = ("sounds made by `convert/audio_synth.py` (`cryedge demo-audio build`): cry-like harmonic bursts "
+                 "with a rising and falling pitch of 300-650 Hz against speech from espeak-ng, singing, music, a TV, "
+                 "white and pink noise, a fan, a door, a dog and a quiet room, mixed over room tone at random levels")
     lines = [
-        f"# {card.name}: the default audio model (SYNTHETIC training data)",
+        f"# {card.name}: " + ("an audio model trained on synthetic and recorded sound" if recorded else
+                              "the default audio model (SYNTHETIC training data)"),
         "",
-        "Trained on sounds made by `convert/audio_synth.py` (`cryedge demo-audio build`): cry-like harmonic bursts "
-        "with a rising and falling pitch of 300-650 Hz against speech from espeak-ng, singing, music, a TV, white "
-        "and pink noise, a fan, a door, a dog and a quiet room, mixed over room tone at random levels. No recording "
-        "of a baby was used or exists here: this model demonstrates the audio path and is **not a cry detector**.",
+        *([f"Trained on {synthetic}, and on recordings (`--recordings`): {card.training['data'].split('; and recordings: ')[1]}. "
+           "The recordings' subjects (a baby, a phone app's installation, a speaker) were split by a hash of their "
+           f"name: those of {recorded['held_out_share_of_subjects']:.0%} of them were never trained on and are judged "
+           "below."] if recorded else
+          [f"Trained on {synthetic}. No recording of a baby was used or exists here: this model demonstrates the audio "
+           "path and is **not a cry detector**."]),
         "",
         f"- kind `{card.kind}`, input {list(card.input_shape)}: {card.audio.frames} frames x {card.audio.mel_bands} "
         f"log-mel bands"
@@ -409,14 +417,41 @@ def model_card_markdown(card, metrics: dict, heldout: dict, fidelity: dict, vali
     for kind, entry in heldout["by_kind"].items():
         lines.append(f"| {kind} | {entry['clips']} | {entry['windows']} | {100 * entry['false_positive_rate']:.1f}% | "
                      f"{entry['false_alarms']} | {entry['decided_within_1_5_s']}/{entry['cries']} |")
-    lines += ["", "Rebuild: `.venv/bin/cryedge demo-audio build` (needs espeak-ng and sox from apt).", ""]
+    if recorded:
+        lines += recorded_markdown(recorded)
+    lines += ["", "Rebuild: `.venv/bin/cryedge demo-audio build"
+              + (" --recordings RECORDINGS.csv` with the same recordings (docs/audio.md)" if recorded else "`")
+              + " (needs espeak-ng and sox from apt).", ""]
     return "\n".join(lines)
+
+
+def recorded_markdown(recorded: dict) -> list[str]:
+    """The card's section on the held-out recordings: per kind, what the device's alarm did, and where they came from."""
+    judged = recorded["held_out"]
+    lines = ["", "## Held-out recorded sound", "",
+             f"Recordings of subjects never trained on, each a clip of its own heard from its first sample through the "
+             f"device's audio path and alarm (threshold {judged['threshold']:g}, debounce {judged['min_on_seconds']} s). "
+             + (f"Highest scores, cries over the rest: ROC AUC {judged['roc_auc']:.3f}." if judged["roc_auc"] else ""),
+             "", "| recordings | how many | subjects | minutes | the alarm |", "|---|---|---|---|---|"]
+    for kind, entry in judged["by_kind"].items():
+        hours = max(entry["minutes"] / 60, 1e-9)
+        said = (f"a cry start on {entry['with_start']} ({entry['with_start'] / max(1, entry['recordings']):.0%}), "
+                f"{entry['within_1_5_s']} within 1.5 s of the recording's start" if entry["crying"] else
+                f"{entry['false_alarms']} false alarms in {entry['with_start']} recordings "
+                f"({entry['false_alarms'] / hours:.0f} an hour)")
+        lines.append(f"| {kind} | {entry['recordings']} | {entry['subjects']} | {entry['minutes']:g} | {said} |")
+    if recorded["sources"]:
+        lines += ["", "Recordings from: " + "; ".join(recorded["sources"]) + "."]
+    return lines
 
 
 def finish_card(model: Path, metrics: dict, fidelity: dict, heldout_dir: Path, heldout_labels: Path, data: str,
                 threshold: float = 0.5, validation: dict | None = None, min_on_seconds: float | None = None,
-                evidence: tuple[int, int] | None = None) -> dict:
-    """The card's device settings and figures: the score rate, the threshold, the held-out set's figures, the ``.md``."""
+                evidence: tuple[int, int] | None = None, recorded: dict | None = None) -> dict:
+    """The card's device settings and figures: the score rate, the threshold, the held-out set's figures, the ``.md``.
+
+    ``recorded``: the recordings trained on (``added``, by kind), those held out (``held_out``, judged here), the
+    held-out share of subjects, whether the phone band was added, and the recordings' sources."""
     from convert.report import embed_card
     from edge.card import load_card
 
@@ -429,10 +464,24 @@ def finish_card(model: Path, metrics: dict, fidelity: dict, heldout_dir: Path, h
                                    "threshold": threshold})
     model.with_suffix(".json").write_text(card.to_json() + "\n")
     heldout = evaluate(model, heldout_dir, heldout_labels, card.threshold, min_on_seconds=card.audio.min_on_seconds)
-    training = {**card.training, "synthetic": True, "data": f"SYNTHETIC sounds (convert/audio_synth.py), {data}",
-                "held_out_set": heldout, "threshold_chosen_on": validation}
-    card = card.model_copy(update={"training": training,
-                                   "description": "SYNTHETIC-trained demonstration audio model: not a cry detector"})
+    training = {**card.training, "synthetic": recorded is None,
+                "data": f"SYNTHETIC sounds (convert/audio_synth.py), {data}", "held_out_set": heldout,
+                "threshold_chosen_on": validation}
+    description = "SYNTHETIC-trained demonstration audio model: not a cry detector"
+    if recorded is not None:
+        from convert.recordings import PHONE_RATE, judge
+
+        added = recorded["added"]
+        training["data"] += "; and recordings: " + ", ".join(
+            f"{entry['recordings']} of {kind} ({entry['subjects']} subjects, {entry['minutes']:g} min"
+            + (f", each also through a phone band of {PHONE_RATE / 1000:g} kHz" if entry["phone_band_copies"] else "") + ")"
+            for kind, entry in added.items())
+        training["recorded"] = {"trained_on": added, "held_out_share_of_subjects": recorded["share"],
+                                "phone_band": recorded["phone_band"], "sources": recorded["sources"],
+                                "held_out": judge(model, recorded["held_out"])}
+        description = ("audio model trained on synthetic sound and recordings of cries and of sounds with no cry; "
+                       "judged on recordings of subjects it never trained on (training.recorded)")
+    card = card.model_copy(update={"training": training, "description": description})
     # the package's default audio model: a Ctrl-C or a full disk here must not leave it cut short
     files.write_bytes(model, embed_card(model.read_bytes(), card.to_json()))
     files.write_text(model.with_suffix(".json"), card.to_json() + "\n")
@@ -462,15 +511,23 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
           masked_clips: int = MASKED_CLIPS, evidence_choices: tuple[tuple[int, int], ...] = EVIDENCE_CHOICES,
           crib_clips: int = CRIB_CLIPS, more_clips: int = MORE_CLIPS, patience: int = 6,
           sizes: dict | None = None, max_false_alarms: int | None = MAX_FALSE_ALARMS, mine_clips: int = MINE_CLIPS,
-          mine_level: float = MINE_LEVEL, ensemble: int = 1, tonal_clips: int = TONAL_CLIPS) -> dict:
+          mine_level: float = MINE_LEVEL, ensemble: int = 1, tonal_clips: int = TONAL_CLIPS,
+          recordings: Path | None = None, held_out_share: float | None = None, phone_band: bool = True) -> dict:
+    """The default audio model from the synthetic clips and, given ``recordings`` (a CSV, ``convert.recordings``),
+    the recordings of the subjects not held out (``held_out_share`` of them are: the card's recorded figures)."""
     from convert import dataset, train
+    from convert import recordings as recorded
     from convert.convert import ConvertOptions, convert
+    from edge.card import load_card
 
     started = time.monotonic()
     if demo_video is not None and not Path(demo_video).is_file():  # it gets the sound track at the very end
         raise DataError(f"--demo-video {demo_video}: no such video to give the sound track (--no-demo leaves it)")
+    share = recorded.HELD_OUT_SHARE if held_out_share is None else held_out_share
+    listed = recorded.split(recorded.read_recordings(recordings), share) if recordings else None
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    audio = audio or front_end()
     own_work = work_dir is None
     work = Path(tempfile.mkdtemp(prefix="cryedge-audio-")) if own_work else Path(work_dir)
     try:
@@ -478,9 +535,16 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
                              more=more_clips, tonal=tonal_clips)
         heldout_labels = clips(work / "heldout", heldout_clips, seed + 1, "heldout")
         data = work / "train.npz"
+        data_labels, added = train_labels, None
+        if listed:  # the training half's recordings join the clips, grouped by subject
+            data_labels = work / "train" / "with-recordings.csv"
+            added = recorded.add_to_training(listed[0], work / "train", train_labels, data_labels, audio.rate,
+                                             phone_band)
+        made_from = _labels_of_kept_dataset(data, data_labels)
         if not data.is_file():
-            dataset.build_sound(work / "train", train_labels, audio=audio or front_end(), positive="crying").save(data)
-            drop_ambiguous_windows(data, train_labels)
+            dataset.build_sound(work / "train", data_labels, audio=audio, positive="crying").save(data)
+            drop_ambiguous_windows(data, data_labels)
+            files.write_text(made_from, hashlib.sha256(data_labels.read_bytes()).hexdigest() + "\n")
         keras_model = work / f"{MODEL_NAME}.keras"
 
         def trained(on: Path, output: Path) -> dict:
@@ -523,14 +587,17 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
                               + (f"; hard-negative mining: {mined['mined']} windows of {mine_clips} clips with no cry "
                                  f"(seed {mined['seed']}) scoring at least {mine_level:g} by a first training added as "
                                  "not crying, trained again from scratch" if mined else ""),
-                              threshold, validation, min_on, rule)
+                              threshold, validation, min_on, rule,
+                              recorded=None if listed is None else {"added": added, "held_out": listed[1],
+                                                                    "share": share, "phone_band": phone_band,
+                                                                    "sources": sorted({r.source for side in listed
+                                                                                       for r in side if r.source})})
         shutil.copyfile(keras_model, output_dir / keras_model.name)
         (output_dir / f"{MODEL_NAME}.report.png").unlink(missing_ok=True)
         summary = {"model": str(model), "held_out": metrics["held_out"], "held_out_set": heldout,
-                   **({"mined": mined} if mined else {})}
+                   **({"mined": mined} if mined else {}),
+                   **({"recorded": load_card(model).training["recorded"]} if listed else {})}
         if demo_video is not None:
-            from edge.card import load_card
-
             seconds = add_demo_sound(demo_video, seed)
             times, probabilities = clip_scores(model, demo_video)
             summary["demo"] = {"sound": [{"label": k, "start_s": a, "end_s": b} for k, a, b in DEMO_SOUND],
@@ -541,6 +608,20 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
     finally:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _labels_of_kept_dataset(data: Path, labels: Path) -> Path:
+    """Where the hash of the labels ``data`` is made from is kept; DataError when a dataset kept in the work folder was
+    made from other labels (other recordings): it would be trained on silently instead."""
+    stamp = data.with_name(data.name + ".labels-sha256")
+    if data.is_file():
+        kept = stamp.read_text().strip() if stamp.is_file() else None
+        other = (kept != hashlib.sha256(labels.read_bytes()).hexdigest() if kept is not None
+                 else labels.name != "labels.csv")  # kept before the hash was: the synthetic clips alone
+        if other:
+            raise DataError(f"--work-dir {data.parent}: its {data.name} was made from other clips or recordings than "
+                            "these; give another --work-dir (or delete that file)")
+    return stamp
 
 
 def average_of_members(keras_model: Path, data: Path, metrics: dict, members: int, epochs: int, patience: int,
@@ -644,7 +725,8 @@ def _build_command(args) -> int:
                     more_clips=args.more_clips, patience=args.patience, max_false_alarms=args.max_false_alarms,
                     evidence_choices=tuple(args.evidence) if args.evidence is not None else EVIDENCE_CHOICES,
                     audio=audio, sizes=audio_sizes(args), mine_clips=args.mine_clips, mine_level=args.mine_level,
-                    ensemble=args.ensemble, tonal_clips=args.tonal_clips)
+                    ensemble=args.ensemble, tonal_clips=args.tonal_clips, recordings=args.recordings,
+                    held_out_share=args.recordings_held_out, phone_band=not args.no_phone_band)
     held, other = summary["held_out"], summary["held_out_set"]
     print(f"default audio model -> {summary['model']}; held-out windows (synthetic): F1 {held['f1']:.3f}, "
           f"ROC AUC {held['roc_auc']}")
@@ -654,6 +736,10 @@ def _build_command(args) -> int:
         mined = summary["mined"]
         print(f"hard-negative mining: {mined['mined']} of {mined['windows']} windows ({mined['mined_clips']} of "
               f"{mined['clips']} clips) added as not crying")
+    for kind, entry in summary.get("recorded", {}).get("held_out", {}).get("by_kind", {}).items():
+        print(f"held-out recordings, {kind}: " + (
+            f"{entry['with_start']}/{entry['recordings']} raise a cry start" if entry["crying"] else
+            f"{entry['false_alarms']} false alarms in {entry['recordings']} recordings ({entry['minutes']:g} min)"))
     if "demo" in summary:
         print("demo sound track: " + ", ".join(f"{e['kind']} {e['t']:.2f} s" for e in summary["demo"]["events"]))
     print(f"took {summary['minutes']} min")
@@ -720,6 +806,12 @@ def add_commands(subparsers) -> None:
                              "(250-700 Hz in this many bins; docs/audio.md; default 0, none)")
     parser.add_argument("--pitch-bands", type=whole(1), default=1,
                         help="parts of the spectrum whose pitch is measured apart (default 1)")
+    parser.add_argument("--recordings", type=Path, metavar="CSV",
+                        help="recordings to train on and judge by: file,label,subject[,kind][,source] (convert/recordings.py)")
+    parser.add_argument("--recordings-held-out", type=fraction, default=None, metavar="P",
+                        help="share of the recordings' subjects never trained on, judged on the card (default 0.5)")
+    parser.add_argument("--no-phone-band", action="store_true",
+                        help="do not also train on each recording with no cry through an 8 kHz phone band")
     parser.add_argument("--ensemble", type=whole(1), default=1, metavar="K",
                         help="average K nets trained alike from the weights' seeds seed, seed+1, ... (the clips and "
                              "splits of --seed) into one model, one .tflite (default 1, a single net)")
