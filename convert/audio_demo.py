@@ -746,6 +746,21 @@ def _build_command(args) -> int:
     return 0
 
 
+def _recordings_command(args) -> int:
+    from convert.recordings import write_public_list
+
+    table = write_public_list(args.output_dir, args.donateacry, args.speechocean762, args.speech_commands)
+    with open(table, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    kinds = {}
+    for row in rows:
+        kinds.setdefault(row["kind"], set()).add(row["subject"])
+    for kind, subjects in kinds.items():
+        print(f"{kind}: {sum(1 for r in rows if r['kind'] == kind)} recordings of {len(subjects)} subjects")
+    print(f"-> {table} (train on it: cryedge demo-audio build --recordings {table})")
+    return 0
+
+
 def add_commands(subparsers) -> None:
     from convert.arguments import fraction, k_of_n, positive, whole
     from convert.train import add_audio_size_arguments
@@ -817,3 +832,14 @@ def add_commands(subparsers) -> None:
                              "splits of --seed) into one model, one .tflite (default 1, a single net)")
     add_audio_size_arguments(parser)
     parser.set_defaults(handler=_build_command)
+    listing = commands.add_parser("recordings", help="list clones of the public corpora the default model can train on "
+                                  "as a recordings CSV for build --recordings (docs/audio.md)")
+    listing.add_argument("-o", "--output-dir", type=Path, required=True,
+                         help="recordings.csv goes here, and Speech Commands' speakers' joined words")
+    listing.add_argument("--donateacry", type=Path, metavar="CLONE",
+                         help="a clone of https://github.com/gveres/donateacry-corpus (cries; ODbL 1.0)")
+    listing.add_argument("--speechocean762", type=Path, metavar="CLONE",
+                         help="a clone of https://github.com/jimbozhang/speechocean762 (children reading; CC BY 4.0)")
+    listing.add_argument("--speech-commands", type=Path, metavar="DIR",
+                         help="Speech Commands v0.02: its folder of WORD/SPEAKER_nohash_N.wav (CC BY 4.0)")
+    listing.set_defaults(handler=_recordings_command)

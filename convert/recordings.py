@@ -22,6 +22,7 @@ import hashlib
 import io
 import shutil
 import subprocess
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,3 +196,114 @@ def judge(model: Path, recordings: list[Recording]) -> dict:
              for kind, entry in sorted(by_kind.items())}
     return {"by_kind": kinds, "roc_auc": None if auc is None else round(float(auc), 4),
             "threshold": card.threshold, "min_on_seconds": card.audio.min_on_seconds}
+
+
+# --- the public corpora the repository's model was trained on, listed as a recordings CSV --------------------------
+
+DONATEACRY = "gveres/donateacry-corpus, Open Database License 1.0"
+SPEECHOCEAN = "jimbozhang/speechocean762 (OpenSLR 101), CC BY 4.0"
+SPEECH_COMMANDS = "Speech Commands v0.02 (Pete Warden, Google), CC BY 4.0"
+CHILD_AGES = range(6, 9)  # speechocean762's youngest speakers: the nearest public stand-in found for a child talking
+READINGS_PER_CHILD = 6
+WORDS_PER_SPEAKER = (4, 10)  # a speaker's 1 s words joined, at most 10; one with fewer than 4 is left out
+
+
+def donateacry_rows(clone: Path, folder: Path) -> list[list[str]]:
+    """The cleaned corpus's cries (every file is one), the subject the phone app's installation (a UUID)."""
+    cleaned = clone / "donateacry_corpus_cleaned_and_updated_data"
+    found = sorted(p for p in cleaned.rglob("*.wav")) if cleaned.is_dir() else []
+    if not found:
+        raise DataError(f"--donateacry {clone}: no donateacry_corpus_cleaned_and_updated_data/*/*.wav (a clone of "
+                        "https://github.com/gveres/donateacry-corpus)")
+    return [[_relative(p, folder), "crying", "donateacry-" + p.name[:36].lower(), "cry (donateacry, phone app, 8 kHz)",
+             DONATEACRY] for p in found]
+
+
+def speechocean_rows(clone: Path, folder: Path) -> list[list[str]]:
+    """The first readings of each child aged 6-8 (``train/spk2age``, ``test/spk2age``), the subject the child."""
+    ages = {}
+    for part in ("train", "test"):
+        table = clone / part / "spk2age"
+        if table.is_file():
+            ages.update(line.split()[:2] for line in table.read_text().splitlines() if len(line.split()) >= 2)
+    children = sorted(speaker for speaker, age in ages.items() if age.isdigit() and int(age) in CHILD_AGES)
+    rows = []
+    for speaker in children:
+        readings = sorted((clone / "WAVE" / f"SPEAKER{speaker}").glob("*.WAV"))[:READINGS_PER_CHILD]
+        rows += [[_relative(p, folder), "not_crying", f"so762-{speaker}", "children aged 6-8 reading (speechocean762)",
+                  SPEECHOCEAN] for p in readings]
+    if not rows:
+        raise DataError(f"--speechocean762 {clone}: no WAVE/SPEAKERnnnn/*.WAV of a speaker aged 6-8 in "
+                        "train/spk2age or test/spk2age (a clone of https://github.com/jimbozhang/speechocean762)")
+    return rows
+
+
+def speech_commands_rows(dataset: Path, folder: Path) -> list[list[str]]:
+    """Each speaker's words (``WORD/SPEAKER_nohash_N.wav``, 1 s each, in path order; ``_unknown_``'s
+    ``WORD_SPEAKER_nohash_N.wav`` theirs too; ``_silence_`` left out), at most 10, joined
+    into one recording written to ``folder/speech-commands``: one second is barely one window."""
+    by_speaker: dict[str, list[Path]] = {}
+    for path in sorted(dataset.glob("*/*_nohash_*.wav")):
+        if path.parent.name != "_silence_":  # _unknown_/WORD_SPEAKER_nohash_N.wav: the speaker is the last part
+            by_speaker.setdefault(path.name.split("_nohash_")[0].split("_")[-1], []).append(path)
+    fewest, most = WORDS_PER_SPEAKER
+    speakers = {s: words[:most] for s, words in sorted(by_speaker.items()) if len(words) >= fewest}
+    if not speakers:
+        raise DataError(f"--speech-commands {dataset}: no speaker with {fewest} or more WORD/SPEAKER_nohash_N.wav")
+    out = folder / "speech-commands"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for speaker, words in speakers.items():
+        joined = out / f"{speaker}_{len(words)}words.wav"
+        if not joined.is_file():
+            _join_words(words, joined)
+        rows.append([_relative(joined, folder), "not_crying", f"commands-{speaker}", "command words (Speech Commands)",
+                     SPEECH_COMMANDS])
+    return rows
+
+
+def _join_words(words: list[Path], output: Path) -> None:
+    """The words' samples one after another, unchanged (Speech Commands is 16 kHz 16-bit mono WAV)."""
+    frames = []
+    for path in words:
+        try:
+            with wave.open(str(path), "rb") as handle:
+                if (handle.getframerate(), handle.getsampwidth(), handle.getnchannels()) != (16000, 2, 1):
+                    raise DataError(f"{path}: not Speech Commands' 16 kHz 16-bit mono WAV")
+                frames.append(handle.readframes(handle.getnframes()))
+        except (OSError, EOFError, wave.Error) as error:
+            raise DataError(f"{path}: {error}") from None
+    partial = output.with_name(output.name + ".part")
+    with wave.open(str(partial), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(16000)
+        handle.writeframes(b"".join(frames))
+    partial.replace(output)
+
+
+def _relative(path: Path, folder: Path) -> str:
+    import os
+
+    return os.path.relpath(path.resolve(), folder.resolve())
+
+
+def write_public_list(folder: Path, donateacry: Path | None = None, speechocean: Path | None = None,
+                      speech_commands: Path | None = None) -> Path:
+    """``folder/recordings.csv`` listing the public corpora given (clones of their repositories), as the repository's
+    model was trained on them; the CSV for ``demo-audio build --recordings``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    if donateacry:
+        rows += donateacry_rows(Path(donateacry), folder)
+    if speechocean:
+        rows += speechocean_rows(Path(speechocean), folder)
+    if speech_commands:
+        rows += speech_commands_rows(Path(speech_commands), folder)
+    if not rows:
+        raise DataError("give at least one of --donateacry, --speechocean762, --speech-commands")
+    table = io.StringIO()
+    csv.writer(table).writerows([["file", "label", "subject", "kind", "source"], *rows])
+    files.write_text(folder / "recordings.csv", table.getvalue())
+    return folder / "recordings.csv"
