@@ -184,3 +184,77 @@ def test_a_build_with_recordings_trains_on_one_half_of_the_subjects_and_judges_t
     other = write_recordings(tmp_path / "other", rows[:-1])
     with pytest.raises(DataError, match="made from other clips or recordings"):
         build(tmp_path / "out2", None, tmp_path / "work", recordings=other, **tiny)
+
+
+def fake_clones(root: Path) -> dict[str, Path]:
+    """The three public corpora's layouts, with SYNTHETIC stand-in sounds (noise) in place of their recordings."""
+    rng = np.random.default_rng(3)
+
+    def wav(path: Path, seconds: float = 1.0, rate: int = 16000) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        audio_synth.write_wav(path, rng.normal(0, 0.1, int(seconds * rate)), rate)
+
+    cries = root / "donateacry-corpus" / "donateacry_corpus_cleaned_and_updated_data"
+    wav(cries / "hungry" / "02c3b725-26e4-4a2c-9336-04ddc58836d9-1430726196216-1.7-m-04-hu.wav", 2.0, 8000)
+    wav(cries / "tired" / "02C3B725-26E4-4A2C-9336-04DDC58836D9-1430726199999-1.7-m-04-ti.wav", 2.0, 8000)
+    wav(cries / "tired" / "7e6a3f0e-0c0e-4d33-8e46-39b1c1b8e2a1-1430000000000-1.7-f-26-ti.wav", 2.0, 8000)
+    ocean = root / "speechocean762"
+    for part, table in (("train", "0001\t7\n0002\t30\n"), ("test", "1075\t6\n")):
+        (ocean / part).mkdir(parents=True)
+        (ocean / part / "spk2age").write_text(table)
+    for speaker, readings in (("0001", 8), ("0002", 2), ("1075", 3)):
+        for number in range(readings):
+            wav(ocean / "WAVE" / f"SPEAKER{speaker}" / f"0{speaker}{number:04d}.WAV")
+    commands = root / "speech_commands"
+    for word in ("yes", "no", "up", "down", "left", "right"):
+        wav(commands / word / "aaaa1111_nohash_0.wav")
+        wav(commands / word / "aaaa1111_nohash_1.wav")
+    wav(commands / "_unknown_" / "bed_bbbb2222_nohash_0.wav")
+    for word in ("yes", "no", "up"):
+        wav(commands / word / "bbbb2222_nohash_0.wav")
+    wav(commands / "_silence_" / "1024.wav")
+    wav(commands / "yes" / "cccc3333_nohash_0.wav")  # one word: left out
+    return {"donateacry": root / "donateacry-corpus", "speechocean762": ocean, "speech_commands": commands}
+
+
+def test_the_public_corpora_are_listed_one_subject_a_baby_phone_child_or_speaker(tmp_path):
+    import wave
+
+    clones = fake_clones(tmp_path / "clones")
+    out = tmp_path / "list"
+    done = subprocess.run([str(CRYEDGE), "demo-audio", "recordings", "-o", str(out), "--donateacry",
+                           str(clones["donateacry"]), "--speechocean762", str(clones["speechocean762"]),
+                           "--speech-commands", str(clones["speech_commands"])], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "cry (donateacry, phone app, 8 kHz): 3 recordings of 2 subjects" in done.stdout
+    listed = recordings.read_recordings(out / "recordings.csv")  # what build --recordings reads
+    by_subject: dict[str, list] = {}
+    for recording in listed:
+        by_subject.setdefault(recording.subject, []).append(recording)
+    # one phone app's installation is one subject, whatever the case of its UUID
+    assert len(by_subject["donateacry-02c3b725-26e4-4a2c-9336-04ddc58836d9"]) == 2
+    assert all(r.crying and "Open Database License" in r.source for r in listed if r.subject.startswith("donateacry"))
+    # only children aged 6-8, each a subject, their first 6 readings
+    assert len(by_subject["so762-0001"]) == 6 and len(by_subject["so762-1075"]) == 3 and "so762-0002" not in by_subject
+    # a speaker's words, _unknown_'s too, joined in path order; a speaker of one word and _silence_ left out
+    assert {s for s in by_subject if s.startswith("commands-")} == {"commands-aaaa1111", "commands-bbbb2222"}
+    (aaaa,) = by_subject["commands-aaaa1111"]
+    words = sorted(clones["speech_commands"].glob("*/aaaa1111_nohash_*.wav"))[:10]
+    with wave.open(str(aaaa.path)) as joined:
+        frames = joined.readframes(joined.getnframes())
+    expected = b"".join(wave.open(str(p)).readframes(16000) for p in words)
+    assert frames == expected and len(words) == 10  # at most 10 of its 12, unchanged
+    (bbbb,) = by_subject["commands-bbbb2222"]
+    with wave.open(str(bbbb.path)) as joined:
+        assert joined.getnframes() == 4 * 16000
+    assert all(not r.crying and "CC BY 4.0" in r.source for r in listed if not r.subject.startswith("donateacry"))
+
+
+def test_a_folder_that_is_not_the_corpus_is_one_line(tmp_path):
+    done = subprocess.run([str(CRYEDGE), "demo-audio", "recordings", "-o", str(tmp_path / "list"), "--donateacry",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 7 and len(lines) == 1, done.stderr
+    assert "--donateacry" in lines[0] and "gveres/donateacry-corpus" in lines[0]
+    assert not (tmp_path / "list" / "recordings.csv").exists()
