@@ -55,7 +55,12 @@ def read_recordings(path: Path) -> list[Recording]:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             header = [name.strip() for name in reader.fieldnames or []]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+            rows = []
+            for row in reader:
+                if None in row:  # more fields than the header names: a comma in an unquoted name, say
+                    raise DataError(f"recordings {path} line {reader.line_num}: {len(header) + len(row[None])} fields "
+                                    f"for {len(header)} columns (quote a name with a comma in it)")
+                rows.append({k.strip(): (v or "").strip() for k, v in row.items()})
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"recordings {path}: {error}") from None
     missing = [name for name in ("file", "label", "subject") if name not in header]

@@ -80,6 +80,7 @@ def test_a_split_that_leaves_one_side_without_a_cry_is_refused(tmp_path):
     (["file", "label", "subject"], ["a.wav", "crying", ""], "line 2: no subject"),
     (["file", "label", "subject"], ["gone.wav", "crying", "s1"], "line 2: no such file"),
     (["file", "label", "subject"], ["a.wav", "not_crying", "s1"], "no recording labelled crying"),
+    (["file", "label", "subject"], ["a.wav", "crying", "baby, 1", "extra"], "line 2: 4 fields for 3 columns"),
 ])
 def test_a_bad_recordings_csv_is_one_line_before_any_clip_is_made(tmp_path, header, row, words):
     (tmp_path / "a.wav").write_bytes(b"")
