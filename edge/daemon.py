@@ -66,6 +66,20 @@ STUCK_AFTER_SECONDS = 5.0
 # stuck: outside systemd it hung for ever, unsaid; under it the watchdog, armed at READY=1, aborted it WatchdogSec
 # later with no line of cryedge's, and again after every restart.
 FIRST_FRAME_SECONDS = 60.0
+# Start-up (Daemon.open: the model, MediaPipe's landmarkers, the sound's model, the broker's first answer, the camera's
+# open), run on a thread of its own, must be over this long after it began; else it is stuck (a landmarker's creation, a
+# delegate's load, a camera driver's open that never returns, in native code nothing can interrupt) and cryedge says
+# where in one line and exits 70 to be restarted. Before, it hung for ever unsaid, and under systemd TimeoutStartSec
+# (120 s) killed it without a line of cryedge's, again after every restart. It takes 0.8-0.9 s here from launch to
+# READY=1 (x86, three runs: the model 0.01-0.03 s, the face landmarker 0.10-0.27 s, face and pose 0.11-0.25 s);
+# `cryedge landmarks` on a photo, imports, both landmarkers and an inference, 45 s under QEMU's cortex-a72, far
+# slower than any Pi (docs/raspberry-pi.md); a camera's open gives up after [source] stall_seconds (5 s). 90 s is
+# twice QEMU's, and with the interpreter's start (about a second) and the exit (the publisher's goodbye, at most
+# CLOSE_ACK_SECONDS) still inside TimeoutStartSec; EXTEND_TIMEOUT_USEC tells systemd to wait for it all the same.
+START_UP_SECONDS = 90.0
+# systemd is told, as start-up begins, to wait this much longer than START_UP_SECONDS: the line, the publisher's
+# goodbye (its acknowledgements awaited at most CLOSE_ACK_SECONDS) and the exit, so cryedge's line comes first.
+START_UP_EXIT_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -304,6 +318,8 @@ class Daemon:
         self._loop_thread: int | None = None  # the ident of the thread in run(), to say where a stuck loop is
         self._loop_started: float | None = None  # when run() began (monotonic): its first frame is due from then
         self._loop_left = False  # the main thread gave up on the frame loop and ended its cry without it (_finish)
+        self._opening = "starting"  # what start-up (open) is doing: said where it is stuck
+        self._start_up_left = threading.Event()  # set when the main thread gave up on a stuck start-up (start_up)
         # the alarm's update and end and what they publish, one thread's at a time: the main thread ends the cry of a
         # loop it gave up on, which may come back at that very moment (both ended it: two ends, the second's id None)
         self._alarm_lock = threading.Lock()
@@ -323,6 +339,76 @@ class Daemon:
 
     # --- building
 
+    def start_up(self) -> None:
+        """``open()`` on a thread of its own while this (the main) thread waits, ``START_UP_SECONDS`` at most; any
+        failure is ``open()``'s own. Stuck past them (a landmarker's creation, a delegate's load, a camera driver's open,
+        in native code that never returns): one line saying where, ``offline`` sent if the publisher is up, exit 70.
+
+        The waiting is here, not on the opening thread, because nothing can interrupt native code: the main thread
+        gives up on it instead. It exits with ``os._exit``, not by returning, because the opening thread never returns
+        and the interpreter's own exit may wait for what it holds (the landmarker's or interpreter's destructor, a
+        native library's at exit). A stop asked meanwhile gives it until ``STOP_SECONDS`` less the publisher's goodbye
+        after the stop, then exits 0 the same way, as systemd's stop would otherwise end in its SIGKILL."""
+        from edge.publish import CLOSE_ACK_SECONDS
+
+        began = time.monotonic()
+        # under systemd, TimeoutStartSec is at least this long: cryedge's line comes before its kill
+        self.notifier.extend_timeout(START_UP_SECONDS + START_UP_EXIT_SECONDS)
+        outcome: dict = {}
+
+        def opening() -> None:
+            try:
+                self.open()
+            except BaseException as error:  # noqa: BLE001 - raised again on this thread, as open() would have
+                outcome["error"] = error
+
+        opener = threading.Thread(target=opening, name="cryedge-opening", daemon=True)  # a stuck one holds no exit
+        opener.start()
+        while opener.is_alive():
+            opener.join(0.25)  # not an Event's wait: a signal handler calls stop() on this thread
+            now = time.monotonic()
+            stopping = self._stop_asked is not None and now > self._stop_asked + STOP_SECONDS - CLOSE_ACK_SECONDS
+            if opener.is_alive() and (now > began + START_UP_SECONDS or stopping):
+                self._leave_the_start_up(opener, now - began, stopped=stopping)
+        if "error" in outcome:
+            raise outcome["error"]
+
+    def _leave_the_start_up(self, opener: threading.Thread, seconds: float, stopped: bool) -> None:
+        """Give up on a start-up stuck in ``opener`` (or on a stop's time): one line, the publisher's final state and
+        ``offline`` if it was started (a killed process's last will would say it later), then exit, never to return:
+        70 (restarted) when stuck, 0 when a stop was asked (70 if another thread's fault asked it). Before READY=1 no
+        cry can run: no alarm has decided yet."""
+        from edge.cli import UNEXPECTED_ERROR_EXIT_CODE
+        from edge.publish import CLOSE_ACK_SECONDS
+
+        self._start_up_left.set()  # the opening thread, should it come back, opens nothing more (_starting)
+        where = where_in_cryedge(sys._current_frames().get(opener.ident))
+        if stopped:
+            log.error("start-up did not finish within %.0f s of the stop (stuck %s %s); cryedge exits without it",
+                      time.monotonic() - self._stop_asked, where, self._opening)
+        else:
+            log.error("start-up is stuck %s %s (not done in %.0f s); cryedge exits to be restarted", where,
+                      self._opening, seconds)
+        self.notifier.stopping("start-up stuck")
+        opened = list(self._closing)  # what the opening thread had opened (it appends only once a thing is up)
+        for resource in (self.health, self.publisher):
+            if resource is not None and resource in opened:
+                try:
+                    if resource is self.publisher:
+                        resource.close(timeout=CLOSE_ACK_SECONDS)
+                    else:
+                        resource.close()
+                except Exception as error:  # noqa: BLE001 - the exit goes on
+                    log.warning("closing %s: %s", type(resource).__name__, error)
+        logging.shutdown()  # flushes every handler
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        # a stop asked for ends well; one asked by another thread's fault (thread_fault) is that fault's: restarted
+        os._exit(0 if stopped and self.fault is None else UNEXPECTED_ERROR_EXIT_CODE)
+
     def open(self) -> None:
         """Open the model, landmarkers, publisher, source and health server; any failure is one CryedgeError."""
         from edge.model import TFLiteModel
@@ -334,7 +420,9 @@ class Daemon:
             self._open_without_camera()
             return
         try:
+            self._starting("loading the model")
             self.model = self._own(TFLiteModel(cfg.model.path, num_threads=cfg.model.num_threads, edgetpu=cfg.model.edgetpu))
+            self._starting("creating MediaPipe's landmarkers")
             self.pipeline = self._own(build_pipeline(cfg, self.model))
             self.extractor, self.alarm = self.pipeline.extractor, self.pipeline.alarm
             from edge.audio import hearing_enabled
@@ -348,6 +436,7 @@ class Daemon:
             if cfg.audio.enabled:
                 from edge.audio import open_hearing
 
+                self._starting("loading the sound model")
                 self.hearing = self._own(open_hearing(cfg, self.alarm.on_threshold))
                 self.pipeline.fuse = self.hearing.fuse
             self._start_publisher(self.model.card.name)
@@ -362,6 +451,7 @@ class Daemon:
             self.source = SupervisedSource.from_config(cfg.source, on_progress=self._source_progress,
                                                        on_idle=self._without_frames,
                                                        backend=self.hearing.camera if self.hearing is not None else None)
+            self._starting("opening the camera")
             self.source.open()
             if self.hearing is not None:
                 self.hearing.video_origin = lambda: self.source.status.first_frame_t
@@ -389,6 +479,7 @@ class Daemon:
             raise ConfigError(problem)
         cfg.audio.enabled = True  # "auto" resolved: the publisher discovers what runs
         try:
+            self._starting("loading the sound model")
             self.hearing = self._own(open_hearing(cfg, None, listener=self._heard.put))
             self.alarm = Alarm(cfg.alarm, model_threshold=self.hearing.card.threshold)
             self.hearing.fusion.alarm_threshold = self.alarm.on_threshold
@@ -404,6 +495,7 @@ class Daemon:
     def _start_publisher(self, model_name: str) -> None:
         from edge.publish import make_publisher
 
+        self._starting("connecting to the broker")
         self.publisher = make_publisher(self.config, model_name, on_output_closed=self.stop, on_fault=self.thread_fault)
         self.publisher.start()
         self._closing.append(self.publisher)
@@ -413,6 +505,7 @@ class Daemon:
         from edge.health import start_health_server
 
         health = self.config.health
+        self._starting("starting the health server")
         self.health = start_health_server(self.health_stats, enabled=health.enabled, host=health.host, port=health.port,
                                           stale_after=self._stall_after(), live=live)
         if self.health is not None:
@@ -437,6 +530,15 @@ class Daemon:
     def _own(self, resource):
         self._closing.append(resource)
         return resource
+
+    def _starting(self, what: str) -> None:
+        """Start-up goes on to ``what`` ("loading the model"): in ``systemctl status``, and in the line if it is stuck.
+        A start-up the main thread gave up on (``start_up``) goes no further: its thread waits here for the exit, so
+        that it cannot send ``online`` or open the camera while the process says goodbye."""
+        if self._start_up_left.is_set():
+            threading.Event().wait()
+        self._opening = what
+        self.notifier.status(f"starting: {what}")
 
     # --- running
 
@@ -959,8 +1061,11 @@ def _run_command(args) -> int:
     # SIGHUP (a closed terminal, a reload request) stops cleanly too: its default would kill mid-cry
     previous = {sig: signal.signal(sig, daemon.stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        with daemon:
+        daemon.start_up()  # open(), given its time: stuck, cryedge says where and exits 70
+        try:
             code = daemon.serve()
+        finally:
+            daemon.close()
         daemon.raise_thread_fault()  # a thread failed as the daemon stopped: the episode ended, the run was not clean
         return code
     finally:

@@ -121,3 +121,34 @@ def hanging(self, x):
 model.TFLiteModel.invoke = hanging
 sys.exit(main(sys.argv[2:]))
 """
+
+
+# a `cryedge run` whose start-up hangs in native code, as a landmarker's creation, a delegate's load or a camera driver's
+# open that never returns: WHAT "landmarker" hangs MediaPipe's FaceLandmarker.create_from_options (before the broker is
+# connected), "camera" the video file's open (FileSource.open, once the broker has had "online"), for ever on a mutex it
+# already holds, the GIL released. Run as `python -c HANGING_START WHAT COMMAND ARGS...`.
+HANGING_START = """
+import ctypes
+import sys
+from edge import source
+from edge.cli import main
+from edge.mediapipe_import import import_mediapipe
+
+def hanging(*args, **kwargs):
+    libc = ctypes.CDLL(None)
+    mutex = ctypes.create_string_buffer(64)  # zeroed: PTHREAD_MUTEX_INITIALIZER, a mutex that is not recursive
+    libc.pthread_mutex_lock(mutex)
+    libc.pthread_mutex_lock(mutex)
+
+if sys.argv[1] == "landmarker":
+    import_mediapipe().tasks.vision.FaceLandmarker.create_from_options = hanging
+else:
+    source.FileSource.open = hanging
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def start_up_due_within(seconds: float, seam: str) -> str:
+    """``seam`` (a script above) with the daemon's start-up due ``seconds`` after it began (edge.daemon.START_UP_SECONDS,
+    90 s for a Pi's slow loading): a test of a start-up stuck, or of one that is not, need not wait that long."""
+    return f"import edge.daemon\nedge.daemon.START_UP_SECONDS = {seconds!r}\n{seam}"

@@ -184,9 +184,7 @@ def test_sigterm_mid_cry_ends_the_episode_and_goes_offline(assets, mosquitto, tm
     clip, model, folder = assets
     health_port = free_port()
     notify_path = tmp_path / "notify.sock"
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(notify_path))
-    notify.settimeout(0.2)
+    notify = NotifySocket(notify_path)  # read while the daemon runs, as systemd does: a queue of 10 fills up unread
     config = config_file(tmp_path, model, clip, f'[health]\nenabled = true\nport = {health_port}\n[device]\nid = "nursery"\n')
     config.write_text(config.read_text().replace("[health]\nenabled = false\n", ""))
     with Subscriber(mosquitto, topics=("cryedge/#", "homeassistant/#")) as subscriber:
@@ -213,13 +211,9 @@ def test_sigterm_mid_cry_ends_the_episode_and_goes_offline(assets, mosquitto, tm
         assert states_after_the_cry(subscriber) == [("OFF", None)]  # once, and no crying probability
         assert subscriber.payloads("cryedge/nursery/availability")[-1] == "offline"
         assert subscriber.on("homeassistant/device/nursery/config")
-    messages = []
-    while True:
-        try:
-            messages.append(notify.recv(4096).decode())
-        except TimeoutError:
-            break
+    time.sleep(0.3)  # the last datagrams read
     notify.close()
+    messages = [message for _, message in notify.messages]
     fields = {line.split("=", 1)[0] for message in messages for line in message.splitlines()}
     assert {"READY", "WATCHDOG", "STOPPING"} <= fields
     assert messages.index(next(m for m in messages if "READY=1" in m)) < messages.index(next(m for m in messages if "WATCHDOG=1" in m))
@@ -577,13 +571,14 @@ def test_a_camera_missing_from_the_start_is_reconnected_not_stuck_however_short_
     """The first frame's promise does not make a camera that is simply not there a stuck loop: each reopen attempt on
     its back-off promises the next (the source supervisor's own), so with the first frame due within 1.5 s the daemon
     is still up reconnecting 10 s on, and stops cleanly. (It was up before the promise too: this guards the promise.)"""
-    from seams import HANGING_LANDMARKER, first_frame_due_within
+    from seams import HANGING_LANDMARKER, first_frame_due_within, start_up_due_within
 
     config = demo_config(tmp_path)
     config.write_text(config.read_text() + '[source]\ntype = "v4l2"\ndevice = "/dev/video97"\nstall_seconds = 1.0\n'
                       "reopen_min_seconds = 0.5\nreopen_max_seconds = 1.0\n")
-    process = start_daemon(config, mosquitto, launcher=("-c", first_frame_due_within(0.5, HANGING_LANDMARKER),
-                                                        str(tmp_path / "never")))
+    # (and start-up due within 3 s: the camera's first open fails at once, and its reopening comes after READY=1)
+    seam = start_up_due_within(3.0, first_frame_due_within(0.5, HANGING_LANDMARKER))
+    process = start_daemon(config, mosquitto, launcher=("-c", seam, str(tmp_path / "never")))
     try:
         time.sleep(12)
         assert process.poll() is None, process.communicate()[1]
@@ -594,6 +589,113 @@ def test_a_camera_missing_from_the_start_is_reconnected_not_stuck_however_short_
         process.wait()
     assert process.returncode == 0, stderr
     assert "will keep trying" in stderr and "stuck" not in stderr, stderr
+
+
+def stuck_starting(config: Path, broker, what: str, within: float) -> tuple[subprocess.Popen, str, float]:
+    """`cryedge run` with ``what`` hanging in its start-up for ever (tests/seams.py HANGING_START), the start-up due
+    ``within`` seconds: (the process, what it said on stderr, seconds from launch to its exit)."""
+    from seams import HANGING_START, start_up_due_within
+
+    launched = time.monotonic()
+    process = start_daemon(config, broker, launcher=("-c", start_up_due_within(within, HANGING_START), what))
+    try:
+        _, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still starting 30 s on, its start-up due within {within:g} s: it hangs for ever, unsaid")
+    finally:
+        process.kill()
+        process.wait()
+    return process, stderr, time.monotonic() - launched
+
+
+def test_a_start_up_stuck_creating_the_landmarker_says_where_and_exits_70_before_systemd_kills_it(
+        mosquitto, tmp_path, monkeypatch):
+    """MediaPipe's landmarker creation hangs in native code (as a graph's or a delegate's load that never returns):
+    before READY=1, so neither the frame loop's promise nor systemd's watchdog covered it. Outside systemd `cryedge run`
+    hung for ever saying nothing; under systemd TimeoutStartSec (120 s) killed it without a line of cryedge's, and
+    Restart= did the same again and again. Now start-up runs on a thread of its own, given START_UP_SECONDS (cut to
+    2 s here from 90): past them one line says where it is stuck and what it was doing, and cryedge exits 70 to be
+    restarted; systemd was told (EXTEND_TIMEOUT_USEC) to wait that long and the exit's time besides, and never got
+    READY=1. The broker was not connected yet: Home Assistant keeps the previous run's "offline", never an "online"."""
+    from mqtt import Subscriber
+
+    with Subscriber(mosquitto, topics=("cryedge/#",)) as previous_run:
+        previous_run.publish("cryedge/nursery/availability", "offline", retain=True)  # its goodbye (or last will)
+    notify = NotifySocket(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    try:
+        with Subscriber(mosquitto, topics=("cryedge/#",)) as subscriber:
+            process, stderr, exited_in = stuck_starting(demo_config(tmp_path), mosquitto, "landmarker", within=2.0)
+            assert process.returncode == 70, stderr
+            assert exited_in < 10, f"{exited_in:.1f} s\n{stderr}"
+            assert subscriber.payloads("cryedge/nursery/availability") == ["offline"]
+            assert subscriber.payloads("cryedge/nursery/event") == []
+    finally:
+        notify.close()
+    stuck = [line for line in stderr.splitlines() if "stuck" in line]
+    assert len(stuck) == 1, stderr
+    assert "ERROR" in stuck[0] and "start-up is stuck at edge/landmarks.py:" in stuck[0], stderr
+    assert "in __init__ creating MediaPipe's landmarkers (not done in 2 s)" in stuck[0], stderr
+    assert "Traceback" not in stderr
+    messages = [message for _, message in notify.messages]
+    assert "EXTEND_TIMEOUT_USEC=17000000" in messages, messages  # 2 s and 15 s for the exit
+    assert not any("READY=1" in message for message in messages), messages
+
+
+def test_a_start_up_stuck_opening_the_camera_after_the_broker_said_online_sends_offline_and_exits_70(
+        mosquitto, tmp_path):
+    """The camera's open hangs in its driver (start-up's last step), after the publisher connected and sent "online":
+    the old daemon hung there for ever with Home Assistant showing it online and idle, a monitor that watched
+    nothing. Now, START_UP_SECONDS on (2 s here), one line says it is stuck opening the camera, the publisher sends its
+    final state and "offline" before the exit (70), so Home Assistant shows it unavailable at once."""
+    from mqtt import Subscriber
+
+    with Subscriber(mosquitto, topics=("cryedge/#",)) as subscriber:
+        process, stderr, exited_in = stuck_starting(demo_config(tmp_path), mosquitto, "camera", within=2.0)
+        assert process.returncode == 70, stderr
+        assert exited_in < 10, f"{exited_in:.1f} s\n{stderr}"
+        subscriber.wait_for("cryedge/nursery/availability", lambda m: m.payload == b"offline")
+        assert subscriber.payloads("cryedge/nursery/availability") == ["online", "offline"]
+        assert subscriber.payloads("cryedge/nursery/event") == []
+        assert subscriber.json("cryedge/nursery/state")[-1]["crying"] == "OFF"
+    stuck = [line for line in stderr.splitlines() if "stuck" in line]
+    assert len(stuck) == 1, stderr
+    assert "start-up is stuck at edge/source.py:" in stuck[0] and "in open opening the camera" in stuck[0], stderr
+    assert "Traceback" not in stderr
+
+
+def test_a_stop_during_a_stuck_start_up_is_over_well_inside_systemds_stop_time(mosquitto, tmp_path):
+    """`systemctl stop` while the camera's open hangs in its driver: the old daemon's main thread, stuck in that open,
+    never ran its signal handler, and systemd's SIGKILL (TimeoutStopSec=20s) ended it without a word, "online" left to
+    the broker's last will. Now the main thread only waits: 10 s after the stop it gives up on the start-up, says
+    where it was stuck, sends "offline" and exits 0 (a stop asked for; systemd restarts nothing after a stop)."""
+    from mqtt import Subscriber
+    from seams import HANGING_START
+
+    with Subscriber(mosquitto, topics=("cryedge/#",)) as subscriber:
+        process = start_daemon(demo_config(tmp_path), mosquitto, launcher=("-c", HANGING_START, "camera"))
+        try:
+            subscriber.wait_for("cryedge/nursery/availability", lambda m: m.payload == b"online", timeout=60)
+            time.sleep(0.5)  # its next step, the camera's open, hangs at once
+            process.send_signal(signal.SIGTERM)
+            asked = time.monotonic()
+            try:
+                _, stderr = process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                pytest.fail("still running 30 s after SIGTERM: systemd's SIGKILL would have ended it, unsaid")
+            stopped_in = time.monotonic() - asked
+        finally:
+            process.kill()
+            process.wait()
+        assert process.returncode == 0, stderr
+        assert 9 < stopped_in < 16, f"{stopped_in:.1f} s\n{stderr}"
+        subscriber.wait_for("cryedge/nursery/availability", lambda m: m.payload == b"offline")
+        assert subscriber.payloads("cryedge/nursery/availability") == ["online", "offline"]
+    stuck = [line for line in stderr.splitlines() if "stuck" in line]
+    assert len(stuck) == 1, stderr
+    assert "start-up did not finish within 10 s of the stop (stuck at edge/source.py:" in stuck[0], stderr
+    assert "in open opening the camera); cryedge exits without it" in stuck[0], stderr
+    assert "Traceback" not in stderr
 
 
 def test_a_frame_loop_that_comes_back_as_its_cry_is_ended_without_it_ends_the_cry_once(mosquitto, tmp_path):

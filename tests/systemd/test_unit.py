@@ -348,7 +348,8 @@ def test_cryedge_run_under_the_units_restrictions_notifies_systemd(tmp_path, mos
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Operation not permitted" not in result.stderr
     fields = [dict(line.split("=", 1) for line in message.split("\n")) for message in messages]
-    kinds = [next(key for key in ("READY", "WATCHDOG", "STOPPING", "STATUS") if key in f) for f in fields]
+    kinds = [next(key for key in ("READY", "WATCHDOG", "STOPPING", "STATUS", "EXTEND_TIMEOUT_USEC") if key in f)
+             for f in fields]
     assert "READY" in kinds and "STOPPING" in kinds
     assert kinds.index("READY") < kinds.index("STOPPING")
     pings = kinds.count("WATCHDOG")
