@@ -383,6 +383,9 @@ class HttpServer:
             reason = getattr(error, "strerror", None) or str(error)
             raise ConfigError(f"{name} server cannot listen on {host}:{port} ({reason}); "
                               "set another [health] port, or enabled = false") from error
+        # waitress counts a worker busy from its start until it first waits for a request: a request read before then
+        # (the first probe, on a loaded machine) was said to wait for the workers while none answered anything
+        _until_idle(workers, timeout=5.0)
         self._thread = threading.Thread(target=self._server.run, name=name, daemon=True)
         self._thread.start()
 
@@ -488,6 +491,17 @@ class _Backlog:
         since = f"; {count - 1} more times since it was last said" if count > 1 else ""
         log.warning("HTTP requests wait for the %d workers (%s)%s; said at most once every %.0f s", self.workers,
                     message % args, since, self.interval)
+
+
+def _until_idle(workers: ThreadedTaskDispatcher, timeout: float) -> None:
+    """Return once every worker waits for a request, or after ``timeout`` seconds (a line said too eagerly is the
+    only cost of going on)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with workers.lock:
+            if workers.active_count <= 0:
+                return
+        time.sleep(0.001)
 
 
 _BUSY_BODY = b'{"error": "busy: too many connections"}\n'

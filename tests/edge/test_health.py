@@ -504,6 +504,57 @@ def test_a_flood_of_requests_is_said_once_not_a_warning_per_request(daemon, cloc
     assert len(said) <= 1 and all("wait for" in message for message in said), said[:5]
 
 
+def test_a_request_to_a_server_just_started_is_not_said_to_wait_for_the_workers(daemon, clock, caplog):
+    """A busy Python thread (the daemon's own, or a loaded machine) keeps a new server's workers from reaching their
+    wait for a while: waitress counts them busy until then, and a request read meanwhile was said in the log as
+    "HTTP requests wait for the 2 workers (Task queue depth is 1)" while no worker answered anything (26 of 200
+    starts, measured with this busy thread). A request that finds its one worker answering is still said."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="edge.health")
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # the busy thread takes the interpreter back often: the workers start late
+    spinner.start()
+    try:
+        for _ in range(100):
+            with HealthServer(daemon.health_stats, port=0, clock=clock) as server:
+                assert timed_get(server.port)[0] == 200
+    finally:
+        stop.set()
+        spinner.join(10)
+        sys.setswitchinterval(switch)
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said == [], said
+
+    release, answering = threading.Event(), threading.Semaphore(0)
+
+    def slow_snapshot():
+        answering.release()
+        release.wait(10)
+        return daemon.health_stats()
+
+    with HealthServer(slow_snapshot, port=0, clock=clock, threads=1) as server:
+        asking = [threading.Thread(target=timed_get, args=(server.port, "/health", 15.0)) for _ in range(2)]
+        asking[0].start()
+        assert answering.acquire(timeout=10)  # the one worker answers the first: the second waits for it
+        asking[1].start()
+        deadline = time.monotonic() + 10
+        while not any(r.levelno >= logging.WARNING for r in caplog.records) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        release.set()
+        for thread in asking:
+            thread.join(15)
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and said[0].startswith("HTTP requests wait for the 1 workers (Task queue depth is 1)"), said
+
+
 def test_closing_under_a_flood_of_requests_logs_no_traceback(daemon, clock, caplog):
     """The daemon stopping while clients ask: the sockets and the wake-up pipe were closed under the workers, which
     then failed writing to it and waitress logged "Exception while serving /metrics" with its traceback."""
