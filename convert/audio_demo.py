@@ -343,7 +343,9 @@ def add_sound_track(video: Path, samples: np.ndarray) -> None:
         shutil.copyfile(out, video)
 
 
-def model_card_markdown(card, metrics: dict, heldout: dict, fidelity: dict, validation: dict | None = None) -> str:
+def model_card_markdown(card, metrics: dict, heldout: dict, fidelity: dict, validation: dict | None = None,
+                        options: str = "") -> str:
+    """The card's ``.md``; ``options``: the build's options that differ from the default build's, for its rebuild line."""
     held = metrics["held_out"]
     recorded = card.training.get("recorded")
     synthetic = ("sounds made by `convert/audio_synth.py` (`cryedge demo-audio build`): cry-like harmonic bursts "
@@ -419,10 +421,18 @@ def model_card_markdown(card, metrics: dict, heldout: dict, fidelity: dict, vali
                      f"{entry['false_alarms']} | {entry['decided_within_1_5_s']}/{entry['cries']} |")
     if recorded:
         lines += recorded_markdown(recorded)
-    lines += ["", "Rebuild: `.venv/bin/cryedge demo-audio build"
+    lines += ["", f"Rebuild: `.venv/bin/cryedge demo-audio build{options}"
               + (" --recordings RECORDINGS.csv` with the same recordings (docs/audio.md)" if recorded else "`")
               + " (needs espeak-ng and sox from apt).", ""]
     return "\n".join(lines)
+
+
+def _options_changed(**values) -> str:
+    """`` --tonal-clips 320`` and the like: the build's options whose values are not the default build's."""
+    defaults = {"seed": SEED, "train_clips": TRAIN_CLIPS, "heldout_clips": HELDOUT_CLIPS, "masked_clips": MASKED_CLIPS,
+                "crib_clips": CRIB_CLIPS, "more_clips": MORE_CLIPS, "tonal_clips": TONAL_CLIPS, "mine_clips": MINE_CLIPS,
+                "ensemble": 1}
+    return "".join(f" --{name.replace('_', '-')} {value}" for name, value in values.items() if value != defaults[name])
 
 
 def recorded_markdown(recorded: dict) -> list[str]:
@@ -442,12 +452,15 @@ def recorded_markdown(recorded: dict) -> list[str]:
         lines.append(f"| {kind} | {entry['recordings']} | {entry['subjects']} | {entry['minutes']:g} | {said} |")
     if recorded["sources"]:
         lines += ["", "Recordings from: " + "; ".join(recorded["sources"]) + "."]
+        lines += [f"This model is a Produced Work of {source.split(',')[0]}: it contains information from it, made "
+                  "available under the Open Database License v1.0 (https://opendatacommons.org/licenses/odbl/1-0/)."
+                  for source in recorded["sources"] if "Open Database License" in source]
     return lines
 
 
 def finish_card(model: Path, metrics: dict, fidelity: dict, heldout_dir: Path, heldout_labels: Path, data: str,
                 threshold: float = 0.5, validation: dict | None = None, min_on_seconds: float | None = None,
-                evidence: tuple[int, int] | None = None, recorded: dict | None = None) -> dict:
+                evidence: tuple[int, int] | None = None, recorded: dict | None = None, options: str = "") -> dict:
     """The card's device settings and figures: the score rate, the threshold, the held-out set's figures, the ``.md``.
 
     ``recorded``: the recordings trained on (``added``, by kind), those held out (``held_out``, judged here), the
@@ -485,7 +498,8 @@ def finish_card(model: Path, metrics: dict, fidelity: dict, heldout_dir: Path, h
     # the package's default audio model: a Ctrl-C or a full disk here must not leave it cut short
     files.write_bytes(model, embed_card(model.read_bytes(), card.to_json()))
     files.write_text(model.with_suffix(".json"), card.to_json() + "\n")
-    files.write_text(model.with_suffix(".md"), model_card_markdown(card, metrics, heldout, fidelity, validation))
+    files.write_text(model.with_suffix(".md"), model_card_markdown(card, metrics, heldout, fidelity, validation,
+                                                                   options))
     return heldout
 
 
@@ -591,7 +605,11 @@ def build(output_dir: Path, demo_video: Path | None, work_dir: Path | None = Non
                               recorded=None if listed is None else {"added": added, "held_out": listed[1],
                                                                     "share": share, "phone_band": phone_band,
                                                                     "sources": sorted({r.source for side in listed
-                                                                                       for r in side if r.source})})
+                                                                                       for r in side if r.source})},
+                              options=_options_changed(seed=seed, train_clips=train_clips, heldout_clips=heldout_clips,
+                                                       masked_clips=masked_clips, crib_clips=crib_clips,
+                                                       more_clips=more_clips, tonal_clips=tonal_clips,
+                                                       mine_clips=mine_clips, ensemble=ensemble))
         shutil.copyfile(keras_model, output_dir / keras_model.name)
         (output_dir / f"{MODEL_NAME}.report.png").unlink(missing_ok=True)
         summary = {"model": str(model), "held_out": metrics["held_out"], "held_out_set": heldout,

@@ -178,7 +178,9 @@ def test_a_build_with_recordings_trains_on_one_half_of_the_subjects_and_judges_t
     assert summary["recorded"] == card.training["recorded"]
     markdown = (tmp_path / "out" / "cry-audio-default.md").read_text()
     assert "## Held-out recorded sound" in markdown and "synthetic stand-in (tests), CC0" in markdown
-    assert "--recordings RECORDINGS.csv" in markdown
+    # the rebuild line names the options that made it
+    assert ("demo-audio build --train-clips 8 --heldout-clips 2 --crib-clips 0 --more-clips 0 --recordings "
+            "RECORDINGS.csv" in markdown)
     assert json.loads((tmp_path / "out" / "cry-audio-default.json").read_text())["training"]["recorded"]
 
     # the work folder's dataset was made from these recordings: other ones are refused, not trained on silently
