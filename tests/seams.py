@@ -25,12 +25,23 @@ landmarks.LandmarkExtractor._run = failing
 sys.exit(main(sys.argv[2:]))
 """
 
+# the calling thread blocked for ever in native code, the GIL released: a mutex that is not recursive, locked twice; the
+# seams below hang with it
+HANG_FOR_EVER = """
+import ctypes
+
+def hang_for_ever(*args, **kwargs):
+    libc = ctypes.CDLL(None)
+    mutex = ctypes.create_string_buffer(64)  # zeroed: PTHREAD_MUTEX_INITIALIZER
+    libc.pthread_mutex_lock(mutex)
+    libc.pthread_mutex_lock(mutex)
+"""
+
 # a cryedge command with MediaPipe hanging in native code, as a graph that deadlocks does: once the file HANG exists,
 # the next call into MediaPipe (LandmarkExtractor._run) creates HANG.hung and blocks for ever on a mutex it already
 # holds, the GIL released, so not even a Python signal handler runs on that thread again. Run as
 # `python -c HANGING_LANDMARKER HANG COMMAND ARGS...`.
-HANGING_LANDMARKER = """
-import ctypes
+HANGING_LANDMARKER = HANG_FOR_EVER + """
 import sys
 from pathlib import Path
 from edge import landmarks
@@ -42,10 +53,7 @@ run = landmarks.LandmarkExtractor._run
 def hanging(self, task, image, timestamp_ms):
     if hang.exists():
         hang.with_name(hang.name + ".hung").touch()
-        libc = ctypes.CDLL(None)
-        mutex = ctypes.create_string_buffer(64)  # zeroed: PTHREAD_MUTEX_INITIALIZER, a mutex that is not recursive
-        libc.pthread_mutex_lock(mutex)
-        libc.pthread_mutex_lock(mutex)
+        hang_for_ever()
     return run(self, task, image, timestamp_ms)
 
 landmarks.LandmarkExtractor._run = hanging
@@ -99,8 +107,7 @@ def first_frame_due_within(seconds: float, seam: str) -> str:
 # a cryedge command with a TFLite model's invoke hanging in native code, as a delegate or kernel that deadlocks does:
 # once the file HANG exists, the next invoke (TFLiteModel.invoke, of any model the command runs) creates HANG.hung
 # and blocks for ever on a mutex it already holds, the GIL released. Run as `python -c HANGING_MODEL HANG COMMAND ARGS...`.
-HANGING_MODEL = """
-import ctypes
+HANGING_MODEL = HANG_FOR_EVER + """
 import sys
 from pathlib import Path
 from edge import model
@@ -112,10 +119,7 @@ invoke = model.TFLiteModel.invoke
 def hanging(self, x):
     if hang.exists():
         hang.with_name(hang.name + ".hung").touch()
-        libc = ctypes.CDLL(None)
-        mutex = ctypes.create_string_buffer(64)  # zeroed: PTHREAD_MUTEX_INITIALIZER, a mutex that is not recursive
-        libc.pthread_mutex_lock(mutex)
-        libc.pthread_mutex_lock(mutex)
+        hang_for_ever()
     return invoke(self, x)
 
 model.TFLiteModel.invoke = hanging
@@ -127,23 +131,16 @@ sys.exit(main(sys.argv[2:]))
 # open that never returns: WHAT "landmarker" hangs MediaPipe's FaceLandmarker.create_from_options (before the broker is
 # connected), "camera" the video file's open (FileSource.open, once the broker has had "online"), for ever on a mutex it
 # already holds, the GIL released. Run as `python -c HANGING_START WHAT COMMAND ARGS...`.
-HANGING_START = """
-import ctypes
+HANGING_START = HANG_FOR_EVER + """
 import sys
 from edge import source
 from edge.cli import main
 from edge.mediapipe_import import import_mediapipe
 
-def hanging(*args, **kwargs):
-    libc = ctypes.CDLL(None)
-    mutex = ctypes.create_string_buffer(64)  # zeroed: PTHREAD_MUTEX_INITIALIZER, a mutex that is not recursive
-    libc.pthread_mutex_lock(mutex)
-    libc.pthread_mutex_lock(mutex)
-
 if sys.argv[1] == "landmarker":
-    import_mediapipe().tasks.vision.FaceLandmarker.create_from_options = hanging
+    import_mediapipe().tasks.vision.FaceLandmarker.create_from_options = hang_for_ever
 else:
-    source.FileSource.open = hanging
+    source.FileSource.open = hang_for_ever
 sys.exit(main(sys.argv[2:]))
 """
 

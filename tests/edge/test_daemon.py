@@ -354,6 +354,17 @@ def demo_config(folder: Path, outbox: Path | None = None) -> Path:
     return path
 
 
+def exited_within(process: subprocess.Popen, seconds: float, failure: str) -> tuple[str, float]:
+    """What ``process`` said on stderr and how long after this call it exited; the test fails with ``failure`` when it
+    has not exited within ``seconds`` (the caller kills it)."""
+    since = time.monotonic()
+    try:
+        _, stderr = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        pytest.fail(failure)
+    return stderr, time.monotonic() - since
+
+
 def start_daemon(config: Path, broker, launcher: tuple[str, ...] = ("-m", "edge.cli")) -> subprocess.Popen:
     """`cryedge run` with ``config`` against ``broker``; ``launcher``: a seam's ``("-c", SEAM, ITS ARGS...)``."""
     return subprocess.Popen([sys.executable, *launcher, "run", "--config", str(config),
@@ -424,12 +435,8 @@ def test_a_stop_mid_cry_with_the_frame_loop_stuck_in_native_code_ends_the_cry_we
         try:
             start = hung_mid_cry(process, subscriber, tmp_path / "hang")
             process.send_signal(signal.SIGTERM)
-            stopping = time.monotonic()
-            try:
-                _, stderr = process.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                pytest.fail("still running 20 s after SIGTERM: systemd kills it here, the cry not ended")
-            stopped_in = time.monotonic() - stopping
+            stderr, stopped_in = exited_within(process, 20, "still running 20 s after SIGTERM: systemd kills it here, the "
+                                               "cry not ended")
         finally:
             process.kill()
             process.wait()
@@ -461,14 +468,9 @@ def test_a_frame_loop_stuck_mid_cry_with_no_stop_ends_the_cry_and_exits_70_befor
         process = start_daemon(demo_config(tmp_path), mosquitto, launcher=("-c", HANGING_LANDMARKER, str(tmp_path / "hang")))
         try:
             start = hung_mid_cry(process, subscriber, tmp_path / "hang")
-            hung = time.monotonic()
-            try:
-                # its last ping at most 15 s (WatchdogSec / 2) before the 5 s promise ran out: aborted from 20 s on
-                _, stderr = process.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                pytest.fail("still running 20 s after its frame loop hung: systemd's watchdog may abort it now, the cry "
-                            "not ended")
-            exited_in = time.monotonic() - hung
+            # its last ping at most 15 s (WatchdogSec / 2) before the 5 s promise ran out: aborted from 20 s on
+            stderr, exited_in = exited_within(process, 20, "still running 20 s after its frame loop hung: systemd's "
+                                              "watchdog may abort it now, the cry not ended")
         finally:
             process.kill()
             process.wait()
@@ -541,12 +543,8 @@ def test_a_frame_loop_stuck_on_its_first_frame_says_where_and_exits_70_once_its_
                 while not hang.with_name("hang.hung").exists():
                     assert time.monotonic() - launched < 60 and process.poll() is None
                     time.sleep(0.05)
-                hung = time.monotonic()
-                try:
-                    _, stderr = process.communicate(timeout=30)
-                except subprocess.TimeoutExpired:
-                    pytest.fail("still running 30 s after its first frame hung, due within 3 s: it hangs for ever")
-                exited_in = time.monotonic() - hung
+                stderr, exited_in = exited_within(process, 30, "still running 30 s after its first frame hung, due within "
+                                                  "3 s: it hangs for ever")
             finally:
                 process.kill()
                 process.wait()
@@ -599,9 +597,8 @@ def stuck_starting(config: Path, broker, what: str, within: float) -> tuple[subp
     launched = time.monotonic()
     process = start_daemon(config, broker, launcher=("-c", start_up_due_within(within, HANGING_START), what))
     try:
-        _, stderr = process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"still starting 30 s on, its start-up due within {within:g} s: it hangs for ever, unsaid")
+        stderr, _ = exited_within(process, 30, f"still starting 30 s on, its start-up due within {within:g} s: it hangs "
+                                  "for ever, unsaid")
     finally:
         process.kill()
         process.wait()
@@ -678,12 +675,8 @@ def test_a_stop_during_a_stuck_start_up_is_over_well_inside_systemds_stop_time(m
             subscriber.wait_for("cryedge/nursery/availability", lambda m: m.payload == b"online", timeout=60)
             time.sleep(0.5)  # its next step, the camera's open, hangs at once
             process.send_signal(signal.SIGTERM)
-            asked = time.monotonic()
-            try:
-                _, stderr = process.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                pytest.fail("still running 30 s after SIGTERM: systemd's SIGKILL would have ended it, unsaid")
-            stopped_in = time.monotonic() - asked
+            stderr, stopped_in = exited_within(process, 30, "still running 30 s after SIGTERM: systemd's SIGKILL would "
+                                               "have ended it, unsaid")
         finally:
             process.kill()
             process.wait()
@@ -716,10 +709,7 @@ def test_a_frame_loop_that_comes_back_as_its_cry_is_ended_without_it_ends_the_cr
         try:
             start = subscriber.wait_for("cryedge/nursery/event", lambda m: b"cry_start" in m.payload, timeout=60)
             hang.touch()
-            try:
-                _, stderr = process.communicate(timeout=40)
-            except subprocess.TimeoutExpired:
-                pytest.fail("still running 40 s after its frame loop hung")
+            stderr, _ = exited_within(process, 40, "still running 40 s after its frame loop hung")
         finally:
             process.kill()
             process.wait()

@@ -26,6 +26,12 @@ def wait_for(predicate, seconds: float) -> bool:
     return predicate()
 
 
+def network_microphone(url: str):
+    """A config with no camera and a stream microphone at ``url`` quick to give up and to reopen: 2 s, then 0.5-1 s."""
+    return load_config(None, {"source": {"type": "none"}, "audio": {"source": {
+        "type": "stream", "url": url, "stall_seconds": 2.0, "reopen_min_seconds": 0.5, "reopen_max_seconds": 1.0}}})
+
+
 def messages(caplog, logger: str) -> list[tuple[str, str]]:
     return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == logger and r.levelno >= logging.INFO]
 
@@ -37,9 +43,7 @@ def test_a_network_microphone_that_refuses_is_said_once_gone_and_once_back_not_a
 
     caplog.set_level(logging.INFO, logger="edge.audio")
     microphone = HttpMicrophone()  # not started: its port refuses
-    config = load_config(None, {"source": {"type": "none"}, "audio": {"source": {
-        "type": "stream", "url": microphone.url, "stall_seconds": 2.0, "reopen_min_seconds": 0.5,
-        "reopen_max_seconds": 1.0}}})
+    config = network_microphone(microphone.url)
     hearing = open_hearing(config, None)
     monitor = hearing.monitor
     try:
@@ -72,9 +76,7 @@ def test_a_network_microphone_whose_reopen_is_refused_says_the_reopen_failed_not
 
     caplog.set_level(logging.INFO, logger="edge.audio")
     microphone = HttpMicrophone().start()
-    config = load_config(None, {"source": {"type": "none"}, "audio": {"source": {
-        "type": "stream", "url": microphone.url, "stall_seconds": 2.0, "reopen_min_seconds": 0.5,
-        "reopen_max_seconds": 1.0}}})
+    config = network_microphone(microphone.url)
     hearing = open_hearing(config, None)
     monitor = hearing.monitor
     try:
