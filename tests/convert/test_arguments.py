@@ -89,10 +89,12 @@ def test_demo_audio_build_mel_bands_and_n_fft_reach_the_card_front_end_and_a_bad
         front_end_of(build_parser().parse_args(["demo-audio", "build", "--mel-bands", "2000"]))
 
 
-def test_the_bundled_audio_model_is_what_demo_audio_build_makes_with_its_defaults():
-    """Its card names the clips the build's defaults add (the model that passed the confirmatory test,
-    docs/audio.md), and its .keras is the one the card's sha256 names: the defaults and the files bundled agree."""
+def test_the_bundled_audio_model_is_what_demo_audio_build_makes_with_the_options_its_card_names():
+    """Its card's rebuild line names the build's options (the model that passed the session 13 rules, docs/audio.md:
+    the defaults with --tonal-clips 320 and --recordings); parsed as the command parses them, they are the clips its
+    card says it was trained on; its .keras is the one the card's sha256 names: the options and the files agree."""
     import hashlib
+    import re
 
     from convert import audio_demo
     from edge import paths
@@ -100,11 +102,18 @@ def test_the_bundled_audio_model_is_what_demo_audio_build_makes_with_its_default
 
     model = paths.bundled("models", "cry-audio-default.tflite")
     card = load_card(model)
-    assert card.training["data"] == (
-        f"SYNTHETIC sounds (convert/audio_synth.py), seed {audio_demo.SEED}: {audio_demo.TRAIN_CLIPS} clips of 8 s, "
-        f"{audio_demo.CRIB_CLIPS} of loud hard negatives with a cry audible over some, {audio_demo.MORE_CLIPS} more of "
-        f"the same plan from seed {audio_demo.SEED + audio_demo.MORE_SEED_OFFSET}")
-    assert (audio_demo.CRIB_CLIPS, audio_demo.MORE_CLIPS, card.threshold, card.audio.min_on_seconds) == (320, 960, 0.75, 0.25)
+    rebuild = re.search(r"Rebuild: `\.venv/bin/cryedge (demo-audio build[^`]*)`", model.with_suffix(".md").read_text())
+    args = build_parser().parse_args(rebuild.group(1).split())
+    assert (args.tonal_clips, str(args.recordings)) == (320, "RECORDINGS.csv")
+    synthetic, _, recorded = card.training["data"].partition("; and recordings: ")
+    assert synthetic == (
+        f"SYNTHETIC sounds (convert/audio_synth.py), seed {args.seed}: {args.train_clips} clips of 8 s, "
+        f"{args.crib_clips} of loud hard negatives with a cry audible over some, {args.more_clips} more of "
+        f"the same plan from seed {args.seed + audio_demo.MORE_SEED_OFFSET}, {args.tonal_clips} of a siren, a car horn "
+        f"or bells loud with a cry audible over some (seed {args.seed + audio_demo.TONAL_SEED_OFFSET})")
+    assert (args.seed, args.crib_clips, args.more_clips) == (audio_demo.SEED, 320, 960)  # the defaults
+    assert recorded and card.training["recorded"]["trained_on"] and card.training["synthetic"] is False
+    assert (card.threshold, card.audio.min_on_seconds) == (0.85, 0.25)
     assert card.audio == audio_demo.front_end(mean=card.audio.mean, std=card.audio.std, normalization=card.audio.normalization,
                                               min_on_seconds=card.audio.min_on_seconds, evidence=card.audio.evidence)
     keras = model.with_name(card.source.path)
