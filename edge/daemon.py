@@ -354,16 +354,7 @@ class Daemon:
         began = time.monotonic()
         # under systemd, TimeoutStartSec is at least this long: cryedge's line comes before its kill
         self.notifier.extend_timeout(START_UP_SECONDS + START_UP_EXIT_SECONDS)
-        outcome: dict = {}
-
-        def opening() -> None:
-            try:
-                self.open()
-            except BaseException as error:  # noqa: BLE001 - raised again on this thread, as open() would have
-                outcome["error"] = error
-
-        opener = threading.Thread(target=opening, name="cryedge-opening", daemon=True)  # a stuck one holds no exit
-        opener.start()
+        opener, outcome = on_a_thread_of_its_own(self.open, "cryedge-opening")
         while opener.is_alive():
             opener.join(0.25)  # not an Event's wait: a signal handler calls stop() on this thread
             now = time.monotonic()
@@ -894,16 +885,7 @@ class Daemon:
         The signals are taken on this (the main) thread, which only waits: a frame loop stuck in native code (a
         MediaPipe graph, a camera driver) runs no signal handler and never ends its cry, and, run here, it held the
         stop until systemd killed the process with the cry still ON."""
-        outcome: dict = {}
-
-        def loop() -> None:
-            try:
-                outcome["code"] = self.run()
-            except BaseException as error:  # noqa: BLE001 - raised again on this thread, as run() would have
-                outcome["error"] = error
-
-        runner = threading.Thread(target=loop, name="cryedge-frames", daemon=True)  # a stuck one does not hold the exit
-        runner.start()
+        runner, outcome = on_a_thread_of_its_own(self.run, "cryedge-frames")
         while runner.is_alive() and not self._stop.is_set():
             runner.join(0.25)  # not an Event's wait: a signal handler setting that same Event could deadlock on its lock
             if runner.is_alive() and self._stuck():
@@ -912,7 +894,7 @@ class Daemon:
             self._stop_the_loop()
         if "error" in outcome:
             raise outcome["error"]
-        return outcome.get("code", 0)
+        return outcome.get("result", 0)
 
     def _stuck(self) -> bool:
         """Whether the frame loop is ``STUCK_AFTER_SECONDS`` past its promise of progress (from its start: its first
@@ -1003,6 +985,22 @@ class Daemon:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def on_a_thread_of_its_own(call, name: str) -> tuple[threading.Thread, dict]:
+    """``call()`` started on a daemon thread named ``name`` (a stuck one does not hold the process's exit) and what it
+    left when it ended: ``{"result": ...}``, or ``{"error": ...}`` for the caller to raise again on its own thread."""
+    outcome: dict = {}
+
+    def calling() -> None:
+        try:
+            outcome["result"] = call()
+        except BaseException as error:  # noqa: BLE001 - raised again by the caller, as call() would have
+            outcome["error"] = error
+
+    thread = threading.Thread(target=calling, name=name, daemon=True)
+    thread.start()
+    return thread, outcome
 
 
 def where_in_cryedge(frame) -> str:
